@@ -1,0 +1,99 @@
+"""Adam (Kingma & Ba 2014), exactly as Algorithm 1 of the paper, updating parameters in place.
+
+For each parameter θ with gradient g at step t = 1, 2, …:
+
+    m ← β₁ m + (1 − β₁) g                 first moment (running mean of g)
+    v ← β₂ v + (1 − β₂) g²                second moment (running mean of g², element-wise)
+    m̂ = m / (1 − β₁ᵗ)                     bias correction: m and v start at 0, so early
+    v̂ = v / (1 − β₂ᵗ)                       averages are too small by exactly these factors
+    θ ← θ − α m̂ / (√v̂ + ε)
+
+On the first step m̂ = g and v̂ = g², so every parameter moves by α·g/(|g| + ε) ≈ α·sign(g):
+the step size is set by α, not by the scale of the gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def adam_update(p, g, m, v, lr, b1, b2, eps, c1, c2):
+    """One Adam step in place on arrays of any (equal) shape; c1 = 1 − β₁ᵗ, c2 = 1 − β₂ᵗ."""
+    m *= b1
+    m += (1 - b1) * g
+    v *= b2
+    v += (1 - b2) * (g * g)
+    m_hat = m / c1
+    v_hat = v / c2
+    p -= lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+class Adam:
+    """Adam over a dict of parameter arrays (``vae.params``), updated in place by :meth:`step`.
+
+    When ``params`` carries a flat buffer (``params.flat``, as the fused backends provide: every
+    parameter a view into one 1-D array) the update runs as one pass of the backend's ``adam``
+    kernel over that buffer, with the moments flat too. The arithmetic is the same.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        if not lr > 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.params = params
+        self.lr = float(lr)
+        self.b1, self.b2 = (float(b) for b in betas)
+        self.eps = float(eps)
+        self.t = 0
+        self.flat = getattr(params, "flat", None)
+        if self.flat is not None:
+            xp = params.ops.xp
+            self._m_flat = xp.zeros_like(self.flat)
+            self._v_flat = xp.zeros_like(self.flat)
+            self.m = params.views(self._m_flat)
+            self.v = params.views(self._v_flat)
+        else:
+            self.m = {k: np.zeros_like(p) for k, p in params.items()}
+            self.v = {k: np.zeros_like(p) for k, p in params.items()}
+
+    def step(self, grads):
+        """Apply one update with ``grads`` (same keys and shapes as the parameters)."""
+        self.t += 1
+        c1 = 1 - self.b1**self.t
+        c2 = 1 - self.b2**self.t
+        if self.flat is not None and getattr(grads, "flat", None) is not None:
+            self.params.ops.adam(
+                self.flat, grads.flat, self._m_flat, self._v_flat,
+                self.lr, self.b1, self.b2, self.eps, c1, c2,
+            )
+            return
+        for k, p in self.params.items():
+            adam_update(p, grads[k], self.m[k], self.v[k], self.lr, self.b1, self.b2, self.eps, c1, c2)
+
+    def state_dict(self):
+        """The optimizer state as host arrays: step count and both moments per parameter."""
+        state = {"t": np.array(self.t)}
+        for k in self.params:
+            state["m." + k] = _to_host(self.m[k])
+            state["v." + k] = _to_host(self.v[k])
+        return state
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        for k in self.params:
+            self.m[k][...] = _as_like(state["m." + k], self.m[k])
+            self.v[k][...] = _as_like(state["v." + k], self.v[k])
+
+
+def _to_host(a):
+    return a.get() if hasattr(a, "get") else (a.copy_to_host() if hasattr(a, "copy_to_host") else np.array(a))
+
+
+def _as_like(host, like):
+    if isinstance(like, np.ndarray):
+        return host
+    mod = type(like).__module__
+    if mod.startswith("cupy"):
+        import cupy
+
+        return cupy.asarray(host)
+    return host

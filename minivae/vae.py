@@ -1,0 +1,263 @@
+"""The variational autoencoder: encoder → (μ, log σ²) → z = μ + σ ⊙ ε → decoder → logits.
+
+Notation, fixed for the whole package
+-------------------------------------
+    B  batch size            D  data dimension (784 for MNIST: 28 × 28 pixels in [0, 1])
+    H  hidden width          Z  latent dimension
+
+Shapes trail the lines they describe as comments, e.g. ``# (B, Z)``.
+
+What a VAE is, in one page
+--------------------------
+We want a model p(x) of images. Posit a hidden code z ∈ ℝᶻ with a simple prior p(z) = N(0, I),
+and a *decoder* network that turns z into pixel probabilities: p(x | z) = Π_d Bernoulli(x_d; p_d),
+p = sigmoid(decoder(z)). Then p(x) = ∫ p(x | z) p(z) dz — an integral over all codes that we
+cannot compute. Maximum likelihood needs log p(x), so we bound it instead.
+
+Take any distribution q(z | x) — the *encoder*, a network that maps x to the mean μ and the
+log-variance log σ² of a diagonal Gaussian q(z | x) = N(μ, diag σ²). For every x,
+
+    log p(x) = E_q[log p(x | z)] − KL(q(z | x) ‖ p(z)) + KL(q(z | x) ‖ p(z | x))
+             ≥ E_q[log p(x | z)] − KL(q(z | x) ‖ p(z))  =:  ELBO(x),
+
+because the last KL (to the true, unknown posterior) is ≥ 0. (Derivation: write
+log p(x) = E_q[log p(x, z) − log q(z | x)] + E_q[log q(z | x) − log p(z | x)] using
+p(x, z) = p(z | x) p(x), and split log p(x, z) = log p(x | z) + log p(z).) The bound is tight
+exactly when q matches the true posterior, so maximising the ELBO over both networks both fits
+the data and makes the encoder a good approximate posterior.
+
+The two terms, per example (see :mod:`minivae.losses` for each formula and its gradient):
+
+- reconstruction: −E_q[log p(x | z)] = E_q[Σ_pixels softplus(a) − x·a] with logits a = decoder(z),
+  estimated with one sample z ~ q(z | x);
+- regulariser: KL(N(μ, σ²) ‖ N(0, I)) = Σ_latents ½(μ² + σ² − log σ² − 1), in closed form.
+
+We minimise the batch mean of the *negative* ELBO:
+
+    L = (1/B) Σ_b [ Σ_pixels ℓ(a_b, x_b) + β · Σ_latents KL_b ],      β = 1 for the true ELBO.
+
+Why the reparameterization makes sampling differentiable
+--------------------------------------------------------
+The reconstruction term is an expectation over z ~ N(μ, σ²), and μ, σ depend on the encoder's
+weights. "Draw a sample" has no derivative. But the same random variable can be written as
+
+    z = μ + σ ⊙ ε,    ε ~ N(0, I),    σ = exp(½ log σ²).
+
+Now the randomness is in ε, which does not depend on any weight, and z is an ordinary
+differentiable function of μ and log σ²: ∂z/∂μ = 1 and ∂z/∂log σ² = ½ σ ⊙ ε. Gradients flow from
+the decoder's loss through z into the encoder by the chain rule, like through any other layer,
+and the one-sample gradient is an unbiased estimate of the gradient of the expectation
+(Kingma & Welling 2013, §2.4).
+
+The network
+-----------
+Encoder: Dense(D → H₁) → ReLU → … → Dense(H_last → 2Z); the first Z outputs are μ, the last Z
+are log σ². Decoder: Dense(Z → H_last) → ReLU → … → Dense(H₁ → D) giving the logits a; the
+hidden widths are mirrored. Parameters are named ``enc0.W``, ``enc0.b``, …, ``dec0.W``, … in
+layer order, encoder first.
+
+Can Z exceed D? Nothing in the math forbids it: the KL term charges every latent dimension that
+carries information, so the optimum switches off the dimensions it does not need (q = prior for
+them: μ = 0, σ = 1) — "posterior collapse" of unused units. How many stay active is measured by
+:func:`minivae.metrics.active_units`; the study in :mod:`minivae.sweep` measures it across Z.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minivae import losses
+from minivae.layers import ACTIVATIONS, Dense, identity_backward, identity_forward
+
+
+class VAE:
+    """A VAE with Bernoulli decoder and diagonal-Gaussian encoder (see the module docstring).
+
+    Parameters
+    ----------
+    data_dim : D, the number of pixels.
+    latent : Z, the number of latent dimensions (any positive integer, also Z > D).
+    hidden : widths of the encoder's hidden layers; the decoder mirrors them.
+    seed : seeds the initial weights and the noise ε drawn by :meth:`forward`.
+    dtype : "float32" (default) or "float64".
+    beta : weight of the KL term (1 gives the ELBO).
+    activation : "relu" (default) or "tanh".
+    backend : "numpy" (this readable code), or a fast backend from :mod:`minivae.backend`
+        ("cpu-fused", "cupy", "numba-cuda", "auto"), which runs the same math through kernels.
+    """
+
+    def __init__(self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32",
+                 beta=1.0, activation="relu", backend="numpy"):
+        data_dim, latent = int(data_dim), int(latent)
+        hidden = tuple(int(h) for h in hidden)
+        if data_dim < 1 or latent < 1 or any(h < 1 for h in hidden):
+            raise ValueError("data_dim, latent and every hidden width must be positive integers")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: choose from {sorted(ACTIVATIONS)}")
+        self.data_dim, self.latent, self.hidden = data_dim, latent, hidden
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.beta = float(beta)
+        self.activation = activation
+        self.seed = int(seed)
+        init_rng = np.random.default_rng([self.seed, 0])
+        self.rng = np.random.default_rng([self.seed, 1])  # the noise ε of forward()
+
+        act = ACTIVATIONS[activation]
+        widths = (data_dim,) + hidden
+        # Encoder: hidden layers with activation, then a linear layer to [μ | log σ²].
+        self.encoder = [(Dense(i, o, init_rng, act.init, self.dtype), act())
+                        for i, o in zip(widths[:-1], widths[1:])]
+        self.encoder.append((Dense(widths[-1], 2 * latent, init_rng, "glorot", self.dtype), None))
+        # Decoder: mirrored widths, ending in a linear layer to the D logits.
+        dwidths = (latent,) + hidden[::-1]
+        self.decoder = [(Dense(i, o, init_rng, act.init, self.dtype), act())
+                        for i, o in zip(dwidths[:-1], dwidths[1:])]
+        self.decoder.append((Dense(dwidths[-1], data_dim, init_rng, "glorot", self.dtype), None))
+
+        self.layer_names = [f"enc{i}" for i in range(len(self.encoder))] + \
+                           [f"dec{i}" for i in range(len(self.decoder))]
+        self.params = {}
+        for name, (dense, _) in zip(self.layer_names, self.encoder + self.decoder):
+            self.params[name + ".W"] = dense.W  # (fan_in, fan_out)
+            self.params[name + ".b"] = dense.b  # (fan_out,)
+
+        self._cache = None
+        self.last = {}  # batch means of the last forward: "loss", "recon", "kl"
+        self.backend = backend
+        self._engine = None
+        if backend != "numpy":
+            from minivae.backend import create_engine
+
+            self._engine = create_engine(self, backend)  # rebinds self.params to its buffers
+            self.backend = self._engine.name
+
+    # ----------------------------------------------------------------------------------------
+    # The negative ELBO and its gradient
+    # ----------------------------------------------------------------------------------------
+
+    def forward(self, x, eps=None):
+        """The batch mean of the negative ELBO (see the module docstring).
+
+        x : (B, D) values in [0, 1].  eps : optional (B, Z) standard-normal noise; drawn from the
+        model's generator when omitted. Keeps what :meth:`backward` needs.
+        """
+        if self._engine is not None:
+            return self._engine.forward(x, eps)
+        x = np.asarray(x, dtype=self.dtype)  # (B, D)
+        B, Z = x.shape[0], self.latent
+        if eps is None:
+            eps = self.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z)
+        eps = np.asarray(eps, dtype=self.dtype)
+
+        h, enc_caches = _mlp_forward(self.encoder, x)  # (B, 2Z)
+        mu, logvar = h[:, :Z], h[:, Z:]  # (B, Z) each
+        z = losses.reparameterize(mu, logvar, eps)  # (B, Z)
+        logits, dec_caches = _mlp_forward(self.decoder, z)  # (B, D)
+
+        recon = losses.bernoulli_nll(logits, x)  # (B,)
+        kl = losses.gaussian_kl(mu, logvar)  # (B,)
+        loss = (recon + self.beta * kl).mean()
+
+        self._cache = (x, eps, mu, logvar, logits, enc_caches, dec_caches)
+        self.last = {"loss": float(loss), "recon": float(recon.mean()), "kl": float(kl.mean())}
+        return float(loss)
+
+    def backward(self):
+        """Gradients of the last :meth:`forward`'s loss: a dict with the keys and shapes of params."""
+        if self._engine is not None:
+            return self._engine.backward()
+        if self._cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        x, eps, mu, logvar, logits, enc_caches, dec_caches = self._cache
+        B = x.shape[0]
+        per_example = np.full(B, 1.0 / B, dtype=self.dtype)  # ∂L/∂(loss_b) = 1/B   (B,)
+        grads = {}
+
+        # Reconstruction: ∂L/∂a = (sigmoid(a) − x) / B, then back through the decoder to z.
+        dlogits = losses.bernoulli_nll_backward(per_example, logits, x)  # (B, D)
+        dz = _mlp_backward(self.decoder, dec_caches, dlogits, self.layer_names[len(self.encoder):],
+                           grads)  # (B, Z)
+
+        # z = μ + σ ⊙ ε: the path through the sample ...
+        dmu, dlogvar = losses.reparameterize_backward(dz, logvar, eps)  # (B, Z) each
+        # ... plus the KL term's own gradient, weighted by β / B.
+        dmu_kl, dlogvar_kl = losses.gaussian_kl_backward(self.beta * per_example, mu, logvar)
+        dh = np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)  # (B, 2Z)
+
+        _mlp_backward(self.encoder, enc_caches, dh, self.layer_names[:len(self.encoder)], grads)
+        return {k: grads[k] for k in self.params}  # in layer order
+
+    # ----------------------------------------------------------------------------------------
+    # Using the trained model
+    # ----------------------------------------------------------------------------------------
+
+    def encode(self, x):
+        """μ and log σ² of q(z | x).     x: (B, D) → mu, logvar: (B, Z)"""
+        if self._engine is not None:
+            return self._engine.encode(x)
+        h, _ = _mlp_forward(self.encoder, np.asarray(x, dtype=self.dtype))
+        return h[:, :self.latent], h[:, self.latent:]
+
+    def decode_logits(self, z):
+        """The decoder's logits a.     z: (B, Z) → (B, D)"""
+        if self._engine is not None:
+            return self._engine.decode_logits(z)
+        logits, _ = _mlp_forward(self.decoder, np.asarray(z, dtype=self.dtype))
+        return logits
+
+    def decode(self, z):
+        """Pixel probabilities sigmoid(decoder(z)).     z: (B, Z) → (B, D)"""
+        return losses.sigmoid(self.decode_logits(z))
+
+    def reconstruct(self, x):
+        """Decode the posterior mean: sigmoid(decoder(μ(x))).     x: (B, D) → (B, D)"""
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+    def sample(self, n, rng=None):
+        """n images from the model: z ~ N(0, I), returned as pixel probabilities.  → (n, D)"""
+        rng = self.rng if rng is None else rng
+        z = rng.standard_normal((int(n), self.latent)).astype(self.dtype)  # (n, Z)
+        return self.decode(z)
+
+    def num_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    def get_params(self):
+        """A host (NumPy) copy of every parameter, for checkpoints and metrics."""
+        if self._engine is not None:
+            return self._engine.get_params()
+        return {k: p.copy() for k, p in self.params.items()}
+
+    def set_params(self, values):
+        """Overwrite every parameter in place from a dict of host arrays."""
+        if self._engine is not None:
+            return self._engine.set_params(values)
+        for k, p in self.params.items():
+            if values[k].shape != p.shape:
+                raise ValueError(f"{k}: shape {values[k].shape} does not match {p.shape}")
+            p[...] = values[k]
+
+
+# --------------------------------------------------------------------------------------------
+# An MLP is a list of (Dense, activation or None) pairs
+# --------------------------------------------------------------------------------------------
+
+
+def _mlp_forward(net, h):
+    caches = []
+    for dense, act in net:
+        a, dense_cache = dense.forward(h)
+        h, act_cache = act.forward(a) if act is not None else identity_forward(a)
+        caches.append((dense_cache, act_cache))
+    return h, caches
+
+
+def _mlp_backward(net, caches, dh, names, grads):
+    for (dense, act), (dense_cache, act_cache), name in reversed(list(zip(net, caches, names))):
+        da = act.backward(dh, act_cache)[0] if act is not None else identity_backward(dh, act_cache)
+        dh, g = dense.backward(da, dense_cache)
+        grads[name + ".W"], grads[name + ".b"] = g["W"], g["b"]
+    return dh
