@@ -80,7 +80,7 @@ def evaluate(vae, x, rng, batch_size=1000):
         tot_recon += (softplus(logits) - xb * logits).sum()
         tot_kl += (0.5 * (mu * mu + np.exp(logvar) - logvar - 1)).sum()
     n = len(x)
-    return {"loss": (tot_recon + tot_kl) / n, "recon": tot_recon / n, "kl": tot_kl / n}
+    return {"loss": float(tot_recon + tot_kl) / n, "recon": float(tot_recon) / n, "kl": float(tot_kl) / n}
 
 
 def iw_log_likelihood(vae, x, k, rng, batch_size=100):
@@ -114,4 +114,4 @@ def iw_log_likelihood(vae, x, k, rng, batch_size=100):
         log_w = log_px_z + log_pz - log_qz  # (K, n)
         m = log_w.max(axis=0)  # (n,)
         total += (m + np.log(np.exp(log_w - m).mean(axis=0))).sum()
-    return total / len(x)
+    return float(total) / len(x)
