@@ -186,8 +186,8 @@ def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=F
     Files already there with the right MD5 are kept. Each missing one is fetched from the first
     mirror that serves a correct copy (``mirror + name``); a wrong checksum, an HTTP error, a
     refused or timed-out connection or a short body moves on to the next mirror. Raises
-    :class:`DataError` naming every failed attempt when no mirror has a good copy.
-    ``progress`` shows a progress bar per file (only when stderr is a terminal).
+    :class:`DataError` naming every failed attempt when no mirror has a good copy, and at once
+    when the cache folder cannot be written. ``progress`` shows a bar per file (on a terminal).
     """
     cache = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if isinstance(mirrors, str):
@@ -195,59 +195,83 @@ def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=F
     if not mirrors:
         raise ValueError("download_mnist needs at least one mirror")
     for name, md5 in md5s.items():
-        target = cache / name
-        if target.is_file() and file_md5(target) == md5:
+        target, md5 = cache / name, md5.lower()
+        if _has_md5(target, md5):
             continue
         failures = []
         for mirror in mirrors:
-            url = mirror if mirror.endswith("/") else mirror + "/"
-            url += name
+            url = (mirror if mirror.endswith("/") else mirror + "/") + name
             try:
                 _fetch(url, target, md5, progress=progress, timeout=timeout)
                 break
-            except DataError as e:
+            except _MirrorError as e:
                 failures.append(str(e))
         else:
             raise DataError(f"could not download {name}: " + "; ".join(failures))
     return cache
 
 
+class _MirrorError(DataError):
+    """This mirror did not deliver a good copy; the next one may."""
+
+
 def _fetch(url, target, md5, progress, timeout):
     """Stream ``url`` into a temporary file beside ``target``; rename it only if the MD5 matches."""
     request = urllib.request.Request(url, headers={"User-Agent": "minivae"})
-    tmp = None
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        raise _MirrorError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise _MirrorError(f"{url}: {_one_line(e.reason)}") from None
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        raise _MirrorError(f"{url}: {_one_line(e)}") from None
+    with response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        tmp = _temporary_file_beside(target)
+        try:
             digest, received = hashlib.md5(usedforsecurity=False), 0
-            with os.fdopen(fd, "wb") as f, _progress_bar(total, target.name, progress) as bar:
-                while chunk := response.read(1 << 16):
+            with open(tmp, "wb") as f, _progress_bar(total, target.name, progress) as bar:
+                while chunk := _read_chunk(response, url):
                     f.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-        if total is not None and received != total:
-            raise DataError(f"{url}: connection closed after {received:,} of {total:,} bytes")
-        if digest.hexdigest() != md5:
-            raise DataError(f"{url}: MD5 {digest.hexdigest()} is not the expected {md5}")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
-        os.replace(tmp, target)
-        tmp = None
-    except urllib.error.HTTPError as e:
-        raise DataError(f"{url}: HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        raise DataError(f"{url}: {_one_line(e.reason)}") from None
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        raise DataError(f"{url}: {_one_line(e)}") from None
-    finally:
-        if tmp is not None:  # anything went wrong, even Ctrl-C: no partial file stays behind
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            if total is not None and received != total:
+                raise _MirrorError(f"{url}: connection closed after {received:,} of {total:,} bytes")
+            if digest.hexdigest() != md5:
+                raise _MirrorError(f"{url}: MD5 {digest.hexdigest()} is not the expected {md5}")
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
+            os.replace(tmp, target)  # the only moment the real name appears: complete and checked
+            tmp = None
+        except OSError as e:  # the network errors were turned into _MirrorError: this is the disk
+            raise DataError(f"cannot write {target}: {e.strerror or _one_line(e)}") from None
+        finally:
+            if tmp is not None:  # anything went wrong, even Ctrl-C: no partial file stays behind
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+
+
+def _temporary_file_beside(target):
+    """A new empty file in ``target``'s folder (created if needed), named ``.<name>.<random>.part``."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    except OSError as e:
+        raise DataError(f"cannot write to the cache folder {target.parent}: "
+                        f"{e.strerror or _one_line(e)}") from None
+    os.close(fd)
+    return tmp
+
+
+def _read_chunk(response, url):
+    try:
+        return response.read(1 << 16)
+    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, broken chunked bodies
+        raise _MirrorError(f"{url}: {_one_line(e)}") from None
 
 
 def _progress_bar(total, name, wanted):
@@ -268,8 +292,14 @@ def file_md5(path):
 
 def _cache_complete(cache, md5s):
     """True when every file of ``md5s`` is in ``cache`` with its MD5."""
-    return all((cache / name).is_file() and file_md5(cache / name) == md5
-               for name, md5 in md5s.items())
+    return all(_has_md5(cache / name, md5) for name, md5 in md5s.items())
+
+
+def _has_md5(path, md5):
+    try:
+        return path.is_file() and file_md5(path) == md5.lower()
+    except OSError:  # unreadable: as good as missing
+        return False
 
 
 def _one_line(e):

@@ -12,6 +12,7 @@ import pathlib
 import socket
 import struct
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -87,7 +88,7 @@ def closed_port_url():
 def server(monkeypatch):
     """A local HTTP server. ``server.serve(prefix, files, mode)`` publishes files under /prefix/
     and returns that mirror's URL; mode "ok" sends them whole, "cut" announces the full
-    Content-Length, sends half and closes the connection. ``server.hits`` logs every request."""
+    Content-Length, sends half and closes the connection, "stall" sends half and then waits. ``server.hits`` logs every request."""
     monkeypatch.setenv("no_proxy", "*")
     monkeypatch.setenv("NO_PROXY", "*")
     routes, hits = {}, []
@@ -105,6 +106,8 @@ def server(monkeypatch):
             self.end_headers()
             self.wfile.write(body if mode == "ok" else body[: len(body) // 2])
             self.wfile.flush()
+            if mode == "stall":
+                time.sleep(2.0)  # far longer than the client's timeout in the test
             self.close_connection = True
 
         def log_message(self, *args):
@@ -312,6 +315,37 @@ def test_interrupted_download_leaves_no_partial_file(server, cache):
 
     data.download_mnist(cache, mirrors=[cut, server.serve("good", files)], md5s=md5s)
     assert_cache_holds(cache, files)
+
+
+def test_download_times_out_on_a_stalled_mirror(server, cache):
+    files, md5s, _ = fake_mnist()
+    stalled = server.serve("stall", files, mode="stall")
+    with pytest.raises(DataError) as e:
+        data.download_mnist(cache, mirrors=[stalled], md5s=md5s, timeout=0.3)
+    one_line_error(e, "could not download", "timed out")
+    assert listing(cache) == []
+    name = next(iter(files))  # one file is enough to see the next mirror take over
+    data.download_mnist(cache, mirrors=[stalled, server.serve("good", files)],
+                        md5s={name: md5s[name]}, timeout=0.3)
+    assert_cache_holds(cache, {name: files[name]})
+
+
+def test_unwritable_cache_stops_at_once_and_falls_back(server, tmp_path, monkeypatch):
+    files, md5s, _ = fake_mnist()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"a file where the cache folder should be")
+    good = server.serve("good", files)
+    with pytest.raises(DataError) as e:
+        data.download_mnist(blocker, mirrors=[good, good], md5s=md5s)
+    one_line_error(e, "cannot write to the cache folder", "not-a-folder")
+    assert len(server.hits) == 1  # not blamed on the mirror, not retried elsewhere
+
+    monkeypatch.setattr(data, "MNIST_FILES", md5s)
+    monkeypatch.setattr(data, "MIRRORS", [good])
+    with pytest.warns(UserWarning, match="cannot write to the cache folder"):
+        ds = data.load_mnist(cache_dir=blocker)
+    assert "offline 5k sample" in ds.source
+    assert blocker.read_bytes() == b"a file where the cache folder should be"
 
 
 def test_download_replaces_a_bad_cached_file_and_keeps_good_ones(server, cache):
