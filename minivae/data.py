@@ -6,7 +6,7 @@ An MNIST digit is a 28 × 28 grey image with pixel values 0..255. We flatten it 
 and scale them to [0, 1] (x / 255, float32). The decoder is Bernoulli, so a pixel is read as the
 probability of "ink"; binarization (:func:`binarize`) turns those probabilities into 0/1 data:
 
-    dynamic   a fresh draw xᵦ ~ Bernoulli(x) every epoch (a little data augmentation)
+    dynamic   a fresh draw b ~ Bernoulli(x) every epoch (a little data augmentation)
     static    one fixed draw, the same every run (the classic "binarized MNIST" setting)
     none      train on the grey levels themselves
 
@@ -14,7 +14,8 @@ Where the digits come from, in order of preference
 --------------------------------------------------
 1. ``data_dir`` given: the IDX files in that folder, gzipped or not, checked for structure only
    (a local copy may be re-compressed, so the checksum of its .gz says nothing). A folder that
-   holds only the test split is fine: training then uses the offline sample (3.).
+   holds only the test split is fine: training then uses all 5,000 digits of the offline
+   sample (3.), in a seeded random order.
 2. The cache (``$MINIVAE_DATA`` or ``~/.cache/minivae``) when it holds the four official files
    with their known MD5s; if not, they are downloaded (:func:`download_mnist`).
 3. No network and no cache: the 5,000 real training digits (500 per class) that ship inside the
@@ -29,7 +30,7 @@ Each of the four MNIST files is one array in a tiny binary format, all integers 
     byte  2     data type: 0x08 = unsigned byte (the only one MNIST uses)
     byte  3     number of dimensions: 3 for images, 1 for labels
     then        one 32-bit size per dimension: N, rows, cols (images) or N (labels)
-    then        the N·rows·cols data bytes, row-major
+    then        the data: N·rows·cols bytes (N for labels), row-major
 
 So the first four bytes read as one number, the "magic": 0x00000803 for images, 0x00000801 for
 labels. The payload must be exactly as long as the sizes say; anything shorter is a truncated
@@ -487,7 +488,7 @@ def _count(kept, total):
 def binarize(x, mode, rng=None):
     """Turn pixel probabilities x ∈ [0, 1] into training data, float32 of the same shape.
 
-    dynamic : xᵦ = [u < x] with u ~ Uniform[0, 1) from ``rng``, so P(xᵦ = 1) = x; call it once
+    dynamic : b = [u < x] with u ~ Uniform[0, 1) from ``rng``, so P(b = 1) = x; call it once
               per epoch for a fresh draw.
     static  : the same rule with u from a fixed seed (``STATIC_SEED``), independent of ``rng``:
               every call on the same array gives the same 0/1 array. Binarize the whole set once.
