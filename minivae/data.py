@@ -83,6 +83,14 @@ MIRRORS = [
     "http://yann.lecun.com/exdb/mnist/",
 ]
 
+
+
+def mirrors():
+    """The mirrors to try: ``$MINIVAE_MIRRORS`` (comma-separated base URLs) when set, else MIRRORS."""
+    env = os.environ.get("MINIVAE_MIRRORS")
+    return [m.strip() for m in env.split(",") if m.strip()] if env else MIRRORS
+
+
 ROWS = COLS = 28
 D = ROWS * COLS  # 784 pixels
 HOLDOUT = 0.1  # fraction of the offline sample held out for testing, per class
@@ -407,7 +415,7 @@ def load_mnist(data_dir=None, limit=None, download=True, cache_dir=None, seed=0,
         if not download:
             return _offline(limit, rng, why="full MNIST is not in the cache and downloads are off")
         try:
-            download_mnist(cache, mirrors=MIRRORS, md5s=files, progress=progress)
+            download_mnist(cache, mirrors=mirrors(), md5s=files, progress=progress)
         except DataError as e:
             warnings.warn(f"{e}; training on the offline 5k sample instead", stacklevel=2)
             why = "full MNIST is not in the cache and could not be downloaded"

@@ -125,13 +125,12 @@ class VAE:
 
         self._cache = None
         self.last = {}  # batch means of the last forward: "loss", "recon", "kl"
-        self.backend = backend
-        self._engine = None
-        if backend != "numpy":
-            from minivae.backend import create_engine
+        from minivae.backend import create_engine, resolve
 
-            self._engine = create_engine(self, backend)  # rebinds self.params to its buffers
-            self.backend = self._engine.name
+        self.backend = resolve(backend, self.dtype)  # "auto" → the fastest usable backend
+        self._engine = None
+        if self.backend != "numpy":
+            self._engine = create_engine(self, self.backend)  # rebinds self.params to its buffers
 
     # ----------------------------------------------------------------------------------------
     # The negative ELBO and its gradient
