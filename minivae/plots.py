@@ -94,6 +94,7 @@ def loss_curve(path, history):
     ax.plot(ep, [r["test_loss"] for r in history], "s-", label="test −ELBO")
     ax.plot(ep, [r["test_recon"] for r in history], ":", label="test reconstruction")
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("nats per digit")
     ax.set_title("Negative ELBO per epoch", fontsize=10)
     ax.legend(fontsize=9)

@@ -153,7 +153,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-DEFAULT_EPOCHS = 20
+DEFAULT_EPOCHS = 30
 
 
 # --------------------------------------------------------------------------------------------
