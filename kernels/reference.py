@@ -24,6 +24,10 @@ Z latents, D data dimension, P total parameter count.
   da)``                                da = scale · (sigmoid(a) − x)      (B, D)
 ``adam(p, g, m, v, lr, b1, b2, eps,    one Adam step over flat buffers (P,), in place, with the
   c1, c2)``                            bias corrections c1 = 1 − b1ᵗ, c2 = 1 − b2ᵗ
+``empty(shape, dtype)``,               memory of the backend's device: new arrays, a copy of a
+``zeros(shape, dtype)``,               host array, a host copy, and a copy of a host array into
+``to_device(host)``, ``to_host(a)``,   an existing array (no allocation)
+``upload(host, out)``
 =====================================  ==========================================================
 
 ``act`` is one of ``"relu"``, ``"tanh"``, ``"identity"``. ``bias_act`` and ``act_backward`` may be
@@ -105,6 +109,22 @@ class NumpyOps:
 
     name = "numpy"
     xp = np
+    dtypes = (np.float32, np.float64)
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype)
+
+    def to_device(self, host):
+        return np.array(host, copy=True)
+
+    def to_host(self, a):
+        return np.asarray(a)
+
+    def upload(self, host, out):
+        out[...] = host
 
     def matmul(self, a, b, out, ta=False, tb=False):
         np.matmul(a.T if ta else a, b.T if tb else b, out=out)
