@@ -118,3 +118,137 @@ def _host(a):
     from minivae.metrics import _host as host
 
     return np.asarray(host(a))
+
+
+# --------------------------------------------------------------------------------------------
+# The latent-size study (minivae.sweep)
+# --------------------------------------------------------------------------------------------
+
+DATA_DIM = 784
+
+
+def _mark_data_dim(ax):
+    ax.axvline(DATA_DIM, color="0.55", lw=1, ls="--")
+    ax.text(DATA_DIM, 0.98, " Z = D = 784", transform=ax.get_xaxis_transform(), va="top",
+            fontsize=8, color="0.4")
+
+
+def study_figures(out, rows):
+    """All figures of a sweep, from its result rows and the arrays each run saved."""
+    arrays = {}
+    for r in rows:
+        path = out / "runs" / f"{r['model']}-{r['latent']}.npz"
+        if path.exists():
+            with np.load(path) as f:
+                arrays[(r["model"], r["latent"])] = {k: f[k] for k in f.files}
+    metrics_vs_latent(out / "metrics_vs_latent.png", rows)
+    active_units_vs_latent(out / "active_units.png", rows)
+    vae_arrays = {z: a for (m, z), a in sorted(arrays.items()) if m == "vae"}
+    if vae_arrays:
+        kl_spectra(out / "kl_spectra.png", vae_arrays)
+        grid_by_latent(out / "samples_by_latent.png", vae_arrays, "samples",
+                       "VAE samples sigmoid(decoder(z)), z ~ N(0, I), per latent size")
+        grid_by_latent(out / "reconstructions_by_latent.png", vae_arrays, "reconstructions",
+                       "VAE reconstructions per latent size (top row: the test digits)", originals=True)
+    common = sorted(z for (m, z) in arrays if m == "vae" and ("ae", z) in arrays)
+    if common:
+        z = 1000 if 1000 in common else common[-1]
+        vae_vs_ae(out / "vae_vs_ae.png", arrays[("vae", z)], arrays[("ae", z)], z)
+
+
+def metrics_vs_latent(path, rows):
+    plt = _pyplot()
+    panels = [("test_loss", "test −ELBO (AE: reconstruction)"), ("test_iw_nll", "test −log p(x), IW estimate"),
+              ("test_recon", "test reconstruction term"), ("test_kl", "test KL term"),
+              ("gap", "test − train −ELBO"), ("samples_per_s", "training samples / s")]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+    for ax, (key, title) in zip(axes.flat, panels):
+        for model, style in (("vae", dict(marker="o", color="tab:blue")), ("ae", dict(marker="s", color="tab:red"))):
+            pts = [(r["latent"], r[key]) for r in rows if r["model"] == model and r.get(key) is not None]
+            if key == "test_kl" and model == "ae":
+                continue
+            if pts:
+                ax.plot(*zip(*pts), label=model.upper(), **style)
+        ax.set_xscale("log")
+        if key == "samples_per_s":
+            ax.set_yscale("log")
+        _mark_data_dim(ax)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("latent size Z")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel("nats per digit")
+    axes[1, 0].set_ylabel("nats per digit")
+    fig.suptitle("How the latent size changes the results (held-out test digits)", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def active_units_vs_latent(path, rows):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    vae = [(r["latent"], r["active_units"]) for r in rows if r["model"] == "vae"]
+    if vae:
+        zs = [z for z, _ in vae]
+        ax.plot(zs, zs, color="0.7", lw=1, label="all units active (y = Z)")
+        ax.plot(*zip(*vae), "o-", color="tab:blue", label="VAE active units (Var_x μ > 0.01)")
+        for z, a in vae:
+            ax.annotate(str(a), (z, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _mark_data_dim(ax)
+    ax.set_xlabel("latent size Z")
+    ax.set_ylabel("active latent units")
+    ax.set_title("Active units against latent size", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+    _save(fig, path)
+
+
+def kl_spectra(path, vae_arrays):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    cmap = plt.get_cmap("viridis")
+    for i, (z, a) in enumerate(vae_arrays.items()):
+        kl = np.maximum(a["kl_per_dim"], 1e-6)
+        ax.plot(np.arange(1, len(kl) + 1), kl, color=cmap(i / max(len(vae_arrays) - 1, 1)), label=f"Z = {z}")
+    ax.axhline(ACTIVE_THRESHOLD, color="0.6", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("latent dimension, sorted by KL (rank)")
+    ax.set_ylabel("mean KL per dimension (nats)")
+    ax.set_title("Sorted per-dimension KL: how much information each latent carries", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def grid_by_latent(path, vae_arrays, key, title, originals=False, n=12):
+    plt = _pyplot()
+    rows, labels = [], []
+    if originals:
+        first = next(iter(vae_arrays.values()))
+        rows.append(first["originals"][:n])
+        labels.append("test digits")
+    for z, a in vae_arrays.items():
+        rows.append(a[key][:n])
+        labels.append(f"Z = {z}")
+    fig, ax = plt.subplots(figsize=(n * 0.5 + 1, len(rows) * 0.5 + 0.6))
+    show_grid(ax, image_grid(np.concatenate(rows), len(rows), n), title)
+    ax.set_yticks([i * 29 + 14 for i in range(len(rows))])
+    ax.set_yticklabels(labels, fontsize=8)
+    _save(fig, path)
+
+
+def vae_vs_ae(path, vae, ae, z, n=8):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    rec = np.concatenate([vae["originals"][:n], vae["reconstructions"][:n], ae["reconstructions"][:n]])
+    show_grid(axes[0], image_grid(rec, 3, n), f"Reconstructions at Z = {z}")
+    axes[0].set_yticks([14, 43, 72])
+    axes[0].set_yticklabels(["test digits", "VAE", "AE"], fontsize=8)
+    gen = np.concatenate([vae["samples"][:n], ae["samples"][:n]])
+    show_grid(axes[1], image_grid(gen, 2, n), f"Decoded random codes z ~ N(0, I), Z = {z}")
+    axes[1].set_yticks([14, 43])
+    axes[1].set_yticklabels(["VAE", "AE"], fontsize=8)
+    _save(fig, path)

@@ -1,0 +1,109 @@
+"""A plain (deterministic) autoencoder: the VAE without sampling and without the KL term.
+
+Same MLPs and the same Bernoulli reconstruction loss as :class:`minivae.VAE`, so the two differ in
+exactly what makes a VAE variational (shapes as in :mod:`minivae.vae`):
+
+    z = encoder(x)                                (B, Z)      — a point, not a distribution
+    a = decoder(z)                                (B, D)
+    L = (1/B) Σ_b Σ_pixels softplus(a) − x·a      no KL: nothing ties the codes to N(0, I)
+
+Its gradient is the VAE's with the sampling path and the KL gone: ∂L/∂a = (sigmoid(a) − x)/B,
+then back through the decoder to ∂L/∂z, and through the encoder.
+
+Because nothing shapes the code distribution, decoding random codes z ~ N(0, I) is not expected to
+give digits — the contrast the latent-size study draws at Z = 1000.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minivae import losses
+from minivae.layers import ACTIVATIONS, Dense
+from minivae.vae import _mlp_backward, _mlp_forward
+
+
+class AE:
+    """Deterministic autoencoder with the API of :class:`minivae.VAE` where it applies."""
+
+    def __init__(self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32",
+                 activation="relu"):
+        data_dim, latent = int(data_dim), int(latent)
+        hidden = tuple(int(h) for h in hidden)
+        if data_dim < 1 or latent < 1 or any(h < 1 for h in hidden):
+            raise ValueError("data_dim, latent and every hidden width must be positive integers")
+        self.data_dim, self.latent, self.hidden = data_dim, latent, hidden
+        self.dtype = np.dtype(dtype)
+        self.rng = np.random.default_rng([int(seed), 1])
+        init_rng = np.random.default_rng([int(seed), 0])
+        act = ACTIVATIONS[activation]
+        widths = (data_dim,) + hidden
+        self.encoder = [(Dense(i, o, init_rng, act.init, self.dtype), act())
+                        for i, o in zip(widths[:-1], widths[1:])]
+        self.encoder.append((Dense(widths[-1], latent, init_rng, "glorot", self.dtype), None))
+        dwidths = (latent,) + hidden[::-1]
+        self.decoder = [(Dense(i, o, init_rng, act.init, self.dtype), act())
+                        for i, o in zip(dwidths[:-1], dwidths[1:])]
+        self.decoder.append((Dense(dwidths[-1], data_dim, init_rng, "glorot", self.dtype), None))
+        self.layer_names = [f"enc{i}" for i in range(len(self.encoder))] + \
+                           [f"dec{i}" for i in range(len(self.decoder))]
+        self.params = {}
+        for name, (dense, _) in zip(self.layer_names, self.encoder + self.decoder):
+            self.params[name + ".W"] = dense.W
+            self.params[name + ".b"] = dense.b
+        self.backend = "numpy"
+        self._cache = None
+        self.last = {}
+
+    def forward(self, x, eps=None):
+        """Batch mean of the reconstruction loss Σ_pixels softplus(a) − x·a (``eps`` is ignored)."""
+        x = np.asarray(x, dtype=self.dtype)  # (B, D)
+        z, enc_caches = _mlp_forward(self.encoder, x)  # (B, Z)
+        logits, dec_caches = _mlp_forward(self.decoder, z)  # (B, D)
+        recon = losses.bernoulli_nll(logits, x)  # (B,)
+        self._cache = (x, logits, enc_caches, dec_caches)
+        loss = float(recon.mean())
+        self.last = {"loss": loss, "recon": loss, "kl": 0.0}
+        return loss
+
+    def backward(self):
+        if self._cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        x, logits, enc_caches, dec_caches = self._cache
+        B = x.shape[0]
+        grads = {}
+        dlogits = losses.bernoulli_nll_backward(np.full(B, 1.0 / B, self.dtype), logits, x)  # (B, D)
+        n_enc = len(self.encoder)
+        dz = _mlp_backward(self.decoder, dec_caches, dlogits, self.layer_names[n_enc:], grads)
+        _mlp_backward(self.encoder, enc_caches, dz, self.layer_names[:n_enc], grads)
+        return {k: grads[k] for k in self.params}
+
+    def encode(self, x):
+        """(z, None): the code, and no log-variance — the code is a point, not a distribution."""
+        z, _ = _mlp_forward(self.encoder, np.asarray(x, dtype=self.dtype))
+        return z, None
+
+    def decode_logits(self, z):
+        logits, _ = _mlp_forward(self.decoder, np.asarray(z, dtype=self.dtype))
+        return logits
+
+    def decode(self, z):
+        return losses.sigmoid(self.decode_logits(z))
+
+    def reconstruct(self, x):
+        return self.decode(self.encode(x)[0])
+
+    def sample(self, n, rng=None):
+        """Decoded random codes z ~ N(0, I): what a VAE's prior would give, for contrast."""
+        rng = self.rng if rng is None else rng
+        return self.decode(rng.standard_normal((int(n), self.latent)).astype(self.dtype))
+
+    def num_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    def get_params(self):
+        return {k: p.copy() for k, p in self.params.items()}
+
+    def set_params(self, values):
+        for k, p in self.params.items():
+            p[...] = values[k]

@@ -1,0 +1,174 @@
+"""The latent-size study: files, resume, Dask, bad input; and the metrics it rests on."""
+
+import json
+
+import numpy as np
+import pytest
+from gradcheck import numerical_grad, rel_error
+
+import minivae
+from minivae import metrics, sweep
+from minivae.ae import AE
+from minivae.data import load_offline_sample
+
+FIGURES = ["metrics_vs_latent.png", "active_units.png", "kl_spectra.png", "samples_by_latent.png",
+           "reconstructions_by_latent.png", "vae_vs_ae.png"]
+ROW_FIELDS = {"model", "latent", "test_loss", "test_recon", "test_kl", "test_iw_nll", "active_units",
+              "params", "samples_per_s", "wall_s", "gap", "train_loss"}
+SMALL = ["--epochs", "1", "--limit", "256", "--hidden", "16", "--iw-samples", "3",
+         "--iw-examples", "20", "--backend", "numpy", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("MINIVAE_MIRRORS", "http://127.0.0.1:9/")
+
+
+def rows_of(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_two_size_sweep_writes_every_file_and_resumes(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["--latents", "3,900", "--models", "vae,ae", "--out", str(out)] + SMALL
+    assert sweep.main(args) == 0
+    rows = rows_of(out)
+    assert sorted((r["model"], r["latent"]) for r in rows) == [("ae", 3), ("ae", 900), ("vae", 3), ("vae", 900)]
+    for r in rows:
+        assert ROW_FIELDS <= set(r)
+        assert r["test_loss"] > 0 and r["params"] > 0 and r["wall_s"] > 0
+    vae900 = next(r for r in rows if r["model"] == "vae" and r["latent"] == 900)
+    assert vae900["test_iw_nll"] <= vae900["test_loss"] + 1.0  # IW bound is at least as tight
+    assert vae900["test_loss"] == pytest.approx(vae900["test_recon"] + vae900["test_kl"])
+    ae3 = next(r for r in rows if r["model"] == "ae" and r["latent"] == 3)
+    assert ae3["test_iw_nll"] is None and ae3["test_kl"] == 0
+    for name in FIGURES + ["report.md"]:
+        assert (out / name).stat().st_size > 0, name
+    report = (out / "report.md").read_text()
+    assert "| vae | 900 |" in report and "| ae | 3 |" in report
+
+    # Resume: nothing left to do, nothing trained again.
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    capsys.readouterr()
+    assert sweep.main(["--latents", "3,900", "--models", "vae,ae", "--out", str(out)] + SMALL[:-1]) == 0
+    assert "0 runs to do, 4 already" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == mtimes
+    assert len(rows_of(out)) == 4
+
+    # An interrupted sweep: drop one result, and only that run is done again.
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert sweep.main(["--latents", "3,900", "--models", "vae,ae", "--out", str(out)] + SMALL[:-1]) == 0
+    assert "1 runs to do, 3 already" in capsys.readouterr().out
+    assert len(rows_of(out)) == 4
+
+
+def test_sweep_on_a_local_dask_cluster(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        out = tmp_path / "study"
+        code = sweep.main(["--latents", "4", "--out", str(out), "--scheduler", cluster.scheduler_address] + SMALL)
+    assert code == 0
+    (row,) = rows_of(out)
+    assert row["model"] == "vae" and row["latent"] == 4 and row["test_loss"] > 0
+
+
+@pytest.mark.parametrize("bad", [["--latents", "0,5"], ["--latents", "abc"], ["--models", "gan"],
+                                 ["--epochs", "-1"], ["--jobs", "0"], ["--data-dir", "MISSING"],
+                                 ["--backend", "bogus"]])
+def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, capsys):
+    bad = [str(tmp_path / "nope") if b == "MISSING" else b for b in bad]
+    out = tmp_path / "study"
+    try:
+        code = sweep.main(bad + ["--out", str(out)])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ the metrics
+
+
+class FakeEncoder:
+    """μ(x): the first 3 dimensions carry the digit's signal; the other 5 sit at the prior."""
+
+    latent, dtype = 8, np.float32
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def encode(self, x):
+        n = len(x)
+        mu = np.zeros((n, 8))
+        mu[:, 0] = x[:, 0] * 3
+        mu[:, 1] = np.sin(x[:, 1] * 6)
+        mu[:, 2] = x[:, 2] - x[:, 3]
+        mu[:, 3:] = self.rng.standard_normal((n, 5)) * 0.03  # variance 0.0009 < 0.01
+        return mu, np.zeros((n, 8))
+
+
+def test_active_units_on_a_constructed_case():
+    rng = np.random.default_rng(0)
+    x = rng.random((500, 4))
+    mu, logvar = metrics.posterior_means(FakeEncoder(rng), x, batch_size=64)
+    count, activity = metrics.active_units(mu)
+    assert count == 3
+    assert (activity[:3] > 0.01).all() and (activity[3:] < 0.01).all()
+    kl = metrics.kl_per_dim(mu, logvar)
+    assert kl[0] > kl[1] > 0.01 and (kl[3:] < 1e-3).all()
+
+
+@pytest.fixture(scope="module")
+def trained_vae():
+    x, _ = load_offline_sample()
+    x = (x[:600].astype(np.float32) / 255 > 0.5).astype(np.float32)
+    vae = minivae.VAE(latent=10, hidden=(64,), seed=1)
+    opt = minivae.Adam(vae.params, lr=2e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        vae.forward(x[rng.choice(500, 100, replace=False)])
+        opt.step(vae.backward())
+    return vae, x[500:]
+
+
+def test_importance_weighted_bound_is_above_the_elbo_and_tightens_with_k(trained_vae):
+    vae, x = trained_vae
+    elbo = -metrics.evaluate(vae, x, np.random.default_rng(1))["loss"]
+    ll = {k: metrics.iw_log_likelihood(vae, x, k, np.random.default_rng(2)) for k in (1, 10, 100)}
+    assert ll[1] == pytest.approx(elbo, abs=1.5)  # K = 1 is an estimate of the ELBO itself
+    assert elbo < ll[10] < ll[100]
+    assert ll[100] - ll[1] > 1.0  # a real tightening, not noise
+    with pytest.raises(ValueError):
+        metrics.iw_log_likelihood(vae, x, 0, np.random.default_rng(0))
+
+
+def test_autoencoder_gradient_every_parameter():
+    rng = np.random.default_rng(5)
+    ae = AE(data_dim=9, latent=4, hidden=(7,), seed=2, dtype="float64")
+    x = rng.random((5, 9))
+    ae.forward(x)
+    grads = ae.backward()
+    assert list(grads) == list(ae.params)
+    for k, p in ae.params.items():
+        assert rel_error(numerical_grad(lambda: ae.forward(x), p), grads[k]) < 1e-6, k
+
+
+def test_autoencoder_is_the_vae_without_sampling_and_kl():
+    """Same MLP shapes; its loss equals the VAE's reconstruction term when z is the code."""
+    ae = AE(data_dim=9, latent=4, hidden=(7,), seed=2, dtype="float64")
+    vae = minivae.VAE(data_dim=9, latent=4, hidden=(7,), seed=2, dtype="float64")
+    assert [p.shape for k, p in ae.params.items() if k.startswith("dec")] == \
+           [p.shape for k, p in vae.params.items() if k.startswith("dec")]
+    x = np.random.default_rng(0).random((3, 9))
+    z = ae.encode(x)[0]
+    for k in ae.params:
+        if k.startswith("dec"):
+            vae.params[k][...] = ae.params[k]
+    logits = vae.decode_logits(z)
+    want = (np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits))) - x * logits).sum(1).mean()
+    assert ae.forward(x) == pytest.approx(want, rel=1e-12)
