@@ -26,6 +26,19 @@ Z latents, D data dimension, P total parameter count.
   c1, c2)``                            bias corrections c1 = 1 − b1ᵗ, c2 = 1 − b2ᵗ
 =====================================  ==========================================================
 
+Memory goes through the ops object too, so that one training engine (:mod:`kernels.engine`) runs
+on every backend; the attribute ``xp`` is the array module of the device arrays (``numpy``, ``cupy``)
+and ``name`` the backend's name.
+
+=====================================  ==========================================================
+``empty(shape, dtype)``                a new C-contiguous device array, contents undefined
+``zeros(shape, dtype)``                a new C-contiguous device array of zeros
+``to_device(host)``                    a C-contiguous device array with the values of the NumPy
+                                       array ``host`` (may be ``host`` itself on the CPU)
+``to_host(a)``                         a NumPy array with the values of the device array ``a``
+                                       (may share memory with ``a`` on the CPU; copy it to keep it)
+=====================================  ==========================================================
+
 ``act`` is one of ``"relu"``, ``"tanh"``, ``"identity"``. ``bias_act`` and ``act_backward`` may be
 called with ``out`` aliasing their first argument (in place).
 """
@@ -105,6 +118,18 @@ class NumpyOps:
 
     name = "numpy"
     xp = np
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+    def to_device(self, host):
+        return np.ascontiguousarray(host)
+
+    def to_host(self, a):
+        return np.asarray(a)
 
     def matmul(self, a, b, out, ta=False, tb=False):
         np.matmul(a.T if ta else a, b.T if tb else b, out=out)

@@ -1,12 +1,119 @@
 """Backends: which implementation of the ops runs a training step.
 
-- ``numpy``: the readable reference in :mod:`minivae.vae` (always available).
+- ``numpy``: the readable reference in :mod:`minivae.vae` (always available, no engine).
+- ``cpu-fused``: NumPy's BLAS for the matrix products and Numba-compiled fused kernels for the
+  rest (:mod:`kernels.cpu_fused`), float32 only.
+- ``cupy``: cuBLAS and CuPy fused kernels (:mod:`kernels.cupy`), needs a usable CUDA GPU.
+- ``numba-cuda``: Numba-CUDA kernels (:mod:`kernels.numba_cuda`), needs a usable CUDA GPU.
+- ``auto``: ``cupy`` when a GPU is usable, else ``cpu-fused``.
+
+Every backend but ``numpy`` runs the same :class:`kernels.engine.Engine` on its own ops object.
+Nothing here imports Numba, CuPy or Numba-CUDA until a backend that needs it is asked for.
 """
 
 from __future__ import annotations
 
-BACKENDS = ("numpy",)
+import importlib
+
+import numpy as np
+
+BACKENDS = ("numpy", "cpu-fused", "cupy", "numba-cuda", "auto")
+
+# Where each fast backend's ops class lives ("module:Class"), imported only when asked for.
+_OPS = {
+    "cpu-fused": "kernels.cpu_fused:CpuFusedOps",
+    "cupy": "kernels.cupy.ops:CupyOps",
+    "numba-cuda": "kernels.numba_cuda.ops:NumbaCudaOps",
+}
+_DTYPES = {"cpu-fused": (np.float32,)}  # backends limited to some dtypes
+
+_gpu_usable = None  # cached answer of _cupy_gpu_usable()
+_numba_gpu_usable = None  # cached answer of _numba_cuda_usable()
+
+
+def _check_name(name):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
+
+
+def _cupy_gpu_usable():
+    """True when CuPy imports, sees a GPU, and runs a tiny kernel and a matmul correctly (once)."""
+    global _gpu_usable
+    if _gpu_usable is None:
+        try:
+            import cupy
+
+            ok = bool(cupy.is_available())
+            if ok:
+                a = cupy.arange(6, dtype=cupy.float32).reshape(2, 3)
+                square = cupy.ElementwiseKernel("float32 x", "float32 y", "y = x * x", "minivae_smoke")
+                ok = float(square(a).sum()) == 55.0 and float((a @ a.T)[1, 1]) == 50.0
+        except Exception:  # no CuPy, no driver, no device, a broken toolkit: all mean "not usable"
+            ok = False
+        _gpu_usable = ok
+    return _gpu_usable
+
+
+def _numba_cuda_usable():
+    """True when Numba-CUDA imports and finds a usable GPU (asked once)."""
+    global _numba_gpu_usable
+    if _numba_gpu_usable is None:
+        try:
+            from numba import cuda
+
+            _numba_gpu_usable = bool(cuda.is_available())
+        except Exception:
+            _numba_gpu_usable = False
+    return _numba_gpu_usable
+
+
+def resolve(name):
+    """The concrete backend a name stands for: ``auto`` → ``cupy`` or ``cpu-fused``."""
+    _check_name(name)
+    if name == "auto":
+        return "cupy" if _cupy_gpu_usable() else "cpu-fused"
+    return name
+
+
+def _ops_class(name):
+    module, cls = _OPS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise RuntimeError(f"backend {name!r} is not available on this machine: {e}") from e
+
+
+def available_backends():
+    """The backends that can run here, in the order of :data:`BACKENDS` (``auto`` excluded)."""
+    names = ["numpy"]
+    try:
+        _ops_class("cpu-fused")
+        names.append("cpu-fused")
+    except RuntimeError:
+        pass
+    for name, usable in (("cupy", _cupy_gpu_usable), ("numba-cuda", _numba_cuda_usable)):
+        if usable():
+            try:
+                _ops_class(name)
+                names.append(name)
+            except RuntimeError:
+                pass
+    return names
 
 
 def create_engine(vae, name):
-    raise ValueError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
+    """The :class:`kernels.engine.Engine` of backend ``name`` for ``vae`` (rebinds vae.params)."""
+    name = resolve(name)
+    if name == "numpy":
+        raise ValueError("the numpy backend runs the reference code in minivae.vae: it has no engine")
+    allowed = _DTYPES.get(name)
+    if allowed is not None and vae.dtype not in allowed:
+        raise ValueError(f"backend {name!r} supports only {', '.join(np.dtype(d).name for d in allowed)}, "
+                         f"not {vae.dtype.name}: use backend='numpy' for {vae.dtype.name}")
+    if name == "cupy" and not _cupy_gpu_usable():
+        raise RuntimeError("backend 'cupy' needs CuPy and a usable CUDA GPU; none was found")
+    if name == "numba-cuda" and not _numba_cuda_usable():
+        raise RuntimeError("backend 'numba-cuda' needs Numba-CUDA and a usable CUDA GPU; none was found")
+    from kernels.engine import Engine
+
+    return Engine(vae, _ops_class(name)())

@@ -46,9 +46,9 @@ class Adam:
         self.t = 0
         self.flat = getattr(params, "flat", None)
         if self.flat is not None:
-            xp = params.ops.xp
-            self._m_flat = xp.zeros_like(self.flat)
-            self._v_flat = xp.zeros_like(self.flat)
+            ops = params.ops
+            self._m_flat = ops.zeros(self.flat.shape, self.flat.dtype)  # (P,)
+            self._v_flat = ops.zeros(self.flat.shape, self.flat.dtype)  # (P,)
             self.m = params.views(self._m_flat)
             self.v = params.views(self._v_flat)
         else:
