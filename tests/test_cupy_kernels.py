@@ -90,6 +90,24 @@ def test_nvrtc_reports_errors():
     assert not ok and "undefined_name" in log
 
 
+def test_benchmark_without_gpu_exits_with_one_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy is installed: the benchmark might really run")
+    except ImportError:
+        pass
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernels"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode != 0
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and "no usable GPU" in lines[0], lines
+
+
 # --------------------------------------------------------------------------------------------
 # On a GPU
 # --------------------------------------------------------------------------------------------
