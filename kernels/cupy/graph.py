@@ -70,6 +70,7 @@ class GraphedStep:
     def _capture(self):
         opt = self.opt
         state = (opt.flat, opt._m_flat, opt._v_flat)
+        self.cupy.cuda.Device().synchronize()  # our stream is non-blocking: finish earlier work first
         with self.stream:
             saved = [buf.copy() for buf in state]
             self._run()  # warm-up: compiles every kernel outside the capture
@@ -95,6 +96,7 @@ class GraphedStep:
             eps = vae.rng.standard_normal((self.B, self.eng.Z))  # drawn on the host, as eagerly
         opt.t += 1
         c = np.array([1 - opt.b1**opt.t, 1 - opt.b2**opt.t], dtype=np.float32)
+        cupy.cuda.Stream.null.synchronize()  # eager work on the default stream (e.g. encode) first
         with self.stream:
             self.x[...] = cupy.asarray(np.asarray(x, dtype=self.eng.dtype))
             self.eps[...] = cupy.asarray(np.asarray(eps, dtype=self.eng.dtype))
