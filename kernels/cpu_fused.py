@@ -5,7 +5,7 @@ machine's peak). Everything else in the reference path is a chain of small NumPy
 each of which reads its inputs from memory, allocates a temporary and writes it back. Here every
 such chain is ONE compiled loop (``@njit``) that reads each input once and writes its outputs in
 place, in float32 throughout (constants are ``np.float32``; the scalar arguments are converted to
-float32 before the call), split over the cores with ``prange`` where the work is large enough.
+float32 before the call).
 
 Kernels (each tested against its oracle in :mod:`kernels.reference` by ``tests/test_cpu_fused.py``):
 
@@ -18,18 +18,30 @@ Kernels (each tested against its oracle in :mod:`kernels.reference` by ``tests/t
     reparam_kl_kernel         z = μ + σ⊙ε,  KL = Σ ½(μ² + σ² − log σ² − 1)   (B, 2Z) → (B, Z), (B,)
     reparam_kl_backward_kernel  ∂L/∂μ = dz + c·μ,  ∂L/∂log σ² = dz⊙½σ⊙ε + c·½(σ² − 1)   (B, 2Z)
     bernoulli_nll_kernel      ℓ = Σ softplus(a) − x·a,  da = s·(sigmoid(a) − x)     (B,), (B, D)
+    bernoulli_nll_parallel_kernel   the same, blocks of rows over the threads (prange)
     adam_kernel               one Adam step over the flat buffers θ, g, m, v          (P,)
+    adam_parallel_kernel      the same, chunks of the buffers over the threads (prange)
 
-Numerics. ``fastmath`` is off everywhere but in the column sum (``reassoc`` lets LLVM keep
-several partial sums in vector registers); the row sums of the losses (KL, Bernoulli NLL)
-accumulate in float64 — B numbers of up to D or Z terms each — so that they are at least as
-accurate as NumPy's pairwise float32 sum in the oracle. Every kernel is compiled with
-``cache=True``: the first process compiles (a few seconds), later ones load the machine code.
+Threads. The passes over one layer's activations (B × N ≈ 64 K floats, in cache) take tens of
+microseconds: waking a thread pool costs as much, and on a machine whose cores are busy it costs
+far more, so they run on one thread. Only the two big passes — the Bernoulli loss (an exp and a
+log1p per pixel) and Adam (all P parameters) — have ``prange`` versions, used above a size
+threshold (:class:`CpuFusedOps` ``parallel_min_*``) when Numba has more than one thread.
+
+Numerics. No ``fastmath``: each element is computed with the same float32 operations as the
+oracle. ``error_model="numpy"`` (division by zero gives inf, as in NumPy, instead of raising)
+lets LLVM vectorize loops that divide. The row sums of the losses (KL, Bernoulli NLL) accumulate
+in float64 — B numbers of up to D or Z terms each — so they are at least as accurate as NumPy's
+pairwise float32 sum in the oracle. Every kernel is compiled with ``cache=True``: the first
+process compiles (seconds), later ones load the machine code.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import numba
 from numba import njit, prange
 
 _0 = np.float32(0.0)
@@ -41,66 +53,61 @@ _1 = np.float32(1.0)
 # --------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, error_model="numpy")
 def bias_relu_kernel(a, b, out):
     """out = max(a + b, 0).     a, out: (B, N)  b: (N,); out may alias a."""
     B, N = a.shape
-    for i in prange(B):
+    for i in range(B):
         for j in range(N):
             v = a[i, j] + b[j]
             out[i, j] = v if v > _0 else _0
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, error_model="numpy")
 def bias_tanh_kernel(a, b, out):
     """out = tanh(a + b).     a, out: (B, N)  b: (N,); out may alias a."""
     B, N = a.shape
-    for i in prange(B):
+    for i in range(B):
         for j in range(N):
             out[i, j] = np.tanh(a[i, j] + b[j])
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, error_model="numpy")
 def bias_identity_kernel(a, b, out):
     """out = a + b.     a, out: (B, N)  b: (N,); out may alias a."""
     B, N = a.shape
-    for i in prange(B):
+    for i in range(B):
         for j in range(N):
             out[i, j] = a[i, j] + b[j]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, error_model="numpy")
 def relu_backward_kernel(dy, y, out):
     """out = dy ⊙ [y > 0]  (y is the ReLU's output: y > 0 exactly where its input was).  (B, N)"""
     B, N = dy.shape
-    for i in prange(B):
+    for i in range(B):
         for j in range(N):
             out[i, j] = dy[i, j] if y[i, j] > _0 else _0
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, error_model="numpy")
 def tanh_backward_kernel(dy, y, out):
     """out = dy ⊙ (1 − y²)  with y = tanh(a).     (B, N)"""
     B, N = dy.shape
-    for i in prange(B):
+    for i in range(B):
         for j in range(N):
             out[i, j] = dy[i, j] * (_1 - y[i, j] * y[i, j])
 
 
-_COLS = 256  # columns per task of colsum_kernel: a strip of B × 256 floats, one task per strip
-
-
-@njit(parallel=True, cache=True, fastmath={"reassoc"})
+@njit(cache=True, error_model="numpy")
 def colsum_kernel(dy, out):
-    """out = Σ_batch dy, column strips in parallel, rows streamed in order.  (B, N) → (N,)"""
+    """out = Σ_batch dy, the rows streamed in order and added into out.  (B, N) → (N,)"""
     B, N = dy.shape
-    for s in prange((N + _COLS - 1) // _COLS):
-        j0, j1 = s * _COLS, min(N, (s + 1) * _COLS)
-        for j in range(j0, j1):
-            out[j] = _0
-        for i in range(B):
-            for j in range(j0, j1):
-                out[j] += dy[i, j]
+    for j in range(N):
+        out[j] = dy[0, j]
+    for i in range(1, B):
+        for j in range(N):
+            out[j] = out[j] + dy[i, j]
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,14 +115,14 @@ def colsum_kernel(dy, out):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, error_model="numpy")
 def reparam_kl_kernel(h, eps, z, kl):
     """z = μ + σ ⊙ ε,  σ = exp(½ log σ²);  kl = Σ_latents ½(μ² + σ² − log σ² − 1).
 
     h = [μ | log σ²]: (B, 2Z)   eps, z: (B, Z)   kl: (B,)
     """
     B, Z = z.shape
-    for i in prange(B):
+    for i in range(B):
         acc = 0.0  # float64 accumulator of the row's KL
         for j in range(Z):
             mu, logvar = h[i, j], h[i, Z + j]
@@ -125,7 +132,7 @@ def reparam_kl_kernel(h, eps, z, kl):
         kl[i] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, error_model="numpy")
 def reparam_kl_backward_kernel(dz, h, eps, c, dh):
     """∂L/∂h for L = (decoder loss through z) + c · Σ_b KL_b.   dz, eps: (B, Z)   h, dh: (B, 2Z)
 
@@ -133,7 +140,7 @@ def reparam_kl_backward_kernel(dz, h, eps, c, dh):
     ∂L/∂log σ² = dz ⊙ ½σ⊙ε + c·½(σ² − 1)     (∂z/∂log σ² = ½σ⊙ε,  ∂KL/∂log σ² = ½(σ² − 1))
     """
     B, Z = dz.shape
-    for i in prange(B):
+    for i in range(B):
         for j in range(Z):
             mu, logvar = h[i, j], h[i, Z + j]
             sigma = np.exp(_HALF * logvar)
@@ -146,7 +153,7 @@ def reparam_kl_backward_kernel(dz, h, eps, c, dh):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, error_model="numpy")
 def bernoulli_nll_kernel(a, x, scale, loss, da):
     """loss = Σ_pixels softplus(a) − x·a;  da = scale · (sigmoid(a) − x).   a, x, da: (B, D)  loss: (B,)
 
@@ -154,7 +161,7 @@ def bernoulli_nll_kernel(a, x, scale, loss, da):
     softplus(a) = max(a, 0) + log1p(e);  sigmoid(a) = 1/(1 + e) for a ≥ 0, e/(1 + e) for a < 0.
     """
     B, D = a.shape
-    for i in prange(B):
+    for i in range(B):
         acc = 0.0  # float64 accumulator of the row's loss
         for j in range(D):
             aj, xj = a[i, j], x[i, j]
@@ -166,30 +173,52 @@ def bernoulli_nll_kernel(a, x, scale, loss, da):
         loss[i] = acc
 
 
+_ROWS = 16  # rows per task of bernoulli_nll_parallel_kernel
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def bernoulli_nll_parallel_kernel(a, x, scale, loss, da):
+    """bernoulli_nll_kernel on blocks of rows, the blocks spread over the threads."""
+    B = a.shape[0]
+    for s in prange((B + _ROWS - 1) // _ROWS):
+        i0, i1 = s * _ROWS, min(B, (s + 1) * _ROWS)
+        bernoulli_nll_kernel(a[i0:i1], x[i0:i1], scale, loss[i0:i1], da[i0:i1])
+
+
 # --------------------------------------------------------------------------------------------
 # Adam over the flat parameter buffer
 # --------------------------------------------------------------------------------------------
 
-_CHUNK = 1 << 16  # elements per Adam task
-
-
-@njit(parallel=True, cache=True)
+@njit(cache=True, error_model="numpy")
 def adam_kernel(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, c1, c2):
     """One Adam step in place over flat buffers (P,) (see :mod:`minivae.optim`):
 
     m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;  θ ← θ − α·(m/c1) / (√(v/c2) + ε)
 
     1 − β₁ and 1 − β₂ come in precomputed (in float64, as the reference rounds them): in float32,
-    1 − 0.999 loses four of its seven digits to cancellation.
+    1 − 0.999 loses four of its seven digits to cancellation. Written so that LLVM vectorizes it
+    (separate stores, ``math.sqrt``; ``error_model="numpy"`` drops Python's zero-division check).
     """
+    for k in range(p.shape[0]):
+        gk = g[k]
+        mk = b1 * m[k] + one_minus_b1 * gk
+        vk = b2 * v[k] + one_minus_b2 * (gk * gk)
+        m[k] = mk
+        v[k] = vk
+        p[k] = p[k] - lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
+
+
+_CHUNK = 1 << 16  # elements per task of adam_parallel_kernel
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def adam_parallel_kernel(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, c1, c2):
+    """adam_kernel on chunks of 65 536 elements, the chunks spread over the threads."""
     P = p.shape[0]
     for s in prange((P + _CHUNK - 1) // _CHUNK):
-        for k in range(s * _CHUNK, min(P, (s + 1) * _CHUNK)):
-            gk = g[k]
-            mk = b1 * m[k] + one_minus_b1 * gk
-            vk = b2 * v[k] + one_minus_b2 * (gk * gk)
-            m[k], v[k] = mk, vk
-            p[k] -= lr * (mk / c1) / (np.sqrt(vk / c2) + eps)
+        k0, k1 = s * _CHUNK, min(P, (s + 1) * _CHUNK)
+        adam_kernel(p[k0:k1], g[k0:k1], m[k0:k1], v[k0:k1], lr, b1, one_minus_b1, b2, one_minus_b2,
+                    eps, c1, c2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +234,9 @@ class CpuFusedOps:
 
     name = "cpu-fused"
     xp = np
+    # Below these sizes (elements) a kernel runs on one thread: waking the others costs more.
+    parallel_min_nll = 1 << 16
+    parallel_min_adam = 1 << 20
 
     def empty(self, shape, dtype):
         return np.empty(shape, dtype=dtype)
@@ -243,8 +275,14 @@ class CpuFusedOps:
         reparam_kl_backward_kernel(dz, h, eps, np.float32(c), dh)
 
     def bernoulli_nll(self, a, x, scale, loss, da):
-        bernoulli_nll_kernel(a, x, np.float32(scale), loss, da)
+        kernel = bernoulli_nll_kernel
+        if a.size >= self.parallel_min_nll and numba.get_num_threads() > 1:
+            kernel = bernoulli_nll_parallel_kernel
+        kernel(a, x, np.float32(scale), loss, da)
 
     def adam(self, p, g, m, v, lr, b1, b2, eps, c1, c2):
         f = np.float32
-        adam_kernel(p, g, m, v, f(lr), f(b1), f(1 - b1), f(b2), f(1 - b2), f(eps), f(c1), f(c2))
+        kernel = adam_kernel
+        if p.size >= self.parallel_min_adam and numba.get_num_threads() > 1:
+            kernel = adam_parallel_kernel
+        kernel(p, g, m, v, f(lr), f(b1), f(1 - b1), f(b2), f(1 - b2), f(eps), f(c1), f(c2))

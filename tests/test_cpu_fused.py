@@ -93,10 +93,14 @@ def test_bernoulli_nll(B, D):
     a, x = rand(rng, B, D, scale=4), rng.random((B, D)).astype(F32)
     x[:, ::3] = np.round(x[:, ::3])  # binary pixels too
     loss, da = np.empty(B, F32), np.empty_like(a)
-    ops.bernoulli_nll(a, x, 1 / B, loss, da)
     loss_ref, da_ref = reference.bernoulli_nll(a, x, 1 / B)
+    for kernel in (cpu_fused.bernoulli_nll_kernel, cpu_fused.bernoulli_nll_parallel_kernel):
+        loss, da = np.full(B, np.nan, F32), np.full_like(a, np.nan)
+        kernel(a, x, F32(1 / B), loss, da)
+        close(loss, loss_ref)
+        close(da, da_ref)
+    ops.bernoulli_nll(a, x, 1 / B, loss, da)
     close(loss, loss_ref)
-    close(da, da_ref)
 
 
 def test_bernoulli_nll_extreme_logits_are_finite():
@@ -117,10 +121,14 @@ def test_adam(P):
     v = (rng.random(P) * 0.01).astype(F32)
     ref = [a.copy() for a in (p, g, m, v)]
     args = (1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**3, 1 - 0.999**3)
-    ops.adam(p, g, m, v, *args)
     reference.adam(*ref, *args)
-    for ours, r in zip((p, m, v), (ref[0], ref[2], ref[3])):
-        close(ours, r)
+    for parallel_min in (1 << 40, 1):  # one thread, then the prange version
+        ours = [a.copy() for a in (p, g, m, v)]
+        fused = CpuFusedOps()
+        fused.parallel_min_adam = parallel_min
+        fused.adam(*ours, *args)
+        for o, r in zip(ours, ref):
+            close(o, r)
 
 
 def test_matmul_and_memory():
@@ -142,7 +150,8 @@ KERNEL_TESTS = {
     "tanh_backward_kernel": test_act_backward, "colsum_kernel": test_colsum,
     "reparam_kl_kernel": test_reparam_kl_and_backward,
     "reparam_kl_backward_kernel": test_reparam_kl_and_backward,
-    "bernoulli_nll_kernel": test_bernoulli_nll, "adam_kernel": test_adam,
+    "bernoulli_nll_kernel": test_bernoulli_nll, "bernoulli_nll_parallel_kernel": test_bernoulli_nll,
+    "adam_kernel": test_adam, "adam_parallel_kernel": test_adam,
 }
 
 
