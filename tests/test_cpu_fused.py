@@ -160,3 +160,32 @@ def test_docstring_lists_every_kernel_and_each_is_tested():
     defined = {n for n in dir(cpu_fused) if n.endswith("_kernel") and callable(getattr(cpu_fused, n))}
     assert listed == defined
     assert listed == set(KERNEL_TESTS)
+
+
+def test_exp32_log1p32_sum64():
+    from numba import njit
+
+    @njit
+    def apply(fn, x, out):
+        for i in range(x.shape[0]):
+            out[i] = fn(x[i])
+
+    x = np.concatenate([np.linspace(-110, 95, 200_001), [-1000, 1000, 0]]).astype(F32)
+    out = np.empty_like(x)
+    apply(cpu_fused.exp32, x, out)
+    with np.errstate(over="ignore"):
+        ref = np.exp(x.astype(np.float64)).astype(F32)  # the float32 of the true value
+    finite = np.isfinite(ref)
+    assert np.array_equal(np.isinf(out), ~finite)
+    # 2 ulp relative for normal results; subnormal ones within one subnormal step
+    r, o = ref[finite].astype(np.float64), out[finite].astype(np.float64)
+    assert np.all(np.abs(o - r) <= 2.4e-7 * r + 1.5e-45)
+
+    e = np.concatenate([np.linspace(0, 1, 100_001), np.logspace(-40, 0, 1000)]).astype(F32)
+    out = np.empty_like(e)
+    apply(cpu_fused.log1p32, e, out)
+    ref = np.log1p(e.astype(np.float64))
+    assert np.all(np.abs(out - ref) <= 3e-7 * ref + 1.5e-45)
+
+    row = np.random.default_rng(0).standard_normal(1001).astype(F32)
+    assert abs(cpu_fused.sum64(row) - row.astype(np.float64).sum()) < 1e-9
