@@ -289,9 +289,9 @@ def main(argv=None):
     ap.add_argument("--latents", default=None, help="comma-separated latent sizes")
     ap.add_argument("--hidden", default="512", help="comma-separated hidden widths")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--target", type=float, default=0.25, help="seconds per timed repeat")
+    ap.add_argument("--target", type=float, default=0.1, help="seconds per timed repeat")
     ap.add_argument("--quick", action="store_true", help="two sizes, few repeats: seconds")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for BLAS, Numba and PyTorch alike (default: BLAS's own count)")

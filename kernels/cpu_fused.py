@@ -26,8 +26,8 @@ Kernels (each tested against its oracle in :mod:`kernels.reference` by ``tests/t
 Threads. The passes over one layer's activations (B × N ≈ 64 K floats, in cache) take tens of
 microseconds: waking a thread pool costs as much, and on a machine whose cores are busy it costs
 far more, so they run on one thread. Only the two big passes — the Bernoulli loss (an exp and a
-log1p per pixel) and Adam (all P parameters) — have ``prange`` versions, used above a size
-threshold (:class:`CpuFusedOps` ``parallel_min_*``) when Numba has more than one thread.
+log1p per pixel) and Adam (all P parameters) — have ``prange`` versions, used from a size
+threshold on (:class:`CpuFusedOps` ``parallel_min_*``) when Numba has more than one thread.
 
 Numerics. Each element is computed in float32 with the oracle's formula; exp and log1p are our
 own vectorizable float32 versions (``exp32``, ``log1p32``, within 2 ulp). ``error_model="numpy"``
@@ -128,19 +128,35 @@ def log1p32(e):
 # --------------------------------------------------------------------------------------------
 
 
+# When ``out`` is the input itself (in place, as the engine calls them), each kernel runs a loop
+# that names only that one array: with two names for one buffer LLVM must assume they overlap
+# and gives up vectorizing (a 15× slower loop).
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _same(a, b):
+    return a.ctypes.data == b.ctypes.data
+
+
 @njit(cache=True, error_model="numpy")
 def bias_relu_kernel(a, b, out):
-    """out = max(a + b, 0).     a, out: (B, N)  b: (N,); out may alias a."""
+    """out = max(a + b, 0).     a, out: (B, N)  b: (N,); out may be a."""
     B, N = a.shape
-    for i in range(B):
-        for j in range(N):
-            v = a[i, j] + b[j]
-            out[i, j] = v if v > _0 else _0
+    if _same(a, out):
+        for i in range(B):
+            for j in range(N):
+                v = a[i, j] + b[j]
+                a[i, j] = v if v > _0 else _0
+    else:
+        for i in range(B):
+            for j in range(N):
+                v = a[i, j] + b[j]
+                out[i, j] = v if v > _0 else _0
 
 
 @njit(cache=True, error_model="numpy")
 def bias_tanh_kernel(a, b, out):
-    """out = tanh(a + b).     a, out: (B, N)  b: (N,); out may alias a."""
+    """out = tanh(a + b).     a, out: (B, N)  b: (N,); out may be a (libm's tanhf: not vectorized)."""
     B, N = a.shape
     for i in range(B):
         for j in range(N):
@@ -149,29 +165,44 @@ def bias_tanh_kernel(a, b, out):
 
 @njit(cache=True, error_model="numpy")
 def bias_identity_kernel(a, b, out):
-    """out = a + b.     a, out: (B, N)  b: (N,); out may alias a."""
+    """out = a + b.     a, out: (B, N)  b: (N,); out may be a."""
     B, N = a.shape
-    for i in range(B):
-        for j in range(N):
-            out[i, j] = a[i, j] + b[j]
+    if _same(a, out):
+        for i in range(B):
+            for j in range(N):
+                a[i, j] = a[i, j] + b[j]
+    else:
+        for i in range(B):
+            for j in range(N):
+                out[i, j] = a[i, j] + b[j]
 
 
 @njit(cache=True, error_model="numpy")
 def relu_backward_kernel(dy, y, out):
     """out = dy ⊙ [y > 0]  (y is the ReLU's output: y > 0 exactly where its input was).  (B, N)"""
     B, N = dy.shape
-    for i in range(B):
-        for j in range(N):
-            out[i, j] = dy[i, j] if y[i, j] > _0 else _0
+    if _same(dy, out):
+        for i in range(B):
+            for j in range(N):
+                dy[i, j] = dy[i, j] if y[i, j] > _0 else _0
+    else:
+        for i in range(B):
+            for j in range(N):
+                out[i, j] = dy[i, j] if y[i, j] > _0 else _0
 
 
 @njit(cache=True, error_model="numpy")
 def tanh_backward_kernel(dy, y, out):
-    """out = dy ⊙ (1 − y²)  with y = tanh(a).     (B, N)"""
+    """out = dy ⊙ (1 − y²)  with y = tanh(a).     (B, N); out may be dy."""
     B, N = dy.shape
-    for i in range(B):
-        for j in range(N):
-            out[i, j] = dy[i, j] * (_1 - y[i, j] * y[i, j])
+    if _same(dy, out):
+        for i in range(B):
+            for j in range(N):
+                dy[i, j] = dy[i, j] * (_1 - y[i, j] * y[i, j])
+    else:
+        for i in range(B):
+            for j in range(N):
+                out[i, j] = dy[i, j] * (_1 - y[i, j] * y[i, j])
 
 
 @njit(cache=True, error_model="numpy")
@@ -309,9 +340,12 @@ class CpuFusedOps:
 
     name = "cpu-fused"
     xp = np
-    # Below these sizes (elements) a kernel runs on one thread: waking the others costs more.
-    parallel_min_nll = 1 << 16
-    parallel_min_adam = 1 << 20
+    # From these sizes (elements) on, the prange versions run when Numba has several threads.
+    # Measured on a 2-core machine shared with other jobs, the one-thread kernels were faster at
+    # every size of benchmarks/throughput.py (the loss at B×D = 100 K: 0.36 ms vs 11.9 ms; Adam at
+    # P = 2.3 M: 3.2 ms vs 3.9 ms), so the thresholds sit above those sizes.
+    parallel_min_nll = 1 << 20
+    parallel_min_adam = 1 << 24
 
     def empty(self, shape, dtype):
         return np.empty(shape, dtype=dtype)
