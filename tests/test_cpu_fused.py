@@ -93,10 +93,14 @@ def test_bernoulli_nll(B, D):
     a, x = rand(rng, B, D, scale=4), rng.random((B, D)).astype(F32)
     x[:, ::3] = np.round(x[:, ::3])  # binary pixels too
     loss, da = np.empty(B, F32), np.empty_like(a)
-    ops.bernoulli_nll(a, x, 1 / B, loss, da)
     loss_ref, da_ref = reference.bernoulli_nll(a, x, 1 / B)
+    for kernel in (cpu_fused.bernoulli_nll_kernel, cpu_fused.bernoulli_nll_parallel_kernel):
+        loss, da = np.full(B, np.nan, F32), np.full_like(a, np.nan)
+        kernel(a, x, F32(1 / B), loss, da)
+        close(loss, loss_ref)
+        close(da, da_ref)
+    ops.bernoulli_nll(a, x, 1 / B, loss, da)
     close(loss, loss_ref)
-    close(da, da_ref)
 
 
 def test_bernoulli_nll_extreme_logits_are_finite():
@@ -117,10 +121,14 @@ def test_adam(P):
     v = (rng.random(P) * 0.01).astype(F32)
     ref = [a.copy() for a in (p, g, m, v)]
     args = (1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**3, 1 - 0.999**3)
-    ops.adam(p, g, m, v, *args)
     reference.adam(*ref, *args)
-    for ours, r in zip((p, m, v), (ref[0], ref[2], ref[3])):
-        close(ours, r)
+    for parallel_min in (1 << 40, 1):  # one thread, then the prange version
+        ours = [a.copy() for a in (p, g, m, v)]
+        fused = CpuFusedOps()
+        fused.parallel_min_adam = parallel_min
+        fused.adam(*ours, *args)
+        for o, r in zip(ours, ref):
+            close(o, r)
 
 
 def test_matmul_and_memory():
@@ -142,7 +150,8 @@ KERNEL_TESTS = {
     "tanh_backward_kernel": test_act_backward, "colsum_kernel": test_colsum,
     "reparam_kl_kernel": test_reparam_kl_and_backward,
     "reparam_kl_backward_kernel": test_reparam_kl_and_backward,
-    "bernoulli_nll_kernel": test_bernoulli_nll, "adam_kernel": test_adam,
+    "bernoulli_nll_kernel": test_bernoulli_nll, "bernoulli_nll_parallel_kernel": test_bernoulli_nll,
+    "adam_kernel": test_adam, "adam_parallel_kernel": test_adam,
 }
 
 
@@ -151,3 +160,32 @@ def test_docstring_lists_every_kernel_and_each_is_tested():
     defined = {n for n in dir(cpu_fused) if n.endswith("_kernel") and callable(getattr(cpu_fused, n))}
     assert listed == defined
     assert listed == set(KERNEL_TESTS)
+
+
+def test_exp32_log1p32_sum64():
+    from numba import njit
+
+    @njit
+    def apply(fn, x, out):
+        for i in range(x.shape[0]):
+            out[i] = fn(x[i])
+
+    x = np.concatenate([np.linspace(-110, 95, 200_001), [-1000, 1000, 0]]).astype(F32)
+    out = np.empty_like(x)
+    apply(cpu_fused.exp32, x, out)
+    with np.errstate(over="ignore"):
+        ref = np.exp(x.astype(np.float64)).astype(F32)  # the float32 of the true value
+    finite = np.isfinite(ref)
+    assert np.array_equal(np.isinf(out), ~finite)
+    # 2 ulp relative for normal results; subnormal ones within one subnormal step
+    r, o = ref[finite].astype(np.float64), out[finite].astype(np.float64)
+    assert np.all(np.abs(o - r) <= 2.4e-7 * r + 1.5e-45)
+
+    e = np.concatenate([np.linspace(0, 1, 100_001), np.logspace(-40, 0, 1000)]).astype(F32)
+    out = np.empty_like(e)
+    apply(cpu_fused.log1p32, e, out)
+    ref = np.log1p(e.astype(np.float64))
+    assert np.all(np.abs(out - ref) <= 3e-7 * ref + 1.5e-45)
+
+    row = np.random.default_rng(0).standard_normal(1001).astype(F32)
+    assert abs(cpu_fused.sum64(row) - row.astype(np.float64).sum()) < 1e-9
