@@ -1,355 +1,387 @@
-"""Training throughput across latent sizes: samples/s of full steps (forward, backward, Adam).
+"""Training throughput: samples/s of full steps (forward, backward, Adam) across latent sizes.
 
-    python benchmarks/throughput.py            # all latent sizes, every backend usable here
-    python benchmarks/throughput.py --quick    # a few sizes, a few repeats: seconds
+For each latent size Z, every runner below does the same step on the same MLP (D = 784 →
+hidden → 2Z, Z → hidden → D, ReLU, Bernoulli loss from logits plus the Gaussian KL, Adam):
 
-For each latent size Z (hidden 512, batch 128, float32) it times, interleaved within each repeat so
-that every contender sees the same machine state:
+    numpy, cpu-fused, cupy, numba-cuda   minivae.VAE(backend=…), each backend usable here
+    torch-cpu, torch-cuda                PyTorch eager, the same model, loss and optimizer
+    floor                                only the step's matrix products, with NumPy's BLAS into
+                                         preallocated outputs: what no CPU implementation that
+                                         uses this BLAS can beat
 
-- each minivae backend usable here (numpy, cpu-fused; cupy and numba-cuda when a GPU is usable);
-- PyTorch eager on the same MLP and loss (when torch is installed; on CUDA too when available),
-  with torch's thread count set to the BLAS thread count minivae runs with;
-- the BLAS floor: only the step's matrix products into preallocated outputs, nothing else. No
-  implementation that uses these BLAS products can beat it.
+The runners are interleaved — repeat 1 of every runner, then repeat 2 of every runner, … — so
+that a slow moment of the (shared) machine hits all of them alike, and each reports the median
+over the repeats of its time per step, after warm-up steps. Ratios are taken within the run:
+"×torch" is samples/s over PyTorch's on the same device (higher is better), "/floor" is the
+step time over the floor's (≥ 1, lower is better). PyTorch gets as many threads as our BLAS and
+Numba use.
 
-Each contender warms up, then each repeat times a number of steps; the reported time per step is
-the median over repeats. Besides the table it prints, it writes ``benchmarks/results/throughput.json``
-(numbers + machine) and ``throughput.png`` (samples/s against Z, log axes, 784 marked). Per Z it
-also reports the parameter count, the bytes of parameters + gradients + Adam moments + activations,
-and the FLOPs of one step's matrix products, which grow linearly in Z.
+Also printed per Z: the parameter count, the bytes of parameters + gradients + Adam moments +
+activations of the cpu-fused engine, and the FLOPs of one step's matrix products
+(2·B·fan_in·fan_out per product: forward, the weight gradient, and the input gradient of every
+layer but the first). Writes ``throughput.json`` and ``throughput.png`` into ``--out``.
+
+    python benchmarks/throughput.py              # the full table (a few minutes)
+    python benchmarks/throughput.py --quick      # a few sizes, a few repeats (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import pathlib
 import platform
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import minivae  # noqa: E402
-from minivae import backend as backends  # noqa: E402
-from minivae.train import atomic_write  # noqa: E402
+from minivae.backend import available_backends  # noqa: E402
 
 LATENTS = (2, 10, 20, 50, 100, 200, 500, 784, 1000, 2000, 5000)
 QUICK_LATENTS = (20, 1000)
-D, H, B = 784, 512, 128
+D = 784
 
 
-# ------------------------------------------------------------------------------ sizes and costs
+# --------------------------------------------------------------------------------------------
+# Sizes: parameters, memory, FLOPs
+# --------------------------------------------------------------------------------------------
 
 
-def layer_shapes(Z, hidden=(H,)):
-    """(fan_in, fan_out) of every dense layer, encoder then decoder."""
-    enc = list(zip((D,) + hidden, hidden + (2 * Z,)))
-    dec = list(zip((Z,) + hidden[::-1], hidden[::-1] + (D,)))
-    return enc, dec
+def layer_shapes(Z, hidden):
+    """(fan_in, fan_out) of every dense layer, encoder first."""
+    enc = (D,) + hidden + (2 * Z,)
+    dec = (Z,) + hidden[::-1] + (D,)
+    return list(zip(enc[:-1], enc[1:])) + list(zip(dec[:-1], dec[1:]))
 
 
-def costs(Z, batch=B):
-    """Parameter count, bytes held during a step, and FLOPs of the step's matrix products."""
-    enc, dec = layer_shapes(Z)
-    layers = enc + dec
-    P = sum(i * o + o for i, o in layers)
-    # Forward x·W, backward xᵀ·d and d·Wᵀ: 2·B·in·out FLOPs each; the first layer needs no d·Wᵀ.
-    flops = sum(3 * 2 * batch * i * o for i, o in layers) - 2 * batch * D * H
-    acts = batch * (D + Z + Z + 1 + 1 + 2 * sum(o for _, o in layers))  # x, ε, z, KL, ℓ, outs + grads
-    return {"params": P, "bytes": 4 * (4 * P + acts), "flops": flops}
+def sizes(Z, hidden, B):
+    shapes = layer_shapes(Z, hidden)
+    P = sum(i * o + o for i, o in shapes)
+    flops = 0
+    for k, (i, o) in enumerate(shapes):
+        products = 2 if k == 0 else 3  # forward, ∂L/∂W, and ∂L/∂x except for the data input
+        flops += products * 2 * B * i * o
+    # cpu-fused engine: y and ∂L/∂y per layer, plus z, ∂L/∂z, ε, x, KL, NLL.
+    act = 4 * (2 * B * sum(o for _, o in shapes) + 3 * B * Z + B * D + 2 * B)
+    return {"params": P, "bytes_params": 4 * P, "bytes_grads": 4 * P, "bytes_adam": 8 * P,
+            "bytes_activations": act, "bytes_total": 16 * P + act, "flops_per_step": flops}
 
 
-# ------------------------------------------------------------------------------ contenders
+# --------------------------------------------------------------------------------------------
+# Runners: each builds its model once and returns a function doing one training step
+# --------------------------------------------------------------------------------------------
 
 
-class Ours:
-    def __init__(self, name, Z, x):
-        self.vae = minivae.VAE(D, Z, (H,), seed=0, backend=name)
-        self.opt = minivae.Adam(self.vae.params)
-        self.x = x
-        self.sync = _sync_for(name)
+def minivae_runner(backend, Z, hidden, B, x):
+    vae = minivae.VAE(data_dim=D, latent=Z, hidden=hidden, seed=0, dtype="float32", backend=backend)
+    opt = minivae.Adam(vae.params, lr=1e-4)
 
-    def step(self):
-        self.vae.forward(self.x)
-        self.opt.step(self.vae.backward())
+    def step():
+        vae.forward(x)  # ε drawn from the model's generator, as in training
+        opt.step(vae.backward())
 
-    def finish(self):
-        self.sync()
-
-
-def _sync_for(name):
-    if name == "cupy":
+    sync = None
+    if backend == "cupy":
         import cupy
 
-        return cupy.cuda.Device().synchronize
-    if name == "numba-cuda":
+        sync = cupy.cuda.Device().synchronize
+    elif backend == "numba-cuda":
         from numba import cuda
 
-        return cuda.synchronize
-    return lambda: None
+        sync = cuda.synchronize
+    return step, sync
 
 
-class BlasFloor:
-    """The step's matrix products with the same shapes and transposes as the engine, nothing else."""
+def torch_runner(device, Z, hidden, B, x):
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
 
-    def __init__(self, Z, x):
-        rng = np.random.default_rng(0)
-        enc, dec = layer_shapes(Z)
-        self.plan = []
-        for net, inp in ((enc, x), (dec, rng.standard_normal((B, Z)).astype(np.float32))):
-            h = inp
-            for li, (i, o) in enumerate(net):
-                W = (rng.standard_normal((i, o)) * 0.01).astype(np.float32)
-                out = np.empty((B, o), np.float32)
-                self.plan.append((h, W, out, np.empty((i, o), np.float32),
-                                  np.empty((B, i), np.float32) if (net is dec or li > 0) else None))
-                h = out
+    torch.manual_seed(0)
 
-    def step(self):
-        for h, W, out, _, _ in self.plan:
-            np.matmul(h, W, out=out)
-        for h, W, out, dW, dh in reversed(self.plan):
-            np.matmul(h.T, out, out=dW)
-            if dh is not None:
-                np.matmul(out, W.T, out=dh)
+    def mlp(widths):
+        layers = []
+        for k, (i, o) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Linear(i, o))
+            if k < len(widths) - 2:
+                layers.append(nn.ReLU())
+        return nn.Sequential(*layers)
 
-    def finish(self):
+    enc = mlp((D,) + hidden + (2 * Z,)).to(device)
+    dec = mlp((Z,) + hidden[::-1] + (D,)).to(device)
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-4)
+    xt = torch.from_numpy(x).to(device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        mu, logvar = enc(xt).chunk(2, dim=1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        logits = dec(z)
+        recon = F.binary_cross_entropy_with_logits(logits, xt, reduction="none").sum(1)
+        kl = 0.5 * (mu * mu + logvar.exp() - logvar - 1).sum(1)
+        (recon + kl).mean().backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    return step, sync
+
+
+def floor_runner(Z, hidden, B, x):
+    """Only the matrix products of a step, into preallocated outputs: forward, ∂W, ∂x."""
+    rng = np.random.default_rng(0)
+    shapes = layer_shapes(Z, hidden)
+    n_enc = len(hidden) + 1
+    W = [(rng.standard_normal((i, o)) / np.sqrt(i)).astype(np.float32) for i, o in shapes]
+    dW = [np.empty_like(w) for w in W]
+    ins = [x] + [np.empty((B, o), np.float32) for _, o in shapes[:-1]]  # the input of each layer
+    z = rng.standard_normal((B, Z)).astype(np.float32)
+    ins[n_enc] = z  # the decoder starts from z, not from the encoder's output
+    enc_out = np.empty((B, 2 * Z), np.float32)
+    outs = ins[1:n_enc] + [enc_out] + ins[n_enc + 1:] + [np.empty((B, D), np.float32)]
+    douts = [(0.01 * rng.standard_normal(o.shape)).astype(np.float32) for o in outs]
+    dins = [None] + [np.empty_like(a) for a in ins[1:]]
+
+    def step():
+        for k in range(len(W)):
+            np.matmul(ins[k], W[k], out=outs[k])
+        for k in reversed(range(len(W))):
+            np.matmul(ins[k].T, douts[k], out=dW[k])
+            if k != 0:
+                np.matmul(douts[k], W[k].T, out=dins[k])
+
+    return step, None
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+def time_steps(step, sync, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    if sync is not None:
+        sync()
+    return (time.perf_counter() - t0) / n
+
+
+def measure(runners, repeats, warmup, target_s):
+    """Median seconds per step of every runner, interleaved repeats after warm-up."""
+    counts, times = {}, {name: [] for name in runners}
+    for name, (step, sync) in runners.items():
+        t = time_steps(step, sync, warmup)  # includes first-call costs: only sizes the repeats
+        t = time_steps(step, sync, 1)
+        counts[name] = max(1, int(target_s / max(t, 1e-6)))
+    for _ in range(repeats):
+        for name, (step, sync) in runners.items():
+            times[name].append(time_steps(step, sync, counts[name]))
+    return {name: (float(np.median(ts)), ts, counts[name]) for name, ts in times.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# The machine
+# --------------------------------------------------------------------------------------------
+
+
+def machine_info(threads):
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "threads": threads, "numpy": np.__version__}
+    try:
+        with open("/proc/cpuinfo") as f:
+            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        info["cpu_model"] = models[0] if models else platform.processor()
+    except OSError:
+        info["cpu_model"] = platform.processor()
+    info["env"] = {k: v for k, v in os.environ.items()
+                   if any(s in k for s in ("BLAS", "OMP_", "MKL", "NUMBA", "CORETYPE"))}
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["threadpools"] = [{k: p.get(k) for k in ("user_api", "internal_api", "version",
+                                                       "architecture", "num_threads", "threading_layer")}
+                               for p in threadpool_info()]
+    except ImportError:
+        info["threadpools"] = "threadpoolctl not installed"
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+        info["numba_threads"] = numba.get_num_threads()
+        info["numba_threading_layer"] = numba.threading_layer()
+    except (ImportError, ValueError):
         pass
-
-
-class TorchEager:
-    def __init__(self, Z, x, device):
+    try:
         import torch
 
-        self.torch, self.device, self.Z = torch, device, Z
-        torch.manual_seed(0)
-        nn = torch.nn
-        self.enc = nn.Sequential(nn.Linear(D, H), nn.ReLU(), nn.Linear(H, 2 * Z)).to(device)
-        self.dec = nn.Sequential(nn.Linear(Z, H), nn.ReLU(), nn.Linear(H, D)).to(device)
-        self.opt = torch.optim.Adam(list(self.enc.parameters()) + list(self.dec.parameters()), lr=1e-3)
-        self.x = torch.from_numpy(x).to(device)
-
-    def step(self):
-        torch, Z = self.torch, self.Z
-        h = self.enc(self.x)
-        mu, logvar = h[:, :Z], h[:, Z:]
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        a = self.dec(z)
-        recon = torch.nn.functional.binary_cross_entropy_with_logits(a, self.x, reduction="sum")
-        kl = 0.5 * (mu * mu + logvar.exp() - logvar - 1).sum()
-        loss = (recon + kl) / self.x.shape[0]
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-
-    def finish(self):
-        if self.device == "cuda":
-            self.torch.cuda.synchronize()
-
-
-# ------------------------------------------------------------------------------ measuring
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_cuda"] = torch.cuda.is_available()
+    except ImportError:
+        info["torch"] = None
+    return info
 
 
 def blas_threads():
     try:
         from threadpoolctl import threadpool_info
 
-        return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=1)
-    except ImportError:
-        return os.cpu_count() or 1
-
-
-def machine():
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "numpy": np.__version__,
-            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["threadpools"] = [{k: p.get(k) for k in ("user_api", "internal_api", "version",
-                                                      "num_threads", "architecture")}
-                               for p in threadpool_info()]
+        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+        if blas:
+            return blas[0]
     except ImportError:
         pass
-    for mod in ("numba", "torch", "cupy"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    ok, why = backends.gpu_usable()
-    info["gpu"] = _gpu_name() if ok else f"none ({why})"
-    return info
+    return os.cpu_count()
 
 
-def _cpu_model():
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def write_atomic(path, write):
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    os.close(fd)
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
-def _gpu_name():
-    import cupy
-
-    return cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-
-
-def contenders(Z, x, have_torch, torch_cuda):
-    made = {"blas-floor": BlasFloor(Z, x)}
-    for name in usable_backends():
-        made[name] = Ours(name, Z, x)
-    if have_torch:
-        made["torch"] = TorchEager(Z, x, "cpu")
-        if torch_cuda:
-            made["torch-cuda"] = TorchEager(Z, x, "cuda")
-    return made
-
-
-def usable_backends():
-    names = ["numpy"]
-    if backends.numba_usable():
-        names.append("cpu-fused")
-    if backends.gpu_usable()[0]:
-        names += ["cupy", "numba-cuda"]
-    return names
-
-
-SETTLE_S = 0.25  # idle time before each timed block
-
-
-def time_steps(c, steps):
-    """Seconds per step. First one untimed step, after letting the thread pools of the contender
-    timed before go idle: OpenBLAS's, Numba's and PyTorch's OpenMP threads spin for a while after
-    their last task, and on 2 cores those spinning threads would slow whoever runs next."""
-    time.sleep(SETTLE_S)
-    c.step()
-    c.finish()
-    t = time.perf_counter()
-    for _ in range(steps):
-        c.step()
-    c.finish()
-    return (time.perf_counter() - t) / steps
-
-
-def measure(Z, repeats, steps, warmup, have_torch, torch_cuda):
-    x = (np.random.default_rng(1).random((B, D)) > 0.5).astype(np.float32)
-    cs = contenders(Z, x, have_torch, torch_cuda)
-    for c in cs.values():
-        for _ in range(warmup):
-            c.step()
-    times = {name: [] for name in cs}
-    names = list(cs)
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order
-            times[name].append(time_steps(cs[name], steps))
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="two sizes, few repeats: a smoke run")
-    p.add_argument("--latents", default=None, help="comma-separated latent sizes")
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None, help="steps per timed repeat")
-    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
-    p.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
-    args = p.parse_args(argv)
-    latents = (tuple(int(z) for z in args.latents.split(",")) if args.latents
-               else QUICK_LATENTS if args.quick else LATENTS)
-    repeats = args.repeats or (3 if args.quick else 7)
-    steps = args.steps or (3 if args.quick else 10)
-    warmup = 1 if args.quick else 3
-
-    threads = blas_threads()
-    have_torch, torch_cuda, torch_note = False, False, "torch not installed: skipped"
-    if not args.no_torch:
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-            have_torch, torch_note = True, f"torch {torch.__version__}, {threads} threads (= BLAS threads)"
-            torch_cuda = torch.cuda.is_available()
-        except ImportError:
-            pass
-    info = machine()
-    print(f"machine: {info['cpu']}, {info['cpu_count']} CPUs, BLAS threads {threads}; GPU: {info['gpu']}")
-    print(f"{torch_note}; hidden {H}, batch {B}, float32; median of {repeats} repeats × {steps} steps")
-
-    rows = []
-    for Z in latents:
-        t = measure(Z, repeats, steps, warmup, have_torch, torch_cuda)
-        row = {"latent": Z, **costs(Z), "step_s": t, "samples_per_s": {k: B / v for k, v in t.items()}}
-        if not rows:
-            print_header(t)
-        rows.append(row)
-        print_row(row)
-    result = {"config": {"hidden": H, "batch": B, "dtype": "float32", "repeats": repeats,
-                         "steps": steps, "blas_threads": threads}, "machine": info, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "throughput.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
-    plot(rows, args.out / "throughput.png", info)
-    print(f"wrote {args.out / 'throughput.json'} and {args.out / 'throughput.png'}")
-    return 0
-
-
-def print_header(t):
-    print("each cell: ms per step, samples/s, speed relative to PyTorch eager (>1: faster), "
-          "time relative to the BLAS floor (1 = only matmuls)")
-    print(f"{'Z':>5} {'params':>10} {'MB':>7} {'GFLOP':>6}  " + "  ".join(f"{k:>24}" for k in t))
-
-
-def print_row(row):
-    t, Z = row["step_s"], row["latent"]
-    cells = []
-    for k, v in t.items():
-        vs_torch = f"{t['torch'] / v:4.2f}" if "torch" in t else "  - "
-        vs_floor = f"{v / t['blas-floor']:4.2f}"
-        cells.append(f"{v * 1e3:7.2f} {B / v:6.0f} {vs_torch}x {vs_floor}")
-    print(f"{Z:>5} {row['params']:>10,} {row['bytes'] / 1e6:7.1f} {row['flops'] / 1e9:6.2f}  " +
-          "  ".join(f"{c:>24}" for c in cells))
-
-
-def plot(rows, path, info):
+def plot(results, runners, path, config):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    Zs = [r["latent"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    styles = {"blas-floor": dict(color="k", ls="--"), "torch": dict(color="tab:red", marker="s"),
-              "numpy": dict(color="tab:gray", marker="o"), "cpu-fused": dict(color="tab:blue", marker="o"),
-              "cupy": dict(color="tab:green", marker="^"), "numba-cuda": dict(color="tab:purple", marker="v"),
-              "torch-cuda": dict(color="tab:orange", marker="s")}
-    for name in rows[0]["samples_per_s"]:
-        label = "BLAS floor (matmuls only)" if name == "blas-floor" else \
-                "PyTorch eager" if name == "torch" else name
-        ax.plot(Zs, [r["samples_per_s"][name] for r in rows], label=label, **styles.get(name, {}))
-    ax.axvline(784, color="0.6", lw=1)
-    ax.text(784, 0.98, " Z = D = 784", transform=ax.get_xaxis_transform(),
-            va="top", fontsize=8, color="0.4")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in runners:
+        pts = [(r["latent"], r["samples_per_s"]) for r in results if r["runner"] == name]
+        style = dict(ls="--", color="gray") if name == "floor" else {}
+        ax.plot(*zip(*pts), marker="o", label=name, **style)
+    ax.axvline(D, color="k", lw=0.8, ls=":")
+    ax.text(D, 0.98, " Z = D = 784", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("latent size Z")
-    ax.set_ylabel("training samples / s")
-    ax.set_title(f"VAE training throughput (hidden 512, batch 128, float32)\n{info['cpu']}, "
-                 f"{info['cpu_count']} CPUs", fontsize=9)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    ax.set_ylabel("samples / s (training step: forward, backward, Adam)")
+    ax.set_title(f"VAE training throughput, hidden {config['hidden']}, batch {config['batch']}, "
+                 f"float32, {config['threads']} threads")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--latents", default=None, help="comma-separated latent sizes")
+    ap.add_argument("--hidden", default="512", help="comma-separated hidden widths")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--target", type=float, default=0.1, help="seconds per timed repeat")
+    ap.add_argument("--quick", action="store_true", help="two sizes, few repeats: seconds")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for BLAS, Numba and PyTorch alike (default: BLAS's own count)")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args(argv)
+
+    if args.quick:
+        latents = QUICK_LATENTS
+        args.repeats, args.warmup, args.target = 3, 1, 0.02
+    else:
+        latents = LATENTS
+    if args.latents:
+        latents = tuple(int(z) for z in args.latents.split(","))
+    hidden = tuple(int(h) for h in args.hidden.split(","))
+    B = args.batch
+    threads = args.threads or blas_threads()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)  # for the rest of the process
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+
+    backends = available_backends()
+    torch_devices, torch_note = [], None
+    if not args.no_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)  # the same number of threads as our BLAS and Numba
+            torch_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        except ImportError:
+            torch_note = "PyTorch not importable: torch runners skipped"
+    else:
+        torch_note = "--no-torch: torch runners skipped"
+    if torch_note:
+        print(torch_note)
+
+    config = {"latents": list(latents), "hidden": list(hidden), "batch": B, "dtype": "float32",
+              "repeats": args.repeats, "warmup": args.warmup, "target_s": args.target,
+              "threads": threads, "backends": backends, "torch_devices": torch_devices,
+              "note": torch_note}
+    print(f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch), "
+          f"{args.repeats} interleaved repeats, medians")
+
+    x = np.random.default_rng(0).random((B, D)).astype(np.float32)
+    results, names = [], []
+    header = (f"{'Z':>5} {'runner':>11} {'samples/s':>10} {'ms/step':>8} {'×torch':>7} {'/floor':>7}"
+              f" {'GFLOP/s':>8}")
+    print(header)
+    for Z in latents:
+        runners = {}
+        for b in backends:
+            runners[b] = minivae_runner(b, Z, hidden, B, x)
+        for dev in torch_devices:
+            runners[f"torch-{dev}"] = torch_runner(dev, Z, hidden, B, x)
+        runners["floor"] = floor_runner(Z, hidden, B, x)
+        names = list(runners)
+        timed = measure(runners, args.repeats, args.warmup, args.target)
+        size = sizes(Z, hidden, B)
+        floor_t = timed["floor"][0]
+        for name, (t, ts, n) in timed.items():
+            torch_name = "torch-cuda" if name in ("cupy", "numba-cuda") else "torch-cpu"
+            ref = timed.get(torch_name)
+            row = {"latent": Z, "runner": name, "seconds_per_step": t, "samples_per_s": B / t,
+                   "repeats_s": ts, "steps_per_repeat": n,
+                   "vs_torch": (ref[0] / t) if ref and name != torch_name else None,
+                   "vs_floor": t / floor_t, "gflops": size["flops_per_step"] / t / 1e9, **size}
+            results.append(row)
+            vt = f"{row['vs_torch']:7.2f}" if row["vs_torch"] is not None else f"{'':>7}"
+            print(f"{Z:>5} {name:>11} {B / t:10.0f} {1e3 * t:8.2f} {vt} {t / floor_t:7.2f}"
+                  f" {row['gflops']:8.1f}")
+        print(f"{'':>5} {'':>11} params {size['params']:,}, memory {size['bytes_total'] / 2**20:.1f} MiB"
+              f" (params+grads+Adam {16 * size['params'] / 2**20:.1f}, activations "
+              f"{size['bytes_activations'] / 2**20:.1f}), {size['flops_per_step'] / 1e9:.2f} GFLOP/step")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"config": config, "machine": machine_info(threads), "results": results}
+    write_atomic(out / "throughput.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
+    plot(results, names, out / "throughput.png", config)
+    print(f"wrote {out / 'throughput.json'} and {out / 'throughput.png'}")
+    return doc
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

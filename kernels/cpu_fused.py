@@ -1,23 +1,41 @@
-"""The ``cpu-fused`` backend: BLAS for the matrix products, Numba for everything else.
+"""The ``cpu-fused`` backend: NumPy's BLAS for the matrix products, Numba kernels for the rest.
 
-A step of the readable model makes a new array at every NumPy expression: ``np.exp(0.5 * logvar)``
-alone reads log σ² once and writes two temporaries. Here each element-wise stage of the step is ONE
-compiled loop that reads its inputs once and writes its outputs once, in float32, in place where it
-can, parallel over rows (``prange``) where the work pays for the threads.
+A training step spends most of its time in six matrix products (BLAS already runs them near the
+machine's peak). Everything else in the reference path is a chain of small NumPy expressions,
+each of which reads its inputs from memory, allocates a temporary and writes it back. Here every
+such chain is ONE compiled loop (``@njit``) that reads each input once and writes its outputs in
+place, in float32 throughout (constants are ``np.float32``; the scalar arguments are converted to
+float32 before the call).
 
-Kernels (each a Numba-compiled function, checked against :mod:`kernels.reference`):
+Kernels (each tested against its oracle in :mod:`kernels.reference` by ``tests/test_cpu_fused.py``):
 
-- ``bias_relu`` / ``bias_tanh`` / ``bias_identity``   out = act(a + b)                 (B, N)
-- ``relu_backward`` / ``tanh_backward``             out = dy ⊙ act′(y)               (B, N)
-- ``column_sum``                                    out = Σ_batch dy                 (N,)
-- ``reparam_kl_forward``                            z = μ + σ ⊙ ε, KL per row        (B, Z), (B,)
-- ``reparam_kl_backward``                           ∂L/∂[μ | log σ²]                 (B, 2Z)
-- ``bernoulli_nll_forward_backward``                ℓ per row and c·(sigmoid(a) − x)  (B,), (B, D)
-- ``adam_step``                                     one Adam update over the flat buffer (P,)
+    bias_relu_kernel          y = max(a + b, 0)                         in place   (B, N)
+    bias_tanh_kernel          y = tanh(a + b)                           in place   (B, N)
+    bias_identity_kernel      y = a + b                                 in place   (B, N)
+    relu_backward_kernel      da = dy ⊙ [y > 0]                                    (B, N)
+    tanh_backward_kernel      da = dy ⊙ (1 − y²)                                   (B, N)
+    colsum_kernel             db = Σ_batch dy                           (B, N) → (N,)
+    reparam_kl_kernel         z = μ + σ⊙ε,  KL = Σ ½(μ² + σ² − log σ² − 1)   (B, 2Z) → (B, Z), (B,)
+    reparam_kl_backward_kernel  ∂L/∂μ = dz + c·μ,  ∂L/∂log σ² = dz⊙½σ⊙ε + c·½(σ² − 1)   (B, 2Z)
+    exp32, log1p32, sum64     the vectorizable helpers of the kernels below (tested directly)
+    bernoulli_nll_kernel      ℓ = Σ softplus(a) − x·a,  da = s·(sigmoid(a) − x)     (B,), (B, D)
+    bernoulli_nll_parallel_kernel   the same, blocks of rows over the threads (prange)
+    adam_kernel               one Adam step over the flat buffers θ, g, m, v          (P,)
+    adam_parallel_kernel      the same, chunks of the buffers over the threads (prange)
 
-Matrix products stay in BLAS (``np.matmul`` with ``out=``; a transposed operand is a strided view,
-which BLAS reads without a copy). Compiled code is cached on disk (``cache=True``), so only the
-first run on a machine pays the compile time.
+Threads. The passes over one layer's activations (B × N ≈ 64 K floats, in cache) take tens of
+microseconds: waking a thread pool costs as much, and on a machine whose cores are busy it costs
+far more, so they run on one thread. Only the two big passes — the Bernoulli loss (an exp and a
+log1p per pixel) and Adam (all P parameters) — have ``prange`` versions, used from a size
+threshold on (:class:`CpuFusedOps` ``parallel_min_*``) when Numba has more than one thread.
+
+Numerics. Each element is computed in float32 with the oracle's formula; exp and log1p are our
+own vectorizable float32 versions (``exp32``, ``log1p32``, within 2 ulp). ``error_model="numpy"``
+(division by zero gives inf, as in NumPy, instead of raising) lets LLVM vectorize loops that
+divide. ``fastmath`` is used in one place, ``sum64``: the row sums of the losses (KL, Bernoulli
+NLL) accumulate in float64 with reassociation, so they vectorize and are at least as accurate as
+NumPy's pairwise float32 sum in the oracle. Every kernel is compiled with ``cache=True``: the first
+process compiles (seconds), later ones load the machine code.
 """
 
 from __future__ import annotations
@@ -25,175 +43,325 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numba
+from llvmlite import ir
 from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
 
-from kernels.reference import NumpyOps
+_0 = np.float32(0.0)
+_HALF = np.float32(0.5)
+_1 = np.float32(1.0)
+_2 = np.float32(2.0)
 
-KERNELS = ("bias_relu", "bias_tanh", "bias_identity", "relu_backward", "tanh_backward", "column_sum",
-           "reparam_kl_forward", "reparam_kl_backward", "bernoulli_nll_forward_backward", "adam_step")
-
-F0, HALF, ONE = np.float32(0.0), np.float32(0.5), np.float32(1.0)
-_pjit = njit(cache=True, parallel=True, fastmath=False)
-
-
-# -------------------------------------------------------------------------- bias + activation
-
-
-@_pjit
-def bias_relu(a, b, out):  # out = max(a + b, 0)
-    for i in prange(a.shape[0]):
-        for j in range(a.shape[1]):
-            v = a[i, j] + b[j]
-            out[i, j] = v if v > F0 else F0
+# --------------------------------------------------------------------------------------------
+# exp and log1p in float32 that LLVM can vectorize (libm's expf and log1pf are opaque calls,
+# one element at a time; these are a few multiply-adds, eight elements per AVX2 instruction)
+# --------------------------------------------------------------------------------------------
 
 
-@_pjit
-def bias_tanh(a, b, out):  # out = tanh(a + b)
-    for i in prange(a.shape[0]):
-        for j in range(a.shape[1]):
-            out[i, j] = math.tanh(a[i, j] + b[j])
+@intrinsic
+def _pow2(typingctx, n):
+    """2ⁿ for an integer-valued float32 n in [−126, 127]: n + 127 written into a float's exponent bits."""
+    def codegen(context, builder, signature, args):
+        i = builder.fptosi(args[0], ir.IntType(32))
+        bits = builder.shl(builder.add(i, ir.Constant(ir.IntType(32), 127)), ir.Constant(ir.IntType(32), 23))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(types.float32), codegen
 
 
-@_pjit
-def bias_identity(a, b, out):  # out = a + b
-    for i in prange(a.shape[0]):
-        for j in range(a.shape[1]):
-            out[i, j] = a[i, j] + b[j]
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = hi + lo, hi exact
+_EXP_MIN, _EXP_MAX = np.float32(-103.0), np.float32(88.8)  # e^x is a float32 > 0 in between
+_EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                       4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+_INF = np.float32(np.inf)
 
 
-@_pjit
-def relu_backward(dy, y, out):  # out = dy ⊙ [y > 0]
-    for i in prange(dy.shape[0]):
-        for j in range(dy.shape[1]):
-            out[i, j] = dy[i, j] if y[i, j] > F0 else F0
+@njit(cache=True, error_model="numpy", inline="always")
+def exp32(x):
+    """eˣ in float32 to about 2 ulp (Cephes expf): eˣ = 2ⁿ · eʳ with n = round(x / ln 2), |r| ≤ ½ ln 2,
+    eʳ ≈ 1 + r + r²·p(r); 2ⁿ is applied in two halves so that subnormal and the largest results
+    come out right. Below −103 gives 0 and above 88.72 overflows to ∞, like expf."""
+    xc = min(max(x, _EXP_MIN), _EXP_MAX)
+    n = np.floor(xc * _LOG2E + _HALF)
+    r = xc - n * _LN2_HI - n * _LN2_LO
+    p = _EXP_P[0]
+    p = p * r + _EXP_P[1]
+    p = p * r + _EXP_P[2]
+    p = p * r + _EXP_P[3]
+    p = p * r + _EXP_P[4]
+    p = p * r + _EXP_P[5]
+    n1 = np.floor(n * _HALF)
+    y = (p * r * r + r + _1) * _pow2(n1) * _pow2(n - n1)
+    y = y if x >= _EXP_MIN else _0
+    return y if x <= _EXP_MAX else _INF
 
 
-@_pjit
-def tanh_backward(dy, y, out):  # out = dy ⊙ (1 − y²)
-    for i in prange(dy.shape[0]):
-        for j in range(dy.shape[1]):
-            out[i, j] = dy[i, j] * (ONE - y[i, j] * y[i, j])
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def sum64(row):
+    """Σ row in float64. ``reassoc`` lets LLVM keep partial sums in vector lanes: this is the
+    only place where the order of additions differs from a plain loop."""
+    acc = 0.0
+    for j in range(row.shape[0]):
+        acc += row[j]
+    return acc
 
 
-@_pjit
-def column_sum(dy, out):  # out[j] = Σ_i dy[i, j]; threads take column blocks, rows read in order
-    B, N = dy.shape
-    block = 256
-    for jb in prange((N + block - 1) // block):
-        j0 = jb * block
-        j1 = min(j0 + block, N)
-        for j in range(j0, j1):
-            out[j] = F0
+_LOG1P_C = tuple(np.float32(2.0 / k) for k in (15, 13, 11, 9, 7, 5, 3, 1))
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def log1p32(e):
+    """log(1 + e) in float32 for 0 ≤ e ≤ 1, to a few ulp, without a cancellation for small e:
+    log(1 + e) = 2 atanh(s) = 2(s + s³/3 + s⁵/5 + …) with s = e / (2 + e) ≤ ⅓ (terms to s¹⁵)."""
+    s = e / (_2 + e)
+    w = s * s
+    q = _LOG1P_C[0]
+    for c in _LOG1P_C[1:]:
+        q = q * w + c
+    return s * q
+
+# --------------------------------------------------------------------------------------------
+# Dense layers: bias + activation forward, activation backward, bias gradient
+# --------------------------------------------------------------------------------------------
+
+
+# When ``out`` is the input itself (in place, as the engine calls them), each kernel runs a loop
+# that names only that one array: with two names for one buffer LLVM must assume they overlap
+# and gives up vectorizing (a 15× slower loop).
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _same(a, b):
+    return a.ctypes.data == b.ctypes.data
+
+
+@njit(cache=True, error_model="numpy")
+def bias_relu_kernel(a, b, out):
+    """out = max(a + b, 0).     a, out: (B, N)  b: (N,); out may be a."""
+    B, N = a.shape
+    if _same(a, out):
         for i in range(B):
-            for j in range(j0, j1):
-                out[j] += dy[i, j]
+            for j in range(N):
+                v = a[i, j] + b[j]
+                a[i, j] = v if v > _0 else _0
+    else:
+        for i in range(B):
+            for j in range(N):
+                v = a[i, j] + b[j]
+                out[i, j] = v if v > _0 else _0
 
 
-# -------------------------------------------------------------------------- the latent layer
+@njit(cache=True, error_model="numpy")
+def bias_tanh_kernel(a, b, out):
+    """out = tanh(a + b).     a, out: (B, N)  b: (N,); out may be a (libm's tanhf: not vectorized)."""
+    B, N = a.shape
+    for i in range(B):
+        for j in range(N):
+            out[i, j] = np.tanh(a[i, j] + b[j])
 
 
-@_pjit
-def reparam_kl_forward(h, eps, z, kl):
-    """h = [μ | log σ²] (B, 2Z): z = μ + exp(½ log σ²) ε; KL_b = ½ Σ (μ² + σ² − log σ² − 1)."""
-    Z = eps.shape[1]
-    for i in prange(h.shape[0]):
-        acc = F0
-        for j in range(Z):
-            mu = h[i, j]
-            lv = h[i, Z + j]
-            s = math.exp(HALF * lv)
-            z[i, j] = mu + s * eps[i, j]
-            acc += mu * mu + s * s - lv - ONE
-        kl[i] = HALF * acc
+@njit(cache=True, error_model="numpy")
+def bias_identity_kernel(a, b, out):
+    """out = a + b.     a, out: (B, N)  b: (N,); out may be a."""
+    B, N = a.shape
+    if _same(a, out):
+        for i in range(B):
+            for j in range(N):
+                a[i, j] = a[i, j] + b[j]
+    else:
+        for i in range(B):
+            for j in range(N):
+                out[i, j] = a[i, j] + b[j]
 
 
-@_pjit
-def reparam_kl_backward(dz, h, eps, c, dh):
-    """dh[:, :Z] = dz + c μ;  dh[:, Z:] = dz ⊙ ½ σ ε + c ½ (σ² − 1)."""
-    Z = eps.shape[1]
-    for i in prange(h.shape[0]):
-        for j in range(Z):
-            mu = h[i, j]
-            s = math.exp(HALF * h[i, Z + j])
-            g = dz[i, j]
-            dh[i, j] = g + c * mu
-            dh[i, Z + j] = HALF * (g * s * eps[i, j] + c * (s * s - ONE))
+@njit(cache=True, error_model="numpy")
+def relu_backward_kernel(dy, y, out):
+    """out = dy ⊙ [y > 0]  (y is the ReLU's output: y > 0 exactly where its input was).  (B, N)"""
+    B, N = dy.shape
+    if _same(dy, out):
+        for i in range(B):
+            for j in range(N):
+                dy[i, j] = dy[i, j] if y[i, j] > _0 else _0
+    else:
+        for i in range(B):
+            for j in range(N):
+                out[i, j] = dy[i, j] if y[i, j] > _0 else _0
 
 
-# -------------------------------------------------------------------------- the reconstruction term
+@njit(cache=True, error_model="numpy")
+def tanh_backward_kernel(dy, y, out):
+    """out = dy ⊙ (1 − y²)  with y = tanh(a).     (B, N); out may be dy."""
+    B, N = dy.shape
+    if _same(dy, out):
+        for i in range(B):
+            for j in range(N):
+                dy[i, j] = dy[i, j] * (_1 - y[i, j] * y[i, j])
+    else:
+        for i in range(B):
+            for j in range(N):
+                out[i, j] = dy[i, j] * (_1 - y[i, j] * y[i, j])
 
 
-CHUNK = 32  # product of at most 32 factors in (1, 2]: ≤ 2³², far from float32 overflow (2¹²⁸)
+@njit(cache=True, error_model="numpy")
+def colsum_kernel(dy, out):
+    """out = Σ_batch dy, the rows streamed in order and added into out.  (B, N) → (N,)"""
+    B, N = dy.shape
+    for j in range(N):
+        out[j] = dy[0, j]
+    for i in range(1, B):
+        for j in range(N):
+            out[j] = out[j] + dy[i, j]
 
 
-@_pjit
-def bernoulli_nll_forward_backward(a, x, scale, loss, da):
-    """ℓ_b = Σ_d softplus(a) − x a (stable form);  da = scale · (sigmoid(a) − x).
+# --------------------------------------------------------------------------------------------
+# Between encoder and decoder: reparameterization and KL
+# --------------------------------------------------------------------------------------------
 
-    With e = exp(−|a|) ∈ (0, 1]:  softplus(a) = max(a, 0) + log(1 + e)  and
-    sigmoid(a) = 1/(1 + e) for a ≥ 0, e/(1 + e) for a < 0 — one exp serves both.
-    The logs are taken of products: Σ_d log(1 + e_d) = Σ_chunks log Π_{d ∈ chunk} (1 + e_d), one log
-    per CHUNK pixels instead of one per pixel (the product's rounding error, ~CHUNK·2⁻²⁴ relative,
-    is far below float32's error on a sum of 784 terms). A scalar log per pixel cost 3–4× the time.
+
+@njit(cache=True, error_model="numpy")
+def reparam_kl_kernel(h, eps, z, kl):
+    """z = μ + σ ⊙ ε,  σ = exp(½ log σ²);  kl = Σ_latents ½(μ² + σ² − log σ² − 1).
+
+    h = [μ | log σ²]: (B, 2Z)   eps, z: (B, Z)   kl: (B,)
     """
-    D = a.shape[1]
-    for i in prange(a.shape[0]):
-        acc = F0
-        for j0 in range(0, D, CHUNK):
-            prod = ONE
-            for j in range(j0, min(j0 + CHUNK, D)):
-                v = a[i, j]
-                e = math.exp(-abs(v))  # never overflows
-                d = ONE + e
-                prod *= d
-                acc += (v if v > F0 else F0) - x[i, j] * v
-                p = (ONE if v >= F0 else e) / d  # sigmoid(v)
-                da[i, j] = scale * (p - x[i, j])
-            acc += math.log(prod)
-        loss[i] = acc
+    B, Z = z.shape
+    terms = np.empty(Z, np.float32)  # the row's KL per latent, summed by sum64
+    for i in range(B):
+        for j in range(Z):
+            mu, logvar = h[i, j], h[i, Z + j]
+            sigma = exp32(_HALF * logvar)
+            z[i, j] = mu + sigma * eps[i, j]
+            terms[j] = _HALF * (mu * mu + sigma * sigma - logvar - _1)
+        kl[i] = sum64(terms)
 
 
-# -------------------------------------------------------------------------- Adam
+@njit(cache=True, error_model="numpy")
+def reparam_kl_backward_kernel(dz, h, eps, c, dh):
+    """∂L/∂h for L = (decoder loss through z) + c · Σ_b KL_b.   dz, eps: (B, Z)   h, dh: (B, 2Z)
+
+    ∂L/∂μ = dz + c·μ                         (∂z/∂μ = 1,          ∂KL/∂μ = μ)
+    ∂L/∂log σ² = dz ⊙ ½σ⊙ε + c·½(σ² − 1)     (∂z/∂log σ² = ½σ⊙ε,  ∂KL/∂log σ² = ½(σ² − 1))
+    """
+    B, Z = dz.shape
+    for i in range(B):
+        for j in range(Z):
+            mu, logvar = h[i, j], h[i, Z + j]
+            sigma = exp32(_HALF * logvar)
+            dh[i, j] = dz[i, j] + c * mu
+            dh[i, Z + j] = dz[i, j] * _HALF * sigma * eps[i, j] + c * _HALF * (sigma * sigma - _1)
 
 
-@_pjit
-def adam_step(p, g, m, v, lr, b1, b2, eps, c1, c2):
-    """m ← b1 m + (1−b1) g;  v ← b2 v + (1−b2) g²;  p ← p − lr (m/c1) / (√(v/c2) + eps)."""
-    one_b1, one_b2 = ONE - b1, ONE - b2
-    for k in prange(p.shape[0]):
+# --------------------------------------------------------------------------------------------
+# Reconstruction: Bernoulli NLL from logits, with its gradient, in one pass
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, error_model="numpy")
+def bernoulli_nll_kernel(a, x, scale, loss, da):
+    """loss = Σ_pixels softplus(a) − x·a;  da = scale · (sigmoid(a) − x).   a, x, da: (B, D)  loss: (B,)
+
+    With e = exp(−|a|) ∈ (0, 1] nothing overflows, also for |a| = 1000:
+    softplus(a) = max(a, 0) + log1p(e);  sigmoid(a) = 1/(1 + e) for a ≥ 0, e/(1 + e) for a < 0.
+    """
+    B, D = a.shape
+    terms = np.empty(D, np.float32)  # the row's loss per pixel, summed by sum64
+    for i in range(B):
+        for j in range(D):
+            aj, xj = a[i, j], x[i, j]
+            e = exp32(-abs(aj))
+            pos = aj if aj > _0 else _0
+            terms[j] = pos + log1p32(e) - xj * aj
+            p = (_1 if aj >= _0 else e) / (_1 + e)
+            da[i, j] = scale * (p - xj)
+        loss[i] = sum64(terms)
+
+
+_ROWS = 16  # rows per task of bernoulli_nll_parallel_kernel
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def bernoulli_nll_parallel_kernel(a, x, scale, loss, da):
+    """bernoulli_nll_kernel on blocks of rows, the blocks spread over the threads."""
+    B = a.shape[0]
+    for s in prange((B + _ROWS - 1) // _ROWS):
+        i0, i1 = s * _ROWS, min(B, (s + 1) * _ROWS)
+        bernoulli_nll_kernel(a[i0:i1], x[i0:i1], scale, loss[i0:i1], da[i0:i1])
+
+
+# --------------------------------------------------------------------------------------------
+# Adam over the flat parameter buffer
+# --------------------------------------------------------------------------------------------
+
+@njit(cache=True, error_model="numpy")
+def adam_kernel(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, c1, c2):
+    """One Adam step in place over flat buffers (P,) (see :mod:`minivae.optim`):
+
+    m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;  θ ← θ − α·(m/c1) / (√(v/c2) + ε)
+
+    1 − β₁ and 1 − β₂ come in precomputed (in float64, as the reference rounds them): in float32,
+    1 − 0.999 loses four of its seven digits to cancellation. Written so that LLVM vectorizes it
+    (separate stores, ``math.sqrt``; ``error_model="numpy"`` drops Python's zero-division check).
+    """
+    for k in range(p.shape[0]):
         gk = g[k]
-        mk = b1 * m[k] + one_b1 * gk
-        vk = b2 * v[k] + one_b2 * gk * gk
+        mk = b1 * m[k] + one_minus_b1 * gk
+        vk = b2 * v[k] + one_minus_b2 * (gk * gk)
         m[k] = mk
         v[k] = vk
-        p[k] -= lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
+        p[k] = p[k] - lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
 
 
-_BIAS_ACT = {"relu": bias_relu, "tanh": bias_tanh, "identity": bias_identity}
-_ACT_BACKWARD = {"relu": relu_backward, "tanh": tanh_backward}
-f32 = np.float32
+_CHUNK = 1 << 16  # elements per task of adam_parallel_kernel
 
 
-class CpuFusedOps(NumpyOps):
-    """The ops object of the ``cpu-fused`` backend (float32; memory is ordinary NumPy arrays).
+@njit(parallel=True, cache=True, error_model="numpy")
+def adam_parallel_kernel(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, c1, c2):
+    """adam_kernel on chunks of 65 536 elements, the chunks spread over the threads."""
+    P = p.shape[0]
+    for s in prange((P + _CHUNK - 1) // _CHUNK):
+        k0, k1 = s * _CHUNK, min(P, (s + 1) * _CHUNK)
+        adam_kernel(p[k0:k1], g[k0:k1], m[k0:k1], v[k0:k1], lr, b1, one_minus_b1, b2, one_minus_b2,
+                    eps, c1, c2)
 
-    ``threads``: Numba threads for the fused kernels (default 1). The kernels are compiled with
-    ``parallel=True`` even so: that lowering lets LLVM assume the arrays do not overlap and
-    vectorise the loops (Adam runs 6× faster than as a plain ``njit`` loop). More threads do not
-    pay here: between two BLAS calls OpenBLAS's own threads keep spinning on the same cores, and
-    a second pool competing with them made the whole step several times slower on 2 cores.
-    Numba applies the setting to the thread that creates the ops object.
-    """
+
+# --------------------------------------------------------------------------------------------
+# The ops object
+# --------------------------------------------------------------------------------------------
+
+_BIAS_ACT = {"relu": bias_relu_kernel, "tanh": bias_tanh_kernel, "identity": bias_identity_kernel}
+_ACT_BACKWARD = {"relu": relu_backward_kernel, "tanh": tanh_backward_kernel}
+
+
+class CpuFusedOps:
+    """The ops of :mod:`kernels.reference` on the CPU: BLAS matmuls and the kernels above (float32)."""
 
     name = "cpu-fused"
-    dtypes = (np.float32,)
+    xp = np
+    # From these sizes (elements) on, the prange versions run when Numba has several threads.
+    # Measured on a 2-core machine shared with other jobs, the one-thread kernels were faster at
+    # every size of benchmarks/throughput.py (the loss at B×D = 100 K: 0.36 ms vs 11.9 ms; Adam at
+    # P = 2.3 M: 3.2 ms vs 3.9 ms), so the thresholds sit above those sizes.
+    parallel_min_nll = 1 << 20
+    parallel_min_adam = 1 << 24
 
-    def __init__(self, threads=1):
-        import numba
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype=dtype)
 
-        numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+    def to_device(self, host):
+        return np.ascontiguousarray(host)
+
+    def to_host(self, a):
+        return np.asarray(a)
 
     def matmul(self, a, b, out, ta=False, tb=False):
+        # A transposed view of a C-contiguous array is Fortran-contiguous: NumPy hands it to
+        # sgemm with a transpose flag, without copying it.
         np.matmul(a.T if ta else a, b.T if tb else b, out=out)
 
     def bias_act(self, a, b, act, out):
@@ -207,16 +375,23 @@ class CpuFusedOps(NumpyOps):
         _ACT_BACKWARD[act](dy, y, out)
 
     def colsum(self, dy, out):
-        column_sum(dy, out)
+        colsum_kernel(dy, out)
 
     def reparam_kl(self, h, eps, z, kl):
-        reparam_kl_forward(h, eps, z, kl)
+        reparam_kl_kernel(h, eps, z, kl)
 
     def reparam_kl_backward(self, dz, h, eps, c, dh):
-        reparam_kl_backward(dz, h, eps, f32(c), dh)
+        reparam_kl_backward_kernel(dz, h, eps, np.float32(c), dh)
 
     def bernoulli_nll(self, a, x, scale, loss, da):
-        bernoulli_nll_forward_backward(a, x, f32(scale), loss, da)
+        kernel = bernoulli_nll_kernel
+        if a.size >= self.parallel_min_nll and numba.get_num_threads() > 1:
+            kernel = bernoulli_nll_parallel_kernel
+        kernel(a, x, np.float32(scale), loss, da)
 
     def adam(self, p, g, m, v, lr, b1, b2, eps, c1, c2):
-        adam_step(p, g, m, v, f32(lr), f32(b1), f32(b2), f32(eps), f32(c1), f32(c2))
+        f = np.float32
+        kernel = adam_kernel
+        if p.size >= self.parallel_min_adam and numba.get_num_threads() > 1:
+            kernel = adam_parallel_kernel
+        kernel(p, g, m, v, f(lr), f(b1), f(1 - b1), f(b2), f(1 - b2), f(eps), f(c1), f(c2))

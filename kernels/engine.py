@@ -1,30 +1,35 @@
-"""One training step on flat buffers, for any ops object (see :mod:`kernels.reference`).
+"""One training engine for every fast backend: the VAE's step written once against the ops object.
 
-The readable model in :mod:`minivae.vae` allocates fresh arrays at every op. The fast backends
-run the same math through this engine instead:
+:class:`minivae.vae.VAE` computes the negative ELBO and its gradient with small readable functions
+that allocate new arrays at every call. :class:`Engine` runs exactly the same math through the ops
+of :mod:`kernels.reference` (matrix products plus one fused pass per element-wise op), on buffers
+that are allocated once:
 
-- parameters, gradients and the two Adam moments are each ONE flat float32 buffer of P values,
-  with per-layer views (``vae.params["enc0.W"]`` is a (fan_in, fan_out) view into it), so the
-  Adam update is a single pass over P numbers;
-- every intermediate array of the step lives in a workspace allocated once per batch size and
-  reused, so a step allocates nothing;
-- the step is matrix products (``ops.matmul``) plus one fused pass per element-wise stage.
+- the parameters live in ONE flat buffer θ (P,) and ``vae.params`` is rebound to a dict of views
+  into it (same keys, shapes and order), so the model, the optimizer and a checkpoint all see the
+  same memory; the gradients live in a second flat buffer of the same layout, and Adam (with its
+  moments flat too, see :mod:`minivae.optim`) is one pass over P numbers;
+- the activations and their gradients live in workspaces allocated once per batch size B and
+  reused at every step (a new B, e.g. the short last batch of an epoch, gets its own workspace).
 
-Forward, for the encoder layers ℓ = 0 … and the decoder likewise (``act`` is ReLU or tanh on hidden
-layers, identity on the last layer of each network)::
+All device memory comes from the ops object (``empty``, ``zeros``, ``to_device``, ``to_host``), so
+the same engine runs on NumPy (:class:`kernels.reference.NumpyOps`, which makes it testable in
+float64 against the reference VAE), on the CPU with Numba kernels, and on a GPU.
 
-    A_ℓ = act(A_{ℓ−1} · W_ℓ + b_ℓ)                 matmul, then bias_act in place    (B, fan_out)
-    z, KL = μ + σ ⊙ ε, Σ ½(μ² + σ² − log σ² − 1)   reparam_kl on A_enc = [μ | log σ²]
-    ℓ_b, ∂L/∂a = Σ softplus(a) − x·a, (σ(a) − x)/B  bernoulli_nll on the logits a
+One step, for an MLP of layers ℓ = 1 … L with y₀ = input, written as the ops it calls:
 
-Backward, for each layer from the last (d = ∂L/∂ of the layer's pre-activation)::
+    forward     aℓ = yℓ₋₁ · Wℓ                       matmul               # (B, Nℓ)
+                yℓ = act(aℓ + bℓ)                    bias_act, in place   # (B, Nℓ)
+                z, KL = reparam_kl([μ | log σ²], ε)                       # (B, Z), (B,)
+                ℓ, ∂L/∂a = bernoulli_nll(logits, x, 1/B)                  # (B,), (B, D)
+    backward    ∂L/∂aℓ = ∂L/∂yℓ ⊙ act′               act_backward, in place
+                ∂L/∂Wℓ = yℓ₋₁ᵀ · ∂L/∂aℓ              matmul (ta)          # (Nℓ₋₁, Nℓ)
+                ∂L/∂bℓ = Σ_batch ∂L/∂aℓ              colsum               # (Nℓ,)
+                ∂L/∂yℓ₋₁ = ∂L/∂aℓ · Wℓᵀ              matmul (tb)          # (B, Nℓ₋₁)
+                ∂L/∂[μ | log σ²] = reparam_kl_backward(∂L/∂z, …, β/B) between the two MLPs
 
-    ∂L/∂b_ℓ = Σ_batch d        colsum                     (fan_out,)
-    ∂L/∂W_ℓ = A_{ℓ−1}ᵀ · d     matmul(ta=True)            (fan_in, fan_out)
-    d ← (d · W_ℓᵀ) ⊙ act′      matmul(tb=True), act_backward with the stored A_{ℓ−1}
-
-and between the networks ``reparam_kl_backward`` turns ∂L/∂z into ∂L/∂[μ | log σ²] (adding the KL
-term's own gradient, weighted β/B).
+The loss is computed on the way forward together with its gradient ∂L/∂a, which saves the
+backward pass a second read of the logits.
 """
 
 from __future__ import annotations
@@ -33,153 +38,177 @@ import numpy as np
 
 
 class FlatParams(dict):
-    """name → view into one flat buffer; ``views(buf)`` lays another buffer out the same way."""
+    """A dict name → view into one flat buffer (P,), in layer order.
 
-    def __init__(self, flat, layout, ops):
-        self.flat, self.layout, self.ops = flat, layout, ops
-        super().__init__(self.views(flat))
+    ``flat`` is the buffer, ``ops`` the ops object that owns it, and ``views(buf)`` gives the same
+    dict of views into another buffer of the same layout (gradients, Adam's moments).
+    """
+
+    def __init__(self, flat, ops, layout):
+        self.flat, self.ops, self.layout = flat, ops, layout
+        super().__init__((k, flat[o:o + size].reshape(shape)) for k, o, size, shape in layout)
 
     def views(self, buf):
-        return {name: buf[off:off + size].reshape(shape) for name, shape, off, size in self.layout}
+        return FlatParams(buf, self.ops, self.layout)
+
+
+class _Workspace:
+    """The arrays of one training step at batch size B, allocated once."""
+
+    def __init__(self, ops, dtype, B, Z, D, enc_widths, dec_widths):
+        self.B = B
+        self.enc_y = [ops.empty((B, n), dtype) for n in enc_widths]  # yℓ of the encoder; last = [μ | log σ²]
+        self.dec_y = [ops.empty((B, n), dtype) for n in dec_widths]  # yℓ of the decoder; last = logits
+        self.enc_dy = [ops.empty((B, n), dtype) for n in enc_widths]  # ∂L/∂yℓ, then ∂L/∂aℓ in place
+        self.dec_dy = [ops.empty((B, n), dtype) for n in dec_widths]  # last = ∂L/∂logits
+        self.z = ops.empty((B, Z), dtype)
+        self.dz = ops.empty((B, Z), dtype)
+        self.kl = ops.empty((B,), dtype)
+        self.recon = ops.empty((B,), dtype)
 
 
 class Engine:
-    """Runs :class:`minivae.VAE`'s forward and backward on ``ops`` with flat buffers.
+    """Runs ``vae``'s forward and backward through ``ops`` on flat, preallocated buffers.
 
-    The fast backends run float32 only (``ops.dtypes``); the reference ops also run float64,
-    which lets the tests check this engine's bookkeeping against the readable model exactly.
+    On construction the VAE's current parameters are copied into the flat buffer and
+    ``vae.params`` is rebound to a :class:`FlatParams` of views into it.
     """
 
+    MAX_WORKSPACES = 4  # batch sizes kept at once (training B, the last short batch, evaluation B)
+
     def __init__(self, vae, ops):
-        if vae.dtype not in ops.dtypes:
-            raise ValueError(f"backend {ops.name!r} runs float32 only; use backend='numpy' for {vae.dtype}")
-        self.ops, self.name, self.vae = ops, ops.name, vae
-        layout, off = [], 0
-        for name, p in vae.params.items():
-            layout.append((name, p.shape, off, p.size))
-            off += p.size
-        host = np.concatenate([p.ravel() for p in vae.params.values()]).astype(vae.dtype)
-        self.flat = ops.to_device(host)  # (P,)
-        self.grad_flat = ops.zeros((off,), vae.dtype)  # (P,)
-        self.params = FlatParams(self.flat, layout, ops)
-        self.grads = FlatParams(self.grad_flat, layout, ops)
+        self.vae, self.ops = vae, ops
+        self.name = ops.name
+        self.dtype = np.dtype(vae.dtype)
+        self.Z, self.D = vae.latent, vae.data_dim
+
+        # (name, fan_in, fan_out, activation) per dense layer, encoder first.
+        dense = [d for d, _ in vae.encoder + vae.decoder]
+        acts = [vae.activation if a is not None else "identity" for _, a in vae.encoder + vae.decoder]
+        self.layers = [(n, d.W.shape[0], d.W.shape[1], a) for n, d, a in zip(vae.layer_names, dense, acts)]
+        self.n_enc = len(vae.encoder)
+
+        layout, offset = [], 0
+        for k, p in vae.params.items():
+            layout.append((k, offset, p.size, p.shape))
+            offset += p.size
+        self.P = offset
+        host = np.concatenate([np.asarray(p, dtype=self.dtype).ravel() for p in vae.params.values()])
+        self.params = FlatParams(ops.to_device(host), ops, layout)  # θ (P,)
+        self.grads = self.params.views(ops.zeros((self.P,), self.dtype))  # ∂L/∂θ (P,)
         vae.params = self.params
 
-        act = vae.activation
+        self._workspaces = {}  # B → _Workspace
+        self._step = None  # (workspace, x, eps) of the last forward, for backward
 
-        def layers(prefix, n):
-            return [(self.params[f"{prefix}{i}.W"], self.params[f"{prefix}{i}.b"],
-                     self.grads[f"{prefix}{i}.W"], self.grads[f"{prefix}{i}.b"],
-                     act if i < n - 1 else "identity") for i in range(n)]
-
-        self.enc = layers("enc", len(vae.encoder))
-        self.dec = layers("dec", len(vae.decoder))
-        self._ws_batch = None
-
+    # ----------------------------------------------------------------------------------------
+    # Buffers
     # ----------------------------------------------------------------------------------------
 
     def _workspace(self, B):
-        """Every array a step of batch size B needs, allocated once (again only if B changes)."""
-        if self._ws_batch == B:
-            return
-        e, f32 = self.ops.empty, self.vae.dtype
-        D, Z = self.vae.data_dim, self.vae.latent
-        self.x = e((B, D), f32)
-        self.eps = e((B, Z), f32)
-        self.enc_out = [e((B, W.shape[1]), f32) for W, *_ in self.enc]  # A_ℓ, last: [μ | log σ²]
-        self.dec_out = [e((B, W.shape[1]), f32) for W, *_ in self.dec]  # last: the logits a
-        self.z = e((B, Z), f32)
-        self.kl = e((B,), f32)
-        self.recon = e((B,), f32)
-        # Gradients w.r.t. each layer's pre-activation (the last decoder one is ∂L/∂a).
-        self.enc_d = [e((B, W.shape[1]), f32) for W, *_ in self.enc]
-        self.dec_d = [e((B, W.shape[1]), f32) for W, *_ in self.dec]
-        self.dz = e((B, Z), f32)
-        self._ws_batch = B
+        ws = self._workspaces.get(B)
+        if ws is None:
+            if len(self._workspaces) >= self.MAX_WORKSPACES:
+                self._workspaces.pop(next(iter(self._workspaces)))  # the oldest
+            enc = [n_out for _, _, n_out, _ in self.layers[:self.n_enc]]
+            dec = [n_out for _, _, n_out, _ in self.layers[self.n_enc:]]
+            ws = self._workspaces[B] = _Workspace(self.ops, self.dtype, B, self.Z, self.D, enc, dec)
+        return ws
 
-    def _mlp_forward(self, net, h, outs):
-        ops = self.ops
-        for (W, b, _, _, act), out in zip(net, outs):
-            ops.matmul(h, W, out)
-            ops.bias_act(out, b, act, out)
-            h = out
+    def _device(self, a):
+        """A host array (or list) as a C-contiguous device array of our dtype; device arrays pass."""
+        if isinstance(a, np.ndarray) or not hasattr(a, "shape"):
+            return self.ops.to_device(np.ascontiguousarray(a, dtype=self.dtype))
+        return a
+
+    def _mlp_forward(self, layers, h, ys):
+        """yℓ = act(yℓ₋₁ · Wℓ + bℓ) for each layer, written into ys; returns the last."""
+        ops, p = self.ops, self.params
+        for (name, _, _, act), y in zip(layers, ys):
+            ops.matmul(h, p[name + ".W"], y)  # aℓ   (B, Nℓ)
+            ops.bias_act(y, p[name + ".b"], act, y)  # yℓ = act(aℓ + bℓ), in place
+            h = y
         return h
 
-    def _mlp_backward(self, net, inp, outs, ds, dinp):
-        """ds[-1] holds ∂L/∂(last pre-activation); writes ∂L/∂inp into dinp (if not None)."""
-        ops = self.ops
-        for i in range(len(net) - 1, -1, -1):
-            W, _, dW, db, _ = net[i]
-            d = ds[i]
-            h_in = outs[i - 1] if i > 0 else inp
-            ops.colsum(d, db)
-            ops.matmul(h_in, d, dW, ta=True)
-            if i > 0:
-                ops.matmul(d, W, ds[i - 1], tb=True)
-                ops.act_backward(ds[i - 1], outs[i - 1], net[i - 1][4], ds[i - 1])
-            elif dinp is not None:
-                ops.matmul(d, W, dinp, tb=True)
+    def _mlp_backward(self, layers, x, ys, dys, dx):
+        """From ∂L/∂y of the last layer (in dys[-1]) to the weight and bias gradients, and to
+        ∂L/∂x written into dx (skipped when dx is None)."""
+        ops, p, g = self.ops, self.params, self.grads
+        inputs = [x] + ys[:-1]
+        outs = [dx] + dys[:-1]  # where ∂L/∂yℓ₋₁ goes
+        for i in reversed(range(len(layers))):
+            name, _, _, act = layers[i]
+            da = dys[i]
+            if act != "identity":
+                ops.act_backward(da, ys[i], act, da)  # ∂L/∂aℓ = ∂L/∂yℓ ⊙ act′, in place
+            ops.matmul(inputs[i], da, g[name + ".W"], ta=True)  # ∂L/∂Wℓ = yℓ₋₁ᵀ · ∂L/∂aℓ
+            ops.colsum(da, g[name + ".b"])  # ∂L/∂bℓ = Σ_batch ∂L/∂aℓ
+            if outs[i] is not None:
+                ops.matmul(da, p[name + ".W"], outs[i], tb=True)  # ∂L/∂yℓ₋₁ = ∂L/∂aℓ · Wℓᵀ
 
+    # ----------------------------------------------------------------------------------------
+    # The training step
     # ----------------------------------------------------------------------------------------
 
     def forward(self, x, eps=None):
-        vae, ops = self.vae, self.ops
-        dt = vae.dtype
-        x = np.ascontiguousarray(x, dtype=dt)  # (B, D)
-        B, Z = x.shape[0], vae.latent
+        """The batch mean of the negative ELBO, as :meth:`minivae.vae.VAE.forward`."""
+        vae, ops, Z = self.vae, self.ops, self.Z
+        x = self._device(x)  # (B, D)
+        B = x.shape[0]
         if eps is None:
-            eps = vae.rng.standard_normal((B, Z)).astype(dt)  # the same stream as the reference
-        self._workspace(B)
-        ops.upload(x, self.x)
-        ops.upload(np.ascontiguousarray(eps, dtype=dt), self.eps)
+            eps = vae.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z), drawn on the host
+        eps = self._device(eps)
+        ws = self._workspace(B)
+        enc, dec = self.layers[:self.n_enc], self.layers[self.n_enc:]
 
-        h = self._mlp_forward(self.enc, self.x, self.enc_out)  # (B, 2Z)
-        ops.reparam_kl(h, self.eps, self.z, self.kl)  # z (B, Z), KL (B,)
-        logits = self._mlp_forward(self.dec, self.z, self.dec_out)  # (B, D)
-        ops.bernoulli_nll(logits, self.x, 1.0 / B, self.recon, self.dec_d[-1])  # ℓ (B,), ∂L/∂a
+        h = self._mlp_forward(enc, x, ws.enc_y)  # [μ | log σ²]   (B, 2Z)
+        ops.reparam_kl(h, eps, ws.z, ws.kl)  # z (B, Z), KL (B,)
+        logits = self._mlp_forward(dec, ws.z, ws.dec_y)  # (B, D)
+        ops.bernoulli_nll(logits, x, 1.0 / B, ws.recon, ws.dec_dy[-1])  # ℓ (B,), ∂L/∂a (B, D)
 
-        recon = float(ops.to_host(self.recon).astype(np.float64).mean())
-        kl = float(ops.to_host(self.kl).astype(np.float64).mean())
-        loss = recon + vae.beta * kl
-        vae.last = {"loss": loss, "recon": recon, "kl": kl}
-        return loss
+        recon, kl = ops.to_host(ws.recon), ops.to_host(ws.kl)  # (B,) each
+        loss = (recon + vae.beta * kl).mean()
+        self._step = (ws, x, eps)
+        vae.last = {"loss": float(loss), "recon": float(recon.mean()), "kl": float(kl.mean())}
+        return float(loss)
 
     def backward(self):
-        if self._ws_batch is None:
+        """Gradients of the last forward's loss: a :class:`FlatParams` of views into one buffer."""
+        if self._step is None:
             raise RuntimeError("backward() needs a forward() first")
-        B = self._ws_batch
-        self._mlp_backward(self.dec, self.z, self.dec_out, self.dec_d, self.dz)  # → ∂L/∂z
-        self.ops.reparam_kl_backward(self.dz, self.enc_out[-1], self.eps, self.vae.beta / B,
-                                     self.enc_d[-1])  # → ∂L/∂[μ | log σ²]
-        self._mlp_backward(self.enc, self.x, self.enc_out, self.enc_d, None)
+        ws, x, eps = self._step
+        enc, dec = self.layers[:self.n_enc], self.layers[self.n_enc:]
+        self._mlp_backward(dec, ws.z, ws.dec_y, ws.dec_dy, ws.dz)  # ∂L/∂z   (B, Z)
+        h = ws.enc_y[-1]  # [μ | log σ²]
+        self.ops.reparam_kl_backward(ws.dz, h, eps, self.vae.beta / ws.B, ws.enc_dy[-1])  # (B, 2Z)
+        self._mlp_backward(enc, x, ws.enc_y, ws.enc_dy, None)
         return self.grads
 
-    # ---------------------------------------------------------------------------------------- eval
+    # ----------------------------------------------------------------------------------------
+    # Using the model (fresh arrays per call: these are not the hot path)
+    # ----------------------------------------------------------------------------------------
 
-    def _run(self, net, h):
-        ops = self.ops
-        dt = self.vae.dtype
-        h = ops.to_device(np.ascontiguousarray(h, dtype=dt))
-        outs = [ops.empty((h.shape[0], W.shape[1]), dt) for W, *_ in net]
-        return ops.to_host(self._mlp_forward(net, h, outs))
+    def _run(self, layers, h):
+        ys = [self.ops.empty((h.shape[0], n_out), self.dtype) for _, _, n_out, _ in layers]
+        return self._mlp_forward(layers, h, ys)
 
     def encode(self, x):
-        h = self._run(self.enc, x)
-        Z = self.vae.latent
-        return h[:, :Z], h[:, Z:]
+        """μ and log σ² of q(z | x) as host arrays.     x: (B, D) → mu, logvar: (B, Z)"""
+        h = self.ops.to_host(self._run(self.layers[:self.n_enc], self._device(x)))  # (B, 2Z)
+        return h[:, :self.Z], h[:, self.Z:]
 
     def decode_logits(self, z):
-        return self._run(self.dec, z)
+        """The decoder's logits as a host array.     z: (B, Z) → (B, D)"""
+        return self.ops.to_host(self._run(self.layers[self.n_enc:], self._device(z)))
 
     def get_params(self):
-        host = self.ops.to_host(self.flat)
-        return {name: host[off:off + size].reshape(shape).copy()
-                for name, shape, off, size in self.params.layout}
+        """A host copy of every parameter."""
+        return {k: np.array(self.ops.to_host(p), copy=True) for k, p in self.params.items()}
 
     def set_params(self, values):
-        host = self.ops.to_host(self.flat).copy()
-        for name, shape, off, size in self.params.layout:
-            if tuple(values[name].shape) != tuple(shape):
-                raise ValueError(f"{name}: shape {values[name].shape} does not match {shape}")
-            host[off:off + size] = np.asarray(values[name], dtype=host.dtype).ravel()
-        self.ops.upload(host, self.flat)
+        """Overwrite every parameter from a dict of host arrays (one copy into the flat buffer)."""
+        for k, p in self.params.items():
+            if tuple(values[k].shape) != tuple(p.shape):
+                raise ValueError(f"{k}: shape {values[k].shape} does not match {p.shape}")
+        host = np.concatenate([np.asarray(values[k], dtype=self.dtype).ravel() for k in self.params])
+        self.params.flat[...] = self.ops.to_device(host)

@@ -24,10 +24,19 @@ Z latents, D data dimension, P total parameter count.
   da)``                                da = scale · (sigmoid(a) − x)      (B, D)
 ``adam(p, g, m, v, lr, b1, b2, eps,    one Adam step over flat buffers (P,), in place, with the
   c1, c2)``                            bias corrections c1 = 1 − b1ᵗ, c2 = 1 − b2ᵗ
-``empty(shape, dtype)``,               memory of the backend's device: new arrays, a copy of a
-``zeros(shape, dtype)``,               host array, a host copy, and a copy of a host array into
-``to_device(host)``, ``to_host(a)``,   an existing array (no allocation)
-``upload(host, out)``
+=====================================  ==========================================================
+
+Memory goes through the ops object too, so that one training engine (:mod:`kernels.engine`) runs
+on every backend; the attribute ``xp`` is the array module of the device arrays (``numpy``, ``cupy``)
+and ``name`` the backend's name.
+
+=====================================  ==========================================================
+``empty(shape, dtype)``                a new C-contiguous device array, contents undefined
+``zeros(shape, dtype)``                a new C-contiguous device array of zeros
+``to_device(host)``                    a C-contiguous device array with the values of the NumPy
+                                       array ``host`` (may be ``host`` itself on the CPU)
+``to_host(a)``                         a NumPy array with the values of the device array ``a``
+                                       (may share memory with ``a`` on the CPU; copy it to keep it)
 =====================================  ==========================================================
 
 ``act`` is one of ``"relu"``, ``"tanh"``, ``"identity"``. ``bias_act`` and ``act_backward`` may be
@@ -109,22 +118,18 @@ class NumpyOps:
 
     name = "numpy"
     xp = np
-    dtypes = (np.float32, np.float64)
 
     def empty(self, shape, dtype):
-        return np.empty(shape, dtype)
+        return np.empty(shape, dtype=dtype)
 
     def zeros(self, shape, dtype):
-        return np.zeros(shape, dtype)
+        return np.zeros(shape, dtype=dtype)
 
     def to_device(self, host):
-        return np.array(host, copy=True)
+        return np.ascontiguousarray(host)
 
     def to_host(self, a):
         return np.asarray(a)
-
-    def upload(self, host, out):
-        out[...] = host
 
     def matmul(self, a, b, out, ta=False, tb=False):
         np.matmul(a.T if ta else a, b.T if tb else b, out=out)

@@ -1,89 +1,122 @@
 """Backends: which implementation of the ops runs a training step.
 
-=============  ================================================================================
-``numpy``      the readable reference in :mod:`minivae.vae` (always available; any dtype)
-``cpu-fused``  NumPy BLAS for the matrix products + Numba-compiled fused kernels
-               (:mod:`kernels.cpu_fused`), flat buffers (:mod:`kernels.engine`); float32
-``cupy``       cuBLAS + CuPy fused kernels (:mod:`kernels.cupy`); needs a usable GPU
-``numba-cuda`` our own tiled matmul + Numba-CUDA fused kernels (:mod:`kernels.numba_cuda`)
-``auto``       ``cupy`` when a GPU is usable, else ``cpu-fused`` (else ``numpy``; float64 → ``numpy``)
-=============  ================================================================================
+- ``numpy``: the readable reference in :mod:`minivae.vae` (always available, no engine).
+- ``cpu-fused``: NumPy's BLAS for the matrix products and Numba-compiled fused kernels for the
+  rest (:mod:`kernels.cpu_fused`), float32 only.
+- ``cupy``: cuBLAS and CuPy fused kernels (:mod:`kernels.cupy`), needs a usable CUDA GPU.
+- ``numba-cuda``: Numba-CUDA kernels (:mod:`kernels.numba_cuda`), needs a usable CUDA GPU.
+- ``auto``: ``cupy`` when a GPU is usable, else ``cpu-fused`` (``numpy`` for float64 models).
 
+Every backend but ``numpy`` runs the same :class:`kernels.engine.Engine` on its own ops object.
 Nothing here imports Numba, CuPy or Numba-CUDA until a backend that needs it is asked for.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
+
+import numpy as np
 
 BACKENDS = ("numpy", "cpu-fused", "cupy", "numba-cuda", "auto")
 
+# Where each fast backend's ops class lives ("module:Class"), imported only when asked for.
 _OPS = {
-    "cpu-fused": ("kernels.cpu_fused", "CpuFusedOps"),
-    "cupy": ("kernels.cupy.ops", "CupyOps"),
-    "numba-cuda": ("kernels.numba_cuda.ops", "NumbaCudaOps"),
+    "cpu-fused": "kernels.cpu_fused:CpuFusedOps",
+    "cupy": "kernels.cupy.ops:CupyOps",
+    "numba-cuda": "kernels.numba_cuda.ops:NumbaCudaOps",
 }
+_DTYPES = {"cpu-fused": (np.float32,)}  # backends limited to some dtypes
+
+_gpu_usable = None  # cached answer of _cupy_gpu_usable()
+_numba_gpu_usable = None  # cached answer of _numba_cuda_usable()
 
 
-@functools.lru_cache(maxsize=None)
-def gpu_usable():
-    """(True, "") when CuPy imports, sees a device and runs a tiny kernel and matmul correctly;
-    else (False, why). Cached: the check runs once per process."""
-    try:
-        import cupy
-    except Exception as e:  # not installed, or a broken CUDA install
-        return False, f"cupy not importable ({type(e).__name__})"
-    try:
-        if not cupy.is_available():
-            return False, "cupy sees no usable CUDA device"
-        a = cupy.arange(6, dtype=cupy.float32).reshape(2, 3)
-        ok = bool(cupy.allclose(a @ a.T, cupy.asarray([[5.0, 14.0], [14.0, 50.0]])))
-        ok = ok and float((a * 2).sum()) == 30.0
-        return (True, "") if ok else (False, "cupy smoke test gave wrong results")
-    except Exception as e:
-        return False, f"cupy smoke test failed ({type(e).__name__}: {e})"
+def _check_name(name):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
 
 
-@functools.lru_cache(maxsize=None)
-def numba_usable():
-    try:
-        importlib.import_module("kernels.cpu_fused")
-        return True
-    except Exception:
-        return False
+def _cupy_gpu_usable():
+    """True when CuPy imports, sees a GPU, and runs a tiny kernel and a matmul correctly (once)."""
+    global _gpu_usable
+    if _gpu_usable is None:
+        try:
+            import cupy
+
+            ok = bool(cupy.is_available())
+            if ok:
+                a = cupy.arange(6, dtype=cupy.float32).reshape(2, 3)
+                square = cupy.ElementwiseKernel("float32 x", "float32 y", "y = x * x", "minivae_smoke")
+                ok = float(square(a).sum()) == 55.0 and float((a @ a.T)[1, 1]) == 50.0
+        except Exception:  # no CuPy, no driver, no device, a broken toolkit: all mean "not usable"
+            ok = False
+        _gpu_usable = ok
+    return _gpu_usable
+
+
+def _numba_cuda_usable():
+    """True when Numba-CUDA imports and finds a usable GPU (asked once)."""
+    global _numba_gpu_usable
+    if _numba_gpu_usable is None:
+        try:
+            from numba import cuda
+
+            _numba_gpu_usable = bool(cuda.is_available())
+        except Exception:
+            _numba_gpu_usable = False
+    return _numba_gpu_usable
 
 
 def resolve(name, dtype=None):
-    """The concrete backend for ``name``; ``auto`` picks the fastest usable one.
-
-    ValueError (one line) for an unknown name.
-    """
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
-    if name != "auto":
-        return name
-    if dtype is not None and str(dtype) != "float32":
-        return "numpy"  # the fast backends run float32 only
-    if gpu_usable()[0]:
-        return "cupy"
-    return "cpu-fused" if numba_usable() else "numpy"
+    """The concrete backend a name stands for: ``auto`` → ``cupy`` or ``cpu-fused`` (the fast
+    backends run float32; for another ``dtype`` ``auto`` means ``numpy``)."""
+    _check_name(name)
+    if name == "auto":
+        if dtype is not None and np.dtype(dtype) != np.float32:
+            return "numpy"
+        return "cupy" if _cupy_gpu_usable() else "cpu-fused"
+    return name
 
 
-def make_ops(name):
-    """A new ops object (see :mod:`kernels.reference`) of backend ``name``."""
-    module, cls = _OPS[name]
+def _ops_class(name):
+    module, cls = _OPS[name].split(":")
     try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"backend {name!r} is not available here: {e}") from None
-    return getattr(mod, cls)()
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise RuntimeError(f"backend {name!r} is not available on this machine: {e}") from e
+
+
+def available_backends():
+    """The backends that can run here, in the order of :data:`BACKENDS` (``auto`` excluded)."""
+    names = ["numpy"]
+    try:
+        _ops_class("cpu-fused")
+        names.append("cpu-fused")
+    except RuntimeError:
+        pass
+    for name, usable in (("cupy", _cupy_gpu_usable), ("numba-cuda", _numba_cuda_usable)):
+        if usable():
+            try:
+                _ops_class(name)
+                names.append(name)
+            except RuntimeError:
+                pass
+    return names
 
 
 def create_engine(vae, name):
-    """Attach a fast backend's engine to ``vae`` (rebinding ``vae.params`` to flat buffers)."""
+    """The :class:`kernels.engine.Engine` of backend ``name`` for ``vae`` (rebinds vae.params)."""
+    name = resolve(name)
+    if name == "numpy":
+        raise ValueError("the numpy backend runs the reference code in minivae.vae: it has no engine")
+    allowed = _DTYPES.get(name)
+    if allowed is not None and vae.dtype not in allowed:
+        raise ValueError(f"backend {name!r} supports only {', '.join(np.dtype(d).name for d in allowed)}, "
+                         f"not {vae.dtype.name}: use backend='numpy' for {vae.dtype.name}")
+    if name == "cupy" and not _cupy_gpu_usable():
+        raise RuntimeError("backend 'cupy' needs CuPy and a usable CUDA GPU; none was found")
+    if name == "numba-cuda" and not _numba_cuda_usable():
+        raise RuntimeError("backend 'numba-cuda' needs Numba-CUDA and a usable CUDA GPU; none was found")
     from kernels.engine import Engine
 
-    if name == "cupy" and not gpu_usable()[0]:
-        raise RuntimeError(f"backend 'cupy' needs a usable GPU: {gpu_usable()[1]}")
-    return Engine(vae, make_ops(name))
+    return Engine(vae, _ops_class(name)())

@@ -46,8 +46,9 @@ class Adam:
         self.t = 0
         self.flat = getattr(params, "flat", None)
         if self.flat is not None:
-            self._m_flat = params.ops.zeros(self.flat.shape, self.flat.dtype)
-            self._v_flat = params.ops.zeros(self.flat.shape, self.flat.dtype)
+            ops = params.ops
+            self._m_flat = ops.zeros(self.flat.shape, self.flat.dtype)  # (P,)
+            self._v_flat = ops.zeros(self.flat.shape, self.flat.dtype)  # (P,)
             self.m = params.views(self._m_flat)
             self.v = params.views(self._v_flat)
         else:
@@ -71,30 +72,28 @@ class Adam:
     def state_dict(self):
         """The optimizer state as host arrays: step count and both moments per parameter."""
         state = {"t": np.array(self.t)}
-        if self.flat is not None:
-            ops = self.params.ops
-            m, v = self.params.views(ops.to_host(self._m_flat)), self.params.views(ops.to_host(self._v_flat))
-        else:
-            m, v = self.m, self.v
         for k in self.params:
-            state["m." + k] = np.array(m[k])
-            state["v." + k] = np.array(v[k])
+            state["m." + k] = _to_host(self.m[k])
+            state["v." + k] = _to_host(self.v[k])
         return state
 
     def load_state_dict(self, state):
-        """Restore what :meth:`state_dict` returned."""
         self.t = int(state["t"])
-        if self.flat is not None:
-            ops = self.params.ops
-            for moment, flat in (("m.", self._m_flat), ("v.", self._v_flat)):
-                host = np.concatenate([np.asarray(state[moment + k], dtype=flat.dtype).ravel()
-                                       for k in self.params])
-                if host.shape != flat.shape:
-                    raise ValueError("optimizer state does not match the parameters")
-                ops.upload(host, flat)
-            return
         for k in self.params:
-            if state["m." + k].shape != self.m[k].shape:
-                raise ValueError(f"optimizer state for {k} has shape {state['m.' + k].shape}")
-            self.m[k][...] = state["m." + k]
-            self.v[k][...] = state["v." + k]
+            self.m[k][...] = _as_like(state["m." + k], self.m[k])
+            self.v[k][...] = _as_like(state["v." + k], self.v[k])
+
+
+def _to_host(a):
+    return a.get() if hasattr(a, "get") else (a.copy_to_host() if hasattr(a, "copy_to_host") else np.array(a))
+
+
+def _as_like(host, like):
+    if isinstance(like, np.ndarray):
+        return host
+    mod = type(like).__module__
+    if mod.startswith("cupy"):
+        import cupy
+
+        return cupy.asarray(host)
+    return host

@@ -1,0 +1,113 @@
+"""A whole training step (forward, backward, Adam) captured once into a CUDA graph and replayed.
+
+A step at batch 128 is a few dozen small kernels, and launching them from Python costs more than
+running them. A CUDA graph records the launches once and replays them with one call. What a
+replay needs:
+
+- every buffer allocated before capture and never reallocated: the engine's parameters,
+  gradients and workspace of this batch size, the optimizer's flat moments, and three inputs
+  (x, ε and the bias corrections [c1, c2], which change every step) that are written before each
+  replay;
+- the noise ε drawn on the host from the model's generator, outside the graph, exactly as an
+  eager step draws it;
+- no cuBLAS: CuPy refuses cuBLAS calls during capture (cupy/cupy#6290), so the step uses the
+  tiled GEMM of :mod:`kernels.cupy.sources` (``CupyOps(own_gemm=True)``);
+- no compilation during capture: one warm-up step compiles every kernel first; it updates the
+  parameters, so they (and Adam's moments) are saved before and restored after it.
+
+When capture is unavailable (an old driver, a failed capture) ``GraphedStep`` runs the same ops
+eagerly on its stream and says why in ``fallback_reason``.
+
+    step = GraphedStep(vae, opt, batch_size=128)   # vae = minivae.VAE(..., backend="cupy")
+    for x in batches: loss = step(x)               # one replay per batch of exactly that size
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class GraphedStep:
+    """``loss = step(x, eps=None)``: forward, backward and ``opt.step`` of one batch, replayed."""
+
+    def __init__(self, vae, opt, batch_size, capture=True):
+        import cupy
+
+        from kernels.cupy.ops import CupyOps
+
+        eng = vae._engine
+        if eng is None or not isinstance(eng.ops, CupyOps):
+            raise ValueError("GraphedStep needs a model on the 'cupy' backend")
+        if getattr(opt, "flat", None) is None:
+            raise ValueError("GraphedStep needs an Adam over the engine's flat parameters")
+        eng.ops.own_gemm = True  # cuBLAS cannot be captured; our GEMM gives the same products
+        self.vae, self.opt, self.eng, self.ops, self.cupy = vae, opt, eng, eng.ops, cupy
+        B, self.B = batch_size, batch_size
+        self.ws = eng._workspace(B)
+        self.x = cupy.empty((B, eng.D), dtype=eng.dtype)  # (B, D), written before each replay
+        self.eps = cupy.empty((B, eng.Z), dtype=eng.dtype)  # (B, Z)
+        self.c = cupy.ones(2, dtype=np.float32)  # [c1, c2] of the current step
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.graph, self.fallback_reason = None, "capture not requested"
+        if capture:
+            self.graph, self.fallback_reason = self._capture()
+
+    def _run(self):
+        """The ops of one step, as Engine.forward + Engine.backward + Adam, without host copies."""
+        eng, ops, ws = self.eng, self.ops, self.ws
+        enc, dec = eng.layers[:eng.n_enc], eng.layers[eng.n_enc:]
+        h = eng._mlp_forward(enc, self.x, ws.enc_y)  # [μ | log σ²]   (B, 2Z)
+        ops.reparam_kl(h, self.eps, ws.z, ws.kl)  # z (B, Z), KL (B,)
+        logits = eng._mlp_forward(dec, ws.z, ws.dec_y)  # (B, D)
+        ops.bernoulli_nll(logits, self.x, 1.0 / self.B, ws.recon, ws.dec_dy[-1])
+        eng._mlp_backward(dec, ws.z, ws.dec_y, ws.dec_dy, ws.dz)  # ∂L/∂z   (B, Z)
+        ops.reparam_kl_backward(ws.dz, h, self.eps, self.vae.beta / self.B, ws.enc_dy[-1])
+        eng._mlp_backward(enc, self.x, ws.enc_y, ws.enc_dy, None)
+        opt = self.opt
+        ops.adam_device_c(opt.flat, eng.grads.flat, opt._m_flat, opt._v_flat,
+                          opt.lr, opt.b1, opt.b2, opt.eps, self.c)
+
+    def _capture(self):
+        opt = self.opt
+        state = (opt.flat, opt._m_flat, opt._v_flat)
+        self.cupy.cuda.Device().synchronize()  # our stream is non-blocking: finish earlier work first
+        with self.stream:
+            saved = [buf.copy() for buf in state]
+            self._run()  # warm-up: compiles every kernel outside the capture
+            for buf, s in zip(state, saved):
+                buf[...] = s
+            self.stream.synchronize()
+            try:
+                self.stream.begin_capture()
+                try:
+                    self._run()
+                finally:
+                    graph = self.stream.end_capture()
+            except Exception as e:  # noqa: BLE001 - any failure: fall back to eager replays
+                self.stream.synchronize()
+                return None, f"CUDA graph capture failed ({type(e).__name__}: {e}); running eagerly"
+        return graph, None
+
+    def __call__(self, x, eps=None):
+        vae, opt, cupy = self.vae, self.opt, self.cupy
+        if len(x) != self.B:
+            raise ValueError(f"this step was captured for batch size {self.B}, got {len(x)}")
+        if eps is None:
+            eps = vae.rng.standard_normal((self.B, self.eng.Z))  # drawn on the host, as eagerly
+        opt.t += 1
+        c = np.array([1 - opt.b1**opt.t, 1 - opt.b2**opt.t], dtype=np.float32)
+        cupy.cuda.Stream.null.synchronize()  # eager work on the default stream (e.g. encode) first
+        with self.stream:
+            self.x[...] = cupy.asarray(np.asarray(x, dtype=self.eng.dtype))
+            self.eps[...] = cupy.asarray(np.asarray(eps, dtype=self.eng.dtype))
+            self.c[...] = cupy.asarray(c)
+            if self.graph is not None:
+                self.graph.launch(self.stream)
+            else:
+                self._run()
+            recon = cupy.asnumpy(self.ws.recon, stream=self.stream)
+            kl = cupy.asnumpy(self.ws.kl, stream=self.stream)
+        self.stream.synchronize()
+        loss = (recon + vae.beta * kl).mean()
+        vae.last = {"loss": float(loss), "recon": float(recon.mean()), "kl": float(kl.mean())}
+        return float(loss)

@@ -1,0 +1,191 @@
+"""Every kernel of the cpu-fused backend against its NumPy oracle in kernels.reference.
+
+Shapes are ragged on purpose (1, primes, one past a strip or chunk boundary). Tolerance for
+float32: |ours − ref| ≤ atol + rtol·|ref| with atol = 1e-5, rtol = 1e-5 — a few float32 ulps of
+the values involved; the row sums (KL, NLL) may differ by more ulps of each term because we
+accumulate in float64 and the oracle pairwise in float32, which the rtol on the sum covers.
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+from kernels import cpu_fused, reference
+from kernels.cpu_fused import CpuFusedOps
+
+ATOL, RTOL = 1e-5, 1e-5
+F32 = np.float32
+ops = CpuFusedOps()
+ROWS = (1, 7, 130)
+COLS = (1, 13, 257, 300)
+
+
+def close(ours, ref, atol=ATOL, rtol=RTOL):
+    ours, ref = np.asarray(ours), np.asarray(ref)
+    assert ours.shape == ref.shape and ours.dtype == F32
+    assert np.all(np.isfinite(ours))
+    bad = np.abs(ours.astype(np.float64) - ref) > atol + rtol * np.abs(ref)
+    assert not bad.any(), f"max error {np.abs(ours - ref).max()} at {np.argwhere(bad)[:3]}"
+
+
+def rand(rng, *shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(F32)
+
+
+@pytest.mark.parametrize("act", reference.ACTS)
+@pytest.mark.parametrize("B", ROWS)
+@pytest.mark.parametrize("N", COLS)
+def test_bias_act(act, B, N):
+    rng = np.random.default_rng(B * 1000 + N)
+    a, b = rand(rng, B, N, scale=2), rand(rng, N)
+    out = np.empty_like(a)
+    ops.bias_act(a, b, act, out)
+    ref = reference.bias_act(a, b, act)
+    close(out, ref)
+    ops.bias_act(a, b, act, a)  # in place
+    close(a, ref)
+
+
+@pytest.mark.parametrize("act", reference.ACTS)
+@pytest.mark.parametrize("B", ROWS)
+@pytest.mark.parametrize("N", COLS)
+def test_act_backward(act, B, N):
+    rng = np.random.default_rng(B * 1000 + N + 1)
+    y = reference.bias_act(rand(rng, B, N, scale=2), np.zeros(N, F32), act)
+    dy = rand(rng, B, N)
+    out = np.empty_like(dy)
+    ops.act_backward(dy, y, act, out)
+    ref = reference.act_backward(dy, y, act)
+    close(out, ref)
+    ops.act_backward(dy, y, act, dy)  # in place
+    close(dy, ref)
+
+
+@pytest.mark.parametrize("B", ROWS)
+@pytest.mark.parametrize("N", COLS)
+def test_colsum(B, N):
+    dy = rand(np.random.default_rng(N), B, N)
+    out = np.full(N, np.nan, F32)
+    ops.colsum(dy, out)
+    close(out, reference.colsum(dy.astype(np.float64)))
+
+
+@pytest.mark.parametrize("B", ROWS)
+@pytest.mark.parametrize("Z", (1, 5, 257))
+def test_reparam_kl_and_backward(B, Z):
+    rng = np.random.default_rng(B + Z)
+    h, eps, dz = rand(rng, B, 2 * Z), rand(rng, B, Z), rand(rng, B, Z)
+    z, kl = np.empty((B, Z), F32), np.empty(B, F32)
+    ops.reparam_kl(h, eps, z, kl)
+    z_ref, kl_ref = reference.reparam_kl(h, eps)
+    close(z, z_ref)
+    close(kl, kl_ref)
+    dh = np.empty_like(h)
+    ops.reparam_kl_backward(dz, h, eps, 0.37 / B, dh)
+    close(dh, reference.reparam_kl_backward(dz, h, eps, 0.37 / B))
+
+
+@pytest.mark.parametrize("B", ROWS)
+@pytest.mark.parametrize("D", COLS)
+def test_bernoulli_nll(B, D):
+    rng = np.random.default_rng(B * D)
+    a, x = rand(rng, B, D, scale=4), rng.random((B, D)).astype(F32)
+    x[:, ::3] = np.round(x[:, ::3])  # binary pixels too
+    loss, da = np.empty(B, F32), np.empty_like(a)
+    loss_ref, da_ref = reference.bernoulli_nll(a, x, 1 / B)
+    for kernel in (cpu_fused.bernoulli_nll_kernel, cpu_fused.bernoulli_nll_parallel_kernel):
+        loss, da = np.full(B, np.nan, F32), np.full_like(a, np.nan)
+        kernel(a, x, F32(1 / B), loss, da)
+        close(loss, loss_ref)
+        close(da, da_ref)
+    ops.bernoulli_nll(a, x, 1 / B, loss, da)
+    close(loss, loss_ref)
+
+
+def test_bernoulli_nll_extreme_logits_are_finite():
+    a = np.array([[1000.0, -1000.0, 0.0, 88.0, -88.0, 1e-30]], F32)
+    x = np.array([[0.0, 1.0, 0.5, 1.0, 0.0, 1.0]], F32)
+    loss, da = np.empty(1, F32), np.empty_like(a)
+    ops.bernoulli_nll(a, x, 1.0, loss, da)
+    loss_ref, da_ref = reference.bernoulli_nll(a, x, 1.0)
+    assert np.isfinite(loss).all() and np.isfinite(da).all()
+    close(loss, loss_ref)  # ≈ 2000 + log 2 + 0: both ±1000 pixels are maximally wrong
+    close(da, da_ref)
+
+
+@pytest.mark.parametrize("P", (1, 1000, (1 << 16) + 3))
+def test_adam(P):
+    rng = np.random.default_rng(P)
+    p, g, m = rand(rng, P), rand(rng, P), rand(rng, P, scale=0.1)
+    v = (rng.random(P) * 0.01).astype(F32)
+    ref = [a.copy() for a in (p, g, m, v)]
+    args = (1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**3, 1 - 0.999**3)
+    reference.adam(*ref, *args)
+    for parallel_min in (1 << 40, 1):  # one thread, then the prange version
+        ours = [a.copy() for a in (p, g, m, v)]
+        fused = CpuFusedOps()
+        fused.parallel_min_adam = parallel_min
+        fused.adam(*ours, *args)
+        for o, r in zip(ours, ref):
+            close(o, r)
+
+
+def test_matmul_and_memory():
+    rng = np.random.default_rng(5)
+    a, b = rand(rng, 7, 13), rand(rng, 13, 5)
+    for ta, tb, x, y in ((False, False, a, b), (True, False, a.T.copy(), b),
+                         (False, True, a, b.T.copy()), (True, True, a.T.copy(), b.T.copy())):
+        out = ops.empty((7, 5), F32)
+        ops.matmul(x, y, out, ta, tb)
+        close(out, reference.matmul(x.astype(np.float64), y.astype(np.float64), ta, tb))
+    assert ops.zeros((3, 2), F32).sum() == 0 and ops.zeros((3,), F32).dtype == F32
+    assert np.array_equal(ops.to_host(ops.to_device(a)), a)
+
+
+# Which test checks which kernel: the module docstring's list must name exactly these.
+KERNEL_TESTS = {
+    "bias_relu_kernel": test_bias_act, "bias_tanh_kernel": test_bias_act,
+    "bias_identity_kernel": test_bias_act, "relu_backward_kernel": test_act_backward,
+    "tanh_backward_kernel": test_act_backward, "colsum_kernel": test_colsum,
+    "reparam_kl_kernel": test_reparam_kl_and_backward,
+    "reparam_kl_backward_kernel": test_reparam_kl_and_backward,
+    "bernoulli_nll_kernel": test_bernoulli_nll, "bernoulli_nll_parallel_kernel": test_bernoulli_nll,
+    "adam_kernel": test_adam, "adam_parallel_kernel": test_adam,
+}
+
+
+def test_docstring_lists_every_kernel_and_each_is_tested():
+    listed = set(re.findall(r"^\s{4}(\w+_kernel)\b", cpu_fused.__doc__, re.M))
+    defined = {n for n in dir(cpu_fused) if n.endswith("_kernel") and callable(getattr(cpu_fused, n))}
+    assert listed == defined
+    assert listed == set(KERNEL_TESTS)
+
+
+def test_exp32_log1p32_sum64():
+    from numba import njit
+
+    @njit
+    def apply(fn, x, out):
+        for i in range(x.shape[0]):
+            out[i] = fn(x[i])
+
+    x = np.concatenate([np.linspace(-110, 95, 200_001), [-1000, 1000, 0]]).astype(F32)
+    out = np.empty_like(x)
+    apply(cpu_fused.exp32, x, out)
+    with np.errstate(over="ignore"):
+        ref = np.exp(x.astype(np.float64)).astype(F32)  # the float32 of the true value
+    finite = np.isfinite(ref)
+    assert np.array_equal(np.isinf(out), ~finite)
+    # 2 ulp relative for normal results; subnormal ones within one subnormal step
+    r, o = ref[finite].astype(np.float64), out[finite].astype(np.float64)
+    assert np.all(np.abs(o - r) <= 2.4e-7 * r + 1.5e-45)
+
+    e = np.concatenate([np.linspace(0, 1, 100_001), np.logspace(-40, 0, 1000)]).astype(F32)
+    out = np.empty_like(e)
+    apply(cpu_fused.log1p32, e, out)
+    ref = np.log1p(e.astype(np.float64))
+    assert np.all(np.abs(out - ref) <= 3e-7 * ref + 1.5e-45)
+
+    row = np.random.default_rng(0).standard_normal(1001).astype(F32)
+    assert abs(cpu_fused.sum64(row) - row.astype(np.float64).sum()) < 1e-9
