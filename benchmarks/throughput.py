@@ -362,6 +362,7 @@ def main(argv=None):
             torch_name = "torch-cuda" if name in ("cupy", "numba-cuda") else "torch-cpu"
             ref = timed.get(torch_name)
             row = {"latent": Z, "runner": name, "seconds_per_step": t, "samples_per_s": B / t,
+                   "best_seconds_per_step": min(ts),
                    "repeats_s": ts, "steps_per_repeat": n,
                    "vs_torch": (ref[0] / t) if ref and name != torch_name else None,
                    "vs_floor": t / floor_t, "gflops": size["flops_per_step"] / t / 1e9, **size}
