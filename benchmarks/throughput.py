@@ -309,16 +309,6 @@ def main(argv=None):
     hidden = tuple(int(h) for h in args.hidden.split(","))
     B = args.batch
     threads = args.threads or blas_threads()
-    if args.threads:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)  # for the rest of the process
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
 
     backends = available_backends()
     torch_devices, torch_note = [], None
@@ -334,6 +324,18 @@ def main(argv=None):
         torch_note = "--no-torch: torch runners skipped"
     if torch_note:
         print(torch_note)
+    if args.threads:
+        # After importing torch, which may bring its own BLAS: every BLAS and OpenMP pool loaded
+        # by now (ours, Numba's, torch's) gets the same limit, for the rest of the process.
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    try:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
 
     config = {"latents": list(latents), "hidden": list(hidden), "batch": B, "dtype": "float32",
               "repeats": args.repeats, "warmup": args.warmup, "target_s": args.target,
@@ -362,6 +364,7 @@ def main(argv=None):
             torch_name = "torch-cuda" if name in ("cupy", "numba-cuda") else "torch-cpu"
             ref = timed.get(torch_name)
             row = {"latent": Z, "runner": name, "seconds_per_step": t, "samples_per_s": B / t,
+                   "best_seconds_per_step": min(ts),
                    "repeats_s": ts, "steps_per_repeat": n,
                    "vs_torch": (ref[0] / t) if ref and name != torch_name else None,
                    "vs_floor": t / floor_t, "gflops": size["flops_per_step"] / t / 1e9, **size}

@@ -1,11 +1,11 @@
 """The ``cpu-fused`` backend: NumPy's BLAS for the matrix products, Numba kernels for the rest.
 
-A training step spends most of its time in six matrix products (BLAS already runs them near the
-machine's peak). Everything else in the reference path is a chain of small NumPy expressions,
-each of which reads its inputs from memory, allocates a temporary and writes it back. Here every
-such chain is ONE compiled loop (``@njit``) that reads each input once and writes its outputs in
-place, in float32 throughout (constants are ``np.float32``; the scalar arguments are converted to
-float32 before the call).
+A training step spends most of its time in matrix products (three per dense layer, two for the
+first; BLAS already runs them near the machine's peak). Everything else in the reference path is
+a chain of small NumPy expressions, each of which reads its inputs from memory, allocates a
+temporary and writes it back. Here every such chain is ONE compiled loop (``@njit``) that reads
+each input once and writes its outputs in place, in float32 throughout (constants are
+``np.float32``; the scalar arguments are converted to float32 before the call).
 
 Kernels (each tested against its oracle in :mod:`kernels.reference` by ``tests/test_cpu_fused.py``):
 
@@ -17,7 +17,7 @@ Kernels (each tested against its oracle in :mod:`kernels.reference` by ``tests/t
     colsum_kernel             db = Σ_batch dy                           (B, N) → (N,)
     reparam_kl_kernel         z = μ + σ⊙ε,  KL = Σ ½(μ² + σ² − log σ² − 1)   (B, 2Z) → (B, Z), (B,)
     reparam_kl_backward_kernel  ∂L/∂μ = dz + c·μ,  ∂L/∂log σ² = dz⊙½σ⊙ε + c·½(σ² − 1)   (B, 2Z)
-    exp32, log1p32, sum64     the vectorizable helpers of the kernels below (tested directly)
+    exp32, log1p32, sum64     helpers of the loss and KL kernels (vectorizable; tested directly)
     bernoulli_nll_kernel      ℓ = Σ softplus(a) − x·a,  da = s·(sigmoid(a) − x)     (B,), (B, D)
     bernoulli_nll_parallel_kernel   the same, blocks of rows over the threads (prange)
     adam_kernel               one Adam step over the flat buffers θ, g, m, v          (P,)
