@@ -148,10 +148,18 @@ def run_one(cfg):
         "test_loss": test["loss"], "test_recon": test["recon"], "test_kl": test["kl"],
         "test_iw_nll": iw_nll, "iw_samples": cfg["iw_samples"] if n_iw else None, "iw_examples": n_iw,
         "train_loss": train["loss"], "gap": test["loss"] - train["loss"],
-        "active_units": active, "params": model.num_params(), "samples_per_s": samples_per_s,
+        "active_units": active, "kl90": kl90(kl_dim), "params": model.num_params(), "samples_per_s": samples_per_s,
         "wall_s": time.perf_counter() - t0, "backend": model.backend, "diverged": diverged,
         "data": data.source, "settings": cfg["settings"],
     }
+
+
+def kl90(kl_dim):
+    """The fewest latents that hold 90% of the KL term (None when there is no KL)."""
+    kl = np.sort(np.asarray(kl_dim, np.float64))[::-1]
+    if kl.sum() <= 0:
+        return None
+    return int(np.searchsorted(np.cumsum(kl) / kl.sum(), 0.9) + 1)
 
 
 def ae_evaluate(model, x, batch_size=1000):
@@ -316,15 +324,16 @@ def report(rows, settings, source):
              f"{settings['batch_size']}, Adam lr {settings['lr']}, {settings['binarize']} binarization, "
              f"seed {settings['seed']}. Log-likelihood: importance-weighted with K = "
              f"{settings['iw_samples']} on the first {settings['iw_examples']} test digits.", "",
-             "| model | Z | test −ELBO | recon | KL | −log p(x) (IW) | active units | test − train | "
+             "| model | Z | test −ELBO | recon | KL | −log p(x) (IW) | active units | KL-90 | test − train | "
              "params | samples/s | wall s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['latent']} | {_fmt(r['test_loss'])} | {_fmt(r['test_recon'])} | "
                      f"{_fmt(r['test_kl']) if r['model'] == 'vae' else '–'} | {_fmt(r['test_iw_nll'])} | "
-                     f"{r['active_units']} | {_fmt(r['gap'])} | {r['params']:,} | "
+                     f"{r['active_units']} | {_fmt(r.get('kl90'))} | {_fmt(r['gap'])} | {r['params']:,} | "
                      f"{r['samples_per_s']:,.0f} | {r['wall_s']:,.0f} |")
-    lines += ["", "For the autoencoder, test −ELBO is its reconstruction loss (it has no KL term and no "
+    lines += ["", "KL-90: the fewest latents that hold 90% of the KL term. "
+              "For the autoencoder, test −ELBO is its reconstruction loss (it has no KL term and no "
               "likelihood), and its \"active units\" count code dimensions whose value varies across "
               "test digits (variance > 0.01), which says little for a code with no prior.", ""]
     vae = [r for r in rows if r["model"] == "vae" and not r.get("diverged")]

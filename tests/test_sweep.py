@@ -172,3 +172,9 @@ def test_autoencoder_is_the_vae_without_sampling_and_kl():
     logits = vae.decode_logits(z)
     want = (np.maximum(logits, 0) + np.log1p(np.exp(-np.abs(logits))) - x * logits).sum(1).mean()
     assert ae.forward(x) == pytest.approx(want, rel=1e-12)
+
+
+def test_kl90_counts_the_latents_holding_90_percent_of_the_kl():
+    assert sweep.kl90([0.05, 5.0, 4.0, 0.5, 0.45]) == 3  # 9.0 of 10.0 in the top three
+    assert sweep.kl90([1.0] * 10) == 9
+    assert sweep.kl90(np.zeros(4)) is None
