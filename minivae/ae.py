@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from minivae import losses
-from minivae.layers import ACTIVATIONS, Dense
-from minivae.vae import _mlp_backward, _mlp_forward
+from minivae.layers import ACTIVATIONS
+from minivae.vae import _mlp_backward, _mlp_forward, build_mlps
 
 
 class AE:
@@ -37,20 +37,8 @@ class AE:
         self.rng = np.random.default_rng([int(seed), 1])
         init_rng = np.random.default_rng([int(seed), 0])
         act = ACTIVATIONS[activation]
-        widths = (data_dim,) + hidden
-        self.encoder = [(Dense(i, o, init_rng, act.init, self.dtype), act())
-                        for i, o in zip(widths[:-1], widths[1:])]
-        self.encoder.append((Dense(widths[-1], latent, init_rng, "glorot", self.dtype), None))
-        dwidths = (latent,) + hidden[::-1]
-        self.decoder = [(Dense(i, o, init_rng, act.init, self.dtype), act())
-                        for i, o in zip(dwidths[:-1], dwidths[1:])]
-        self.decoder.append((Dense(dwidths[-1], data_dim, init_rng, "glorot", self.dtype), None))
-        self.layer_names = [f"enc{i}" for i in range(len(self.encoder))] + \
-                           [f"dec{i}" for i in range(len(self.decoder))]
-        self.params = {}
-        for name, (dense, _) in zip(self.layer_names, self.encoder + self.decoder):
-            self.params[name + ".W"] = dense.W
-            self.params[name + ".b"] = dense.b
+        self.encoder, self.decoder, self.layer_names, self.params = build_mlps(
+            data_dim, latent, latent, hidden, act, init_rng, self.dtype)  # code z: Z outputs, no σ
         self.backend = "numpy"
         self._cache = None
         self.last = {}

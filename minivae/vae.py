@@ -105,23 +105,9 @@ class VAE:
         self.rng = np.random.default_rng([self.seed, 1])  # the noise ε of forward()
 
         act = ACTIVATIONS[activation]
-        widths = (data_dim,) + hidden
-        # Encoder: hidden layers with activation, then a linear layer to [μ | log σ²].
-        self.encoder = [(Dense(i, o, init_rng, act.init, self.dtype), act())
-                        for i, o in zip(widths[:-1], widths[1:])]
-        self.encoder.append((Dense(widths[-1], 2 * latent, init_rng, "glorot", self.dtype), None))
-        # Decoder: mirrored widths, ending in a linear layer to the D logits.
-        dwidths = (latent,) + hidden[::-1]
-        self.decoder = [(Dense(i, o, init_rng, act.init, self.dtype), act())
-                        for i, o in zip(dwidths[:-1], dwidths[1:])]
-        self.decoder.append((Dense(dwidths[-1], data_dim, init_rng, "glorot", self.dtype), None))
-
-        self.layer_names = [f"enc{i}" for i in range(len(self.encoder))] + \
-                           [f"dec{i}" for i in range(len(self.decoder))]
-        self.params = {}
-        for name, (dense, _) in zip(self.layer_names, self.encoder + self.decoder):
-            self.params[name + ".W"] = dense.W  # (fan_in, fan_out)
-            self.params[name + ".b"] = dense.b  # (fan_out,)
+        # Encoder: D → hidden → 2Z = [μ | log σ²]; decoder: Z → mirrored hidden → D logits.
+        self.encoder, self.decoder, self.layer_names, self.params = build_mlps(
+            data_dim, 2 * latent, latent, hidden, act, init_rng, self.dtype)
 
         self._cache = None
         self.last = {}  # batch means of the last forward: "loss", "recon", "kl"
@@ -243,6 +229,28 @@ class VAE:
 # --------------------------------------------------------------------------------------------
 # An MLP is a list of (Dense, activation or None) pairs
 # --------------------------------------------------------------------------------------------
+
+
+def build_mlps(data_dim, code_dim, latent, hidden, act, init_rng, dtype):
+    """The encoder D → H₁ → … → code_dim and the decoder Z → … → H₁ → D (hidden widths
+    mirrored): hidden layers Dense + ``act`` (initialised for it), output layers linear (Glorot).
+
+    Returns (encoder, decoder, layer names, params): ``params`` maps "<layer>.W" (fan_in, fan_out)
+    and "<layer>.b" (fan_out,) to the layers' own arrays, encoder first, in layer order.
+    """
+
+    def mlp(widths, out_dim):
+        net = [(Dense(i, o, init_rng, act.init, dtype), act()) for i, o in zip(widths[:-1], widths[1:])]
+        return net + [(Dense(widths[-1], out_dim, init_rng, "glorot", dtype), None)]
+
+    encoder = mlp((data_dim,) + hidden, code_dim)
+    decoder = mlp((latent,) + hidden[::-1], data_dim)
+    names = [f"enc{i}" for i in range(len(encoder))] + [f"dec{i}" for i in range(len(decoder))]
+    params = {}
+    for name, (dense, _) in zip(names, encoder + decoder):
+        params[name + ".W"] = dense.W  # (fan_in, fan_out)
+        params[name + ".b"] = dense.b  # (fan_out,)
+    return encoder, decoder, names, params
 
 
 def _mlp_forward(net, h):
