@@ -25,12 +25,13 @@ MODULES = ("matmul", "bias_act", "colsum", "reparam_kl", "bernoulli_nll", "adam"
 
 
 def _numba_cuda():
+    """True when numba.cuda imports, else the error. Only a missing numba-cuda skips: an error in
+    our own kernel files must fail the tests, so they are imported outside this check."""
     try:
         from numba import cuda  # noqa: F401
-
-        return importlib.import_module("kernels.numba_cuda.matmul") and True
     except Exception as e:  # noqa: BLE001
         return e
+    return True
 
 
 def _require_numba_cuda():

@@ -40,7 +40,8 @@ def assert_close(name, got, ref, atol=1e-5, rtol=1e-4):
         raise AssertionError(f"{name}: shape {got.shape} != reference {ref.shape}")
     err = np.abs(got - ref) - (atol + rtol * np.abs(ref))
     if not np.all(err <= 0):  # also catches NaN
-        idx = tuple(int(i) for i in np.unravel_index(np.nanargmax(np.where(np.isnan(err), np.inf, err)), err.shape))
+        worst = np.nanargmax(np.where(np.isnan(err), np.inf, err))
+        idx = tuple(int(i) for i in np.unravel_index(worst, err.shape))
         raise AssertionError(
             f"{name}: {int(np.sum(~(err <= 0)))} of {err.size} elements off; worst at {idx}: "
             f"got {got[idx]!r}, reference {ref[idx]!r} (atol={atol}, rtol={rtol})"
