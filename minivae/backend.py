@@ -25,7 +25,7 @@ _OPS = {
     "cupy": "kernels.cupy.ops:CupyOps",
     "numba-cuda": "kernels.numba_cuda.ops:NumbaCudaOps",
 }
-_DTYPES = {"cpu-fused": (np.float32,)}  # backends limited to some dtypes
+_DTYPES = {name: (np.float32,) for name in _OPS}  # the fast backends run float32 only
 
 _gpu_usable = None  # cached answer of _cupy_gpu_usable()
 _numba_gpu_usable = None  # cached answer of _numba_cuda_usable()
