@@ -49,6 +49,8 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
+from kernels.reference import HostMemory
+
 _0 = np.float32(0.0)
 _HALF = np.float32(0.5)
 _1 = np.float32(1.0)
@@ -335,29 +337,16 @@ _BIAS_ACT = {"relu": bias_relu_kernel, "tanh": bias_tanh_kernel, "identity": bia
 _ACT_BACKWARD = {"relu": relu_backward_kernel, "tanh": tanh_backward_kernel}
 
 
-class CpuFusedOps:
+class CpuFusedOps(HostMemory):
     """The ops of :mod:`kernels.reference` on the CPU: BLAS matmuls and the kernels above (float32)."""
 
     name = "cpu-fused"
-    xp = np
     # From these sizes (elements) on, the prange versions run when Numba has several threads.
     # Measured on a 2-core machine shared with other jobs, the one-thread kernels were faster at
     # every size of benchmarks/throughput.py (the loss at B×D = 100 K: 0.36 ms vs 11.9 ms; Adam at
     # P = 2.3 M: 3.2 ms vs 3.9 ms), so the thresholds sit above those sizes.
     parallel_min_nll = 1 << 20
     parallel_min_adam = 1 << 24
-
-    def empty(self, shape, dtype):
-        return np.empty(shape, dtype=dtype)
-
-    def zeros(self, shape, dtype):
-        return np.zeros(shape, dtype=dtype)
-
-    def to_device(self, host):
-        return np.ascontiguousarray(host)
-
-    def to_host(self, a):
-        return np.asarray(a)
 
     def matmul(self, a, b, out, ta=False, tb=False):
         # A transposed view of a C-contiguous array is Fortran-contiguous: NumPy hands it to

@@ -113,10 +113,9 @@ def adam(p, g, m, v, lr, b1, b2, eps, c1, c2):
     adam_update(p, g, m, v, lr, b1, b2, eps, c1, c2)
 
 
-class NumpyOps:
-    """The ops object of the reference: each method writes its oracle's result into ``out``."""
+class HostMemory:
+    """The memory methods of an ops object whose arrays are ordinary NumPy arrays."""
 
-    name = "numpy"
     xp = np
 
     def empty(self, shape, dtype):
@@ -130,6 +129,12 @@ class NumpyOps:
 
     def to_host(self, a):
         return np.asarray(a)
+
+
+class NumpyOps(HostMemory):
+    """The ops object of the reference: each method writes its oracle's result into ``out``."""
+
+    name = "numpy"
 
     def matmul(self, a, b, out, ta=False, tb=False):
         np.matmul(a.T if ta else a, b.T if tb else b, out=out)
