@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from minivae import metrics
+from minivae import losses, metrics
 from minivae.train import UsageError, _Parser, _positive_int, add_training_options, atomic_write, \
     atomic_write_text
 
@@ -168,7 +168,7 @@ def ae_evaluate(model, x, batch_size=1000):
     for s in range(0, len(x), batch_size):
         xb = np.asarray(x[s:s + batch_size], np.float64)
         a = np.asarray(model.decode_logits(model.encode(x[s:s + batch_size])[0]), np.float64)
-        total += float((np.maximum(a, 0) + np.log1p(np.exp(-np.abs(a))) - xb * a).sum())
+        total += float(losses.bernoulli_nll(a, xb).sum())
     return {"loss": total / len(x), "recon": total / len(x), "kl": 0.0}
 
 
