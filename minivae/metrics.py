@@ -18,7 +18,8 @@ from minivae.losses import softplus
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _host(a):
+def to_host(a):
+    """A NumPy array of ``a``, whatever backend made it (CuPy, Numba-CUDA or NumPy)."""
     if hasattr(a, "get"):  # CuPy
         return a.get()
     if hasattr(a, "copy_to_host"):  # Numba-CUDA
@@ -36,8 +37,8 @@ def posterior_means(vae, x, batch_size=1000):
     mus, logvars = [], []
     for s in _chunks(len(x), batch_size):
         mu, logvar = vae.encode(x[s])
-        mus.append(_host(mu))
-        logvars.append(_host(logvar))
+        mus.append(to_host(mu))
+        logvars.append(to_host(logvar))
     return np.concatenate(mus), np.concatenate(logvars)
 
 
@@ -73,10 +74,10 @@ def evaluate(vae, x, rng, batch_size=1000):
     tot_recon = tot_kl = 0.0
     for s in _chunks(len(x), batch_size):
         xb = np.asarray(x[s], dtype=np.float64)
-        mu, logvar = (np.asarray(_host(a), dtype=np.float64) for a in vae.encode(x[s]))
+        mu, logvar = (np.asarray(to_host(a), dtype=np.float64) for a in vae.encode(x[s]))
         eps = rng.standard_normal(mu.shape)
         z = mu + np.exp(0.5 * logvar) * eps
-        logits = np.asarray(_host(vae.decode_logits(z.astype(vae.dtype))), dtype=np.float64)
+        logits = np.asarray(to_host(vae.decode_logits(z.astype(vae.dtype))), dtype=np.float64)
         tot_recon += (softplus(logits) - xb * logits).sum()
         tot_kl += (0.5 * (mu * mu + np.exp(logvar) - logvar - 1)).sum()
     n = len(x)
@@ -103,10 +104,10 @@ def iw_log_likelihood(vae, x, k, rng, batch_size=100):
     for s in _chunks(len(x), batch_size):
         xb = np.asarray(x[s], dtype=np.float64)  # (n, D)
         n = len(xb)
-        mu, logvar = (np.asarray(_host(a), dtype=np.float64) for a in vae.encode(x[s]))  # (n, Z)
+        mu, logvar = (np.asarray(to_host(a), dtype=np.float64) for a in vae.encode(x[s]))  # (n, Z)
         eps = rng.standard_normal((k, n, mu.shape[1]))  # (K, n, Z)
         z = mu + np.exp(0.5 * logvar) * eps  # (K, n, Z)
-        logits = _host(vae.decode_logits(z.reshape(k * n, -1).astype(vae.dtype)))
+        logits = to_host(vae.decode_logits(z.reshape(k * n, -1).astype(vae.dtype)))
         logits = np.asarray(logits, dtype=np.float64).reshape(k, n, -1)  # (K, n, D)
         log_px_z = -(softplus(logits) - xb * logits).sum(axis=2)  # (K, n)
         log_pz = -0.5 * (LOG_2PI + z * z).sum(axis=2)  # (K, n)
