@@ -18,6 +18,7 @@ float64 against the reference VAE), on the CPU with Numba kernels, and on a GPU.
 
 One step, for an MLP of layers ℓ = 1 … L with y₀ = input, written as the ops it calls:
 
+    noise       ε ~ N(0, I)                          standard_normal      # (B, Z)
     forward     aℓ = yℓ₋₁ · Wℓ                       matmul               # (B, Nℓ)
                 yℓ = act(aℓ + bℓ)                    bias_act, in place   # (B, Nℓ)
                 z, KL = reparam_kl([μ | log σ²], ε)                       # (B, Z), (B,)
@@ -29,7 +30,10 @@ One step, for an MLP of layers ℓ = 1 … L with y₀ = input, written as the o
                 ∂L/∂[μ | log σ²] = reparam_kl_backward(∂L/∂z, …, β/B) between the two MLPs
 
 The loss is computed on the way forward together with its gradient ∂L/∂a, which saves the
-backward pass a second read of the logits.
+backward pass a second read of the logits. The noise comes from the backend's ``standard_normal``
+op where it has one (cpu-fused: Philox keyed by two words from the model's generator, see
+:mod:`kernels.reference`); otherwise it is drawn on the host by the model's generator, as in
+the reference VAE.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class _Workspace:
         self.dec_y = [ops.empty((B, n), dtype) for n in dec_widths]  # yℓ of the decoder; last = logits
         self.enc_dy = [ops.empty((B, n), dtype) for n in enc_widths]  # ∂L/∂yℓ, then ∂L/∂aℓ in place
         self.dec_dy = [ops.empty((B, n), dtype) for n in dec_widths]  # last = ∂L/∂logits
+        self.eps = ops.empty((B, Z), dtype)  # ε, when the backend draws it (ops.standard_normal)
         self.z = ops.empty((B, Z), dtype)
         self.dz = ops.empty((B, Z), dtype)
         self.kl = ops.empty((B,), dtype)
@@ -155,10 +160,14 @@ class Engine:
         vae, ops, Z = self.vae, self.ops, self.Z
         x = self._device(x)  # (B, D)
         B = x.shape[0]
-        if eps is None:
+        ws = self._workspace(B)
+        if eps is None and hasattr(ops, "standard_normal"):
+            # The backend makes ε from a key drawn from the model's generator (two 32-bit words).
+            ops.standard_normal(vae.rng.integers(0, 2**32, size=2, dtype=np.uint64), ws.eps)
+            eps = ws.eps  # (B, Z)
+        elif eps is None:
             eps = vae.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z), drawn on the host
         eps = self._device(eps)
-        ws = self._workspace(B)
         enc, dec = self.layers[:self.n_enc], self.layers[self.n_enc:]
 
         h = self._mlp_forward(enc, x, ws.enc_y)  # [μ | log σ²]   (B, 2Z)

@@ -41,6 +41,18 @@ and ``name`` the backend's name.
 
 ``act`` is one of ``"relu"``, ``"tanh"``, ``"identity"``. ``bias_act`` and ``act_backward`` may be
 called with ``out`` aliasing their first argument (in place).
+
+One op is optional, the noise of the reparameterization:
+
+=====================================  ==========================================================
+``standard_normal(key, out)``          fill ``out`` (any shape, n numbers) with the standard-normal
+                                       stream of :func:`standard_normal_philox` for ``key``
+=====================================  ==========================================================
+
+An engine whose ops object has it draws only the key (two 32-bit words) from the model's
+generator and lets the backend make the B·Z numbers; without it ε comes from the model's NumPy
+generator (``rng.standard_normal``), as in the reference VAE. The two streams differ, so the same
+seed gives different noise on backends with and without this op.
 """
 
 from __future__ import annotations
@@ -111,6 +123,75 @@ def bernoulli_nll(a, x, scale):
 def adam(p, g, m, v, lr, b1, b2, eps, c1, c2):
     """One Adam step in place (see :func:`minivae.optim.adam_update`)."""
     adam_update(p, g, m, v, lr, b1, b2, eps, c1, c2)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise: Philox4x32-10 and the Box–Muller transform
+# --------------------------------------------------------------------------------------------
+
+PHILOX_M = (0xD2511F53, 0xCD9E8D57)  # the two multipliers of Philox4x32
+PHILOX_W = (0x9E3779B9, 0xBB67AE85)  # the key increments ("Weyl" constants: golden ratio, √3 − 1)
+_U32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32(counter, key, rounds=10):
+    """Philox4x32-R (Salmon, Moraes, Dror & Shaw, "Parallel random numbers: as easy as 1, 2, 3",
+    SC 2011): a keyed bijection of 128-bit counters, used as a random-number generator by
+    numbering its outputs. One round, on counter words c₀…c₃ and key words k₀, k₁ (all mod 2³²):
+
+        (hi₀, lo₀) = M₀ · c₀   and   (hi₁, lo₁) = M₁ · c₂      (64-bit products, high and low words)
+        (c₀, c₁, c₂, c₃) ← (hi₁ ⊕ c₁ ⊕ k₀,  lo₁,  hi₀ ⊕ c₃ ⊕ k₁,  lo₀)
+        (k₀, k₁) ← (k₀ + W₀, k₁ + W₁)
+
+    counter: four arrays of equal shape (uint32 values), key: two ints → four uint32 arrays.
+    Computed in uint64, where a 32 × 32-bit product is exact.
+    """
+    c = [np.asarray(w, dtype=np.uint64) & _U32 for w in counter]
+    k0, k1 = np.uint64(int(key[0]) & 0xFFFFFFFF), np.uint64(int(key[1]) & 0xFFFFFFFF)
+    m0, m1 = np.uint64(PHILOX_M[0]), np.uint64(PHILOX_M[1])
+    w0, w1 = np.uint64(PHILOX_W[0]), np.uint64(PHILOX_W[1])
+    for _ in range(rounds):
+        p0, p1 = c[0] * m0, c[2] * m1
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & _U32, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & _U32]
+        k0, k1 = (k0 + w0) & _U32, (k1 + w1) & _U32
+    return [w.astype(np.uint32) for w in c]
+
+
+def philox_blocks(key, n):
+    """The Philox words behind n noise values: blocks i = 0 … n₄ − 1, n₄ = ⌈n / 4⌉, each the
+    output for counter (i, 0, 0, 0). → (4, n₄) uint32, row ℓ = word ℓ of every block."""
+    n4 = -(-n // 4)
+    i = np.arange(n4, dtype=np.uint64)
+    zero = np.zeros_like(i)
+    return np.stack(philox4x32((i, zero, zero, zero), key))
+
+
+def box_muller(w_radius, w_angle):
+    """Two standard-normal numbers from two 32-bit words (their top 23 and 24 bits), in float64:
+
+        u = (⌊w_radius / 2⁹⌋ + ½) · 2⁻²³ ∈ (0, 1)      r = √(−2 ln u)
+        θ = 2π · ⌊w_angle / 2⁸⌋ · 2⁻²⁴ ∈ [0, 2π)       → (r cos θ, r sin θ)
+
+    For u uniform on (0, 1) and θ uniform on [0, 2π), r cos θ and r sin θ are independent N(0, 1)
+    (Box & Muller 1958). u has 23 bits so that it is exact in float32 too (k + ½ with a 24-bit k
+    would need 25). The radius is therefore at most √(48 ln 2) ≈ 5.77: P(r > 5.77) =
+    e^(−5.77²/2) ≈ 6·10⁻⁸ is the only part of the distribution that is cut off.
+    """
+    u = ((w_radius >> np.uint32(9)).astype(np.float64) + 0.5) * 2.0**-23
+    theta = 2 * np.pi * (w_angle >> np.uint32(8)).astype(np.float64) * 2.0**-24
+    r = np.sqrt(-2 * np.log(u))
+    return r * np.cos(theta), r * np.sin(theta)
+
+
+def standard_normal_philox(key, n):
+    """n standard-normal numbers (float64) for a 64-bit key (k₀, k₁), the stream of the optional
+    ``standard_normal`` op. Block i gives four numbers, (w₀, w₁) and (w₂, w₃) through
+    :func:`box_muller`; number ℓ of block i is element ℓ·n₄ + i of the result, so that each of
+    the four goes to a contiguous quarter (the last quarter is short by n₄·4 − n elements).
+    """
+    w = philox_blocks(key, n)
+    lanes = box_muller(w[0], w[1]) + box_muller(w[2], w[3])  # four arrays (n₄,)
+    return np.concatenate(lanes)[:n]
 
 
 class HostMemory:

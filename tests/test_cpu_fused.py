@@ -6,6 +6,7 @@ the values involved; the row sums (KL, NLL) may differ by more ulps of each term
 accumulate in float64 and the oracle pairwise in float32, which the rtol on the sum covers.
 """
 
+import math
 import re
 
 import numpy as np
@@ -144,6 +145,108 @@ def test_matmul_and_memory():
 
 
 # Which test checks which kernel: the module docstring's list must name exactly these.
+# Random123's known-answer vectors for Philox4x32-10 (github.com/DEShawResearch/random123,
+# tests/kat_vectors): counter words 0-3, key words 0-1, output words 0-3.
+PHILOX_KAT = [
+    ((0x00000000, 0x00000000, 0x00000000, 0x00000000), (0x00000000, 0x00000000),
+     (0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8)),
+    ((0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff), (0xffffffff, 0xffffffff),
+     (0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd)),
+    ((0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344), (0xa4093822, 0x299f31d0),
+     (0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1)),
+]
+
+
+def test_philox_known_answers_and_oracle():
+    from numba import njit
+
+    @njit
+    def one_block(c, k):
+        return cpu_fused.philox4x32(c[0], c[1], c[2], c[3], k[0], k[1])
+
+    for counter, key, expected in PHILOX_KAT:
+        ref = reference.philox4x32([[w] for w in counter], key)
+        assert [int(w[0]) for w in ref] == list(expected)
+        ours = one_block(np.array(counter, np.uint32), np.array(key, np.uint32))
+        assert [int(w) for w in ours] == list(expected)
+    # the raw stream of the kernel, block by block, equals the oracle's, bit for bit
+    for key in ((0, 0), (123, 4567), (0xffffffff, 1)):
+        words = np.zeros((4, 1001), np.uint32)
+        cpu_fused.philox_kernel(np.uint32(key[0]), np.uint32(key[1]), words)
+        assert np.array_equal(words, reference.philox_blocks(key, 4 * 1001))
+
+
+@pytest.mark.parametrize("n", (0, 1, 2, 3, 4, 5, 13, 4097, 100_003))
+def test_standard_normal_kernel_matches_oracle(n):
+    key = (2 * n + 1, 0xdeadbeef)
+    out = np.full(n, np.nan, F32)
+    cpu_fused.standard_normal_kernel(np.uint32(key[0]), np.uint32(key[1]), out)
+    # float32 log, sqrt and sin/cos polynomials: about one ulp of each number
+    close(out, reference.standard_normal_philox(key, n), atol=1e-6, rtol=1e-6)
+    two_d = np.full((7, 9), np.nan, F32)  # the op fills any C-contiguous shape, row by row
+    ops.standard_normal(key, two_d)
+    close(two_d, reference.standard_normal_philox(key, 63).reshape(7, 9), atol=1e-6, rtol=1e-6)
+
+
+def test_standard_normal_is_standard_normal():
+    """Moments, the Kolmogorov–Smirnov distance to Φ, and independence of the four numbers of a
+    block, of the blocks next to each other, and of two keys. Fixed keys: deterministic, and every
+    bound is ≥ 5 standard errors (KS: the 0.1 % critical value 1.95/√n) from the expected value."""
+    n = 1 << 20
+    x = np.empty(n, F32)
+    ops.standard_normal((7, 8), x)
+    x = x.astype(np.float64)
+    se = 1 / math.sqrt(n)
+    assert abs(x.mean()) < 5 * se
+    assert abs(x.var() - 1) < 5 * math.sqrt(2) * se
+    assert abs((x**3).mean()) < 5 * math.sqrt(15) * se  # skewness (E x³ = 0, Var x³ = 15)
+    assert abs((x**4).mean() - 3) < 5 * math.sqrt(96) * se  # E x⁴ = 3, Var x⁴ = 96
+    s = np.sort(x)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(s / math.sqrt(2)))
+    ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+    assert ks < 1.95 * se
+    q = x.reshape(4, n // 4)  # the four numbers of block i are q[:, i]
+    c = np.corrcoef(q)  # 4 × 4: the lanes of a block
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert abs(c[a, b]) < 5 * 2 * se  # 2·se: n/4 pairs
+        assert abs(np.corrcoef(q[a, :-1], q[a, 1:])[0, 1]) < 10 * se  # neighbouring blocks
+    assert abs(np.corrcoef(q[0] ** 2 + q[1] ** 2, q[2] ** 2 + q[3] ** 2)[0, 1]) < 10 * se  # radii
+    y = np.empty(n, F32)
+    ops.standard_normal((7, 9), y)  # another key: another, uncorrelated stream
+    assert abs(np.corrcoef(x, y)[0, 1]) < 5 * se
+
+
+def test_log32_and_box_muller32():
+    from numba import njit
+
+    @njit
+    def logs(u, out):
+        for i in range(u.shape[0]):
+            out[i] = cpu_fused.log32(u[i])
+
+    @njit
+    def pairs(w, out):
+        for i in range(w.shape[1]):
+            out[0, i], out[1, i] = cpu_fused.box_muller32(w[0, i], w[1, i])
+
+    u = np.concatenate([np.linspace(2.0**-24, 1, 200_001), np.logspace(-37, 0, 1000),
+                        [1 - 2.0**-24, 2.0**-126, 1.5, 1e30]]).astype(F32)
+    out = np.empty_like(u)
+    logs(u, out)
+    ref = np.log(u.astype(np.float64))
+    assert np.all(np.abs(out - ref) <= 2.4e-7 * np.abs(ref) + 1e-12)  # 2 ulp
+    # every angle quadrant and the extreme radius words
+    w = np.random.default_rng(1).integers(0, 2**32, size=(2, 100_000), dtype=np.uint64).astype(np.uint32)
+    w[:, :6] = [[0, 0xffffffff, 0x80000000, 0, 0xffffffff, 0x1ff],
+                [0, 0xffffffff, 0x40000000, 0xc0000000, 0x3fffff00, 0x80000000]]
+    out2 = np.empty((2, w.shape[1]), F32)
+    pairs(w, out2)
+    ref2 = np.stack(reference.box_muller(w[0], w[1]))
+    close(out2, ref2, atol=1e-6, rtol=1e-6)
+    assert np.abs(ref2).max() <= math.sqrt(48 * math.log(2)) + 1e-12
+
+
 KERNEL_TESTS = {
     "bias_relu_kernel": test_bias_act, "bias_tanh_kernel": test_bias_act,
     "bias_identity_kernel": test_bias_act, "relu_backward_kernel": test_act_backward,
@@ -152,6 +255,8 @@ KERNEL_TESTS = {
     "reparam_kl_backward_kernel": test_reparam_kl_and_backward,
     "bernoulli_nll_kernel": test_bernoulli_nll, "bernoulli_nll_parallel_kernel": test_bernoulli_nll,
     "adam_kernel": test_adam, "adam_parallel_kernel": test_adam,
+    "philox_kernel": test_philox_known_answers_and_oracle,
+    "standard_normal_kernel": test_standard_normal_kernel_matches_oracle,
 }
 
 

@@ -3,7 +3,8 @@
 The Engine runs the reference math through an ops object. With NumpyOps in float64 it must give
 the reference VAE's loss and gradients to rounding (1e-12): it calls the same oracles, only in a
 different order of buffers. On cpu-fused (float32) a training step must match the numpy backend's
-step from the same seed to float32 tolerance, and stay close over ten Adam steps.
+step with the same ε to float32 tolerance, and stay close over ten Adam steps; its own noise is
+the Philox stream keyed by the model's generator.
 """
 
 import subprocess
@@ -101,9 +102,10 @@ def test_flat_params_and_workspaces():
 
 def steps(vae, x, n):
     opt = minivae.Adam(vae.params, lr=1e-3)
+    noise = np.random.default_rng(5)  # the same ε for both backends (they draw ε differently)
     losses = []
     for _ in range(n):
-        losses.append(vae.forward(x))  # ε from the model's rng: same seed, same ε
+        losses.append(vae.forward(x, noise.standard_normal((x.shape[0], vae.latent))))
         opt.step(vae.backward())
     return losses
 
@@ -114,7 +116,8 @@ def test_cpu_fused_step_matches_numpy_backend():
     assert fused.backend == "cpu-fused" and isinstance(fused.params, FlatParams)
     assert [(k, p.shape) for k, p in ref.params.items()] == [(k, p.shape) for k, p in fused.params.items()]
     x = data(13, 30).astype(np.float32)
-    loss_ref, loss = ref.forward(x), fused.forward(x)
+    eps = np.random.default_rng(6).standard_normal((13, 7))
+    loss_ref, loss = ref.forward(x, eps), fused.forward(x, eps)
     assert abs(loss - loss_ref) <= 1e-5 * abs(loss_ref)
     g_ref, g = ref.backward(), fused.backward()
     for k in g_ref:  # float32: a few ulps of the largest gradient entry
@@ -125,6 +128,32 @@ def test_cpu_fused_step_matches_numpy_backend():
     np.testing.assert_allclose(l_fused, l_ref, rtol=1e-4)
     for k, p in ref2.params.items():
         np.testing.assert_allclose(fused2.params[k], p, atol=1e-4)
+
+
+def test_cpu_fused_draws_philox_noise_keyed_by_the_model_generator():
+    """ε = the standard_normal_philox stream for a key of two words from the model's generator:
+    the same seed gives the same noise, every step a new key, and the generator's state (which a
+    checkpoint saves) is all that decides the noise."""
+    import copy
+
+    from kernels.reference import standard_normal_philox
+
+    B, Z = 6, 5
+    vae = minivae.VAE(data_dim=12, latent=Z, hidden=(8,), seed=3, backend="cpu-fused")
+    x = data(B, 12).astype(np.float32)
+    rng = copy.deepcopy(vae.rng)
+    drawn = []
+    for _ in range(2):
+        vae.forward(x)
+        drawn.append(vae._engine._step[2].copy())
+        key = rng.integers(0, 2**32, size=2, dtype=np.uint64)
+        expected = standard_normal_philox(key, B * Z).reshape(B, Z)
+        np.testing.assert_allclose(drawn[-1], expected, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(drawn[0], drawn[1])
+    assert vae.rng.bit_generator.state == rng.bit_generator.state  # two words per step, no more
+    twin = minivae.VAE(data_dim=12, latent=Z, hidden=(8,), seed=3, backend="cpu-fused")
+    assert twin.forward(x) == minivae.VAE(data_dim=12, latent=Z, hidden=(8,), seed=3,
+                                          backend="cpu-fused").forward(x)
 
 
 def test_adam_state_dict_on_flat_params():
