@@ -35,9 +35,13 @@ threshold on (:class:`CpuFusedOps` ``parallel_min_*``) when Numba has more than 
 Numerics. Each element is computed in float32 with the oracle's formula; exp and log1p are our
 own vectorizable float32 versions (``exp32``, ``log1p32``, within 2 ulp). ``error_model="numpy"``
 (division by zero gives inf, as in NumPy, instead of raising) lets LLVM vectorize loops that
-divide. ``fastmath`` is used in one place, ``sum64``: the row sums of the losses (KL, Bernoulli
-NLL) accumulate in float64 with reassociation, so they vectorize and are at least as accurate as
-NumPy's pairwise float32 sum in the oracle. Every kernel is compiled with ``cache=True``: the first
+divide. ``fastmath`` is used with two kinds of flags. The kernels with polynomials (exp, log,
+sin, cos: the KL, the loss, the noise) allow ``contract`` (a·b + c as one fused multiply-add,
+rounded once) and ``arcp`` (x/y as x·(1/y), one more rounding); together they take ~25 % off those
+kernels and keep every result within the tests' few-ulp tolerances. No flag assumes finite values,
+so ±∞ and NaN behave as in NumPy. ``sum64`` allows ``reassoc``: the row sums of the losses (KL,
+Bernoulli NLL) accumulate in float64 with reassociation, so they vectorize and are at least as
+accurate as NumPy's pairwise float32 sum in the oracle. Every kernel is compiled with ``cache=True``: the first
 process compiles (seconds), later ones load the machine code.
 """
 
@@ -55,6 +59,7 @@ from numba.extending import intrinsic
 from kernels import reference
 from kernels.reference import HostMemory
 
+_FMA = {"contract", "arcp"}  # fused multiply-adds, x/y as x·(1/y): see "Numerics" above
 _0 = np.float32(0.0)
 _HALF = np.float32(0.5)
 _1 = np.float32(1.0)
@@ -85,7 +90,7 @@ _EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.33345
 _INF = np.float32(np.inf)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", inline="always", fastmath=_FMA)
 def exp32(x):
     """eˣ in float32 to about 2 ulp (Cephes expf): eˣ = 2ⁿ · eʳ with n = round(x / ln 2), |r| ≤ ½ ln 2,
     eʳ ≈ 1 + r + r²·p(r); 2ⁿ is applied in two halves so that subnormal and the largest results
@@ -118,7 +123,7 @@ def sum64(row):
 _LOG1P_C = tuple(np.float32(2.0 / k) for k in (15, 13, 11, 9, 7, 5, 3, 1))
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", inline="always", fastmath=_FMA)
 def log1p32(e):
     """log(1 + e) in float32 for 0 ≤ e ≤ 1, to a few ulp, without a cancellation for small e:
     log(1 + e) = 2 atanh(s) = 2(s + s³/3 + s⁵/5 + …) with s = e / (2 + e) ≤ ⅓ (terms to s¹⁵)."""
@@ -227,7 +232,7 @@ def colsum_kernel(dy, out):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FMA)
 def reparam_kl_kernel(h, eps, z, kl):
     """z = μ + σ ⊙ ε,  σ = exp(½ log σ²);  kl = Σ_latents ½(μ² + σ² − log σ² − 1).
 
@@ -244,7 +249,7 @@ def reparam_kl_kernel(h, eps, z, kl):
         kl[i] = sum64(terms)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FMA)
 def reparam_kl_backward_kernel(dz, h, eps, c, dh):
     """∂L/∂h for L = (decoder loss through z) + c · Σ_b KL_b.   dz, eps: (B, Z)   h, dh: (B, 2Z)
 
@@ -265,7 +270,7 @@ def reparam_kl_backward_kernel(dz, h, eps, c, dh):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FMA)
 def bernoulli_nll_kernel(a, x, scale, loss, da):
     """loss = Σ_pixels softplus(a) − x·a;  da = scale · (sigmoid(a) − x).   a, x, da: (B, D)  loss: (B,)
 
@@ -382,7 +387,7 @@ _LN2 = np.float32(0.693147180559945309)
 _SQRT2 = np.float32(1.41421356237309505)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", inline="always", fastmath=_FMA)
 def log32(u):
     """ln u in float32 for a normal float u > 0, to a few ulp: u = m·2ᵉ read from its bits with
     m ∈ [1, 2), moved to [√½, √2) (m/2, e + 1 when m > √2), then ln u = e·ln 2 + log1p32(m − 1)
@@ -403,7 +408,7 @@ _COS_C = tuple(np.float32((-1) ** k / math.factorial(2 * k)) for k in (4, 3, 2, 
 _N2 = np.float32(-2.0)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", inline="always", fastmath=_FMA)
 def box_muller32(w_radius, w_angle):
     """(r cos θ, r sin θ) of :func:`kernels.reference.box_muller` in float32, vectorizable:
 
@@ -443,7 +448,7 @@ def philox_kernel(k0, k1, out):
         out[3, i] = w3
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FMA)
 def _normal_quarters(k0, k1, q0, q1, q2, q3):
     """Blocks i = 0 … len(q3) − 1 into the four quarters (each a separate array, so that LLVM
     sees four stores per iteration that it can vectorize)."""
@@ -453,7 +458,7 @@ def _normal_quarters(k0, k1, q0, q1, q2, q3):
         q2[i], q3[i] = box_muller32(w2, w3)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=_FMA)
 def standard_normal_kernel(k0, k1, out):
     """out (n,) ← the stream of :func:`kernels.reference.standard_normal_philox`: block i's four
     numbers go to out[i], out[n₄ + i], out[2n₄ + i], out[3n₄ + i], four contiguous quarters.
