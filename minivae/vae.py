@@ -78,7 +78,9 @@ class VAE:
     data_dim : D, the number of pixels.
     latent : Z, the number of latent dimensions (any positive integer, also Z > D).
     hidden : widths of the encoder's hidden layers; the decoder mirrors them.
-    seed : seeds the initial weights and the noise ε drawn by :meth:`forward`.
+    seed : seeds the initial weights and the noise ε drawn by :meth:`forward` (the same seed
+        gives the same run on one backend; cpu-fused makes ε with its own generator, keyed from
+        this one, so its noise differs from the numpy backend's).
     dtype : "float32" (default) or "float64".
     beta : weight of the KL term (1 gives the ELBO).
     activation : "relu" (default) or "tanh".

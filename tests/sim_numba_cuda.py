@@ -17,7 +17,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 
 import minivae  # noqa: E402
 from kernels.engine import FlatParams  # noqa: E402
-from kernels.numba_cuda import adam, bernoulli_nll, bias_act, colsum, matmul, reparam_kl  # noqa: E402
+from kernels.numba_cuda import adam, bernoulli_nll, bias_act, colsum, matmul, noise, reparam_kl  # noqa: E402
 
 
 def test_simulator_is_on():
@@ -32,7 +32,7 @@ def test_matmul_version_every_transpose_ragged_shapes(version):
     matmul.check(versions=[version])
 
 
-@pytest.mark.parametrize("module", [bias_act, colsum, reparam_kl, bernoulli_nll, adam],
+@pytest.mark.parametrize("module", [bias_act, colsum, reparam_kl, bernoulli_nll, adam, noise],
                          ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_fused_kernels_match_reference(module):
     module.check()
@@ -101,3 +101,19 @@ def test_checkpoint_round_trip_on_device_arrays():
         np.testing.assert_array_equal(s, state[k])
     mu, logvar = vae2.encode(x)
     assert mu.shape == logvar.shape == (5, 3) and isinstance(mu, np.ndarray)
+
+
+def test_engine_noise_is_the_philox_stream_of_a_key_from_the_model_generator():
+    """On numba-cuda ε is made on the device: the stream of standard_normal_philox for the key the
+    engine takes from the model's generator, as on cpu-fused (float32 rounding apart)."""
+    import copy
+
+    from kernels.reference import standard_normal_philox
+
+    vae = minivae.VAE(data_dim=12, hidden=(8,), latent=3, seed=2, backend="numba-cuda")
+    rng = copy.deepcopy(vae.rng)
+    x = np.random.default_rng(1).random((5, 12)).astype(np.float32)
+    vae.forward(x)
+    eps = vae._engine._step[2].copy_to_host()
+    key = rng.integers(0, 2**32, size=2, dtype=np.uint64)
+    np.testing.assert_allclose(eps, standard_normal_philox(key, 15).reshape(5, 3), rtol=2e-6, atol=2e-6)

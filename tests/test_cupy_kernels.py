@@ -205,6 +205,17 @@ def test_fused_reductions_and_adam(ops, cp):
         np.testing.assert_allclose(cp.asnumpy(got), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("n", [1, 3, 13, 128 * 1000 + 2])
+def test_standard_normal_is_the_philox_stream(cp, n):
+    from kernels.cupy.ops import CupyOps
+    from kernels.reference import standard_normal_philox
+
+    out = cp.full(n, cp.nan, np.float32)
+    CupyOps().standard_normal((0x243F6A88, 0x85A308D3), out)
+    np.testing.assert_allclose(cp.asnumpy(out), standard_normal_philox((0x243F6A88, 0x85A308D3), n),
+                               rtol=2e-6, atol=2e-6)
+
+
 def test_graphed_step_matches_eager_step(cp):
     import minivae
     from kernels.cupy.graph import GraphedStep
@@ -221,6 +232,10 @@ def test_graphed_step_matches_eager_step(cp):
         opt_e.step(eager.backward())
         loss_g = step(x, eps)
         assert abs(loss_g - loss_e) <= 1e-4 * abs(loss_e), step.fallback_reason
+    # ε made on the device from the same generator state: the same noise eagerly and graphed
+    loss_e = eager.forward(x)
+    opt_e.step(eager.backward())
+    assert abs(step(x) - loss_e) <= 1e-4 * abs(loss_e)
     pe, pg = eager.get_params(), graphed.get_params()
     for k in pe:
         np.testing.assert_allclose(pg[k], pe[k], atol=1e-4)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("matmul", "bias_act", "colsum", "reparam_kl", "bernoulli_nll", "adam")
+MODULES = ("matmul", "bias_act", "colsum", "reparam_kl", "bernoulli_nll", "adam", "noise")
 
 
 def _numba_cuda():
@@ -86,7 +86,8 @@ def test_simulator_run_covers_every_kernel_and_the_step(simulator_run):
     expected = {f"test_matmul_version_every_transpose_ragged_shapes[{v}]" for v in (1, 2, 3)}
     expected |= {f"test_fused_kernels_match_reference[{m}]" for m in MODULES if m != "matmul"}
     expected |= {"test_training_step_matches_numpy_backend", "test_check_catches_a_wrong_kernel",
-                 "test_checkpoint_round_trip_on_device_arrays"}
+                 "test_checkpoint_round_trip_on_device_arrays",
+                 "test_engine_noise_is_the_philox_stream_of_a_key_from_the_model_generator"}
     assert expected <= set(results), f"missing from the simulator run: {sorted(expected - set(results))}"
 
 

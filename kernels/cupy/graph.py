@@ -8,8 +8,9 @@ replay needs:
   gradients and workspace of this batch size, the optimizer's flat moments, and three inputs
   (x, ε and the bias corrections [c1, c2], which change every step) that are written before each
   replay;
-- the noise ε drawn on the host from the model's generator, outside the graph, exactly as an
-  eager step draws it;
+- the noise ε made outside the graph, exactly as an eager step makes it: by the Philox kernel
+  (``CupyOps.standard_normal``) on the step's stream, for a key drawn from the model's generator
+  (the key changes every step; a captured kernel would replay the old one);
 - no cuBLAS: CuPy refuses cuBLAS calls during capture (cupy/cupy#6290), so the step uses the
   tiled GEMM of :mod:`kernels.cupy.sources` (``CupyOps(own_gemm=True)``);
 - no compilation during capture: one warm-up step compiles every kernel first; it updates the
@@ -92,14 +93,18 @@ class GraphedStep:
         vae, opt, cupy = self.vae, self.opt, self.cupy
         if len(x) != self.B:
             raise ValueError(f"this step was captured for batch size {self.B}, got {len(x)}")
-        if eps is None:
-            eps = vae.rng.standard_normal((self.B, self.eng.Z))  # drawn on the host, as eagerly
+        key = None
+        if eps is None:  # made on the device below, from a key of the model's generator, as eagerly
+            key = vae.rng.integers(0, 2**32, size=2, dtype=np.uint64)
         opt.t += 1
         c = np.array([1 - opt.b1**opt.t, 1 - opt.b2**opt.t], dtype=np.float32)
         cupy.cuda.Stream.null.synchronize()  # eager work on the default stream (e.g. encode) first
         with self.stream:
             self.x[...] = cupy.asarray(np.asarray(x, dtype=self.eng.dtype))
-            self.eps[...] = cupy.asarray(np.asarray(eps, dtype=self.eng.dtype))
+            if key is None:
+                self.eps[...] = cupy.asarray(np.asarray(eps, dtype=self.eng.dtype))
+            else:
+                self.ops.standard_normal(key, self.eps)
             self.c[...] = cupy.asarray(c)
             if self.graph is not None:
                 self.graph.launch(self.stream)

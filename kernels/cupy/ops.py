@@ -97,6 +97,11 @@ class CupyOps:
         _raw("bernoulli_nll_v1")((min(B, 65535),), (sources.REDUCE_THREADS,),
                                  (a, x, np.float32(scale), loss, da, np.int32(B), np.int32(D)))
 
+    def standard_normal(self, key, out):
+        n = out.size
+        _raw("standard_normal_v1")(_blocks((n + 3) // 4, 256), (256,),
+                                   (np.uint32(key[0]), np.uint32(key[1]), out, np.int64(n)))
+
     def adam(self, p, g, m, v, lr, b1, b2, eps, c1, c2):
         c = self.xp.asarray(np.array([c1, c2], dtype=np.float32))
         self.adam_device_c(p, g, m, v, lr, b1, b2, eps, c)

@@ -12,6 +12,7 @@ the same name in :mod:`kernels.numba_cuda`, which the tests check on the simulat
     reparam_kl_v1        one block per example, tree sum in shared memory
     reparam_kl_backward_v1  one thread per latent, both halves of dh
     bernoulli_nll_v1     one block per example, tree sum in shared memory
+    standard_normal_v1   one thread per Philox4x32-10 block: four normals by Box–Muller
 
 Every constant is written as a float literal (``0.5f``): a bare ``0.5`` is a double and would
 make the arithmetic float64.
@@ -179,9 +180,42 @@ extern "C" __global__ void bernoulli_nll_v1(const float* a, const float* x, floa
         __syncthreads();
     }
 }
+
+// ε: the stream of kernels.reference.standard_normal_philox for the key (k0, k1). Block i is
+// Philox4x32-10 of the counter (i, 0, 0, 0); (w0, w1) and (w2, w3) become two pairs of normals by
+// Box–Muller with u = (⌊w/2⁹⌋ + ½)·2⁻²³ and θ = 2π·⌊w/2⁸⌋·2⁻²⁴ = π·(⌊w/2⁸⌋·2⁻²³) (sincospif:
+// no rounding of π); number l of block i goes to out[l·n4 + i].
+extern "C" __global__ void standard_normal_v1(unsigned int k0, unsigned int k1, float* out, long long n) {
+    const long long n4 = (n + 3) / 4;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n4;
+         i += (long long)gridDim.x * blockDim.x) {
+        unsigned int c0 = (unsigned int)i, c1 = 0u, c2 = 0u, c3 = 0u, a = k0, b = k1;
+        for (int r = 0; r < 10; ++r) {
+            const unsigned int hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+            const unsigned int hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+            c0 = hi1 ^ c1 ^ a;
+            c1 = lo1;
+            c2 = hi0 ^ c3 ^ b;
+            c3 = lo0;
+            a += 0x9E3779B9u;
+            b += 0xBB67AE85u;
+        }
+        const unsigned int w[4] = {c0, c1, c2, c3};
+        for (int pair = 0; pair < 2; ++pair) {
+            const float u = ((float)(w[2 * pair] >> 9) + 0.5f) * 1.1920928955078125e-7f;  // 2⁻²³
+            const float r = sqrtf(-2.0f * logf(u));
+            float s, c;
+            sincospif((float)(w[2 * pair + 1] >> 8) * 1.1920928955078125e-7f, &s, &c);
+            const long long e = 2 * pair * n4 + i;
+            if (e < n) out[e] = r * c;
+            if (e + n4 < n) out[e + n4] = r * s;
+        }
+    }
+}
 """
 
-RAW_KERNELS = ("matmul_v3", "colsum_v1", "reparam_kl_v1", "reparam_kl_backward_v1", "bernoulli_nll_v1")
+RAW_KERNELS = ("matmul_v3", "colsum_v1", "reparam_kl_v1", "reparam_kl_backward_v1", "bernoulli_nll_v1",
+               "standard_normal_v1")
 
 
 def elementwise_harness(name):

@@ -11,6 +11,7 @@ NumPy oracle of :mod:`kernels.reference`, and a benchmark under ``python -m``.
 ``reparam_kl.py``      z = μ + σ⊙ε with the per-example KL, and the gradient into [μ | log σ²]
 ``bernoulli_nll.py``   per-example Bernoulli NLL from logits and its gradient
 ``adam.py``            one Adam step over the flat parameter buffer
+``noise.py``           ε ~ N(0, I) on the device: Philox4x32-10 and Box–Muller (the cpu-fused stream)
 ``ops.py``             ``NumbaCudaOps``: the ops object (see :mod:`kernels.reference`)
 =====================  ==========================================================================
 

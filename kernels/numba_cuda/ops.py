@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from kernels.numba_cuda import adam, bernoulli_nll, bias_act, colsum, matmul, reparam_kl
+from kernels.numba_cuda import adam, bernoulli_nll, bias_act, colsum, matmul, noise, reparam_kl
 
 
 class DeviceArrays:
@@ -86,6 +86,9 @@ class NumbaCudaOps:
 
     def bernoulli_nll(self, a, x, scale, loss, da):
         bernoulli_nll.bernoulli_nll(a, x, scale, loss, da)
+
+    def standard_normal(self, key, out):
+        noise.standard_normal(key, out)
 
     def adam(self, p, g, m, v, lr, b1, b2, eps, c1, c2):
         adam.adam(p, g, m, v, lr, b1, b2, eps, c1, c2)
