@@ -83,7 +83,7 @@ def minivae_runner(backend, Z, hidden, B, x):
     opt = minivae.Adam(vae.params, lr=1e-4)
 
     def step():
-        vae.forward(x)  # ε drawn from the model's generator, as in training
+        vae.forward(x)  # ε made as in training (on cpu-fused and the GPUs by the backend itself)
         opt.step(vae.backward())
 
     sync = None

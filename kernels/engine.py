@@ -31,9 +31,9 @@ One step, for an MLP of layers ℓ = 1 … L with y₀ = input, written as the o
 
 The loss is computed on the way forward together with its gradient ∂L/∂a, which saves the
 backward pass a second read of the logits. The noise comes from the backend's ``standard_normal``
-op where it has one (cpu-fused: Philox keyed by two words from the model's generator, see
-:mod:`kernels.reference`); otherwise it is drawn on the host by the model's generator, as in
-the reference VAE.
+op where it has one (cpu-fused, cupy, numba-cuda: Philox keyed by two words from the model's
+generator, see :mod:`kernels.reference`); otherwise it is drawn on the host by the model's
+generator, as in the reference VAE.
 """
 
 from __future__ import annotations
