@@ -276,7 +276,7 @@ def plot(results, runners, path, config):
     ax.set_xlabel("latent size Z")
     ax.set_ylabel("samples / s (training step: forward, backward, Adam)")
     ax.set_title(f"VAE training throughput, hidden {config['hidden']}, batch {config['batch']}, "
-                 f"float32, {config['threads']} threads")
+                 f"float32, {config['threads']} thread{'' if config['threads'] == 1 else 's'}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
