@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numba import cuda, float32
 
@@ -75,3 +77,15 @@ def gpu_usable():
     except Exception as e:  # noqa: BLE001 - any failure means: no usable GPU
         return False, f"no usable CUDA device ({type(e).__name__}: {e})"
     return True, ""
+
+
+def run_file(name, check, benchmark):
+    """What ``python -m kernels.numba_cuda.<name>`` does: check every version against the reference,
+    then (without ``--check``) time it, or exit with one line saying why there is no GPU to time it on."""
+    check()
+    print(f"{name}: every version matches the reference")
+    if "--check" not in sys.argv:
+        ok, why = gpu_usable()
+        if not ok:
+            sys.exit(f"{name} benchmark skipped: {why}")
+        benchmark()

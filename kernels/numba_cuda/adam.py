@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, assert_close, blocks_for, gpu_usable, time_kernel
+from kernels.numba_cuda._util import F32_1D, assert_close, blocks_for, run_file, time_kernel
 
 VERSIONS = {"adam_v1": "grid-stride, one thread per parameter, every scalar float32"}
 THREADS = 256
@@ -80,10 +79,4 @@ def benchmark(P=2_400_000):
 
 
 if __name__ == "__main__":
-    check()
-    print("adam: every version matches the reference")
-    if "--check" not in sys.argv:
-        ok, why = gpu_usable()
-        if not ok:
-            sys.exit(f"adam benchmark skipped: {why}")
-        benchmark()
+    run_file("adam", check, benchmark)

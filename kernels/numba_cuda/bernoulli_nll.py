@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, gpu_usable, time_kernel
+from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, run_file, time_kernel
 
 VERSIONS = {"bernoulli_nll_v1": "one block per example: threads stride over pixels, tree sum in shared memory"}
 THREADS = 256  # a power of two, at most MAX_THREADS
@@ -98,10 +97,4 @@ def benchmark(B=128, D=784):
 
 
 if __name__ == "__main__":
-    check()
-    print("bernoulli_nll: every version matches the reference")
-    if "--check" not in sys.argv:
-        ok, why = gpu_usable()
-        if not ok:
-            sys.exit(f"bernoulli_nll benchmark skipped: {why}")
-        benchmark()
+    run_file("bernoulli_nll", check, benchmark)

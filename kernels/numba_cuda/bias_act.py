@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, gpu_usable, time_kernel
+from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, run_file, time_kernel
 
 VERSIONS = {
     "bias_act_v1": "grid-stride, one thread per element: out[i, j] = act(a[i, j] + b[j])",
@@ -123,10 +122,4 @@ def benchmark(B=128, N=512):
 
 
 if __name__ == "__main__":
-    check()
-    print("bias_act: every version matches the reference")
-    if "--check" not in sys.argv:
-        ok, why = gpu_usable()
-        if not ok:
-            sys.exit(f"bias_act benchmark skipped: {why}")
-        benchmark()
+    run_file("bias_act", check, benchmark)

@@ -14,12 +14,11 @@ Check against :func:`kernels.reference.colsum` (simulator or GPU), then time it 
 from __future__ import annotations
 
 import functools
-import sys
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, gpu_usable, time_kernel
+from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, run_file, time_kernel
 
 VERSIONS = {"colsum_v1": "one thread per column, summing down the batch; threads of a warp read adjacent columns"}
 THREADS = 256
@@ -64,10 +63,4 @@ def benchmark(B=128, N=2000):
 
 
 if __name__ == "__main__":
-    check()
-    print("colsum: every version matches the reference")
-    if "--check" not in sys.argv:
-        ok, why = gpu_usable()
-        if not ok:
-            sys.exit(f"colsum benchmark skipped: {why}")
-        benchmark()
+    run_file("colsum", check, benchmark)

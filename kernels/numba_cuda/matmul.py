@@ -31,12 +31,11 @@ The comparison with cuBLAS is ``python -m benchmarks.kernels``.
 from __future__ import annotations
 
 import functools
-import sys
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_2D, assert_close, cdiv, gpu_usable, time_kernel
+from kernels.numba_cuda._util import F32_2D, assert_close, cdiv, run_file, time_kernel
 
 VERSIONS = {
     1: "naive: one thread per output element, a K-long dot product from global memory",
@@ -297,10 +296,4 @@ def benchmark(shapes=STEP_SHAPES, repeats=20):
 
 
 if __name__ == "__main__":
-    check()
-    print("matmul: every version matches the reference")
-    if "--check" not in sys.argv:
-        ok, why = gpu_usable()
-        if not ok:
-            sys.exit(f"matmul benchmark skipped: {why}")
-        benchmark()
+    run_file("matmul", check, benchmark)

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import numpy as np
 from numba import cuda, float32, int32, uint32, uint64
 
 from kernels import reference
-from kernels.numba_cuda._util import F32_1D, assert_close, blocks_for, gpu_usable, time_kernel
+from kernels.numba_cuda._util import F32_1D, assert_close, blocks_for, run_file, time_kernel
 
 VERSIONS = {
     "standard_normal_v1": "grid-stride, one thread per Philox block: ten rounds, then four normals",
@@ -119,10 +118,4 @@ def benchmark(B=128, Z=1000):
 
 
 if __name__ == "__main__":
-    check()
-    print("noise: every version matches the reference")
-    if "--check" not in sys.argv:
-        ok, why = gpu_usable()
-        if not ok:
-            sys.exit(f"noise benchmark skipped: {why}")
-        benchmark()
+    run_file("noise", check, benchmark)

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, gpu_usable, time_kernel
+from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, run_file, time_kernel
 
 VERSIONS = {
     "reparam_kl_v1": "one block per example: threads stride over latents, tree sum in shared memory",
@@ -124,10 +123,4 @@ def benchmark(B=128, Z=1000):
 
 
 if __name__ == "__main__":
-    check()
-    print("reparam_kl: every version matches the reference")
-    if "--check" not in sys.argv:
-        ok, why = gpu_usable()
-        if not ok:
-            sys.exit(f"reparam_kl benchmark skipped: {why}")
-        benchmark()
+    run_file("reparam_kl", check, benchmark)
