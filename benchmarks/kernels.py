@@ -18,21 +18,6 @@ import sys
 
 import numpy as np
 
-# (M, K, N, ta, tb): out (M, N) = op(a) (M, K) · op(b) (K, N), B = 128, H = 512, Z = 1000, D = 784
-SHAPES = (
-    (128, 784, 512, False, False),   # encoder hidden:  x · W1
-    (128, 512, 2000, False, False),  # encoder head:    h · W2 → [μ | log σ²]
-    (128, 1000, 512, False, False),  # decoder hidden:  z · W3
-    (128, 512, 784, False, False),   # decoder logits:  h · W4
-    (512, 128, 784, True, False),    # dW4 = hᵀ · da
-    (128, 784, 512, False, True),    # dh  = da · W4ᵀ
-    (1000, 128, 512, True, False),   # dW3 = zᵀ · dh
-    (128, 512, 1000, False, True),   # dz  = dh · W3ᵀ
-    (512, 128, 2000, True, False),   # dW2 = hᵀ · d[μ | log σ²]
-    (128, 2000, 512, False, True),   # dh  = d[μ | log σ²] · W2ᵀ
-    (784, 128, 512, True, False),    # dW1 = xᵀ · dh
-)
-
 
 def _no_gpu():
     """None when CuPy and Numba-CUDA can both use a GPU, else the reason."""
@@ -93,7 +78,7 @@ def main(argv=None):
     names = [f"numba v{v}" for v in nc.VERSIONS] + ["cupy own", "cuBLAS"]
     print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of cuBLAS)")
     rng = np.random.default_rng(0)
-    for M, K, N, ta, tb in SHAPES:
+    for M, K, N, ta, tb in nc.STEP_SHAPES:
         a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
         b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
         want = matmul_ref(a, b, ta, tb)

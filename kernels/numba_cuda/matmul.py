@@ -267,15 +267,17 @@ def check(versions=None, cases=CHECK_CASES, seed=0):
 
 # the products of a training step at batch 128, hidden 512, latent 1000, data 784: (M, K, N, ta, tb)
 STEP_SHAPES = (
-    (128, 784, 512, False, False),   # encoder hidden: x·W1
-    (128, 512, 2000, False, False),  # encoder head: h·W2 → [μ | log σ²]
-    (128, 1000, 512, False, False),  # decoder hidden: z·W3
-    (128, 512, 784, False, False),   # decoder logits: h·W4
-    (512, 128, 784, True, False),    # dW4 = hᵀ·da
-    (128, 784, 512, False, True),    # dh = da·W4ᵀ
-    (512, 128, 2000, True, False),   # dW2 = hᵀ·dh
-    (128, 2000, 512, False, True),   # dh = dh2·W2ᵀ
-    (784, 128, 512, True, False),    # dW1 = xᵀ·dh1
+    (128, 784, 512, False, False),   # encoder hidden:  x · W1
+    (128, 512, 2000, False, False),  # encoder head:    h · W2 → [μ | log σ²]
+    (128, 1000, 512, False, False),  # decoder hidden:  z · W3
+    (128, 512, 784, False, False),   # decoder logits:  h · W4
+    (512, 128, 784, True, False),    # dW4 = hᵀ · da
+    (128, 784, 512, False, True),    # dh  = da · W4ᵀ
+    (1000, 128, 512, True, False),   # dW3 = zᵀ · dh
+    (128, 512, 1000, False, True),   # dz  = dh · W3ᵀ
+    (512, 128, 2000, True, False),   # dW2 = hᵀ · d[μ | log σ²]
+    (128, 2000, 512, False, True),   # dh  = d[μ | log σ²] · W2ᵀ
+    (784, 128, 512, True, False),    # dW1 = xᵀ · dh
 )
 
 
