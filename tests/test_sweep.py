@@ -19,10 +19,7 @@ SMALL = ["--epochs", "1", "--limit", "256", "--hidden", "16", "--iw-samples", "3
          "--iw-examples", "20", "--backend", "numpy", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "cache"))
-    monkeypatch.setenv("MINIVAE_MIRRORS", "http://127.0.0.1:9/")
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty cache
 
 
 def rows_of(out):

@@ -20,11 +20,7 @@ SMALL = ["--latent", "6", "--hidden", "24", "--batch-size", "64", "--iw-samples"
          "--iw-examples", "50", "--backend", "numpy", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    """An empty data cache and a mirror that refuses connections: the offline sample is used."""
-    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "cache"))
-    monkeypatch.setenv("MINIVAE_MIRRORS", "http://127.0.0.1:9/")
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty cache
 
 
 def run_main(argv):
