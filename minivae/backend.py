@@ -13,6 +13,7 @@ Nothing here imports Numba, CuPy or Numba-CUDA until a backend that needs it is 
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import numpy as np
@@ -27,44 +28,36 @@ _OPS = {
 }
 _DTYPES = {name: (np.float32,) for name in _OPS}  # the fast backends run float32 only
 
-_gpu_usable = None  # cached answer of _cupy_gpu_usable()
-_numba_gpu_usable = None  # cached answer of _numba_cuda_usable()
-
 
 def _check_name(name):
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
 
 
+@functools.cache
 def _cupy_gpu_usable():
-    """True when CuPy imports, sees a GPU, and runs a tiny kernel and a matmul correctly (once)."""
-    global _gpu_usable
-    if _gpu_usable is None:
-        try:
-            import cupy
+    """True when CuPy imports, sees a GPU, and runs a tiny kernel and a matmul correctly (asked once)."""
+    try:
+        import cupy
 
-            ok = bool(cupy.is_available())
-            if ok:
-                a = cupy.arange(6, dtype=cupy.float32).reshape(2, 3)
-                square = cupy.ElementwiseKernel("float32 x", "float32 y", "y = x * x", "minivae_smoke")
-                ok = float(square(a).sum()) == 55.0 and float((a @ a.T)[1, 1]) == 50.0
-        except Exception:  # no CuPy, no driver, no device, a broken toolkit: all mean "not usable"
-            ok = False
-        _gpu_usable = ok
-    return _gpu_usable
+        if not cupy.is_available():
+            return False
+        a = cupy.arange(6, dtype=cupy.float32).reshape(2, 3)
+        square = cupy.ElementwiseKernel("float32 x", "float32 y", "y = x * x", "minivae_smoke")
+        return float(square(a).sum()) == 55.0 and float((a @ a.T)[1, 1]) == 50.0
+    except Exception:  # no CuPy, no driver, no device, a broken toolkit: all mean "not usable"
+        return False
 
 
+@functools.cache
 def _numba_cuda_usable():
     """True when Numba-CUDA imports and finds a usable GPU (asked once)."""
-    global _numba_gpu_usable
-    if _numba_gpu_usable is None:
-        try:
-            from numba import cuda
+    try:
+        from numba import cuda
 
-            _numba_gpu_usable = bool(cuda.is_available())
-        except Exception:
-            _numba_gpu_usable = False
-    return _numba_gpu_usable
+        return bool(cuda.is_available())
+    except Exception:
+        return False
 
 
 def resolve(name, dtype=None):
