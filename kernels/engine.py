@@ -162,8 +162,7 @@ class Engine:
         B = x.shape[0]
         ws = self._workspace(B)
         if eps is None and hasattr(ops, "standard_normal"):
-            # The backend makes ε from a key drawn from the model's generator (two 32-bit words).
-            ops.standard_normal(vae.rng.integers(0, 2**32, size=2, dtype=np.uint64), ws.eps)
+            ops.standard_normal(self.noise_key(), ws.eps)  # the backend makes ε from the key
             eps = ws.eps  # (B, Z)
         elif eps is None:
             eps = vae.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z), drawn on the host
@@ -180,6 +179,11 @@ class Engine:
         self._step = (ws, x, eps)
         vae.last = {"loss": float(loss), "recon": float(recon.mean()), "kl": float(kl.mean())}
         return float(loss)
+
+    def noise_key(self):
+        """The key of one step's noise for ``ops.standard_normal``: two 32-bit words drawn from the
+        model's generator (so the generator's state, which a checkpoint saves, decides the noise)."""
+        return self.vae.rng.integers(0, 2**32, size=2, dtype=np.uint64)
 
     def backward(self):
         """Gradients of the last forward's loss: a :class:`FlatParams` of views into one buffer."""

@@ -95,7 +95,7 @@ class GraphedStep:
             raise ValueError(f"this step was captured for batch size {self.B}, got {len(x)}")
         key = None
         if eps is None:  # made on the device below, from a key of the model's generator, as eagerly
-            key = vae.rng.integers(0, 2**32, size=2, dtype=np.uint64)
+            key = self.eng.noise_key()
         opt.t += 1
         c = np.array([1 - opt.b1**opt.t, 1 - opt.b2**opt.t], dtype=np.float32)
         cupy.cuda.Stream.null.synchronize()  # eager work on the default stream (e.g. encode) first
