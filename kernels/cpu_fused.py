@@ -73,14 +73,27 @@ _2 = np.float32(2.0)
 
 
 @intrinsic
-def _pow2(typingctx, n):
-    """2ⁿ for an integer-valued float32 n in [−126, 127]: n + 127 written into a float's exponent bits."""
+def _float_bits(typingctx, x):
+    """The bits of a float32 as an int32 (a reinterpretation, not a conversion)."""
     def codegen(context, builder, signature, args):
-        i = builder.fptosi(args[0], ir.IntType(32))
-        bits = builder.shl(builder.add(i, ir.Constant(ir.IntType(32), 127)), ir.Constant(ir.IntType(32), 23))
-        return builder.bitcast(bits, ir.FloatType())
+        return builder.bitcast(args[0], ir.IntType(32))
 
-    return types.float32(types.float32), codegen
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, i):
+    """The float32 whose bits are the int32 i."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@njit(cache=True, inline="always")
+def _pow2(n):
+    """2ⁿ for an integer-valued float32 n in [−126, 127]: n + 127 written into a float's exponent bits."""
+    return _bits_float((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
 _LOG2E = np.float32(1.44269504088896341)
@@ -367,24 +380,6 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
                           np.uint32(np.uint32(p0 >> _32) ^ c3 ^ k1), np.uint32(p0))
         k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
     return c0, c1, c2, c3
-
-
-@intrinsic
-def _float_bits(typingctx, x):
-    """The bits of a float32 as an int32 (a reinterpretation, not a conversion)."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def _bits_float(typingctx, i):
-    """The float32 whose bits are the int32 i."""
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
 
 
 _LN2 = np.float32(0.693147180559945309)
