@@ -73,8 +73,9 @@ def kl_per_dim(path, kl, activity, title=None):
     active = activity[order] > ACTIVE_THRESHOLD
     x = np.arange(1, len(k) + 1)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.bar(x[active], k[active], width=1.0, color="tab:blue", label=f"active ({active.sum()})")
-    ax.bar(x[~active], k[~active], width=1.0, color="tab:gray", label=f"inactive ({(~active).sum()})")
+    for group, color, name in ((active, "tab:blue", "active"), (~active, "tab:gray", "inactive")):
+        if group.any():  # an empty group would still get a legend entry, in the wrong colour
+            ax.bar(x[group], k[group], width=1.0, color=color, label=f"{name} ({group.sum()})")
     ax.set_yscale("log")
     ax.set_xlim(0.5, len(k) + 0.5)
     ax.set_xlabel("latent dimension, sorted by KL")
