@@ -6,14 +6,20 @@ hidden → 2Z, Z → hidden → D, ReLU, Bernoulli loss from logits plus the Gau
     numpy, cpu-fused, cupy, numba-cuda   minivae.VAE(backend=…), each backend usable here
     torch-cpu, torch-cuda                PyTorch eager, the same model, loss and optimizer
     floor                                only the step's matrix products, with NumPy's BLAS into
-                                         preallocated outputs: what no CPU implementation that
-                                         uses this BLAS can beat
+                                         preallocated outputs, one after another
+    floor+adam-io                        the floor, then one pass over four float32 buffers of P
+                                         numbers that reads θ, g, m, v and writes θ, m, v: the
+                                         memory traffic of a separate Adam step (7 · 4P bytes)
+                                         with next to no arithmetic
 
 The runners are interleaved — repeat 1 of every runner, then repeat 2 of every runner, … — so
-that a slow moment of the (shared) machine hits all of them alike, and each reports the median
-over the repeats of its time per step, after warm-up steps. Ratios are taken within the run:
-"×torch" is samples/s over PyTorch's on the same device (higher is better), "/floor" is the
-step time over the floor's (≥ 1, lower is better). PyTorch gets as many threads as our BLAS and
+that a slow moment of the (shared) machine hits all of them alike; each repeat times as many steps
+as fill ``--target`` seconds, after warm-up steps, and a runner's time is the median over the
+repeats. Ratios are paired: "/floor" is the median over the repeats of (the runner's time in that
+repeat) / (the floor's time in the same repeat), ≥ 1, lower is better, printed with its
+interquartile range; "×torch" is, the same way, PyTorch's step time over ours on the same device
+(= our samples/s over PyTorch's; higher is better). A ratio of two medians taken from the same
+noisy repeats moves by more than the paired one. PyTorch gets as many threads as our BLAS and
 Numba use.
 
 Also printed per Z: the parameter count, the bytes of parameters + gradients + Adam moments +
@@ -158,6 +164,33 @@ def floor_runner(Z, hidden, B, x):
     return step, None
 
 
+def _adam_io(p, g, m, v):
+    """Reads θ, g, m, v and writes θ, m, v once, like an Adam step, with one add per array."""
+    for k in range(p.shape[0]):
+        gk = g[k]
+        mk = m[k] + gk
+        vk = v[k] + gk
+        m[k] = mk
+        v[k] = vk
+        p[k] = p[k] + mk + vk
+
+
+def floor_adam_io_runner(Z, hidden, B, x):
+    """The floor, then Adam's memory traffic over P parameters (zeros: no slow floating point)."""
+    from numba import njit
+
+    adam_io = njit(cache=False, error_model="numpy")(_adam_io)
+    products, _ = floor_runner(Z, hidden, B, x)
+    P = sizes(Z, hidden, B)["params"]
+    buffers = [np.zeros(P, np.float32) for _ in range(4)]  # θ, g, m, v
+
+    def step():
+        products()
+        adam_io(*buffers)
+
+    return step, None
+
+
 # --------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------
@@ -172,17 +205,33 @@ def time_steps(step, sync, n):
     return (time.perf_counter() - t0) / n
 
 
-def measure(runners, repeats, warmup, target_s):
-    """Median seconds per step of every runner, interleaved repeats after warm-up."""
+def measure(runners, repeats, warmup, target_s, settle_s):
+    """Seconds per step of every runner in each of the interleaved repeats, after warm-up:
+    name → (list of per-repeat times, steps per repeat).
+
+    Before each timed block the machine is left idle for ``settle_s`` seconds: a thread pool
+    keeps its threads spinning for a while after its last task (OpenBLAS's for up to ~0.1 s), and
+    a runner timed right after another one's pool would share the cores with those spinning
+    threads (measured: PyTorch's step at Z = 20 took 23 ms right after the floor, 12.5 ms after
+    0.1 s of rest).
+    """
     counts, times = {}, {name: [] for name in runners}
     for name, (step, sync) in runners.items():
+        time.sleep(settle_s)
         t = time_steps(step, sync, warmup)  # includes first-call costs: only sizes the repeats
         t = time_steps(step, sync, 1)
         counts[name] = max(1, int(target_s / max(t, 1e-6)))
     for _ in range(repeats):
         for name, (step, sync) in runners.items():
+            time.sleep(settle_s)
             times[name].append(time_steps(step, sync, counts[name]))
-    return {name: (float(np.median(ts)), ts, counts[name]) for name, ts in times.items()}
+    return {name: (ts, counts[name]) for name, ts in times.items()}
+
+
+def paired_ratio(num, den):
+    """Median and quartiles over the repeats of num[i] / den[i] (two runners' times in repeat i)."""
+    q1, q2, q3 = np.percentile(np.asarray(num) / np.asarray(den), [25, 50, 75])
+    return float(q2), [float(q1), float(q3)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,7 +316,8 @@ def plot(results, runners, path, config):
     fig, ax = plt.subplots(figsize=(8, 5))
     for name in runners:
         pts = [(r["latent"], r["samples_per_s"]) for r in results if r["runner"] == name]
-        style = dict(ls="--", color="gray") if name == "floor" else {}
+        style = {"floor": dict(ls="--", color="gray"),
+                 "floor+adam-io": dict(ls=":", color="gray")}.get(name, {})
         ax.plot(*zip(*pts), marker="o", label=name, **style)
     ax.axvline(D, color="k", lw=0.8, ls=":")
     ax.text(D, 0.98, " Z = D = 784", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
@@ -291,7 +341,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--target", type=float, default=0.1, help="seconds per timed repeat")
+    ap.add_argument("--target", type=float, default=0.25, help="seconds per timed repeat")
+    ap.add_argument("--settle", type=float, default=0.2,
+                    help="seconds of rest before each timed repeat (thread pools go idle)")
     ap.add_argument("--quick", action="store_true", help="two sizes, few repeats: seconds")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for BLAS, Numba and PyTorch alike (default: BLAS's own count)")
@@ -301,7 +353,7 @@ def main(argv=None):
 
     if args.quick:
         latents = QUICK_LATENTS
-        args.repeats, args.warmup, args.target = 3, 1, 0.02
+        args.repeats, args.warmup, args.target, args.settle = 3, 1, 0.02, 0.12
     else:
         latents = LATENTS
     if args.latents:
@@ -339,15 +391,16 @@ def main(argv=None):
 
     config = {"latents": list(latents), "hidden": list(hidden), "batch": B, "dtype": "float32",
               "repeats": args.repeats, "warmup": args.warmup, "target_s": args.target,
+              "settle_s": args.settle,
               "threads": threads, "backends": backends, "torch_devices": torch_devices,
               "note": torch_note}
     print(f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch), "
-          f"{args.repeats} interleaved repeats, medians")
+          f"{args.repeats} interleaved repeats of ~{args.target} s after {args.settle} s of rest, medians")
 
     x = np.random.default_rng(0).random((B, D)).astype(np.float32)
     results, names = [], []
-    header = (f"{'Z':>5} {'runner':>11} {'samples/s':>10} {'ms/step':>8} {'×torch':>7} {'/floor':>7}"
-              f" {'GFLOP/s':>8}")
+    header = (f"{'Z':>5} {'runner':>13} {'samples/s':>10} {'ms/step':>8} {'×torch':>7} {'/floor':>7}"
+              f" {'(quartiles)':>11} {'GFLOP/s':>8}")
     print(header)
     for Z in latents:
         runners = {}
@@ -356,23 +409,28 @@ def main(argv=None):
         for dev in torch_devices:
             runners[f"torch-{dev}"] = torch_runner(dev, Z, hidden, B, x)
         runners["floor"] = floor_runner(Z, hidden, B, x)
+        runners["floor+adam-io"] = floor_adam_io_runner(Z, hidden, B, x)
         names = list(runners)
-        timed = measure(runners, args.repeats, args.warmup, args.target)
+        timed = measure(runners, args.repeats, args.warmup, args.target, args.settle)
         size = sizes(Z, hidden, B)
-        floor_t = timed["floor"][0]
-        for name, (t, ts, n) in timed.items():
+        floor_ts = timed["floor"][0]
+        for name, (ts, n) in timed.items():
+            t = float(np.median(ts))
             torch_name = "torch-cuda" if name in ("cupy", "numba-cuda") else "torch-cpu"
-            ref = timed.get(torch_name)
+            vs_torch = None
+            if torch_name in timed and name != torch_name and not name.startswith("floor"):
+                vs_torch, _ = paired_ratio(timed[torch_name][0], ts)
+            vs_floor, vs_floor_q = paired_ratio(ts, floor_ts)
             row = {"latent": Z, "runner": name, "seconds_per_step": t, "samples_per_s": B / t,
-                   "best_seconds_per_step": min(ts),
-                   "repeats_s": ts, "steps_per_repeat": n,
-                   "vs_torch": (ref[0] / t) if ref and name != torch_name else None,
-                   "vs_floor": t / floor_t, "gflops": size["flops_per_step"] / t / 1e9, **size}
+                   "best_seconds_per_step": min(ts), "repeats_s": ts, "steps_per_repeat": n,
+                   "vs_torch": vs_torch, "vs_floor": vs_floor, "vs_floor_quartiles": vs_floor_q,
+                   "gflops": size["flops_per_step"] / t / 1e9, **size}
             results.append(row)
-            vt = f"{row['vs_torch']:7.2f}" if row["vs_torch"] is not None else f"{'':>7}"
-            print(f"{Z:>5} {name:>11} {B / t:10.0f} {1e3 * t:8.2f} {vt} {t / floor_t:7.2f}"
+            vt = f"{vs_torch:7.2f}" if vs_torch is not None else f"{'':>7}"
+            q = f"{vs_floor_q[0]:.2f}–{vs_floor_q[1]:.2f}" if name != "floor" else ""
+            print(f"{Z:>5} {name:>13} {B / t:10.0f} {1e3 * t:8.2f} {vt} {vs_floor:7.2f} {q:>11}"
                   f" {row['gflops']:8.1f}")
-        print(f"{'':>5} {'':>11} params {size['params']:,}, memory {size['bytes_total'] / 2**20:.1f} MiB"
+        print(f"{'':>5} {'':>13} params {size['params']:,}, memory {size['bytes_total'] / 2**20:.1f} MiB"
               f" (params+grads+Adam {16 * size['params'] / 2**20:.1f}, activations "
               f"{size['bytes_activations'] / 2**20:.1f}), {size['flops_per_step'] / 1e9:.2f} GFLOP/step")
 
