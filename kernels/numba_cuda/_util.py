@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -22,6 +23,13 @@ def cdiv(n, d):
 def blocks_for(n, threads):
     """Blocks of a 1-D grid-stride launch over n items."""
     return max(1, min(cdiv(n, threads), MAX_BLOCKS))
+
+
+@functools.cache
+def jitted(kernel):
+    """``cuda.jit(kernel)``, made once per kernel function, at its first launch: importing a kernel
+    file compiles nothing, and ``compile_ptx`` is given the plain Python function."""
+    return cuda.jit(kernel)
 
 
 def simulated():

@@ -16,13 +16,12 @@ Check against :func:`kernels.reference.adam` (simulator or GPU), then time it on
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, assert_close, blocks_for, run_file, time_kernel
+from kernels.numba_cuda._util import F32_1D, assert_close, blocks_for, jitted, run_file, time_kernel
 
 VERSIONS = {"adam_v1": "grid-stride, one thread per parameter, every scalar float32"}
 THREADS = 256
@@ -39,14 +38,9 @@ def adam_v1(p, g, m, v, lr, b1, b2, eps, c1, c2):
         p[i] -= lr * (mi / c1) / (math.sqrt(vi / c2) + eps)
 
 
-@functools.cache
-def _compiled():
-    return cuda.jit(adam_v1)
-
-
 def adam(p, g, m, v, lr, b1, b2, eps, c1, c2, threads=THREADS):
     f = np.float32
-    _compiled()[blocks_for(p.size, threads), threads](p, g, m, v, f(lr), f(b1), f(b2), f(eps), f(c1), f(c2))
+    jitted(adam_v1)[blocks_for(p.size, threads), threads](p, g, m, v, f(lr), f(b1), f(b2), f(eps), f(c1), f(c2))
 
 
 def ptx_cases():

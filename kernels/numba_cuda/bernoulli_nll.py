@@ -18,13 +18,12 @@ Check against :func:`kernels.reference.bernoulli_nll` (simulator or GPU), then t
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, run_file, time_kernel
+from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, jitted, run_file, time_kernel
 
 VERSIONS = {"bernoulli_nll_v1": "one block per example: threads stride over pixels, tree sum in shared memory"}
 THREADS = 256  # a power of two, at most MAX_THREADS
@@ -57,14 +56,9 @@ def bernoulli_nll_v1(a, x, scale, loss, da):
         cuda.syncthreads()
 
 
-@functools.cache
-def _compiled():
-    return cuda.jit(bernoulli_nll_v1)
-
-
 def bernoulli_nll(a, x, scale, loss, da, threads=THREADS):
     assert threads <= MAX_THREADS and threads & (threads - 1) == 0, "threads: a power of two ≤ 1024"
-    _compiled()[max(1, min(a.shape[0], 65535)), threads](a, x, np.float32(scale), loss, da)
+    jitted(bernoulli_nll_v1)[max(1, min(a.shape[0], 65535)), threads](a, x, np.float32(scale), loss, da)
 
 
 def ptx_cases():

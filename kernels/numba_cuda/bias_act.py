@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, run_file, time_kernel
+from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, jitted, run_file, time_kernel
 
 VERSIONS = {
     "bias_act_v1": "grid-stride, one thread per element: out[i, j] = act(a[i, j] + b[j])",
@@ -69,17 +69,12 @@ def act_backward_kernel(act):
     return act_backward_v1
 
 
-@functools.cache
-def _compiled(kind, act):
-    return cuda.jit((bias_act_kernel if kind == "bias_act" else act_backward_kernel)(act))
-
-
 def bias_act(a, b, act, out, threads=THREADS):
-    _compiled("bias_act", act)[blocks_for(out.size, threads), threads](a, b, out)
+    jitted(bias_act_kernel(act))[blocks_for(out.size, threads), threads](a, b, out)
 
 
 def act_backward(dy, y, act, out, threads=THREADS):
-    _compiled("act_backward", act)[blocks_for(out.size, threads), threads](dy, y, out)
+    jitted(act_backward_kernel(act))[blocks_for(out.size, threads), threads](dy, y, out)
 
 
 def ptx_cases():

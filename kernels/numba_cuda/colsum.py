@@ -13,12 +13,11 @@ Check against :func:`kernels.reference.colsum` (simulator or GPU), then time it 
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, run_file, time_kernel
+from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, jitted, run_file, time_kernel
 
 VERSIONS = {"colsum_v1": "one thread per column, summing down the batch; threads of a warp read adjacent columns"}
 THREADS = 256
@@ -33,13 +32,8 @@ def colsum_v1(dy, out):
         out[j] = acc
 
 
-@functools.cache
-def _compiled():
-    return cuda.jit(colsum_v1)
-
-
 def colsum(dy, out, threads=THREADS):
-    _compiled()[blocks_for(out.size, threads), threads](dy, out)
+    jitted(colsum_v1)[blocks_for(out.size, threads), threads](dy, out)
 
 
 def ptx_cases():

@@ -35,7 +35,7 @@ import functools
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_2D, assert_close, cdiv, run_file, time_kernel
+from kernels.numba_cuda._util import F32_2D, assert_close, cdiv, jitted, run_file, time_kernel
 
 VERSIONS = {
     1: "naive: one thread per output element, a K-long dot product from global memory",
@@ -196,11 +196,6 @@ def matmul_v3_kernel(ta, tb):
 _FACTORIES = {1: matmul_v1_kernel, 2: matmul_v2_kernel, 3: matmul_v3_kernel}
 
 
-@functools.cache
-def _compiled(version, ta, tb):
-    return cuda.jit(_FACTORIES[version](ta, tb))
-
-
 def launch_config(version, M, N):
     """(blocks, threads) of a launch covering an (M, N) output."""
     if version == 3:
@@ -221,7 +216,7 @@ def matmul(a, b, out, ta=False, tb=False, version=3, blocks=None):
     if K != Kb or out.shape != (M, N):
         raise ValueError(f"matmul shapes: op(a) {(M, K)}, op(b) {(Kb, N)}, out {out.shape}")
     default_blocks, threads = launch_config(version, M, N)
-    _compiled(version, bool(ta), bool(tb))[blocks or default_blocks, threads](a, b, out)
+    jitted(_FACTORIES[version](bool(ta), bool(tb)))[blocks or default_blocks, threads](a, b, out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,14 +25,13 @@ Check against :mod:`kernels.reference` (simulator or GPU), then time it on a GPU
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from numba import cuda, float32, int32, uint32, uint64
 
 from kernels import reference
-from kernels.numba_cuda._util import F32_1D, assert_close, blocks_for, run_file, time_kernel
+from kernels.numba_cuda._util import F32_1D, assert_close, blocks_for, jitted, run_file, time_kernel
 
 VERSIONS = {
     "standard_normal_v1": "grid-stride, one thread per Philox block: ten rounds, then four normals",
@@ -85,16 +84,11 @@ def standard_normal_v1(k0, k1, out):
                 out[e + n4] = r * sn
 
 
-@functools.cache
-def _compiled():
-    return cuda.jit(standard_normal_v1)
-
-
 def standard_normal(key, out, threads=THREADS):
     """out (C-contiguous, any shape, float32) ← the standard-normal stream for ``key`` (k₀, k₁)."""
     flat = out.reshape(out.size)
     n4 = (out.size + 3) // 4
-    _compiled()[blocks_for(n4, threads), threads](np.uint32(key[0]), np.uint32(key[1]), flat)
+    jitted(standard_normal_v1)[blocks_for(n4, threads), threads](np.uint32(key[0]), np.uint32(key[1]), flat)
 
 
 def ptx_cases():

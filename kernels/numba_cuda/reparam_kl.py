@@ -20,13 +20,12 @@ Check every version against :mod:`kernels.reference` (simulator or GPU), then ti
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from numba import cuda, float32
 
-from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, run_file, time_kernel
+from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, jitted, run_file, time_kernel
 
 VERSIONS = {
     "reparam_kl_v1": "one block per example: threads stride over latents, tree sum in shared memory",
@@ -70,18 +69,13 @@ def reparam_kl_backward_v1(dz, h, eps, c, dh):
         dh[b, Z + j] = g * HALF * math.exp(HALF * lv) * eps[b, j] + c * HALF * (math.exp(lv) - ONE)
 
 
-@functools.cache
-def _compiled(name):
-    return cuda.jit({"fwd": reparam_kl_v1, "bwd": reparam_kl_backward_v1}[name])
-
-
 def reparam_kl(h, eps, z, kl, threads=THREADS):
     assert threads <= MAX_THREADS and threads & (threads - 1) == 0, "threads: a power of two ≤ 1024"
-    _compiled("fwd")[max(1, min(z.shape[0], 65535)), threads](h, eps, z, kl)
+    jitted(reparam_kl_v1)[max(1, min(z.shape[0], 65535)), threads](h, eps, z, kl)
 
 
 def reparam_kl_backward(dz, h, eps, c, dh, threads=THREADS):
-    _compiled("bwd")[blocks_for(dz.size, threads), threads](dz, h, eps, np.float32(c), dh)
+    jitted(reparam_kl_backward_v1)[blocks_for(dz.size, threads), threads](dz, h, eps, np.float32(c), dh)
 
 
 def ptx_cases():
