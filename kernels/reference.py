@@ -27,8 +27,7 @@ Z latents, D data dimension, P total parameter count.
 =====================================  ==========================================================
 
 Memory goes through the ops object too, so that one training engine (:mod:`kernels.engine`) runs
-on every backend; the attribute ``xp`` is the array module of the device arrays (``numpy``, ``cupy``)
-and ``name`` the backend's name.
+on every backend; the attribute ``name`` is the backend's name.
 
 =====================================  ==========================================================
 ``empty(shape, dtype)``                a new C-contiguous device array, contents undefined
@@ -196,8 +195,6 @@ def standard_normal_philox(key, n):
 
 class HostMemory:
     """The memory methods of an ops object whose arrays are ordinary NumPy arrays."""
-
-    xp = np
 
     def empty(self, shape, dtype):
         return np.empty(shape, dtype=dtype)

@@ -13,39 +13,10 @@ from numba import cuda
 from kernels.numba_cuda import adam, bernoulli_nll, bias_act, colsum, matmul, noise, reparam_kl
 
 
-class DeviceArrays:
-    """The few array-module functions callers use on this backend's arrays (``ops.xp``).
-
-    Numba has no NumPy-like module for device arrays; :class:`minivae.optim.Adam` needs only
-    ``zeros_like`` for its flat moments.
-    """
-
-    @staticmethod
-    def empty(shape, dtype=np.float32):
-        return cuda.device_array(shape, dtype=dtype)
-
-    @staticmethod
-    def zeros(shape, dtype=np.float32):
-        return cuda.to_device(np.zeros(shape, dtype=dtype))
-
-    @staticmethod
-    def empty_like(a):
-        return cuda.device_array(a.shape, dtype=a.dtype)
-
-    @staticmethod
-    def zeros_like(a):
-        return cuda.to_device(np.zeros(a.shape, dtype=a.dtype))
-
-    @staticmethod
-    def asarray(a):
-        return cuda.to_device(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a
-
-
 class NumbaCudaOps:
     """The ops of :mod:`kernels.reference` as Numba-CUDA kernels (float32)."""
 
     name = "numba-cuda"
-    xp = DeviceArrays
 
     def __init__(self, matmul_version=3):
         self.matmul_version = matmul_version
