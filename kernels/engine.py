@@ -91,7 +91,8 @@ class Engine:
         dense = [d for d, _ in vae.encoder + vae.decoder]
         acts = [vae.activation if a is not None else "identity" for _, a in vae.encoder + vae.decoder]
         self.layers = [(n, d.W.shape[0], d.W.shape[1], a) for n, d, a in zip(vae.layer_names, dense, acts)]
-        self.n_enc = len(vae.encoder)
+        n_enc = len(vae.encoder)
+        self.enc_layers, self.dec_layers = self.layers[:n_enc], self.layers[n_enc:]
 
         layout, offset = [], 0
         for k, p in vae.params.items():
@@ -115,8 +116,8 @@ class Engine:
         if ws is None:
             if len(self._workspaces) >= self.MAX_WORKSPACES:
                 self._workspaces.pop(next(iter(self._workspaces)))  # the oldest
-            enc = [n_out for _, _, n_out, _ in self.layers[:self.n_enc]]
-            dec = [n_out for _, _, n_out, _ in self.layers[self.n_enc:]]
+            enc = [n_out for _, _, n_out, _ in self.enc_layers]
+            dec = [n_out for _, _, n_out, _ in self.dec_layers]
             ws = self._workspaces[B] = _Workspace(self.ops, self.dtype, B, self.Z, self.D, enc, dec)
         return ws
 
@@ -167,16 +168,22 @@ class Engine:
         elif eps is None:
             eps = vae.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z), drawn on the host
         eps = self._device(eps)
-        enc, dec = self.layers[:self.n_enc], self.layers[self.n_enc:]
-
-        h = self._mlp_forward(enc, x, ws.enc_y)  # [μ | log σ²]   (B, 2Z)
-        ops.reparam_kl(h, eps, ws.z, ws.kl)  # z (B, Z), KL (B,)
-        logits = self._mlp_forward(dec, ws.z, ws.dec_y)  # (B, D)
-        ops.bernoulli_nll(logits, x, 1.0 / B, ws.recon, ws.dec_dy[-1])  # ℓ (B,), ∂L/∂a (B, D)
-
-        recon, kl = ops.to_host(ws.recon), ops.to_host(ws.kl)  # (B,) each
-        loss = (recon + vae.beta * kl).mean()
+        self._forward_ops(ws, x, eps)
         self._step = (ws, x, eps)
+        return self._record_loss(ops.to_host(ws.recon), ops.to_host(ws.kl))
+
+    def _forward_ops(self, ws, x, eps):
+        """The ops of the forward pass on workspace ``ws``: z, KL, ℓ and ∂L/∂logits."""
+        ops = self.ops
+        h = self._mlp_forward(self.enc_layers, x, ws.enc_y)  # [μ | log σ²]   (B, 2Z)
+        ops.reparam_kl(h, eps, ws.z, ws.kl)  # z (B, Z), KL (B,)
+        logits = self._mlp_forward(self.dec_layers, ws.z, ws.dec_y)  # (B, D)
+        ops.bernoulli_nll(logits, x, 1.0 / ws.B, ws.recon, ws.dec_dy[-1])  # ℓ (B,), ∂L/∂a (B, D)
+
+    def _record_loss(self, recon, kl):
+        """The batch mean of the negative ELBO from the host arrays ℓ and KL (B,); sets ``vae.last``."""
+        vae = self.vae
+        loss = (recon + vae.beta * kl).mean()
         vae.last = {"loss": float(loss), "recon": float(recon.mean()), "kl": float(kl.mean())}
         return float(loss)
 
@@ -189,13 +196,15 @@ class Engine:
         """Gradients of the last forward's loss: a :class:`FlatParams` of views into one buffer."""
         if self._step is None:
             raise RuntimeError("backward() needs a forward() first")
-        ws, x, eps = self._step
-        enc, dec = self.layers[:self.n_enc], self.layers[self.n_enc:]
-        self._mlp_backward(dec, ws.z, ws.dec_y, ws.dec_dy, ws.dz)  # ∂L/∂z   (B, Z)
+        self._backward_ops(*self._step)
+        return self.grads
+
+    def _backward_ops(self, ws, x, eps):
+        """The ops of the backward pass after ``_forward_ops`` on ``ws``: the gradients in ``grads``."""
+        self._mlp_backward(self.dec_layers, ws.z, ws.dec_y, ws.dec_dy, ws.dz)  # ∂L/∂z   (B, Z)
         h = ws.enc_y[-1]  # [μ | log σ²]
         self.ops.reparam_kl_backward(ws.dz, h, eps, self.vae.beta / ws.B, ws.enc_dy[-1])  # (B, 2Z)
-        self._mlp_backward(enc, x, ws.enc_y, ws.enc_dy, None)
-        return self.grads
+        self._mlp_backward(self.enc_layers, x, ws.enc_y, ws.enc_dy, None)
 
     # ----------------------------------------------------------------------------------------
     # Using the model (fresh arrays per call: these are not the hot path)
@@ -207,12 +216,12 @@ class Engine:
 
     def encode(self, x):
         """μ and log σ² of q(z | x) as host arrays.     x: (B, D) → mu, logvar: (B, Z)"""
-        h = self.ops.to_host(self._run(self.layers[:self.n_enc], self._device(x)))  # (B, 2Z)
+        h = self.ops.to_host(self._run(self.enc_layers, self._device(x)))  # (B, 2Z)
         return h[:, :self.Z], h[:, self.Z:]
 
     def decode_logits(self, z):
         """The decoder's logits as a host array.     z: (B, Z) → (B, D)"""
-        return self.ops.to_host(self._run(self.layers[self.n_enc:], self._device(z)))
+        return self.ops.to_host(self._run(self.dec_layers, self._device(z)))
 
     def get_params(self):
         """A host copy of every parameter."""

@@ -42,7 +42,7 @@ class GraphedStep:
         if getattr(opt, "flat", None) is None:
             raise ValueError("GraphedStep needs an Adam over the engine's flat parameters")
         eng.ops.own_gemm = True  # cuBLAS cannot be captured; our GEMM gives the same products
-        self.vae, self.opt, self.eng, self.ops, self.cupy = vae, opt, eng, eng.ops, cupy
+        self.opt, self.eng, self.ops, self.cupy = opt, eng, eng.ops, cupy
         B, self.B = batch_size, batch_size
         self.ws = eng._workspace(B)
         self.x = cupy.empty((B, eng.D), dtype=eng.dtype)  # (B, D), written before each replay
@@ -54,19 +54,12 @@ class GraphedStep:
             self.graph, self.fallback_reason = self._capture()
 
     def _run(self):
-        """The ops of one step, as Engine.forward + Engine.backward + Adam, without host copies."""
-        eng, ops, ws = self.eng, self.ops, self.ws
-        enc, dec = eng.layers[:eng.n_enc], eng.layers[eng.n_enc:]
-        h = eng._mlp_forward(enc, self.x, ws.enc_y)  # [μ | log σ²]   (B, 2Z)
-        ops.reparam_kl(h, self.eps, ws.z, ws.kl)  # z (B, Z), KL (B,)
-        logits = eng._mlp_forward(dec, ws.z, ws.dec_y)  # (B, D)
-        ops.bernoulli_nll(logits, self.x, 1.0 / self.B, ws.recon, ws.dec_dy[-1])
-        eng._mlp_backward(dec, ws.z, ws.dec_y, ws.dec_dy, ws.dz)  # ∂L/∂z   (B, Z)
-        ops.reparam_kl_backward(ws.dz, h, self.eps, self.vae.beta / self.B, ws.enc_dy[-1])
-        eng._mlp_backward(enc, self.x, ws.enc_y, ws.enc_dy, None)
-        opt = self.opt
-        ops.adam_device_c(opt.flat, eng.grads.flat, opt._m_flat, opt._v_flat,
-                          opt.lr, opt.b1, opt.b2, opt.eps, self.c)
+        """The ops of one step, those of Engine.forward + Engine.backward + Adam, without host copies."""
+        eng, opt = self.eng, self.opt
+        eng._forward_ops(self.ws, self.x, self.eps)
+        eng._backward_ops(self.ws, self.x, self.eps)
+        self.ops.adam_device_c(opt.flat, eng.grads.flat, opt._m_flat, opt._v_flat,
+                               opt.lr, opt.b1, opt.b2, opt.eps, self.c)
 
     def _capture(self):
         opt = self.opt
@@ -90,7 +83,7 @@ class GraphedStep:
         return graph, None
 
     def __call__(self, x, eps=None):
-        vae, opt, cupy = self.vae, self.opt, self.cupy
+        opt, cupy = self.opt, self.cupy
         if len(x) != self.B:
             raise ValueError(f"this step was captured for batch size {self.B}, got {len(x)}")
         key = None
@@ -113,6 +106,4 @@ class GraphedStep:
             recon = cupy.asnumpy(self.ws.recon, stream=self.stream)
             kl = cupy.asnumpy(self.ws.kl, stream=self.stream)
         self.stream.synchronize()
-        loss = (recon + vae.beta * kl).mean()
-        vae.last = {"loss": float(loss), "recon": float(recon.mean()), "kl": float(kl.mean())}
-        return float(loss)
+        return self.eng._record_loss(recon, kl)
