@@ -42,8 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
-from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
@@ -176,7 +176,7 @@ def _adam_io(p, g, m, v):
         p[k] = p[k] + mk + vk
 
 
-_adam_io_compiled = njit(error_model="numpy")(_adam_io)  # compiled at its first call, once
+_adam_io_compiled = numba.njit(error_model="numpy")(_adam_io)  # compiled at its first call, once
 
 
 def floor_adam_io_runner(Z, hidden, B, x):
@@ -219,7 +219,7 @@ def measure(runners, repeats, warmup, target_s, settle_s):
     counts, times = {}, {name: [] for name in runners}
     for name, (step, sync) in runners.items():
         time.sleep(settle_s)
-        t = time_steps(step, sync, warmup)  # includes first-call costs: only sizes the repeats
+        time_steps(step, sync, warmup)  # first-call costs (compilation, allocation) go here
         t = time_steps(step, sync, 1)
         counts[name] = max(1, int(target_s / max(t, 1e-6)))
     for _ in range(repeats):
@@ -259,13 +259,11 @@ def machine_info(threads):
                                for p in threadpool_info()]
     except ImportError:
         info["threadpools"] = "threadpoolctl not installed"
+    info["numba"] = numba.__version__
+    info["numba_threads"] = numba.get_num_threads()
     try:
-        import numba
-
-        info["numba"] = numba.__version__
-        info["numba_threads"] = numba.get_num_threads()
         info["numba_threading_layer"] = numba.threading_layer()
-    except (ImportError, ValueError):
+    except ValueError:  # no parallel region has run yet
         pass
     try:
         import torch
@@ -383,12 +381,7 @@ def main(argv=None):
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(threads)
-    try:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
     config = {"latents": list(latents), "hidden": list(hidden), "batch": B, "dtype": "float32",
               "repeats": args.repeats, "warmup": args.warmup, "target_s": args.target,
