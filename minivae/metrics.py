@@ -2,8 +2,8 @@
 and an importance-weighted estimate of the log-likelihood.
 
 Shapes: N examples, D data dimension, Z latents, K importance samples.
-Every function works with any backend: it calls only ``vae.encode`` and ``vae.decode_logits`` and
-brings their results to the host. Noise comes from the ``rng`` passed in, never from the model's
+Every function works with any backend: it calls only ``vae.encode`` and ``vae.decode_logits``,
+which return NumPy arrays on every backend. Noise comes from the ``rng`` passed in, never from the model's
 own generator, so evaluating a model does not change the course of its training.
 """
 
@@ -18,15 +18,6 @@ from minivae.losses import softplus
 LOG_2PI = math.log(2 * math.pi)
 
 
-def to_host(a):
-    """A NumPy array of ``a``, whatever backend made it (CuPy, Numba-CUDA or NumPy)."""
-    if hasattr(a, "get"):  # CuPy
-        return a.get()
-    if hasattr(a, "copy_to_host"):  # Numba-CUDA
-        return a.copy_to_host()
-    return np.asarray(a)
-
-
 def _chunks(n, size):
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -37,8 +28,8 @@ def posterior_means(vae, x, batch_size=1000):
     mus, logvars = [], []
     for s in _chunks(len(x), batch_size):
         mu, logvar = vae.encode(x[s])
-        mus.append(to_host(mu))
-        logvars.append(to_host(logvar))
+        mus.append(mu)
+        logvars.append(logvar)
     return np.concatenate(mus), np.concatenate(logvars)
 
 
@@ -74,10 +65,10 @@ def evaluate(vae, x, rng, batch_size=1000):
     tot_recon = tot_kl = 0.0
     for s in _chunks(len(x), batch_size):
         xb = np.asarray(x[s], dtype=np.float64)
-        mu, logvar = (np.asarray(to_host(a), dtype=np.float64) for a in vae.encode(x[s]))
+        mu, logvar = (np.asarray(a, dtype=np.float64) for a in vae.encode(x[s]))
         eps = rng.standard_normal(mu.shape)
         z = mu + np.exp(0.5 * logvar) * eps
-        logits = np.asarray(to_host(vae.decode_logits(z.astype(vae.dtype))), dtype=np.float64)
+        logits = np.asarray(vae.decode_logits(z.astype(vae.dtype)), dtype=np.float64)
         tot_recon += (softplus(logits) - xb * logits).sum()
         tot_kl += (0.5 * (mu * mu + np.exp(logvar) - logvar - 1)).sum()
     n = len(x)
@@ -104,10 +95,10 @@ def iw_log_likelihood(vae, x, k, rng, batch_size=100):
     for s in _chunks(len(x), batch_size):
         xb = np.asarray(x[s], dtype=np.float64)  # (n, D)
         n = len(xb)
-        mu, logvar = (np.asarray(to_host(a), dtype=np.float64) for a in vae.encode(x[s]))  # (n, Z)
+        mu, logvar = (np.asarray(a, dtype=np.float64) for a in vae.encode(x[s]))  # (n, Z)
         eps = rng.standard_normal((k, n, mu.shape[1]))  # (K, n, Z)
         z = mu + np.exp(0.5 * logvar) * eps  # (K, n, Z)
-        logits = to_host(vae.decode_logits(z.reshape(k * n, -1).astype(vae.dtype)))
+        logits = vae.decode_logits(z.reshape(k * n, -1).astype(vae.dtype))
         logits = np.asarray(logits, dtype=np.float64).reshape(k, n, -1)  # (K, n, D)
         log_px_z = -(softplus(logits) - xb * logits).sum(axis=2)  # (K, n)
         log_pz = -0.5 * (LOG_2PI + z * z).sum(axis=2)  # (K, n)

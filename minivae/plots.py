@@ -108,8 +108,8 @@ def save_all(out, vae, test_x, mu, logvar, history, rng):
     from minivae import metrics
 
     n = 12
-    reconstructions(out / "reconstructions.png", test_x[: 2 * n], metrics.to_host(vae.decode(mu[: 2 * n].astype(vae.dtype))), n)
-    samples(out / "samples.png", metrics.to_host(vae.sample(64, rng=rng)))
+    reconstructions(out / "reconstructions.png", test_x[: 2 * n], vae.decode(mu[: 2 * n].astype(vae.dtype)), n)
+    samples(out / "samples.png", vae.sample(64, rng=rng))
     _, activity = metrics.active_units(mu)
     kl_per_dim(out / "kl_per_dim.png", metrics.kl_per_dim(mu, logvar), activity)
     loss_curve(out / "loss_curve.png", history)

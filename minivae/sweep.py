@@ -138,8 +138,8 @@ def run_one(cfg):
     # What the figures need, small: sorted KL spectrum, reconstructions, decoded N(0, I) codes.
     fig_rng = np.random.default_rng([cfg["seed"], 5])
     arrays = {"kl_per_dim": np.sort(kl_dim)[::-1], "activity": activity,
-              "originals": test_x[:16], "reconstructions": metrics.to_host(model.reconstruct(test_x[:16])),
-              "samples": metrics.to_host(model.sample(16, rng=fig_rng))}
+              "originals": test_x[:16], "reconstructions": model.reconstruct(test_x[:16]),
+              "samples": model.sample(16, rng=fig_rng)}
     path = pathlib.Path(cfg["out"]) / "runs" / f"{cfg['model']}-{Z}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))

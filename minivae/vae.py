@@ -181,14 +181,14 @@ class VAE:
     # ----------------------------------------------------------------------------------------
 
     def encode(self, x):
-        """μ and log σ² of q(z | x).     x: (B, D) → mu, logvar: (B, Z)"""
+        """μ and log σ² of q(z | x), NumPy arrays on every backend.     x: (B, D) → mu, logvar: (B, Z)"""
         if self._engine is not None:
             return self._engine.encode(x)
         h, _ = _mlp_forward(self.encoder, np.asarray(x, dtype=self.dtype))
         return h[:, :self.latent], h[:, self.latent:]
 
     def decode_logits(self, z):
-        """The decoder's logits a.     z: (B, Z) → (B, D)"""
+        """The decoder's logits a, a NumPy array on every backend.     z: (B, Z) → (B, D)"""
         if self._engine is not None:
             return self._engine.decode_logits(z)
         logits, _ = _mlp_forward(self.decoder, np.asarray(z, dtype=self.dtype))
