@@ -24,13 +24,17 @@ def _chunks(n, size):
 
 
 def posterior_means(vae, x, batch_size=1000):
-    """μ(x) and log σ²(x) for every example.     x: (N, D) → 2 × (N, Z)"""
+    """μ(x) and log σ²(x) for every example.     x: (N, D) → 2 × (N, Z)
+
+    For a model whose code is a point (:class:`minivae.ae.AE`, whose ``encode`` gives (z, None))
+    μ is the code and log σ² is None.
+    """
     mus, logvars = [], []
     for s in _chunks(len(x), batch_size):
         mu, logvar = vae.encode(x[s])
         mus.append(mu)
         logvars.append(logvar)
-    return np.concatenate(mus), np.concatenate(logvars)
+    return np.concatenate(mus), None if logvars[0] is None else np.concatenate(logvars)
 
 
 def active_units(mu, threshold=0.01):
@@ -56,16 +60,18 @@ def kl_per_dim(mu, logvar):
     return (0.5 * (mu * mu + np.exp(logvar) - logvar - 1)).mean(axis=0)
 
 
-def evaluate(vae, x, rng, batch_size=1000):
+def evaluate(vae, x, rng, batch_size=1000, posterior=None):
     """Negative ELBO on x with one posterior sample per example, and its two terms (batch means).
 
     → {"loss": −ELBO, "recon": E[Σ_pixels ℓ], "kl": E[KL]} (per example, in nats), with β = 1: the
-    true ELBO whatever β the model was trained with.
+    true ELBO whatever β the model was trained with. ``posterior``: (μ, log σ²) of x from
+    :func:`posterior_means`, when the caller has them, so that x is not encoded again.
     """
     tot_recon = tot_kl = 0.0
     for s in _chunks(len(x), batch_size):
         xb = np.asarray(x[s], dtype=np.float64)
-        mu, logvar = (np.asarray(a, dtype=np.float64) for a in vae.encode(x[s]))
+        mu, logvar = (posterior[0][s], posterior[1][s]) if posterior is not None else vae.encode(x[s])
+        mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
         eps = rng.standard_normal(mu.shape)
         z = mu + np.exp(0.5 * logvar) * eps
         logits = np.asarray(vae.decode_logits(z.astype(vae.dtype)), dtype=np.float64)

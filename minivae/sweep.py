@@ -121,13 +121,11 @@ def run_one(cfg):
     test_x = binarize(data.test_x, mode)
     train_x = binarize(data.train_x[: len(test_x)], mode)  # as many training digits as test digits
     rng = np.random.default_rng([cfg["seed"], 3])
-    if cfg["model"] == "vae":
-        mu, logvar = metrics.posterior_means(model, test_x)
-    else:
-        mu = np.concatenate([model.encode(test_x[s:s + 1000])[0] for s in range(0, len(test_x), 1000)])
+    mu, logvar = metrics.posterior_means(model, test_x)  # the AE's codes, and None, for "ae"
     active, activity = metrics.active_units(mu)
     if cfg["model"] == "vae":
-        test, train = metrics.evaluate(model, test_x, rng), metrics.evaluate(model, train_x, rng)
+        test = metrics.evaluate(model, test_x, rng, posterior=(mu, logvar))
+        train = metrics.evaluate(model, train_x, rng)
         n_iw = min(cfg["iw_examples"], len(test_x))
         iw_nll = -metrics.iw_log_likelihood(model, test_x[:n_iw], cfg["iw_samples"], rng)
         kl_dim = metrics.kl_per_dim(mu, logvar)

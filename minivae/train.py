@@ -290,6 +290,7 @@ def run(args):
     steps_per_epoch = math.ceil(n / bs)
     show_bar = not quiet and sys.stderr.isatty()
     wall0 = time.perf_counter()
+    posterior = None  # (μ, log σ²) of the test digits after the last epoch run here
 
     with _Interrupt() as interrupt:
         for epoch in range(start_epoch + 1, config["epochs"] + 1):
@@ -327,7 +328,7 @@ def run(args):
                 bar.close()
             train_time = time.perf_counter() - t0
 
-            row = _evaluate_epoch(vae, test_x, config["seed"], epoch)
+            row, posterior = _evaluate_epoch(vae, test_x, config["seed"], epoch)
             row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **row,
                    "samples_per_s": seen / train_time}
             history.append(row)
@@ -343,7 +344,7 @@ def run(args):
     iw_ll = metrics.iw_log_likelihood(vae, test_x[:n_iw], k, np.random.default_rng([config["seed"], 4]))
     from minivae import plots
 
-    mu, logvar = metrics.posterior_means(vae, test_x)
+    mu, logvar = posterior if posterior is not None else metrics.posterior_means(vae, test_x)
     plots.save_all(out, vae, test_x, mu, logvar, history, np.random.default_rng([config["seed"], 5]))
     last = history[-1] if history else None
     summary = {"data": data.source, "iw_samples": k, "iw_examples": n_iw, "test_iw_nll": -iw_ll,
@@ -360,11 +361,13 @@ def run(args):
 
 
 def _evaluate_epoch(vae, test_x, seed, epoch):
+    """The epoch's test metrics, and the (μ, log σ²) of the test digits they were computed from."""
     eval_rng = np.random.default_rng([seed, 3, epoch])
-    ev = metrics.evaluate(vae, test_x, eval_rng)
-    mu, _ = metrics.posterior_means(vae, test_x)
+    mu, logvar = metrics.posterior_means(vae, test_x)
+    ev = metrics.evaluate(vae, test_x, eval_rng, posterior=(mu, logvar))
     au, _ = metrics.active_units(mu)
-    return {"test_loss": ev["loss"], "test_recon": ev["recon"], "test_kl": ev["kl"], "active_units": au}
+    row = {"test_loss": ev["loss"], "test_recon": ev["recon"], "test_kl": ev["kl"], "active_units": au}
+    return row, (mu, logvar)
 
 
 def _read_history(path, upto_epoch):

@@ -133,6 +133,23 @@ def trained_vae():
     return vae, x[500:]
 
 
+def test_evaluate_on_given_posterior_means_is_evaluate_on_the_data(trained_vae):
+    vae, x = trained_vae
+    posterior = metrics.posterior_means(vae, x, batch_size=40)
+    fresh = metrics.evaluate(vae, x, np.random.default_rng(3), batch_size=40)
+    reused = metrics.evaluate(vae, x, np.random.default_rng(3), batch_size=40, posterior=posterior)
+    assert reused == fresh  # the same μ, log σ², ε and sums: equal to the last bit
+
+
+def test_posterior_means_of_an_autoencoder_are_its_codes():
+    x = np.random.default_rng(0).random((70, 784)).astype(np.float32)
+    ae = AE(latent=6, hidden=(16,), seed=0)
+    mu, logvar = metrics.posterior_means(ae, x, batch_size=32)
+    assert logvar is None
+    # Encoded in chunks of 32 rows, where BLAS may round otherwise than for all 70 at once.
+    np.testing.assert_allclose(mu, ae.encode(x)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_importance_weighted_bound_is_above_the_elbo_and_tightens_with_k(trained_vae):
     vae, x = trained_vae
     elbo = -metrics.evaluate(vae, x, np.random.default_rng(1))["loss"]
