@@ -70,30 +70,17 @@ class Adam:
             adam_update(p, grads[k], self.m[k], self.v[k], self.lr, self.b1, self.b2, self.eps, c1, c2)
 
     def state_dict(self):
-        """The optimizer state as host arrays: step count and both moments per parameter."""
+        """The optimizer state as host arrays (copies): step count and both moments per parameter."""
+        to_host = self.params.ops.to_host if self.flat is not None else np.asarray
         state = {"t": np.array(self.t)}
         for k in self.params:
-            state["m." + k] = _to_host(self.m[k])
-            state["v." + k] = _to_host(self.v[k])
+            state["m." + k] = np.array(to_host(self.m[k]))  # a copy: on the CPU to_host may share memory
+            state["v." + k] = np.array(to_host(self.v[k]))
         return state
 
     def load_state_dict(self, state):
+        to_device = self.params.ops.to_device if self.flat is not None else np.asarray
         self.t = int(state["t"])
         for k in self.params:
-            self.m[k][...] = _as_like(state["m." + k], self.m[k])
-            self.v[k][...] = _as_like(state["v." + k], self.v[k])
-
-
-def _to_host(a):
-    return a.get() if hasattr(a, "get") else (a.copy_to_host() if hasattr(a, "copy_to_host") else np.array(a))
-
-
-def _as_like(host, like):
-    if isinstance(like, np.ndarray):
-        return host
-    mod = type(like).__module__
-    if mod.startswith("cupy"):
-        import cupy
-
-        return cupy.asarray(host)
-    return host
+            self.m[k][...] = to_device(state["m." + k])
+            self.v[k][...] = to_device(state["v." + k])
