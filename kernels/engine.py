@@ -59,7 +59,7 @@ class FlatParams(dict):
 class _Workspace:
     """The arrays of one training step at batch size B, allocated once."""
 
-    def __init__(self, ops, dtype, B, Z, D, enc_widths, dec_widths):
+    def __init__(self, ops, dtype, B, Z, enc_widths, dec_widths):
         self.B = B
         self.enc_y = [ops.empty((B, n), dtype) for n in enc_widths]  # yℓ of the encoder; last = [μ | log σ²]
         self.dec_y = [ops.empty((B, n), dtype) for n in dec_widths]  # yℓ of the decoder; last = logits
@@ -83,7 +83,6 @@ class Engine:
 
     def __init__(self, vae, ops):
         self.vae, self.ops = vae, ops
-        self.name = ops.name
         self.dtype = np.dtype(vae.dtype)
         self.Z, self.D = vae.latent, vae.data_dim
 
@@ -118,7 +117,7 @@ class Engine:
                 self._workspaces.pop(next(iter(self._workspaces)))  # the oldest
             enc = [n_out for _, _, n_out, _ in self.enc_layers]
             dec = [n_out for _, _, n_out, _ in self.dec_layers]
-            ws = self._workspaces[B] = _Workspace(self.ops, self.dtype, B, self.Z, self.D, enc, dec)
+            ws = self._workspaces[B] = _Workspace(self.ops, self.dtype, B, self.Z, enc, dec)
         return ws
 
     def _device(self, a):
