@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import minivae  # noqa: E402
 from minivae.backend import available_backends  # noqa: E402
+from minivae.train import atomic_write, atomic_write_text  # noqa: E402
 
 LATENTS = (2, 10, 20, 50, 100, 200, 500, 784, 1000, 2000, 5000)
 QUICK_LATENTS = (20, 1000)
@@ -293,19 +293,6 @@ def blas_threads():
 # --------------------------------------------------------------------------------------------
 
 
-def write_atomic(path, write):
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def plot(results, runners, path, config):
     import matplotlib
 
@@ -329,7 +316,7 @@ def plot(results, runners, path, config):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -431,8 +418,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"config": config, "machine": machine_info(threads), "results": results}
-    write_atomic(out / "throughput.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
+    atomic_write_text(out / "throughput.json", json.dumps(doc, indent=1) + "\n")
     plot(results, names, out / "throughput.png", config)
     print(f"wrote {out / 'throughput.json'} and {out / 'throughput.png'}")
     return doc
