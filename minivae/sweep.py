@@ -31,7 +31,7 @@ import numpy as np
 
 from minivae import losses, metrics
 from minivae.train import UsageError, _Parser, _positive_int, add_training_options, atomic_write, \
-    atomic_write_text
+    atomic_write_text, read_jsonl, write_jsonl
 
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, 784, 1000, 2000)
@@ -182,12 +182,6 @@ def settings_of(args):
     return s, hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def read_results(path):
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run(args):
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
@@ -209,7 +203,9 @@ def run(args):
 
     settings, key = settings_of(args)
     results_path = args.out / "results.jsonl"
-    rows = [r for r in read_results(results_path) if r.get("settings") == key]
+    previous = read_jsonl(results_path)
+    rows = [r for r in previous if r.get("settings") == key]  # done before, with these settings
+    old = [r for r in previous if r.get("settings") != key]  # kept as they are
     done = {(r["model"], r["latent"]) for r in rows}
     threads = 1 if args.jobs > 1 else None
     todo = [dict(settings, model=m, latent=z, backend=backend, out=str(args.out), settings=key,
@@ -222,7 +218,6 @@ def run(args):
 
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "settings.json", json.dumps(dict(settings, key=key), indent=2) + "\n")
-    old = [r for r in read_results(results_path) if r.get("settings") != key]
     bar = None
     if not args.quiet and sys.stderr.isatty() and todo:
         from tqdm import tqdm
@@ -236,7 +231,7 @@ def run(args):
             print(f"minivae.sweep: run {failed[-1]}", file=sys.stderr)
             continue
         rows.append(row)
-        atomic_write_text(results_path, "".join(json.dumps(r) + "\n" for r in old + rows))
+        write_jsonl(results_path, old + rows)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(last=f"{row['model']} Z={row['latent']}")

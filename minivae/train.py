@@ -160,6 +160,18 @@ def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def read_jsonl(path):
+    """The rows of a JSON-lines file, [] when there is none."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path, rows):
+    """Write rows as JSON lines, atomically."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def _rng_state(rng):
     return np.array(json.dumps(rng.bit_generator.state))
 
@@ -278,7 +290,9 @@ def run(args):
     # 2. Now the output folder may be written.
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    history = _read_history(out / "metrics.jsonl", start_epoch) if ck is not None else []
+    history = []  # the rows of metrics.jsonl up to the epoch a resumed run starts after
+    if ck is not None:
+        history = [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= start_epoch]
     quiet = args.quiet
     _say(quiet, f"data: {data.source}",
          f"model: D=784, Z={config['latent']}, hidden={config['hidden']}, "
@@ -332,7 +346,7 @@ def run(args):
             row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **row,
                    "samples_per_s": seen / train_time}
             history.append(row)
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            write_jsonl(out / "metrics.jsonl", history)
             save_checkpoint(out / CHECKPOINT, vae, opt, data_rng, epoch_rng_state, epoch, 0, config)
             _say(quiet, f"epoch {epoch:3d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f}"
                         f"  (recon {row['test_recon']:7.2f} + KL {row['test_kl']:6.2f})"
@@ -368,13 +382,6 @@ def _evaluate_epoch(vae, test_x, seed, epoch):
     au, _ = metrics.active_units(mu)
     row = {"test_loss": ev["loss"], "test_recon": ev["recon"], "test_kl": ev["kl"], "active_units": au}
     return row, (mu, logvar)
-
-
-def _read_history(path, upto_epoch):
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= upto_epoch]
 
 
 def main(argv=None):
