@@ -21,10 +21,11 @@ import numpy as np
 
 def _no_gpu():
     """None when CuPy and Numba-CUDA can both use a GPU, else the reason."""
-    import os
+    from kernels.numba_cuda._util import gpu_usable
 
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        return "NUMBA_ENABLE_CUDASIM=1 is set: the simulator cannot be timed"
+    ok, why = gpu_usable()  # also refuses the CUDA simulator, whose timings would mean nothing
+    if not ok:
+        return f"Numba-CUDA: {why}"
     try:
         import cupy
 
@@ -32,13 +33,6 @@ def _no_gpu():
         (cupy.ones(4) * 2).sum().item()
     except Exception as e:  # noqa: BLE001
         return f"CuPy cannot use a GPU ({type(e).__name__}: {e})"
-    try:
-        from numba import cuda
-
-        if not cuda.is_available():
-            return "Numba-CUDA finds no GPU"
-    except Exception as e:  # noqa: BLE001
-        return f"Numba-CUDA cannot use a GPU ({type(e).__name__}: {e})"
     return None
 
 

@@ -87,8 +87,7 @@ def bias_act(a, b, act):
 
 def act_backward(dy, y, act):
     """dy ⊙ act′, from the activation's output y (its cache)."""
-    cache = None if act == "identity" else y
-    return _BACKWARD[act](dy, cache)
+    return _BACKWARD[act](dy, y)  # the identity's backward ignores its cache
 
 
 def colsum(dy):
