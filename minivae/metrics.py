@@ -16,6 +16,7 @@ import numpy as np
 from minivae.losses import softplus
 
 LOG_2PI = math.log(2 * math.pi)
+ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: a unit is active when Var_x μ_u(x) exceeds this
 
 
 def _chunks(n, size):
@@ -37,7 +38,7 @@ def posterior_means(vae, x, batch_size=1000):
     return np.concatenate(mus), None if logvars[0] is None else np.concatenate(logvars)
 
 
-def active_units(mu, threshold=0.01):
+def active_units(mu, threshold=ACTIVE_THRESHOLD):
     """Active latent units (Burda et al. 2015, §5.2).
 
     A_u = Cov_x(E_{q(z|x)}[z_u]) = Var over examples of μ_u(x); unit u is active when A_u > threshold.

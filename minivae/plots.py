@@ -6,7 +6,8 @@ import io
 
 import numpy as np
 
-ACTIVE_THRESHOLD = 0.01
+from minivae.data import D
+from minivae import metrics
 
 
 def _pyplot():
@@ -70,7 +71,7 @@ def kl_per_dim(path, kl, activity, title=None):
     plt = _pyplot()
     order = np.argsort(kl)[::-1]
     k = np.maximum(kl[order], 1e-6)
-    active = activity[order] > ACTIVE_THRESHOLD
+    active = activity[order] > metrics.ACTIVE_THRESHOLD
     x = np.arange(1, len(k) + 1)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for group, color, name in ((active, "tab:blue", "active"), (~active, "tab:gray", "inactive")):
@@ -81,7 +82,7 @@ def kl_per_dim(path, kl, activity, title=None):
     ax.set_xlabel("latent dimension, sorted by KL")
     ax.set_ylabel("mean KL per dimension (nats)")
     ax.set_title(title or f"KL per latent dimension: {active.sum()} of {len(k)} active "
-                          f"(Var_x μ > {ACTIVE_THRESHOLD})", fontsize=10)
+                          f"(Var_x μ > {metrics.ACTIVE_THRESHOLD})", fontsize=10)
     ax.legend(fontsize=9)
     ax.grid(True, which="major", axis="y", alpha=0.3)
     _save(fig, path)
@@ -105,8 +106,6 @@ def loss_curve(path, history):
 
 def save_all(out, vae, test_x, mu, logvar, history, rng):
     """The four figures of a run into folder ``out``."""
-    from minivae import metrics
-
     n = 12
     reconstructions(out / "reconstructions.png", test_x[: 2 * n], vae.decode(mu[: 2 * n].astype(vae.dtype)), n)
     samples(out / "samples.png", vae.sample(64, rng=rng))
@@ -119,12 +118,9 @@ def save_all(out, vae, test_x, mu, logvar, history, rng):
 # The latent-size study (minivae.sweep)
 # --------------------------------------------------------------------------------------------
 
-DATA_DIM = 784
-
-
 def _mark_data_dim(ax):
-    ax.axvline(DATA_DIM, color="0.55", lw=1, ls="--")
-    ax.text(DATA_DIM, 0.98, " Z = D = 784", transform=ax.get_xaxis_transform(), va="top",
+    ax.axvline(D, color="0.55", lw=1, ls="--")
+    ax.text(D, 0.98, f" Z = D = {D}", transform=ax.get_xaxis_transform(), va="top",
             fontsize=8, color="0.4")
 
 
@@ -186,7 +182,7 @@ def active_units_vs_latent(path, rows):
     if vae:
         zs = [z for z, _ in vae]
         ax.plot(zs, zs, color="0.7", lw=1, label="all units active (y = Z)")
-        ax.plot(*zip(*vae), "o-", color="tab:blue", label="VAE active units (Var_x μ > 0.01)")
+        ax.plot(*zip(*vae), "o-", color="tab:blue", label=f"VAE active units (Var_x μ > {metrics.ACTIVE_THRESHOLD})")
         for z, a in vae:
             ax.annotate(str(a), (z, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.set_xscale("log")
@@ -207,7 +203,7 @@ def kl_spectra(path, vae_arrays):
     for i, (z, a) in enumerate(vae_arrays.items()):
         kl = np.maximum(a["kl_per_dim"], 1e-6)
         ax.plot(np.arange(1, len(kl) + 1), kl, color=cmap(i / max(len(vae_arrays) - 1, 1)), label=f"Z = {z}")
-    ax.axhline(ACTIVE_THRESHOLD, color="0.6", lw=0.8, ls=":")
+    ax.axhline(metrics.ACTIVE_THRESHOLD, color="0.6", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("latent dimension, sorted by KL (rank)")
