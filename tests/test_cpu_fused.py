@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+from numba import njit
 
 from kernels import cpu_fused, reference
 from kernels.cpu_fused import CpuFusedOps
@@ -157,9 +158,14 @@ PHILOX_KAT = [
 ]
 
 
-def test_philox_known_answers_and_oracle():
-    from numba import njit
+@njit
+def apply(fn, x, out):
+    """out[i] = fn(x[i]) for a scalar Numba function fn (the kernels' inline helpers)."""
+    for i in range(x.shape[0]):
+        out[i] = fn(x[i])
 
+
+def test_philox_known_answers_and_oracle():
     @njit
     def one_block(c, k):
         return cpu_fused.philox4x32(c[0], c[1], c[2], c[3], k[0], k[1])
@@ -218,13 +224,6 @@ def test_standard_normal_is_standard_normal():
 
 
 def test_log32_and_box_muller32():
-    from numba import njit
-
-    @njit
-    def logs(u, out):
-        for i in range(u.shape[0]):
-            out[i] = cpu_fused.log32(u[i])
-
     @njit
     def pairs(w, out):
         for i in range(w.shape[1]):
@@ -233,7 +232,7 @@ def test_log32_and_box_muller32():
     u = np.concatenate([np.linspace(2.0**-24, 1, 200_001), np.logspace(-37, 0, 1000),
                         [1 - 2.0**-24, 2.0**-126, 1.5, 1e30]]).astype(F32)
     out = np.empty_like(u)
-    logs(u, out)
+    apply(cpu_fused.log32, u, out)
     ref = np.log(u.astype(np.float64))
     assert np.all(np.abs(out - ref) <= 2.4e-7 * np.abs(ref) + 1e-12)  # 2 ulp
     # every angle quadrant and the extreme radius words
@@ -268,13 +267,6 @@ def test_docstring_lists_every_kernel_and_each_is_tested():
 
 
 def test_exp32_log1p32_sum64():
-    from numba import njit
-
-    @njit
-    def apply(fn, x, out):
-        for i in range(x.shape[0]):
-            out[i] = fn(x[i])
-
     x = np.concatenate([np.linspace(-110, 95, 200_001), [-1000, 1000, 0]]).astype(F32)
     out = np.empty_like(x)
     apply(cpu_fused.exp32, x, out)
