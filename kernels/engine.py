@@ -85,6 +85,9 @@ class Engine:
         self.vae, self.ops = vae, ops
         self.dtype = np.dtype(vae.dtype)
         self.Z, self.D = vae.latent, vae.data_dim
+        # A VAE's encoder ends in 2Z numbers [μ | log σ²]; a plain autoencoder's (minivae.ae.AE)
+        # in the code z itself (Z numbers): no noise, no KL, and ∂L/∂z goes straight to the encoder.
+        self.variational = vae.encoder[-1][0].W.shape[1] == 2 * vae.latent
 
         # (name, fan_in, fan_out, activation) per dense layer, encoder first.
         dense = [d for d, _ in vae.encoder + vae.decoder]
@@ -161,6 +164,10 @@ class Engine:
         x = self._device(x)  # (B, D)
         B = x.shape[0]
         ws = self._workspace(B)
+        if not self.variational:
+            self._forward_ops(ws, x, None)
+            self._step = (ws, x, None)
+            return self._record_loss(ops.to_host(ws.recon), np.zeros(B, self.dtype))
         if eps is None and hasattr(ops, "standard_normal"):
             ops.standard_normal(self.noise_key(), ws.eps)  # the backend makes ε from the key
             eps = ws.eps  # (B, Z)
@@ -174,15 +181,18 @@ class Engine:
     def _forward_ops(self, ws, x, eps):
         """The ops of the forward pass on workspace ``ws``: z, KL, ℓ and ∂L/∂logits."""
         ops = self.ops
-        h = self._mlp_forward(self.enc_layers, x, ws.enc_y)  # [μ | log σ²]   (B, 2Z)
-        ops.reparam_kl(h, eps, ws.z, ws.kl)  # z (B, Z), KL (B,)
-        logits = self._mlp_forward(self.dec_layers, ws.z, ws.dec_y)  # (B, D)
+        h = self._mlp_forward(self.enc_layers, x, ws.enc_y)  # [μ | log σ²] (B, 2Z); AE: z (B, Z)
+        z = h
+        if self.variational:
+            ops.reparam_kl(h, eps, ws.z, ws.kl)  # z (B, Z), KL (B,)
+            z = ws.z
+        logits = self._mlp_forward(self.dec_layers, z, ws.dec_y)  # (B, D)
         ops.bernoulli_nll(logits, x, 1.0 / ws.B, ws.recon, ws.dec_dy[-1])  # ℓ (B,), ∂L/∂a (B, D)
 
     def _record_loss(self, recon, kl):
         """The batch mean of the negative ELBO from the host arrays ℓ and KL (B,); sets ``vae.last``."""
         vae = self.vae
-        loss = (recon + vae.beta * kl).mean()
+        loss = (recon + getattr(vae, "beta", 0.0) * kl).mean()
         vae.last = {"loss": float(loss), "recon": float(recon.mean()), "kl": float(kl.mean())}
         return float(loss)
 
@@ -200,6 +210,10 @@ class Engine:
 
     def _backward_ops(self, ws, x, eps):
         """The ops of the backward pass after ``_forward_ops`` on ``ws``: the gradients in ``grads``."""
+        if not self.variational:  # z is the encoder's output: ∂L/∂z lands in its ∂L/∂y directly
+            self._mlp_backward(self.dec_layers, ws.enc_y[-1], ws.dec_y, ws.dec_dy, ws.enc_dy[-1])
+            self._mlp_backward(self.enc_layers, x, ws.enc_y, ws.enc_dy, None)
+            return
         self._mlp_backward(self.dec_layers, ws.z, ws.dec_y, ws.dec_dy, ws.dz)  # ∂L/∂z   (B, Z)
         h = ws.enc_y[-1]  # [μ | log σ²]
         self.ops.reparam_kl_backward(ws.dz, h, eps, self.vae.beta / ws.B, ws.enc_dy[-1])  # (B, 2Z)
@@ -215,7 +229,9 @@ class Engine:
 
     def encode(self, x):
         """μ and log σ² of q(z | x) as host arrays.     x: (B, D) → mu, logvar: (B, Z)"""
-        h = self.ops.to_host(self._run(self.enc_layers, self._device(x)))  # (B, 2Z)
+        h = self.ops.to_host(self._run(self.enc_layers, self._device(x)))  # (B, 2Z); AE: (B, Z)
+        if not self.variational:
+            return h, None  # the autoencoder's code is a point
         return h[:, :self.Z], h[:, self.Z:]
 
     def decode_logits(self, z):

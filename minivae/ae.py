@@ -27,7 +27,7 @@ class AE:
     """Deterministic autoencoder with the API of :class:`minivae.VAE` where it applies."""
 
     def __init__(self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32",
-                 activation="relu"):
+                 activation="relu", backend="numpy"):
         data_dim, latent = int(data_dim), int(latent)
         hidden = tuple(int(h) for h in hidden)
         if data_dim < 1 or latent < 1 or any(h < 1 for h in hidden):
@@ -36,15 +36,23 @@ class AE:
         self.dtype = np.dtype(dtype)
         self.rng = np.random.default_rng([int(seed), 1])
         init_rng = np.random.default_rng([int(seed), 0])
+        self.activation = activation
         act = ACTIVATIONS[activation]
         self.encoder, self.decoder, self.layer_names, self.params = build_mlps(
             data_dim, latent, latent, hidden, act, init_rng, self.dtype)  # code z: Z outputs, no σ
-        self.backend = "numpy"
         self._cache = None
         self.last = {}
+        from minivae.backend import create_engine, resolve
+
+        self.backend = resolve(backend, self.dtype)  # the fast backends run the same engine as the VAE's
+        self._engine = None
+        if self.backend != "numpy":
+            self._engine = create_engine(self, self.backend)  # rebinds self.params to its buffers
 
     def forward(self, x, eps=None):
         """Batch mean of the reconstruction loss Σ_pixels softplus(a) − x·a (``eps`` is ignored)."""
+        if self._engine is not None:
+            return self._engine.forward(x)
         x = np.asarray(x, dtype=self.dtype)  # (B, D)
         z, enc_caches = _mlp_forward(self.encoder, x)  # (B, Z)
         logits, dec_caches = _mlp_forward(self.decoder, z)  # (B, D)
@@ -55,6 +63,8 @@ class AE:
         return loss
 
     def backward(self):
+        if self._engine is not None:
+            return self._engine.backward()
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() first")
         x, logits, enc_caches, dec_caches = self._cache
@@ -68,10 +78,14 @@ class AE:
 
     def encode(self, x):
         """(z, None): the code, and no log-variance — the code is a point, not a distribution."""
+        if self._engine is not None:
+            return self._engine.encode(x)
         z, _ = _mlp_forward(self.encoder, np.asarray(x, dtype=self.dtype))
         return z, None
 
     def decode_logits(self, z):
+        if self._engine is not None:
+            return self._engine.decode_logits(z)
         logits, _ = _mlp_forward(self.decoder, np.asarray(z, dtype=self.dtype))
         return logits
 
@@ -90,8 +104,12 @@ class AE:
         return int(sum(p.size for p in self.params.values()))
 
     def get_params(self):
+        if self._engine is not None:
+            return self._engine.get_params()
         return {k: p.copy() for k, p in self.params.items()}
 
     def set_params(self, values):
+        if self._engine is not None:
+            return self._engine.set_params(values)
         for k, p in self.params.items():
             p[...] = values[k]

@@ -9,7 +9,9 @@ own generator, so evaluating a model does not change the course of its training.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import numpy as np
 
@@ -114,3 +116,76 @@ def iw_log_likelihood(vae, x, k, rng, batch_size=100):
         m = log_w.max(axis=0)  # (n,)
         total += (m + np.log(np.exp(log_w - m).mean(axis=0))).sum()
     return float(total) / len(x)
+
+
+def latent_directions(mu, threshold=ACTIVE_THRESHOLD):
+    """The directions of latent space the encoder's means vary along.     mu: (N, Z)
+
+        C = Cov_x[μ(x)]  (Z, Z),   C = U diag(λ) Uᵀ,   λ₁ ≥ λ₂ ≥ … ≥ 0
+
+    Burda's unit count asks whether each *coordinate* μ_u varies. A direction count asks whether
+    the cloud of means varies along *any* axis: λ_i is the variance of μ along eigenvector u_i,
+    and the count is #{λ_i > threshold}, the same threshold as :func:`active_units`. The two agree
+    when the informative directions are coordinate axes; when a few directions are rotated across
+    many coordinates, every unit looks active but only those few directions exist. The
+    participation ratio (Σλ)² / Σλ² is a threshold-free count: k for k equal eigenvalues, less
+    when the variance is unevenly spread.
+
+    → {"directions": count, "participation_ratio": PR, "eigenvalues": λ (Z,) descending}
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    centred = mu - mu.mean(axis=0)
+    cov = centred.T @ centred / max(len(mu), 1)  # (Z, Z)
+    lam = np.clip(np.linalg.eigvalsh(cov)[::-1], 0.0, None)  # (Z,) descending
+    total, squares = lam.sum(), (lam * lam).sum()
+    pr = float(total * total / squares) if squares > 0 else 0.0
+    return {"directions": int((lam > threshold).sum()), "participation_ratio": pr, "eigenvalues": lam}
+
+
+def principal_directions(mu, k):
+    """The top-k eigenvectors of Cov_x[μ(x)] and their variances.     mu: (N, Z) → (Z, k), (k,)
+
+    Column i of the first array is the unit vector u_i along which the posterior means vary most
+    after u₁ … u_{i−1}; the second holds λ_i, the variance of μ along u_i.
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    centred = mu - mu.mean(axis=0)
+    lam, vecs = np.linalg.eigh(centred.T @ centred / max(len(mu), 1))
+    order = np.argsort(lam)[::-1][:k]
+    return vecs[:, order], np.clip(lam[order], 0.0, None)
+
+
+def probe_accuracy(train_codes, train_y, test_codes, test_y, k=5):
+    """How much of the digit's class a code carries, read out two ways (scikit-learn):
+
+    - a multinomial logistic-regression probe (``LogisticRegression``, L-BFGS, L2 with C = 1) fitted
+      on the standardised codes of the training digits and scored on the test digits' codes: what
+      a *linear* read-out finds;
+    - k-nearest-neighbour accuracy (k = 5, Euclidean, on the codes as they are): what the code's
+      *geometry* keeps — whether digits of one class sit near each other.
+
+    train_codes: (N, Z), test_codes: (M, Z) → {"probe_logreg": accuracy, "probe_knn": accuracy}
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    train_codes = np.asarray(train_codes, dtype=np.float64)
+    test_codes = np.asarray(test_codes, dtype=np.float64)
+    scaler = StandardScaler().fit(train_codes)
+    logreg = LogisticRegression(max_iter=500, tol=1e-4)
+    with np.errstate(all="ignore"), _quiet_convergence():
+        logreg.fit(scaler.transform(train_codes), train_y)
+    linear = float(logreg.score(scaler.transform(test_codes), test_y))
+    knn = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(train_codes, train_y)
+    return {"probe_logreg": linear, "probe_knn": float(knn.score(test_codes, test_y))}
+
+
+@contextlib.contextmanager
+def _quiet_convergence():
+    """scikit-learn's ConvergenceWarning is not printed (the iteration cap is stated above)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield

@@ -125,15 +125,27 @@ def _mark_data_dim(ax):
 
 
 def study_figures(out, rows):
-    """All figures of a sweep, from its result rows and the arrays each run saved."""
+    """All figures of a sweep, from its result rows and the arrays each run saved.
+
+    Rows of the main hidden width are drawn per latent size (means over seeds, bars = ± one
+    standard deviation); runs with other hidden widths appear as controls where they apply.
+    Pictures of single runs use the lowest seed.
+    """
+    from minivae.sweep import groups, main_hidden, run_tag
+
+    hidden = main_hidden(rows)
+    main = [r for r in rows if tuple(r["hidden"]) == hidden]
     arrays = {}
-    for r in rows:
-        path = out / "runs" / f"{r['model']}-{r['latent']}.npz"
+    for (model, h, z), g in groups(main).items():
+        first = min(g, key=lambda r: r["seed"])
+        path = out / "runs" / f"{run_tag(model, z, h, first['seed'])}.npz"
         if path.exists():
             with np.load(path) as f:
-                arrays[(r["model"], r["latent"])] = {k: f[k] for k in f.files}
-    metrics_vs_latent(out / "metrics_vs_latent.png", rows)
-    active_units_vs_latent(out / "active_units.png", rows)
+                arrays[(model, z)] = {k: f[k] for k in f.files}
+    metrics_vs_latent(out / "metrics_vs_latent.png", main)
+    active_units_vs_latent(out / "active_units.png", rows, hidden)
+    learning_curves(out / "learning_curves.png", main)
+    probe_vs_latent(out / "probe.png", main)
     vae_arrays = {z: a for (m, z), a in sorted(arrays.items()) if m == "vae"}
     if vae_arrays:
         kl_spectra(out / "kl_spectra.png", vae_arrays)
@@ -147,6 +159,21 @@ def study_figures(out, rows):
         vae_vs_ae(out / "vae_vs_ae.png", arrays[("vae", z)], arrays[("ae", z)], z)
 
 
+_STYLE = {"vae": dict(marker="o", color="tab:blue", capsize=3), "ae": dict(marker="s", color="tab:red", capsize=3)}
+
+
+def _mean_sd(rows, model, key):
+    """[(Z, mean, sd)] over the seeds of each Z (sd 0 for one seed)."""
+    from minivae.sweep import aggregate, groups
+
+    pts = []
+    for (m, _, z), g in groups(rows).items():
+        mean, sd, _ = aggregate(g, key)
+        if m == model and mean is not None:
+            pts.append((z, mean, sd or 0.0))
+    return sorted(pts)
+
+
 def metrics_vs_latent(path, rows):
     plt = _pyplot()
     panels = [("test_loss", "test −ELBO (AE: reconstruction)"), ("test_iw_nll", "test −log p(x), IW estimate"),
@@ -154,12 +181,13 @@ def metrics_vs_latent(path, rows):
               ("gap", "test − train −ELBO"), ("samples_per_s", "training samples / s")]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
     for ax, (key, title) in zip(axes.flat, panels):
-        for model, style in (("vae", dict(marker="o", color="tab:blue")), ("ae", dict(marker="s", color="tab:red"))):
-            pts = [(r["latent"], r[key]) for r in rows if r["model"] == model and r.get(key) is not None]
+        for model in ("vae", "ae"):
             if key == "test_kl" and model == "ae":
                 continue
+            pts = _mean_sd(rows, model, key)
             if pts:
-                ax.plot(*zip(*pts), label=model.upper(), **style)
+                z, mean, sd = zip(*pts)
+                ax.errorbar(z, mean, yerr=sd, label=model.upper(), **_STYLE[model])
         ax.set_xscale("log")
         if key == "samples_per_s":
             ax.set_yscale("log")
@@ -170,29 +198,100 @@ def metrics_vs_latent(path, rows):
         ax.legend(fontsize=8)
     axes[0, 0].set_ylabel("nats per digit")
     axes[1, 0].set_ylabel("nats per digit")
-    fig.suptitle("How the latent size changes the results (held-out test digits)", fontsize=11)
+    fig.suptitle("How the latent size changes the results (test digits; mean ± sd over seeds)", fontsize=11)
     fig.tight_layout()
     _save(fig, path)
 
 
-def active_units_vs_latent(path, rows):
+def active_units_vs_latent(path, rows, hidden):
+    """Burda's active units and the principal directions against Z; other hidden widths as controls."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    vae = [(r["latent"], r["active_units"]) for r in rows if r["model"] == "vae"]
-    if vae:
-        zs = [z for z, _ in vae]
-        ax.plot(zs, zs, color="0.7", lw=1, label="all units active (y = Z)")
-        ax.plot(*zip(*vae), "o-", color="tab:blue", label=f"VAE active units (Var_x μ > {metrics.ACTIVE_THRESHOLD})")
-        for z, a in vae:
-            ax.annotate(str(a), (z, a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    main = [r for r in rows if r["model"] == "vae" and tuple(r["hidden"]) == hidden]
+    units, dirs = _mean_sd(main, "vae", "active_units"), _mean_sd(main, "vae", "directions")
+    if units:
+        zs = [z for z, _, _ in units]
+        ax.plot(zs, zs, color="0.7", lw=1, label="every unit active (y = Z)")
+        z, m, sd = zip(*units)
+        ax.errorbar(z, m, yerr=sd, fmt="o-", color="tab:blue", capsize=3,
+                    label=f"active units (Var_x μ_u > {metrics.ACTIVE_THRESHOLD}), hidden {list(hidden)}")
+        z, m, sd = zip(*dirs)
+        ax.errorbar(z, m, yerr=sd, fmt="D-", color="tab:green", capsize=3,
+                    label="directions (eigenvalues of Cov_x μ > 0.01)")
+        ax.axhline(hidden[-1], color="tab:green", lw=0.8, ls=":")
+        ax.text(zs[0], hidden[-1], f" last hidden width H = {hidden[-1]}: at most H directions",
+                va="bottom", fontsize=7, color="tab:green")
+    for h in sorted({tuple(r["hidden"]) for r in rows if r["model"] == "vae"} - {hidden}):
+        ctrl = [r for r in rows if r["model"] == "vae" and tuple(r["hidden"]) == h]
+        for key, marker in (("active_units", "o"), ("directions", "D")):
+            pts = _mean_sd(ctrl, "vae", key)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, mfc="none", color="tab:purple", ms=8,
+                    label=f"{key.replace('_', ' ')}, hidden {list(h)} (control)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _mark_data_dim(ax)
     ax.set_xlabel("latent size Z")
-    ax.set_ylabel("active latent units")
-    ax.set_title("Active units against latent size", fontsize=10)
+    ax.set_ylabel("count")
+    ax.set_title("Units and directions the VAE uses, against latent size", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)
+
+
+def learning_curves(path, rows):
+    """Test −ELBO, active units and directions against Adam steps: one line per Z (VAE, mean over seeds)."""
+    from minivae.sweep import groups
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    vae = {z: g for (m, _, z), g in sorted(groups(rows).items(), key=lambda kv: kv[0][2]) if m == "vae"}
+    cmap = plt.get_cmap("viridis")
+    for i, (z, g) in enumerate(vae.items()):
+        curves = [r["curve"] for r in g if r.get("curve")]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        steps = [p["step"] for p in curves[0][:n]]
+        colour = cmap(i / max(len(vae) - 1, 1))
+        for ax, key in zip(axes, ("test_loss", "active_units", "directions")):
+            mean = np.mean([[p[key] for p in c[:n]] for c in curves], axis=0)
+            ax.plot(steps, mean, "o-", ms=3, color=colour, label=f"Z = {z}")
+    titles = ("test −ELBO (nats)", f"active units (Var_x μ_u > {metrics.ACTIVE_THRESHOLD})",
+              "directions (eigenvalues of Cov_x μ > 0.01)")
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log")
+        ax.set_xlabel("Adam steps")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+    axes[1].set_yscale("log")
+    axes[2].set_yscale("log")
+    if vae:
+        lo = min(min(p["test_loss"] for r in g for p in r.get("curve", [])[-3:]) for g in vae.values())
+        axes[0].set_ylim(lo - 5, lo + 60)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Learning curves of the VAE per latent size (test digits; mean over seeds)", fontsize=11)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def probe_vs_latent(path, rows):
+    """Probe accuracies on the posterior means against Z, for the VAE and the autoencoder."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for model in ("vae", "ae"):
+        for key, ls, what in (("probe_logreg", "-", "logistic regression"), ("probe_knn", "--", "5-NN")):
+            pts = _mean_sd(rows, model, key)
+            if pts:
+                z, m, sd = zip(*pts)
+                style = dict(_STYLE[model])
+                ax.errorbar(z, m, yerr=sd, ls=ls, label=f"{model.upper()}, {what}", **style)
+    ax.set_xscale("log")
+    _mark_data_dim(ax)
+    ax.set_xlabel("latent size Z")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("How much of the digit's class the code keeps (probes on μ(x))", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8)
     _save(fig, path)
 
 

@@ -30,12 +30,14 @@ import warnings
 import numpy as np
 
 from minivae import losses, metrics
+from minivae.data import D
 from minivae.train import UsageError, _Parser, _positive_int, add_training_options, atomic_write, \
     atomic_write_text, read_jsonl, write_jsonl
 
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, 784, 1000, 2000)
 DEFAULT_EPOCHS = 10
+CONVERGED = 1.0  # nats: a run has converged when its last 20% of steps gained less than this
 
 
 def _latent_list(text):
@@ -46,6 +48,16 @@ def _latent_list(text):
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"latent sizes must be positive integers, got {text!r}")
     return sorted(set(values))
+
+
+def _seed_list(text):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be non-negative integers, got {text!r}")
+    return list(dict.fromkeys(values))
 
 
 def _model_list(text):
@@ -59,12 +71,19 @@ def _model_list(text):
 def parse_args(argv=None):
     p = _Parser(prog="python -m minivae.sweep",
                 description="Train one model per latent size and compare them on held-out digits.")
-    p.add_argument("--latents", type=_latent_list, default=list(LATENTS), help="comma-separated sizes")
-    p.add_argument("--models", type=_model_list, default=["vae"], help="vae, ae or vae,ae")
+    p.add_argument("--latents", type=_latent_list, default=list(LATENTS),
+                   help="comma-separated sizes (default 2,5,10,20,50,100,200,500,784,1000,2000)")
+    p.add_argument("--models", type=_model_list, default=["vae"], help="vae, ae or vae,ae (default vae)")
+    p.add_argument("--seeds", type=_seed_list, default=None,
+                   help="comma-separated seeds, one run per seed and size (default: --seed)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="Adam steps per run, the same for every size (default: --epochs passes "
+                        f"over the training digits, {DEFAULT_EPOCHS} epochs when neither is given)")
     p.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (1)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs") / "sweep")
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs") / "sweep",
+                   help="folder for results.jsonl, report.md, the figures and runs/ (default runs/sweep)")
     add_training_options(p)
     p.set_defaults(iw_samples=100)
     return p.parse_args(argv)
@@ -73,8 +92,41 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------- one run
 
 
+def curve_steps(total):
+    """Where a run's learning curve is measured: the log-spaced steps 100, 200, 500, 1000, 2000, …
+    below 80% of the budget, then 80% of it and the last step (the pair the convergence column
+    compares).     total → sorted list of step numbers in 1 … total
+    """
+    total = int(total)
+    marks, decade = set(), 1
+    while decade <= total:
+        marks.update(m * decade for m in (1, 2, 5) if 100 <= m * decade < 0.8 * total)
+        decade *= 10
+    marks.update({max(1, round(0.8 * total)), total})
+    return sorted(marks)
+
+
+def run_tag(model, latent, hidden, seed):
+    """The name of a run's files: e.g. ``vae-1000-h512-s0``."""
+    return f"{model}-{latent}-h{'x'.join(str(h) for h in hidden)}-s{seed}"
+
+
+def _curve_point(model, test_x, seed, step):
+    """Test −ELBO (AE: reconstruction loss), active units and directions of the model as it is."""
+    mu, logvar = metrics.posterior_means(model, test_x)
+    if logvar is not None:
+        ev = metrics.evaluate(model, test_x, np.random.default_rng([seed, 3, step]), posterior=(mu, logvar))
+    else:
+        ev = ae_evaluate(model, test_x)
+    directions = metrics.latent_directions(mu)
+    return {"step": step, "test_loss": ev["loss"], "test_recon": ev["recon"], "test_kl": ev["kl"],
+            "active_units": metrics.active_units(mu)[0], "directions": directions["directions"],
+            "participation_ratio": directions["participation_ratio"]}
+
+
 def run_one(cfg):
-    """Train and evaluate one model; save its arrays for the figures; return its results row.
+    """Train and evaluate one model for ``cfg["steps"]`` Adam steps; save its arrays for the
+    figures; return its results row, with the learning curve measured at :func:`curve_steps`.
 
     Runs in a worker process: everything it needs is in the plain dict ``cfg``.
     """
@@ -85,68 +137,83 @@ def run_one(cfg):
     from minivae.ae import AE
     from minivae.data import batches, binarize, load_mnist
     from minivae.optim import Adam
+    from minivae.train import atomic_write_text
     from minivae.vae import VAE
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
-        data = load_mnist(cfg["data_dir"], cfg["limit"], seed=cfg["seed"])
-    Z, hidden = cfg["latent"], tuple(cfg["hidden"])
-    if cfg["model"] == "vae":
-        model = VAE(784, Z, hidden, seed=cfg["seed"], backend=cfg["backend"])
-    else:
-        model = AE(784, Z, hidden, seed=cfg["seed"])
+        data = load_mnist(cfg["data_dir"], cfg["limit"], seed=0)  # the same digits for every seed
+    Z, hidden, seed = cfg["latent"], tuple(cfg["hidden"]), cfg["seed"]
+    kind = VAE if cfg["model"] == "vae" else AE
+    model = kind(D, Z, hidden, seed=seed, backend=cfg["backend"])
     opt = Adam(model.params, lr=cfg["lr"])
-    data_rng = np.random.default_rng([cfg["seed"], 2])
-    n, bs = len(data.train_x), cfg["batch_size"]
-
-    t0 = time.perf_counter()
-    seen, diverged, t_first = 0, None, None
-    for epoch in range(1, cfg["epochs"] + 1):
-        x_epoch = binarize(data.train_x, cfg["binarize"], data_rng)
-        for step, idx in enumerate(batches(n, bs, data_rng), 1):
-            loss = model.forward(x_epoch[idx])
-            if not math.isfinite(loss):
-                diverged = f"loss {loss} at epoch {epoch}, step {step}"
-                break
-            opt.step(model.backward())
-            if t_first is None:  # samples/s leaves out the first step (it loads compiled kernels)
-                t_first, first = time.perf_counter(), len(idx)
-            seen += len(idx)
-        if diverged:
-            break
-    now = time.perf_counter()
-    samples_per_s = (seen - first) / (now - t_first) if t_first and seen > first else float("nan")
-
+    data_rng = np.random.default_rng([seed, 2])
+    n, bs, total = len(data.train_x), cfg["batch_size"], cfg["steps"]
     mode = "static" if cfg["binarize"] != "none" else "none"
     test_x = binarize(data.test_x, mode)
-    train_x = binarize(data.train_x[: len(test_x)], mode)  # as many training digits as test digits
-    rng = np.random.default_rng([cfg["seed"], 3])
+    marks = curve_steps(total)
+    tag = run_tag(cfg["model"], Z, hidden, seed)
+    partial = pathlib.Path(cfg["out"]) / "runs" / f"{tag}.partial.json"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    step, diverged, train_time, curve = 0, None, 0.0, []
+    while step < total and not diverged:
+        x_epoch = binarize(data.train_x, cfg["binarize"], data_rng)
+        for idx in batches(n, bs, data_rng):
+            t_step = time.perf_counter()
+            loss = model.forward(x_epoch[idx])
+            if not math.isfinite(loss):
+                diverged = f"loss {loss} at step {step + 1}"
+                break
+            opt.step(model.backward())
+            step += 1
+            if step > 1:  # samples/s leaves out the first step (it loads compiled kernels)
+                train_time += time.perf_counter() - t_step
+            if step == marks[len(curve)]:
+                curve.append(_curve_point(model, test_x, seed, step))
+                atomic_write_text(partial, json.dumps(curve) + "\n")  # how far it is, for a watcher
+            if step == total:
+                break
+    samples_per_s = (step - 1) * bs / train_time if train_time > 0 else float("nan")
+
+    train_x = binarize(data.train_x, mode)
+    rng = np.random.default_rng([seed, 3])
     mu, logvar = metrics.posterior_means(model, test_x)  # the AE's codes, and None, for "ae"
     active, activity = metrics.active_units(mu)
+    directions = metrics.latent_directions(mu)
     if cfg["model"] == "vae":
         test = metrics.evaluate(model, test_x, rng, posterior=(mu, logvar))
-        train = metrics.evaluate(model, train_x, rng)
+        train = metrics.evaluate(model, train_x[: len(test_x)], rng)  # as many as test digits
         n_iw = min(cfg["iw_examples"], len(test_x))
         iw_nll = -metrics.iw_log_likelihood(model, test_x[:n_iw], cfg["iw_samples"], rng)
         kl_dim = metrics.kl_per_dim(mu, logvar)
     else:
-        test, train = ae_evaluate(model, test_x), ae_evaluate(model, train_x)
+        test, train = ae_evaluate(model, test_x), ae_evaluate(model, train_x[: len(test_x)])
         n_iw, iw_nll, kl_dim = 0, None, np.zeros(Z)
+    probe = metrics.probe_accuracy(metrics.posterior_means(model, train_x)[0], data.train_y, mu, data.test_y)
 
-    # What the figures need, small: sorted KL spectrum, reconstructions, decoded N(0, I) codes.
-    fig_rng = np.random.default_rng([cfg["seed"], 5])
+    # What the figures need, small: sorted KL spectrum, variances along the principal directions,
+    # reconstructions, decoded N(0, I) codes.
+    fig_rng = np.random.default_rng([seed, 5])
     arrays = {"kl_per_dim": np.sort(kl_dim)[::-1], "activity": activity,
+              "eigenvalues": directions["eigenvalues"],
               "originals": test_x[:16], "reconstructions": model.reconstruct(test_x[:16]),
               "samples": model.sample(16, rng=fig_rng)}
-    path = pathlib.Path(cfg["out"]) / "runs" / f"{cfg['model']}-{Z}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = pathlib.Path(cfg["out"]) / "runs" / f"{tag}.npz"
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    partial.unlink(missing_ok=True)
+    gain = curve[-2]["test_loss"] - curve[-1]["test_loss"] if len(curve) >= 2 and not diverged else None
     return {
-        "model": cfg["model"], "latent": Z, "hidden": list(hidden), "epochs": cfg["epochs"],
+        "model": cfg["model"], "latent": Z, "hidden": list(hidden), "seed": seed, "steps": step,
+        "epochs": round(step * bs / n, 2),
         "test_loss": test["loss"], "test_recon": test["recon"], "test_kl": test["kl"],
         "test_iw_nll": iw_nll, "iw_samples": cfg["iw_samples"] if n_iw else None, "iw_examples": n_iw,
         "train_loss": train["loss"], "gap": test["loss"] - train["loss"],
-        "active_units": active, "kl90": kl90(kl_dim), "params": model.num_params(), "samples_per_s": samples_per_s,
+        "active_units": active, "directions": directions["directions"],
+        "participation_ratio": directions["participation_ratio"], "kl90": kl90(kl_dim), **probe,
+        "last20_gain": gain, "curve": curve,
+        "params": model.num_params(), "samples_per_s": samples_per_s,
         "wall_s": time.perf_counter() - t0, "backend": model.backend, "diverged": diverged,
         "data": data.source, "settings": cfg["settings"],
     }
@@ -173,18 +240,27 @@ def ae_evaluate(model, x, batch_size=1000):
 # ----------------------------------------------------------------------------------- the sweep
 
 
-def settings_of(args):
-    """Everything but Z and the model that a result depends on, and its short hash."""
-    s = {"hidden": list(args.hidden), "epochs": args.epochs, "batch_size": args.batch_size,
-         "lr": args.lr, "seed": args.seed, "binarize": args.binarize, "limit": args.limit,
-         "data_dir": str(args.data_dir) if args.data_dir else None, "iw_samples": args.iw_samples,
-         "iw_examples": args.iw_examples}
+def settings_of(args, steps):
+    """Everything but the model, Z, the hidden widths and the seed that a result depends on, and
+    its short hash: runs with the same hash belong to one study (and one report)."""
+    s = {"steps": steps, "batch_size": args.batch_size, "lr": args.lr, "binarize": args.binarize,
+         "limit": args.limit, "data_dir": str(args.data_dir) if args.data_dir else None,
+         "iw_samples": args.iw_samples, "iw_examples": args.iw_examples}
     return s, hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def run_key(r):
+    """What tells two runs of one study apart."""
+    return r["model"], r["latent"], tuple(r["hidden"]), r["seed"]
+
+
 def run(args):
+    if args.steps is not None and args.epochs is not None:
+        raise UsageError("give either --steps or --epochs, not both")
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
+    if args.seeds is not None and args.seed != 0:
+        raise UsageError("give either --seed or --seeds, not both")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     if args.out.exists() and not args.out.is_dir():
@@ -196,25 +272,32 @@ def run(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:  # fail early, in one line, before any worker starts or anything is written
-            data = load_mnist(args.data_dir, args.limit, seed=args.seed)
+            data = load_mnist(args.data_dir, args.limit, seed=0)
         except (DataError, ValueError) as e:
             raise UsageError(str(e)) from None
     client = _dask_client(args.scheduler) if args.scheduler else None
 
-    settings, key = settings_of(args)
+    steps = args.steps or args.epochs * math.ceil(len(data.train_x) / args.batch_size)
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    settings, key = settings_of(args, steps)
     results_path = args.out / "results.jsonl"
     previous = read_jsonl(results_path)
     rows = [r for r in previous if r.get("settings") == key]  # done before, with these settings
     old = [r for r in previous if r.get("settings") != key]  # kept as they are
-    done = {(r["model"], r["latent"]) for r in rows}
+    done = {run_key(r) for r in rows}
     threads = 1 if args.jobs > 1 else None
-    todo = [dict(settings, model=m, latent=z, backend=backend, out=str(args.out), settings=key,
-                 threads=threads)
-            for z in sorted(args.latents, reverse=True) for m in args.models if (m, z) not in done]
+    hidden = list(args.hidden)
+    # Seed by seed, the largest (slowest) sizes first: the first seed's results come in first,
+    # and the workers do not wait on one long run at the end.
+    wanted = [dict(settings, model=m, latent=z, hidden=hidden, seed=sd, backend=backend,
+                   out=str(args.out), settings=key, threads=threads)
+              for sd in seeds for z in sorted(args.latents, reverse=True) for m in args.models]
+    todo = [cfg for cfg in wanted if run_key(cfg) not in done]
     say = (lambda *a: None) if args.quiet else print
     say(f"data: {data.source}")
-    say(f"{len(todo)} runs to do, {len(args.latents) * len(args.models) - len(todo)} already in "
-        f"{results_path}; {args.epochs} epochs, hidden {list(args.hidden)}, backend {backend}")
+    say(f"{len(todo)} runs to do, {len(wanted) - len(todo)} already in {results_path}; {steps:,} steps "
+        f"({steps * args.batch_size / len(data.train_x):.1f} epochs), hidden {hidden}, seeds {seeds}, "
+        f"backend {backend}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "settings.json", json.dumps(dict(settings, key=key), indent=2) + "\n")
@@ -235,15 +318,14 @@ def run(args):
         if bar is not None:
             bar.update(1)
             bar.set_postfix(last=f"{row['model']} Z={row['latent']}")
-        say(f"  {row['model']:>3} Z={row['latent']:<5} test {row['test_loss']:7.2f}  "
-            f"active {row['active_units']:4d}  {row['wall_s']:6.1f} s")
+        say(f"  {row['model']:>3} Z={row['latent']:<5} hidden {row['hidden']} seed {row['seed']}  "
+            f"test {row['test_loss']:7.2f}  active {row['active_units']:4d}  "
+            f"directions {row['directions']:4d}  {row['wall_s']:6.1f} s")
     if bar is not None:
         bar.close()
     if client is not None:
         client.close()
-    wanted = {(m, z) for m in args.models for z in args.latents}
-    rows = sorted((r for r in rows if (r["model"], r["latent"]) in wanted),
-                  key=lambda r: (MODELS.index(r["model"]), r["latent"]))
+    rows = sorted(rows, key=lambda r: (MODELS.index(r["model"]), r["hidden"], r["latent"], r["seed"]))
     from minivae import plots
 
     plots.study_figures(args.out, rows)
@@ -305,59 +387,138 @@ def _fmt(v, nd=1):
     return "–" if v is None else f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}"
 
 
+def aggregate(rows, field):
+    """Mean and sample standard deviation (ddof = 1) of ``field`` over rows, ignoring missing
+    values: (mean, sd, n); sd is None for fewer than two values, and mean too for none."""
+    values = np.array([r[field] for r in rows if r.get(field) is not None], dtype=np.float64)
+    if len(values) == 0:
+        return None, None, 0
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None, len(values)
+
+
+def _pm(rows, field, nd=1):
+    mean, sd, n = aggregate(rows, field)
+    if mean is None:
+        return "–"
+    return f"{mean:,.{nd}f}" + (f" ± {sd:,.{nd}f}" if sd is not None else "")
+
+
+def groups(rows):
+    """Runs grouped by (model, hidden, Z) over seeds, in the order of ``rows``: {key: [rows]}."""
+    out = {}
+    for r in rows:
+        out.setdefault((r["model"], tuple(r["hidden"]), r["latent"]), []).append(r)
+    return out
+
+
+def main_hidden(rows):
+    """The hidden widths most runs used: the study's main setting (others are controls)."""
+    counts = {}
+    for r in rows:
+        counts[tuple(r["hidden"])] = counts.get(tuple(r["hidden"]), 0) + 1
+    return max(counts, key=counts.get) if counts else None
+
+
+def converged(r):
+    """True, False, or None (no curve): did the last 20% of steps gain less than CONVERGED nats?"""
+    gain = r.get("last20_gain")
+    return None if gain is None else gain < CONVERGED
+
+
+def separated(a, b, field):
+    """Whether two groups of runs differ in ``field`` by more than their seed spreads: the gap of
+    the means exceeds the sum of the two standard deviations (False with fewer than two seeds)."""
+    (ma, sa, _), (mb, sb, _) = aggregate(a, field), aggregate(b, field)
+    if sa is None or sb is None:
+        return False
+    return abs(ma - mb) > sa + sb
+
+
 def report(rows, settings, source):
-    """The table and a short reading of it, every statement computed from the rows."""
+    """The tables and a short reading of them, every statement computed from the rows."""
+    steps = settings["steps"]
     lines = ["# Latent-size study", "",
              f"Data: {source}.  ",
-             f"Settings: hidden {settings['hidden']}, {settings['epochs']} epochs, batch "
-             f"{settings['batch_size']}, Adam lr {settings['lr']}, {settings['binarize']} binarization, "
-             f"seed {settings['seed']}. Log-likelihood: importance-weighted with K = "
-             f"{settings['iw_samples']} on the first {settings['iw_examples']} test digits.", "",
-             "| model | Z | test −ELBO | recon | KL | −log p(x) (IW) | active units | KL-90 | test − train | "
-             "params | samples/s | wall s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Budget: {steps:,} Adam steps per run (batch {settings['batch_size']}, lr {settings['lr']}, "
+             f"{settings['binarize']} binarization). Log-likelihood: importance-weighted with "
+             f"K = {settings['iw_samples']} on the first {settings['iw_examples']} test digits. "
+             "Means ± sample standard deviations over the seeds (n); all numbers on the test digits "
+             "unless said otherwise, in nats per digit.", "",
+             "| model | hidden | Z | n | test −ELBO | −log p(x) (IW) | recon | KL | active units | "
+             "directions | PR | KL-90 | test − train | probe (logreg) | probe (5-NN) | "
+             "last-20% gain (max) | samples/s | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (model, hidden, z), g in groups(rows).items():
+        gains = [r["last20_gain"] for r in g if r.get("last20_gain") is not None]
+        lines.append(
+            f"| {model} | {','.join(map(str, hidden))} | {z} | {len(g)} | {_pm(g, 'test_loss')} | "
+            f"{_pm(g, 'test_iw_nll')} | {_pm(g, 'test_recon')} | "
+            f"{_pm(g, 'test_kl') if model == 'vae' else '–'} | {_pm(g, 'active_units', 0)} | "
+            f"{_pm(g, 'directions', 0)} | {_pm(g, 'participation_ratio')} | {_pm(g, 'kl90', 0)} | "
+            f"{_pm(g, 'gap')} | {_pm(g, 'probe_logreg', 3)} | {_pm(g, 'probe_knn', 3)} | "
+            f"{_fmt(max(gains)) if gains else '–'} | {_pm(g, 'samples_per_s', 0)} | {_pm(g, 'wall_s', 0)} |")
+    lines += ["", "Directions: eigenvalues of Cov_x[μ(x)] above 0.01 (the threshold of Burda's unit "
+              "count). PR: participation ratio (Σλ)²/Σλ² of those eigenvalues. KL-90: the fewest latents "
+              "that hold 90% of the KL term. Probes: accuracy of a logistic regression and of 5 nearest "
+              "neighbours on the posterior means (training digits → test digits). Last-20% gain: test "
+              f"−ELBO at 80% of the steps minus at the end; below {CONVERGED:g} nat counts as converged. "
+              "For the autoencoder, test −ELBO is its reconstruction loss (no KL, no likelihood), and "
+              "its units and directions are those of its code, which no prior ties to N(0, I).", "",
+              "## Every run", "",
+              "| model | Z | hidden | seed | test −ELBO | −log p(x) (IW) | active units | directions | "
+              "last-20% gain | converged | epochs | wall s |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['latent']} | {_fmt(r['test_loss'])} | {_fmt(r['test_recon'])} | "
-                     f"{_fmt(r['test_kl']) if r['model'] == 'vae' else '–'} | {_fmt(r['test_iw_nll'])} | "
-                     f"{r['active_units']} | {_fmt(r.get('kl90'))} | {_fmt(r['gap'])} | {r['params']:,} | "
-                     f"{r['samples_per_s']:,.0f} | {r['wall_s']:,.0f} |")
-    lines += ["", "KL-90: the fewest latents that hold 90% of the KL term. "
-              "For the autoencoder, test −ELBO is its reconstruction loss (it has no KL term and no "
-              "likelihood), and its \"active units\" count code dimensions whose value varies across "
-              "test digits (variance > 0.01), which says little for a code with no prior.", ""]
-    vae = [r for r in rows if r["model"] == "vae" and not r.get("diverged")]
-    if vae:
-        lines += ["## Reading", ""]
-        best = min(vae, key=lambda r: r["test_loss"])
-        lines.append(f"- Best test −ELBO: {best['test_loss']:.1f} nats at Z = {best['latent']}.")
-        big = [r for r in vae if r["latent"] > 784]
-        if big:
-            worst_big = max(big, key=lambda r: r["test_loss"])
-            lines.append("- Above the data's 784 dimensions: "
-                         + ", ".join(f"at Z = {r['latent']} the test −ELBO is {r['test_loss']:.1f}" for r in big)
-                         + f" nats, at most {worst_big['test_loss'] - best['test_loss']:.1f} nats above the best.")
-        top = max(vae, key=lambda r: r["active_units"])
-        unused = [r for r in vae if r["active_units"] < r["latent"]]
-        lines.append(f"- Active units: at most {top['active_units']} (at Z = {top['latent']}); "
-                     + ", ".join(f"{r['active_units']} of {r['latent']}" for r in vae)
-                     + (". Units beyond those stay at the prior (μ ≈ 0 for every digit)" if unused else "")
-                     + ".")
-        lines.append("- Train–test gap (test −ELBO minus train −ELBO): "
-                     + ", ".join(f"{r['gap']:+.1f} at Z = {r['latent']}" for r in vae) + " nats.")
-        iw = [r for r in vae if r["test_iw_nll"] is not None]
-        if iw:
-            lines.append("- Importance weighting tightens the bound by "
-                         + ", ".join(f"{r['test_loss'] - r['test_iw_nll']:.1f}" for r in iw)
-                         + " nats (same order of Z).")
-    ae = {r["latent"]: r for r in rows if r["model"] == "ae"}
-    both = [r for r in vae if r["latent"] in ae]
-    if both:
-        lines.append("- Reconstruction loss, VAE vs autoencoder: "
-                     + ", ".join(f"Z = {r['latent']}: {r['test_recon']:.1f} vs {ae[r['latent']]['test_recon']:.1f}"
-                                 for r in both) + " nats.")
-    lines += ["", "Figures: `metrics_vs_latent.png`, `active_units.png`, `kl_spectra.png`, "
-              "`samples_by_latent.png`, `reconstructions_by_latent.png`, `vae_vs_ae.png`.", ""]
+        ok = converged(r)
+        lines.append(f"| {r['model']} | {r['latent']} | {','.join(map(str, r['hidden']))} | {r['seed']} | "
+                     f"{_fmt(r['test_loss'])} | {_fmt(r['test_iw_nll'])} | {r['active_units']} | "
+                     f"{r['directions']} | {_fmt(r.get('last20_gain'), 2)} | "
+                     f"{'–' if ok is None else 'yes' if ok else '**no**'} | {r['epochs']} | "
+                     f"{r['wall_s']:,.0f} |")
+    lines += ["", *reading(rows), "",
+              "Figures: `learning_curves.png`, `metrics_vs_latent.png`, `active_units.png`, "
+              "`kl_spectra.png`, `probe.png`, `samples_by_latent.png`, `reconstructions_by_latent.png`, "
+              "`vae_vs_ae.png`.", ""]
     return "\n".join(lines)
+
+
+def reading(rows):
+    """Statements computed from the rows (the VAE at the main hidden width)."""
+    hidden = main_hidden([r for r in rows if r["model"] == "vae"])
+    vae = {z: g for (m, h, z), g in groups(rows).items() if m == "vae" and h == hidden}
+    vae = {z: [r for r in g if not r.get("diverged")] for z, g in vae.items()}
+    vae = {z: g for z, g in vae.items() if g}
+    if not vae:
+        return []
+    out = ["## Reading", ""]
+    field = "test_iw_nll" if all(aggregate(g, "test_iw_nll")[0] is not None for g in vae.values()) else "test_loss"
+    name = "−log p(x)" if field == "test_iw_nll" else "test −ELBO"
+    best = min(vae, key=lambda z: aggregate(vae[z], field)[0])
+    out.append(f"- Best {name}: {_pm(vae[best], field)} nats at Z = {best} (hidden {list(hidden)}).")
+    for z, g in vae.items():
+        if z == best:
+            continue
+        diff = aggregate(g, field)[0] - aggregate(vae[best], field)[0]
+        beyond = separated(g, vae[best], field)
+        out.append(f"  - Z = {z}: {_pm(g, field)} ({diff:+.1f}; "
+                   f"{'beyond' if beyond else 'within'} the seed spread)")
+    not_conv = [r for g in vae.values() for r in g if converged(r) is False]
+    if not_conv:
+        out.append("- Not converged (last 20% of the steps gained ≥ 1 nat): "
+                   + ", ".join(f"Z = {r['latent']} seed {r['seed']} ({r['last20_gain']:.2f})" for r in not_conv)
+                   + ".")
+    else:
+        out.append(f"- Every VAE run gained less than {CONVERGED:g} nat over its last 20% of steps.")
+    out.append("- Active units / directions (mean over seeds): "
+               + ", ".join(f"Z = {z}: {aggregate(g, 'active_units')[0]:.0f} / {aggregate(g, 'directions')[0]:.0f}"
+                           for z, g in vae.items()) + ".")
+    ae = {z: g for (m, h, z), g in groups(rows).items() if m == "ae" and h == hidden}
+    both = [z for z in vae if z in ae]
+    if both:
+        out.append("- Reconstruction term, VAE vs autoencoder: "
+                   + ", ".join(f"Z = {z}: {_pm(vae[z], 'test_recon')} vs {_pm(ae[z], 'test_recon')}"
+                               for z in both) + " nats.")
+    return out
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 ``--out DIR``:
 
     metrics.jsonl        one JSON object per epoch (epoch, train_loss, test_loss, test_recon,
-                         test_kl, active_units, samples_per_s)
+                         test_kl, active_units, directions, participation_ratio, samples_per_s)
     config.json          the options of the run
     checkpoint.npz       parameters, Adam state, random-generator states, epoch and step
     reconstructions.png  test digits over their reconstructions
@@ -351,6 +351,7 @@ def run(args):
             _say(quiet, f"epoch {epoch:3d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f}"
                         f"  (recon {row['test_recon']:7.2f} + KL {row['test_kl']:6.2f})"
                         f"  active {row['active_units']:4d}/{config['latent']}"
+                        f"  directions {row['directions']:4d}"
                         f"  {row['samples_per_s']:7.0f} samples/s")
 
     # 3. The end: log-likelihood, figures, summary.
@@ -380,7 +381,9 @@ def _evaluate_epoch(vae, test_x, seed, epoch):
     mu, logvar = metrics.posterior_means(vae, test_x)
     ev = metrics.evaluate(vae, test_x, eval_rng, posterior=(mu, logvar))
     au, _ = metrics.active_units(mu)
-    row = {"test_loss": ev["loss"], "test_recon": ev["recon"], "test_kl": ev["kl"], "active_units": au}
+    directions = metrics.latent_directions(mu)
+    row = {"test_loss": ev["loss"], "test_recon": ev["recon"], "test_kl": ev["kl"], "active_units": au,
+           "directions": directions["directions"], "participation_ratio": directions["participation_ratio"]}
     return row, (mu, logvar)
 
 
