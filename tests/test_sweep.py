@@ -192,3 +192,106 @@ def test_kl90_counts_the_latents_holding_90_percent_of_the_kl():
     assert sweep.kl90([0.05, 5.0, 3.9, 0.6, 0.45]) == 3  # top two: 8.9 of 10; top three: 9.5
     assert sweep.kl90([1.0] * 10) == 9
     assert sweep.kl90(np.zeros(4)) is None
+
+
+# ------------------------------------------------------------------------------ the full-data study
+
+
+def test_seeds_and_steps_give_one_run_per_seed_with_its_learning_curve(tmp_path):
+    out = tmp_path / "study"
+    args = ["--latents", "3,40", "--models", "vae,ae", "--seeds", "0,1", "--steps", "5", "--out", str(out),
+            "--limit", "256", "--hidden", "16", "--iw-samples", "3", "--iw-examples", "20",
+            "--backend", "cpu-fused", "--quiet"]
+    assert sweep.main(args) == 0
+    rows = rows_of(out)
+    assert sorted(sweep.run_key(r) for r in rows) == sorted(
+        (m, z, (16,), s) for m in ("vae", "ae") for z in (3, 40) for s in (0, 1))
+    for r in rows:
+        assert r["steps"] == 5 and [p["step"] for p in r["curve"]] == sweep.curve_steps(5) == [4, 5]
+        assert r["last20_gain"] == pytest.approx(r["curve"][-2]["test_loss"] - r["curve"][-1]["test_loss"])
+        assert {"directions", "participation_ratio", "probe_logreg", "probe_knn", "seed"} <= set(r)
+        assert 0 <= r["probe_logreg"] <= 1 and 0 <= r["probe_knn"] <= 1
+        assert (out / "runs" / f"{sweep.run_tag(r['model'], r['latent'], (16,), r['seed'])}.npz").exists()
+    assert not list((out / "runs").glob("*.partial.json"))
+    for name in FIGURES + ["learning_curves.png", "probe.png", "report.md"]:
+        assert (out / name).stat().st_size > 0, name
+    report = (out / "report.md").read_text()
+    assert "| vae | 16 | 40 | 2 |" in report  # the two seeds aggregated in one line
+
+
+def test_curve_steps_are_log_spaced_and_end_with_the_last_fifth():
+    assert sweep.curve_steps(40000) == [100, 200, 500, 1000, 2000, 5000, 10000, 20000, 32000, 40000]
+    assert sweep.curve_steps(250) == [100, 200, 250]  # 200 is both a 1-2-5 step and 80% of 250
+    assert sweep.curve_steps(1) == [1]
+
+
+def test_seed_aggregation_and_the_convergence_column_on_fabricated_rows():
+    def row(z, seed, loss, gain):
+        return {"model": "vae", "latent": z, "hidden": [8], "seed": seed, "test_loss": loss,
+                "test_iw_nll": loss - 5, "test_recon": loss - 20, "test_kl": 20.0, "active_units": 3,
+                "directions": 2, "participation_ratio": 1.5, "kl90": 2, "gap": 1.0, "probe_logreg": 0.9,
+                "probe_knn": 0.8, "last20_gain": gain, "samples_per_s": 100.0, "wall_s": 10.0,
+                "epochs": 1.0}
+
+    rows = [row(2, 0, 100.0, 0.5), row(2, 1, 102.0, 0.2), row(2, 2, 104.0, 0.1),
+            row(9, 0, 90.0, 2.5), row(9, 1, 91.0, 0.3), row(9, 2, 92.0, 0.4)]
+    mean, sd, n = sweep.aggregate([r for r in rows if r["latent"] == 2], "test_loss")
+    assert (mean, sd, n) == (102.0, 2.0, 3)  # sample standard deviation, ddof = 1
+    assert sweep.aggregate(rows[:1], "test_loss") == (100.0, None, 1)
+    assert sweep.converged(rows[0]) is True and sweep.converged(rows[3]) is False
+    assert sweep.converged(dict(rows[0], last20_gain=None)) is None
+    z2, z9 = rows[:3], rows[3:]
+    assert sweep.separated(z2, z9, "test_loss")  # 102 ± 2 against 91 ± 1: 11 > 3
+    assert not sweep.separated(z2, [dict(r, test_loss=r["test_loss"] - 2) for r in z2], "test_loss")
+
+    settings = {"steps": 1000, "batch_size": 8, "lr": 1e-3, "binarize": "dynamic", "iw_samples": 5,
+                "iw_examples": 10}
+    text = sweep.report(rows, settings, "fabricated")
+    assert "| vae | 8 | 2 | 3 | 102.0 ± 2.0 |" in text
+    assert "| vae | 9 | 8 | 0 | 90.0 | 85.0 | 3 | 2 | 2.50 | **no** |" in text
+    assert "| vae | 2 | 8 | 0 | 100.0 | 95.0 | 3 | 2 | 0.50 | yes |" in text
+    assert "Not converged (last 20% of the steps gained ≥ 1 nat): Z = 9 seed 0 (2.50)" in text
+    assert "Best −log p(x): 86.0 ± 1.0 nats at Z = 9" in text
+    assert "Z = 2: 97.0 ± 2.0 (+11.0; beyond the seed spread)" in text
+
+
+def test_directions_count_rotated_information_that_units_miss():
+    """k informative directions rotated across all Z coordinates: every unit varies (Burda counts
+    all Z as active), but the cloud of means spans exactly k directions."""
+    rng = np.random.default_rng(0)
+    N, Z, k = 4000, 30, 4
+    white = rng.standard_normal((N, k))
+    white, _ = np.linalg.qr(white - white.mean(axis=0))  # centred, orthonormal: exactly uncorrelated
+    signal = white * np.sqrt(N) * np.array([2.0, 1.5, 1.0, 0.7])  # variances 4, 2.25, 1, 0.49
+    rotation, _ = np.linalg.qr(rng.standard_normal((Z, Z)))
+    mu = signal @ rotation[:k]  # (N, Z): each of the k directions spread over all coordinates
+    assert metrics.active_units(mu)[0] == Z
+    d = metrics.latent_directions(mu)
+    assert d["directions"] == k
+    lam = signal.var(axis=0)
+    np.testing.assert_allclose(d["eigenvalues"][:k], np.sort(lam)[::-1], rtol=1e-8)
+    assert d["participation_ratio"] == pytest.approx(lam.sum() ** 2 / (lam ** 2).sum(), rel=1e-8)
+    # Equal variances along k directions: the participation ratio is k itself.
+    assert metrics.latent_directions(rng.standard_normal((N, k)) @ rotation[:k])["participation_ratio"] == \
+        pytest.approx(k, rel=0.1)
+    vecs, var = metrics.principal_directions(mu, k)
+    np.testing.assert_allclose(np.abs(vecs.T @ rotation[:k].T).max(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(var, np.sort(lam)[::-1], rtol=1e-8)
+
+
+def test_autoencoder_on_the_fast_engine_equals_the_numpy_autoencoder():
+    x = (np.random.default_rng(0).random((48, 784)) > 0.6).astype(np.float32)
+    ref, fast = AE(latent=30, hidden=(24,), seed=3), AE(latent=30, hidden=(24,), seed=3, backend="cpu-fused")
+    assert fast.backend == "cpu-fused"
+    opt_ref, opt_fast = minivae.Adam(ref.params), minivae.Adam(fast.params)
+    for _ in range(4):
+        assert fast.forward(x) == pytest.approx(ref.forward(x), rel=1e-5)
+        g_ref, g_fast = ref.backward(), fast.backward()
+        for name in ref.params:
+            np.testing.assert_allclose(g_fast[name], g_ref[name], rtol=1e-3, atol=1e-6, err_msg=name)
+        opt_ref.step(g_ref)
+        opt_fast.step(g_fast)
+    z, none = fast.encode(x)
+    assert none is None
+    np.testing.assert_allclose(z, ref.encode(x)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fast.decode_logits(z), ref.decode_logits(z), rtol=1e-4, atol=1e-4)
