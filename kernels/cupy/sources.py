@@ -3,8 +3,10 @@
 Element-wise ops are ``cupy.ElementwiseKernel`` bodies (``ELEMENTWISE``: name → (in_params,
 out_params, operation)); CuPy writes the loop and broadcasting around them (e.g. the bias (N,)
 against a (B, N) array). Ops with a reduction or two outputs at different places are raw
-kernels in ``RAW_SOURCE`` (``cupy.RawKernel``), each the C version of the Numba-CUDA kernel of
-the same name in :mod:`kernels.numba_cuda`, which the tests check on the simulator:
+kernels in ``RAW_SOURCE`` (``cupy.RawKernel``). All but the last are the C version of the
+Numba-CUDA kernel of the same name in :mod:`kernels.numba_cuda`, which the tests check on the
+simulator; ``standard_normal_v1`` makes the same Philox stream but takes sine and cosine from
+CUDA's ``sincospif`` instead of the Numba kernel's polynomials (both match the NumPy oracle):
 
     matmul_v3            register-blocked 64×64 tiles, 4×4 outputs per thread (any shape,
                          ta / tb as arguments); used inside CUDA graphs instead of cuBLAS
