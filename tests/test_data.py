@@ -22,7 +22,7 @@ from minivae import data
 from minivae.data import DataError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"  # the official test split, if present
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"  # both official splits, if present
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,17 +454,34 @@ def test_offline_without_download_tries_no_network(cache, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(),
+@pytest.mark.skipif(not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="the official test split is not in ../shared/data/mnist")
-def test_data_dir_with_only_the_official_test_split(cache):
+def test_data_dir_with_only_the_official_test_split(tmp_path, cache):
+    folder = tmp_path / "test-split-only"  # links to the two test files, nothing copied
+    folder.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).symlink_to(SHARED_MNIST / name)
     before = listing(SHARED_MNIST)
-    ds = data.load_mnist(data_dir=SHARED_MNIST, limit=1000)
+    ds = data.load_mnist(data_dir=folder, limit=1000)
     assert ds.test_x.shape == (10000, 784) and ds.test_x.dtype == np.float32
     assert ds.test_y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the first ten test labels
     per_digit = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # MNIST's test split
     assert np.bincount(ds.test_y).tolist() == per_digit
     assert ds.train_x.shape == (1000, 784) and len(np.unique(ds.train_y)) == 10
     assert "offline 5k sample" in ds.source and "10,000" in ds.source and "\n" not in ds.source
+    assert listing(SHARED_MNIST) == before and listing(cache) == []
+
+
+@pytest.mark.skipif(not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="the official training split is not in ../shared/data/mnist")
+def test_data_dir_with_both_official_splits(cache):
+    before = listing(SHARED_MNIST)
+    ds = data.load_mnist(data_dir=SHARED_MNIST)
+    assert ds.train_x.shape == (60000, 784) and ds.test_x.shape == (10000, 784)
+    per_digit = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # MNIST's training split
+    assert np.bincount(ds.train_y).tolist() == per_digit
+    assert ds.train_y[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the first ten training labels
+    assert "60,000 training digits" in ds.source and "offline" not in ds.source
     assert listing(SHARED_MNIST) == before and listing(cache) == []
 
 

@@ -15,7 +15,7 @@ from minivae import train
 ARTIFACTS = ["metrics.jsonl", "config.json", "checkpoint.npz", "reconstructions.png",
              "samples.png", "kl_per_dim.png", "loss_curve.png"]
 METRIC_FIELDS = {"epoch", "train_loss", "test_loss", "test_recon", "test_kl", "active_units",
-                 "samples_per_s"}
+                 "directions", "participation_ratio", "samples_per_s"}
 SMALL = ["--latent", "6", "--hidden", "24", "--batch-size", "64", "--iw-samples", "4",
          "--iw-examples", "50", "--backend", "numpy", "--quiet"]
 
@@ -52,7 +52,8 @@ def test_cli_end_to_end_writes_every_artifact(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and set(rows[0]) == METRIC_FIELDS
     assert rows[0]["epoch"] == 1 and 0 < rows[0]["test_loss"] < 800 and rows[0]["samples_per_s"] > 0
-    assert 0 <= rows[0]["active_units"] <= 6
+    assert 0 <= rows[0]["active_units"] <= 6 and 0 <= rows[0]["directions"] <= 6
+    assert 0 <= rows[0]["participation_ratio"] <= 6
     config = json.loads((out / "config.json").read_text())
     assert config["latent"] == 6 and config["hidden"] == [24] and config["limit"] == 256
     with np.load(out / "checkpoint.npz") as ck:
