@@ -25,11 +25,7 @@ import json
 import os
 import sys
 
-# Before any import of CuPy: cuBLAS in full float32, the reference our kernels are measured against.
-os.environ["CUPY_TF32"] = "0"
-os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _no_gpu():
@@ -54,6 +50,9 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
+    # Before CuPy is imported: cuBLAS in full float32, the reference our kernels are measured against.
+    os.environ["CUPY_TF32"] = "0"
+    os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
     why = _no_gpu()
     if why:
         sys.exit(f"benchmarks.kernels: no usable GPU, nothing to time: {why}")

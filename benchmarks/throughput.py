@@ -290,7 +290,7 @@ def machine_info(threads):
         import cupy
 
         info["cupy"] = cupy.__version__
-    except ImportError:
+    except Exception:  # noqa: BLE001 - not installed or broken: nothing to record
         pass
     info["numba"] = numba.__version__
     info["numba_threads"] = numba.get_num_threads()
@@ -308,7 +308,7 @@ def machine_info(threads):
             info["torch_cuda_version"] = torch.version.cuda
             info["torch_gpu"] = torch.cuda.get_device_name(0)
             info["torch_cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
-    except ImportError:
+    except Exception:  # noqa: BLE001 - not installed, or installed but broken
         info["torch"] = None
     return info
 
@@ -419,8 +419,8 @@ def main(argv=None):
 
             torch.set_num_threads(threads)  # the same number of threads as our BLAS and Numba
             torch_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        except ImportError:
-            torch_note = "PyTorch not importable: torch runners skipped"
+        except Exception as e:  # noqa: BLE001 - not installed, or installed but broken
+            torch_note = f"PyTorch not importable ({type(e).__name__}): torch runners skipped"
     if torch_note:
         print(torch_note)
     if args.threads:
