@@ -408,7 +408,10 @@ try:
         d = cuda.get_current_device()
         nc["device"] = d.name.decode() if isinstance(d.name, bytes) else str(d.name)
         nc["compute_capability"] = list(d.compute_capability)
-        nc["driver_version"] = list(cuda.cudadrv.driver.driver.get_version())
+        try:
+            nc["driver_version"] = list(cuda.cudadrv.driver.driver.get_version())
+        except Exception as e:
+            nc["driver_version"] = f"{type(e).__name__}: {e}"[:200]
     out["numba_cuda"] = nc
 except Exception as e:
     out["numba_cuda"] = {"error": f"{type(e).__name__}: {e}"[:500]}
@@ -478,8 +481,9 @@ def step_env(py, log, tmp, state, gpu_lines, limit_s):
     except (OSError, subprocess.TimeoutExpired) as e:
         env["nvidia_smi_error"] = f"{type(e).__name__}: {e}"
     log.write("\n===== nvidia-smi\n" + env.get("nvidia_smi", env.get("nvidia_smi_error", "")) + "\n")
-    path = tmp / "versions.json"
-    rec = run([py, "-c", VERSIONS_CODE, path], max(5.0, limit_s - (time.monotonic() - t0)), log)
+    path, script = tmp / "versions.json", tmp / "versions.py"
+    script.write_text(VERSIONS_CODE)
+    rec = run([py, script, path], max(5.0, limit_s - (time.monotonic() - t0)), log)
     try:
         env.update(json.loads(path.read_text()))
     except (OSError, ValueError):
