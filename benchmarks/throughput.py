@@ -4,7 +4,12 @@ For each latent size Z, every runner below does the same step on the same MLP (D
 hidden → 2Z, Z → hidden → D, ReLU, Bernoulli loss from logits plus the Gaussian KL, Adam):
 
     numpy, cpu-fused, cupy, numba-cuda   minivae.VAE(backend=…), each backend usable here
+                                         (cupy: eager, cuBLAS for the matrix products)
+    cupy-graph                           the cupy model's whole step captured once into a CUDA
+                                         graph and replayed (kernels.cupy.graph.GraphedStep: our
+                                         own GEMM, since cuBLAS cannot be captured)
     torch-cpu, torch-cuda                PyTorch eager, the same model, loss and optimizer
+                                         (float32 matrix products at full precision: no TF32)
     floor                                only the step's matrix products, with NumPy's BLAS into
                                          preallocated outputs, one after another
     floor+adam-io                        the floor, then one pass over four float32 buffers of P
@@ -29,6 +34,11 @@ layer but the first). Writes ``throughput.json`` and ``throughput.png`` into ``-
 
     python benchmarks/throughput.py              # the full table (several minutes)
     python benchmarks/throughput.py --quick      # a few sizes, a few repeats (seconds)
+    python benchmarks/throughput.py --runners cupy,cupy-graph,numba-cuda,torch-cuda --batch 1024
+                                                 # only these runners (the GPU ones here)
+
+``--runners`` picks runners by name; one that cannot run on this machine is skipped with the
+reason, kept in the JSON's ``config.skipped``. Without the floor, "/floor" is left empty.
 """
 
 from __future__ import annotations
@@ -105,12 +115,29 @@ def minivae_runner(backend, Z, hidden, B, x):
     return step, sync
 
 
+def cupy_graph_runner(Z, hidden, B, x):
+    """The cupy model's step captured into a CUDA graph; ``fallback_reason`` says if it ran eagerly."""
+    import cupy
+
+    from kernels.cupy.graph import GraphedStep
+
+    vae = minivae.VAE(data_dim=D, latent=Z, hidden=hidden, seed=0, dtype="float32", backend="cupy")
+    graphed = GraphedStep(vae, minivae.Adam(vae.params, lr=1e-4), batch_size=B)
+
+    def step():
+        graphed(x)  # copies x in, makes ε on the device, replays, copies the two losses out
+
+    return step, cupy.cuda.Device().synchronize, graphed.fallback_reason
+
+
 def torch_runner(device, Z, hidden, B, x):
     import torch
     from torch import nn
     from torch.nn import functional as F
 
     torch.manual_seed(0)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, as cuBLAS in CuPy
 
     def mlp(widths):
         layers = []
@@ -250,7 +277,7 @@ def machine_info(threads):
     except OSError:
         info["cpu_model"] = platform.processor()
     info["env"] = {k: v for k, v in os.environ.items()
-                   if any(s in k for s in ("BLAS", "OMP_", "MKL", "NUMBA", "CORETYPE"))}
+                   if any(s in k for s in ("BLAS", "OMP_", "MKL", "NUMBA", "CORETYPE", "TF32"))}
     try:
         from threadpoolctl import threadpool_info
 
@@ -259,6 +286,12 @@ def machine_info(threads):
                                for p in threadpool_info()]
     except ImportError:
         info["threadpools"] = "threadpoolctl not installed"
+    try:
+        import cupy
+
+        info["cupy"] = cupy.__version__
+    except Exception:  # noqa: BLE001 - not installed or broken: nothing to record
+        pass
     info["numba"] = numba.__version__
     info["numba_threads"] = numba.get_num_threads()
     try:
@@ -271,7 +304,11 @@ def machine_info(threads):
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
         info["torch_cuda"] = torch.cuda.is_available()
-    except ImportError:
+        if info["torch_cuda"]:
+            info["torch_cuda_version"] = torch.version.cuda
+            info["torch_gpu"] = torch.cuda.get_device_name(0)
+            info["torch_cuda_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    except Exception:  # noqa: BLE001 - not installed, or installed but broken
         info["torch"] = None
     return info
 
@@ -320,8 +357,20 @@ def plot(results, runners, path, config):
     plt.close(fig)
 
 
+RUNNERS = ("numpy", "cpu-fused", "cupy", "cupy-graph", "numba-cuda", "torch-cpu", "torch-cuda", "floor",
+           "floor+adam-io")
+GPU_RUNNERS = ("cupy", "cupy-graph", "numba-cuda")  # compared with torch-cuda; the rest with torch-cpu
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = _Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--latents", default=None, help="comma-separated latent sizes")
     ap.add_argument("--hidden", default="512", help="comma-separated hidden widths")
     ap.add_argument("--batch", type=int, default=128)
@@ -333,9 +382,21 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="two sizes, few repeats: seconds")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for BLAS, Numba and PyTorch alike (default: BLAS's own count)")
+    ap.add_argument("--runners", default=None,
+                    help=f"comma-separated runners to time (default: every one usable here): {', '.join(RUNNERS)}")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
+
+    wanted = None
+    if args.runners is not None:
+        wanted = [n.strip() for n in args.runners.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in RUNNERS]
+        if unknown or not wanted:
+            ap.error(f"--runners: unknown runner {', '.join(unknown) or '(none given)'}; choose from {', '.join(RUNNERS)}")
+
+    def want(name):
+        return wanted is None or name in wanted
 
     if args.quick:
         latents = QUICK_LATENTS
@@ -350,16 +411,16 @@ def main(argv=None):
 
     backends = available_backends()
     torch_devices, torch_note = [], None
-    if not args.no_torch:
+    if args.no_torch:
+        torch_note = "--no-torch: torch runners skipped"
+    elif want("torch-cpu") or want("torch-cuda"):
         try:
             import torch
 
             torch.set_num_threads(threads)  # the same number of threads as our BLAS and Numba
             torch_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        except ImportError:
-            torch_note = "PyTorch not importable: torch runners skipped"
-    else:
-        torch_note = "--no-torch: torch runners skipped"
+        except Exception as e:  # noqa: BLE001 - not installed, or installed but broken
+            torch_note = f"PyTorch not importable ({type(e).__name__}): torch runners skipped"
     if torch_note:
         print(torch_note)
     if args.threads:
@@ -370,46 +431,76 @@ def main(argv=None):
         threadpool_limits(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
+    # What runs, in the order of RUNNERS, and why each runner asked for does not.
+    usable = set(backends) | {f"torch-{d}" for d in torch_devices} | {"floor", "floor+adam-io"}
+    if "cupy" in backends:
+        usable.add("cupy-graph")
+    names = [n for n in RUNNERS if n in usable and want(n)]
+    skipped = {}
+    for n in wanted or ():
+        if n in usable:
+            continue
+        if n.startswith("torch-"):
+            skipped[n] = torch_note or "PyTorch sees no CUDA device"
+        elif n == "cupy-graph":
+            skipped[n] = "needs the cupy backend, which is not usable here"
+        else:
+            skipped[n] = f"backend {n!r} is not usable here"
+    for n, why in skipped.items():
+        print(f"{n} skipped: {why}")
+    if not names:
+        print(f"throughput: none of the runners asked for can run here ({', '.join(wanted)})", file=sys.stderr)
+        sys.exit(2)
+
     config = {"latents": list(latents), "hidden": list(hidden), "batch": B, "dtype": "float32",
               "repeats": args.repeats, "warmup": args.warmup, "target_s": args.target,
               "settle_s": args.settle,
               "threads": threads, "backends": backends, "torch_devices": torch_devices,
-              "note": torch_note}
+              "runners": names, "skipped": skipped, "notes": {}, "note": torch_note}
     print(f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch), "
           f"{args.repeats} interleaved repeats of ~{args.target} s after {args.settle} s of rest, medians")
 
     x = np.random.default_rng(0).random((B, D)).astype(np.float32)
-    results, names = [], []
+    results = []
     header = (f"{'Z':>5} {'runner':>13} {'samples/s':>10} {'ms/step':>8} {'×torch':>7} {'/floor':>7}"
               f" {'(quartiles)':>11} {'GFLOP/s':>8}")
     print(header)
     for Z in latents:
         runners = {}
-        for b in backends:
-            runners[b] = minivae_runner(b, Z, hidden, B, x)
-        for dev in torch_devices:
-            runners[f"torch-{dev}"] = torch_runner(dev, Z, hidden, B, x)
-        runners["floor"] = floor_runner(Z, hidden, B, x)
-        runners["floor+adam-io"] = floor_adam_io_runner(Z, hidden, B, x)
-        names = list(runners)
+        for name in names:
+            if name in backends:
+                runners[name] = minivae_runner(name, Z, hidden, B, x)
+            elif name == "cupy-graph":
+                step, sync, why = cupy_graph_runner(Z, hidden, B, x)
+                runners[name] = step, sync
+                if why:
+                    config["notes"][name] = why
+                    print(f"cupy-graph: {why}")
+            elif name.startswith("torch-"):
+                runners[name] = torch_runner(name[len("torch-"):], Z, hidden, B, x)
+            elif name == "floor":
+                runners[name] = floor_runner(Z, hidden, B, x)
+            else:
+                runners[name] = floor_adam_io_runner(Z, hidden, B, x)
         timed = measure(runners, args.repeats, args.warmup, args.target, args.settle)
         size = sizes(Z, hidden, B)
-        floor_ts = timed["floor"][0]
+        floor_ts = timed["floor"][0] if "floor" in timed else None
         for name, (ts, n) in timed.items():
             t = float(np.median(ts))
-            torch_name = "torch-cuda" if name in ("cupy", "numba-cuda") else "torch-cpu"
+            torch_name = "torch-cuda" if name in GPU_RUNNERS else "torch-cpu"
             vs_torch = None
             if torch_name in timed and name != torch_name and not name.startswith("floor"):
                 vs_torch, _ = paired_ratio(timed[torch_name][0], ts)
-            vs_floor, vs_floor_q = paired_ratio(ts, floor_ts)
+            vs_floor, vs_floor_q = paired_ratio(ts, floor_ts) if floor_ts is not None else (None, None)
             row = {"latent": Z, "runner": name, "seconds_per_step": t, "samples_per_s": B / t,
                    "best_seconds_per_step": min(ts), "repeats_s": ts, "steps_per_repeat": n,
                    "vs_torch": vs_torch, "vs_floor": vs_floor, "vs_floor_quartiles": vs_floor_q,
                    "gflops": size["flops_per_step"] / t / 1e9, **size}
             results.append(row)
             vt = f"{vs_torch:7.2f}" if vs_torch is not None else f"{'':>7}"
-            q = f"{vs_floor_q[0]:.2f}–{vs_floor_q[1]:.2f}" if name != "floor" else ""
-            print(f"{Z:>5} {name:>13} {B / t:10.0f} {1e3 * t:8.2f} {vt} {vs_floor:7.2f} {q:>11}"
+            vf = f"{vs_floor:7.2f}" if vs_floor is not None else f"{'':>7}"
+            q = f"{vs_floor_q[0]:.2f}–{vs_floor_q[1]:.2f}" if vs_floor_q is not None and name != "floor" else ""
+            print(f"{Z:>5} {name:>13} {B / t:10.0f} {1e3 * t:8.2f} {vt} {vf} {q:>11}"
                   f" {row['gflops']:8.1f}")
         print(f"{'':>5} {'':>13} params {size['params']:,}, memory {size['bytes_total'] / 2**20:.1f} MiB"
               f" (params+grads+Adam {16 * size['params'] / 2**20:.1f}, activations "

@@ -4,6 +4,10 @@ NUMBA_ENABLE_CUDASIM must be set before Numba is first imported, and other test 
 Numba (CPU) in the main pytest process; so this file is not collected there (its name does not
 start with ``test_``) but run as ``NUMBA_ENABLE_CUDASIM=1 python -m pytest tests/sim_numba_cuda.py``.
 The simulator runs one Python thread per CUDA thread: shapes stay small.
+
+On a machine with a GPU the same tests run on the real device with ``MINIVAE_CUDA_DEVICE=1``
+(and without NUMBA_ENABLE_CUDASIM): ``MINIVAE_CUDA_DEVICE=1 python -m pytest tests/sim_numba_cuda.py``
+(what ``benchmarks/gpu_check.py`` does).
 """
 
 import os
@@ -11,19 +15,27 @@ import os
 import numpy as np
 import pytest
 
-if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
-    pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 before numba is imported (run via test_numba_cuda.py)",
-                allow_module_level=True)
+ON_DEVICE = os.environ.get("MINIVAE_CUDA_DEVICE") == "1" and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not ON_DEVICE:
+    pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 before numba is imported (run via test_numba_cuda.py), "
+                "or MINIVAE_CUDA_DEVICE=1 on a machine with a GPU", allow_module_level=True)
 
 import minivae  # noqa: E402
 from kernels.engine import FlatParams  # noqa: E402
 from kernels.numba_cuda import adam, bernoulli_nll, bias_act, colsum, matmul, noise, reparam_kl  # noqa: E402
 
 
-def test_simulator_is_on():
+def test_runs_on_the_simulator_or_on_the_device_asked_for():
+    """On the simulator unless MINIVAE_CUDA_DEVICE=1 asked for the real device, which must then be usable."""
     from numba import config
 
-    assert config.ENABLE_CUDASIM
+    from kernels.numba_cuda._util import gpu_usable
+
+    if ON_DEVICE:
+        ok, why = gpu_usable()
+        assert not config.ENABLE_CUDASIM and ok, why
+    else:
+        assert config.ENABLE_CUDASIM
 
 
 @pytest.mark.parametrize("version", sorted(matmul.VERSIONS))
