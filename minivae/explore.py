@@ -170,6 +170,10 @@ def _prepare_out(out):
         raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
 
 
+def _top(k):
+    return "the principal direction" if k == 1 else f"the top {k} principal directions"
+
+
 def _say(quiet, *lines):
     if not quiet:
         for line in lines:
@@ -225,7 +229,7 @@ def run(args):
     def draw_traversals(path):
         images, lam = traverse(vae, mu)
         plots.traversals(path, images, lam, TRAVERSAL_T,
-                         f"Traversals of the top {len(lam)} principal directions of Cov_x μ (Z = {Z})")
+                         f"Traversals of {_top(len(lam))} of Cov_x μ (Z = {Z})")
 
     def draw_map(path):
         coords, names = map_coordinates(mu)
@@ -234,8 +238,7 @@ def run(args):
                          f"Posterior means of {len(mu):,} test digits, {what} (Z = {Z})")
 
     jobs += [("interpolations.png", f"{N_PAIRS} interpolations between test digits", draw_interpolations),
-             ("traversals.png", f"traversals of the top {min(N_DIRECTIONS, Z)} principal directions",
-              draw_traversals),
+             ("traversals.png", f"traversals of {_top(min(N_DIRECTIONS, Z))}", draw_traversals),
              ("latent_map.png", "map of the test digits' posterior means", draw_map)]
     if Z == 2:
         def draw_manifold(path):

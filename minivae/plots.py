@@ -417,6 +417,8 @@ def latent_map(path, coords, labels, axis_names, title):
         ax.scatter(coords[m, 0], y, s=size, alpha=0.6, color=cmap(int(digit) % 10), lw=0, label=str(digit))
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel("digit label" if one_d else axis_names[1])
+    if one_d:
+        ax.set_yticks(np.unique(labels))
     if not one_d:
         ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title, fontsize=10)
