@@ -2,7 +2,6 @@
 (principal directions of the codes, the class probes)."""
 
 import json
-import pathlib
 import subprocess
 import sys
 import warnings
@@ -227,7 +226,7 @@ def test_explore_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 @pytest.mark.usefixtures("offline")
 def test_explore_as_a_command_refuses_a_non_run_without_a_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "minivae.explore", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("minivae.explore: error:") and "not a training run" in r.stderr
 
