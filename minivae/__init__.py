@@ -2,10 +2,12 @@
 
 Read in this order: :mod:`minivae.vae` (the ELBO and the model), :mod:`minivae.losses`,
 :mod:`minivae.layers`, :mod:`minivae.optim`, then :mod:`minivae.train` (the training loop).
+A trained run folder comes back with :func:`minivae.load` (:mod:`minivae.runs`).
 """
 
 from minivae.optim import Adam
+from minivae.runs import RunError, load
 from minivae.vae import VAE
 
-__all__ = ["VAE", "Adam"]
+__all__ = ["VAE", "Adam", "load", "RunError"]
 __version__ = "0.1.0"

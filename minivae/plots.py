@@ -342,3 +342,104 @@ def vae_vs_ae(path, vae, ae, z, n=8):
     axes[1].set_yticks([14, 43])
     axes[1].set_yticklabels(["VAE", "AE"], fontsize=8)
     _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Looking inside a trained model (minivae.explore)
+# --------------------------------------------------------------------------------------------
+
+def _label_rows(ax, labels, side=28, pad=1, fontsize=8):
+    ax.set_yticks([i * (side + pad) + side // 2 for i in range(len(labels))])
+    ax.set_yticklabels(labels, fontsize=fontsize)
+
+
+def _label_cols(ax, labels, side=28, pad=1, fontsize=7):
+    ax.set_xticks([i * (side + pad) + side // 2 for i in range(len(labels))])
+    ax.set_xticklabels(labels, fontsize=fontsize)
+    ax.tick_params(axis="x", length=0)
+
+
+def temperature_samples(path, by_tau, rows=8, cols=8, z=None):
+    """Side by side, decoded draws z = τ·ε, ε ~ N(0, I), one panel per temperature τ (the same ε
+    in every panel). by_tau: [(τ, (rows·cols, D) pixel probabilities)]."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(by_tau), figsize=(len(by_tau) * cols * 0.42 + 0.4, rows * 0.42 + 0.8))
+    for ax, (tau, probs) in zip(np.atleast_1d(axes), by_tau):
+        show_grid(ax, image_grid(probs, rows, cols), f"τ = {tau:g}")
+    z_text = f", Z = {z}" if z is not None else ""
+    fig.suptitle(f"Samples sigmoid(decoder(τ·ε)), ε ~ N(0, I){z_text}: the same ε in each panel", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def interpolations(path, rows, left, right, ts, title):
+    """One row per pair: test digit a, decoded points along the line between the posterior means
+    μ_a → μ_b (one column per t in ``ts``), test digit b.  rows: (P, len(ts), D); left, right: (P, D)."""
+    plt = _pyplot()
+    n_pairs, steps = rows.shape[0], rows.shape[1]
+    images = np.concatenate([np.concatenate([left[i:i + 1], rows[i], right[i:i + 1]]) for i in range(n_pairs)])
+    cols = steps + 2
+    fig, ax = plt.subplots(figsize=(cols * 0.5 + 0.6, n_pairs * 0.5 + 0.8))
+    show_grid(ax, image_grid(images, n_pairs, cols), title)
+    _label_cols(ax, ["digit a"] + [f"{t:.2g}" for t in ts] + ["digit b"])
+    ax.set_xlabel("t in z = (1 − t)·μ_a + t·μ_b", fontsize=8)
+    for x in (28.5, (cols - 1) * 29 - 0.5):  # rules between the test digits and the decoded line
+        ax.axvline(x, color="tab:blue", lw=2)
+    _save(fig, path)
+
+
+def traversals(path, images, lam, ts, title):
+    """One row per principal direction u_i: decoded μ̄ + t·√λ_i·u_i for t in ``ts``, labelled with
+    λ_i.  images: (k, len(ts), D); lam: (k,)."""
+    plt = _pyplot()
+    k, steps = images.shape[0], images.shape[1]
+    fig, ax = plt.subplots(figsize=(steps * 0.5 + 1.4, k * 0.5 + 0.8))
+    show_grid(ax, image_grid(images.reshape(k * steps, -1), k, steps), title)
+    _label_rows(ax, [f"u{i + 1}: λ = {l:.3g}" for i, l in enumerate(lam)])
+    _label_cols(ax, [f"{t:+.2g}" if t else "0" for t in ts])
+    ax.set_xlabel("t in z = μ̄ + t·√λ·u", fontsize=8)
+    _save(fig, path)
+
+
+def latent_map(path, coords, labels, axis_names, title):
+    """The test digits' codes as points coloured by digit label.  coords: (N, 2), or (N, 1) for a
+    one-dimensional latent space (then drawn against the label, with a little vertical jitter)."""
+    plt = _pyplot()
+    labels = np.asarray(labels)
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    cmap = plt.get_cmap("tab10")
+    one_d = coords.shape[1] == 1
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(labels))
+    size = 4 if len(labels) > 2000 else 10
+    for digit in np.unique(labels):
+        m = labels == digit
+        y = digit + jitter[m] if one_d else coords[m, 1]
+        ax.scatter(coords[m, 0], y, s=size, alpha=0.6, color=cmap(int(digit) % 10), lw=0, label=str(digit))
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel("digit label" if one_d else axis_names[1])
+    if one_d:
+        ax.set_yticks(np.unique(labels))
+    if not one_d:
+        ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(title, fontsize=10)
+    ax.legend(title="digit", fontsize=8, markerscale=2.5 if size == 4 else 1.5, loc="center left",
+              bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.grid(True, alpha=0.25)
+    _save(fig, path)
+
+
+def manifold(path, images, values, title):
+    """The decoded grid over two latent coordinates (Kingma & Welling 2013, Fig. 4): row i,
+    column j decodes z = (values[j], values[n−1−i]) — z₁ grows to the right, z₂ upwards.
+    images: (n·n, D), values: (n,)."""
+    plt = _pyplot()
+    n = len(values)
+    fig, ax = plt.subplots(figsize=(n * 0.4 + 0.8, n * 0.4 + 0.8))
+    show_grid(ax, image_grid(images, n, n), title)
+    ax.set_xticks([j * 29 + 14 for j in range(n)])
+    ax.set_xticklabels([f"{v:.2f}" for v in values], fontsize=6, rotation=90)
+    ax.set_yticks([i * 29 + 14 for i in range(n)])
+    ax.set_yticklabels([f"{v:.2f}" for v in values[::-1]], fontsize=6)
+    ax.set_xlabel("z₁", fontsize=9)
+    ax.set_ylabel("z₂", fontsize=9)
+    _save(fig, path)

@@ -1,0 +1,187 @@
+"""Reading a training run back: ``minivae.load(run_dir)`` → the trained model.
+
+A run folder, as ``python -m minivae.train`` writes it, holds (among its figures and metrics)
+
+    config.json      the options of the run: latent Z, hidden widths, seed, β, backend, data, …
+    checkpoint.npz   NumPy arrays only (read with allow_pickle=False, never with pickle):
+                         param/<layer>.W, param/<layer>.b   the weights, e.g. param/enc0.W (D, H)
+                         opt/…                               Adam's moments and step count
+                         rng/model, rng/data, rng/epoch_start  generator states, as JSON text
+                         epoch, step, config                 where the run stopped; its options
+
+The model is rebuilt from the config (Z, hidden widths, seed, β) and the arrays (D and the dtype
+come from their shapes and type), and every array is checked against the layers the config
+implies before any is used. Whatever is wrong with a folder — not a run, a missing, truncated or
+foreign checkpoint, a config that is not JSON, a config that does not match the arrays — is one
+:class:`RunError` (a ``ValueError``) whose message names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.npz"
+
+
+class RunError(ValueError):
+    """A folder or file that is not a readable training run; the message names the file."""
+
+
+@dataclass
+class Run:
+    """What a run folder holds: its folder, its config and the arrays of its checkpoint."""
+
+    folder: pathlib.Path
+    config: dict
+    arrays: dict = field(repr=False)  # name → array, as in checkpoint.npz
+
+    @property
+    def epoch(self):
+        """Epochs completed when the checkpoint was written."""
+        return int(self.arrays["epoch"]) if "epoch" in self.arrays else None
+
+
+def read_config(path):
+    """The options of a run from its config.json: a dict with at least ``latent`` and ``hidden``."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RunError(f"no {path.name} at {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunError(f"cannot read {path}: {_reason(e)}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path} holds a JSON {type(config).__name__}, not the object of a run's options")
+    _check_config(config, path)
+    return config
+
+
+def _check_config(config, path):
+    def positive_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    for key in ("latent", "hidden"):
+        if key not in config:
+            raise RunError(f"{path} has no {key!r}: not the config of a minivae training run")
+    if not positive_int(config["latent"]):
+        raise RunError(f"{path}: 'latent' must be a positive integer, got {config['latent']!r}")
+    hidden = config["hidden"]
+    if not isinstance(hidden, list) or not hidden or not all(positive_int(h) for h in hidden):
+        raise RunError(f"{path}: 'hidden' must be a list of positive integers, got {hidden!r}")
+    if "seed" in config and not (isinstance(config["seed"], int) and not isinstance(config["seed"], bool)):
+        raise RunError(f"{path}: 'seed' must be an integer, got {config['seed']!r}")
+    if "beta" in config and not (isinstance(config["beta"], (int, float)) and config["beta"] >= 0):
+        raise RunError(f"{path}: 'beta' must be a non-negative number, got {config['beta']!r}")
+
+
+def read_checkpoint(path):
+    """Every array of a checkpoint.npz, read without pickle: a dict name → array.
+
+    Raises :class:`RunError` for a missing file, one that is not an .npz archive (truncated,
+    foreign, or holding pickled objects), and one without a model's parameters (``param/…``).
+    """
+    path = pathlib.Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as ck:
+            if not hasattr(ck, "files"):  # a bare .npy file, not an archive
+                raise RunError(f"{path} is a single array, not a checkpoint archive")
+            arrays = {k: ck[k] for k in ck.files}  # reads (and CRC-checks) every member now
+    except RunError:
+        raise
+    except FileNotFoundError:
+        raise RunError(f"no {path.name} at {path}") from None
+    except Exception as e:  # a truncated or foreign file: BadZipFile, EOFError, ValueError, OSError …
+        raise RunError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {_reason(e)}") from None
+    if not any(k.startswith("param/") for k in arrays):
+        raise RunError(f"{path} holds no model parameters (no param/… arrays): not a minivae checkpoint")
+    return arrays
+
+
+def read_run(run_dir):
+    """The :class:`Run` in ``run_dir``: its config.json and checkpoint.npz, both read and checked."""
+    folder = pathlib.Path(run_dir)
+    if not folder.is_dir():
+        raise RunError(f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist")
+    missing = [name for name in (CONFIG, CHECKPOINT) if not (folder / name).is_file()]
+    if len(missing) == 2:
+        raise RunError(f"{folder} is not a training run: it has no {CONFIG} and no {CHECKPOINT}")
+    if missing:
+        raise RunError(f"{folder} is not a complete training run: no {missing[0]} at {folder / missing[0]}")
+    return Run(folder, read_config(folder / CONFIG), read_checkpoint(folder / CHECKPOINT))
+
+
+def model_from(run, backend="auto"):
+    """A :class:`minivae.VAE` with the architecture of ``run.config`` and the weights of
+    ``run.arrays``, on ``backend``. Every parameter's presence, shape, dtype and finiteness is
+    checked against the model the config describes before any is copied in (:class:`RunError`
+    naming both files when they disagree)."""
+    from minivae.vae import VAE
+
+    config, arrays = run.config, run.arrays
+    ck_path, cfg_path = run.folder / CHECKPOINT, run.folder / CONFIG
+
+    def mismatch(what):
+        return RunError(f"{ck_path} does not match {cfg_path}: {what}")
+
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    if "enc0.W" not in params or np.ndim(params["enc0.W"]) != 2:
+        raise mismatch("no 2-D param/enc0.W to read the data dimension D from")
+    data_dim = int(params["enc0.W"].shape[0])
+    dtypes = {np.dtype(v.dtype) for v in params.values()}
+    if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
+        raise RunError(f"{ck_path}: parameters must all be float32 or all float64, "
+                       f"got {sorted(d.name for d in dtypes)}")
+    dtype = next(iter(dtypes))
+    latent, hidden = config["latent"], tuple(config["hidden"])
+
+    vae = VAE(data_dim, latent, hidden, seed=config.get("seed", 0), dtype=dtype,
+              beta=config.get("beta", 1.0), backend=backend)
+    absent = [k for k in vae.params if k not in params]
+    extra = [k for k in params if k not in vae.params]
+    if absent or extra:
+        said = [f"missing param/{', param/'.join(absent)}"] if absent else []
+        said += [f"unexpected param/{', param/'.join(extra)}"] if extra else []
+        raise mismatch(f"{'; '.join(said)} (config: Z={latent}, hidden={list(hidden)})")
+    for name, p in vae.params.items():
+        if tuple(params[name].shape) != tuple(p.shape):
+            raise mismatch(f"param/{name} has shape {tuple(params[name].shape)}, the config "
+                           f"(Z={latent}, hidden={list(hidden)}) needs {tuple(p.shape)}")
+        if not np.isfinite(params[name]).all():
+            raise RunError(f"{ck_path}: param/{name} holds non-finite values")
+    vae.set_params(params)
+    if "rng/model" in arrays:  # the noise generator as it was when the checkpoint was written
+        try:
+            vae.rng.bit_generator.state = json.loads(str(arrays["rng/model"]))
+        except (ValueError, TypeError, KeyError) as e:
+            raise RunError(f"{ck_path}: rng/model is not a generator state: {_reason(e)}") from None
+    return vae
+
+
+def load(run_dir, backend="auto"):
+    """The trained model of a run folder written by ``python -m minivae.train``.
+
+    Returns a :class:`minivae.VAE` (``encode``, ``decode``, ``reconstruct``, ``sample``,
+    ``params``, …) holding the weights of the run's ``checkpoint.npz`` — the last completed epoch,
+    or the step where Ctrl-C stopped it — built as its ``config.json`` says, on ``backend``
+    ("auto": the fastest usable, as for :class:`minivae.VAE`). Its noise generator continues from
+    the checkpoint's state.
+
+    Raises :class:`RunError` (a ``ValueError``), naming the file, when ``run_dir`` is not a run
+    folder, its checkpoint is missing, truncated or foreign, its config is not valid JSON, or the
+    two do not match.
+    """
+    return model_from(read_run(run_dir), backend)
+
+
+def _reason(e):
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
