@@ -300,8 +300,13 @@ def save_checkpoint(path, vae, opt, data_rng, epoch_rng_state, epoch, step, conf
 
 def load_checkpoint(path):
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+                raise UsageError(f"{path} is not a minivae checkpoint (not an .npz file)")
         with np.load(path, allow_pickle=False) as ck:
             return {k: ck[k] for k in ck.files}
+    except UsageError:
+        raise
     except FileNotFoundError:
         raise UsageError(f"no checkpoint at {path}") from None
     except IsADirectoryError:
@@ -583,7 +588,8 @@ def run(args):
     with _Signals() as signals:
         state = {"stage": "start-up", "folder": None, "saved": None, "out": None}
         try:
-            return _run(args, given, signals, state)
+            with np.errstate(all="ignore"):  # a diverging loss is caught and said in one line
+                return _run(args, given, signals, state)
         except Interrupted as e:
             name = signal.Signals(e.signum).name
             print(f"minivae.train: {name} during {state['stage']}; {_what_is_kept(state)}",
@@ -610,11 +616,22 @@ def _what_is_kept(state):
     return f"the checkpoint of {_position(*saved)} in {out} is kept; continue with --resume {out}"
 
 
+def _usable_path(path, what):
+    """Refuse a path the system cannot even look up (too long, a loop of links, no permission)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # may be created (or is refused later with a clearer message)
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror or e}") from None
+
+
 def _run(args, given, signals, state):
     # 1. Everything that can be wrong with the input is checked before anything is written.
     if args.resume is not None:
         if args.overwrite:
             raise UsageError("--overwrite replaces a run, --resume continues one: give one of them")
+        _usable_path(args.resume, "--resume")
         ck, config, (start_epoch, start_step) = _read_checkpoint(args.resume)
         out = args.resume
         contradict = []
@@ -652,8 +669,11 @@ def _run(args, given, signals, state):
         config["epochs"] = DEFAULT_EPOCHS if args.epochs is None else args.epochs
         out = args.out if args.out is not None else pathlib.Path("runs") / f"latent{args.latent}"
     state["out"] = out
+    _usable_path(out, "--resume" if ck is not None else "--out")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
+    if config["data_dir"] is not None:
+        _usable_path(pathlib.Path(config["data_dir"]), "--data-dir")
     if config["data_dir"] is not None and not pathlib.Path(config["data_dir"]).is_dir():
         if args.data_dir is not None:
             raise UsageError(f"--data-dir {args.data_dir} is not a folder")
@@ -667,8 +687,12 @@ def _run(args, given, signals, state):
     state["folder"] = folder
     present = folder.artifacts()
     if ck is None and present and not args.overwrite:
-        raise UsageError(f"--out {out} holds a run ({', '.join(present)}): continue it with "
-                         f"--resume {out}, or replace it with --overwrite")
+        files = f"{', '.join(present[:3])}{', …' if len(present) > 3 else ''}"
+        if CHECKPOINT in present:
+            raise UsageError(f"--out {out} holds a run ({files}): continue it with --resume {out}, "
+                             f"or replace it with --overwrite")
+        raise UsageError(f"--out {out} holds the files of a run without a checkpoint ({files}): "
+                         f"replace them with --overwrite, or choose another --out")
     history = []  # the rows of metrics.jsonl up to the epoch a resumed run starts after
     if ck is not None:
         history = _read_history(out, start_epoch)
