@@ -34,8 +34,9 @@ def real(name, value, low=None, high=None, low_open=False, high_open=False):
     value = float(value)
     if (low is not None and (value < low or (low_open and value == low))) or \
             (high is not None and (value > high or (high_open and value == high))):
-        interval = f"{'(' if low_open else '['}{'-∞' if low is None else low:g}, " \
-                   f"{'∞' if high is None else high:g}{')' if high_open else ']'}"
+        lo = "-∞" if low is None else f"{low:g}"
+        hi = "∞" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
         raise ValueError(f"{name} must lie in {interval}, got {value:g}")
     return value
 
