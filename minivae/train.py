@@ -19,10 +19,19 @@ The loop, one epoch:
         opt.step(grads)                Adam
     evaluate on the test digits: −ELBO, reconstruction, KL, active units
 
+Faults. Bad input is one line on stderr and exit code 2 (nothing written); a run that fails once
+started (a diverging loss, a full disk) one line and exit 1, its last checkpoint kept; Ctrl-C or
+SIGTERM exit 130 / 143, during training after saving a checkpoint. A fresh run refuses a folder
+that holds a run (``--resume`` it, or ``--overwrite`` it); one run at a time writes into a folder
+(a lock on ``.lock``); a resumed run refuses options that contradict its checkpoint, and
+``--data-dir`` tells it where its data are now. Temporary files a killed run left are removed at
+the next start. The bytes a run needs are estimated before anything is allocated.
+
 Everything random comes from three seeded generators — the model's weights and its noise ε
 (inside :class:`minivae.VAE`), the data order and binarization (``data_rng``), and evaluation
 (``eval_rng``, re-seeded each epoch) — and all are saved in the checkpoint, so ``--resume`` continues
-exactly where a run stopped: the parameters come out bit for bit as without the interruption.
+exactly where a run stopped: the parameters come out bit for bit as without the interruption, and
+so does the interrupted epoch's train loss (its running sums are saved too).
 """
 
 from __future__ import annotations
