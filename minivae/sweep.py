@@ -33,8 +33,8 @@ import numpy as np
 
 from minivae import losses, metrics
 from minivae.data import D
-from minivae.train import UsageError, _Parser, _positive_int, add_training_options, atomic_write, \
-    atomic_write_text, read_jsonl, write_jsonl
+from minivae.train import UsageError, WriteError, _Parser, _positive_int, add_training_options, \
+    atomic_write, atomic_write_text, read_jsonl, write_jsonl
 
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, 784, 1000, 2000)
@@ -668,6 +668,10 @@ def main(argv=None):
     except KeyboardInterrupt:  # before any run started (loading the data, say)
         print("minivae.sweep: interrupted during start-up; no run was started", file=sys.stderr)
         return 130
+    except WriteError as e:  # a full disk, say: every finished run is in results.jsonl already
+        print(f"minivae.sweep: {e}; stopping (run the same command again when it can be written)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

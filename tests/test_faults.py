@@ -710,6 +710,18 @@ def test_sweep_sets_aside_corrupt_results_and_retrains_those_runs(one_run, tmp_p
     assert (out / "report.md").exists()
 
 
+def test_a_sweep_that_cannot_write_its_results_says_so_in_one_line(one_run, tmp_path, monkeypatch, capsys):
+    _, template = one_run
+    monkeypatch.setattr(sweep, "_execute", fake_execute(template)[0])
+
+    def full(path, rows):
+        raise train.WriteError(f"cannot write {path}: {os.strerror(errno.ENOSPC)}")
+
+    monkeypatch.setattr(sweep, "write_jsonl", full)
+    assert sweep.main(SWEEP + ["--out", str(tmp_path / "study")]) == 1
+    assert "No space left on device" in one_line(capsys.readouterr().err)
+
+
 def test_a_sweep_whose_every_run_diverged_still_writes_its_report(one_run, tmp_path, monkeypatch, capsys):
     _, template = one_run
     out = tmp_path / "diverged"
