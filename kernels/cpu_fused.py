@@ -481,6 +481,24 @@ def standard_normal_kernel(k0, k1, out):
 # The ops object
 # --------------------------------------------------------------------------------------------
 
+def _check(op, **arrays):
+    """Refuse what would make a kernel read or write out of bounds: ``arrays`` maps each argument's
+    name to (array, expected shape); every one must be C-contiguous float32 of exactly that shape.
+    O(1) per argument, before the kernel runs."""
+    for name, (a, shape) in arrays.items():
+        if getattr(a, "dtype", None) != np.float32 or not a.flags.c_contiguous or a.shape != shape:
+            got = f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}"
+            layout = "" if not hasattr(a, "flags") or a.flags.c_contiguous else ", not C-contiguous"
+            raise ValueError(f"{op}: {name} must be a C-contiguous float32 array of shape {shape}, "
+                             f"got {got}{layout}")
+
+
+def _shape2(a, op, name):
+    if getattr(a, "ndim", None) != 2:
+        raise ValueError(f"{op}: {name} must be a 2-D array, got shape {getattr(a, 'shape', None)}")
+    return a.shape
+
+
 _BIAS_ACT = {"relu": bias_relu_kernel, "tanh": bias_tanh_kernel, "identity": bias_identity_kernel}
 _ACT_BACKWARD = {"relu": relu_backward_kernel, "tanh": tanh_backward_kernel}
 
@@ -501,35 +519,58 @@ class CpuFusedOps(HostMemory):
         # sgemm with a transpose flag, without copying it.
         np.matmul(a.T if ta else a, b.T if tb else b, out=out)
 
+    # Every op checks its arguments' shapes, dtype and layout first (_check): the kernels index
+    # by the shapes of their first arguments and trust the rest.
+
     def bias_act(self, a, b, act, out):
+        B, N = _shape2(a, "bias_act", "a")
+        _check("bias_act", a=(a, (B, N)), b=(b, (N,)), out=(out, (B, N)))
         _BIAS_ACT[act](a, b, out)
 
     def act_backward(self, dy, y, act, out):
+        B, N = _shape2(dy, "act_backward", "dy")
+        _check("act_backward", dy=(dy, (B, N)), out=(out, (B, N)))
         if act == "identity":
             if out is not dy:
                 out[...] = dy
             return
+        _check("act_backward", y=(y, (B, N)))
         _ACT_BACKWARD[act](dy, y, out)
 
     def colsum(self, dy, out):
+        B, N = _shape2(dy, "colsum", "dy")
+        _check("colsum", dy=(dy, (B, N)), out=(out, (N,)))
         colsum_kernel(dy, out)
 
     def reparam_kl(self, h, eps, z, kl):
+        B, Z2 = _shape2(h, "reparam_kl", "h")
+        Z = Z2 // 2
+        _check("reparam_kl", h=(h, (B, 2 * Z)), eps=(eps, (B, Z)), z=(z, (B, Z)), kl=(kl, (B,)))
         reparam_kl_kernel(h, eps, z, kl)
 
     def reparam_kl_backward(self, dz, h, eps, c, dh):
+        B, Z = _shape2(dz, "reparam_kl_backward", "dz")
+        _check("reparam_kl_backward", dz=(dz, (B, Z)), h=(h, (B, 2 * Z)), eps=(eps, (B, Z)),
+               dh=(dh, (B, 2 * Z)))
         reparam_kl_backward_kernel(dz, h, eps, np.float32(c), dh)
 
     def bernoulli_nll(self, a, x, scale, loss, da):
+        B, D = _shape2(a, "bernoulli_nll", "a")
+        _check("bernoulli_nll", a=(a, (B, D)), x=(x, (B, D)), loss=(loss, (B,)), da=(da, (B, D)))
         kernel = bernoulli_nll_kernel
         if a.size >= self.parallel_min_nll and numba.get_num_threads() > 1:
             kernel = bernoulli_nll_parallel_kernel
         kernel(a, x, np.float32(scale), loss, da)
 
     def standard_normal(self, key, out):
+        _check("standard_normal", out=(out, getattr(out, "shape", None)))  # a copy would drop the numbers
         standard_normal_kernel(np.uint32(key[0]), np.uint32(key[1]), out.reshape(-1))
 
     def adam(self, p, g, m, v, lr, b1, b2, eps, c1, c2):
+        P = getattr(p, "shape", None)
+        if P is None or len(P) != 1:
+            raise ValueError(f"adam: p must be a flat (P,) array, got shape {P}")
+        _check("adam", p=(p, P), g=(g, P), m=(m, P), v=(v, P))
         f = np.float32
         kernel = adam_kernel
         if p.size >= self.parallel_min_adam and numba.get_num_threads() > 1:

@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from minivae import checks
+
 
 class FlatParams(dict):
     """A dict name → view into one flat buffer (P,), in layer order.
@@ -123,11 +125,18 @@ class Engine:
             ws = self._workspaces[B] = _Workspace(self.ops, self.dtype, B, self.Z, enc, dec)
         return ws
 
-    def _device(self, a):
-        """A host array (or list) as a C-contiguous device array of our dtype; device arrays pass."""
-        if isinstance(a, np.ndarray) or not hasattr(a, "shape"):
-            return self.ops.to_device(np.ascontiguousarray(a, dtype=self.dtype))
-        return a
+    def _input(self, name, a, width, unit=False, B=None):
+        """A batch (B, width) checked by :func:`minivae.checks.batch` (shape, dtype, layout, values:
+        the kernels trust all of them) as a C-contiguous device array of our dtype."""
+        a = checks.batch(name, a, width, self.dtype, unit=unit, B=B, xp_convert=self._convert)
+        return self.ops.to_device(a) if isinstance(a, np.ndarray) else a
+
+    def _convert(self, a):
+        """A device array of another dtype or layout as a C-contiguous one of ours."""
+        if not hasattr(a, "astype"):
+            raise ValueError(f"expected a C-contiguous {self.dtype.name} array, got {type(a).__name__} "
+                             f"of {np.dtype(a.dtype).name}")
+        return a.astype(self.dtype, order="C")
 
     def _mlp_forward(self, layers, h, ys):
         """yℓ = act(yℓ₋₁ · Wℓ + bℓ) for each layer, written into ys; returns the last."""
@@ -161,7 +170,7 @@ class Engine:
     def forward(self, x, eps=None):
         """The batch mean of the negative ELBO, as :meth:`minivae.vae.VAE.forward`."""
         vae, ops, Z = self.vae, self.ops, self.Z
-        x = self._device(x)  # (B, D)
+        x = self._input("x", x, self.D, unit=True)  # (B, D), checked before any kernel runs
         B = x.shape[0]
         ws = self._workspace(B)
         if not self.variational:
@@ -173,7 +182,10 @@ class Engine:
             eps = ws.eps  # (B, Z)
         elif eps is None:
             eps = vae.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z), drawn on the host
-        eps = self._device(eps)
+        else:
+            eps = self._input("eps", eps, Z, B=B)  # (B, Z): the kernel reads B·Z numbers
+        if isinstance(eps, np.ndarray):
+            eps = ops.to_device(eps)
         self._forward_ops(ws, x, eps)
         self._step = (ws, x, eps)
         return self._record_loss(ops.to_host(ws.recon), ops.to_host(ws.kl))
@@ -229,14 +241,14 @@ class Engine:
 
     def encode(self, x):
         """μ and log σ² of q(z | x) as host arrays.     x: (B, D) → mu, logvar: (B, Z)"""
-        h = self.ops.to_host(self._run(self.enc_layers, self._device(x)))  # (B, 2Z); AE: (B, Z)
+        h = self.ops.to_host(self._run(self.enc_layers, self._input("x", x, self.D, unit=True)))  # (B, 2Z); AE: (B, Z)
         if not self.variational:
             return h, None  # the autoencoder's code is a point
         return h[:, :self.Z], h[:, self.Z:]
 
     def decode_logits(self, z):
         """The decoder's logits as a host array.     z: (B, Z) → (B, D)"""
-        return self.ops.to_host(self._run(self.dec_layers, self._device(z)))
+        return self.ops.to_host(self._run(self.dec_layers, self._input("z", z, self.Z)))
 
     def get_params(self):
         """A host copy of every parameter."""
@@ -244,8 +256,6 @@ class Engine:
 
     def set_params(self, values):
         """Overwrite every parameter from a dict of host arrays (one copy into the flat buffer)."""
-        for k, p in self.params.items():
-            if tuple(values[k].shape) != tuple(p.shape):
-                raise ValueError(f"{k}: shape {values[k].shape} does not match {p.shape}")
+        values = checks.params("values", values, self.params)
         host = np.concatenate([np.asarray(values[k], dtype=self.dtype).ravel() for k in self.params])
         self.params.flat[...] = self.ops.to_device(host)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from minivae import losses
+from minivae import checks, losses
 from minivae.layers import ACTIVATIONS
-from minivae.vae import _mlp_backward, _mlp_forward, build_mlps
+from minivae.vae import _mlp_backward, _mlp_forward, build_mlps, sizes
 
 
 class AE:
@@ -28,14 +28,13 @@ class AE:
 
     def __init__(self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32",
                  activation="relu", backend="numpy"):
-        data_dim, latent = int(data_dim), int(latent)
-        hidden = tuple(int(h) for h in hidden)
-        if data_dim < 1 or latent < 1 or any(h < 1 for h in hidden):
-            raise ValueError("data_dim, latent and every hidden width must be positive integers")
+        data_dim, latent, hidden, self.dtype = sizes(data_dim, latent, hidden, dtype)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}: choose from {sorted(ACTIVATIONS)}")
         self.data_dim, self.latent, self.hidden = data_dim, latent, hidden
-        self.dtype = np.dtype(dtype)
-        self.rng = np.random.default_rng([int(seed), 1])
-        init_rng = np.random.default_rng([int(seed), 0])
+        seed = checks.integer("seed", seed, minimum=0)
+        self.rng = np.random.default_rng([seed, 1])
+        init_rng = np.random.default_rng([seed, 0])
         self.activation = activation
         act = ACTIVATIONS[activation]
         self.encoder, self.decoder, self.layer_names, self.params = build_mlps(
@@ -53,7 +52,7 @@ class AE:
         """Batch mean of the reconstruction loss Σ_pixels softplus(a) − x·a (``eps`` is ignored)."""
         if self._engine is not None:
             return self._engine.forward(x)
-        x = np.asarray(x, dtype=self.dtype)  # (B, D)
+        x = checks.batch("x", x, self.data_dim, self.dtype, unit=True)  # (B, D)
         z, enc_caches = _mlp_forward(self.encoder, x)  # (B, Z)
         logits, dec_caches = _mlp_forward(self.decoder, z)  # (B, D)
         recon = losses.bernoulli_nll(logits, x)  # (B,)
@@ -80,13 +79,13 @@ class AE:
         """(z, None): the code, and no log-variance — the code is a point, not a distribution."""
         if self._engine is not None:
             return self._engine.encode(x)
-        z, _ = _mlp_forward(self.encoder, np.asarray(x, dtype=self.dtype))
+        z, _ = _mlp_forward(self.encoder, checks.batch("x", x, self.data_dim, self.dtype, unit=True))
         return z, None
 
     def decode_logits(self, z):
         if self._engine is not None:
             return self._engine.decode_logits(z)
-        logits, _ = _mlp_forward(self.decoder, np.asarray(z, dtype=self.dtype))
+        logits, _ = _mlp_forward(self.decoder, checks.batch("z", z, self.latent, self.dtype))
         return logits
 
     def decode(self, z):
@@ -98,7 +97,7 @@ class AE:
     def sample(self, n, rng=None):
         """Decoded random codes z ~ N(0, I): what a VAE's prior would give, for contrast."""
         rng = self.rng if rng is None else rng
-        return self.decode(rng.standard_normal((int(n), self.latent)).astype(self.dtype))
+        return self.decode(rng.standard_normal((checks.integer("n", n), self.latent)).astype(self.dtype))
 
     def num_params(self):
         return int(sum(p.size for p in self.params.values()))
@@ -111,5 +110,6 @@ class AE:
     def set_params(self, values):
         if self._engine is not None:
             return self._engine.set_params(values)
+        values = checks.params("values", values, self.params)
         for k, p in self.params.items():
             p[...] = values[k]

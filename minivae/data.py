@@ -56,6 +56,7 @@ import pathlib
 import struct
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -88,7 +89,45 @@ MIRRORS = [
 def mirrors():
     """The mirrors to try: ``$MINIVAE_MIRRORS`` (comma-separated base URLs) when set, else MIRRORS."""
     env = os.environ.get("MINIVAE_MIRRORS")
-    return [m.strip() for m in env.split(",") if m.strip()] if env else MIRRORS
+    if not env:
+        return MIRRORS
+    found = [m.strip() for m in env.split(",") if m.strip()]
+    if not found:
+        raise DataError(f"MINIVAE_MIRRORS={env!r} names no mirror: set it to comma-separated base "
+                        f"URLs (e.g. https://host/mnist/) or unset it")
+    return found
+
+
+DEADLINE = 600.0  # seconds one file may take to download, unless $MINIVAE_DOWNLOAD_DEADLINE says
+
+
+def download_deadline():
+    """Seconds one file may take in all: ``$MINIVAE_DOWNLOAD_DEADLINE`` when set, else DEADLINE."""
+    env = os.environ.get("MINIVAE_DOWNLOAD_DEADLINE")
+    if not env:
+        return DEADLINE
+    try:
+        value = float(env)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise DataError(f"MINIVAE_DOWNLOAD_DEADLINE={env!r} is not a positive number of seconds")
+    return value
+
+
+def file_mode():
+    """The permission bits the user's umask gives a new file (0666 & ~umask): what a file made
+    by ``open`` would get, for files that ``tempfile.mkstemp`` creates private (0600)."""
+    try:  # Linux states the umask without changing it
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 ROWS = COLS = 28
@@ -188,12 +227,16 @@ def read_split(images_path, labels_path):
 # --------------------------------------------------------------------------------------------
 
 
-def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=False, timeout=10.0):
+def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=False, timeout=10.0,
+                   deadline=None):
     """Make sure ``cache_dir`` holds every file of ``md5s`` with its MD5; return the folder.
 
     Files already there with the right MD5 are kept. Each missing one is fetched from the first
     mirror that serves a correct copy (``mirror + name``); a wrong checksum, an HTTP error, a
-    refused or timed-out connection or a short body moves on to the next mirror. Raises
+    refused or timed-out connection, a short body, or a transfer still running after ``deadline``
+    seconds (default :func:`download_deadline`; ``timeout`` bounds each wait for bytes, the
+    deadline the whole file, so a mirror that drips cannot hold a run) moves on to the next
+    mirror. Raises
     :class:`DataError` naming every failed attempt when no mirror has a good copy, and at once
     when the cache folder cannot be written. ``progress`` shows a bar per file (on a terminal).
     """
@@ -202,6 +245,7 @@ def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=F
         mirrors = [mirrors]
     if not mirrors:
         raise ValueError("download_mnist needs at least one mirror")
+    deadline = download_deadline() if deadline is None else deadline
     for name, md5 in md5s.items():
         target, md5 = cache / name, md5.lower()
         if _has_md5(target, md5):
@@ -210,7 +254,7 @@ def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=F
         for mirror in mirrors:
             url = (mirror if mirror.endswith("/") else mirror + "/") + name
             try:
-                _fetch(url, target, md5, progress=progress, timeout=timeout)
+                _fetch(url, target, md5, progress=progress, timeout=timeout, deadline=deadline)
                 break
             except _MirrorError as e:
                 failures.append(str(e))
@@ -223,11 +267,14 @@ class _MirrorError(DataError):
     """This mirror did not deliver a good copy; the next one may."""
 
 
-def _fetch(url, target, md5, progress, timeout):
-    """Stream ``url`` into a temporary file beside ``target``; rename it only if the MD5 matches."""
+def _fetch(url, target, md5, progress, timeout, deadline=DEADLINE):
+    """Stream ``url`` into a temporary file beside ``target``; rename it only if the MD5 matches.
+    Gives up ``deadline`` seconds after the request (checked after every read; each read waits at
+    most ``timeout``)."""
     request = urllib.request.Request(url, headers={"User-Agent": "minivae"})
+    give_up = time.monotonic() + deadline
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = urllib.request.urlopen(request, timeout=min(timeout, deadline))
     except urllib.error.HTTPError as e:
         raise _MirrorError(f"{url}: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
@@ -246,12 +293,17 @@ def _fetch(url, target, md5, progress, timeout):
                     digest.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
+                    if time.monotonic() > give_up:
+                        of = f" of {total:,}" if total is not None else ""
+                        raise _MirrorError(f"{url}: too slow, {received:,}{of} bytes after "
+                                           f"{deadline:g} s (the per-file deadline; "
+                                           f"MINIVAE_DOWNLOAD_DEADLINE sets it)")
             if total is not None and received != total:
                 raise _MirrorError(f"{url}: connection closed after {received:,} of {total:,} "
                                    f"bytes")
             if digest.hexdigest() != md5:
                 raise _MirrorError(f"{url}: MD5 {digest.hexdigest()} is not the expected {md5}")
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
+            os.chmod(tmp, file_mode())  # mkstemp makes it private; a cache may be shared
             os.replace(tmp, target)  # the only moment the real name appears: complete and checked
             tmp = None
         except OSError as e:  # the network errors were turned into _MirrorError: this is the disk
@@ -277,8 +329,10 @@ def _temporary_file_beside(target):
 
 
 def _read_chunk(response, url):
+    """What one read of the socket brings, up to 64 KiB (``read1``: a full-size ``read`` would wait
+    for all 64 KiB, which a dripping mirror sends over hours)."""
     try:
-        return response.read(1 << 16)
+        return response.read1(1 << 16)
     except (OSError, http.client.HTTPException) as e:  # timeouts, resets, broken chunked bodies
         raise _MirrorError(f"{url}: {_one_line(e)}") from None
 
@@ -414,11 +468,12 @@ def load_mnist(data_dir=None, limit=None, download=True, cache_dir=None, seed=0,
     if not _cache_complete(cache, files):
         if not download:
             return _offline(limit, rng, why="full MNIST is not in the cache and downloads are off")
+        urls, deadline = mirrors(), download_deadline()  # a bad setting is an error, not a fallback
         try:
-            download_mnist(cache, mirrors=mirrors(), md5s=files, progress=progress)
-        except DataError as e:
-            warnings.warn(f"{e}; training on the offline 5k sample instead", stacklevel=2)
-            why = "full MNIST is not in the cache and could not be downloaded"
+            download_mnist(cache, mirrors=urls, md5s=files, progress=progress, deadline=deadline)
+        except DataError as e:  # the reason is said once: in the warning, and in `source`
+            why = f"full MNIST is not in the cache and {_lower_first(str(e))}"
+            warnings.warn(f"{why}; training on the offline 5k sample instead", stacklevel=2)
             return _offline(limit, rng, why=why)
     names = list(files)
     train_images, train_y = read_split(cache / names[0], cache / names[1])
@@ -457,6 +512,10 @@ def _from_data_dir(folder, limit, rng):
     x, y = x[:limit], y[:limit]
     source = f"MNIST: {_count(len(y), n)} training digits from {folder}, {test}"
     return Dataset(to_unit(x), y, to_unit(test_x), test_y, source)
+
+
+def _lower_first(text):
+    return text[:1].lower() + text[1:]
 
 
 def _bare(name):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from minivae import checks
+
 
 def adam_update(p, g, m, v, lr, b1, b2, eps, c1, c2):
     """One Adam step in place on arrays of any (equal) shape; c1 = 1 − β₁ᵗ, c2 = 1 − β₂ᵗ."""
@@ -37,12 +39,16 @@ class Adam:
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        if not lr > 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.lr = checks.real("lr", lr, low=0, low_open=True)
+        if not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (β₁, β₂), got {betas!r}")
+        self.b1 = checks.real("betas[0]", betas[0], low=0, high=1, high_open=True)
+        self.b2 = checks.real("betas[1]", betas[1], low=0, high=1, high_open=True)
+        self.eps = checks.real("eps", eps, low=0, low_open=True)
+        if not hasattr(params, "items") or not params:
+            raise ValueError(f"params must be a non-empty dict of arrays (vae.params), "
+                             f"got {type(params).__name__}")
         self.params = params
-        self.lr = float(lr)
-        self.b1, self.b2 = (float(b) for b in betas)
-        self.eps = float(eps)
         self.t = 0
         self.flat = getattr(params, "flat", None)
         if self.flat is not None:
@@ -57,10 +63,20 @@ class Adam:
 
     def step(self, grads):
         """Apply one update with ``grads`` (same keys and shapes as the parameters)."""
+        flat = self.flat is not None and getattr(grads, "flat", None) is not None
+        if flat:  # one kernel over P numbers: the buffers must have our layout (O(1) checks)
+            g = grads.flat
+            if getattr(grads, "layout", None) != self.params.layout or g.shape != self.flat.shape \
+                    or g.dtype != self.flat.dtype or not g.flags.c_contiguous:
+                raise ValueError(f"grads must have the layout of the parameters: a contiguous "
+                                 f"{self.flat.dtype} buffer of shape {self.flat.shape}, got "
+                                 f"{g.dtype} {g.shape}")
+        else:
+            grads = checks.params("grads", grads, self.params, finite=False)
         self.t += 1
         c1 = 1 - self.b1**self.t
         c2 = 1 - self.b2**self.t
-        if self.flat is not None and getattr(grads, "flat", None) is not None:
+        if flat:
             self.params.ops.adam(
                 self.flat, grads.flat, self._m_flat, self._v_flat,
                 self.lr, self.b1, self.b2, self.eps, c1, c2,
@@ -79,8 +95,22 @@ class Adam:
         return state
 
     def load_state_dict(self, state):
+        """Restore :meth:`state_dict`'s arrays; all are checked (keys, exact shapes, finite,
+        v ≥ 0, t a non-negative integer) before anything changes."""
         to_device = self.params.ops.to_device if self.flat is not None else np.asarray
-        self.t = int(state["t"])
+        if not hasattr(state, "keys") or "t" not in state:
+            raise ValueError("state must be a dict with the step count 't' and the moments 'm.*', 'v.*'")
+        t = state["t"]
+        t = t[()] if isinstance(t, np.ndarray) and t.shape == () else t
+        t = checks.integer("state['t']", t, minimum=0)
+        like = {f"{w}.{k}": p for w in "mv" for k, p in self.params.items()}
+        moments = checks.params("state", {k: v for k, v in state.items() if k != "t"}, like)
+        bad = [k for k in like if k.startswith("v.") and isinstance(moments[k], np.ndarray)
+               and moments[k].size and moments[k].min() < 0]
+        if bad:
+            raise ValueError(f"state[{bad[0]!r}] holds negative second moments")
+        self.t = t
+        state = moments
         for k in self.params:
             self.m[k][...] = to_device(state["m." + k])
             self.v[k][...] = to_device(state["v." + k])

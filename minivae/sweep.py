@@ -22,7 +22,9 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import pathlib
+import signal
 import sys
 import time
 import warnings
@@ -31,8 +33,8 @@ import numpy as np
 
 from minivae import losses, metrics
 from minivae.data import D
-from minivae.train import UsageError, _Parser, _positive_int, add_training_options, atomic_write, \
-    atomic_write_text, read_jsonl, write_jsonl
+from minivae.train import UsageError, WriteError, _Parser, _positive_int, add_training_options, \
+    atomic_write, atomic_write_text, read_jsonl, write_jsonl
 
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, 784, 1000, 2000)
@@ -281,9 +283,29 @@ def run(args):
     seeds = args.seeds if args.seeds is not None else [args.seed]
     settings, key = settings_of(args, steps)
     results_path = args.out / "results.jsonl"
-    previous = read_jsonl(results_path)
-    rows = [r for r in previous if r.get("settings") == key]  # done before, with these settings
-    old = [r for r in previous if r.get("settings") != key]  # kept as they are
+    say = (lambda *a: None) if args.quiet else print
+    warn = lambda line: print(f"minivae.sweep: {line}", file=sys.stderr)  # noqa: E731
+    corrupt = []  # lines of results.jsonl that are not results: set aside, their runs redone
+
+    def set_aside(error, text):
+        corrupt.append(text)
+        warn(f"{error}; set aside in {results_path.name}.corrupt, that run is trained again")
+
+    try:
+        previous = read_jsonl(results_path, on_bad=set_aside)
+    except OSError as e:
+        raise UsageError(f"cannot read {results_path}: {e.strerror or e}") from None
+    rows, old = [], []
+    for r in previous:
+        if r.get("settings") != key:
+            old.append(r)  # another study's: kept as it is
+            continue
+        problem = _row_problem(r) or _arrays_problem(args.out, r)
+        if problem:
+            warn(f"{results_path.name}: the result of {problem}; that run is trained again")
+            corrupt.append(json.dumps(r))
+            continue
+        rows.append(r)  # done before, with these settings
     done = {run_key(r) for r in rows}
     threads = 1 if args.jobs > 1 else None
     hidden = list(args.hidden)
@@ -293,43 +315,70 @@ def run(args):
                    out=str(args.out), settings=key, threads=threads)
               for sd in seeds for z in sorted(args.latents, reverse=True) for m in args.models]
     todo = [cfg for cfg in wanted if run_key(cfg) not in done]
-    say = (lambda *a: None) if args.quiet else print
     say(f"data: {data.source}")
     say(f"{len(todo)} runs to do, {len(wanted) - len(todo)} already in {results_path}; {steps:,} steps "
         f"({steps * args.batch_size / len(data.train_x):.1f} epochs), hidden {hidden}, seeds {seeds}, "
         f"backend {backend}")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "settings.json", json.dumps(dict(settings, key=key), indent=2) + "\n")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if corrupt:  # nothing is lost: the lines dropped from results.jsonl are kept here
+            with open(args.out / "results.jsonl.corrupt", "a") as f:
+                f.write("".join(line.rstrip("\n") + "\n" for line in corrupt))
+        atomic_write_text(args.out / "settings.json", json.dumps(dict(settings, key=key), indent=2) + "\n")
+    except OSError as e:
+        raise UsageError(f"cannot write into --out {args.out}: {e.strerror or e}") from None
     bar = None
     if not args.quiet and sys.stderr.isatty() and todo:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="runs", unit="run")
     t0 = time.perf_counter()
-    failed = []
-    for cfg, row in _execute(todo, args.jobs, client):
-        if isinstance(row, BaseException):
-            failed.append(f"{cfg['model']} Z={cfg['latent']}: {type(row).__name__}: {row}")
-            print(f"minivae.sweep: run {failed[-1]}", file=sys.stderr)
-            continue
-        rows.append(row)
-        write_jsonl(results_path, old + rows)
+    failed, finished = [], set()
+    try:
+        for cfg, row in _execute(todo, args.jobs, client):
+            finished.add(run_key(cfg))
+            if isinstance(row, BaseException):
+                failed.append(f"{cfg['model']} Z={cfg['latent']}: {type(row).__name__}: {row}")
+                warn(f"run {failed[-1]}")
+                continue
+            rows.append(row)
+            write_jsonl(results_path, old + rows)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(last=f"{row['model']} Z={row['latent']}")
+            say(f"  {row['model']:>3} Z={row['latent']:<5} hidden {row['hidden']} seed {row['seed']}  "
+                f"test {row['test_loss']:7.2f}  active {row['active_units']:4d}  "
+                f"directions {row['directions']:4d}  {row['wall_s']:6.1f} s")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers were stopped by _execute
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(last=f"{row['model']} Z={row['latent']}")
-        say(f"  {row['model']:>3} Z={row['latent']:<5} hidden {row['hidden']} seed {row['seed']}  "
-            f"test {row['test_loss']:7.2f}  active {row['active_units']:4d}  "
-            f"directions {row['directions']:4d}  {row['wall_s']:6.1f} s")
+            bar.close()
+        left = [cfg for cfg in todo if run_key(cfg) not in finished]
+        for cfg in left:  # a stopped run's progress file would say it is still going
+            (args.out / "runs" / f"{run_tag(cfg['model'], cfg['latent'], cfg['hidden'], cfg['seed'])}"
+                                 f".partial.json").unlink(missing_ok=True)
+        warn(f"interrupted: {len(todo) - len(left)} of {len(todo)} runs finished (in {results_path}); "
+             f"run the same command again to do the other {len(left)}")
+        return 130
+    finally:
+        if client is not None:
+            client.close()
     if bar is not None:
         bar.close()
-    if client is not None:
-        client.close()
     rows = sorted(rows, key=lambda r: (MODELS.index(r["model"]), r["hidden"], r["latent"], r["seed"]))
-    from minivae import plots
-
-    plots.study_figures(args.out, rows)
+    # The report first: it must be written whatever happens to the figures.
     atomic_write_text(args.out / "report.md", report(rows, settings, data.source))
+    drawn = [r for r in rows if not r.get("diverged")]  # a diverged run has no curves to draw
+    if drawn:
+        from minivae import plots
+
+        try:
+            plots.study_figures(args.out, drawn)
+        except Exception as e:  # noqa: BLE001 - the results and the report are written already
+            warn(f"the figures could not be drawn ({type(e).__name__}: {e}); results.jsonl and "
+                 f"report.md are written")
+    else:
+        warn("no figures: every run diverged (see report.md)")
     say(f"wrote {args.out / 'report.md'}, results.jsonl and figures ({time.perf_counter() - t0:.0f} s)")
     if failed:
         print(f"minivae.sweep: {len(failed)} run(s) failed; run the same command again to retry them",
@@ -340,7 +389,9 @@ def run(args):
 
 def _execute(todo, jobs, client):
     """Yield (cfg, result row or the exception it raised) as runs finish: on a Dask cluster, or
-    in a pool of worker processes. A failed run does not stop the others."""
+    in a pool of worker processes. A failed run does not stop the others. Ctrl-C or SIGTERM (a
+    KeyboardInterrupt here) stops the workers — each run's own clean-up still runs — and is
+    raised on to the caller."""
     if not todo:
         return
     if client is not None:
@@ -353,10 +404,13 @@ def _execute(todo, jobs, client):
         import multiprocessing
 
         # "spawn": fresh interpreters, so no thread pool (BLAS, Numba) is inherited half-started.
-        ex = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-        futures = [ex.submit(run_one, cfg) for cfg in todo]
+        ex = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_worker_init)
+        futures = [ex.submit(_run_in_worker, cfg) for cfg in todo]
         cfg_of = {id(f): cfg for f, cfg in zip(futures, todo)}
         as_completed = cf.as_completed
+    ended = False
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for fut in as_completed(futures):
             cfg = cfg_of[fut.key] if client is not None else cfg_of[id(fut)]
@@ -364,9 +418,93 @@ def _execute(todo, jobs, client):
                 yield cfg, fut.result()
             except Exception as e:  # reported, and retried by the next invocation
                 yield cfg, e
+        ended = True
     finally:
-        if client is None:
-            ex.shutdown(wait=True, cancel_futures=True)
+        signal.signal(signal.SIGTERM, old_term)
+        if client is not None:
+            if not ended:
+                client.cancel(futures)
+        elif ended:
+            ex.shutdown(wait=True)
+        else:
+            workers = list((getattr(ex, "_processes", None) or {}).values())
+            ex.shutdown(wait=False, cancel_futures=True)
+            for w in workers:
+                if w.is_alive():
+                    w.terminate()  # SIGTERM: the worker's run cleans up and exits
+            for w in workers:
+                w.join(timeout=30)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signum)
+
+
+def _worker_init():
+    """In a worker: Ctrl-C is the main process's to handle (it stops the workers); SIGTERM ends
+    the run with an exception, so that its clean-up (temporary files) runs. A diverging run is
+    recorded as such in its row: NumPy's overflow warnings would only repeat it on stderr."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    np.seterr(all="ignore")
+
+
+def _run_in_worker(cfg):
+    """:func:`run_one` in a worker process; stopped by SIGTERM, the process exits once the run's
+    clean-up has run (instead of taking the next run from the queue)."""
+    try:
+        return run_one(cfg)
+    except KeyboardInterrupt:
+        os._exit(128 + signal.SIGTERM)
+
+
+# The fields of a result row and what they must hold (None allowed where a run may lack them).
+_ROW_INTS = ("latent", "seed", "steps", "active_units", "directions")
+_ROW_NUMBERS = ("test_loss", "test_recon", "test_kl", "train_loss", "gap", "epochs", "wall_s",
+                "samples_per_s", "params")
+_ROW_OPTIONAL = ("test_iw_nll", "kl90", "last20_gain", "participation_ratio", "probe_logreg",
+                 "probe_knn")
+_RUN_ARRAYS = ("kl_per_dim", "activity", "eigenvalues", "originals", "reconstructions", "samples")
+
+
+def _row_problem(r):
+    """None for a usable result row, else what is wrong with it (in words)."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    name = f"{r.get('model')} Z={r.get('latent')} seed {r.get('seed')}"
+    if r.get("model") not in MODELS or not isinstance(r.get("hidden"), list) \
+            or not all(isinstance(h, int) and h > 0 for h in r["hidden"]):
+        return f"{name} names no model, Z, hidden widths and seed"
+    for f in _ROW_INTS:
+        if not isinstance(r.get(f), int) or isinstance(r.get(f), bool) or r[f] < 0:
+            return f"{name}: {f} is {r.get(f)!r}, not a count"
+    for f in _ROW_NUMBERS:
+        if not number(r.get(f)):
+            return f"{name}: {f} is {r.get(f)!r}, not a number"
+    for f in _ROW_OPTIONAL:
+        if r.get(f) is not None and not number(r.get(f)):
+            return f"{name}: {f} is {r.get(f)!r}, not a number"
+    if not isinstance(r.get("curve", []), list):
+        return f"{name}: its learning curve is {type(r.get('curve')).__name__}, not a list"
+    return None
+
+
+def _arrays_problem(out, r):
+    """None when the run's saved arrays (runs/<tag>.npz, for the figures) are readable or absent."""
+    path = pathlib.Path(out) / "runs" / f"{run_tag(r['model'], r['latent'], r['hidden'], r['seed'])}.npz"
+    if not path.exists():
+        return None  # the figures leave the run out
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in _RUN_ARRAYS if k not in f.files]
+            for k in f.files:
+                f[k]  # reads (and checks) every array
+    except Exception as e:  # noqa: BLE001 - truncated, not a zip, a broken array: all unreadable
+        return f"{r['model']} Z={r['latent']} seed {r['seed']}: {path.name} is unreadable ({type(e).__name__})"
+    if missing:
+        return f"{r['model']} Z={r['latent']} seed {r['seed']}: {path.name} lacks {', '.join(missing)}"
+    return None
 
 
 def _dask_client(address):
@@ -527,6 +665,13 @@ def main(argv=None):
     except UsageError as e:
         print(f"minivae.sweep: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before any run started (loading the data, say)
+        print("minivae.sweep: interrupted during start-up; no run was started", file=sys.stderr)
+        return 130
+    except WriteError as e:  # a full disk, say: every finished run is in results.jsonl already
+        print(f"minivae.sweep: {e}; stopping (run the same command again when it can be written)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,15 +19,25 @@ The loop, one epoch:
         opt.step(grads)                Adam
     evaluate on the test digits: −ELBO, reconstruction, KL, active units
 
+Faults. Bad input is one line on stderr and exit code 2 (nothing written); a run that fails once
+started (a diverging loss, a full disk) one line and exit 1, its last checkpoint kept; Ctrl-C or
+SIGTERM exit 130 / 143, during training after saving a checkpoint. A fresh run refuses a folder
+that holds a run (``--resume`` it, or ``--overwrite`` it); one run at a time writes into a folder
+(a lock on ``.lock``); a resumed run refuses options that contradict its checkpoint, and
+``--data-dir`` tells it where its data are now. Temporary files a killed run left are removed at
+the next start. The bytes a run needs are estimated before anything is allocated.
+
 Everything random comes from three seeded generators — the model's weights and its noise ε
 (inside :class:`minivae.VAE`), the data order and binarization (``data_rng``), and evaluation
 (``eval_rng``, re-seeded each epoch) — and all are saved in the checkpoint, so ``--resume`` continues
-exactly where a run stopped: the parameters come out bit for bit as without the interruption.
+exactly where a run stopped: the parameters come out bit for bit as without the interruption, and
+so does the interrupted epoch's train loss (its running sums are saved too).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -41,16 +51,38 @@ import warnings
 import numpy as np
 
 from minivae import metrics
-from minivae.data import DataError, batches, binarize, load_mnist
+from minivae.data import DataError, batches, binarize, file_mode, load_mnist
 from minivae.optim import Adam
 from minivae.vae import VAE
 
 CHECKPOINT = "checkpoint.npz"
-EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
+LOCK = ".lock"  # held (fcntl.flock) by the run writing into the folder
+# The files a run writes: a folder holding any of them holds a run.
+ARTIFACTS = ("config.json", "metrics.jsonl", CHECKPOINT, "summary.json", "reconstructions.png",
+             "samples.png", "kl_per_dim.png", "loss_curve.png")
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_DIVERGED = EXIT_FAILED
+D = 784
 
 
 class UsageError(Exception):
     """Bad input from the user: reported as one line with exit code 2."""
+
+
+class RunError(Exception):
+    """A run that had started failed (a full disk, no memory): one line, exit code 1."""
+
+
+class WriteError(OSError):
+    """A file could not be written; ``str(e)`` is one line naming the file and the reason."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM outside the training steps; ``signum`` says which."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signum
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,6 +112,18 @@ _positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positi
 _non_negative_float = _number(float, lambda v: v >= 0 and math.isfinite(v), "a non-negative number")
 
 
+def _path(text):
+    """A path that is not empty (``''`` would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"a path cannot hold a NUL character, got {text!r}")
+    return pathlib.Path(text)
+
+
+_path.__name__ = "path"
+
+
 def _widths(text):
     try:
         widths = tuple(int(w) for w in text.split(","))
@@ -106,11 +150,12 @@ def add_training_options(p):
     p.add_argument("--epochs", type=_non_negative_int, default=None, help="passes over the data")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size B (128)")
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seeds weights, noise, data order (0)")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seeds weights, noise, data order (0)")
     p.add_argument("--binarize", choices=("dynamic", "static", "none"), default="dynamic",
                    help="pixels as Bernoulli draws: fresh each epoch (dynamic, default), "
                         "one fixed draw (static), or grey levels (none)")
-    p.add_argument("--data-dir", type=pathlib.Path, default=None,
+    p.add_argument("--data-dir", type=_path, default=None,
                    help="a folder of MNIST IDX files to use instead of the download cache")
     p.add_argument("--limit", type=_positive_int, default=None, help="use the first N training digits")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
@@ -122,20 +167,34 @@ def add_training_options(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
-def parse_args(argv=None):
+def _parser():
     p = _Parser(prog="python -m minivae.train",
                 description="Train a VAE on MNIST; write metrics, a checkpoint and figures.")
     p.add_argument("--latent", type=_positive_int, default=20, help="latent dimension Z (20)")
     p.add_argument("--beta", type=_non_negative_float, default=1.0, help="weight of the KL term (1)")
-    p.add_argument("--out", type=pathlib.Path, default=None, help="output folder (runs/latent<Z>)")
-    p.add_argument("--resume", type=pathlib.Path, default=None, metavar="DIR",
+    p.add_argument("--out", type=_path, default=None, help="output folder (runs/latent<Z>)")
+    p.add_argument("--resume", type=_path, default=None, metavar="DIR",
                    help="continue the run in DIR from its checkpoint (its options are reused; "
-                        "--epochs may raise the total)")
+                        "--epochs may raise the total, --data-dir point to its data elsewhere)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (without it, a folder holding a run is refused)")
     add_training_options(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = _parser().parse_args(argv)
+    # Which options were given on the command line (not defaulted): a resumed run refuses those
+    # that contradict its checkpoint.
+    explicit = _parser()
+    for action in explicit._actions:
+        action.default = argparse.SUPPRESS
+    args.given = set(vars(explicit.parse_args(argv)))
+    return args
 
 
 DEFAULT_EPOCHS = 30
+RESUME_OPTIONS = {"resume", "epochs", "data_dir", "quiet"}  # what a resumed run may be given
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,15 +203,29 @@ DEFAULT_EPOCHS = 30
 
 
 def atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    The file gets the mode the user's umask gives a new file. Any failure (a full disk, an
+    unwritable folder, Ctrl-C) removes the temporary file and leaves ``path`` as it was; an
+    OSError comes out as a :class:`WriteError` that names ``path``.
+    """
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        os.fchmod(fd, file_mode())  # mkstemp makes it 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
@@ -160,11 +233,42 @@ def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def read_jsonl(path):
-    """The rows of a JSON-lines file, [] when there is none."""
-    if not path.exists():
+class JsonlError(ValueError):
+    """A line of a JSON-lines file that is not a JSON object; ``line`` is its number (from 1)."""
+
+    def __init__(self, message, line):
+        super().__init__(message)
+        self.line = line
+
+
+def read_jsonl(path, on_bad=None):
+    """The rows (JSON objects) of a JSON-lines file, [] when there is none.
+
+    A line that is not a JSON object raises :class:`JsonlError` naming the file and the line,
+    or, with ``on_bad``, is passed to ``on_bad(error, text)`` and skipped.
+    """
+    path = pathlib.Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__}, not an object")
+        except ValueError as e:
+            reason = "truncated or not JSON" if isinstance(e, json.JSONDecodeError) else str(e)
+            error = JsonlError(f"{path} line {number}: {reason}", number)
+            if on_bad is None:
+                raise error from None
+            on_bad(error, line)
+            continue
+        rows.append(row)
+    return rows
 
 
 def write_jsonl(path, rows):
@@ -180,8 +284,14 @@ def _set_rng_state(rng, state):
     rng.bit_generator.state = json.loads(str(state))
 
 
-def save_checkpoint(path, vae, opt, data_rng, epoch_rng_state, epoch, step, config):
-    """Parameters, Adam moments, the generators, and the position (epoch done, steps into next)."""
+def save_checkpoint(path, vae, opt, data_rng, epoch_rng_state, epoch, step, config, running=None,
+                    n_train=None):
+    """Parameters, Adam moments, the generators, and the position (epoch done, steps into next).
+
+    ``running``: mid-epoch, the epoch's running sums so far (loss_sum, seen, train_s), so that a
+    resumed run reports the epoch's train loss over all of it. ``n_train``: the number of
+    training digits, checked on resume.
+    """
     arrays = {"param/" + k: v for k, v in vae.get_params().items()}
     arrays.update({"opt/" + k: v for k, v in opt.state_dict().items()})
     arrays["rng/model"] = _rng_state(vae.rng)
@@ -190,17 +300,236 @@ def save_checkpoint(path, vae, opt, data_rng, epoch_rng_state, epoch, step, conf
     arrays["epoch"] = np.array(epoch)
     arrays["step"] = np.array(step)
     arrays["config"] = np.array(json.dumps(config))
+    if n_train is not None:
+        arrays["data/n_train"] = np.array(n_train)
+    for k, v in (running or {}).items():
+        arrays["epoch/" + k] = np.array(v)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path):
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+                raise UsageError(f"{path} is not a minivae checkpoint (not an .npz file)")
         with np.load(path, allow_pickle=False) as ck:
             return {k: ck[k] for k in ck.files}
+    except UsageError:
+        raise
     except FileNotFoundError:
         raise UsageError(f"no checkpoint at {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"no checkpoint at {path} (a folder)") from None
     except Exception as e:  # a truncated or foreign file
         raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+
+
+_CONFIG_TYPES = {  # key: (check, what) of a checkpoint's config
+    "latent": (lambda v: _is_int(v, 1), "a positive integer"),
+    "hidden": (lambda v: isinstance(v, list) and bool(v) and all(_is_int(h, 1) for h in v),
+               "a list of positive widths"),
+    "seed": (lambda v: _is_int(v, 0), "a non-negative integer"),
+    "beta": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "batch_size": (lambda v: _is_int(v, 1), "a positive integer"),
+    "epochs": (lambda v: _is_int(v, 0), "a non-negative integer"),
+    "limit": (lambda v: v is None or _is_int(v, 1), "a positive integer or null"),
+    "binarize": (lambda v: v in ("dynamic", "static", "none"), "dynamic, static or none"),
+    "backend": (lambda v: isinstance(v, str), "a backend name"),
+    "data_dir": (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "a path or null"),
+    "iw_samples": (lambda v: _is_int(v, 1), "a positive integer"),
+    "iw_examples": (lambda v: _is_int(v, 1), "a positive integer"),
+}
+
+
+def _is_int(v, minimum):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _read_checkpoint(folder):
+    """The checkpoint in ``folder``, checked to be one of ours before anything is built from it:
+    (arrays, config, position (epoch, step))."""
+    path = folder / CHECKPOINT
+    ck = load_checkpoint(path)
+    missing = [k for k in ("config", "epoch", "step", "rng/model", "rng/data", "rng/epoch_start")
+               if k not in ck]
+    if missing:
+        raise UsageError(f"{path} is not a minivae checkpoint (it has no {', '.join(missing)})")
+    try:
+        config = json.loads(str(ck["config"]))
+    except ValueError:
+        raise UsageError(f"{path}: its config is corrupt (not JSON)") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: its config is corrupt (not a JSON object)")
+    for key, (ok, what) in _CONFIG_TYPES.items():
+        if key not in config:
+            raise UsageError(f"{path}: its config has no {key!r}")
+        if not ok(config[key]):
+            raise UsageError(f"{path}: its config's {key!r} is {config[key]!r}, expected {what}")
+    for key in ("rng/model", "rng/data", "rng/epoch_start"):
+        try:
+            _set_rng_state(np.random.default_rng(), ck[key])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise UsageError(f"{path}: its generator state {key!r} is corrupt") from None
+    position = []
+    for key in ("epoch", "step") + tuple(k for k in ("data/n_train", "epoch/seen") if k in ck):
+        a = ck[key]
+        if a.shape != () or a.dtype.kind not in "iu" or int(a) < 0:
+            raise UsageError(f"{path}: {key!r} is {a!r}, expected a non-negative integer")
+        position.append(int(a))
+    for key in ("epoch/loss_sum", "epoch/train_s"):
+        if key in ck and (ck[key].shape != () or ck[key].dtype.kind != "f" or not np.isfinite(ck[key])):
+            raise UsageError(f"{path}: {key!r} is {ck[key]!r}, expected a finite number")
+    bad = [k for k, v in ck.items() if k.startswith(("param/", "opt/")) and v.dtype.kind == "f"
+           and not np.isfinite(v).all()]
+    if bad:
+        raise UsageError(f"{path}: {bad[0]!r} holds non-finite numbers; the checkpoint cannot be resumed")
+    return ck, config, (position[0], position[1])
+
+
+# --------------------------------------------------------------------------------------------
+# The output folder: one run at a time
+# --------------------------------------------------------------------------------------------
+
+
+class _RunFolder:
+    """The output folder, created if needed and locked for the run (``fcntl.flock`` on ``.lock``,
+    which holds the writer's process id). A second run into the same folder is refused while the
+    first holds the lock; the kernel drops the lock when a process dies, even by SIGKILL."""
+
+    def __init__(self, path):
+        self.path, self.created, self.fd = path, False, None
+
+    def acquire(self, what):
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{what} {path} exists and is not a folder")
+        try:
+            if not path.is_dir():
+                path.mkdir(parents=True)
+                self.created = True
+        except FileExistsError:  # made by someone else in the meantime: fine, it is a folder
+            if not path.is_dir():
+                raise UsageError(f"{what} {path} exists and is not a folder") from None
+        except OSError as e:
+            raise UsageError(f"cannot create {what} {path}: {e.strerror or e}") from None
+        lock = path / LOCK
+        while True:
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                self.release(keep=False)
+                raise UsageError(f"cannot write into {what} {path}: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UsageError(f"another run (process {holder}) is writing into {path}; wait for "
+                                 f"it to end, or choose another --out") from None
+            try:  # the previous holder may have removed the file between our open and our lock
+                same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self, keep=True):
+        """Unlock (removing the lock file); a folder this run created is removed again when it
+        is empty and ``keep`` is False (nothing was written)."""
+        if self.fd is not None:
+            try:
+                os.unlink(self.path / LOCK)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+        if self.created and not keep:
+            try:
+                self.path.rmdir()  # only when empty
+            except OSError:
+                pass
+
+    def artifacts(self):
+        return [name for name in ARTIFACTS if (self.path / name).exists()]
+
+    def remove_stale_temporaries(self):
+        """Remove what atomic writes of a killed run left (``.<artifact>.<random>.tmp``): with the
+        lock held, no other process can be writing them. Returns (count, bytes)."""
+        count = size = 0
+        for name in ARTIFACTS:
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                try:
+                    size += tmp.stat().st_size
+                    tmp.unlink()
+                    count += 1
+                except OSError:
+                    pass
+        return count, size
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: estimated before anything is allocated
+# --------------------------------------------------------------------------------------------
+
+
+def memory_needed(config, n_train=60_000, n_test=10_000):
+    """Bytes a run of ``config`` needs at its peak, roughly (an upper estimate): the parameters
+    with their gradients, Adam moments and checkpoint copies, the digits, and the largest of the
+    training step's activations, the evaluation's and the importance-weighted estimate's."""
+    Z, hidden, B = config["latent"], list(config["hidden"]), config["batch_size"]
+    enc = [D] + hidden + [2 * Z]
+    dec = [Z] + hidden[::-1] + [D]
+    P = sum(i * o + o for net in (enc, dec) for i, o in zip(net[:-1], net[1:]))
+    width = sum(enc[1:]) + sum(dec[1:]) + 3 * Z  # floats per example through one step
+    n_train = min(n_train, config["limit"] or n_train)
+    params = 8 * P * 4  # θ, ∂θ, m, v, the model's own copy, checkpoint copies (float32)
+    digits = 3 * (n_train + n_test) * D * 4  # the digits, this epoch's draw, the test set
+    step = 3 * B * width * 4
+    evaluation = 3 * 1000 * width * 4 + 4 * n_test * Z * 8  # batches of 1000; μ, log σ² (float64)
+    K, n_iw = config["iw_samples"], min(config["iw_examples"], 100)  # the estimate's batch: 100
+    iw = 5 * K * n_iw * (D + 3 * Z) * 8 + 3 * K * n_iw * width * 4
+    return params + digits + max(step, evaluation, iw), P
+
+
+def _available_memory():
+    """Bytes this process may still allocate (MemAvailable, else the physical memory); None when
+    unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _bytes(n):
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+
+
+def _check_memory(config):
+    needed, P = memory_needed(config)
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise UsageError(f"this run needs about {_bytes(needed)} of memory ({P:,} parameters, "
+                         f"batch {config['batch_size']}, K = {config['iw_samples']} importance "
+                         f"samples), more than the {_bytes(available)} available")
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,21 +537,28 @@ def load_checkpoint(path):
 # --------------------------------------------------------------------------------------------
 
 
-class _Interrupt:
-    """Ctrl-C sets a flag; the loop finishes its step, saves and exits with 130."""
+class _Signals:
+    """Ctrl-C (SIGINT) and SIGTERM. While ``deferred`` (the training steps) a signal sets
+    ``requested``: the loop finishes its step, saves and exits. Otherwise — or at a second
+    signal — it raises :class:`Interrupted` where the program is."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = None  # the signal number, once one came
+        self.deferred = False
 
     def __enter__(self):
-        self._old = signal.signal(signal.SIGINT, self._handle)
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.deferred and self.requested is None:
+            self.requested = signum
+            return
+        raise Interrupted(signum)
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
 def _progress(total, desc, enabled):
@@ -239,29 +575,139 @@ def _say(quiet, *lines):
             print(line, flush=True)
 
 
+def _flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def _position(epoch, step):
+    """Words for a checkpoint's position: epochs done, and steps into the next."""
+    return f"epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
+
+
+def _exit_code(signum):
+    return 128 + int(signum)
+
+
 def run(args):
     """Validate, load, train, evaluate, write. Returns the exit code."""
+    given = getattr(args, "given", None)
+    if given is None:  # called without parse_args: what differs from the defaults was given
+        defaults = vars(_parser().parse_args([]))
+        given = {k for k, v in vars(args).items() if defaults.get(k, v) != v or k not in defaults}
+    with _Signals() as signals:
+        state = {"stage": "start-up", "folder": None, "saved": None, "out": None}
+        try:
+            with np.errstate(all="ignore"):  # a diverging loss is caught and said in one line
+                return _run(args, given, signals, state)
+        except Interrupted as e:
+            name = signal.Signals(e.signum).name
+            print(f"minivae.train: {name} during {state['stage']}; {_what_is_kept(state)}",
+                  file=sys.stderr)
+            return _exit_code(e.signum)
+        except (WriteError, MemoryError) as e:
+            what = "out of memory" if isinstance(e, MemoryError) else str(e)
+            if state["stage"] == "start-up":
+                raise UsageError(what) from None
+            print(f"minivae.train: {what}; stopping during {state['stage']} "
+                  f"({_what_is_kept(state)})", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            if state["folder"] is not None:
+                state["folder"].release(keep=state["stage"] != "start-up")
+
+
+def _what_is_kept(state):
+    out, saved = state["out"], state["saved"]
+    if state["stage"] == "start-up":
+        return "nothing was written" if state.get("fresh", True) else f"{out} is unchanged"
+    if saved is None:
+        return "no checkpoint was saved yet"
+    return f"the checkpoint of {_position(*saved)} in {out} is kept; continue with --resume {out}"
+
+
+def _usable_path(path, what):
+    """Refuse a path the system cannot even look up (too long, a loop of links, no permission)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # may be created (or is refused later with a clearer message)
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror or e}") from None
+
+
+def _run(args, given, signals, state):
     # 1. Everything that can be wrong with the input is checked before anything is written.
     if args.resume is not None:
-        ck = load_checkpoint(args.resume / CHECKPOINT)
-        config = json.loads(str(ck["config"]))
-        if args.epochs is not None:
-            config["epochs"] = args.epochs
+        if args.overwrite:
+            raise UsageError("--overwrite replaces a run, --resume continues one: give one of them")
+        _usable_path(args.resume, "--resume")
+        ck, config, (start_epoch, start_step) = _read_checkpoint(args.resume)
         out = args.resume
+        contradict = []
+        for key in sorted(given - RESUME_OPTIONS - {"given"}):
+            value = getattr(args, key)
+            if key == "out":
+                if os.path.abspath(value) != os.path.abspath(out):
+                    contradict.append((f"--out {value}", f"the run is in {out}"))
+                continue
+            value = list(value) if key == "hidden" else value
+            if key not in config or value != config[key]:
+                contradict.append((f"{_flag(key)} {getattr(args, key) if key != 'hidden' else ','.join(map(str, value))}",
+                                   f"{key} {config.get(key)}"))
+        if contradict:
+            raise UsageError(f"{' and '.join(c[0] for c in contradict)} contradict"
+                             f"{'s' if len(contradict) == 1 else ''} the checkpoint in {out} "
+                             f"({', '.join(c[1] for c in contradict)}); a resumed run keeps its "
+                             f"options: only --epochs, --data-dir and --quiet may be given")
+        if args.epochs is not None:
+            if args.epochs < start_epoch:
+                raise UsageError(f"--epochs {args.epochs} is fewer than the {start_epoch} epochs "
+                                 f"the checkpoint in {out} has done")
+            config["epochs"] = args.epochs
+        if args.data_dir is not None:
+            config["data_dir"] = os.path.abspath(args.data_dir)  # the data moved: follow them
+        state["fresh"] = False
+        state["saved"] = (start_epoch, start_step)
     else:
-        ck = None
-        config = {k: v for k, v in vars(args).items() if k not in ("resume", "out", "quiet")}
+        ck, start_epoch, start_step = None, 0, 0
+        config = {k: v for k, v in vars(args).items()
+                  if k not in ("resume", "out", "quiet", "overwrite", "given")}
         config["hidden"] = list(args.hidden)
-        config["data_dir"] = str(args.data_dir) if args.data_dir is not None else None
+        # Absolute, so that the run can be resumed from any folder.
+        config["data_dir"] = os.path.abspath(args.data_dir) if args.data_dir is not None else None
         config["epochs"] = DEFAULT_EPOCHS if args.epochs is None else args.epochs
         out = args.out if args.out is not None else pathlib.Path("runs") / f"latent{args.latent}"
+    state["out"] = out
+    _usable_path(out, "--resume" if ck is not None else "--out")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
-    if args.data_dir is not None and not args.data_dir.is_dir() and ck is None:
-        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    if config["data_dir"] is not None:
+        _usable_path(pathlib.Path(config["data_dir"]), "--data-dir")
+    if config["data_dir"] is not None and not pathlib.Path(config["data_dir"]).is_dir():
+        if args.data_dir is not None:
+            raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+        raise UsageError(f"the run's data folder {config['data_dir']} is gone: give --data-dir "
+                         f"to say where its data are now")
+    _check_memory(config)  # before the model or the data take any
+
+    # The folder: created, locked for this run; a fresh run refuses a folder holding another.
+    folder = _RunFolder(out)
+    folder.acquire("--resume" if ck is not None else "--out")
+    state["folder"] = folder
+    present = folder.artifacts()
+    if ck is None and present and not args.overwrite:
+        files = f"{', '.join(present[:3])}{', …' if len(present) > 3 else ''}"
+        if CHECKPOINT in present:
+            raise UsageError(f"--out {out} holds a run ({files}): continue it with --resume {out}, "
+                             f"or replace it with --overwrite")
+        raise UsageError(f"--out {out} holds the files of a run without a checkpoint ({files}): "
+                         f"replace them with --overwrite, or choose another --out")
+    history = []  # the rows of metrics.jsonl up to the epoch a resumed run starts after
+    if ck is not None:
+        history = _read_history(out, start_epoch)
 
     try:
-        vae = VAE(784, config["latent"], tuple(config["hidden"]), seed=config["seed"],
+        vae = VAE(D, config["latent"], tuple(config["hidden"]), seed=config["seed"],
                   beta=config["beta"], backend=config["backend"])
     except (ValueError, ImportError, RuntimeError) as e:
         raise UsageError(f"cannot create the model: {e}") from None
@@ -275,95 +721,130 @@ def run(args):
 
     opt = Adam(vae.params, lr=config["lr"])
     data_rng = np.random.default_rng([config["seed"], 2])
-    start_epoch, start_step = 0, 0
+    n, bs = len(data.train_x), config["batch_size"]
+    steps_per_epoch = math.ceil(n / bs)
+    running = {"loss_sum": 0.0, "seen": 0, "train_s": 0.0}  # of the interrupted epoch, if any
     if ck is not None:
         try:
             vae.set_params({k[6:]: v for k, v in ck.items() if k.startswith("param/")})
             opt.load_state_dict({k[4:]: v for k, v in ck.items() if k.startswith("opt/")})
-        except (KeyError, ValueError) as e:
-            raise UsageError(f"checkpoint does not match its config: {e}") from None
+        except ValueError as e:
+            raise UsageError(f"checkpoint {out / CHECKPOINT} does not match its config: {e}") from None
+        if "data/n_train" in ck and int(ck["data/n_train"]) != n:
+            raise UsageError(f"the run was trained on {int(ck['data/n_train']):,} training digits, "
+                             f"the data now give {n:,} ({data.source}); give --data-dir to point "
+                             f"to the run's data")
+        if start_step >= steps_per_epoch:
+            raise UsageError(f"the checkpoint is at step {start_step} of an epoch, but the data give "
+                             f"{steps_per_epoch} steps per epoch: not the run's data")
         _set_rng_state(vae.rng, ck["rng/model"])
-        start_epoch, start_step = int(ck["epoch"]), int(ck["step"])
         # Mid-epoch: replay the epoch's data order from its start, skipping the steps done.
         _set_rng_state(data_rng, ck["rng/epoch_start"] if start_step else ck["rng/data"])
+        if start_step and "epoch/seen" in ck:
+            running = {"loss_sum": float(ck["epoch/loss_sum"]), "seen": int(ck["epoch/seen"]),
+                       "train_s": float(ck["epoch/train_s"])}
 
-    # 2. Now the output folder may be written.
-    out.mkdir(parents=True, exist_ok=True)
+    # 2. The run starts: now the output folder may be written.
+    stale, stale_bytes = folder.remove_stale_temporaries()
+    if ck is None and present:  # --overwrite: the old run goes before anything new is written
+        for name in present:
+            (out / name).unlink()
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    history = []  # the rows of metrics.jsonl up to the epoch a resumed run starts after
-    if ck is not None:
-        history = [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= start_epoch]
+    state["stage"] = "training"
     quiet = args.quiet
+    if stale:
+        _say(quiet, f"removed {stale} temporary file(s) ({_bytes(stale_bytes)}) that an interrupted "
+                    f"run left in {out}")
     _say(quiet, f"data: {data.source}",
-         f"model: D=784, Z={config['latent']}, hidden={config['hidden']}, "
+         f"model: D={D}, Z={config['latent']}, hidden={config['hidden']}, "
          f"{vae.num_params():,} parameters, backend {vae.backend}")
 
     train_x = data.train_x
     test_x = binarize(data.test_x, "static" if config["binarize"] != "none" else "none")
-    n, bs = len(train_x), config["batch_size"]
-    steps_per_epoch = math.ceil(n / bs)
     show_bar = not quiet and sys.stderr.isatty()
     wall0 = time.perf_counter()
     posterior = None  # (μ, log σ²) of the test digits after the last epoch run here
 
-    with _Interrupt() as interrupt:
-        for epoch in range(start_epoch + 1, config["epochs"] + 1):
-            epoch_rng_state = json.dumps(data_rng.bit_generator.state)
-            x_epoch = binarize(train_x, config["binarize"], data_rng)
-            bar = _progress(steps_per_epoch, f"epoch {epoch}/{config['epochs']}", show_bar)
-            t0, seen, loss_sum, steps = time.perf_counter(), 0, 0.0, 0
-            skip = start_step if epoch == start_epoch + 1 else 0
-            for step, idx in enumerate(batches(n, bs, data_rng)):
-                if step < skip:
-                    continue
-                loss = vae.forward(x_epoch[idx])
-                if not math.isfinite(loss):
-                    if bar is not None:
-                        bar.close()
-                    print(f"minivae.train: loss became {loss} at epoch {epoch}, step {step + 1}; "
-                          f"stopping (the last good checkpoint in {out} is kept)", file=sys.stderr)
-                    return EXIT_DIVERGED
-                opt.step(vae.backward())
-                seen += len(idx)
-                loss_sum += loss * len(idx)
-                steps += 1
+    for epoch in range(start_epoch + 1, config["epochs"] + 1):
+        epoch_rng_state = json.dumps(data_rng.bit_generator.state)
+        x_epoch = binarize(train_x, config["binarize"], data_rng)
+        bar = _progress(steps_per_epoch, f"epoch {epoch}/{config['epochs']}", show_bar)
+        resumed = epoch == start_epoch + 1 and start_step > 0
+        skip = start_step if resumed else 0
+        loss_sum, seen, before_s = ((running["loss_sum"], running["seen"], running["train_s"])
+                                    if resumed else (0.0, 0, 0.0))
+        t0, steps = time.perf_counter(), 0
+        signals.deferred = True
+        for step, idx in enumerate(batches(n, bs, data_rng)):
+            if step < skip:
+                continue
+            loss = vae.forward(x_epoch[idx])
+            if not math.isfinite(loss):
                 if bar is not None:
-                    bar.update(1 + (skip if steps == 1 else 0))
-                    bar.set_postfix(loss=f"{loss:.1f}", samples_per_s=f"{seen / (time.perf_counter() - t0):.0f}")
-                if interrupt.requested:
-                    if bar is not None:
-                        bar.close()
-                    save_checkpoint(out / CHECKPOINT, vae, opt, data_rng, epoch_rng_state,
-                                    epoch - 1, step + 1, config)
-                    print(f"minivae.train: interrupted at epoch {epoch}, step {step + 1}; checkpoint "
-                          f"saved, continue with --resume {out}", file=sys.stderr)
-                    return EXIT_INTERRUPTED
+                    bar.close()
+                kept = (f"the checkpoint of {_position(*state['saved'])} in {out} is kept"
+                        if state["saved"] is not None else
+                        "no checkpoint was saved: it diverged before its first epoch ended; "
+                        "try a smaller --lr")
+                print(f"minivae.train: loss became {loss} at epoch {epoch}, step {step + 1}; "
+                      f"stopping ({kept})", file=sys.stderr)
+                return EXIT_DIVERGED
+            opt.step(vae.backward())
+            seen += len(idx)
+            loss_sum += loss * len(idx)
+            steps += 1
             if bar is not None:
-                bar.close()
-            train_time = time.perf_counter() - t0
+                bar.update(1 + (skip if steps == 1 else 0))
+                bar.set_postfix(loss=f"{loss:.1f}", samples_per_s=f"{seen / (time.perf_counter() - t0 + before_s):.0f}")
+            if signals.requested is not None:
+                if bar is not None:
+                    bar.close()
+                save_checkpoint(out / CHECKPOINT, vae, opt, data_rng, epoch_rng_state, epoch - 1,
+                                step + 1, config, n_train=n,
+                                running={"loss_sum": loss_sum, "seen": seen,
+                                         "train_s": before_s + time.perf_counter() - t0})
+                state["saved"] = (epoch - 1, step + 1)
+                name = signal.Signals(signals.requested).name
+                print(f"minivae.train: {name}: interrupted at epoch {epoch}, step {step + 1}; "
+                      f"checkpoint saved, continue with --resume {out}", file=sys.stderr)
+                return _exit_code(signals.requested)
+        if bar is not None:
+            bar.close()
+        train_time = before_s + time.perf_counter() - t0
 
-            row, posterior = _evaluate_epoch(vae, test_x, config["seed"], epoch)
-            row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **row,
-                   "samples_per_s": seen / train_time}
-            history.append(row)
-            write_jsonl(out / "metrics.jsonl", history)
-            save_checkpoint(out / CHECKPOINT, vae, opt, data_rng, epoch_rng_state, epoch, 0, config)
-            _say(quiet, f"epoch {epoch:3d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f}"
-                        f"  (recon {row['test_recon']:7.2f} + KL {row['test_kl']:6.2f})"
-                        f"  active {row['active_units']:4d}/{config['latent']}"
-                        f"  directions {row['directions']:4d}"
-                        f"  {row['samples_per_s']:7.0f} samples/s")
+        row, posterior = _evaluate_epoch(vae, test_x, config["seed"], epoch)
+        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **row,
+               "samples_per_s": seen / train_time if train_time > 0 else 0.0}
+        history.append(row)
+        write_jsonl(out / "metrics.jsonl", history)  # a first signal waits until both are written
+        save_checkpoint(out / CHECKPOINT, vae, opt, data_rng, epoch_rng_state, epoch, 0, config,
+                        n_train=n)
+        state["saved"] = (epoch, 0)
+        _say(quiet, f"epoch {epoch:3d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f}"
+                    f"  (recon {row['test_recon']:7.2f} + KL {row['test_kl']:6.2f})"
+                    f"  active {row['active_units']:4d}/{config['latent']}"
+                    f"  directions {row['directions']:4d}"
+                    f"  {row['samples_per_s']:7.0f} samples/s")
+        if signals.requested is not None:  # came during the evaluation or the writes
+            name = signal.Signals(signals.requested).name
+            print(f"minivae.train: {name}: interrupted after epoch {epoch}; checkpoint saved, "
+                  f"continue with --resume {out}", file=sys.stderr)
+            return _exit_code(signals.requested)
+    signals.deferred = False
 
     # 3. The end: log-likelihood, figures, summary.
+    state["stage"] = "the final evaluation"
     k, n_iw = config["iw_samples"], min(config["iw_examples"], len(test_x))
     iw_ll = metrics.iw_log_likelihood(vae, test_x[:n_iw], k, np.random.default_rng([config["seed"], 4]))
     from minivae import plots
 
+    state["stage"] = "the figures"
     mu, logvar = posterior if posterior is not None else metrics.posterior_means(vae, test_x)
     plots.save_all(out, vae, test_x, mu, logvar, history, np.random.default_rng([config["seed"], 5]))
     last = history[-1] if history else None
     summary = {"data": data.source, "iw_samples": k, "iw_examples": n_iw, "test_iw_nll": -iw_ll,
                "wall_s": time.perf_counter() - wall0, "final": last}
+    state["stage"] = "the summary"
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _say(quiet, "",
          f"data: {data.source}",
@@ -373,6 +854,41 @@ def run(args):
          f"test log-likelihood ≈ {iw_ll:.2f} nats (importance-weighted, K={k}, first {n_iw} test digits)",
          f"artifacts in {out}/ ({time.perf_counter() - wall0:.0f} s)")
     return 0
+
+
+METRIC_NUMBERS = ("train_loss", "test_loss", "test_recon", "test_kl", "active_units")
+
+
+def _read_history(out, start_epoch):
+    """The rows of ``metrics.jsonl`` for epochs 1 … ``start_epoch``, checked: a resumed run
+    continues them (a row written after the checkpoint, by a run killed between the two writes,
+    is dropped)."""
+    path = out / "metrics.jsonl"
+    try:
+        rows = read_jsonl(path)
+    except JsonlError as e:
+        raise UsageError(f"cannot resume: {e}; restore the file (or remove it to resume without "
+                         f"the earlier epochs' rows)") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    if not path.exists():
+        return []
+    history = []
+    for number, row in enumerate(rows, 1):
+        epoch = row.get("epoch")
+        bad = [f for f in METRIC_NUMBERS if not _is_number(row.get(f))]
+        if not _is_int(epoch, 1) or bad:
+            what = "its epoch" if not _is_int(epoch, 1) else ", ".join(bad)
+            raise UsageError(f"cannot resume: {path} row {number}: {what} missing or not a "
+                             f"number; restore the file (or remove it to resume without the "
+                             f"earlier epochs' rows)")
+        if epoch <= start_epoch:
+            history.append(row)
+    if [r["epoch"] for r in history] != list(range(1, start_epoch + 1)):
+        raise UsageError(f"cannot resume: {path} holds epochs {[r['epoch'] for r in history]}, "
+                         f"the checkpoint has done 1–{start_epoch}; restore the file (or remove "
+                         f"it to resume without the earlier epochs' rows)")
+    return history
 
 
 def _evaluate_epoch(vae, test_x, seed, epoch):
@@ -394,6 +910,9 @@ def main(argv=None):
     except UsageError as e:
         print(f"minivae.train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before run() took over the signals: while parsing or importing
+        print("minivae.train: interrupted during start-up; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

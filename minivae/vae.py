@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minivae import losses
+from minivae import checks, losses
 from minivae.layers import ACTIVATIONS, Dense, identity_backward, identity_forward
 
 
@@ -90,19 +90,13 @@ class VAE:
 
     def __init__(self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32",
                  beta=1.0, activation="relu", backend="numpy"):
-        data_dim, latent = int(data_dim), int(latent)
-        hidden = tuple(int(h) for h in hidden)
-        if data_dim < 1 or latent < 1 or any(h < 1 for h in hidden):
-            raise ValueError("data_dim, latent and every hidden width must be positive integers")
+        data_dim, latent, hidden, self.dtype = sizes(data_dim, latent, hidden, dtype)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: choose from {sorted(ACTIVATIONS)}")
         self.data_dim, self.latent, self.hidden = data_dim, latent, hidden
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        self.beta = float(beta)
+        self.beta = checks.real("beta", beta, low=0)
         self.activation = activation
-        self.seed = int(seed)
+        self.seed = checks.integer("seed", seed, minimum=0)
         init_rng = np.random.default_rng([self.seed, 0])
         self.rng = np.random.default_rng([self.seed, 1])  # the noise ε of forward()
 
@@ -132,11 +126,11 @@ class VAE:
         """
         if self._engine is not None:
             return self._engine.forward(x, eps)
-        x = np.asarray(x, dtype=self.dtype)  # (B, D)
+        x = checks.batch("x", x, self.data_dim, self.dtype, unit=True)  # (B, D)
         B, Z = x.shape[0], self.latent
         if eps is None:
             eps = self.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z)
-        eps = np.asarray(eps, dtype=self.dtype)
+        eps = checks.batch("eps", eps, Z, self.dtype, B=B)
 
         h, enc_caches = _mlp_forward(self.encoder, x)  # (B, 2Z)
         mu, logvar = h[:, :Z], h[:, Z:]  # (B, Z) each
@@ -184,14 +178,14 @@ class VAE:
         """μ and log σ² of q(z | x), NumPy arrays on every backend.     x: (B, D) → mu, logvar: (B, Z)"""
         if self._engine is not None:
             return self._engine.encode(x)
-        h, _ = _mlp_forward(self.encoder, np.asarray(x, dtype=self.dtype))
+        h, _ = _mlp_forward(self.encoder, checks.batch("x", x, self.data_dim, self.dtype, unit=True))
         return h[:, :self.latent], h[:, self.latent:]
 
     def decode_logits(self, z):
         """The decoder's logits a, a NumPy array on every backend.     z: (B, Z) → (B, D)"""
         if self._engine is not None:
             return self._engine.decode_logits(z)
-        logits, _ = _mlp_forward(self.decoder, np.asarray(z, dtype=self.dtype))
+        logits, _ = _mlp_forward(self.decoder, checks.batch("z", z, self.latent, self.dtype))
         return logits
 
     def decode(self, z):
@@ -206,7 +200,7 @@ class VAE:
     def sample(self, n, rng=None):
         """n images from the model: z ~ N(0, I), returned as pixel probabilities.  → (n, D)"""
         rng = self.rng if rng is None else rng
-        z = rng.standard_normal((int(n), self.latent)).astype(self.dtype)  # (n, Z)
+        z = rng.standard_normal((checks.integer("n", n), self.latent)).astype(self.dtype)  # (n, Z)
         return self.decode(z)
 
     def num_params(self):
@@ -222,15 +216,30 @@ class VAE:
         """Overwrite every parameter in place from a dict of host arrays."""
         if self._engine is not None:
             return self._engine.set_params(values)
+        values = checks.params("values", values, self.params)
         for k, p in self.params.items():
-            if values[k].shape != p.shape:
-                raise ValueError(f"{k}: shape {values[k].shape} does not match {p.shape}")
             p[...] = values[k]
 
 
 # --------------------------------------------------------------------------------------------
 # An MLP is a list of (Dense, activation or None) pairs
 # --------------------------------------------------------------------------------------------
+
+
+def sizes(data_dim, latent, hidden, dtype):
+    """The checked sizes of a model: (D, Z, hidden widths as a tuple, dtype)."""
+    data_dim = checks.integer("data_dim", data_dim)
+    latent = checks.integer("latent", latent)
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        raise ValueError(f"hidden must be a sequence of widths like (512,), got {hidden!r}")
+    hidden = tuple(checks.integer("hidden width", h) for h in hidden)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return data_dim, latent, hidden, dtype
 
 
 def build_mlps(data_dim, code_dim, latent, hidden, act, init_rng, dtype):

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from minivae import checks
+
 
 class GraphedStep:
     """``loss = step(x, eps=None)``: forward, backward and ``opt.step`` of one batch, replayed."""
@@ -84,8 +86,12 @@ class GraphedStep:
 
     def __call__(self, x, eps=None):
         opt, cupy = self.opt, self.cupy
+        # Checked as by the eager engine: a (B, 1) x would otherwise broadcast into the buffer.
+        x = checks.batch("x", x, self.eng.D, self.eng.dtype, unit=True)
         if len(x) != self.B:
             raise ValueError(f"this step was captured for batch size {self.B}, got {len(x)}")
+        if eps is not None:
+            eps = checks.batch("eps", eps, self.eng.Z, self.eng.dtype, B=self.B)
         key = None
         if eps is None:  # made on the device below, from a key of the model's generator, as eagerly
             key = self.eng.noise_key()
