@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import minivae  # noqa: E402
 from minivae.backend import available_backends  # noqa: E402
-from minivae.train import atomic_write, atomic_write_text  # noqa: E402
+from minivae.files import atomic_write, atomic_write_text  # noqa: E402
 
 LATENTS = (2, 10, 20, 50, 100, 200, 500, 784, 1000, 2000, 5000)
 QUICK_LATENTS = (20, 1000)

@@ -66,6 +66,8 @@ from typing import Iterator
 
 import numpy as np
 
+from minivae.files import file_mode
+
 
 class DataError(Exception):
     """The data could not be found, read or verified; ``str(e)`` is one line for the user."""
@@ -113,21 +115,6 @@ def download_deadline():
     if not value > 0 or value == float("inf"):
         raise DataError(f"MINIVAE_DOWNLOAD_DEADLINE={env!r} is not a positive number of seconds")
     return value
-
-
-def file_mode():
-    """The permission bits the user's umask gives a new file (0666 & ~umask): what a file made
-    by ``open`` would get, for files that ``tempfile.mkstemp`` creates private (0600)."""
-    try:  # Linux states the umask without changing it
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 ROWS = COLS = 28

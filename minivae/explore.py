@@ -30,7 +30,6 @@ digits when full MNIST is not available, split with the run's seed), binarized a
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import statistics
@@ -41,7 +40,8 @@ import warnings
 
 import numpy as np
 
-from minivae import metrics
+from minivae import cli, metrics
+from minivae.cli import EXIT_USAGE, UsageError
 from minivae.data import DataError, binarize, load_mnist
 from minivae.runs import RunError, model_from, read_run
 
@@ -49,22 +49,10 @@ TEMPERATURES = (0.5, 0.8, 1.0)
 TRAVERSAL_T = np.linspace(-3.0, 3.0, 11)  # t in units of √λ
 INTERPOLATION_T = np.linspace(0.0, 1.0, 10)
 N_DIRECTIONS, N_PAIRS, MANIFOLD_N = 8, 8, 20
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line with exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv=None):
     from minivae.backend import BACKENDS
 
-    p = _Parser(prog="python -m minivae.explore",
+    p = cli.Parser(prog=cli.program("minivae.explore", "minivae-explore"),
                 description="Figures of a trained model's latent space: samples by temperature, "
                             "interpolations, traversals of its principal directions, a map of the "
                             "test digits' codes (and for Z = 2 the decoded manifold).")

@@ -6,8 +6,9 @@ import io
 
 import numpy as np
 
-from minivae.data import D
 from minivae import metrics
+from minivae.data import D
+from minivae.files import atomic_write
 
 
 def _pyplot():
@@ -20,8 +21,6 @@ def _pyplot():
 
 
 def _save(fig, path):
-    from minivae.train import atomic_write
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)

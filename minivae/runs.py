@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CONFIG = "config.json"
-CHECKPOINT = "checkpoint.npz"
+from minivae.files import CHECKPOINT, CONFIG, CheckpointError, error_reason, read_checkpoint, set_rng_state
 
 
 class RunError(ValueError):
@@ -54,7 +53,7 @@ def read_config(path):
     except FileNotFoundError:
         raise RunError(f"no {path.name} at {path}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise RunError(f"cannot read {path}: {_reason(e)}") from None
+        raise RunError(f"cannot read {path}: {error_reason(e)}") from None
     try:
         config = json.loads(text)
     except json.JSONDecodeError as e:
@@ -83,29 +82,6 @@ def _check_config(config, path):
         raise RunError(f"{path}: 'beta' must be a non-negative number, got {config['beta']!r}")
 
 
-def read_checkpoint(path):
-    """Every array of a checkpoint.npz, read without pickle: a dict name → array.
-
-    Raises :class:`RunError` for a missing file, one that is not an .npz archive (truncated,
-    foreign, or holding pickled objects), and one without a model's parameters (``param/…``).
-    """
-    path = pathlib.Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as ck:
-            if not hasattr(ck, "files"):  # a bare .npy file, not an archive
-                raise RunError(f"{path} is a single array, not a checkpoint archive")
-            arrays = {k: ck[k] for k in ck.files}  # reads (and CRC-checks) every member now
-    except RunError:
-        raise
-    except FileNotFoundError:
-        raise RunError(f"no {path.name} at {path}") from None
-    except Exception as e:  # a truncated or foreign file: BadZipFile, EOFError, ValueError, OSError …
-        raise RunError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): {_reason(e)}") from None
-    if not any(k.startswith("param/") for k in arrays):
-        raise RunError(f"{path} holds no model parameters (no param/… arrays): not a minivae checkpoint")
-    return arrays
-
-
 def read_run(run_dir):
     """The :class:`Run` in ``run_dir``: its config.json and checkpoint.npz, both read and checked."""
     folder = pathlib.Path(run_dir)
@@ -116,7 +92,12 @@ def read_run(run_dir):
         raise RunError(f"{folder} is not a training run: it has no {CONFIG} and no {CHECKPOINT}")
     if missing:
         raise RunError(f"{folder} is not a complete training run: no {missing[0]} at {folder / missing[0]}")
-    return Run(folder, read_config(folder / CONFIG), read_checkpoint(folder / CHECKPOINT))
+    config = read_config(folder / CONFIG)
+    try:
+        arrays = read_checkpoint(folder / CHECKPOINT)
+    except CheckpointError as e:
+        raise RunError(str(e)) from None
+    return Run(folder, config, arrays)
 
 
 def model_from(run, backend="auto"):
@@ -160,9 +141,9 @@ def model_from(run, backend="auto"):
     vae.set_params(params)
     if "rng/model" in arrays:  # the noise generator as it was when the checkpoint was written
         try:
-            vae.rng.bit_generator.state = json.loads(str(arrays["rng/model"]))
+            set_rng_state(vae.rng, arrays["rng/model"])
         except (ValueError, TypeError, KeyError) as e:
-            raise RunError(f"{ck_path}: rng/model is not a generator state: {_reason(e)}") from None
+            raise RunError(f"{ck_path}: rng/model is not a generator state: {error_reason(e)}") from None
     return vae
 
 
@@ -180,8 +161,3 @@ def load(run_dir, backend="auto"):
     two do not match.
     """
     return model_from(read_run(run_dir), backend)
-
-
-def _reason(e):
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__

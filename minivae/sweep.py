@@ -31,10 +31,10 @@ import warnings
 
 import numpy as np
 
-from minivae import losses, metrics
+from minivae import cli, losses, metrics
+from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from minivae.data import D
-from minivae.train import UsageError, WriteError, _Parser, _positive_int, add_training_options, \
-    atomic_write, atomic_write_text, read_jsonl, write_jsonl
+from minivae.files import WriteError, atomic_write, atomic_write_text, read_jsonl, write_jsonl
 
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, 784, 1000, 2000)
@@ -71,23 +71,22 @@ def _model_list(text):
 
 
 def parse_args(argv=None):
-    p = _Parser(prog="python -m minivae.sweep",
+    p = cli.Parser(prog=cli.program("minivae.sweep", "minivae-sweep"),
                 description="Train one model per latent size and compare them on held-out digits.")
     p.add_argument("--latents", type=_latent_list, default=list(LATENTS),
                    help="comma-separated sizes (default 2,5,10,20,50,100,200,500,784,1000,2000)")
     p.add_argument("--models", type=_model_list, default=["vae"], help="vae, ae or vae,ae (default vae)")
     p.add_argument("--seeds", type=_seed_list, default=None,
                    help="comma-separated seeds, one run per seed and size (default: --seed)")
-    p.add_argument("--steps", type=_positive_int, default=None,
+    p.add_argument("--steps", type=cli.positive_int, default=None,
                    help="Adam steps per run, the same for every size (default: --epochs passes "
                         f"over the training digits, {DEFAULT_EPOCHS} epochs when neither is given)")
-    p.add_argument("--jobs", type=_positive_int, default=1, help="worker processes (1)")
+    p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes (1)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs") / "sweep",
                    help="folder for results.jsonl, report.md, the figures and runs/ (default runs/sweep)")
-    add_training_options(p)
-    p.set_defaults(iw_samples=100)
+    cli.add_training_options(p, epochs=DEFAULT_EPOCHS, iw_samples=100)
     return p.parse_args(argv)
 
 
@@ -139,7 +138,6 @@ def run_one(cfg):
     from minivae.ae import AE
     from minivae.data import batches, binarize, load_mnist
     from minivae.optim import Adam
-    from minivae.train import atomic_write_text
     from minivae.vae import VAE
 
     with warnings.catch_warnings():
@@ -359,7 +357,7 @@ def run(args):
                                  f".partial.json").unlink(missing_ok=True)
         warn(f"interrupted: {len(todo) - len(left)} of {len(todo)} runs finished (in {results_path}); "
              f"run the same command again to do the other {len(left)}")
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         if client is not None:
             client.close()
@@ -383,7 +381,7 @@ def run(args):
     if failed:
         print(f"minivae.sweep: {len(failed)} run(s) failed; run the same command again to retry them",
               file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0
 
 
@@ -664,14 +662,14 @@ def main(argv=None):
         return run(parse_args(argv))
     except UsageError as e:
         print(f"minivae.sweep: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:  # before any run started (loading the data, say)
         print("minivae.sweep: interrupted during start-up; no run was started", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except WriteError as e:  # a full disk, say: every finished run is in results.jsonl already
         print(f"minivae.sweep: {e}; stopping (run the same command again when it can be written)",
               file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

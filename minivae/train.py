@@ -44,37 +44,26 @@ import os
 import pathlib
 import signal
 import sys
-import tempfile
 import time
 import warnings
 
 import numpy as np
 
-from minivae import metrics
-from minivae.data import DataError, batches, binarize, file_mode, load_mnist
+from minivae import cli, metrics
+from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from minivae.data import D, DataError, batches, binarize, load_mnist
+from minivae.files import (CHECKPOINT, CheckpointError, JsonlError, WriteError, atomic_write_text, read_checkpoint,
+                           read_jsonl, save_checkpoint, set_rng_state, write_jsonl)
 from minivae.optim import Adam
 from minivae.vae import VAE
 
-CHECKPOINT = "checkpoint.npz"
 LOCK = ".lock"  # held (fcntl.flock) by the run writing into the folder
 # The files a run writes: a folder holding any of them holds a run.
 ARTIFACTS = ("config.json", "metrics.jsonl", CHECKPOINT, "summary.json", "reconstructions.png",
              "samples.png", "kl_per_dim.png", "loss_curve.png")
-EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 EXIT_DIVERGED = EXIT_FAILED
-D = 784
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line with exit code 2."""
-
-
-class RunError(Exception):
-    """A run that had started failed (a full disk, no memory): one line, exit code 1."""
-
-
-class WriteError(OSError):
-    """A file could not be written; ``str(e)`` is one line naming the file and the reason."""
+DEFAULT_EPOCHS = 30
+RESUME_OPTIONS = {"resume", "epochs", "data_dir", "quiet"}  # what a resumed run may be given
 
 
 class Interrupted(KeyboardInterrupt):
@@ -90,95 +79,18 @@ class Interrupted(KeyboardInterrupt):
 # --------------------------------------------------------------------------------------------
 
 
-def _number(convert, accept, what):
-    """An argparse type: ``convert`` the text, then require ``accept(value)``, else say ``what``."""
-
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    parse.__name__ = what  # argparse names the type in its messages
-    return parse
-
-
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
-_positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
-_non_negative_float = _number(float, lambda v: v >= 0 and math.isfinite(v), "a non-negative number")
-
-
-def _path(text):
-    """A path that is not empty (``''`` would silently mean the current folder)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
-    if "\0" in text:
-        raise argparse.ArgumentTypeError(f"a path cannot hold a NUL character, got {text!r}")
-    return pathlib.Path(text)
-
-
-_path.__name__ = "path"
-
-
-def _widths(text):
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected widths like 512,256, got {text!r}") from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive widths like 512,256, got {text!r}")
-    return widths
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
-
-    def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def add_training_options(p):
-    """The options a training run takes (shared with :mod:`minivae.sweep`)."""
-    from minivae.backend import BACKENDS
-
-    p.add_argument("--hidden", type=_widths, default=(512,), metavar="H1,H2",
-                   help="hidden widths of the encoder; the decoder mirrors them (default 512)")
-    p.add_argument("--epochs", type=_non_negative_int, default=None, help="passes over the data")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size B (128)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (1e-3)")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
-                   help="seeds weights, noise, data order (0)")
-    p.add_argument("--binarize", choices=("dynamic", "static", "none"), default="dynamic",
-                   help="pixels as Bernoulli draws: fresh each epoch (dynamic, default), "
-                        "one fixed draw (static), or grey levels (none)")
-    p.add_argument("--data-dir", type=_path, default=None,
-                   help="a folder of MNIST IDX files to use instead of the download cache")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use the first N training digits")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="implementation of the step (default auto: the fastest usable)")
-    p.add_argument("--iw-samples", type=_positive_int, default=50, metavar="K",
-                   help="importance samples for the final log-likelihood estimate (50)")
-    p.add_argument("--iw-examples", type=_positive_int, default=1000, metavar="N",
-                   help="test digits the log-likelihood estimate averages over (1000)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-
-
 def _parser():
-    p = _Parser(prog="python -m minivae.train",
-                description="Train a VAE on MNIST; write metrics, a checkpoint and figures.")
-    p.add_argument("--latent", type=_positive_int, default=20, help="latent dimension Z (20)")
-    p.add_argument("--beta", type=_non_negative_float, default=1.0, help="weight of the KL term (1)")
-    p.add_argument("--out", type=_path, default=None, help="output folder (runs/latent<Z>)")
-    p.add_argument("--resume", type=_path, default=None, metavar="DIR",
+    p = cli.Parser(prog=cli.program("minivae.train", "minivae-train"),
+                   description="Train a VAE on MNIST; write metrics, a checkpoint and figures.")
+    p.add_argument("--latent", type=cli.positive_int, default=20, help="latent dimension Z (default 20)")
+    p.add_argument("--beta", type=cli.non_negative_float, default=1.0, help="weight of the KL term (default 1)")
+    p.add_argument("--out", type=cli.path, default=None, help="output folder (default runs/latent<Z>)")
+    p.add_argument("--resume", type=cli.path, default=None, metavar="DIR",
                    help="continue the run in DIR from its checkpoint (its options are reused; "
                         "--epochs may raise the total, --data-dir point to its data elsewhere)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out (without it, a folder holding a run is refused)")
-    add_training_options(p)
+    cli.add_training_options(p, epochs=DEFAULT_EPOCHS, iw_samples=50)
     return p
 
 
@@ -193,135 +105,6 @@ def parse_args(argv=None):
     return args
 
 
-DEFAULT_EPOCHS = 30
-RESUME_OPTIONS = {"resume", "epochs", "data_dir", "quiet"}  # what a resumed run may be given
-
-
-# --------------------------------------------------------------------------------------------
-# Files: written to a temporary name in the same folder, then renamed
-# --------------------------------------------------------------------------------------------
-
-
-def atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it onto ``path``.
-
-    The file gets the mode the user's umask gives a new file. Any failure (a full disk, an
-    unwritable folder, Ctrl-C) removes the temporary file and leaves ``path`` as it was; an
-    OSError comes out as a :class:`WriteError` that names ``path``.
-    """
-    path = pathlib.Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp makes it 0600; results are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError) and not isinstance(e, WriteError):
-            raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
-
-
-def atomic_write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-class JsonlError(ValueError):
-    """A line of a JSON-lines file that is not a JSON object; ``line`` is its number (from 1)."""
-
-    def __init__(self, message, line):
-        super().__init__(message)
-        self.line = line
-
-
-def read_jsonl(path, on_bad=None):
-    """The rows (JSON objects) of a JSON-lines file, [] when there is none.
-
-    A line that is not a JSON object raises :class:`JsonlError` naming the file and the line,
-    or, with ``on_bad``, is passed to ``on_bad(error, text)`` and skipped.
-    """
-    path = pathlib.Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"a JSON {type(row).__name__}, not an object")
-        except ValueError as e:
-            reason = "truncated or not JSON" if isinstance(e, json.JSONDecodeError) else str(e)
-            error = JsonlError(f"{path} line {number}: {reason}", number)
-            if on_bad is None:
-                raise error from None
-            on_bad(error, line)
-            continue
-        rows.append(row)
-    return rows
-
-
-def write_jsonl(path, rows):
-    """Write rows as JSON lines, atomically."""
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _rng_state(rng):
-    return np.array(json.dumps(rng.bit_generator.state))
-
-
-def _set_rng_state(rng, state):
-    rng.bit_generator.state = json.loads(str(state))
-
-
-def save_checkpoint(path, vae, opt, data_rng, epoch_rng_state, epoch, step, config, running=None,
-                    n_train=None):
-    """Parameters, Adam moments, the generators, and the position (epoch done, steps into next).
-
-    ``running``: mid-epoch, the epoch's running sums so far (loss_sum, seen, train_s), so that a
-    resumed run reports the epoch's train loss over all of it. ``n_train``: the number of
-    training digits, checked on resume.
-    """
-    arrays = {"param/" + k: v for k, v in vae.get_params().items()}
-    arrays.update({"opt/" + k: v for k, v in opt.state_dict().items()})
-    arrays["rng/model"] = _rng_state(vae.rng)
-    arrays["rng/data"] = _rng_state(data_rng)
-    arrays["rng/epoch_start"] = np.array(epoch_rng_state)
-    arrays["epoch"] = np.array(epoch)
-    arrays["step"] = np.array(step)
-    arrays["config"] = np.array(json.dumps(config))
-    if n_train is not None:
-        arrays["data/n_train"] = np.array(n_train)
-    for k, v in (running or {}).items():
-        arrays["epoch/" + k] = np.array(v)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def load_checkpoint(path):
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
-                raise UsageError(f"{path} is not a minivae checkpoint (not an .npz file)")
-        with np.load(path, allow_pickle=False) as ck:
-            return {k: ck[k] for k in ck.files}
-    except UsageError:
-        raise
-    except FileNotFoundError:
-        raise UsageError(f"no checkpoint at {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"no checkpoint at {path} (a folder)") from None
-    except Exception as e:  # a truncated or foreign file
-        raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
 
 
 _CONFIG_TYPES = {  # key: (check, what) of a checkpoint's config
@@ -351,10 +134,13 @@ def _is_number(v):
 
 
 def _read_checkpoint(folder):
-    """The checkpoint in ``folder``, checked to be one of ours before anything is built from it:
-    (arrays, config, position (epoch, step))."""
+    """The checkpoint in ``folder``, checked to be one a run can resume from before anything is
+    built from it: (arrays, config, position (epoch, step))."""
     path = folder / CHECKPOINT
-    ck = load_checkpoint(path)
+    try:
+        ck = read_checkpoint(path)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
     missing = [k for k in ("config", "epoch", "step", "rng/model", "rng/data", "rng/epoch_start")
                if k not in ck]
     if missing:
@@ -372,7 +158,7 @@ def _read_checkpoint(folder):
             raise UsageError(f"{path}: its config's {key!r} is {config[key]!r}, expected {what}")
     for key in ("rng/model", "rng/data", "rng/epoch_start"):
         try:
-            _set_rng_state(np.random.default_rng(), ck[key])
+            set_rng_state(np.random.default_rng(), ck[key])
         except (ValueError, TypeError, KeyError, AttributeError):
             raise UsageError(f"{path}: its generator state {key!r} is corrupt") from None
     position = []
@@ -737,9 +523,9 @@ def _run(args, given, signals, state):
         if start_step >= steps_per_epoch:
             raise UsageError(f"the checkpoint is at step {start_step} of an epoch, but the data give "
                              f"{steps_per_epoch} steps per epoch: not the run's data")
-        _set_rng_state(vae.rng, ck["rng/model"])
+        set_rng_state(vae.rng, ck["rng/model"])
         # Mid-epoch: replay the epoch's data order from its start, skipping the steps done.
-        _set_rng_state(data_rng, ck["rng/epoch_start"] if start_step else ck["rng/data"])
+        set_rng_state(data_rng, ck["rng/epoch_start"] if start_step else ck["rng/data"])
         if start_step and "epoch/seen" in ck:
             running = {"loss_sum": float(ck["epoch/loss_sum"]), "seen": int(ck["epoch/seen"]),
                        "train_s": float(ck["epoch/train_s"])}

@@ -1,0 +1,114 @@
+"""What the command lines share: exit codes, the usage error, argparse types and the training options.
+
+Bad input is one line on stderr and exit code 2 (:data:`EXIT_USAGE`), never a traceback: the
+types below turn a wrong value into argparse's one-line message, and :class:`Parser` prints that
+line without the usage block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pathlib
+import sys
+
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line with exit code 2."""
+
+
+def program(module, script):
+    """The program's name as it was invoked: the console script (``minivae-train``) when that is
+    what runs, else ``python -m <module>``."""
+    return script if os.path.basename(sys.argv[0] or "") == script else f"python -m {module}"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Argument types
+# --------------------------------------------------------------------------------------------
+
+
+def number(convert, accept, what):
+    """An argparse type: ``convert`` the text, then require ``accept(value)``, else say ``what``."""
+
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = number(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+non_negative_float = number(float, lambda v: v >= 0 and math.isfinite(v), "a non-negative number")
+
+
+def path(text):
+    """A path that is not empty (``''`` would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"a path cannot hold a NUL character, got {text!r}")
+    return pathlib.Path(text)
+
+
+path.__name__ = "path"
+
+
+def widths(text):
+    """Hidden widths like ``512,256`` → (512, 256)."""
+    try:
+        values = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 512,256, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths like 512,256, got {text!r}")
+    return values
+
+
+def add_training_options(p, epochs, iw_samples):
+    """The options a training run takes (the main job's and the study's). ``epochs`` is the
+    default number of passes the command applies when ``--epochs`` is not given (the option
+    itself defaults to None, so a command can tell "not given" apart); ``iw_samples`` is the
+    default K of the log-likelihood estimate."""
+    from minivae.backend import BACKENDS
+
+    p.add_argument("--hidden", type=widths, default=(512,), metavar="H1,H2",
+                   help="hidden widths of the encoder; the decoder mirrors them (default 512)")
+    p.add_argument("--epochs", type=non_negative_int, default=None,
+                   help=f"passes over the training digits (default {epochs})")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size B (default 128)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seeds weights, noise, data order (default 0)")
+    p.add_argument("--binarize", choices=("dynamic", "static", "none"), default="dynamic",
+                   help="pixels as Bernoulli draws: fresh each epoch (dynamic, default), "
+                        "one fixed draw (static), or grey levels (none)")
+    p.add_argument("--data-dir", type=path, default=None,
+                   help="a folder of MNIST IDX files to use instead of the download cache (default: the cache)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="use the first N training digits (default: all)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="implementation of the step (default auto: the fastest usable)")
+    p.add_argument("--iw-samples", type=positive_int, default=iw_samples, metavar="K",
+                   help=f"importance samples for the final log-likelihood estimate (default {iw_samples})")
+    p.add_argument("--iw-examples", type=positive_int, default=1000, metavar="N",
+                   help="test digits the log-likelihood estimate averages over (default 1000)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
