@@ -5,10 +5,11 @@ that allocate new arrays at every call. :class:`Engine` runs exactly the same ma
 of :mod:`kernels.reference` (matrix products plus one fused pass per element-wise op), on buffers
 that are allocated once:
 
-- the parameters live in ONE flat buffer θ (P,) and ``vae.params`` is rebound to a dict of views
-  into it (same keys, shapes and order), so the model, the optimizer and a checkpoint all see the
-  same memory; the gradients live in a second flat buffer of the same layout, and Adam (with its
-  moments flat too, see :mod:`minivae.optim`) is one pass over P numbers;
+- the parameters live in ONE flat buffer θ (P,), and the fast model's ``params``
+  (:mod:`kernels.fast`) is a dict of views into it (same keys, shapes and order as the reference's),
+  so the model, the optimizer and a checkpoint all see the same memory; the gradients live in a
+  second flat buffer of the same layout, and Adam (:class:`kernels.fast.FastAdam`, its moments
+  flat too) is one pass over P numbers;
 - the activations and their gradients live in workspaces allocated once per batch size B and
   reused at every step (a new B, e.g. the short last batch of an epoch, gets its own workspace).
 
@@ -75,38 +76,40 @@ class _Workspace:
 
 
 class Engine:
-    """Runs ``vae``'s forward and backward through ``ops`` on flat, preallocated buffers.
+    """Runs the step of ``model`` (a :class:`kernels.fast.FastVAE` or ``FastAE``) through ``ops``
+    on flat, preallocated buffers.
 
-    On construction the VAE's current parameters are copied into the flat buffer and
-    ``vae.params`` is rebound to a :class:`FlatParams` of views into it.
+    It reads the model's public description — ``latent``, ``data_dim``, ``dtype``, ``activation``,
+    ``layer_names`` and the initial ``params`` (host arrays, layer order) — copies the parameters
+    into one flat buffer (``self.params``, which the model then holds as its ``params``), and at
+    each step uses the model's generator ``rng`` and KL weight ``beta`` and sets its ``last``.
     """
 
     MAX_WORKSPACES = 4  # batch sizes kept at once (training B, the last short batch, evaluation B)
 
-    def __init__(self, vae, ops):
-        self.vae, self.ops = vae, ops
-        self.dtype = np.dtype(vae.dtype)
-        self.Z, self.D = vae.latent, vae.data_dim
+    def __init__(self, model, ops):
+        self.model, self.ops = model, ops
+        self.dtype = np.dtype(model.dtype)
+        self.Z, self.D = model.latent, model.data_dim
+        host = model.params  # name → (fan_in, fan_out) weights and (fan_out,) biases, layer order
+        names = list(model.layer_names)
+        n_enc = sum(name.startswith("enc") for name in names)
+        # (name, fan_in, fan_out, activation) per dense layer, encoder first; each MLP's last is linear.
+        last = {names[n_enc - 1], names[-1]}
+        self.layers = [(n, *host[n + ".W"].shape, "identity" if n in last else model.activation) for n in names]
+        self.enc_layers, self.dec_layers = self.layers[:n_enc], self.layers[n_enc:]
         # A VAE's encoder ends in 2Z numbers [μ | log σ²]; a plain autoencoder's (minivae.ae.AE)
         # in the code z itself (Z numbers): no noise, no KL, and ∂L/∂z goes straight to the encoder.
-        self.variational = vae.encoder[-1][0].W.shape[1] == 2 * vae.latent
-
-        # (name, fan_in, fan_out, activation) per dense layer, encoder first.
-        dense = [d for d, _ in vae.encoder + vae.decoder]
-        acts = [vae.activation if a is not None else "identity" for _, a in vae.encoder + vae.decoder]
-        self.layers = [(n, d.W.shape[0], d.W.shape[1], a) for n, d, a in zip(vae.layer_names, dense, acts)]
-        n_enc = len(vae.encoder)
-        self.enc_layers, self.dec_layers = self.layers[:n_enc], self.layers[n_enc:]
+        self.variational = self.enc_layers[-1][2] == 2 * self.Z
 
         layout, offset = [], 0
-        for k, p in vae.params.items():
+        for k, p in host.items():
             layout.append((k, offset, p.size, p.shape))
             offset += p.size
         self.P = offset
-        host = np.concatenate([np.asarray(p, dtype=self.dtype).ravel() for p in vae.params.values()])
-        self.params = FlatParams(ops.to_device(host), ops, layout)  # θ (P,)
+        flat = np.concatenate([np.asarray(p, dtype=self.dtype).ravel() for p in host.values()])
+        self.params = FlatParams(ops.to_device(flat), ops, layout)  # θ (P,)
         self.grads = self.params.views(ops.zeros((self.P,), self.dtype))  # ∂L/∂θ (P,)
-        vae.params = self.params
 
         self._workspaces = {}  # B → _Workspace
         self._step = None  # (workspace, x, eps) of the last forward, for backward
@@ -115,7 +118,8 @@ class Engine:
     # Buffers
     # ----------------------------------------------------------------------------------------
 
-    def _workspace(self, B):
+    def workspace(self, B):
+        """The workspace of batch size B, allocated at its first use."""
         ws = self._workspaces.get(B)
         if ws is None:
             if len(self._workspaces) >= self.MAX_WORKSPACES:
@@ -168,29 +172,29 @@ class Engine:
     # ----------------------------------------------------------------------------------------
 
     def forward(self, x, eps=None):
-        """The batch mean of the negative ELBO, as :meth:`minivae.vae.VAE.forward`."""
-        vae, ops, Z = self.vae, self.ops, self.Z
+        """The batch mean of the negative ELBO, as :meth:`minivae.vae.VAE.forward`; sets ``model.last``."""
+        model, ops, Z = self.model, self.ops, self.Z
         x = self._input("x", x, self.D, unit=True)  # (B, D), checked before any kernel runs
         B = x.shape[0]
-        ws = self._workspace(B)
+        ws = self.workspace(B)
         if not self.variational:
-            self._forward_ops(ws, x, None)
+            self.forward_ops(ws, x, None)
             self._step = (ws, x, None)
-            return self._record_loss(ops.to_host(ws.recon), np.zeros(B, self.dtype))
+            return self.record_loss(ops.to_host(ws.recon), np.zeros(B, self.dtype))
         if eps is None and hasattr(ops, "standard_normal"):
             ops.standard_normal(self.noise_key(), ws.eps)  # the backend makes ε from the key
             eps = ws.eps  # (B, Z)
         elif eps is None:
-            eps = vae.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z), drawn on the host
+            eps = model.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z), drawn on the host
         else:
             eps = self._input("eps", eps, Z, B=B)  # (B, Z): the kernel reads B·Z numbers
         if isinstance(eps, np.ndarray):
             eps = ops.to_device(eps)
-        self._forward_ops(ws, x, eps)
+        self.forward_ops(ws, x, eps)
         self._step = (ws, x, eps)
-        return self._record_loss(ops.to_host(ws.recon), ops.to_host(ws.kl))
+        return self.record_loss(ops.to_host(ws.recon), ops.to_host(ws.kl))
 
-    def _forward_ops(self, ws, x, eps):
+    def forward_ops(self, ws, x, eps):
         """The ops of the forward pass on workspace ``ws``: z, KL, ℓ and ∂L/∂logits."""
         ops = self.ops
         h = self._mlp_forward(self.enc_layers, x, ws.enc_y)  # [μ | log σ²] (B, 2Z); AE: z (B, Z)
@@ -201,34 +205,34 @@ class Engine:
         logits = self._mlp_forward(self.dec_layers, z, ws.dec_y)  # (B, D)
         ops.bernoulli_nll(logits, x, 1.0 / ws.B, ws.recon, ws.dec_dy[-1])  # ℓ (B,), ∂L/∂a (B, D)
 
-    def _record_loss(self, recon, kl):
-        """The batch mean of the negative ELBO from the host arrays ℓ and KL (B,); sets ``vae.last``."""
-        vae = self.vae
-        loss = (recon + getattr(vae, "beta", 0.0) * kl).mean()
-        vae.last = {"loss": float(loss), "recon": float(recon.mean()), "kl": float(kl.mean())}
+    def record_loss(self, recon, kl):
+        """The batch mean of the negative ELBO from the host arrays ℓ and KL (B,); sets ``model.last``."""
+        model = self.model
+        loss = (recon + getattr(model, "beta", 0.0) * kl).mean()
+        model.last = {"loss": float(loss), "recon": float(recon.mean()), "kl": float(kl.mean())}
         return float(loss)
 
     def noise_key(self):
         """The key of one step's noise for ``ops.standard_normal``: two 32-bit words drawn from the
         model's generator (so the generator's state, which a checkpoint saves, decides the noise)."""
-        return self.vae.rng.integers(0, 2**32, size=2, dtype=np.uint64)
+        return self.model.rng.integers(0, 2**32, size=2, dtype=np.uint64)
 
     def backward(self):
         """Gradients of the last forward's loss: a :class:`FlatParams` of views into one buffer."""
         if self._step is None:
             raise RuntimeError("backward() needs a forward() first")
-        self._backward_ops(*self._step)
+        self.backward_ops(*self._step)
         return self.grads
 
-    def _backward_ops(self, ws, x, eps):
-        """The ops of the backward pass after ``_forward_ops`` on ``ws``: the gradients in ``grads``."""
+    def backward_ops(self, ws, x, eps):
+        """The ops of the backward pass after ``forward_ops`` on ``ws``: the gradients in ``grads``."""
         if not self.variational:  # z is the encoder's output: ∂L/∂z lands in its ∂L/∂y directly
             self._mlp_backward(self.dec_layers, ws.enc_y[-1], ws.dec_y, ws.dec_dy, ws.enc_dy[-1])
             self._mlp_backward(self.enc_layers, x, ws.enc_y, ws.enc_dy, None)
             return
         self._mlp_backward(self.dec_layers, ws.z, ws.dec_y, ws.dec_dy, ws.dz)  # ∂L/∂z   (B, Z)
         h = ws.enc_y[-1]  # [μ | log σ²]
-        self.ops.reparam_kl_backward(ws.dz, h, eps, self.vae.beta / ws.B, ws.enc_dy[-1])  # (B, 2Z)
+        self.ops.reparam_kl_backward(ws.dz, h, eps, self.model.beta / ws.B, ws.enc_dy[-1])  # (B, 2Z)
         self._mlp_backward(self.enc_layers, x, ws.enc_y, ws.enc_dy, None)
 
     # ----------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from minivae import checks, losses
+from minivae.backend import model_class, resolve
 from minivae.layers import ACTIVATIONS
-from minivae.vae import _mlp_backward, _mlp_forward, build_mlps, sizes
+from minivae.vae import mlp_backward, mlp_forward, build_mlps, sizes
 
 
 class AE:
@@ -41,20 +42,18 @@ class AE:
             data_dim, latent, latent, hidden, act, init_rng, self.dtype)  # code z: Z outputs, no σ
         self._cache = None
         self.last = {}
-        from minivae.backend import create_engine, resolve
+        self.backend = resolve(backend, self.dtype)  # "numpy": a fast name gives the sibling below
 
-        self.backend = resolve(backend, self.dtype)  # the fast backends run the same engine as the VAE's
-        self._engine = None
-        if self.backend != "numpy":
-            self._engine = create_engine(self, self.backend)  # rebinds self.params to its buffers
+    def __new__(cls, *args, **kwargs):
+        """``AE(..., backend="cpu-fused")`` (or any fast backend) gives :class:`kernels.fast.FastAE`,
+        which runs the same engine as the VAE's."""
+        return super().__new__(model_class(cls, args, kwargs))
 
     def forward(self, x, eps=None):
         """Batch mean of the reconstruction loss Σ_pixels softplus(a) − x·a (``eps`` is ignored)."""
-        if self._engine is not None:
-            return self._engine.forward(x)
         x = checks.batch("x", x, self.data_dim, self.dtype, unit=True)  # (B, D)
-        z, enc_caches = _mlp_forward(self.encoder, x)  # (B, Z)
-        logits, dec_caches = _mlp_forward(self.decoder, z)  # (B, D)
+        z, enc_caches = mlp_forward(self.encoder, x)  # (B, Z)
+        logits, dec_caches = mlp_forward(self.decoder, z)  # (B, D)
         recon = losses.bernoulli_nll(logits, x)  # (B,)
         self._cache = (x, logits, enc_caches, dec_caches)
         loss = float(recon.mean())
@@ -62,8 +61,6 @@ class AE:
         return loss
 
     def backward(self):
-        if self._engine is not None:
-            return self._engine.backward()
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() first")
         x, logits, enc_caches, dec_caches = self._cache
@@ -71,21 +68,17 @@ class AE:
         grads = {}
         dlogits = losses.bernoulli_nll_backward(np.full(B, 1.0 / B, self.dtype), logits, x)  # (B, D)
         n_enc = len(self.encoder)
-        dz = _mlp_backward(self.decoder, dec_caches, dlogits, self.layer_names[n_enc:], grads)
-        _mlp_backward(self.encoder, enc_caches, dz, self.layer_names[:n_enc], grads)
+        dz = mlp_backward(self.decoder, dec_caches, dlogits, self.layer_names[n_enc:], grads)
+        mlp_backward(self.encoder, enc_caches, dz, self.layer_names[:n_enc], grads)
         return {k: grads[k] for k in self.params}
 
     def encode(self, x):
         """(z, None): the code, and no log-variance — the code is a point, not a distribution."""
-        if self._engine is not None:
-            return self._engine.encode(x)
-        z, _ = _mlp_forward(self.encoder, checks.batch("x", x, self.data_dim, self.dtype, unit=True))
+        z, _ = mlp_forward(self.encoder, checks.batch("x", x, self.data_dim, self.dtype, unit=True))
         return z, None
 
     def decode_logits(self, z):
-        if self._engine is not None:
-            return self._engine.decode_logits(z)
-        logits, _ = _mlp_forward(self.decoder, checks.batch("z", z, self.latent, self.dtype))
+        logits, _ = mlp_forward(self.decoder, checks.batch("z", z, self.latent, self.dtype))
         return logits
 
     def decode(self, z):
@@ -103,13 +96,9 @@ class AE:
         return int(sum(p.size for p in self.params.values()))
 
     def get_params(self):
-        if self._engine is not None:
-            return self._engine.get_params()
         return {k: p.copy() for k, p in self.params.items()}
 
     def set_params(self, values):
-        if self._engine is not None:
-            return self._engine.set_params(values)
         values = checks.params("values", values, self.params)
         for k, p in self.params.items():
             p[...] = values[k]

@@ -7,7 +7,8 @@
 - ``numba-cuda``: Numba-CUDA kernels (:mod:`kernels.numba_cuda`), needs a usable CUDA GPU.
 - ``auto``: ``cupy`` when a GPU is usable, else ``cpu-fused`` (``numpy`` for float64 models).
 
-Every backend but ``numpy`` runs the same :class:`kernels.engine.Engine` on its own ops object.
+Every backend but ``numpy`` runs the same :class:`kernels.engine.Engine` on its own ops object:
+``minivae.VAE(..., backend=name)`` gives the fast sibling :class:`kernels.fast.FastVAE` (same API).
 Nothing here imports Numba, CuPy or Numba-CUDA until a backend that needs it is asked for.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 
 import numpy as np
 
@@ -97,19 +99,43 @@ def available_backends():
     return names
 
 
-def create_engine(vae, name):
-    """The :class:`kernels.engine.Engine` of backend ``name`` for ``vae`` (rebinds vae.params)."""
+def create_ops(name, dtype):
+    """The ops object of fast backend ``name`` for parameters of ``dtype``, after checking that the
+    backend runs that dtype and can run here."""
     name = resolve(name)
     if name == "numpy":
-        raise ValueError("the numpy backend runs the reference code in minivae.vae: it has no engine")
+        raise ValueError("the numpy backend runs the reference code in minivae.vae: it has no ops object")
+    dtype = np.dtype(dtype)
     allowed = _DTYPES.get(name)
-    if allowed is not None and vae.dtype not in allowed:
+    if allowed is not None and dtype not in allowed:
         raise ValueError(f"backend {name!r} supports only {', '.join(np.dtype(d).name for d in allowed)}, "
-                         f"not {vae.dtype.name}: use backend='numpy' for {vae.dtype.name}")
+                         f"not {dtype.name}: use backend='numpy' for {dtype.name}")
     if name == "cupy" and not _cupy_gpu_usable():
         raise RuntimeError("backend 'cupy' needs CuPy and a usable CUDA GPU; none was found")
     if name == "numba-cuda" and not _numba_cuda_usable():
         raise RuntimeError("backend 'numba-cuda' needs Numba-CUDA and a usable CUDA GPU; none was found")
-    from kernels.engine import Engine
+    return _ops_class(name)()
 
-    return Engine(vae, _ops_class(name)())
+
+# The fast sibling of each reference model: same public API, the step run by kernels.engine.Engine.
+_FAST_MODELS = {"minivae.vae.VAE": "kernels.fast:FastVAE", "minivae.ae.AE": "kernels.fast:FastAE"}
+
+
+def model_class(cls, args, kwargs):
+    """The class a call ``cls(*args, **kwargs)`` builds: ``cls`` itself on the numpy backend, its
+    fast sibling (:mod:`kernels.fast`) when the backend it names resolves to a fast one. Arguments
+    that do not bind or resolve give ``cls``, whose ``__init__`` then says what is wrong."""
+    fast = _FAST_MODELS.get(f"{cls.__module__}.{cls.__qualname__}")
+    if fast is None:
+        return cls
+    try:
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        bound.apply_defaults()
+        dtype = np.dtype(bound.arguments["dtype"])
+        name = resolve(bound.arguments["backend"], dtype)
+    except (TypeError, ValueError):
+        return cls
+    if name == "numpy":
+        return cls
+    module, fast_cls = fast.split(":")
+    return getattr(importlib.import_module(module), fast_cls)

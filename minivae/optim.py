@@ -33,10 +33,16 @@ def adam_update(p, g, m, v, lr, b1, b2, eps, c1, c2):
 class Adam:
     """Adam over a dict of parameter arrays (``vae.params``), updated in place by :meth:`step`.
 
-    When ``params`` carries a flat buffer (``params.flat``, as the fused backends provide: every
-    parameter a view into one 1-D array) the update runs as one pass of the backend's ``adam``
-    kernel over that buffer, with the moments flat too. The arithmetic is the same.
+    Parameters held in one flat buffer (``params.flat``: a model on a fast backend) get
+    :class:`kernels.fast.FastAdam` instead, the same update as one kernel pass over the buffer.
     """
+
+    def __new__(cls, params, *args, **kwargs):
+        if cls is Adam and getattr(params, "flat", None) is not None:
+            from kernels.fast import FastAdam
+
+            cls = FastAdam
+        return super().__new__(cls)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         self.lr = checks.real("lr", lr, low=0, low_open=True)
@@ -50,54 +56,39 @@ class Adam:
                              f"got {type(params).__name__}")
         self.params = params
         self.t = 0
-        self.flat = getattr(params, "flat", None)
-        if self.flat is not None:
-            ops = params.ops
-            self._m_flat = ops.zeros(self.flat.shape, self.flat.dtype)  # (P,)
-            self._v_flat = ops.zeros(self.flat.shape, self.flat.dtype)  # (P,)
-            self.m = params.views(self._m_flat)
-            self.v = params.views(self._v_flat)
-        else:
-            self.m = {k: np.zeros_like(p) for k, p in params.items()}
-            self.v = {k: np.zeros_like(p) for k, p in params.items()}
+        self.m = self.zeros_like_params()  # first moments, name → array
+        self.v = self.zeros_like_params()  # second moments
+
+    def zeros_like_params(self):
+        return {k: np.zeros_like(p) for k, p in self.params.items()}
 
     def step(self, grads):
         """Apply one update with ``grads`` (same keys and shapes as the parameters)."""
-        flat = self.flat is not None and getattr(grads, "flat", None) is not None
-        if flat:  # one kernel over P numbers: the buffers must have our layout (O(1) checks)
-            g = grads.flat
-            if getattr(grads, "layout", None) != self.params.layout or g.shape != self.flat.shape \
-                    or g.dtype != self.flat.dtype or not g.flags.c_contiguous:
-                raise ValueError(f"grads must have the layout of the parameters: a contiguous "
-                                 f"{self.flat.dtype} buffer of shape {self.flat.shape}, got "
-                                 f"{g.dtype} {g.shape}")
-        else:
-            grads = checks.params("grads", grads, self.params, finite=False)
+        grads = checks.params("grads", grads, self.params, finite=False)
         self.t += 1
         c1 = 1 - self.b1**self.t
         c2 = 1 - self.b2**self.t
-        if flat:
-            self.params.ops.adam(
-                self.flat, grads.flat, self._m_flat, self._v_flat,
-                self.lr, self.b1, self.b2, self.eps, c1, c2,
-            )
-            return
         for k, p in self.params.items():
             adam_update(p, grads[k], self.m[k], self.v[k], self.lr, self.b1, self.b2, self.eps, c1, c2)
 
     def state_dict(self):
         """The optimizer state as host arrays (copies): step count and both moments per parameter."""
-        to_host = self.params.ops.to_host if self.flat is not None else np.asarray
         state = {"t": np.array(self.t)}
         for k in self.params:
-            state["m." + k] = np.array(to_host(self.m[k]))  # a copy: on the CPU to_host may share memory
-            state["v." + k] = np.array(to_host(self.v[k]))
+            state["m." + k] = np.array(self.m[k])
+            state["v." + k] = np.array(self.v[k])
         return state
 
     def load_state_dict(self, state):
         """Restore :meth:`state_dict`'s arrays; all are checked (keys, exact shapes, finite,
         v ≥ 0, t a non-negative integer) before anything changes."""
-        to_device = self.params.ops.to_device if self.flat is not None else np.asarray
+        self.t, moments = self.checked_state(state)
+        for k in self.params:
+            self.m[k][...] = moments["m." + k]
+            self.v[k][...] = moments["v." + k]
+
+    def checked_state(self, state):
+        """(t, moments) of a :meth:`state_dict`, every array checked against the parameters."""
         if not hasattr(state, "keys") or "t" not in state:
             raise ValueError("state must be a dict with the step count 't' and the moments 'm.*', 'v.*'")
         t = state["t"]
@@ -109,8 +100,4 @@ class Adam:
                and moments[k].size and moments[k].min() < 0]
         if bad:
             raise ValueError(f"state[{bad[0]!r}] holds negative second moments")
-        self.t = t
-        state = moments
-        for k in self.params:
-            self.m[k][...] = to_device(state["m." + k])
-            self.v[k][...] = to_device(state["v." + k])
+        return t, moments

@@ -67,6 +67,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivae import checks, losses
+from minivae.backend import model_class, resolve
 from minivae.layers import ACTIVATIONS, Dense, identity_backward, identity_forward
 
 
@@ -107,12 +108,12 @@ class VAE:
 
         self._cache = None
         self.last = {}  # batch means of the last forward: "loss", "recon", "kl"
-        from minivae.backend import create_engine, resolve
+        self.backend = resolve(backend, self.dtype)  # "numpy": a fast name gives the sibling below
 
-        self.backend = resolve(backend, self.dtype)  # "auto" → the fastest usable backend
-        self._engine = None
-        if self.backend != "numpy":
-            self._engine = create_engine(self, self.backend)  # rebinds self.params to its buffers
+    def __new__(cls, *args, **kwargs):
+        """``VAE(..., backend="cpu-fused")`` (or any fast backend) gives :class:`kernels.fast.FastVAE`:
+        a VAE with this API whose step runs through kernels (see :mod:`minivae.backend`)."""
+        return super().__new__(model_class(cls, args, kwargs))
 
     # ----------------------------------------------------------------------------------------
     # The negative ELBO and its gradient
@@ -124,18 +125,16 @@ class VAE:
         x : (B, D) values in [0, 1].  eps : optional (B, Z) standard-normal noise; drawn from the
         model's generator when omitted. Keeps what :meth:`backward` needs.
         """
-        if self._engine is not None:
-            return self._engine.forward(x, eps)
         x = checks.batch("x", x, self.data_dim, self.dtype, unit=True)  # (B, D)
         B, Z = x.shape[0], self.latent
         if eps is None:
             eps = self.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z)
         eps = checks.batch("eps", eps, Z, self.dtype, B=B)
 
-        h, enc_caches = _mlp_forward(self.encoder, x)  # (B, 2Z)
+        h, enc_caches = mlp_forward(self.encoder, x)  # (B, 2Z)
         mu, logvar = h[:, :Z], h[:, Z:]  # (B, Z) each
         z = losses.reparameterize(mu, logvar, eps)  # (B, Z)
-        logits, dec_caches = _mlp_forward(self.decoder, z)  # (B, D)
+        logits, dec_caches = mlp_forward(self.decoder, z)  # (B, D)
 
         recon = losses.bernoulli_nll(logits, x)  # (B,)
         kl = losses.gaussian_kl(mu, logvar)  # (B,)
@@ -147,8 +146,6 @@ class VAE:
 
     def backward(self):
         """Gradients of the last :meth:`forward`'s loss: a dict with the keys and shapes of params."""
-        if self._engine is not None:
-            return self._engine.backward()
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() first")
         x, eps, mu, logvar, logits, enc_caches, dec_caches = self._cache
@@ -158,7 +155,7 @@ class VAE:
 
         # Reconstruction: ∂L/∂a = (sigmoid(a) − x) / B, then back through the decoder to z.
         dlogits = losses.bernoulli_nll_backward(per_example, logits, x)  # (B, D)
-        dz = _mlp_backward(self.decoder, dec_caches, dlogits, self.layer_names[len(self.encoder):],
+        dz = mlp_backward(self.decoder, dec_caches, dlogits, self.layer_names[len(self.encoder):],
                            grads)  # (B, Z)
 
         # z = μ + σ ⊙ ε: the path through the sample ...
@@ -167,7 +164,7 @@ class VAE:
         dmu_kl, dlogvar_kl = losses.gaussian_kl_backward(self.beta * per_example, mu, logvar)
         dh = np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)  # (B, 2Z)
 
-        _mlp_backward(self.encoder, enc_caches, dh, self.layer_names[:len(self.encoder)], grads)
+        mlp_backward(self.encoder, enc_caches, dh, self.layer_names[:len(self.encoder)], grads)
         return {k: grads[k] for k in self.params}  # in layer order
 
     # ----------------------------------------------------------------------------------------
@@ -176,16 +173,12 @@ class VAE:
 
     def encode(self, x):
         """μ and log σ² of q(z | x), NumPy arrays on every backend.     x: (B, D) → mu, logvar: (B, Z)"""
-        if self._engine is not None:
-            return self._engine.encode(x)
-        h, _ = _mlp_forward(self.encoder, checks.batch("x", x, self.data_dim, self.dtype, unit=True))
+        h, _ = mlp_forward(self.encoder, checks.batch("x", x, self.data_dim, self.dtype, unit=True))
         return h[:, :self.latent], h[:, self.latent:]
 
     def decode_logits(self, z):
         """The decoder's logits a, a NumPy array on every backend.     z: (B, Z) → (B, D)"""
-        if self._engine is not None:
-            return self._engine.decode_logits(z)
-        logits, _ = _mlp_forward(self.decoder, checks.batch("z", z, self.latent, self.dtype))
+        logits, _ = mlp_forward(self.decoder, checks.batch("z", z, self.latent, self.dtype))
         return logits
 
     def decode(self, z):
@@ -208,14 +201,10 @@ class VAE:
 
     def get_params(self):
         """A host (NumPy) copy of every parameter, for checkpoints and metrics."""
-        if self._engine is not None:
-            return self._engine.get_params()
         return {k: p.copy() for k, p in self.params.items()}
 
     def set_params(self, values):
         """Overwrite every parameter in place from a dict of host arrays."""
-        if self._engine is not None:
-            return self._engine.set_params(values)
         values = checks.params("values", values, self.params)
         for k, p in self.params.items():
             p[...] = values[k]
@@ -264,7 +253,8 @@ def build_mlps(data_dim, code_dim, latent, hidden, act, init_rng, dtype):
     return encoder, decoder, names, params
 
 
-def _mlp_forward(net, h):
+def mlp_forward(net, h):
+    """h through every (Dense, activation) pair of ``net``: the output and each layer's caches."""
     caches = []
     for dense, act in net:
         a, dense_cache = dense.forward(h)
@@ -273,7 +263,9 @@ def _mlp_forward(net, h):
     return h, caches
 
 
-def _mlp_backward(net, caches, dh, names, grads):
+def mlp_backward(net, caches, dh, names, grads):
+    """From ∂L/∂(output) back through ``net``: each layer's ∂W, ∂b into ``grads`` (under
+    "<name>.W", "<name>.b"); returns ∂L/∂(input)."""
     for (dense, act), (dense_cache, act_cache), name in reversed(list(zip(net, caches, names))):
         da = act.backward(dh, act_cache)[0] if act is not None else identity_backward(dh, act_cache)
         dh, g = dense.backward(da, dense_cache)

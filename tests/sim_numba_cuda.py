@@ -126,6 +126,6 @@ def test_engine_noise_is_the_philox_stream_of_a_key_from_the_model_generator():
     rng = copy.deepcopy(vae.rng)
     x = np.random.default_rng(1).random((5, 12)).astype(np.float32)
     vae.forward(x)
-    eps = vae._engine._step[2].copy_to_host()
+    eps = vae.engine._step[2].copy_to_host()
     key = rng.integers(0, 2**32, size=2, dtype=np.uint64)
     np.testing.assert_allclose(eps, standard_normal_philox(key, 15).reshape(5, 3), rtol=2e-6, atol=2e-6)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import minivae
-from kernels.engine import Engine, FlatParams
+from kernels.engine import FlatParams
+from kernels.fast import FastVAE
 from kernels.reference import NumpyOps
 from minivae import backend
 
@@ -23,8 +24,8 @@ TINY = dict(data_dim=11, latent=3, seed=4)
 
 
 def engine_vae(**kw):
-    vae = minivae.VAE(**kw)
-    return vae, Engine(vae, NumpyOps())
+    vae = FastVAE(**kw, ops=NumpyOps())
+    return vae, vae.engine
 
 
 def data(B, D, seed=0):
@@ -145,7 +146,7 @@ def test_cpu_fused_draws_philox_noise_keyed_by_the_model_generator():
     drawn = []
     for _ in range(2):
         vae.forward(x)
-        drawn.append(vae._engine._step[2].copy())
+        drawn.append(vae.engine._step[2].copy())
         key = rng.integers(0, 2**32, size=2, dtype=np.uint64)
         expected = standard_normal_philox(key, B * Z).reshape(B, Z)
         np.testing.assert_allclose(drawn[-1], expected, rtol=1e-6, atol=1e-6)
@@ -166,7 +167,7 @@ def test_adam_state_dict_on_flat_params():
     assert set(state) == {"t"} | {f"{s}.{k}" for s in "mv" for k in vae.params}
     opt2 = minivae.Adam(vae.params)
     opt2.load_state_dict(state)
-    np.testing.assert_array_equal(opt2._m_flat, opt._m_flat)
+    np.testing.assert_array_equal(opt2.m_flat, opt.m_flat)
 
 
 def test_backend_names():

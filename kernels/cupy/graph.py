@@ -38,15 +38,15 @@ class GraphedStep:
 
         from kernels.cupy.ops import CupyOps
 
-        eng = vae._engine
+        eng = getattr(vae, "engine", None)
         if eng is None or not isinstance(eng.ops, CupyOps):
             raise ValueError("GraphedStep needs a model on the 'cupy' backend")
-        if getattr(opt, "flat", None) is None:
+        if getattr(opt, "m_flat", None) is None or opt.params is not eng.params:
             raise ValueError("GraphedStep needs an Adam over the engine's flat parameters")
         eng.ops.own_gemm = True  # cuBLAS cannot be captured; our GEMM gives the same products
         self.opt, self.eng, self.ops, self.cupy = opt, eng, eng.ops, cupy
         B, self.B = batch_size, batch_size
-        self.ws = eng._workspace(B)
+        self.ws = eng.workspace(B)
         self.x = cupy.empty((B, eng.D), dtype=eng.dtype)  # (B, D), written before each replay
         self.eps = cupy.empty((B, eng.Z), dtype=eng.dtype)  # (B, Z)
         self.c = cupy.ones(2, dtype=np.float32)  # [c1, c2] of the current step
@@ -58,14 +58,14 @@ class GraphedStep:
     def _run(self):
         """The ops of one step, those of Engine.forward + Engine.backward + Adam, without host copies."""
         eng, opt = self.eng, self.opt
-        eng._forward_ops(self.ws, self.x, self.eps)
-        eng._backward_ops(self.ws, self.x, self.eps)
-        self.ops.adam_device_c(opt.flat, eng.grads.flat, opt._m_flat, opt._v_flat,
+        eng.forward_ops(self.ws, self.x, self.eps)
+        eng.backward_ops(self.ws, self.x, self.eps)
+        self.ops.adam_device_c(opt.flat, eng.grads.flat, opt.m_flat, opt.v_flat,
                                opt.lr, opt.b1, opt.b2, opt.eps, self.c)
 
     def _capture(self):
         opt = self.opt
-        state = (opt.flat, opt._m_flat, opt._v_flat)
+        state = (opt.flat, opt.m_flat, opt.v_flat)
         self.cupy.cuda.Device().synchronize()  # our stream is non-blocking: finish earlier work first
         with self.stream:
             saved = [buf.copy() for buf in state]
@@ -112,4 +112,4 @@ class GraphedStep:
             recon = cupy.asnumpy(self.ws.recon, stream=self.stream)
             kl = cupy.asnumpy(self.ws.kl, stream=self.stream)
         self.stream.synchronize()
-        return self.eng._record_loss(recon, kl)
+        return self.eng.record_loss(recon, kl)
