@@ -31,9 +31,9 @@ import warnings
 
 import numpy as np
 
-from minivae import cli, losses, metrics
+from minivae import cli, loop, losses, metrics
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-from minivae.data import D
+from minivae.data import D, binarize
 from minivae.files import WriteError, atomic_write, atomic_write_text, read_jsonl, write_jsonl
 
 MODELS = ("vae", "ae")
@@ -136,7 +136,7 @@ def run_one(cfg):
 
         threadpool_limits(cfg["threads"])
     from minivae.ae import AE
-    from minivae.data import batches, binarize, load_mnist
+    from minivae.data import load_mnist
     from minivae.optim import Adam
     from minivae.vae import VAE
 
@@ -146,39 +146,61 @@ def run_one(cfg):
     Z, hidden, seed = cfg["latent"], tuple(cfg["hidden"]), cfg["seed"]
     kind = VAE if cfg["model"] == "vae" else AE
     model = kind(D, Z, hidden, seed=seed, backend=cfg["backend"])
-    opt = Adam(model.params, lr=cfg["lr"])
-    data_rng = np.random.default_rng([seed, 2])
-    n, bs, total = len(data.train_x), cfg["batch_size"], cfg["steps"]
-    mode = "static" if cfg["binarize"] != "none" else "none"
-    test_x = binarize(data.test_x, mode)
-    marks = curve_steps(total)
+    test_x = binarize(data.test_x, "static" if cfg["binarize"] != "none" else "none")
     tag = run_tag(cfg["model"], Z, hidden, seed)
     partial = pathlib.Path(cfg["out"]) / "runs" / f"{tag}.partial.json"
     partial.parent.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    step, diverged, train_time, curve = 0, None, 0.0, []
-    while step < total and not diverged:
-        x_epoch = binarize(data.train_x, cfg["binarize"], data_rng)
-        for idx in batches(n, bs, data_rng):
-            t_step = time.perf_counter()
-            loss = model.forward(x_epoch[idx])
-            if not math.isfinite(loss):
-                diverged = f"loss {loss} at step {step + 1}"
-                break
-            opt.step(model.backward())
-            step += 1
-            if step > 1:  # samples/s leaves out the first step (it loads compiled kernels)
-                train_time += time.perf_counter() - t_step
-            if step == marks[len(curve)]:
-                curve.append(_curve_point(model, test_x, seed, step))
-                atomic_write_text(partial, json.dumps(curve) + "\n")  # how far it is, for a watcher
-            if step == total:
-                break
-    samples_per_s = (step - 1) * bs / train_time if train_time > 0 else float("nan")
+    trained = _train(model, Adam(model.params, lr=cfg["lr"]), data, test_x, cfg, partial)
+    row = _measure(model, data, test_x, cfg, tag)
+    partial.unlink(missing_ok=True)
+    curve, step, bs = trained["curve"], trained["step"], cfg["batch_size"]
+    gain = curve[-2]["test_loss"] - curve[-1]["test_loss"] if len(curve) >= 2 and not trained["diverged"] else None
+    return {
+        "model": cfg["model"], "latent": Z, "hidden": list(hidden), "seed": seed, "steps": step,
+        "epochs": round(step * bs / len(data.train_x), 2), **row,
+        "last20_gain": gain, "curve": curve,
+        "params": model.num_params(), "samples_per_s": trained["samples_per_s"],
+        "wall_s": time.perf_counter() - t0, "backend": model.backend, "diverged": trained["diverged"],
+        "data": data.source, "settings": cfg["settings"],
+    }
 
+
+def _train(model, opt, data, test_x, cfg, partial):
+    """``cfg["steps"]`` Adam steps of the training loop (:mod:`minivae.loop`), the learning curve
+    measured at :func:`curve_steps` (and written to ``partial`` for a watcher as it grows)."""
+    total, marks = cfg["steps"], curve_steps(cfg["steps"])
+    done = {"step": 0, "train_time": 0.0, "curve": [], "diverged": None}
+
+    def after_step(_, loss, n, seconds):
+        done["step"] += 1
+        step = done["step"]
+        if step > 1:  # samples/s leaves out the first step (it loads compiled kernels)
+            done["train_time"] += seconds
+        if step == marks[len(done["curve"])]:
+            done["curve"].append(_curve_point(model, test_x, cfg["seed"], step))
+            atomic_write_text(partial, json.dumps(done["curve"]) + "\n")  # how far it is, for a watcher
+        return step == total
+
+    data_rng = np.random.default_rng([cfg["seed"], 2])
+    for _, _, x_epoch, order in loop.epochs(data.train_x, cfg["binarize"], cfg["batch_size"], data_rng):
+        _, loss, why = loop.run_epoch(model, opt, x_epoch, order, after_step)
+        if why == "diverged":
+            done["diverged"] = f"loss {loss} at step {done['step'] + 1}"
+        if why != "end" or done["step"] >= total:
+            break
+    time_s = done["train_time"]
+    done["samples_per_s"] = (done["step"] - 1) * cfg["batch_size"] / time_s if time_s > 0 else float("nan")
+    return done
+
+
+def _measure(model, data, test_x, cfg, tag):
+    """The trained model's measures on the test (and training) digits, and its arrays for the
+    figures, saved as runs/<tag>.npz."""
+    mode = "static" if cfg["binarize"] != "none" else "none"
     train_x = binarize(data.train_x, mode)
-    rng = np.random.default_rng([seed, 3])
+    rng = np.random.default_rng([cfg["seed"], 3])
     mu, logvar = metrics.posterior_means(model, test_x)  # the AE's codes, and None, for "ae"
     active, activity = metrics.active_units(mu)
     directions = metrics.latent_directions(mu)
@@ -190,32 +212,23 @@ def run_one(cfg):
         kl_dim = metrics.kl_per_dim(mu, logvar)
     else:
         test, train = ae_evaluate(model, test_x), ae_evaluate(model, train_x[: len(test_x)])
-        n_iw, iw_nll, kl_dim = 0, None, np.zeros(Z)
+        n_iw, iw_nll, kl_dim = 0, None, np.zeros(model.latent)
     probe = metrics.probe_accuracy(metrics.posterior_means(model, train_x)[0], data.train_y, mu, data.test_y)
 
     # What the figures need, small: sorted KL spectrum, variances along the principal directions,
     # reconstructions, decoded N(0, I) codes.
-    fig_rng = np.random.default_rng([seed, 5])
+    fig_rng = np.random.default_rng([cfg["seed"], 5])
     arrays = {"kl_per_dim": np.sort(kl_dim)[::-1], "activity": activity,
               "eigenvalues": directions["eigenvalues"],
               "originals": test_x[:16], "reconstructions": model.reconstruct(test_x[:16]),
               "samples": model.sample(16, rng=fig_rng)}
-    path = pathlib.Path(cfg["out"]) / "runs" / f"{tag}.npz"
-    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
-    partial.unlink(missing_ok=True)
-    gain = curve[-2]["test_loss"] - curve[-1]["test_loss"] if len(curve) >= 2 and not diverged else None
+    atomic_write(pathlib.Path(cfg["out"]) / "runs" / f"{tag}.npz", lambda f: np.savez_compressed(f, **arrays))
     return {
-        "model": cfg["model"], "latent": Z, "hidden": list(hidden), "seed": seed, "steps": step,
-        "epochs": round(step * bs / n, 2),
         "test_loss": test["loss"], "test_recon": test["recon"], "test_kl": test["kl"],
         "test_iw_nll": iw_nll, "iw_samples": cfg["iw_samples"] if n_iw else None, "iw_examples": n_iw,
         "train_loss": train["loss"], "gap": test["loss"] - train["loss"],
         "active_units": active, "directions": directions["directions"],
         "participation_ratio": directions["participation_ratio"], "kl90": kl90(kl_dim), **probe,
-        "last20_gain": gain, "curve": curve,
-        "params": model.num_params(), "samples_per_s": samples_per_s,
-        "wall_s": time.perf_counter() - t0, "backend": model.backend, "diverged": diverged,
-        "data": data.source, "settings": cfg["settings"],
     }
 
 

@@ -49,9 +49,9 @@ import warnings
 
 import numpy as np
 
-from minivae import cli, metrics
+from minivae import cli, loop, metrics
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-from minivae.data import D, DataError, batches, binarize, load_mnist
+from minivae.data import D, DataError, binarize, load_mnist
 from minivae.files import (CHECKPOINT, CheckpointError, JsonlError, WriteError, atomic_write_text, read_checkpoint,
                            read_jsonl, save_checkpoint, set_rng_state, write_jsonl)
 from minivae.optim import Adam
@@ -423,6 +423,40 @@ def _usable_path(path, what):
 
 def _run(args, given, signals, state):
     # 1. Everything that can be wrong with the input is checked before anything is written.
+    ck, config, out, (start_epoch, start_step) = _options(args, given, state)
+    folder, present, history = _claim_folder(out, ck, args, state)
+    vae, opt, data, data_rng, running = _build(config, ck, out, start_step, args.quiet)
+
+    # 2. The run starts: now the output folder may be written.
+    stale, stale_bytes = folder.remove_stale_temporaries()
+    if ck is None and present:  # --overwrite: the old run goes before anything new is written
+        for name in present:
+            (out / name).unlink()
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    state["stage"] = "training"
+    quiet = args.quiet
+    if stale:
+        _say(quiet, f"removed {stale} temporary file(s) ({_bytes(stale_bytes)}) that an interrupted "
+                    f"run left in {out}")
+    _say(quiet, f"data: {data.source}",
+         f"model: D={D}, Z={config['latent']}, hidden={config['hidden']}, "
+         f"{vae.num_params():,} parameters, backend {vae.backend}")
+    job = dict(vae=vae, opt=opt, data_rng=data_rng, config=config, out=out, quiet=quiet,
+               n=len(data.train_x), signals=signals, state=state, history=history,
+               test_x=binarize(data.test_x, "static" if config["binarize"] != "none" else "none"))
+    wall0 = time.perf_counter()
+    code, posterior = _train_epochs(job, data.train_x, start_epoch, start_step, running)
+    if code is not None:
+        return code
+    signals.deferred = False
+
+    # 3. The end: log-likelihood, figures, summary.
+    return _finish(job, data.source, posterior, wall0)
+
+
+def _options(args, given, state):
+    """The run's config, its folder, its checkpoint (None for a fresh run) and the position it
+    starts from, every option checked against the checkpoint, the paths and the memory."""
     if args.resume is not None:
         if args.overwrite:
             raise UsageError("--overwrite replaces a run, --resume continues one: give one of them")
@@ -475,8 +509,12 @@ def _run(args, given, signals, state):
         raise UsageError(f"the run's data folder {config['data_dir']} is gone: give --data-dir "
                          f"to say where its data are now")
     _check_memory(config)  # before the model or the data take any
+    return ck, config, out, (start_epoch, start_step)
 
-    # The folder: created, locked for this run; a fresh run refuses a folder holding another.
+
+def _claim_folder(out, ck, args, state):
+    """The output folder, created and locked for this run; a fresh run refuses a folder holding
+    another. Returns (folder, the artifacts present, the metrics rows a resumed run continues)."""
     folder = _RunFolder(out)
     folder.acquire("--resume" if ck is not None else "--out")
     state["folder"] = folder
@@ -488,10 +526,14 @@ def _run(args, given, signals, state):
                              f"or replace it with --overwrite")
         raise UsageError(f"--out {out} holds the files of a run without a checkpoint ({files}): "
                          f"replace them with --overwrite, or choose another --out")
-    history = []  # the rows of metrics.jsonl up to the epoch a resumed run starts after
-    if ck is not None:
-        history = _read_history(out, start_epoch)
+    # The rows of metrics.jsonl up to the epoch a resumed run starts after.
+    history = _read_history(out, int(ck["epoch"])) if ck is not None else []
+    return folder, present, history
 
+
+def _build(config, ck, out, start_step, quiet):
+    """The model, its optimizer, the data and the data generator, restored from the checkpoint
+    ``ck`` when resuming; and the running sums of an interrupted epoch."""
     try:
         vae = VAE(D, config["latent"], tuple(config["hidden"]), seed=config["seed"],
                   beta=config["beta"], backend=config["backend"])
@@ -501,7 +543,7 @@ def _run(args, given, signals, state):
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
         try:
             data = load_mnist(config["data_dir"], config["limit"], seed=config["seed"],
-                              progress=not args.quiet and sys.stderr.isatty())
+                              progress=not quiet and sys.stderr.isatty())
         except (DataError, ValueError) as e:
             raise UsageError(str(e)) from None
 
@@ -529,96 +571,98 @@ def _run(args, given, signals, state):
         if start_step and "epoch/seen" in ck:
             running = {"loss_sum": float(ck["epoch/loss_sum"]), "seen": int(ck["epoch/seen"]),
                        "train_s": float(ck["epoch/train_s"])}
+    return vae, opt, data, data_rng, running
 
-    # 2. The run starts: now the output folder may be written.
-    stale, stale_bytes = folder.remove_stale_temporaries()
-    if ck is None and present:  # --overwrite: the old run goes before anything new is written
-        for name in present:
-            (out / name).unlink()
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    state["stage"] = "training"
-    quiet = args.quiet
-    if stale:
-        _say(quiet, f"removed {stale} temporary file(s) ({_bytes(stale_bytes)}) that an interrupted "
-                    f"run left in {out}")
-    _say(quiet, f"data: {data.source}",
-         f"model: D={D}, Z={config['latent']}, hidden={config['hidden']}, "
-         f"{vae.num_params():,} parameters, backend {vae.backend}")
 
-    train_x = data.train_x
-    test_x = binarize(data.test_x, "static" if config["binarize"] != "none" else "none")
-    show_bar = not quiet and sys.stderr.isatty()
-    wall0 = time.perf_counter()
+def _train_epochs(job, train_x, start_epoch, start_step, running):
+    """The epochs of the training loop (:mod:`minivae.loop`) from the checkpoint's position: after
+    each epoch the test metrics, metrics.jsonl and a checkpoint. Returns (exit code or None to
+    go on, the test digits' posterior of the last epoch)."""
+    config, out, signals = job["config"], job["out"], job["signals"]
+    show_bar = not job["quiet"] and sys.stderr.isatty()
     posterior = None  # (μ, log σ²) of the test digits after the last epoch run here
-
-    for epoch in range(start_epoch + 1, config["epochs"] + 1):
-        epoch_rng_state = json.dumps(data_rng.bit_generator.state)
-        x_epoch = binarize(train_x, config["binarize"], data_rng)
-        bar = _progress(steps_per_epoch, f"epoch {epoch}/{config['epochs']}", show_bar)
+    n, bs = job["n"], config["batch_size"]
+    for epoch, start, x_epoch, order in loop.epochs(train_x, config["binarize"], bs, job["data_rng"],
+                                                    first=start_epoch + 1, last=config["epochs"]):
+        epoch_rng_state = json.dumps(start)
         resumed = epoch == start_epoch + 1 and start_step > 0
-        skip = start_step if resumed else 0
-        loss_sum, seen, before_s = ((running["loss_sum"], running["seen"], running["train_s"])
-                                    if resumed else (0.0, 0, 0.0))
-        t0, steps = time.perf_counter(), 0
+        sums = dict(running) if resumed else {"loss_sum": 0.0, "seen": 0, "train_s": 0.0}
+        bar = _progress(math.ceil(n / bs), f"epoch {epoch}/{config['epochs']}", show_bar)
         signals.deferred = True
-        for step, idx in enumerate(batches(n, bs, data_rng)):
-            if step < skip:
-                continue
-            loss = vae.forward(x_epoch[idx])
-            if not math.isfinite(loss):
-                if bar is not None:
-                    bar.close()
-                kept = (f"the checkpoint of {_position(*state['saved'])} in {out} is kept"
-                        if state["saved"] is not None else
-                        "no checkpoint was saved: it diverged before its first epoch ended; "
-                        "try a smaller --lr")
-                print(f"minivae.train: loss became {loss} at epoch {epoch}, step {step + 1}; "
-                      f"stopping ({kept})", file=sys.stderr)
-                return EXIT_DIVERGED
-            opt.step(vae.backward())
-            seen += len(idx)
-            loss_sum += loss * len(idx)
-            steps += 1
-            if bar is not None:
-                bar.update(1 + (skip if steps == 1 else 0))
-                bar.set_postfix(loss=f"{loss:.1f}", samples_per_s=f"{seen / (time.perf_counter() - t0 + before_s):.0f}")
-            if signals.requested is not None:
-                if bar is not None:
-                    bar.close()
-                save_checkpoint(out / CHECKPOINT, vae, opt, data_rng, epoch_rng_state, epoch - 1,
-                                step + 1, config, n_train=n,
-                                running={"loss_sum": loss_sum, "seen": seen,
-                                         "train_s": before_s + time.perf_counter() - t0})
-                state["saved"] = (epoch - 1, step + 1)
-                name = signal.Signals(signals.requested).name
-                print(f"minivae.train: {name}: interrupted at epoch {epoch}, step {step + 1}; "
-                      f"checkpoint saved, continue with --resume {out}", file=sys.stderr)
-                return _exit_code(signals.requested)
+        step, loss, why = _epoch(job, x_epoch, order, start_step if resumed else 0, sums, bar)
         if bar is not None:
             bar.close()
-        train_time = before_s + time.perf_counter() - t0
-
-        row, posterior = _evaluate_epoch(vae, test_x, config["seed"], epoch)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **row,
-               "samples_per_s": seen / train_time if train_time > 0 else 0.0}
-        history.append(row)
-        write_jsonl(out / "metrics.jsonl", history)  # a first signal waits until both are written
-        save_checkpoint(out / CHECKPOINT, vae, opt, data_rng, epoch_rng_state, epoch, 0, config,
-                        n_train=n)
-        state["saved"] = (epoch, 0)
-        _say(quiet, f"epoch {epoch:3d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f}"
-                    f"  (recon {row['test_recon']:7.2f} + KL {row['test_kl']:6.2f})"
-                    f"  active {row['active_units']:4d}/{config['latent']}"
-                    f"  directions {row['directions']:4d}"
-                    f"  {row['samples_per_s']:7.0f} samples/s")
+        if why == "diverged":
+            saved = job["state"]["saved"]
+            kept = (f"the checkpoint of {_position(*saved)} in {out} is kept" if saved is not None else
+                    "no checkpoint was saved: it diverged before its first epoch ended; "
+                    "try a smaller --lr")
+            print(f"minivae.train: loss became {loss} at epoch {epoch}, step {step}; "
+                  f"stopping ({kept})", file=sys.stderr)
+            return EXIT_DIVERGED, posterior
+        if why == "stop":
+            _save(job, epoch_rng_state, epoch - 1, step, running=sums)
+            name = signal.Signals(signals.requested).name
+            print(f"minivae.train: {name}: interrupted at epoch {epoch}, step {step}; "
+                  f"checkpoint saved, continue with --resume {out}", file=sys.stderr)
+            return _exit_code(signals.requested), posterior
+        posterior = _end_epoch(job, epoch, epoch_rng_state, sums)
         if signals.requested is not None:  # came during the evaluation or the writes
             name = signal.Signals(signals.requested).name
             print(f"minivae.train: {name}: interrupted after epoch {epoch}; checkpoint saved, "
                   f"continue with --resume {out}", file=sys.stderr)
-            return _exit_code(signals.requested)
-    signals.deferred = False
+            return _exit_code(signals.requested), posterior
+    return None, posterior
 
-    # 3. The end: log-likelihood, figures, summary.
+
+def _epoch(job, x_epoch, order, skip, sums, bar):
+    """One epoch of steps; ``sums`` (loss_sum, seen, train_s) grow as it goes. A signal ends it
+    after its step ("stop")."""
+    t0, before_s, steps = time.perf_counter(), sums["train_s"], [0]
+
+    def after_step(step, loss, n, seconds):
+        sums["seen"] += n
+        sums["loss_sum"] += loss * n
+        sums["train_s"] = before_s + time.perf_counter() - t0
+        steps[0] += 1
+        if bar is not None:
+            bar.update(1 + (skip if steps[0] == 1 else 0))
+            bar.set_postfix(loss=f"{loss:.1f}", samples_per_s=f"{sums['seen'] / sums['train_s']:.0f}")
+        return job["signals"].requested is not None
+
+    result = loop.run_epoch(job["vae"], job["opt"], x_epoch, order, after_step, skip=skip)
+    sums["train_s"] = before_s + time.perf_counter() - t0
+    return result
+
+
+def _save(job, epoch_rng_state, epoch, step, running=None):
+    save_checkpoint(job["out"] / CHECKPOINT, job["vae"], job["opt"], job["data_rng"], epoch_rng_state,
+                    epoch, step, job["config"], n_train=job["n"], running=running)
+    job["state"]["saved"] = (epoch, step)
+
+
+def _end_epoch(job, epoch, epoch_rng_state, sums):
+    """The epoch's test metrics, its row in metrics.jsonl, its checkpoint and its line."""
+    config, history = job["config"], job["history"]
+    row, posterior = _evaluate_epoch(job["vae"], job["test_x"], config["seed"], epoch)
+    train_time = sums["train_s"]
+    row = {"epoch": epoch, "train_loss": sums["loss_sum"] / max(sums["seen"], 1), **row,
+           "samples_per_s": sums["seen"] / train_time if train_time > 0 else 0.0}
+    history.append(row)
+    write_jsonl(job["out"] / "metrics.jsonl", history)  # a first signal waits until both are written
+    _save(job, epoch_rng_state, epoch, 0)
+    _say(job["quiet"], f"epoch {epoch:3d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f}"
+                       f"  (recon {row['test_recon']:7.2f} + KL {row['test_kl']:6.2f})"
+                       f"  active {row['active_units']:4d}/{config['latent']}"
+                       f"  directions {row['directions']:4d}"
+                       f"  {row['samples_per_s']:7.0f} samples/s")
+    return posterior
+
+
+def _finish(job, source, posterior, wall0):
+    """The end: the importance-weighted log-likelihood, the figures, the summary."""
+    vae, config, out, state, history, quiet = (job[k] for k in ("vae", "config", "out", "state", "history", "quiet"))
+    test_x = job["test_x"]
     state["stage"] = "the final evaluation"
     k, n_iw = config["iw_samples"], min(config["iw_examples"], len(test_x))
     iw_ll = metrics.iw_log_likelihood(vae, test_x[:n_iw], k, np.random.default_rng([config["seed"], 4]))
@@ -628,12 +672,12 @@ def _run(args, given, signals, state):
     mu, logvar = posterior if posterior is not None else metrics.posterior_means(vae, test_x)
     plots.save_all(out, vae, test_x, mu, logvar, history, np.random.default_rng([config["seed"], 5]))
     last = history[-1] if history else None
-    summary = {"data": data.source, "iw_samples": k, "iw_examples": n_iw, "test_iw_nll": -iw_ll,
+    summary = {"data": source, "iw_samples": k, "iw_examples": n_iw, "test_iw_nll": -iw_ll,
                "wall_s": time.perf_counter() - wall0, "final": last}
     state["stage"] = "the summary"
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     _say(quiet, "",
-         f"data: {data.source}",
+         f"data: {source}",
          (f"final test: −ELBO {last['test_loss']:.2f} nats (recon {last['test_recon']:.2f} + "
           f"KL {last['test_kl']:.2f}), active units {last['active_units']}/{config['latent']}")
          if last else "no epochs trained",
