@@ -58,9 +58,14 @@ def sigmoid(a):
 # --------------------------------------------------------------------------------------------
 
 
+def bernoulli_nll_terms(logits, x):
+    """ℓ(a, x) = softplus(a) − x·a per pixel: −log Bernoulli(x; sigmoid(a)).     (…, D) → (…, D)"""
+    return softplus(logits) - x * logits
+
+
 def bernoulli_nll(logits, x):
     """Σ_pixels ℓ(a, x) with ℓ = softplus(a) − x·a.     logits, x: (B, D) → (B,)"""
-    return (softplus(logits) - x * logits).sum(axis=1)
+    return bernoulli_nll_terms(logits, x).sum(axis=1)
 
 
 def bernoulli_nll_backward(dloss, logits, x):
@@ -73,9 +78,14 @@ def bernoulli_nll_backward(dloss, logits, x):
 # --------------------------------------------------------------------------------------------
 
 
+def gaussian_kl_terms(mu, logvar):
+    """KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − log σ² − 1) per latent.     (…, Z) → (…, Z)"""
+    return 0.5 * (mu * mu + np.exp(logvar) - logvar - 1)
+
+
 def gaussian_kl(mu, logvar):
     """Σ_latents ½ (μ² + σ² − log σ² − 1).     mu, logvar: (B, Z) → (B,)"""
-    return 0.5 * (mu * mu + np.exp(logvar) - logvar - 1).sum(axis=1)
+    return gaussian_kl_terms(mu, logvar).sum(axis=1)
 
 
 def gaussian_kl_backward(dloss, mu, logvar):

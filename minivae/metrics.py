@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from minivae.losses import softplus
+from minivae.losses import bernoulli_nll_terms, gaussian_kl_terms
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015: a unit is active when Var_x μ_u(x) exceeds this
@@ -60,7 +60,7 @@ def kl_per_dim(mu, logvar):
     """
     mu = np.asarray(mu, dtype=np.float64)
     logvar = np.asarray(logvar, dtype=np.float64)
-    return (0.5 * (mu * mu + np.exp(logvar) - logvar - 1)).mean(axis=0)
+    return gaussian_kl_terms(mu, logvar).mean(axis=0)
 
 
 def evaluate(vae, x, rng, batch_size=1000, posterior=None):
@@ -78,8 +78,8 @@ def evaluate(vae, x, rng, batch_size=1000, posterior=None):
         eps = rng.standard_normal(mu.shape)
         z = mu + np.exp(0.5 * logvar) * eps
         logits = np.asarray(vae.decode_logits(z.astype(vae.dtype)), dtype=np.float64)
-        tot_recon += (softplus(logits) - xb * logits).sum()
-        tot_kl += (0.5 * (mu * mu + np.exp(logvar) - logvar - 1)).sum()
+        tot_recon += bernoulli_nll_terms(logits, xb).sum()
+        tot_kl += gaussian_kl_terms(mu, logvar).sum()
     n = len(x)
     return {"loss": float(tot_recon + tot_kl) / n, "recon": float(tot_recon) / n, "kl": float(tot_kl) / n}
 
@@ -109,7 +109,7 @@ def iw_log_likelihood(vae, x, k, rng, batch_size=100):
         z = mu + np.exp(0.5 * logvar) * eps  # (K, n, Z)
         logits = vae.decode_logits(z.reshape(k * n, -1).astype(vae.dtype))
         logits = np.asarray(logits, dtype=np.float64).reshape(k, n, -1)  # (K, n, D)
-        log_px_z = -(softplus(logits) - xb * logits).sum(axis=2)  # (K, n)
+        log_px_z = -bernoulli_nll_terms(logits, xb).sum(axis=2)  # (K, n)
         log_pz = -0.5 * (LOG_2PI + z * z).sum(axis=2)  # (K, n)
         log_qz = -0.5 * (LOG_2PI + logvar + eps * eps).sum(axis=2)  # (K, n)
         log_w = log_px_z + log_pz - log_qz  # (K, n)
