@@ -58,11 +58,11 @@ def parse_args(argv=None):
                             "test digits' codes (and for Z = 2 the decoded manifold).")
     p.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR",
                    help="a folder written by python -m minivae.train (config.json, checkpoint.npz)")
-    p.add_argument("--out", type=pathlib.Path, default=None, help="output folder (RUN_DIR/explore)")
+    p.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default RUN_DIR/explore)")
     p.add_argument("--data-dir", type=pathlib.Path, default=None,
                    help="a folder of MNIST IDX files with the test digits (default: the run's own data)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend of the model (auto)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the samples and the pairs of digits (0)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend of the model (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the samples and the pairs of digits (default 0)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p.parse_args(argv)
 

@@ -28,7 +28,7 @@ def _save(fig, path):
 
 
 def image_grid(images, rows, cols, pad=1):
-    """Tile (n, 784) images into one (rows·29 − 1, cols·29 − 1) array, 1-pixel white gaps."""
+    """Tile (n, D) images into one (rows·29 − 1, cols·29 − 1) array, 1-pixel white gaps."""
     side = int(round(np.sqrt(images.shape[1])))
     grid = np.ones((rows * (side + pad) - pad, cols * (side + pad) - pad))
     for i, img in enumerate(images[: rows * cols]):

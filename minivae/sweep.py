@@ -37,7 +37,7 @@ from minivae.data import D, binarize
 from minivae.files import WriteError, atomic_write, atomic_write_text, read_jsonl, write_jsonl
 
 MODELS = ("vae", "ae")
-LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, 784, 1000, 2000)
+LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, D, 1000, 2000)  # D = 784: as many latents as pixels
 DEFAULT_EPOCHS = 10
 CONVERGED = 1.0  # nats: a run has converged when its last 20% of steps gained less than this
 
@@ -74,16 +74,16 @@ def parse_args(argv=None):
     p = cli.Parser(prog=cli.program("minivae.sweep", "minivae-sweep"),
                 description="Train one model per latent size and compare them on held-out digits.")
     p.add_argument("--latents", type=_latent_list, default=list(LATENTS),
-                   help="comma-separated sizes (default 2,5,10,20,50,100,200,500,784,1000,2000)")
+                   help=f"comma-separated sizes (default {','.join(map(str, LATENTS))})")
     p.add_argument("--models", type=_model_list, default=["vae"], help="vae, ae or vae,ae (default vae)")
     p.add_argument("--seeds", type=_seed_list, default=None,
                    help="comma-separated seeds, one run per seed and size (default: --seed)")
     p.add_argument("--steps", type=cli.positive_int, default=None,
                    help="Adam steps per run, the same for every size (default: --epochs passes "
                         f"over the training digits, {DEFAULT_EPOCHS} epochs when neither is given)")
-    p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes (1)")
+    p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes (default 1)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead")
+                   help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead (default: local worker processes)")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs") / "sweep",
                    help="folder for results.jsonl, report.md, the figures and runs/ (default runs/sweep)")
     cli.add_training_options(p, epochs=DEFAULT_EPOCHS, iw_samples=100)
