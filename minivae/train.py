@@ -27,10 +27,14 @@ that holds a run (``--resume`` it, or ``--overwrite`` it); one run at a time wri
 ``--data-dir`` tells it where its data are now. Temporary files a killed run left are removed at
 the next start. The bytes a run needs are estimated before anything is allocated.
 
-Everything random comes from three seeded generators — the model's weights and its noise ε
-(inside :class:`minivae.VAE`), the data order and binarization (``data_rng``), and evaluation
-(``eval_rng``, re-seeded each epoch) — and all are saved in the checkpoint, so ``--resume`` continues
-exactly where a run stopped: the parameters come out bit for bit as without the interruption, and
+Everything random comes from six generators seeded by ``--seed`` (``s``): the model's initial
+weights ([s, 0]) and its noise ε ([s, 1], inside :class:`minivae.VAE`), the data order and
+binarization (``data_rng``, [s, 2]), the evaluation after each epoch ([s, 3, epoch], re-seeded every
+epoch), the final log-likelihood estimate ([s, 4]) and the figures' samples ([s, 5]). The checkpoint
+saves the two that carry a run forward — the noise generator's state and the data generator's (also
+as it was at the epoch's start, to replay an interrupted epoch); the weights' generator is spent
+once the weights exist (they are saved as parameters), and the other three are re-seeded when used. So ``--resume`` continues exactly where a
+run stopped: the parameters come out bit for bit as without the interruption, and
 so does the interrupted epoch's train loss (its running sums are saved too).
 """
 

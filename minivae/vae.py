@@ -56,10 +56,12 @@ are log σ². Decoder: Dense(Z → H_last) → ReLU → … → Dense(H₁ → D
 hidden widths are mirrored. Parameters are named ``enc0.W``, ``enc0.b``, …, ``dec0.W``, … in
 layer order, encoder first.
 
-Can Z exceed D? Nothing in the math forbids it: the KL term charges every latent dimension that
-carries information, so the optimum switches off the dimensions it does not need (q = prior for
-them: μ = 0, σ = 1) — "posterior collapse" of unused units. How many stay active is measured by
-:func:`minivae.metrics.active_units`; the study in :mod:`minivae.sweep` measures it across Z.
+Can Z exceed D? Nothing in the math forbids it. The KL term charges every latent that carries
+information, and units the decoder does not use drift back to the prior (q = N(0, 1): μ = 0, σ = 1)
+as training goes on — slowly: on the full 60,000 digits at Z = 1000, 1000 of 1000 units are active
+after 10 epochs and about 90 after 30. How many are active is measured by
+:func:`minivae.metrics.active_units`; the latent-size study in :mod:`minivae.sweep` measures it
+across Z (units and directions).
 """
 
 from __future__ import annotations
@@ -80,8 +82,8 @@ class VAE:
     latent : Z, the number of latent dimensions (any positive integer, also Z > D).
     hidden : widths of the encoder's hidden layers; the decoder mirrors them.
     seed : seeds the initial weights and the noise ε drawn by :meth:`forward` (the same seed
-        gives the same run on one backend; cpu-fused makes ε with its own generator, keyed from
-        this one, so its noise differs from the numpy backend's).
+        gives the same run on one backend; every fast backend makes ε with its own Philox
+        generator, keyed from this one, so its noise differs from the numpy backend's).
     dtype : "float32" (default) or "float64".
     beta : weight of the KL term (1 gives the ELBO).
     activation : "relu" (default) or "tanh".
