@@ -130,7 +130,7 @@ def study_figures(out, rows):
     standard deviation); runs with other hidden widths appear as controls where they apply.
     Pictures of single runs use the lowest seed.
     """
-    from minivae.sweep import groups, main_hidden, run_tag
+    from minivae.study import groups, main_hidden, run_tag
 
     hidden = main_hidden(rows)
     main = [r for r in rows if tuple(r["hidden"]) == hidden]
@@ -163,7 +163,7 @@ _STYLE = {"vae": dict(marker="o", color="tab:blue", capsize=3), "ae": dict(marke
 
 def _mean_sd(rows, model, key):
     """[(Z, mean, sd)] over the seeds of each Z (sd 0 for one seed)."""
-    from minivae.sweep import aggregate, groups
+    from minivae.study import aggregate, groups
 
     pts = []
     for (m, _, z), g in groups(rows).items():
@@ -239,7 +239,7 @@ def active_units_vs_latent(path, rows, hidden):
 
 def learning_curves(path, rows):
     """Test −ELBO, active units and directions against Adam steps: one line per Z (VAE, mean over seeds)."""
-    from minivae.sweep import groups
+    from minivae.study import groups
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))

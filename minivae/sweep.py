@@ -35,11 +35,11 @@ from minivae import cli, loop, losses, metrics
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from minivae.data import D, binarize
 from minivae.files import WriteError, atomic_write, atomic_write_text, read_jsonl, write_jsonl
+from minivae.study import kl90, report, run_key, run_tag
 
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, D, 1000, 2000)  # D = 784: as many latents as pixels
 DEFAULT_EPOCHS = 10
-CONVERGED = 1.0  # nats: a run has converged when its last 20% of steps gained less than this
 
 
 def _latent_list(text):
@@ -105,11 +105,6 @@ def curve_steps(total):
         decade *= 10
     marks.update({max(1, round(0.8 * total)), total})
     return sorted(marks)
-
-
-def run_tag(model, latent, hidden, seed):
-    """The name of a run's files: e.g. ``vae-1000-h512-s0``."""
-    return f"{model}-{latent}-h{'x'.join(str(h) for h in hidden)}-s{seed}"
 
 
 def _curve_point(model, test_x, seed, step):
@@ -232,14 +227,6 @@ def _measure(model, data, test_x, cfg, tag):
     }
 
 
-def kl90(kl_dim):
-    """The fewest latents that hold 90% of the KL term (None when there is no KL)."""
-    kl = np.sort(np.asarray(kl_dim, np.float64))[::-1]
-    if kl.sum() <= 0:
-        return None
-    return int(np.searchsorted(np.cumsum(kl) / kl.sum(), 0.9) + 1)
-
-
 def ae_evaluate(model, x, batch_size=1000):
     """The autoencoder's reconstruction loss Σ_pixels softplus(a) − x·a, averaged over x."""
     total = 0.0
@@ -262,61 +249,21 @@ def settings_of(args, steps):
     return s, hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def run_key(r):
-    """What tells two runs of one study apart."""
-    return r["model"], r["latent"], tuple(r["hidden"]), r["seed"]
-
-
 def run(args):
-    if args.steps is not None and args.epochs is not None:
-        raise UsageError("give either --steps or --epochs, not both")
-    if args.epochs is None:
-        args.epochs = DEFAULT_EPOCHS
-    if args.seeds is not None and args.seed != 0:
-        raise UsageError("give either --seed or --seeds, not both")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a folder")
+    """Check the options, load the data, train what is not in results.jsonl yet, write the report
+    and the figures. Returns the exit code."""
+    _check_options(args)
     from minivae.backend import resolve
-    from minivae.data import DataError, load_mnist
 
     backend = resolve(args.backend, "float32")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:  # fail early, in one line, before any worker starts or anything is written
-            data = load_mnist(args.data_dir, args.limit, seed=0)
-        except (DataError, ValueError) as e:
-            raise UsageError(str(e)) from None
+    data = _load_data(args)
     client = _dask_client(args.scheduler) if args.scheduler else None
-
     steps = args.steps or args.epochs * math.ceil(len(data.train_x) / args.batch_size)
     seeds = args.seeds if args.seeds is not None else [args.seed]
     settings, key = settings_of(args, steps)
     results_path = args.out / "results.jsonl"
     say = (lambda *a: None) if args.quiet else print
-    warn = lambda line: print(f"minivae.sweep: {line}", file=sys.stderr)  # noqa: E731
-    corrupt = []  # lines of results.jsonl that are not results: set aside, their runs redone
-
-    def set_aside(error, text):
-        corrupt.append(text)
-        warn(f"{error}; set aside in {results_path.name}.corrupt, that run is trained again")
-
-    try:
-        previous = read_jsonl(results_path, on_bad=set_aside)
-    except OSError as e:
-        raise UsageError(f"cannot read {results_path}: {e.strerror or e}") from None
-    rows, old = [], []
-    for r in previous:
-        if r.get("settings") != key:
-            old.append(r)  # another study's: kept as it is
-            continue
-        problem = _row_problem(r) or _arrays_problem(args.out, r)
-        if problem:
-            warn(f"{results_path.name}: the result of {problem}; that run is trained again")
-            corrupt.append(json.dumps(r))
-            continue
-        rows.append(r)  # done before, with these settings
+    rows, old, corrupt = _previous_results(args.out, key)
     done = {run_key(r) for r in rows}
     threads = 1 if args.jobs > 1 else None
     hidden = list(args.hidden)
@@ -330,28 +277,113 @@ def run(args):
     say(f"{len(todo)} runs to do, {len(wanted) - len(todo)} already in {results_path}; {steps:,} steps "
         f"({steps * args.batch_size / len(data.train_x):.1f} epochs), hidden {hidden}, seeds {seeds}, "
         f"backend {backend}")
+    _prepare_out(args.out, corrupt, settings, key)
+    t0 = time.perf_counter()
+    try:
+        failed = _train_all(args, todo, rows, old, client, say)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the workers were stopped by _execute
+        left = stop.args[0] if stop.args else todo
+        _warn(f"interrupted: {len(todo) - len(left)} of {len(todo)} runs finished (in {results_path}); "
+              f"run the same command again to do the other {len(left)}")
+        return EXIT_INTERRUPTED
+    finally:
+        if client is not None:
+            client.close()
+    _write_report(args.out, rows, settings, data.source)
+    say(f"wrote {args.out / 'report.md'}, results.jsonl and figures ({time.perf_counter() - t0:.0f} s)")
+    if failed:
+        _warn(f"{len(failed)} run(s) failed; run the same command again to retry them")
+        return EXIT_FAILED
+    return 0
+
+
+def _warn(line):
+    print(f"minivae.sweep: {line}", file=sys.stderr)
+
+
+def _check_options(args):
+    """Contradicting or impossible options, refused before anything is loaded or written."""
+    if args.steps is not None and args.epochs is not None:
+        raise UsageError("give either --steps or --epochs, not both")
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS
+    if args.seeds is not None and args.seed != 0:
+        raise UsageError("give either --seed or --seeds, not both")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
+
+
+def _load_data(args):
+    """The digits, loaded once here so that a data problem is one line before any worker starts."""
+    from minivae.data import DataError, load_mnist
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return load_mnist(args.data_dir, args.limit, seed=0)
+        except (DataError, ValueError) as e:
+            raise UsageError(str(e)) from None
+
+
+def _previous_results(out, key):
+    """(rows done before with these settings, rows of other settings kept as they are, lines set
+    aside): a line that is not a result, or a result whose values or saved arrays are broken, is
+    set aside and its run trained again."""
+    results_path = out / "results.jsonl"
+    corrupt = []
+
+    def set_aside(error, text):
+        corrupt.append(text)
+        _warn(f"{error}; set aside in {results_path.name}.corrupt, that run is trained again")
 
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        if corrupt:  # nothing is lost: the lines dropped from results.jsonl are kept here
-            with open(args.out / "results.jsonl.corrupt", "a") as f:
-                f.write("".join(line.rstrip("\n") + "\n" for line in corrupt))
-        atomic_write_text(args.out / "settings.json", json.dumps(dict(settings, key=key), indent=2) + "\n")
+        previous = read_jsonl(results_path, on_bad=set_aside)
     except OSError as e:
-        raise UsageError(f"cannot write into --out {args.out}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read {results_path}: {e.strerror or e}") from None
+    rows, old = [], []
+    for r in previous:
+        if r.get("settings") != key:
+            old.append(r)  # another study's: kept as it is
+            continue
+        problem = _row_problem(r) or _arrays_problem(out, r)
+        if problem:
+            _warn(f"{results_path.name}: the result of {problem}; that run is trained again")
+            corrupt.append(json.dumps(r))
+            continue
+        rows.append(r)
+    return rows, old, corrupt
+
+
+def _prepare_out(out, corrupt, settings, key):
+    """The output folder, the lines set aside (nothing is lost) and settings.json."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if corrupt:
+            with open(out / "results.jsonl.corrupt", "a") as f:
+                f.write("".join(line.rstrip("\n") + "\n" for line in corrupt))
+        atomic_write_text(out / "settings.json", json.dumps(dict(settings, key=key), indent=2) + "\n")
+    except OSError as e:
+        raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
+
+
+def _train_all(args, todo, rows, old, client, say):
+    """Run ``todo``, appending each finished row to ``rows`` and results.jsonl at once; returns the
+    failed runs. On Ctrl-C raises KeyboardInterrupt(the runs left), their progress files removed."""
+    results_path = args.out / "results.jsonl"
     bar = None
     if not args.quiet and sys.stderr.isatty() and todo:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="runs", unit="run")
-    t0 = time.perf_counter()
     failed, finished = [], set()
     try:
         for cfg, row in _execute(todo, args.jobs, client):
             finished.add(run_key(cfg))
             if isinstance(row, BaseException):
                 failed.append(f"{cfg['model']} Z={cfg['latent']}: {type(row).__name__}: {row}")
-                warn(f"run {failed[-1]}")
+                _warn(f"run {failed[-1]}")
                 continue
             rows.append(row)
             write_jsonl(results_path, old + rows)
@@ -361,41 +393,32 @@ def run(args):
             say(f"  {row['model']:>3} Z={row['latent']:<5} hidden {row['hidden']} seed {row['seed']}  "
                 f"test {row['test_loss']:7.2f}  active {row['active_units']:4d}  "
                 f"directions {row['directions']:4d}  {row['wall_s']:6.1f} s")
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers were stopped by _execute
-        if bar is not None:
-            bar.close()
+    except KeyboardInterrupt:
         left = [cfg for cfg in todo if run_key(cfg) not in finished]
         for cfg in left:  # a stopped run's progress file would say it is still going
             (args.out / "runs" / f"{run_tag(cfg['model'], cfg['latent'], cfg['hidden'], cfg['seed'])}"
                                  f".partial.json").unlink(missing_ok=True)
-        warn(f"interrupted: {len(todo) - len(left)} of {len(todo)} runs finished (in {results_path}); "
-             f"run the same command again to do the other {len(left)}")
-        return EXIT_INTERRUPTED
+        raise KeyboardInterrupt(left) from None
     finally:
-        if client is not None:
-            client.close()
-    if bar is not None:
-        bar.close()
-    rows = sorted(rows, key=lambda r: (MODELS.index(r["model"]), r["hidden"], r["latent"], r["seed"]))
-    # The report first: it must be written whatever happens to the figures.
-    atomic_write_text(args.out / "report.md", report(rows, settings, data.source))
-    drawn = [r for r in rows if not r.get("diverged")]  # a diverged run has no curves to draw
-    if drawn:
-        from minivae import plots
+        if bar is not None:
+            bar.close()
+    return failed
 
-        try:
-            plots.study_figures(args.out, drawn)
-        except Exception as e:  # noqa: BLE001 - the results and the report are written already
-            warn(f"the figures could not be drawn ({type(e).__name__}: {e}); results.jsonl and "
-                 f"report.md are written")
-    else:
-        warn("no figures: every run diverged (see report.md)")
-    say(f"wrote {args.out / 'report.md'}, results.jsonl and figures ({time.perf_counter() - t0:.0f} s)")
-    if failed:
-        print(f"minivae.sweep: {len(failed)} run(s) failed; run the same command again to retry them",
-              file=sys.stderr)
-        return EXIT_FAILED
-    return 0
+
+def _write_report(out, rows, settings, source):
+    """report.md first (it must be written whatever happens to the figures), then the figures."""
+    rows.sort(key=lambda r: (MODELS.index(r["model"]), r["hidden"], r["latent"], r["seed"]))
+    atomic_write_text(out / "report.md", report(rows, settings, source))
+    drawn = [r for r in rows if not r.get("diverged")]  # a diverged run has no curves to draw
+    if not drawn:
+        _warn("no figures: every run diverged (see report.md)")
+        return
+    from minivae import plots
+
+    try:
+        plots.study_figures(out, drawn)
+    except Exception as e:  # noqa: BLE001 - the results and the report are written already
+        _warn(f"the figures could not be drawn ({type(e).__name__}: {e}); results.jsonl and report.md are written")
 
 
 def _execute(todo, jobs, client):
@@ -527,147 +550,6 @@ def _dask_client(address):
         return Client(address, timeout="10s")
     except Exception as e:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {type(e).__name__}: {e}") from None
-
-
-# ----------------------------------------------------------------------------------- report
-
-
-def _fmt(v, nd=1):
-    return "–" if v is None else f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}"
-
-
-def aggregate(rows, field):
-    """Mean and sample standard deviation (ddof = 1) of ``field`` over rows, ignoring missing
-    values: (mean, sd, n); sd is None for fewer than two values, and mean too for none."""
-    values = np.array([r[field] for r in rows if r.get(field) is not None], dtype=np.float64)
-    if len(values) == 0:
-        return None, None, 0
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None, len(values)
-
-
-def _pm(rows, field, nd=1):
-    mean, sd, n = aggregate(rows, field)
-    if mean is None:
-        return "–"
-    return f"{mean:,.{nd}f}" + (f" ± {sd:,.{nd}f}" if sd is not None else "")
-
-
-def groups(rows):
-    """Runs grouped by (model, hidden, Z) over seeds, in the order of ``rows``: {key: [rows]}."""
-    out = {}
-    for r in rows:
-        out.setdefault((r["model"], tuple(r["hidden"]), r["latent"]), []).append(r)
-    return out
-
-
-def main_hidden(rows):
-    """The hidden widths most runs used: the study's main setting (others are controls)."""
-    counts = {}
-    for r in rows:
-        counts[tuple(r["hidden"])] = counts.get(tuple(r["hidden"]), 0) + 1
-    return max(counts, key=counts.get) if counts else None
-
-
-def converged(r):
-    """True, False, or None (no curve): did the last 20% of steps gain less than CONVERGED nats?"""
-    gain = r.get("last20_gain")
-    return None if gain is None else gain < CONVERGED
-
-
-def separated(a, b, field):
-    """Whether two groups of runs differ in ``field`` by more than their seed spreads: the gap of
-    the means exceeds the sum of the two standard deviations (False with fewer than two seeds)."""
-    (ma, sa, _), (mb, sb, _) = aggregate(a, field), aggregate(b, field)
-    if sa is None or sb is None:
-        return False
-    return abs(ma - mb) > sa + sb
-
-
-def report(rows, settings, source):
-    """The tables and a short reading of them, every statement computed from the rows."""
-    steps = settings["steps"]
-    lines = ["# Latent-size study", "",
-             f"Data: {source}.  ",
-             f"Budget: {steps:,} Adam steps per run (batch {settings['batch_size']}, lr {settings['lr']}, "
-             f"{settings['binarize']} binarization). Log-likelihood: importance-weighted with "
-             f"K = {settings['iw_samples']} on the first {settings['iw_examples']} test digits. "
-             "Means ± sample standard deviations over the seeds (n); all numbers on the test digits "
-             "unless said otherwise, in nats per digit.", "",
-             "| model | hidden | Z | n | test −ELBO | −log p(x) (IW) | recon | KL | active units | "
-             "directions | PR | KL-90 | test − train | probe (logreg) | probe (5-NN) | "
-             "last-20% gain (max) | samples/s | wall s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for (model, hidden, z), g in groups(rows).items():
-        gains = [r["last20_gain"] for r in g if r.get("last20_gain") is not None]
-        lines.append(
-            f"| {model} | {','.join(map(str, hidden))} | {z} | {len(g)} | {_pm(g, 'test_loss')} | "
-            f"{_pm(g, 'test_iw_nll')} | {_pm(g, 'test_recon')} | "
-            f"{_pm(g, 'test_kl') if model == 'vae' else '–'} | {_pm(g, 'active_units', 0)} | "
-            f"{_pm(g, 'directions', 0)} | {_pm(g, 'participation_ratio')} | {_pm(g, 'kl90', 0)} | "
-            f"{_pm(g, 'gap')} | {_pm(g, 'probe_logreg', 3)} | {_pm(g, 'probe_knn', 3)} | "
-            f"{_fmt(max(gains)) if gains else '–'} | {_pm(g, 'samples_per_s', 0)} | {_pm(g, 'wall_s', 0)} |")
-    lines += ["", "Directions: eigenvalues of Cov_x[μ(x)] above 0.01 (the threshold of Burda's unit "
-              "count). PR: participation ratio (Σλ)²/Σλ² of those eigenvalues. KL-90: the fewest latents "
-              "that hold 90% of the KL term. Probes: accuracy of a logistic regression and of 5 nearest "
-              "neighbours on the posterior means (training digits → test digits). Last-20% gain: test "
-              f"−ELBO at 80% of the steps minus at the end; below {CONVERGED:g} nat counts as converged. "
-              "For the autoencoder, test −ELBO is its reconstruction loss (no KL, no likelihood), and "
-              "its units and directions are those of its code, which no prior ties to N(0, I).", "",
-              "## Every run", "",
-              "| model | Z | hidden | seed | test −ELBO | −log p(x) (IW) | active units | directions | "
-              "last-20% gain | converged | epochs | wall s |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
-    for r in rows:
-        ok = converged(r)
-        lines.append(f"| {r['model']} | {r['latent']} | {','.join(map(str, r['hidden']))} | {r['seed']} | "
-                     f"{_fmt(r['test_loss'])} | {_fmt(r['test_iw_nll'])} | {r['active_units']} | "
-                     f"{r['directions']} | {_fmt(r.get('last20_gain'), 2)} | "
-                     f"{'–' if ok is None else 'yes' if ok else '**no**'} | {r['epochs']} | "
-                     f"{r['wall_s']:,.0f} |")
-    lines += ["", *reading(rows), "",
-              "Figures: `learning_curves.png`, `metrics_vs_latent.png`, `active_units.png`, "
-              "`kl_spectra.png`, `probe.png`, `samples_by_latent.png`, `reconstructions_by_latent.png`, "
-              "`vae_vs_ae.png`.", ""]
-    return "\n".join(lines)
-
-
-def reading(rows):
-    """Statements computed from the rows (the VAE at the main hidden width)."""
-    hidden = main_hidden([r for r in rows if r["model"] == "vae"])
-    vae = {z: g for (m, h, z), g in groups(rows).items() if m == "vae" and h == hidden}
-    vae = {z: [r for r in g if not r.get("diverged")] for z, g in vae.items()}
-    vae = {z: g for z, g in vae.items() if g}
-    if not vae:
-        return []
-    out = ["## Reading", ""]
-    field = "test_iw_nll" if all(aggregate(g, "test_iw_nll")[0] is not None for g in vae.values()) else "test_loss"
-    name = "−log p(x)" if field == "test_iw_nll" else "test −ELBO"
-    best = min(vae, key=lambda z: aggregate(vae[z], field)[0])
-    out.append(f"- Best {name}: {_pm(vae[best], field)} nats at Z = {best} (hidden {list(hidden)}).")
-    for z, g in vae.items():
-        if z == best:
-            continue
-        diff = aggregate(g, field)[0] - aggregate(vae[best], field)[0]
-        beyond = separated(g, vae[best], field)
-        out.append(f"  - Z = {z}: {_pm(g, field)} ({diff:+.1f}; "
-                   f"{'beyond' if beyond else 'within'} the seed spread)")
-    not_conv = [r for g in vae.values() for r in g if converged(r) is False]
-    if not_conv:
-        out.append("- Not converged (last 20% of the steps gained ≥ 1 nat): "
-                   + ", ".join(f"Z = {r['latent']} seed {r['seed']} ({r['last20_gain']:.2f})" for r in not_conv)
-                   + ".")
-    else:
-        out.append(f"- Every VAE run gained less than {CONVERGED:g} nat over its last 20% of steps.")
-    out.append("- Active units / directions (mean over seeds): "
-               + ", ".join(f"Z = {z}: {aggregate(g, 'active_units')[0]:.0f} / {aggregate(g, 'directions')[0]:.0f}"
-                           for z, g in vae.items()) + ".")
-    ae = {z: g for (m, h, z), g in groups(rows).items() if m == "ae" and h == hidden}
-    both = [z for z in vae if z in ae]
-    if both:
-        out.append("- Reconstruction term, VAE vs autoencoder: "
-                   + ", ".join(f"Z = {z}: {_pm(vae[z], 'test_recon')} vs {_pm(ae[z], 'test_recon')}"
-                               for z in both) + " nats.")
-    return out
 
 
 def main(argv=None):

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import pytest
 
-from minivae import checks, data, sweep, train
+from minivae import checks, data, study, sweep, train
 from minivae.ae import AE
 from minivae.backend import available_backends
 from minivae.optim import Adam
@@ -671,8 +671,8 @@ def fake_execute(template, diverged=False):
             row = dict(template, latent=cfg["latent"], seed=cfg["seed"])
             if diverged:
                 row.update(diverged="loss nan at step 2", test_loss=float("nan"), curve=[])
-            tag = sweep.run_tag("vae", cfg["latent"], cfg["hidden"], cfg["seed"])
-            src = pathlib.Path(cfg["out"]) / "runs" / f"{sweep.run_tag('vae', 2, [8], 0)}.npz"
+            tag = study.run_tag("vae", cfg["latent"], cfg["hidden"], cfg["seed"])
+            src = pathlib.Path(cfg["out"]) / "runs" / f"{study.run_tag('vae', 2, [8], 0)}.npz"
             if src.exists() and cfg["latent"] != 2:
                 shutil.copy(src, src.parent / f"{tag}.npz")
             yield cfg, row

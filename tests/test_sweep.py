@@ -7,7 +7,7 @@ import pytest
 from gradcheck import numerical_grad, rel_error
 
 import minivae
-from minivae import metrics, sweep
+from minivae import metrics, study, sweep
 from minivae.ae import AE
 from minivae.data import load_offline_sample
 
@@ -189,9 +189,9 @@ def test_autoencoder_is_the_vae_without_sampling_and_kl():
 
 
 def test_kl90_counts_the_latents_holding_90_percent_of_the_kl():
-    assert sweep.kl90([0.05, 5.0, 3.9, 0.6, 0.45]) == 3  # top two: 8.9 of 10; top three: 9.5
-    assert sweep.kl90([1.0] * 10) == 9
-    assert sweep.kl90(np.zeros(4)) is None
+    assert study.kl90([0.05, 5.0, 3.9, 0.6, 0.45]) == 3  # top two: 8.9 of 10; top three: 9.5
+    assert study.kl90([1.0] * 10) == 9
+    assert study.kl90(np.zeros(4)) is None
 
 
 # ------------------------------------------------------------------------------ the full-data study
@@ -204,14 +204,14 @@ def test_seeds_and_steps_give_one_run_per_seed_with_its_learning_curve(tmp_path)
             "--backend", "cpu-fused", "--quiet"]
     assert sweep.main(args) == 0
     rows = rows_of(out)
-    assert sorted(sweep.run_key(r) for r in rows) == sorted(
+    assert sorted(study.run_key(r) for r in rows) == sorted(
         (m, z, (16,), s) for m in ("vae", "ae") for z in (3, 40) for s in (0, 1))
     for r in rows:
         assert r["steps"] == 5 and [p["step"] for p in r["curve"]] == sweep.curve_steps(5) == [4, 5]
         assert r["last20_gain"] == pytest.approx(r["curve"][-2]["test_loss"] - r["curve"][-1]["test_loss"])
         assert {"directions", "participation_ratio", "probe_logreg", "probe_knn", "seed"} <= set(r)
         assert 0 <= r["probe_logreg"] <= 1 and 0 <= r["probe_knn"] <= 1
-        assert (out / "runs" / f"{sweep.run_tag(r['model'], r['latent'], (16,), r['seed'])}.npz").exists()
+        assert (out / "runs" / f"{study.run_tag(r['model'], r['latent'], (16,), r['seed'])}.npz").exists()
     assert not list((out / "runs").glob("*.partial.json"))
     for name in FIGURES + ["learning_curves.png", "probe.png", "report.md"]:
         assert (out / name).stat().st_size > 0, name
@@ -235,18 +235,18 @@ def test_seed_aggregation_and_the_convergence_column_on_fabricated_rows():
 
     rows = [row(2, 0, 100.0, 0.5), row(2, 1, 102.0, 0.2), row(2, 2, 104.0, 0.1),
             row(9, 0, 90.0, 2.5), row(9, 1, 91.0, 0.3), row(9, 2, 92.0, 0.4)]
-    mean, sd, n = sweep.aggregate([r for r in rows if r["latent"] == 2], "test_loss")
+    mean, sd, n = study.aggregate([r for r in rows if r["latent"] == 2], "test_loss")
     assert (mean, sd, n) == (102.0, 2.0, 3)  # sample standard deviation, ddof = 1
-    assert sweep.aggregate(rows[:1], "test_loss") == (100.0, None, 1)
-    assert sweep.converged(rows[0]) is True and sweep.converged(rows[3]) is False
-    assert sweep.converged(dict(rows[0], last20_gain=None)) is None
+    assert study.aggregate(rows[:1], "test_loss") == (100.0, None, 1)
+    assert study.converged(rows[0]) is True and study.converged(rows[3]) is False
+    assert study.converged(dict(rows[0], last20_gain=None)) is None
     z2, z9 = rows[:3], rows[3:]
-    assert sweep.separated(z2, z9, "test_loss")  # 102 ± 2 against 91 ± 1: 11 > 3
-    assert not sweep.separated(z2, [dict(r, test_loss=r["test_loss"] - 2) for r in z2], "test_loss")
+    assert study.separated(z2, z9, "test_loss")  # 102 ± 2 against 91 ± 1: 11 > 3
+    assert not study.separated(z2, [dict(r, test_loss=r["test_loss"] - 2) for r in z2], "test_loss")
 
     settings = {"steps": 1000, "batch_size": 8, "lr": 1e-3, "binarize": "dynamic", "iw_samples": 5,
                 "iw_examples": 10}
-    text = sweep.report(rows, settings, "fabricated")
+    text = study.report(rows, settings, "fabricated")
     assert "| vae | 8 | 2 | 3 | 102.0 ± 2.0 |" in text
     assert "| vae | 9 | 8 | 0 | 90.0 | 85.0 | 3 | 2 | 2.50 | **no** |" in text
     assert "| vae | 2 | 8 | 0 | 100.0 | 95.0 | 3 | 2 | 0.50 | yes |" in text

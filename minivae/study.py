@@ -1,0 +1,168 @@
+"""The latent-size study's results: how runs are named, grouped over seeds and compared, and the
+report written from them. Pure functions of the result rows of :mod:`minivae.sweep` (one JSON
+object per run in ``results.jsonl``), shared by the sweep and the figures in :mod:`minivae.plots`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CONVERGED = 1.0  # nats: a run has converged when its last 20% of steps gained less than this
+
+
+def run_tag(model, latent, hidden, seed):
+    """The name of a run's files: e.g. ``vae-1000-h512-s0``."""
+    return f"{model}-{latent}-h{'x'.join(str(h) for h in hidden)}-s{seed}"
+
+
+def run_key(r):
+    """What tells two runs of one study apart."""
+    return r["model"], r["latent"], tuple(r["hidden"]), r["seed"]
+
+
+def kl90(kl_dim):
+    """The fewest latents that hold 90% of the KL term (None when there is no KL)."""
+    kl = np.sort(np.asarray(kl_dim, np.float64))[::-1]
+    if kl.sum() <= 0:
+        return None
+    return int(np.searchsorted(np.cumsum(kl) / kl.sum(), 0.9) + 1)
+
+
+def _fmt(v, nd=1):
+    return "–" if v is None else f"{v:,.{nd}f}" if isinstance(v, float) else f"{v:,}"
+
+
+def aggregate(rows, field):
+    """Mean and sample standard deviation (ddof = 1) of ``field`` over rows, ignoring missing
+    values: (mean, sd, n); sd is None for fewer than two values, and mean too for none."""
+    values = np.array([r[field] for r in rows if r.get(field) is not None], dtype=np.float64)
+    if len(values) == 0:
+        return None, None, 0
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None, len(values)
+
+
+def _pm(rows, field, nd=1):
+    mean, sd, n = aggregate(rows, field)
+    if mean is None:
+        return "–"
+    return f"{mean:,.{nd}f}" + (f" ± {sd:,.{nd}f}" if sd is not None else "")
+
+
+def groups(rows):
+    """Runs grouped by (model, hidden, Z) over seeds, in the order of ``rows``: {key: [rows]}."""
+    out = {}
+    for r in rows:
+        out.setdefault((r["model"], tuple(r["hidden"]), r["latent"]), []).append(r)
+    return out
+
+
+def main_hidden(rows):
+    """The hidden widths most runs used: the study's main setting (others are controls)."""
+    counts = {}
+    for r in rows:
+        counts[tuple(r["hidden"])] = counts.get(tuple(r["hidden"]), 0) + 1
+    return max(counts, key=counts.get) if counts else None
+
+
+def converged(r):
+    """True, False, or None (no curve): did the last 20% of steps gain less than CONVERGED nats?"""
+    gain = r.get("last20_gain")
+    return None if gain is None else gain < CONVERGED
+
+
+def separated(a, b, field):
+    """Whether two groups of runs differ in ``field`` by more than their seed spreads: the gap of
+    the means exceeds the sum of the two standard deviations (False with fewer than two seeds)."""
+    (ma, sa, _), (mb, sb, _) = aggregate(a, field), aggregate(b, field)
+    if sa is None or sb is None:
+        return False
+    return abs(ma - mb) > sa + sb
+
+
+def report(rows, settings, source):
+    """The tables and a short reading of them, every statement computed from the rows."""
+    steps = settings["steps"]
+    lines = ["# Latent-size study", "",
+             f"Data: {source}.  ",
+             f"Budget: {steps:,} Adam steps per run (batch {settings['batch_size']}, lr {settings['lr']}, "
+             f"{settings['binarize']} binarization). Log-likelihood: importance-weighted with "
+             f"K = {settings['iw_samples']} on the first {settings['iw_examples']} test digits. "
+             "Means ± sample standard deviations over the seeds (n); all numbers on the test digits "
+             "unless said otherwise, in nats per digit.", "",
+             "| model | hidden | Z | n | test −ELBO | −log p(x) (IW) | recon | KL | active units | "
+             "directions | PR | KL-90 | test − train | probe (logreg) | probe (5-NN) | "
+             "last-20% gain (max) | samples/s | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (model, hidden, z), g in groups(rows).items():
+        gains = [r["last20_gain"] for r in g if r.get("last20_gain") is not None]
+        lines.append(
+            f"| {model} | {','.join(map(str, hidden))} | {z} | {len(g)} | {_pm(g, 'test_loss')} | "
+            f"{_pm(g, 'test_iw_nll')} | {_pm(g, 'test_recon')} | "
+            f"{_pm(g, 'test_kl') if model == 'vae' else '–'} | {_pm(g, 'active_units', 0)} | "
+            f"{_pm(g, 'directions', 0)} | {_pm(g, 'participation_ratio')} | {_pm(g, 'kl90', 0)} | "
+            f"{_pm(g, 'gap')} | {_pm(g, 'probe_logreg', 3)} | {_pm(g, 'probe_knn', 3)} | "
+            f"{_fmt(max(gains)) if gains else '–'} | {_pm(g, 'samples_per_s', 0)} | {_pm(g, 'wall_s', 0)} |")
+    lines += ["", "Directions: eigenvalues of Cov_x[μ(x)] above 0.01 (the threshold of Burda's unit "
+              "count). PR: participation ratio (Σλ)²/Σλ² of those eigenvalues. KL-90: the fewest latents "
+              "that hold 90% of the KL term. Probes: accuracy of a logistic regression and of 5 nearest "
+              "neighbours on the posterior means (training digits → test digits). Last-20% gain: test "
+              f"−ELBO at 80% of the steps minus at the end; below {CONVERGED:g} nat counts as converged. "
+              "For the autoencoder, test −ELBO is its reconstruction loss (no KL, no likelihood), and "
+              "its units and directions are those of its code, which no prior ties to N(0, I).", "",
+              "## Every run", "",
+              "| model | Z | hidden | seed | test −ELBO | −log p(x) (IW) | active units | directions | "
+              "last-20% gain | converged | epochs | wall s |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        ok = converged(r)
+        lines.append(f"| {r['model']} | {r['latent']} | {','.join(map(str, r['hidden']))} | {r['seed']} | "
+                     f"{_fmt(r['test_loss'])} | {_fmt(r['test_iw_nll'])} | {r['active_units']} | "
+                     f"{r['directions']} | {_fmt(r.get('last20_gain'), 2)} | "
+                     f"{'–' if ok is None else 'yes' if ok else '**no**'} | {r['epochs']} | "
+                     f"{r['wall_s']:,.0f} |")
+    lines += ["", *reading(rows), "",
+              "Figures: `learning_curves.png`, `metrics_vs_latent.png`, `active_units.png`, "
+              "`kl_spectra.png`, `probe.png`, `samples_by_latent.png`, `reconstructions_by_latent.png`, "
+              "`vae_vs_ae.png`.", ""]
+    return "\n".join(lines)
+
+
+def reading(rows):
+    """Statements computed from the rows (the VAE at the main hidden width)."""
+    hidden = main_hidden([r for r in rows if r["model"] == "vae"])
+    vae = {z: g for (m, h, z), g in groups(rows).items() if m == "vae" and h == hidden}
+    vae = {z: [r for r in g if not r.get("diverged")] for z, g in vae.items()}
+    vae = {z: g for z, g in vae.items() if g}
+    if not vae:
+        return []
+    out = ["## Reading", ""]
+    field = "test_iw_nll" if all(aggregate(g, "test_iw_nll")[0] is not None for g in vae.values()) else "test_loss"
+    name = "−log p(x)" if field == "test_iw_nll" else "test −ELBO"
+    best = min(vae, key=lambda z: aggregate(vae[z], field)[0])
+    out.append(f"- Best {name}: {_pm(vae[best], field)} nats at Z = {best} (hidden {list(hidden)}).")
+    for z, g in vae.items():
+        if z == best:
+            continue
+        diff = aggregate(g, field)[0] - aggregate(vae[best], field)[0]
+        beyond = separated(g, vae[best], field)
+        out.append(f"  - Z = {z}: {_pm(g, field)} ({diff:+.1f}; "
+                   f"{'beyond' if beyond else 'within'} the seed spread)")
+    not_conv = [r for g in vae.values() for r in g if converged(r) is False]
+    if not_conv:
+        out.append("- Not converged (last 20% of the steps gained ≥ 1 nat): "
+                   + ", ".join(f"Z = {r['latent']} seed {r['seed']} ({r['last20_gain']:.2f})" for r in not_conv)
+                   + ".")
+    else:
+        out.append(f"- Every VAE run gained less than {CONVERGED:g} nat over its last 20% of steps.")
+    out.append("- Active units / directions (mean over seeds): "
+               + ", ".join(f"Z = {z}: {aggregate(g, 'active_units')[0]:.0f} / {aggregate(g, 'directions')[0]:.0f}"
+                           for z, g in vae.items()) + ".")
+    ae = {z: g for (m, h, z), g in groups(rows).items() if m == "ae" and h == hidden}
+    both = [z for z in vae if z in ae]
+    if both:
+        out.append("- Reconstruction term, VAE vs autoencoder: "
+                   + ", ".join(f"Z = {z}: {_pm(vae[z], 'test_recon')} vs {_pm(ae[z], 'test_recon')}"
+                               for z in both) + " nats.")
+    return out
+
+
