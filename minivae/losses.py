@@ -114,3 +114,27 @@ def reparameterize_backward(dz, logvar, eps):
     dmu = dz
     dlogvar = dz * 0.5 * np.exp(0.5 * logvar) * eps
     return dmu, dlogvar
+
+
+# --------------------------------------------------------------------------------------------
+# Gaussian reconstruction term (continuous pixels, fixed variance)
+# --------------------------------------------------------------------------------------------
+
+
+def gaussian_nll(mean, x, var):
+    """−log N(x; m, σ² I) = Σ_pixels ½ (log 2πσ² + (x − m)² / σ²).     mean, x: (B, D) → (B,)
+
+    The negative log-density of a Gaussian decoder with mean m and a *fixed* variance σ² (``var``,
+    a positive number), for pixels read as continuous values. Unlike the Bernoulli ℓ it is not
+    bounded below: a density can exceed 1, so for small σ² the log-likelihood is positive.
+    """
+    r = x - mean  # (B, D)
+    return 0.5 * (np.log(2 * np.pi * var) + r * r / var).sum(axis=1)
+
+
+def gaussian_nll_backward(dloss, mean, x, var):
+    """∂/∂m of ½ (x − m)² / σ² is (m − x) / σ², times ∂L/∂ℓ_b.     dloss: (B,) → (B, D)
+
+    σ² is a fixed hyperparameter here, so there is no gradient for it.
+    """
+    return dloss[:, None] * (mean - x) / var

@@ -1,0 +1,234 @@
+"""Does an autoencoder with Z ≥ D just learn the identity? Reconstructing inputs that are not digits.
+
+With as many latents as pixels (or more) and a hidden layer wider than the image, nothing in an
+autoencoder's shape stops it from copying its input: x̂ = x is a perfect reconstruction. Whether
+training finds that map is an empirical question, and the test is simple: an identity map
+reconstructs *anything* — uniform noise as well as digits — while a model that learned the data
+reconstructs digits and fails on what it never saw.
+
+The metric (N examples, D pixels; ``reconstruct`` maps (N, D) → (N, D)):
+
+    mse      = (1/ND) Σ_n Σ_d (x̂_nd − x_nd)²               mean squared error per pixel
+    relative = mse / ((1/D) Σ_d Var_n(x_nd))                 the fraction of the set's own variance
+                                                           left unexplained
+
+The identity map has mse = relative = 0. The constant map x̂ = x̄ (the set's own per-pixel mean) has
+mse = (1/D) Σ_d Var_n(x_nd) and relative = 1; any constant c has mse = (1/D) Σ_d [Var_n(x_nd) +
+(x̄_d − c_d)²]. So relative ≈ 1 means "no better than outputting one fixed image".
+
+``python -m minivae.identity --data-dir DIR --out OUT`` trains, at Z = 1000 by default,
+
+- the linear autoencoder (:class:`minivae.linear.LinearAE`: no noise, no KL) on grey values,
+- the MLP autoencoder :class:`minivae.ae.AE` and the MLP VAE :class:`minivae.VAE` (one hidden
+  layer of 1024 > D units, cpu-fused backend, dynamic binarization drawn fresh each epoch),
+
+adds the linear VAE at its closed-form optimum (probabilistic PCA, :mod:`minivae.linear`) and the
+constant map (the mean training digit) for reference, and measures every one on four sets: test
+digits, uniform noise, test digits rotated by 90°, and inverted test digits (1 − x). It writes
+``OUT/identity.json``, ``OUT/identity.md`` (the table) and ``OUT/identity.png`` (reconstructions).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from minivae.data import DataError, batches, binarize, load_mnist
+from minivae.optim import Adam
+from minivae.train import EXIT_USAGE, UsageError, _Parser, _positive_float, _positive_int, _widths
+from minivae.train import atomic_write_text
+
+
+def reconstruction_error(reconstruct, x, batch_size=1000):
+    """{"mse", "relative"} of ``reconstruct`` on x (module docstring).     x: (N, D)"""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError("x must be (N, D) with N ≥ 2")
+    sq = 0.0
+    for s in range(0, len(x), batch_size):
+        r = np.asarray(reconstruct(x[s:s + batch_size].astype(np.float32)), np.float64) - x[s:s + batch_size]
+        sq += float((r * r).sum())
+    mse = sq / x.size
+    spread = float(x.var(axis=0).mean())  # (1/D) Σ_d Var_n(x_nd)
+    return {"mse": mse, "relative": mse / spread if spread > 0 else math.inf}
+
+
+def probe_sets(test_x, rng, n=1000):
+    """The inputs reconstructed: {name: (n, D) float32} — digits and three kinds of non-digit."""
+    digits = np.asarray(test_x[:n], np.float32)
+    n = len(digits)
+    side = int(round(math.sqrt(digits.shape[1])))
+    return {
+        "test digits": digits,
+        "uniform noise": rng.random(digits.shape, dtype=np.float32),
+        "digits rotated 90°": np.rot90(digits.reshape(n, side, side), axes=(1, 2)).reshape(n, -1).copy(),
+        "inverted digits (1 − x)": 1 - digits,
+    }
+
+
+def _train_mlp(model, train_x, epochs, batch_size, lr, rng, show, name):
+    """Adam on fresh Bernoulli draws of the grey digits each epoch (dynamic binarization)."""
+    opt = Adam(model.params, lr=lr)
+    bar = None
+    steps = epochs * math.ceil(len(train_x) / batch_size)
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=name, unit="step", leave=False, dynamic_ncols=True)
+    loss = math.nan
+    for _ in range(epochs):
+        x_epoch = binarize(train_x, "dynamic", rng)
+        for idx in batches(len(train_x), batch_size, rng):
+            loss = model.forward(x_epoch[idx])
+            opt.step(model.backward())
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return loss
+
+
+def parse_args(argv=None):
+    p = _Parser(prog="python -m minivae.identity",
+                description="Train autoencoders and a VAE with Z ≥ D and measure how well they "
+                            "reconstruct inputs that are not digits.")
+    p.add_argument("--data-dir", type=pathlib.Path, default=None, help="a folder of MNIST IDX files")
+    p.add_argument("--out", type=pathlib.Path, required=True, help="output folder")
+    p.add_argument("--latent", type=_positive_int, default=1000, help="latent dimension Z (1000)")
+    p.add_argument("--hidden", type=_widths, default=(1024,), metavar="H1,H2",
+                   help="hidden widths of the MLP models (1024)")
+    p.add_argument("--epochs", type=_positive_int, default=5, help="epochs of each MLP model (5)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="MLP mini-batch size (128)")
+    p.add_argument("--lr", type=_positive_float, default=1e-3, help="MLP Adam learning rate (1e-3)")
+    p.add_argument("--linear-steps", type=_positive_int, default=3000,
+                   help="Adam steps of the linear autoencoder (3000, batch 256, lr 3e-3 → 1e-4)")
+    p.add_argument("--sigma2", type=_positive_float, default=0.01,
+                   help="σ² of the closed-form linear VAE (0.01)")
+    p.add_argument("--n", type=_positive_int, default=1000, help="examples per probe set (1000)")
+    p.add_argument("--backend", default="cpu-fused", help="backend of the MLP models (cpu-fused)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=_positive_int, default=None, help="use the first N training digits")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def run(args):
+    from minivae import linear
+    from minivae.ae import AE
+    from minivae.vae import VAE
+
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    if args.n < 2:
+        raise UsageError("--n must be at least 2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            data = load_mnist(args.data_dir, args.limit, seed=args.seed)
+        except (DataError, ValueError) as e:
+            raise UsageError(str(e)) from None
+    D, Z = data.train_x.shape[1], args.latent
+    try:
+        mlps = {"MLP autoencoder": AE(D, Z, args.hidden, seed=args.seed, backend=args.backend),
+                "MLP VAE": VAE(D, Z, args.hidden, seed=args.seed, backend=args.backend)}
+    except (ValueError, ImportError, RuntimeError) as e:
+        raise UsageError(f"cannot create the model: {e}") from None
+    show = not args.quiet and sys.stderr.isatty()
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))  # noqa: E731
+    train_x = binarize(data.train_x, "none")
+    sets = probe_sets(binarize(data.test_x, "none"), np.random.default_rng([args.seed, 7]), args.n)
+
+    models, budget, seconds = {}, {}, {}
+    t0 = time.perf_counter()
+    mean, lam, U = linear.spectrum(train_x)
+    ppca = linear.LinearVAE(D, Z, args.sigma2)
+    ppca.set_params(linear.optimum(mean, lam, U, args.sigma2, Z))
+    models["constant map (mean digit)"] = lambda x: np.broadcast_to(mean, x.shape)
+    models[f"linear VAE, closed-form optimum (σ² = {args.sigma2:g})"] = ppca.reconstruct
+    seconds["closed form"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    lae = linear.LinearAE(D, Z, seed=args.seed, dtype="float32")
+    hist = linear.fit(lae, train_x, args.linear_steps, 256, 3e-3, 1e-4,
+                      np.random.default_rng([args.seed, 2]), progress=show, desc="linear AE")
+    models["linear autoencoder"] = lae.reconstruct
+    seconds["linear autoencoder"] = time.perf_counter() - t0
+    budget["linear autoencoder"] = (f"{args.linear_steps} Adam steps, batch 256, lr 3e-3 → 1e-4, "
+                                    f"grey values; final ½‖x − x̂‖² {hist[-1]:.3f}")
+    say(f"linear autoencoder: {seconds['linear autoencoder']:.0f} s, final loss {hist[-1]:.3f}")
+
+    for name, model in mlps.items():
+        t0 = time.perf_counter()
+        loss = _train_mlp(model, train_x, args.epochs, args.batch_size, args.lr,
+                          np.random.default_rng([args.seed, 2]), show, name)
+        models[name] = model.reconstruct
+        seconds[name] = time.perf_counter() - t0
+        budget[name] = (f"{args.epochs} epochs, batch {args.batch_size}, Adam {args.lr:g}, hidden "
+                        f"{list(args.hidden)}, dynamic binarization, {args.backend}; last batch loss "
+                        f"{loss:.1f}")
+        say(f"{name}: {seconds[name]:.0f} s, last batch loss {loss:.1f}")
+
+    results = {name: {s: reconstruction_error(f, x) for s, x in sets.items()} for name, f in models.items()}
+    report = {"data": data.source, "latent": Z, "hidden": list(args.hidden), "seed": args.seed,
+              "n_per_set": args.n, "budget": budget, "seconds": seconds, "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "identity.json", json.dumps(report, indent=1) + "\n")
+    table = markdown_table(results)
+    atomic_write_text(args.out / "identity.md", table)
+    plot_reconstructions(models, sets, args.out / "identity.png")
+    say(table)
+    return 0
+
+
+def markdown_table(results):
+    """Rows: models; columns: probe sets; cells: mse (relative)."""
+    sets = list(next(iter(results.values())))
+    head = "| model | " + " | ".join(sets) + " |\n|---|" + "---:|" * len(sets) + "\n"
+    rows = "".join(f"| {m} | " + " | ".join(f"{r[s]['mse']:.4f} ({r[s]['relative']:.2f})" for s in sets)
+                   + " |\n" for m, r in results.items())
+    return head + rows
+
+
+def plot_reconstructions(models, sets, path, per_set=2):
+    """Columns: two inputs of each probe set; rows: the inputs, then each model's reconstructions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inputs = np.concatenate([x[:per_set] for x in sets.values()])  # (S·per_set, D)
+    rows = [("input", inputs)] + [(name, np.asarray(f(inputs), np.float64)) for name, f in models.items()]
+    side = int(round(math.sqrt(inputs.shape[1])))
+    fig, axes = plt.subplots(len(rows), len(inputs), figsize=(1.1 * len(inputs) + 2.6, 1.1 * len(rows)))
+    for i, (name, imgs) in enumerate(rows):
+        for j in range(len(inputs)):
+            ax = axes[i, j]
+            ax.imshow(np.clip(imgs[j], 0, 1).reshape(side, side), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    for j, s in enumerate(sets):
+        axes[0, j * per_set].set_title(s, fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    try:
+        return run(parse_args(argv))
+    except UsageError as e:
+        print(f"minivae.identity: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,699 @@
+"""The linear Gaussian VAE, and its exact answer: probabilistic PCA.
+
+Every other model here is judged by curves; this one has a theorem. With a linear decoder, a
+Gaussian likelihood of fixed variance and a linear encoder, the best ELBO is known in closed form
+(Tipping & Bishop 1999; Lucas, Tucker, Grosse & Norouzi 2019, "Don't Blame the ELBO!"), so what
+"more latents than pixels" does can be predicted exactly and checked against training.
+
+Shapes: B batch, N examples, D pixels (784), Z latents. Formulas use column vectors; the code keeps
+examples as rows, so W z + b is ``z @ W.T + b`` and V x + c is ``x @ V.T + c``.
+
+The model
+---------
+    p(z)     = N(0, I)                       (Z,)
+    p(x | z) = N(W z + b, σ² I)              W (D, Z), b (D,), σ² FIXED: a hyperparameter, not learned
+    q(z | x) = N(V x + c, diag s²)           V (Z, D), c (Z,), log s² (Z,)
+
+The encoder's variance s² is one learned number per latent, the same for every x (no log-variance
+head): for this model the true posterior's covariance does not depend on x either (below), so
+nothing is lost. Pixels are grey values in [0, 1] read as continuous numbers, so log-likelihoods
+are log-*densities*: with small σ² they are positive (nats per digit, not comparable with the
+Bernoulli models' numbers).
+
+The ELBO, exactly
+-----------------
+With z = μ + s ⊙ ε, E[ε] = 0 and E[ε εᵀ] = I, a linear decoder makes the expectation over q exact:
+
+    E_q ‖x − W z − b‖² = ‖x − W μ − b‖² + Σ_u s_u² ‖w_u‖²          (w_u: column u of W)
+
+so, per example, with μ = V x + c and m = W μ + b,
+
+    −ELBO(x) = ½ D log 2πσ² + ‖x − m‖² / 2σ²          Gaussian NLL at the mean (losses.gaussian_nll)
+             + Σ_u s_u² ‖w_u‖² / 2σ²                   the decoder's spread of q's noise
+             + Σ_u ½ (μ_u² + s_u² − log s_u² − 1)      KL(q ‖ p), as in losses.gaussian_kl.
+
+``estimator="exact"`` (the default, used for training here) minimises this formula;
+``estimator="sample"`` uses one draw z = μ + s ⊙ ε instead, like :class:`minivae.VAE` (unbiased
+for the same loss, but noisy).
+
+Gradients of L = (1/B) Σ_b −ELBO(x_b), exact estimator; R = (M − X) / (σ² B), M = μ Wᵀ + b (B, D):
+
+    ∂L/∂W      = Rᵀ μ + W diag(s²) / σ²             (D, Z)
+    ∂L/∂b      = Σ_b R_b                            (D,)
+    ∂L/∂μ      = R W + μ / B                        (B, Z)
+    ∂L/∂V      = (∂L/∂μ)ᵀ X                          (Z, D)
+    ∂L/∂c      = Σ_b ∂L/∂μ_b                          (Z,)
+    ∂L/∂log s² = s² ⊙ ‖w_u‖² / 2σ² + ½ (s² − 1)      (Z,)
+
+Sample estimator: M = z Wᵀ + b with z = μ + s ⊙ ε; then ∂L/∂W = Rᵀ z, ∂L/∂z = R W,
+∂L/∂μ = ∂L/∂z + μ / B, ∂L/∂log s² = Σ_b ½ s ⊙ ε ⊙ ∂L/∂z_b + ½ (s² − 1); no trace term.
+
+The optimum: probabilistic PCA
+------------------------------
+The model's marginal is p(x) = N(b, C) with C = W Wᵀ + σ² I. Let the training covariance be
+S = (1/N) Σ_n (x_n − x̄)(x_n − x̄)ᵀ = U Λ Uᵀ with λ₁ ≥ … ≥ λ_D ≥ 0. Maximum likelihood gives
+(Tipping & Bishop 1999)
+
+    b = x̄,    W = U_q (Λ_q − σ² I)^½ R,    q = min(Z, k),    k = #{i : λ_i > σ²},
+
+with the other Z − q columns of W zero. C then has the eigenvectors U and the eigenvalues λ_i
+(i ≤ q) and σ² (i > q), so with y = Uᵀ(x − x̄)
+
+    log p(x) = −½ [D log 2π + Σ_{i≤q} log λ_i + (D − q) log σ² + Σ_{i≤q} y_i²/λ_i + Σ_{i>q} y_i²/σ²],
+
+and its mean over the training digits (where the mean of y_i² is λ_i) is
+
+    −½ [D log 2π + Σ_{i≤q} log λ_i + (D − q) log σ² + q + Σ_{i>q} λ_i / σ²].
+
+Directions whose variance λ_i does not exceed the noise σ² are explained as noise: no latent is
+spent on them, whatever Z is.
+
+The ELBO reaches this value (Lucas et al. 2019). The true posterior is
+p(z | x) = N(M⁻¹Wᵀ(x − b), σ² M⁻¹) with M = WᵀW + σ² I: Gaussian, linear in x, with a covariance
+that does not depend on x. For R = I, M = diag(λ₁ … λ_q, σ², …, σ²) is diagonal, so the encoder
+
+    V = M⁻¹ Wᵀ,    c = −V b,    s² = σ² diag(M⁻¹)
+
+*is* the true posterior, the KL to it is 0, and ELBO(x) = log p(x) for every x. (Other rotations R
+give the same p(x) but a non-diagonal posterior; the ELBO prefers R = I up to the order and signs of
+the latents.) What each latent does at that optimum:
+
+    i ≤ q:  μ_i = (λ_i − σ²)^½ y_i / λ_i,   Var_x μ_i = 1 − σ²/λ_i,   s_i² = σ²/λ_i,
+            mean KL_i = ½ log(λ_i / σ²)
+    i > q:  w_i = 0, μ_i = 0, s_i² = 1: q(z_i | x) = p(z_i) for every x — the unit has collapsed.
+
+So with Z > D at least Z − D units must collapse, and in fact Z − k do, k being the number of
+directions of the data that stand above the noise floor σ². Burda's active-unit count
+(Var_x μ_u > 0.01, :func:`minivae.metrics.active_units`) counts #{i ≤ q : 1 − σ²/λ_i > 0.01}.
+
+The command
+-----------
+``python -m minivae.linear --latent Z --sigma2 S --data-dir DIR --out OUT`` trains the model on
+the training digits and writes ``OUT/result.json``: the trained test ELBO beside the exact test
+log-likelihood, active units beside k, W's singular values beside (λ_i − σ²)^½, and the collapse.
+``python -m minivae.linear --summarize DIR`` gathers the ``result.json`` files in DIR's subfolders
+into ``DIR/table.md`` and the figure ``DIR/spectrum.png``.
+
+How it trains, and why so: Adam on mini-batches of 256 grey digits, float32, the exact ELBO;
+b starts at the data mean (its optimum; learning it from 0 through noisy gradients is slow, and an
+offset b − x̄ is absorbed into W Wᵀ as extra variance along the mean); log s² learns 10 times faster
+than W, V, b, c (see :func:`fit`); the learning rate 3e-3 is held for 30% of the steps, then decays
+geometrically to 3e-5 (Adam's jitter of size ~lr in W costs ~‖δW μ‖²/2σ² nats, which at σ² = 0.01
+is several nats until the rate is small). The weak directions are the slow ones: a direction with
+λ_i barely above σ² gets a gradient that is small beside the mini-batch noise of the strong ones,
+and λ₁/σ² is 51 at σ² = 0.1 but 512 at σ² = 0.01 — which is why σ² = 0.01 needs many more steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from minivae import losses, metrics
+from minivae.data import DataError, batches, binarize, load_mnist
+from minivae.optim import Adam
+from minivae.train import (EXIT_USAGE, UsageError, _Parser, _positive_float, _positive_int,
+                           atomic_write_text)
+
+LOG_2PI = math.log(2 * math.pi)
+HOLD = 0.3  # the command holds its learning rate for this fraction of the steps, then decays it
+COLLAPSE_KL = 0.01  # a unit whose mean KL(q(z_u | x) ‖ p(z_u)) is below this (nats) sits at the prior
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+class LinearVAE:
+    """The linear Gaussian VAE of the module docstring; parameters W, b, V, c, log s².
+
+    Parameters
+    ----------
+    data_dim, latent : D and Z (Z may exceed D).
+    sigma2 : the decoder's fixed variance σ² > 0.
+    seed : seeds the initial weights (and the noise ε of the sample estimator).
+    dtype : "float64" (default) or "float32".
+    estimator : "exact" (the closed-form expectation, default) or "sample" (one z per example).
+    init_std : standard deviation of the initial W and V entries (b, c start at 0, s² at 1).
+    """
+
+    def __init__(self, data_dim=784, latent=20, sigma2=0.1, seed=0, dtype="float64",
+                 estimator="exact", init_std=0.01):
+        data_dim, latent, sigma2 = int(data_dim), int(latent), float(sigma2)
+        if data_dim < 1 or latent < 1:
+            raise ValueError("data_dim and latent must be positive integers")
+        if not (sigma2 > 0 and math.isfinite(sigma2)):
+            raise ValueError(f"sigma2 must be a positive number, got {sigma2}")
+        if estimator not in ("exact", "sample"):
+            raise ValueError(f"estimator must be 'exact' or 'sample', got {estimator!r}")
+        self.data_dim, self.latent, self.sigma2, self.estimator = data_dim, latent, sigma2, estimator
+        self.dtype = np.dtype(dtype)
+        init_rng = np.random.default_rng([int(seed), 0])
+        self.rng = np.random.default_rng([int(seed), 1])  # ε of the sample estimator
+        D, Z = data_dim, latent
+        self.params = {
+            "W": (init_std * init_rng.standard_normal((D, Z))).astype(self.dtype),  # decoder (D, Z)
+            "b": np.zeros(D, self.dtype),  # decoder bias (D,)
+            "V": (init_std * init_rng.standard_normal((Z, D))).astype(self.dtype),  # encoder (Z, D)
+            "c": np.zeros(Z, self.dtype),  # encoder bias (Z,)
+            "logs2": np.zeros(Z, self.dtype),  # log s², one per latent (Z,): q starts at the prior
+        }
+        self._cache = None
+        self.last = {}
+
+    def forward(self, x, eps=None):
+        """The batch mean of −ELBO (module docstring).     x: (B, D); eps: (B, Z), sample estimator only."""
+        P, s2v = self.params, self.sigma2
+        x = np.asarray(x, dtype=self.dtype)  # (B, D)
+        B = x.shape[0]
+        mu = x @ P["V"].T + P["c"]  # (B, Z)
+        logvar = np.broadcast_to(P["logs2"], mu.shape)  # (B, Z): the same s² for every x
+        if self.estimator == "sample":
+            if eps is None:
+                eps = self.rng.standard_normal(mu.shape)
+            eps = np.asarray(eps, dtype=self.dtype)  # (B, Z)
+            z = losses.reparameterize(mu, logvar, eps)  # (B, Z)
+        else:
+            z = mu  # the mean; the noise enters through the trace term below
+        m = z @ P["W"].T + P["b"]  # (B, D)
+        recon = losses.gaussian_nll(m, x, s2v)  # (B,)
+        if self.estimator == "exact":
+            col2 = (P["W"] * P["W"]).sum(axis=0)  # ‖w_u‖² (Z,)
+            recon = recon + (np.exp(P["logs2"]) * col2).sum() / (2 * s2v)
+        kl = losses.gaussian_kl(mu, logvar)  # (B,)
+        self._cache = (x, mu, logvar, eps, z, m)
+        loss = float((recon + kl).mean())
+        self.last = {"loss": loss, "recon": float(recon.mean()), "kl": float(kl.mean())}
+        return loss
+
+    def backward(self):
+        """Gradients of the last forward's loss, a dict with the keys and shapes of ``params``."""
+        if self._cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        x, mu, logvar, eps, z, m = self._cache
+        P, s2v = self.params, self.sigma2
+        B = x.shape[0]
+        per_example = np.full(B, 1.0 / B, dtype=self.dtype)  # ∂L/∂(loss_b)
+        s2 = np.exp(P["logs2"])  # (Z,)
+
+        R = losses.gaussian_nll_backward(per_example, m, x, s2v)  # (M − X)/(σ² B)   (B, D)
+        dW = R.T @ z  # (D, Z)
+        db = R.sum(axis=0)  # (D,)
+        dz = R @ P["W"]  # (B, Z)
+        dmu_kl, dlogvar_kl = losses.gaussian_kl_backward(per_example, mu, logvar)  # μ/B, ½(s²−1)/B
+        dlogs2 = dlogvar_kl.sum(axis=0)  # ½ (s² − 1)   (Z,)
+        if self.estimator == "sample":
+            dmu, dlogvar = losses.reparameterize_backward(dz, logvar, eps)  # (B, Z) each
+            dlogs2 = dlogs2 + dlogvar.sum(axis=0)
+        else:
+            dmu = dz
+            dW = dW + P["W"] * (s2 / s2v)  # ∂/∂W of Σ_u s_u² ‖w_u‖² / 2σ²
+            dlogs2 = dlogs2 + s2 * (P["W"] * P["W"]).sum(axis=0) / (2 * s2v)
+        dmu = dmu + dmu_kl  # (B, Z)
+        return {"W": dW, "b": db, "V": dmu.T @ x, "c": dmu.sum(axis=0), "logs2": dlogs2}
+
+    # ----------------------------------------------------------------------------------------
+
+    def encode(self, x):
+        """μ and log s² of q(z | x).     x: (N, D) → mu, logvar: (N, Z) (logvar the same in every row)"""
+        mu = np.asarray(x, dtype=self.dtype) @ self.params["V"].T + self.params["c"]
+        return mu, np.broadcast_to(self.params["logs2"], mu.shape).copy()
+
+    def decode_mean(self, z):
+        """W z + b.     z: (N, Z) → (N, D)"""
+        return np.asarray(z, dtype=self.dtype) @ self.params["W"].T + self.params["b"]
+
+    def reconstruct(self, x):
+        """The decoder's mean at the posterior mean, W μ(x) + b.     x: (N, D) → (N, D)"""
+        return self.decode_mean(self.encode(x)[0])
+
+    def neg_elbo(self, x, batch_size=1000):
+        """−ELBO(x) per example, by the exact formula, in float64.     x: (N, D) → (N,) nats"""
+        P = {k: np.asarray(v, np.float64) for k, v in self.params.items()}
+        s2 = np.exp(P["logs2"])
+        trace = (s2 * (P["W"] ** 2).sum(axis=0)).sum() / (2 * self.sigma2)
+        kl_s = 0.5 * (s2 - P["logs2"] - 1).sum()  # the part of the KL that does not depend on x
+        out = []
+        for s in range(0, len(x), batch_size):
+            xb = np.asarray(x[s:s + batch_size], np.float64)
+            mu = xb @ P["V"].T + P["c"]
+            m = mu @ P["W"].T + P["b"]
+            out.append(losses.gaussian_nll(m, xb, self.sigma2) + trace + 0.5 * (mu * mu).sum(1) + kl_s)
+        return np.concatenate(out)
+
+    def log_likelihood(self, x, batch_size=1000):
+        """The exact log p(x) = log N(x; b, W Wᵀ + σ² I) of this model (Cholesky), float64.  → (N,)"""
+        W = np.asarray(self.params["W"], np.float64)
+        b = np.asarray(self.params["b"], np.float64)
+        D = self.data_dim
+        L = np.linalg.cholesky(W @ W.T + self.sigma2 * np.eye(D))  # C = L Lᵀ
+        logdet = 2 * np.log(np.diag(L)).sum()
+        out = []
+        for s in range(0, len(x), batch_size):
+            r = np.asarray(x[s:s + batch_size], np.float64) - b  # (n, D)
+            a = np.linalg.solve(L, r.T)  # L⁻¹ (x − b)   (D, n)
+            out.append(-0.5 * (D * LOG_2PI + logdet + (a * a).sum(axis=0)))
+        return np.concatenate(out)
+
+    def get_params(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def set_params(self, values):
+        for k, p in self.params.items():
+            if np.shape(values[k]) != p.shape:
+                raise ValueError(f"{k}: shape {np.shape(values[k])} does not match {p.shape}")
+            p[...] = values[k]
+
+
+class LinearAE:
+    """The linear autoencoder: x̂ = W (V x + c) + b, loss ½ ‖x − x̂‖² — no noise, no KL, no σ².
+
+    Parameters W (D, Z), b (D,), V (Z, D), c (Z,). With L = (1/B) Σ_b ½ ‖x̂_b − x_b‖² and
+    R = (X̂ − X)/B (B, D), z = X Vᵀ + c:
+
+        ∂L/∂W = Rᵀ z,   ∂L/∂b = Σ_b R_b,   ∂L/∂z = R W,   ∂L/∂V = (∂L/∂z)ᵀ X,   ∂L/∂c = Σ_b ∂L/∂z_b.
+
+    With Z ≥ D nothing stops W V from becoming the identity; whether it does is the question
+    :mod:`minivae.identity` measures.
+    """
+
+    def __init__(self, data_dim=784, latent=20, seed=0, dtype="float64", init_std=0.01):
+        data_dim, latent = int(data_dim), int(latent)
+        if data_dim < 1 or latent < 1:
+            raise ValueError("data_dim and latent must be positive integers")
+        self.data_dim, self.latent = data_dim, latent
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng([int(seed), 0])
+        self.params = {
+            "W": (init_std * rng.standard_normal((data_dim, latent))).astype(self.dtype),  # (D, Z)
+            "b": np.zeros(data_dim, self.dtype),  # (D,)
+            "V": (init_std * rng.standard_normal((latent, data_dim))).astype(self.dtype),  # (Z, D)
+            "c": np.zeros(latent, self.dtype),  # (Z,)
+        }
+        self._cache = None
+        self.last = {}
+
+    def forward(self, x, eps=None):
+        P = self.params
+        x = np.asarray(x, dtype=self.dtype)  # (B, D)
+        z = x @ P["V"].T + P["c"]  # (B, Z)
+        xhat = z @ P["W"].T + P["b"]  # (B, D)
+        r = xhat - x
+        self._cache = (x, z, r)
+        loss = float(0.5 * (r * r).sum(axis=1).mean())
+        self.last = {"loss": loss, "recon": loss, "kl": 0.0}
+        return loss
+
+    def backward(self):
+        if self._cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        x, z, r = self._cache
+        R = r / x.shape[0]  # (B, D)
+        dz = R @ self.params["W"]  # (B, Z)
+        return {"W": R.T @ z, "b": R.sum(axis=0), "V": dz.T @ x, "c": dz.sum(axis=0)}
+
+    def reconstruct(self, x):
+        P = self.params
+        return (np.asarray(x, dtype=self.dtype) @ P["V"].T + P["c"]) @ P["W"].T + P["b"]
+
+
+def fit(model, x, steps, batch_size, lr, lr_final=None, rng=None, progress=False, desc="train",
+        hold=0.5, fast_params=(), fast_factor=1.0):
+    """Adam on shuffled mini-batches of x for ``steps`` steps; returns the loss of every step.
+
+    The learning rate stays at ``lr`` for the first ``hold`` fraction of the steps, then decays
+    geometrically to ``lr_final`` at the last step (constant when ``lr_final`` is None). The
+    parameters named in ``fast_params`` get their own Adam with ``fast_factor`` times the rate.
+    Why: Adam moves a parameter by at most about lr per step, and log s² must travel far — from 0
+    (the prior) to log(σ²/λ₁), about −6.2 for MNIST's top direction at σ² = 0.01, which at
+    lr = 3e-3 alone takes 2,000 steps while W cannot grow until s² has shrunk.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    fast = {k: p for k, p in model.params.items() if k in fast_params}
+    opt = Adam({k: p for k, p in model.params.items() if k not in fast}, lr=lr)
+    opt_fast = Adam(fast, lr=lr * fast_factor) if fast else None
+    ratio = 1.0 if lr_final is None else lr_final / lr
+    start = int(hold * steps)  # the first step of the decay
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    history, t = [], 0
+    while t < steps:
+        for idx in batches(len(x), batch_size, rng):
+            if t == steps:
+                break
+            opt.lr = lr * ratio ** (max(t - start, 0) / max(steps - 1 - start, 1))
+            loss = model.forward(x[idx])
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {t + 1}")
+            grads = model.backward()
+            opt.step({k: g for k, g in grads.items() if k not in fast})
+            if opt_fast is not None:
+                opt_fast.lr = opt.lr * fast_factor
+                opt_fast.step({k: grads[k] for k in fast})
+            history.append(loss)
+            t += 1
+            if bar is not None:
+                bar.update(1)
+                if t % 50 == 0:
+                    bar.set_postfix(loss=f"{loss:.1f}")
+    if bar is not None:
+        bar.close()
+    return history
+
+
+# --------------------------------------------------------------------------------------------
+# The closed form
+# --------------------------------------------------------------------------------------------
+
+
+def spectrum(x, batch_size=10000):
+    """x̄, λ and U of the training covariance S = (1/N) Σ (x − x̄)(x − x̄)ᵀ = U diag(λ) Uᵀ, float64.
+
+    x: (N, D) → mean (D,), λ (D,) descending (clipped at 0), U (D, D) with eigenvectors as columns.
+    """
+    n, D = x.shape
+    mean = np.zeros(D)
+    for s in range(0, n, batch_size):
+        mean += np.asarray(x[s:s + batch_size], np.float64).sum(axis=0)
+    mean /= n
+    S = np.zeros((D, D))
+    for s in range(0, n, batch_size):
+        xc = np.asarray(x[s:s + batch_size], np.float64) - mean
+        S += xc.T @ xc
+    lam, U = np.linalg.eigh(S / n)
+    return mean, np.clip(lam[::-1], 0.0, None), U[:, ::-1]
+
+
+def n_above(lam, sigma2):
+    """k = #{i : λ_i > σ²}: the directions a pPCA model with noise σ² explains with a latent."""
+    return int((np.asarray(lam) > sigma2).sum())
+
+
+def optimum(mean, lam, U, sigma2, latent):
+    """The parameters of the linear VAE at its global optimum (module docstring, R = I), float64.
+
+    → {"W", "b", "V", "c", "logs2"} in the shapes of :class:`LinearVAE`; latent u < q is
+    eigen-direction u, latents u ≥ q sit at the prior.
+    """
+    D = len(lam)
+    q = min(latent, n_above(lam, sigma2))
+    W = np.zeros((D, latent))
+    V = np.zeros((latent, D))
+    logs2 = np.zeros(latent)
+    root = np.sqrt(lam[:q] - sigma2)  # (λ_i − σ²)^½
+    W[:, :q] = U[:, :q] * root
+    V[:q] = (U[:, :q] * (root / lam[:q])).T  # M⁻¹ Wᵀ with M = diag(λ_1..λ_q, σ², …)
+    logs2[:q] = np.log(sigma2 / lam[:q])
+    return {"W": W, "b": mean.copy(), "V": V, "c": -V @ mean, "logs2": logs2}
+
+
+def ppca_log_likelihood(x, mean, lam, U, sigma2, latent, batch_size=10000):
+    """log N(x; x̄, W Wᵀ + σ² I) at the optimum, per example, from the eigenbasis.   → (N,) nats
+
+    C has eigenvalues λ_i for i < q = min(Z, k) and σ² for the rest, on the eigenvectors U.
+    """
+    q = min(latent, n_above(lam, sigma2))
+    cvar = np.concatenate([lam[:q], np.full(len(lam) - q, sigma2)])  # eigenvalues of C (D,)
+    const = len(lam) * LOG_2PI + np.log(cvar).sum()
+    out = []
+    for s in range(0, len(x), batch_size):
+        y = (np.asarray(x[s:s + batch_size], np.float64) - mean) @ U  # (n, D)
+        out.append(-0.5 * (const + (y * y / cvar).sum(axis=1)))
+    return np.concatenate(out)
+
+
+def ppca_train_log_likelihood(lam, sigma2, latent):
+    """The mean of :func:`ppca_log_likelihood` over the training data itself, from λ alone:
+    −½ [D log 2π + Σ_{i<q} log λ_i + (D − q) log σ² + q + Σ_{i≥q} λ_i / σ²]."""
+    lam = np.asarray(lam, np.float64)
+    D, q = len(lam), min(latent, n_above(lam, sigma2))
+    return float(-0.5 * (D * LOG_2PI + np.log(lam[:q]).sum() + (D - q) * math.log(sigma2) + q
+                         + lam[q:].sum() / sigma2))
+
+
+# --------------------------------------------------------------------------------------------
+# Trained model against theory
+# --------------------------------------------------------------------------------------------
+
+
+def compare(model, train_x, test_x, mean, lam, U):
+    """Everything the command reports, as a JSON-ready dict (numbers in nats per digit)."""
+    s2v, Z = model.sigma2, model.latent
+    k = n_above(lam, s2v)
+    q = min(Z, k)
+    mu, logvar = model.encode(test_x)
+    n_active, var_mu = metrics.active_units(mu)
+    kl_unit = metrics.kl_per_dim(mu, logvar)  # (Z,)
+    s2 = np.exp(np.asarray(model.params["logs2"], np.float64))
+    collapsed = kl_unit < COLLAPSE_KL
+    sv = np.linalg.svd(np.asarray(model.params["W"], np.float64), compute_uv=False)  # descending
+    theory_sv = np.zeros_like(sv)
+    m = min(q, len(sv))
+    theory_sv[:m] = np.sqrt(lam[:m] - s2v)
+    clear = lam[:m] > 2 * s2v  # directions well above the noise floor
+    rel = np.abs(sv[:m] - theory_sv[:m]) / theory_sv[:m]
+    predicted_active = int(((1 - s2v / lam[:q]) > metrics.ACTIVE_THRESHOLD).sum())
+    kl_theory = 0.5 * np.log(lam[:q] / s2v)  # mean KL of latent i at the optimum   (q,)
+    predicted_collapsed = Z - int((kl_theory >= COLLAPSE_KL).sum())
+
+    test_ll = float(ppca_log_likelihood(test_x, mean, lam, U, s2v, Z).mean())
+    train_ll = ppca_train_log_likelihood(lam, s2v, Z)
+    test_elbo = float(-model.neg_elbo(test_x).mean())
+    train_elbo = float(-model.neg_elbo(train_x).mean())
+    model_test_ll = float(model.log_likelihood(test_x).mean())
+    r4 = lambda a: [float(f"{v:.5g}") for v in np.asarray(a)]  # noqa: E731 (compact JSON lists)
+    return {
+        "latent": Z, "sigma2": s2v, "k": k, "q": q,
+        "exact_train_ll": train_ll, "exact_test_ll": test_ll,
+        "train_elbo": train_elbo, "test_elbo": test_elbo,
+        "test_gap": test_ll - test_elbo,
+        "model_test_ll": model_test_ll,  # log N(x; b, WWᵀ + σ²I) of the trained W, b
+        "posterior_gap": model_test_ll - test_elbo,  # the KL from q to the true posterior
+        "active_units": n_active, "predicted_active_units": predicted_active,
+        "collapsed_units": int(collapsed.sum()), "predicted_collapsed": predicted_collapsed,
+        "z_minus_q": Z - q,
+        "collapsed_max_s2_error": float(np.abs(s2[collapsed] - 1).max()) if collapsed.any() else None,
+        "collapsed_max_w_norm": float(np.sqrt((np.asarray(model.params["W"], np.float64)[:, collapsed] ** 2)
+                                              .sum(axis=0)).max()) if collapsed.any() else None,
+        "sv_max_abs_error": float(np.abs(sv - theory_sv).max()),
+        "sv_median_rel_error": float(np.median(rel)) if m else None,
+        "sv_max_rel_error_clear": float(rel[clear].max()) if clear.any() else None,
+        "n_clear": int(clear.sum()),
+        "sv_largest_beyond_q": float(sv[m:].max()) if len(sv) > m else None,
+        "test_kl": float(kl_unit.sum()), "test_kl_theory": float(kl_theory.sum()),
+        "singular_values": r4(sv), "theory_singular_values": r4(theory_sv),
+        "var_mu_sorted": r4(np.sort(var_mu)[::-1]), "kl_per_unit_sorted": r4(np.sort(kl_unit)[::-1]),
+        "eigenvalues": r4(lam),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = _Parser(prog="python -m minivae.linear",
+                description="Train the linear Gaussian VAE on MNIST grey values and compare it with "
+                            "its closed-form optimum (probabilistic PCA).")
+    p.add_argument("--latent", type=_positive_int, default=None, help="latent dimension Z")
+    p.add_argument("--sigma2", type=_positive_float, default=None, help="the decoder's fixed variance σ²")
+    p.add_argument("--data-dir", type=pathlib.Path, default=None,
+                   help="a folder of MNIST IDX files (default: the download cache)")
+    p.add_argument("--out", type=pathlib.Path, default=None, help="output folder")
+    p.add_argument("--steps", type=_positive_int, default=3000, help="Adam steps (3000)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="mini-batch size (256)")
+    p.add_argument("--lr", type=_positive_float, default=3e-3,
+                   help="Adam learning rate, held for the first 30%% of the steps (3e-3)")
+    p.add_argument("--lr-final", type=_positive_float, default=3e-5,
+                   help="learning rate at the last step, reached geometrically (3e-5)")
+    p.add_argument("--s2-lr-factor", type=_positive_float, default=10.0,
+                   help="log s² learns this many times faster than W, V, b, c (10)")
+    p.add_argument("--estimator", choices=("exact", "sample"), default="exact",
+                   help="the expected reconstruction term by formula (exact) or by one sample")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="training precision (float32, default); evaluation is always float64")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order (0)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="use the first N training digits")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
+    p.add_argument("--summarize", type=pathlib.Path, default=None, metavar="DIR",
+                   help="instead of training: gather DIR/*/result.json into DIR/table.md and "
+                        "DIR/spectrum.png")
+    return p.parse_args(argv)
+
+
+def run(args):
+    if args.summarize is not None:
+        return summarize(args.summarize, quiet=args.quiet)
+    if args.latent is None or args.sigma2 is None or args.out is None:
+        raise UsageError("--latent, --sigma2 and --out are required (or --summarize DIR)")
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} exists and is not a folder")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fallback to the offline sample is said in `source`
+        try:
+            data = load_mnist(args.data_dir, args.limit, seed=args.seed)
+        except (DataError, ValueError) as e:
+            raise UsageError(str(e)) from None
+    train_x = binarize(data.train_x, "none")  # grey values in [0, 1]
+    test_x = binarize(data.test_x, "none")
+    show = not args.quiet and sys.stderr.isatty()
+
+    wall0 = time.perf_counter()
+    mean, lam, U = spectrum(train_x)
+    model = LinearVAE(train_x.shape[1], args.latent, args.sigma2, seed=args.seed,
+                      dtype=args.dtype, estimator=args.estimator)
+    model.params["b"][...] = mean  # start the decoder's bias at the data mean (its optimum, below)
+    t0 = time.perf_counter()
+    try:
+        history = fit(model, train_x, args.steps, args.batch_size, args.lr, args.lr_final,
+                      np.random.default_rng([args.seed, 2]), progress=show,
+                      desc=f"Z={args.latent} σ²={args.sigma2:g}", hold=HOLD,
+                      fast_params=("logs2",), fast_factor=args.s2_lr_factor)
+    except FloatingPointError as e:
+        print(f"minivae.linear: {e}; lower --lr", file=sys.stderr)
+        return 1
+    train_s = time.perf_counter() - t0
+    result = compare(model, train_x, test_x, mean, lam, U)
+    config = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()
+              if k not in ("quiet", "summarize", "out")}
+    every = max(1, len(history) // 100)
+    result.update(config=config, data=data.source, train_seconds=train_s,
+                  wall_seconds=time.perf_counter() - wall0,
+                  loss_curve=[[i + 1, float(f"{history[i]:.6g}")] for i in range(0, len(history), every)])
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "result.json", json.dumps(result, indent=1) + "\n")
+    if not args.quiet:
+        for line in describe(result):
+            print(line)
+    return 0
+
+
+def describe(r):
+    """The result as a few lines of text, trained beside closed form."""
+    return [
+        f"Z={r['latent']}  σ²={r['sigma2']:g}  k=#{{λ>σ²}}={r['k']}  q=min(Z,k)={r['q']}",
+        f"test ELBO {r['test_elbo']:.2f}  exact test log-likelihood {r['exact_test_ll']:.2f}  "
+        f"gap {r['test_gap']:.2f} nats/digit (train ELBO {r['train_elbo']:.2f} vs {r['exact_train_ll']:.2f})",
+        f"  trained model's own log p(x) {r['model_test_ll']:.2f} (posterior gap {r['posterior_gap']:.3f})",
+        f"active units {r['active_units']} (predicted {r['predicted_active_units']}), collapsed "
+        f"{r['collapsed_units']} (predicted {r['predicted_collapsed']}; Z−q = {r['z_minus_q']})",
+        f"singular values of W vs (λ−σ²)^½: median rel. error {r['sv_median_rel_error']:.2g}, "
+        f"max abs error {r['sv_max_abs_error']:.2g}",
+        f"training {r['train_seconds']:.0f} s",
+    ]
+
+
+TABLE_HEAD = ("| σ² | Z | steps | k | test ELBO | exact test log p | gap | trained log p | active (pred.) "
+              "| collapsed (pred.) | σ(W) median rel. err. | σ(W) max abs err. |\n"
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+
+
+def table_row(r):
+    return (f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['k']} | {r['test_elbo']:.2f} | "
+            f"{r['exact_test_ll']:.2f} | {r['test_gap']:.2f} | {r['model_test_ll']:.2f} | "
+            f"{r['active_units']} ({r['predicted_active_units']}) | "
+            f"{r['collapsed_units']} ({r['predicted_collapsed']}) | {r['sv_median_rel_error']:.3f} | "
+            f"{r['sv_max_abs_error']:.3f} |\n")
+
+
+def summarize(folder, quiet=False):
+    """DIR/*/result.json → DIR/table.md and DIR/spectrum.png."""
+    folder = pathlib.Path(folder)
+    paths = sorted(folder.glob("*/result.json")) if folder.is_dir() else []
+    if not paths:
+        raise UsageError(f"no */result.json in {folder}")
+    try:
+        results = [json.loads(p.read_text()) for p in paths]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the results in {folder}: {e}") from None
+    results.sort(key=lambda r: (r["sigma2"], r["latent"], r["config"]["steps"]))
+    table = TABLE_HEAD + "".join(table_row(r) for r in results)
+    atomic_write_text(folder / "table.md", table)
+    plot_spectrum(results, folder / "spectrum.png")
+    if not quiet:
+        print(table, end="")
+    return 0
+
+
+def plot_spectrum(results, path):
+    """Per σ², one column: the data's eigenvalues with σ² and the learned σ² + s_i(W)² on top;
+    below, per-unit KL and Var_x μ_u sorted, for each Z, with the closed form."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    longest = {}  # per (σ², Z) the run with the most steps
+    for r in results:
+        key = (r["sigma2"], r["latent"])
+        if key not in longest or r["config"]["steps"] > longest[key]["config"]["steps"]:
+            longest[key] = r
+    results = list(longest.values())
+    sig = sorted({r["sigma2"] for r in results})
+    fig, axes = plt.subplots(2, len(sig), figsize=(5.2 * len(sig), 7.5), squeeze=False)
+    colors = {100: "tab:green", 784: "tab:orange", 1000: "tab:blue"}
+    for j, s2v in enumerate(sig):
+        rs = sorted((r for r in results if r["sigma2"] == s2v), key=lambda r: r["latent"])
+        lam = np.array(rs[0]["eigenvalues"])
+        k = n_above(lam, s2v)
+        ax = axes[0, j]
+        i = np.arange(1, len(lam) + 1)
+        ax.semilogy(i, np.maximum(lam, 1e-12), "k-", lw=1.5, label="data eigenvalues λ_i")
+        ax.axhline(s2v, color="r", ls="--", lw=1, label=f"σ² = {s2v:g}")
+        ax.axvline(k, color="r", ls=":", lw=1)
+        ax.text(k, lam[0], f" k = {k}", color="r", va="top")
+        for r in rs:
+            sv = np.array(r["singular_values"])
+            ax.semilogy(np.arange(1, len(sv) + 1), sv ** 2 + s2v, ".", ms=2.5,
+                        color=colors.get(r["latent"], None), label=f"σ² + s_i(W)², Z = {r['latent']}")
+        ax.set_ylim(max(1e-6, lam[lam > 0].min() / 2), lam[0] * 3)
+        ax.set_xlim(0, 1000)
+        ax.set_xlabel("index i (sorted)")
+        ax.set_title(f"σ² = {s2v:g}: eigenvalues and the learned decoder")
+        ax.legend(fontsize=7, loc="upper right")
+
+        ax = axes[1, j]
+        q_all = np.arange(1, k + 1)
+        ax.semilogy(q_all, 0.5 * np.log(lam[:k] / s2v), "k--", lw=1, label="KL_i = ½ log(λ_i/σ²), optimum")
+        for r in rs:
+            kl = np.maximum(np.array(r["kl_per_unit_sorted"]), 1e-6)
+            vm = np.maximum(np.array(r["var_mu_sorted"]), 1e-6)
+            c = colors.get(r["latent"], None)
+            u = np.arange(1, len(kl) + 1)
+            ax.semilogy(u, kl, "-", color=c, lw=1.5, label=f"KL per unit, Z = {r['latent']}")
+            ax.semilogy(u, vm, ":", color=c, lw=1.2, label=f"Var_x μ_u, Z = {r['latent']}")
+        ax.axhline(metrics.ACTIVE_THRESHOLD, color="gray", lw=0.8)
+        ax.axvline(k, color="r", ls=":", lw=1)
+        ax.set_ylim(1e-5, 10)
+        ax.set_xlim(0, 1000)
+        ax.set_xlabel("latent unit (sorted)")
+        ax.set_title("per unit, sorted: collapse beyond k")
+        ax.legend(fontsize=6.5, loc="lower left", ncol=1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    try:
+        return run(parse_args(argv))
+    except UsageError as e:
+        print(f"minivae.linear: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
