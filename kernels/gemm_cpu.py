@@ -408,6 +408,26 @@ def matmul(a, b, out, ta=False, tb=False, version=4):
     return out
 
 
+def step_shapes(Z, B=128, H=512, D=784):
+    """The 11 matrix products of a training step of the VAE D → H → 2Z, Z → H → D at batch B, as
+    (M, K, N, ta, tb): four forward products, four weight gradients (aᵀ·b) and three input
+    gradients (a·bᵀ; the data input needs none). At Z = 1000 these are
+    :data:`kernels.numba_cuda.matmul.STEP_SHAPES`."""
+    return (
+        (B, D, H, False, False),      # encoder hidden:  x · W1
+        (B, H, 2 * Z, False, False),  # encoder head:    h · W2 → [μ | log σ²]
+        (B, Z, H, False, False),      # decoder hidden:  z · W3
+        (B, H, D, False, False),      # decoder logits:  h · W4
+        (H, B, D, True, False),       # dW4 = hᵀ · da
+        (B, D, H, False, True),       # dh  = da · W4ᵀ
+        (Z, B, H, True, False),       # dW3 = zᵀ · dh
+        (B, H, Z, False, True),       # dz  = dh · W3ᵀ
+        (H, B, 2 * Z, True, False),   # dW2 = hᵀ · d[μ | log σ²]
+        (B, 2 * Z, H, False, True),   # dh  = d[μ | log σ²] · W2ᵀ
+        (D, B, H, True, False),       # dW1 = xᵀ · dh
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Check and assembly
 # --------------------------------------------------------------------------------------------

@@ -184,3 +184,22 @@ def test_overlap_and_read_only_and_non_array_refused():
         gemm_cpu.matmul(a.tolist(), a, np.empty((4, 4), np.float32))
     with pytest.raises(ValueError, match="no version"):
         gemm_cpu.matmul(a, a, np.empty((4, 4), np.float32), version=5)
+
+
+def test_step_shapes_are_the_gpu_benchmarks_at_z_1000():
+    matmul = pytest.importorskip("kernels.numba_cuda.matmul", exc_type=ImportError)
+    assert gemm_cpu.step_shapes(1000) == matmul.STEP_SHAPES
+
+
+@pytest.mark.parametrize("Z", [2, 20, 1000])
+def test_step_shapes_count_the_flops_of_the_throughput_benchmark(Z):
+    """Two independent counts of one step's product FLOPs: the shapes here, the layer sizes there."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("throughput", path)
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    flops = sum(2 * M * K * N for M, K, N, _, _ in gemm_cpu.step_shapes(Z))
+    assert flops == tp.sizes(Z, (512,), 128)["flops_per_step"]
