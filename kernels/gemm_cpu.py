@@ -77,6 +77,17 @@ thread runs the v3 loops on its strip with its own packed buffers. Each thread p
 op(b)) in full for itself: each core has its own L2 to fill anyway. The buffers are allocated
 once per thread count and reused (no allocation inside a product).
 
+Epilogues: what BLAS cannot do. A tile leaves the registers once, with its final sums (at the last
+KC block); whatever the next op does to each element of the product can be done there, while the
+tile is in L1, instead of in another pass over the whole output (:func:`epilogue_tile`):
+
+    matmul_bias_act    out = act(op(a) · op(b) + bias)    the forward of a dense layer, (B, N)
+    weight_grad_adam   g = xᵀ · dy is applied to W by Adam tile by tile and never written to
+                       memory (fan_in, fan_out); the bias gradient Σ_batch dy is summed from the
+                       packed panels of dy, then applied to the bias by Adam
+These are the kernels with their tests (``tests/test_gemm_cpu.py``, against
+:mod:`kernels.reference`); the cpu-fused backend does not use them yet.
+
 Check every version against :func:`kernels.reference.matmul` on ragged shapes (also
 ``tests/test_gemm_cpu.py``) and print the micro-kernel's inner loop:
     python -m kernels.gemm_cpu [--asm]
@@ -294,19 +305,74 @@ def ukernel_fma(typingctx, kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
 
 
 # --------------------------------------------------------------------------------------------
+# Epilogues: what happens to a finished tile on its way out of the registers
+# --------------------------------------------------------------------------------------------
+
+EPI_STORE, EPI_BIAS_ACT, EPI_ADAM = 0, 1, 2  # out (+)= tile;  out = act(tile + bias);  Adam on out
+ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2}
+_0 = np.float32(0.0)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"})
+def epilogue_tile(out, tile, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
+    """Write the valid mr × nr corner of ``tile`` (MR·NR,: a micro-tile's sums, in L1) into out at
+    (i0, j0), through the epilogue ``epi``:
+
+        EPI_STORE     out[i, j] = s (+ out[i, j] when add)
+        EPI_BIAS_ACT  out[i, j] = act(s (+ out[i, j] when add) + bias[j]),  act by ACT_CODES
+        EPI_ADAM      g = s: m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;  out ← out − α·(m/c1) / (√(v/c2) + ε)
+                      (out is the weight; m, v its moments, same shape; hyper = [α, β₁, 1 − β₁, β₂,
+                      1 − β₂, ε, c1, c2] in float32, the arithmetic of cpu_fused.adam_kernel)
+    """
+    if epi == EPI_ADAM:
+        lr, b1, omb1, b2, omb2, eps, c1, c2 = (hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
+                                               hyper[5], hyper[6], hyper[7])
+        for r in range(mr):
+            for j in range(nr):
+                g = tile[r * NR + j]
+                i, jj = i0 + r, j0 + j
+                mk = b1 * m[i, jj] + omb1 * g
+                vk = b2 * v[i, jj] + omb2 * (g * g)
+                m[i, jj] = mk
+                v[i, jj] = vk
+                out[i, jj] = out[i, jj] - lr * (mk / c1) / (np.sqrt(vk / c2) + eps)
+        return
+    for r in range(mr):
+        for j in range(nr):
+            s = tile[r * NR + j]
+            if add:
+                s += out[i0 + r, j0 + j]
+            if epi == EPI_BIAS_ACT:
+                s += bias[j0 + j]
+                if act == 1:
+                    s = s if s > _0 else _0
+                elif act == 2:
+                    s = np.tanh(s)
+            out[i0 + r, j0 + j] = s
+
+
+# --------------------------------------------------------------------------------------------
 # v2, v3: the blocked loops around the micro-kernel
 # --------------------------------------------------------------------------------------------
 
 
 @njit(cache=True, error_model="numpy")
-def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma):
+def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma, epi, act, bias, m, v,
+                 hyper, colsum):
     """out[i_lo:i_hi, j_lo:j_hi] = (op(a) · op(b))[i_lo:i_hi, j_lo:j_hi] with the five loops of the
     module docstring. Ap (MC·KC,), Bp (KC·NC,), tile (2·MR·NR,): float32 work buffers. ``fma``
-    picks the micro-kernel: the vector one (v3) or the plain loops (v2)."""
+    picks the micro-kernel: the vector one (v3) or the plain loops (v2).
+
+    The epilogue (:func:`epilogue_tile`) ``epi`` with ``act``, ``bias``, ``m``, ``v``, ``hyper`` is
+    applied to each tile at the last KC block (EPI_ADAM needs K ≤ KC: one block; the arguments it
+    does not use may be any arrays of the right types). When ``colsum`` has any elements, the column
+    sums of op(b)[:, j_lo:j_hi] (over all of K) are added into colsum[j_lo:j_hi], read from each
+    packed block of op(b) while it is in cache: the bias gradient Σ_batch dy of a weight gradient
+    xᵀ·dy."""
     K = a.shape[0] if ta else a.shape[1]
     ldc = out.shape[1]
     cf = out.reshape(-1)  # out is C-contiguous: a flat view of the same memory
-    scratch = tile[:MR * NR]  # the micro-tile that sticks out of out
+    scratch = tile[:MR * NR]  # a micro-tile on its way to an epilogue or past the edge of out
     acc = tile[MR * NR:]  # the accumulators of the plain-loop micro-kernel
     if K == 0:
         for i in range(i_lo, i_hi):
@@ -318,7 +384,13 @@ def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma):
         for pc in range(0, K, KC):
             kc = min(KC, K - pc)
             add = 1 if pc > 0 else 0
+            tile_epi = epi if pc + kc >= K else EPI_STORE
             pack_b(b, tb, pc, kc, jc, nc, Bp)
+            if colsum.shape[0] > 0:
+                for q in range((nc + NR - 1) // NR):
+                    for k in range(kc):
+                        for c in range(min(NR, nc - q * NR)):
+                            colsum[jc + q * NR + c] += Bp[q * NR * kc + k * NR + c]
             for ic in range(i_lo, i_hi, MC):
                 mc = min(MC, i_hi - ic)
                 pack_a(a, ta, ic, mc, pc, kc, Ap)
@@ -326,7 +398,8 @@ def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma):
                     nr = min(NR, nc - jr)
                     for ir in range(0, mc, MR):
                         mr = min(MR, mc - ir)
-                        if mr == MR and nr == NR:  # a whole tile inside out: straight into it
+                        direct = mr == MR and nr == NR and tile_epi == EPI_STORE  # straight into out
+                        if direct:
                             c, c_off, ld, add_c = cf, (ic + ir) * ldc + jc + jr, ldc, add
                         else:
                             c, c_off, ld, add_c = scratch, 0, NR, 0
@@ -334,13 +407,9 @@ def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma):
                             ukernel_fma(kc, Ap, ir * kc, Bp, jr * kc, c, c_off, ld, add_c)
                         else:
                             ukernel_loops(kc, Ap, ir * kc, Bp, jr * kc, c, c_off, ld, add_c, acc)
-                        if mr < MR or nr < NR:  # copy the valid part of the scratch tile
-                            for r in range(mr):
-                                for j in range(nr):
-                                    if add:
-                                        out[ic + ir + r, jc + jr + j] += scratch[r * NR + j]
-                                    else:
-                                        out[ic + ir + r, jc + jr + j] = scratch[r * NR + j]
+                        if not direct:  # from the scratch tile, through the epilogue
+                            epilogue_tile(out, scratch, ic + ir, jc + jr, mr, nr, add, tile_epi, act,
+                                          bias, m, v, hyper)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,10 +418,11 @@ def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def gemm_parallel(a, b, out, ta, tb, Ap, Bp, tile):
-    """out = op(a) · op(b), the output split along its longer side into T = Ap.shape[0] strips (a
-    multiple of NR columns or MR rows each), strip t computed by :func:`gemm_blocked` with the
-    work buffers Ap[t], Bp[t], tile[t]."""
+def gemm_parallel(a, b, out, ta, tb, Ap, Bp, tile, epi, act, bias, m, v, hyper, colsum):
+    """out = op(a) · op(b) (through the epilogue of :func:`gemm_blocked`), the output split along
+    its longer side into T = Ap.shape[0] strips (a multiple of NR columns or MR rows each), strip t
+    computed by :func:`gemm_blocked` with the work buffers Ap[t], Bp[t], tile[t]. Strips of rows
+    all read every column of op(b): only strip 0 adds the column sums."""
     M, N = out.shape
     T = Ap.shape[0]
     if N >= M:
@@ -362,7 +432,8 @@ def gemm_parallel(a, b, out, ta, tb, Ap, Bp, tile):
             j0 = min(N, t * width)
             j1 = min(N, j0 + width)
             if j0 < j1:
-                gemm_blocked(a, b, out, ta, tb, 0, M, j0, j1, Ap[t], Bp[t], tile[t], True)
+                gemm_blocked(a, b, out, ta, tb, 0, M, j0, j1, Ap[t], Bp[t], tile[t], True, epi, act,
+                             bias, m, v, hyper, colsum)
     else:
         height = (M + T - 1) // T
         height = (height + MR - 1) // MR * MR
@@ -370,14 +441,17 @@ def gemm_parallel(a, b, out, ta, tb, Ap, Bp, tile):
             i0 = min(M, t * height)
             i1 = min(M, i0 + height)
             if i0 < i1:
-                gemm_blocked(a, b, out, ta, tb, i0, i1, 0, N, Ap[t], Bp[t], tile[t], True)
+                gemm_blocked(a, b, out, ta, tb, i0, i1, 0, N, Ap[t], Bp[t], tile[t], True, epi, act,
+                             bias, m, v, hyper, colsum if t == 0 else colsum[:0])
 
 
 # --------------------------------------------------------------------------------------------
-# Entry point
+# Entry points
 # --------------------------------------------------------------------------------------------
 
 _WORK = {}  # threads → (Ap, Bp, tile): the packed buffers, made once and reused
+_NONE1 = np.zeros(0, np.float32)  # an epilogue argument that is not used
+_NONE2 = np.zeros((0, 0), np.float32)
 
 
 def work_buffers(threads):
@@ -395,17 +469,83 @@ def matmul(a, b, out, ta=False, tb=False, version=4):
     (``numba.set_num_threads``)."""
     product_shape(a, b, out, ta, tb)
     ta, tb = bool(ta), bool(tb)
+    plain = (EPI_STORE, 0, _NONE1, _NONE2, _NONE2, _NONE1, _NONE1)
     if version == 1:
         matmul_v1_kernel(a, b, out, ta, tb)
     elif version in (2, 3):
         Ap, Bp, tile = work_buffers(1)
         gemm_blocked(a, b, out, ta, tb, 0, out.shape[0], 0, out.shape[1], Ap[0], Bp[0], tile[0],
-                     version == 3)
+                     version == 3, *plain)
     elif version == 4:
-        gemm_parallel(a, b, out, ta, tb, *work_buffers(numba.get_num_threads()))
+        gemm_parallel(a, b, out, ta, tb, *work_buffers(numba.get_num_threads()), *plain)
     else:
         raise ValueError(f"matmul: no version {version!r}; choose from {sorted(VERSIONS)}")
     return out
+
+
+def _vector(name, x, n):
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape == (n,) and x.flags.c_contiguous):
+        raise ValueError(f"{name} must be a C-contiguous float32 array of shape ({n},)")
+
+
+def matmul_bias_act(a, b, bias, act, out, ta=False, tb=False):
+    """out = act(op(a) · op(b) + bias): the forward of a dense layer (op(a) the input (B, fan_in),
+    op(b) the weight (fan_in, N), bias (N,), out (B, N)), the bias and the activation applied to
+    each 6 × 16 tile as it leaves the registers, so that there is no second pass over out. ``act``
+    is ``"relu"``, ``"tanh"`` or ``"identity"``. v4's loops; Numba's threads. Returns out."""
+    M, K, N = product_shape(a, b, out, ta, tb)
+    _vector("matmul_bias_act: bias", bias, N)
+    if act not in ACT_CODES:
+        raise ValueError(f"matmul_bias_act: act must be one of {', '.join(ACT_CODES)}, not {act!r}")
+    if K == 0:
+        raise ValueError("matmul_bias_act: the inner dimension K must be at least 1")
+    gemm_parallel(a, b, out, bool(ta), bool(tb), *work_buffers(numba.get_num_threads()), EPI_BIAS_ACT,
+                  ACT_CODES[act], bias, _NONE2, _NONE2, _NONE1, _NONE1)
+    return out
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"})
+def _adam_vector(p, g, m, v, hyper):
+    """Adam on a 1-D parameter (the bias) with the hyper-parameters of :func:`epilogue_tile`."""
+    lr, b1, omb1, b2, omb2, eps, c1, c2 = (hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
+                                           hyper[5], hyper[6], hyper[7])
+    for k in range(p.shape[0]):
+        gk = g[k]
+        mk = b1 * m[k] + omb1 * gk
+        vk = b2 * v[k] + omb2 * (gk * gk)
+        m[k] = mk
+        v[k] = vk
+        p[k] = p[k] - lr * (mk / c1) / (np.sqrt(vk / c2) + eps)
+
+
+def weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, lr, b1, b2, eps, c1, c2, db):
+    """The backward of a dense layer's parameters fused with their Adam step: the weight gradient
+    g = xᵀ·dy (fan_in, fan_out) is applied to W by Adam tile by tile as it leaves the registers
+    (it is never written to memory: each 6 × 16 tile goes from the registers to a scratch tile in
+    L1 and from there into W, mW, vW); the bias gradient Σ_batch dy is summed from the packed
+    panels of dy into ``db`` (fan_out,), then applied to bias by Adam.
+
+    x (B, fan_in), dy (B, fan_out), W, mW, vW (fan_in, fan_out), bias, mb, vb, db (fan_out,); all
+    float32, C-contiguous; updated in place. c1 = 1 − β₁ᵗ, c2 = 1 − β₂ᵗ, as
+    :func:`minivae.optim.adam_update`. The whole batch must fit one KC block (1 ≤ B ≤ KC = 256:
+    the gradient of a tile is complete when the tile leaves the registers). Returns db.
+    """
+    M, K, N = product_shape(x, dy, W, True, False)
+    if not 1 <= K <= KC:
+        raise ValueError(f"weight_grad_adam: the batch must be 1 … {KC} rows, got {K}")
+    for name, arr in (("mW", mW), ("vW", vW)):
+        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.shape == W.shape
+                and arr.flags.c_contiguous):
+            raise ValueError(f"weight_grad_adam: {name} must be a C-contiguous float32 array like W {W.shape}")
+    for name, arr in (("bias", bias), ("mb", mb), ("vb", vb), ("db", db)):
+        _vector(f"weight_grad_adam: {name}", arr, N)
+    f = np.float32
+    hyper = np.array([lr, b1, 1 - b1, b2, 1 - b2, eps, c1, c2], np.float64).astype(f)
+    db[...] = 0
+    gemm_parallel(x, dy, W, True, False, *work_buffers(numba.get_num_threads()), EPI_ADAM, 0, _NONE1,
+                  mW, vW, hyper, db)
+    _adam_vector(bias, db, mb, vb, hyper)
+    return db
 
 
 def step_shapes(Z, B=128, H=512, D=784):

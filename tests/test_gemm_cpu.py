@@ -203,3 +203,86 @@ def test_step_shapes_count_the_flops_of_the_throughput_benchmark(Z):
     spec.loader.exec_module(tp)
     flops = sum(2 * M * K * N for M, K, N, _, _ in gemm_cpu.step_shapes(Z))
     assert flops == tp.sizes(Z, (512,), 128)["flops_per_step"]
+
+
+# --------------------------------------------------------------------------------------------
+# Fused epilogues
+# --------------------------------------------------------------------------------------------
+
+
+def _with_threads(threads, fn):
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"Numba has {numba.config.NUMBA_NUM_THREADS} threads")
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        fn()
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("act", ["relu", "tanh", "identity"])
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (13, 29, 35), (130, 7, 20), (20, 600, 33)])
+def test_matmul_bias_act_matches_reference(threads, act, M, K, N):
+    """act(op(a)·op(b) + bias) against kernels.reference.bias_act of the float64 product; K = 600
+    spans three KC blocks (the epilogue runs only after the last); M = 130 > N splits rows."""
+    from kernels import reference
+
+    def run():
+        for ta, tb in MODES:
+            rng = np.random.default_rng(M + K + N)
+            a, b, prod = operands(rng, M, K, N, ta, tb)
+            bias = rng.standard_normal(N).astype(np.float32)
+            out = np.full((M, N), np.nan, np.float32)
+            assert gemm_cpu.matmul_bias_act(a, b, bias, act, out, ta, tb) is out
+            assert_product(out, reference.bias_act(prod, bias.astype(np.float64), act), K)
+    _with_threads(threads, run)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("fan_in,fan_out,B", [(1, 1, 1), (7, 23, 5), (130, 40, 128), (20, 300, 256)])
+def test_weight_grad_adam_matches_reference(threads, fan_in, fan_out, B):
+    """W and bias after one fused step against kernels.reference.adam with the float64 gradients
+    xᵀ·dy and Σ_batch dy; (130, 40) splits the rows over the threads (one strip sums the bias
+    gradient), (20, 300) the columns."""
+    from kernels import reference
+
+    def run():
+        rng = np.random.default_rng(fan_in * 7 + fan_out * 3 + B)
+        x = rng.standard_normal((B, fan_in)).astype(np.float32)
+        dy = rng.standard_normal((B, fan_out)).astype(np.float32)
+        W = rng.standard_normal((fan_in, fan_out)).astype(np.float32)
+        bias = rng.standard_normal(fan_out).astype(np.float32)
+        mW, mb = (0.1 * rng.standard_normal(W.shape)).astype(np.float32), (0.1 * rng.standard_normal(fan_out)).astype(np.float32)
+        # second moments away from 0, so that √v does not amplify the rounding of g
+        vW, vb = rng.uniform(0.5, 1.5, W.shape).astype(np.float32), rng.uniform(0.5, 1.5, fan_out).astype(np.float32)
+        hp = dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-8, c1=1 - 0.9**3, c2=1 - 0.999**3)
+        want = [arr.astype(np.float64) for arr in (W, mW, vW, bias, mb, vb)]
+        g = x.astype(np.float64).T @ dy.astype(np.float64)
+        gb = dy.astype(np.float64).sum(axis=0)
+        reference.adam(want[0], g, want[1], want[2], **hp)
+        reference.adam(want[3], gb, want[4], want[5], **hp)
+        db = np.full(fan_out, np.nan, np.float32)
+        assert gemm_cpu.weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, db=db, **hp) is db
+        tol = 1e-4 * B**0.5
+        np.testing.assert_allclose(db, gb, rtol=1e-5, atol=tol)
+        for got, ref in zip((W, mW, vW, bias, mb, vb), want):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=tol * 1e-1)
+    _with_threads(threads, run)
+
+
+def test_fused_epilogues_refuse_bad_arguments():
+    a, b, o = np.ones((4, 5), np.float32), np.ones((5, 6), np.float32), np.empty((4, 6), np.float32)
+    with pytest.raises(ValueError, match="bias"):
+        gemm_cpu.matmul_bias_act(a, b, np.ones(5, np.float32), "relu", o)
+    with pytest.raises(ValueError, match="act"):
+        gemm_cpu.matmul_bias_act(a, b, np.ones(6, np.float32), "gelu", o)
+    W, v6 = np.ones((5, 6), np.float32), np.ones(6, np.float32)
+    hp = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, c1=0.1, c2=0.001)
+    big = np.ones((gemm_cpu.KC + 1, 5), np.float32), np.ones((gemm_cpu.KC + 1, 6), np.float32)
+    with pytest.raises(ValueError, match="batch"):
+        gemm_cpu.weight_grad_adam(*big, W, W.copy(), W.copy(), v6, v6.copy(), v6.copy(), db=v6.copy(), **hp)
+    with pytest.raises(ValueError, match="mW"):
+        gemm_cpu.weight_grad_adam(a, b[:4].copy(), W, W[:, :5].copy(), W.copy(), v6, v6.copy(), v6.copy(),
+                                  db=v6.copy(), **hp)
