@@ -26,6 +26,10 @@ number is a median over ``--repeats`` calls after warm-up calls (the slow v1 and
 run on one thread by construction) and XLA (see :mod:`benchmarks.peers`):
 
     python -m benchmarks.kernels --cpu [--threads 1] [--latents 20,1000] [--versions 2,3,4]
+
+After each latent size's table, a second one times our fused epilogues (:mod:`kernels.gemm_cpu`)
+against the same work as a product plus separate passes: the forward products with bias + ReLU,
+the weight gradients with the bias gradient and both Adam steps (milliseconds, medians).
 """
 
 from __future__ import annotations
@@ -234,7 +238,8 @@ def cpu_main(args, ap):
         summary = summarize(rows, names, ref="OpenBLAS")
         print(f"{'whole step':>24} " + " ".join(
             f"{summary[n]['gflops']:9.1f} ({summary[n]['fraction_of_ref']:4.2f})".rjust(16) for n in names))
-        doc["latents"][str(Z)] = {"products": rows, "whole_step": summary}
+        doc["latents"][str(Z)] = {"products": rows, "whole_step": summary,
+                                  "epilogues": epilogue_table(Z, args.repeats, rng)}
     if args.json:
         tmp = f"{args.json}.tmp"
         with open(tmp, "w") as f:
@@ -242,6 +247,61 @@ def cpu_main(args, ap):
         os.replace(tmp, args.json)
         print(f"wrote {args.json}")
     return doc
+
+
+def epilogue_table(Z, repeats, rng):
+    """Our fused epilogues against the same work done as a product plus separate passes: the
+    forward products with bias + ReLU (OpenBLAS then cpu_fused's bias_relu_kernel, in place), and
+    the weight gradients with the bias gradient and both Adam steps (OpenBLAS into g, then
+    colsum_kernel and adam_kernel on W and on the bias). Prints and returns the median times."""
+    from kernels import cpu_fused, gemm_cpu
+    from benchmarks import peers
+
+    hp = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, c1=0.1, c2=0.001)
+    f = np.float32
+    adam_args = (f(hp["lr"]), f(0.9), f(0.1), f(0.999), f(1 - 0.999), f(1e-8), f(0.1), f(0.001))
+    print(f"{'fused epilogue':>24} {'BLAS + passes':>14} {'ours + passes':>14} {'ours fused':>12}   (ms)")
+    rows = []
+    for M, K, N, ta, tb in gemm_cpu.step_shapes(Z):
+        label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
+        if not ta and not tb:  # a forward product: out = relu(a·W + bias)
+            a = rng.standard_normal((M, K)).astype(np.float32)
+            W = rng.standard_normal((K, N)).astype(np.float32)
+            bias = rng.standard_normal(N).astype(np.float32)
+            out = np.empty((M, N), np.float32)
+
+            def separate(mm):
+                mm()
+                cpu_fused.bias_relu_kernel(out, bias, out)
+
+            runs = {"BLAS + passes": lambda: separate(lambda: np.matmul(a, W, out=out)),
+                    "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(a, W, out)),
+                    "ours fused": lambda: gemm_cpu.matmul_bias_act(a, W, bias, "relu", out)}
+            what = "relu(a·W + b)"
+        elif ta:  # a weight gradient: Adam on W and on the bias, from xᵀ·dy and Σ dy
+            x = rng.standard_normal((K, M)).astype(np.float32)
+            dy = rng.standard_normal((K, N)).astype(np.float32)
+            W, mW, vW, g = (np.zeros((M, N), np.float32) for _ in range(4))
+            bias, mb, vb, db = (np.zeros(N, np.float32) for _ in range(4))
+
+            def separate(mm):
+                mm()
+                cpu_fused.colsum_kernel(dy, db)
+                cpu_fused.adam_kernel(W.reshape(-1), g.reshape(-1), mW.reshape(-1), vW.reshape(-1), *adam_args)
+                cpu_fused.adam_kernel(bias, db, mb, vb, *adam_args)
+
+            runs = {"BLAS + passes": lambda: separate(lambda: np.matmul(x.T, dy, out=g)),
+                    "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(x, dy, g, True, False)),
+                    "ours fused": lambda: gemm_cpu.weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, db=db, **hp)}
+            what = "Adam(W, xᵀ·dy), Adam(b, Σ dy)"
+        else:
+            continue  # an input gradient: its epilogue (the activation's backward) is not fused yet
+        secs = {n: peers.median_seconds(fn, repeats) for n, fn in runs.items()}
+        print(f"{label:>24} " + " ".join(f"{1e3 * secs[n]:>{w}.3f}" for n, w in
+                                            (("BLAS + passes", 14), ("ours + passes", 14), ("ours fused", 12)))
+              + f"   {what}")
+        rows.append({"product": label, "epilogue": what, "seconds": secs})
+    return rows
 
 
 def _check_close(name, got, want, K):

@@ -124,6 +124,8 @@ def test_kernels_cpu_mode_writes_results(tmp_path):
     assert step["whole_step"]["OpenBLAS"]["fraction_of_ref"] == 1.0
     for p in step["products"]:
         assert all(p["gflops"][n] > 0 for n in names)
+    epilogues = step["epilogues"]  # the four forward products and the four weight gradients
+    assert len(epilogues) == 8 and all(min(e["seconds"].values()) > 0 for e in epilogues)
 
 
 @pytest.mark.parametrize("args", [["--versions", "9"], ["--latents", "x"], ["--latents", "0"]])
