@@ -22,8 +22,8 @@ The arithmetic. One product is 2·M·N·K flops (a multiply and an add per term)
 FMA units must be fed from registers: a load from L1 serves one FMA operand, and there are only
 two load ports, so each number loaded must be used several times.
 
-The micro-kernel (v2, v3): an MR × NR = 6 × 16 tile of out lives in registers for the whole
-length of the K loop. Per step k it loads one row of 16 numbers of op(b) (two ymm registers) and
+The micro-kernel (v3; v2 runs the same arithmetic as plain loops): an MR × NR = 6 × 16 tile of
+out lives in registers for the whole length of the K loop. Per step k it loads one row of 16 numbers of op(b) (two ymm registers) and
 six numbers of op(a) (each broadcast to a ymm register), and does 6 × 2 = 12 FMAs: 12 FMAs for
 2 vector loads + 6 broadcasts, 16 of the 16 ymm registers in use (12 accumulators, 2 for the
 row of op(b), 1 for the broadcast, 1 spare). Its inputs come from packed panels laid out in the
@@ -56,8 +56,8 @@ high-performance matrix multiplication", ACM TOMS 34(3), 2008; the loop names of
     NC = 4080  a Bp block is KC × NC × 4 B ≈ 4 MiB: an eighth of L3; NC is a multiple of NR.
                The step's products have N ≤ 2000, so jc runs once and op(b) is packed once per kc.
 
-(These are the sizes BLIS uses for single precision on Zen 3: MR × NR = 6 × 16, MC = 144,
-KC = 256, NC = 4080; they follow from the cache sizes as above, not from a search.)
+(These are the sizes BLIS's configuration for Zen 3 gives single precision: MR × NR = 6 × 16,
+MC = 144, KC = 256, NC = 4080; they follow from the cache sizes as above, not from a search here.)
 
 The micro-kernel of v3 is a Numba ``@intrinsic`` that emits LLVM IR with <8 x float> vectors and
 ``llvm.fma.v8f32``. Its assembly, read with ``python -m kernels.gemm_cpu --asm`` (Numba 0.68,
@@ -77,16 +77,18 @@ thread runs the v3 loops on its strip with its own packed buffers. Each thread p
 op(b)) in full for itself: each core has its own L2 to fill anyway. The buffers are allocated
 once per thread count and reused (no allocation inside a product).
 
-Epilogues: what BLAS cannot do. A tile leaves the registers once, with its final sums (at the last
-KC block); whatever the next op does to each element of the product can be done there, while the
-tile is in L1, instead of in another pass over the whole output (:func:`epilogue_tile`):
+Epilogues: what BLAS cannot do. At the last KC block a tile leaves the registers with its final
+sums; whatever the next op does to each element of the product can be done there, while the tile
+is in L1, instead of in another pass over the whole output (:func:`epilogue_tile`):
 
     matmul_bias_act    out = act(op(a) · op(b) + bias)    the forward of a dense layer, (B, N)
     weight_grad_adam   g = xᵀ · dy is applied to W by Adam tile by tile and never written to
                        memory (fan_in, fan_out); the bias gradient Σ_batch dy is summed from the
                        packed panels of dy, then applied to the bias by Adam
 These are the kernels with their tests (``tests/test_gemm_cpu.py``, against
-:mod:`kernels.reference`); the cpu-fused backend does not use them yet.
+:mod:`kernels.reference`); the cpu-fused backend does not use them yet. Such a tile goes from the
+registers to a 6 × 16 scratch tile and through the epilogue's plain Numba loops (not vectorized
+like the micro-kernel); whether the fusion pays is for ``benchmarks.kernels --cpu`` to measure.
 
 Check every version against :func:`kernels.reference.matmul` on ragged shapes (also
 ``tests/test_gemm_cpu.py``) and print the micro-kernel's inner loop:
