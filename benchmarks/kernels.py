@@ -23,7 +23,8 @@ product): the same 11 products of a training step, at each latent size of ``--la
 20 and 1000), every version first checked against the float64 product of the same inputs. Each
 number is a median over ``--repeats`` calls after warm-up calls (the slow v1 and v2 stop after
 ~2 s per product). ``--threads`` (default: all cores) is given to OpenBLAS, Numba (our v4; v1–v3
-run on one thread by construction) and XLA (see :mod:`benchmarks.peers`):
+run on one thread by construction) and XLA; with fewer threads than cores the process is pinned to
+that many cores (see :mod:`benchmarks.peers`):
 
     python -m benchmarks.kernels --cpu [--threads 1] [--latents 20,1000] [--versions 2,3,4]
 
@@ -183,6 +184,7 @@ def cpu_main(args, ap):
 
     from benchmarks import peers
 
+    cores = peers.limit_cores(threads)  # XLA sizes its pool by the cores it may use
     xla_note = peers.set_xla_threads(threads)  # before jax is imported
     import numba
     from threadpoolctl import threadpool_info, threadpool_limits
@@ -199,7 +201,9 @@ def cpu_main(args, ap):
           f"{'XLA (jax ' + jax.__version__ + ')' if jax else jax_note}; {args.repeats} repeats, medians")
     if xla_note and jax is not None:
         print(f"note: {xla_note}")
-    doc = {"device": _cpu_model(), "threads": threads, "blas": blas_name,
+    if cores is not None:
+        print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every library)")
+    doc = {"device": _cpu_model(), "threads": threads, "pinned_cores": cores, "blas": blas_name,
            "jax": jax.__version__ if jax else None, "xla_flags": os.environ.get("XLA_FLAGS"),
            "notes": [n for n in (xla_note, jax_note) if n], "repeats": args.repeats,
            "timing": "median wall time of one call, after 2 warm-up calls", "latents": {}}

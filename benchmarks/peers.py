@@ -7,8 +7,12 @@ Threads. Every library gets the run's ``--threads``: OpenBLAS through threadpool
 ``numba.set_num_threads``, PyTorch through ``torch.set_num_threads``. XLA reads its settings once,
 when ``jax`` is first imported, so :func:`set_xla_threads` must run before that: with one thread it
 sets ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` (appended to
-any XLA_FLAGS already set); with more, XLA keeps its own pool, one thread per core, which equals
-``--threads`` only when that is the core count (the benchmarks say so when it is not).
+any XLA_FLAGS already set). That alone does not hold XLA to one thread: with jax 0.10 a 2048³
+product under these flags still ran on three threads (their CPU times read from /proc), because
+XLA sizes its thread pool by the cores the process may run on. So when ``--threads`` is below the
+core count, :func:`limit_cores` also pins the whole process to that many cores (its CPU affinity,
+inherited by every thread started later): pinned to one core, the same product ran on one thread.
+Every runner then runs on the same cores.
 
 The peak: the best GFLOP/s that any library available here (OpenBLAS through NumPy, XLA, PyTorch,
 our own v4) reaches on one n × n · n × n float32 product (n = 2048: 17.2 GFLOP, seconds of work at
@@ -27,18 +31,33 @@ import numpy as np
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+def limit_cores(threads):
+    """Pin every thread of this process to ``threads`` of the cores it may use now, when that is
+    fewer (threads started later inherit it). → the sorted list of those cores, or None when the
+    affinity was left as it is (enough cores, or no affinity on this platform)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if threads >= len(cores):
+        return None
+    keep = set(cores[:threads])
+    for tid in os.listdir("/proc/self/task"):  # the threads that exist already (OpenBLAS's pool)
+        try:
+            os.sched_setaffinity(int(tid), keep)
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return sorted(keep)
+
+
 def set_xla_threads(threads):
-    """Set XLA_FLAGS for ``threads`` before jax is imported. → a note when XLA's threads will not
-    be ``threads`` (jax already imported, or a count other than 1 and the core count), else None."""
+    """Set XLA_FLAGS for ``threads`` before jax is imported (see the module docstring; call
+    :func:`limit_cores` too). → a note when XLA's threads cannot be set, else None."""
     if "jax" in sys.modules:
         return "jax was imported before its threads could be set: XLA runs with its defaults"
     if threads == 1:
         flags = os.environ.get("XLA_FLAGS", "")
         if XLA_ONE_THREAD not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} {XLA_ONE_THREAD}".strip()
-        return None
-    if threads != os.cpu_count():
-        return f"XLA uses one thread per core ({os.cpu_count()}), not {threads}"
     return None
 
 

@@ -31,7 +31,8 @@ interquartile range; "×torch" is, the same way, PyTorch's step time over ours o
 (= our samples/s over PyTorch's; higher is better). A ratio of two medians taken from the same
 noisy repeats moves by more than the paired one. Every runner gets the same number of threads
 (``--threads``: BLAS, Numba, PyTorch, and XLA as :mod:`benchmarks.peers` sets it, before jax is
-imported). Runners whose library is not installed are skipped with a note.
+imported); with fewer threads than cores the whole process is also pinned to that many cores,
+since XLA sizes its pool by the cores it may use (:func:`benchmarks.peers.limit_cores`). Runners whose library is not installed are skipped with a note.
 
 The CPU's peak: once per run, before the steps, the best GFLOP/s that any library here (OpenBLAS,
 XLA, PyTorch, our own GEMM) reaches on one 2048³ float32 product with the run's threads
@@ -496,6 +497,7 @@ def main(argv=None):
 
     from benchmarks import peers
 
+    cores = peers.limit_cores(threads)  # before jax or torch start their thread pools
     xla_note = peers.set_xla_threads(threads)  # before anything imports jax
     jax, jax_note = None, None
     if want("jax-jit"):
@@ -561,7 +563,10 @@ def main(argv=None):
               "settle_s": args.settle,
               "threads": threads, "backends": backends, "torch_devices": torch_devices,
               "runners": names, "skipped": skipped, "notes": {}, "note": torch_note,
-              "xla_flags": os.environ.get("XLA_FLAGS"), "xla_note": xla_note if jax is not None else None}
+              "xla_flags": os.environ.get("XLA_FLAGS"), "xla_note": xla_note if jax is not None else None,
+              "pinned_cores": cores}
+    if cores is not None:
+        print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every runner)")
     print(f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch, XLA), "
           f"{args.repeats} interleaved repeats of ~{args.target} s after {args.settle} s of rest, medians")
 

@@ -3,6 +3,7 @@ is checked: benchmarks are never timed tests)."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,8 @@ def test_throughput_cpu_peers_quick(tmp_path):
     assert all(r["samples_per_s"] > 0 and r["fraction_of_peak"] > 0 for r in rows.values())
     vs = doc["config"]["vs_fastest_peer"]["2"]
     assert vs["peer"] in peers and vs["quartiles"][0] <= vs["ratio"] <= vs["quartiles"][1]
+    if len(os.sched_getaffinity(0)) > 1:  # one thread: every runner pinned to one core
+        assert len(doc["config"]["pinned_cores"]) == 1
     if "jax-jit" in peers:
         assert "--xla_cpu_multi_thread_eigen=false" in doc["config"]["xla_flags"]
         assert doc["machine"]["jax"]
@@ -117,6 +120,8 @@ def test_kernels_cpu_mode_writes_results(tmp_path):
                    check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
     doc = json.loads(out.read_text())
     assert doc["threads"] == 1
+    if len(os.sched_getaffinity(0)) > 1:
+        assert len(doc["pinned_cores"]) == 1
     step = doc["latents"]["2"]
     assert len(step["products"]) == 11
     names = {"ours v3", "ours v4", "OpenBLAS"} | ({"XLA"} if _installed("jax") else set())
@@ -126,6 +131,26 @@ def test_kernels_cpu_mode_writes_results(tmp_path):
         assert all(p["gflops"][n] > 0 for n in names)
     epilogues = step["epilogues"]  # the four forward products and the four weight gradients
     assert len(epilogues) == 8 and all(min(e["seconds"].values()) > 0 for e in epilogues)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two cores")
+def test_limit_cores_pins_every_thread_of_the_process():
+    """In a child process: after limit_cores(1), the threads that existed before (OpenBLAS's
+    pool, started when NumPy was imported) and a thread started after all run on one core."""
+    code = (
+        "import os, threading, numpy\n"
+        "from benchmarks import peers\n"
+        "cores = peers.limit_cores(1)\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))\n"
+        "t.start(); t.join()\n"
+        "tasks = [os.sched_getaffinity(int(tid)) for tid in os.listdir('/proc/self/task')]\n"
+        "assert cores is not None and len(cores) == 1, cores\n"
+        "assert all(a == set(cores) for a in tasks + seen), (cores, tasks, seen)\n"
+        "assert peers.limit_cores(1) is None  # already on one core: nothing to do\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
 
 @pytest.mark.parametrize("args", [["--versions", "9"], ["--latents", "x"], ["--latents", "0"]])
