@@ -87,8 +87,10 @@ is in L1, instead of in another pass over the whole output (:func:`epilogue_tile
                        packed panels of dy, then applied to the bias by Adam
 These are the kernels with their tests (``tests/test_gemm_cpu.py``, against
 :mod:`kernels.reference`); the cpu-fused backend does not use them yet. Such a tile goes from the
-registers to a 6 × 16 scratch tile and through the epilogue's plain Numba loops (not vectorized
-like the micro-kernel); whether the fusion pays is for ``benchmarks.kernels --cpu`` to measure.
+registers to a 6 × 16 scratch tile (in L1) and through the epilogue's Numba loop, one row of 1-D
+views at a time, which LLVM vectorizes: its assembly has the Adam step in ymm registers (``vdivps``,
+``vsqrtps``) and ReLU as ``vmaxps``; tanh stays one libm call per element. Whether the fusion pays
+is for ``benchmarks.kernels --cpu`` to measure.
 
 Check every version against :func:`kernels.reference.matmul` on ragged shapes (also
 ``tests/test_gemm_cpu.py``) and print the micro-kernel's inner loop:
@@ -98,6 +100,7 @@ The GFLOP/s beside OpenBLAS (and XLA) on the step's shapes: ``python -m benchmar
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numba
@@ -329,28 +332,31 @@ def epilogue_tile(out, tile, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
     if epi == EPI_ADAM:
         lr, b1, omb1, b2, omb2, eps, c1, c2 = (hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
                                                hyper[5], hyper[6], hyper[7])
-        for r in range(mr):
+        for r in range(mr):  # one row at a time, on 1-D views: LLVM vectorizes this loop
+            g, p = tile[r * NR:r * NR + nr], out[i0 + r, j0:j0 + nr]
+            mr_, vr_ = m[i0 + r, j0:j0 + nr], v[i0 + r, j0:j0 + nr]
             for j in range(nr):
-                g = tile[r * NR + j]
-                i, jj = i0 + r, j0 + j
-                mk = b1 * m[i, jj] + omb1 * g
-                vk = b2 * v[i, jj] + omb2 * (g * g)
-                m[i, jj] = mk
-                v[i, jj] = vk
-                out[i, jj] = out[i, jj] - lr * (mk / c1) / (np.sqrt(vk / c2) + eps)
+                gj = g[j]
+                mk = b1 * mr_[j] + omb1 * gj
+                vk = b2 * vr_[j] + omb2 * (gj * gj)
+                mr_[j] = mk
+                vr_[j] = vk
+                p[j] = p[j] - lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
         return
+    bias_cols = bias[j0:j0 + nr] if epi == EPI_BIAS_ACT else bias[:0]
     for r in range(mr):
+        t, o = tile[r * NR:r * NR + nr], out[i0 + r, j0:j0 + nr]
         for j in range(nr):
-            s = tile[r * NR + j]
+            s = t[j]
             if add:
-                s += out[i0 + r, j0 + j]
+                s += o[j]
             if epi == EPI_BIAS_ACT:
-                s += bias[j0 + j]
+                s += bias_cols[j]
                 if act == 1:
                     s = s if s > _0 else _0
                 elif act == 2:
                     s = np.tanh(s)
-            out[i0 + r, j0 + j] = s
+            o[j] = s
 
 
 # --------------------------------------------------------------------------------------------
