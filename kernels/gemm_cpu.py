@@ -318,6 +318,18 @@ ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2}
 _0 = np.float32(0.0)
 
 
+@njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"}, inline="always")
+def _adam_row(p, g, m, v, n, lr, b1, omb1, b2, omb2, eps, c1, c2):
+    """Adam on p[:n] from the gradient g[:n] and the moments m[:n], v[:n] (1-D views)."""
+    for j in range(n):
+        gj = g[j]
+        mk = b1 * m[j] + omb1 * gj
+        vk = b2 * v[j] + omb2 * (gj * gj)
+        m[j] = mk
+        v[j] = vk
+        p[j] = p[j] - lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
+
+
 @njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"})
 def epilogue_tile(out, tile, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
     """Write the valid mr × nr corner of ``tile`` (MR·NR,: a micro-tile's sums, in L1) into out at
@@ -335,13 +347,10 @@ def epilogue_tile(out, tile, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
         for r in range(mr):  # one row at a time, on 1-D views: LLVM vectorizes this loop
             g, p = tile[r * NR:r * NR + nr], out[i0 + r, j0:j0 + nr]
             mr_, vr_ = m[i0 + r, j0:j0 + nr], v[i0 + r, j0:j0 + nr]
-            for j in range(nr):
-                gj = g[j]
-                mk = b1 * mr_[j] + omb1 * gj
-                vk = b2 * vr_[j] + omb2 * (gj * gj)
-                mr_[j] = mk
-                vr_[j] = vk
-                p[j] = p[j] - lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
+            if nr == NR:  # a whole row of the tile: a trip count of 16 known to LLVM, 2 × 8 lanes
+                _adam_row(p, g, mr_, vr_, NR, lr, b1, omb1, b2, omb2, eps, c1, c2)
+            else:
+                _adam_row(p, g, mr_, vr_, nr, lr, b1, omb1, b2, omb2, eps, c1, c2)
         return
     bias_cols = bias[j0:j0 + nr] if epi == EPI_BIAS_ACT else bias[:0]
     for r in range(mr):
