@@ -47,7 +47,8 @@ activations of the cpu-fused engine, and the FLOPs of one step's matrix products
 layer but the first). Writes ``throughput.json`` and ``throughput.png`` into ``--out``.
 
     python benchmarks/throughput.py              # the full table (several minutes)
-    python benchmarks/throughput.py --quick      # a few sizes, a few repeats (seconds)
+    python benchmarks/throughput.py --quick      # two sizes, a few repeats: seconds (torch-compile, when
+                                                 # installed, adds about a minute of compiling)
     python benchmarks/throughput.py --runners cupy,cupy-graph,numba-cuda,torch-cuda --batch 1024
                                                  # only these runners (the GPU ones here)
 
