@@ -16,6 +16,21 @@ summary per version: its fraction of cuBLAS over the whole step (the sum of cuBL
 the sum of its own, i.e. FLOP-weighted) and per product.
 
 Without a usable GPU it exits at once with a one-line message.
+
+``--cpu`` times our CPU matrix product instead (:mod:`kernels.gemm_cpu`, versions v1–v4) beside
+OpenBLAS (``np.matmul`` into a preallocated output) and, when ``jax`` is installed, XLA (a jitted
+product): the same 11 products of a training step, at each latent size of ``--latents`` (default
+20 and 1000), every version first checked against the float64 product of the same inputs. Each
+number is a median over ``--repeats`` calls after warm-up calls (the slow v1 and v2 stop after
+~2 s per product). ``--threads`` (default: all cores) is given to OpenBLAS, Numba (our v4; v1–v3
+run on one thread by construction) and XLA; with fewer threads than cores the process is pinned to
+that many cores (see :mod:`benchmarks.peers`):
+
+    python -m benchmarks.kernels --cpu [--threads 1] [--latents 20,1000] [--versions 2,3,4]
+
+After each latent size's table, a second one times our fused epilogues (:mod:`kernels.gemm_cpu`)
+against the same work as a product plus separate passes: the forward products with bias + ReLU,
+the weight gradients with the bias gradient and both Adam steps (milliseconds, medians).
 """
 
 from __future__ import annotations
@@ -45,11 +60,24 @@ def _no_gpu():
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = _Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--cpu", action="store_true", help="our CPU GEMM versions beside OpenBLAS and XLA")
+    ap.add_argument("--threads", type=int, default=None, help="--cpu: threads for every library (default: all cores)")
+    ap.add_argument("--latents", default="20,1000", help="--cpu: comma-separated latent sizes")
+    ap.add_argument("--versions", default=None, help="--cpu: comma-separated versions of ours (default: all)")
     args = ap.parse_args(argv)
+    if args.cpu:
+        return cpu_main(args, ap)
     # Before CuPy is imported: cuBLAS in full float32, the reference our kernels are measured against.
     os.environ["CUPY_TF32"] = "0"
     os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
@@ -136,15 +164,180 @@ def main(argv=None):
         print(f"wrote {args.json}")
 
 
-def summarize(rows, names):
+def cpu_main(args, ap):
+    """``--cpu``: our CPU versions, OpenBLAS and XLA on the step's products at each latent size."""
+    from kernels import gemm_cpu
+
+    try:
+        latents = [int(z) for z in args.latents.split(",") if z.strip()]
+        versions = ([int(v) for v in args.versions.split(",") if v.strip()] if args.versions
+                    else sorted(gemm_cpu.VERSIONS))
+    except ValueError:
+        ap.error("--latents and --versions take comma-separated integers")
+    if not latents or any(z < 1 for z in latents):
+        ap.error("--latents: give positive latent sizes")
+    if any(v not in gemm_cpu.VERSIONS for v in versions):
+        ap.error(f"--versions: choose from {sorted(gemm_cpu.VERSIONS)}")
+    if args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        ap.error("--repeats and --threads must be at least 1")
+    threads = args.threads or os.cpu_count()
+
+    from benchmarks import peers
+
+    cores = peers.limit_cores(threads)  # XLA sizes its pool by the cores it may use
+    xla_note = peers.set_xla_threads(threads)  # before jax is imported
+    import numba
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    jax, jax_note = peers.import_jax()
+    gemm_cpu.check(versions)  # every version on ragged shapes and every transpose mode
+
+    names = [f"ours v{v}" for v in versions] + ["OpenBLAS"] + (["XLA"] if jax is not None else [])
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    blas_name = f"{blas[0]['internal_api']} {blas[0]['version']}" if blas else "unknown BLAS"
+    print(f"{_cpu_model()}; {threads} thread{'s' if threads > 1 else ''}; NumPy's BLAS: {blas_name}; "
+          f"{'XLA (jax ' + jax.__version__ + ')' if jax else jax_note}; {args.repeats} repeats, medians")
+    if xla_note and jax is not None:
+        print(f"note: {xla_note}")
+    if cores is not None:
+        print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every library)")
+    doc = {"device": _cpu_model(), "threads": threads, "pinned_cores": cores, "blas": blas_name,
+           "jax": jax.__version__ if jax else None, "xla_flags": os.environ.get("XLA_FLAGS"),
+           "notes": [n for n in (xla_note, jax_note) if n], "repeats": args.repeats,
+           "timing": "median wall time of one call, after 2 warm-up calls", "latents": {}}
+    rng = np.random.default_rng(0)
+    for Z in latents:
+        print(f"\nZ = {Z}")
+        print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of OpenBLAS)")
+        rows = []
+        for M, K, N, ta, tb in gemm_cpu.step_shapes(Z):
+            a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+            b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+            out = np.empty((M, N), np.float32)
+            want = np.matmul(a.T.astype(np.float64) if ta else a.astype(np.float64),
+                             b.T.astype(np.float64) if tb else b.astype(np.float64))
+            label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
+            runs = {}
+            for v in versions:
+                out[...] = np.nan
+                gemm_cpu.matmul(a, b, out, ta, tb, version=v)
+                _check_close(f"ours v{v} {label}", out, want, K)
+                runs[f"ours v{v}"] = (lambda v=v: gemm_cpu.matmul(a, b, out, ta, tb, version=v),
+                                      2.0 if v <= 2 else None)
+            runs["OpenBLAS"] = (lambda: np.matmul(a.T if ta else a, b.T if tb else b, out=out), None)
+            if jax is not None:
+                f = peers.jax_matmul(jax, ta, tb)
+                ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
+                _check_close(f"XLA {label}", np.asarray(f(ja, jb)), want, K)
+                runs["XLA"] = (lambda: f(ja, jb).block_until_ready(), None)
+            secs = {n: peers.median_seconds(fn, args.repeats, max_s=max_s) for n, (fn, max_s) in runs.items()}
+            flops = 2 * M * N * K
+            cells = [f"{flops / secs[n] / 1e9:9.1f} ({secs['OpenBLAS'] / secs[n]:4.2f})" for n in names]
+            print(f"{label:>24} " + " ".join(f"{c:>16}" for c in cells))
+            rows.append({"product": label, "M": M, "K": K, "N": N, "ta": ta, "tb": tb, "flops": flops,
+                         "seconds": secs, "gflops": {n: flops / secs[n] / 1e9 for n in names},
+                         "fraction_of_openblas": {n: secs["OpenBLAS"] / secs[n] for n in names}})
+        summary = summarize(rows, names, ref="OpenBLAS")
+        print(f"{'whole step':>24} " + " ".join(
+            f"{summary[n]['gflops']:9.1f} ({summary[n]['fraction_of_ref']:4.2f})".rjust(16) for n in names))
+        doc["latents"][str(Z)] = {"products": rows, "whole_step": summary,
+                                  "epilogues": epilogue_table(Z, args.repeats, rng)}
+    if args.json:
+        tmp = f"{args.json}.tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}")
+    return doc
+
+
+def epilogue_table(Z, repeats, rng):
+    """Our fused epilogues against the same work done as a product plus separate passes: the
+    forward products with bias + ReLU (OpenBLAS then cpu_fused's bias_relu_kernel, in place), and
+    the weight gradients with the bias gradient and both Adam steps (OpenBLAS into g, then
+    colsum_kernel and adam_kernel on W and on the bias). Prints and returns the median times."""
+    from kernels import cpu_fused, gemm_cpu
+    from benchmarks import peers
+
+    hp = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, c1=0.1, c2=0.001)
+    f = np.float32
+    adam_args = (f(hp["lr"]), f(0.9), f(0.1), f(0.999), f(1 - 0.999), f(1e-8), f(0.1), f(0.001))
+    print(f"{'fused epilogue':>24} {'BLAS + passes':>14} {'ours + passes':>14} {'ours fused':>12}   (ms)")
+    rows = []
+    for M, K, N, ta, tb in gemm_cpu.step_shapes(Z):
+        label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
+        if not ta and not tb:  # a forward product: out = relu(a·W + bias)
+            a = rng.standard_normal((M, K)).astype(np.float32)
+            W = rng.standard_normal((K, N)).astype(np.float32)
+            bias = rng.standard_normal(N).astype(np.float32)
+            out = np.empty((M, N), np.float32)
+
+            def separate(mm):
+                mm()
+                cpu_fused.bias_relu_kernel(out, bias, out)
+
+            runs = {"BLAS + passes": lambda: separate(lambda: np.matmul(a, W, out=out)),
+                    "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(a, W, out)),
+                    "ours fused": lambda: gemm_cpu.matmul_bias_act(a, W, bias, "relu", out)}
+            what = "relu(a·W + b)"
+        elif ta:  # a weight gradient: Adam on W and on the bias, from xᵀ·dy and Σ dy
+            x = rng.standard_normal((K, M)).astype(np.float32)
+            dy = rng.standard_normal((K, N)).astype(np.float32)
+            W, mW, vW, g = (np.zeros((M, N), np.float32) for _ in range(4))
+            bias, mb, vb, db = (np.zeros(N, np.float32) for _ in range(4))
+
+            def separate(mm):
+                mm()
+                cpu_fused.colsum_kernel(dy, db)
+                cpu_fused.adam_kernel(W.reshape(-1), g.reshape(-1), mW.reshape(-1), vW.reshape(-1), *adam_args)
+                cpu_fused.adam_kernel(bias, db, mb, vb, *adam_args)
+
+            runs = {"BLAS + passes": lambda: separate(lambda: np.matmul(x.T, dy, out=g)),
+                    "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(x, dy, g, True, False)),
+                    "ours fused": lambda: gemm_cpu.weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, db=db, **hp)}
+            what = "Adam(W, xᵀ·dy), Adam(b, Σ dy)"
+        else:
+            continue  # an input gradient: its epilogue (the activation's backward) is not fused yet
+        secs = {n: peers.median_seconds(fn, repeats) for n, fn in runs.items()}
+        print(f"{label:>24} " + " ".join(f"{1e3 * secs[n]:>{w}.3f}" for n, w in
+                                            (("BLAS + passes", 14), ("ours + passes", 14), ("ours fused", 12)))
+              + f"   {what}")
+        rows.append({"product": label, "epilogue": what, "seconds": secs})
+    return rows
+
+
+def _check_close(name, got, want, K):
+    """Refuse to time a wrong product: |got − want| ≤ 1e-4·√K·max|want| + 1e-4·|want| (float32
+    sums of K terms against the float64 product of the same inputs)."""
+    err = np.abs(got - want) - (1e-4 * np.sqrt(max(K, 1)) * np.abs(want).max() + 1e-4 * np.abs(want))
+    if not np.all(err <= 0):  # also catches NaN
+        raise AssertionError(f"{name}: {int(np.sum(~(err <= 0)))} of {err.size} elements off the float64 product")
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        return f"{models[0]} ({os.cpu_count()} cores)" if models else "unknown CPU"
+    except OSError:
+        return "unknown CPU"
+
+
+def summarize(rows, names, ref="cuBLAS"):
     """Per kernel, over all the step's products: GFLOP/s = Σ FLOPs / Σ seconds, and the fraction of
-    cuBLAS = Σ cuBLAS seconds / Σ its seconds (the share of cuBLAS's speed on the whole step)."""
+    the reference library ``ref`` (cuBLAS on the GPU, OpenBLAS on the CPU) = Σ its seconds / Σ the
+    kernel's seconds (the share of the reference's speed on the whole step)."""
     flops = sum(r["flops"] for r in rows)
+    ref_secs = sum(r["seconds"][ref] for r in rows)
     out = {}
     for n in names:
         secs = sum(r["seconds"][n] for r in rows)
-        fractions = [r["fraction_of_cublas"][n] for r in rows]
-        out[n] = {"gflops": flops / secs / 1e9, "fraction_of_cublas": sum(r["seconds"]["cuBLAS"] for r in rows) / secs,
+        fractions = [ref_secs_n / secs_n for ref_secs_n, secs_n in
+                     ((r["seconds"][ref], r["seconds"][n]) for r in rows)]
+        key = "fraction_of_cublas" if ref == "cuBLAS" else "fraction_of_ref"
+        out[n] = {"gflops": flops / secs / 1e9, key: ref_secs / secs,
                   "fraction_min": min(fractions), "fraction_median": float(np.median(fractions))}
     return out
 

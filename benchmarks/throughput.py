@@ -10,6 +10,11 @@ hidden → 2Z, Z → hidden → D, ReLU, Bernoulli loss from logits plus the Gau
                                          own GEMM, since cuBLAS cannot be captured)
     torch-cpu, torch-cuda                PyTorch eager, the same model, loss and optimizer
                                          (float32 matrix products at full precision: no TF32)
+    torch-compile                        torch-cpu's step (forward, backward, Adam) given to
+                                         ``torch.compile`` as one function (compiled at build time)
+    jax-jit                              the same model, loss and Adam in ``jax.numpy``, one step
+                                         compiled by ``jax.jit`` with the parameters, moments and
+                                         noise key donated (updated in place); ε from jax.random
     floor                                only the step's matrix products, with NumPy's BLAS into
                                          preallocated outputs, one after another
     floor+adam-io                        the floor, then one pass over four float32 buffers of P
@@ -24,8 +29,17 @@ repeats. Ratios are paired: "/floor" is the median over the repeats of (the runn
 repeat) / (the floor's time in the same repeat), ≥ 1, lower is better, printed with its
 interquartile range; "×torch" is, the same way, PyTorch's step time over ours on the same device
 (= our samples/s over PyTorch's; higher is better). A ratio of two medians taken from the same
-noisy repeats moves by more than the paired one. PyTorch gets as many threads as our BLAS and
-Numba use.
+noisy repeats moves by more than the paired one. Every runner gets the same number of threads
+(``--threads``: BLAS, Numba, PyTorch, and XLA as :mod:`benchmarks.peers` sets it, before jax is
+imported); with fewer threads than cores the whole process is also pinned to that many cores,
+since XLA sizes its pool by the cores it may use (:func:`benchmarks.peers.limit_cores`). Runners whose library is not installed are skipped with a note.
+
+The CPU's peak: once per run, before the steps, the best GFLOP/s that any library here (OpenBLAS,
+XLA, PyTorch, our own GEMM) reaches on one 2048³ float32 product with the run's threads
+(``--peak-n``; 1024 with ``--quick``; :func:`benchmarks.peers.peak_gemm`). Each row's "of peak" is
+its step's GFLOP/s over it: with one thread, the fraction of the measured peak of a core. Per Z,
+"cpu-fused / fastest peer" is the paired ratio of the fastest of torch-cpu, torch-compile and
+jax-jit's step time to cpu-fused's (> 1: cpu-fused is faster).
 
 Also printed per Z: the parameter count, the bytes of parameters + gradients + Adam moments +
 activations of the cpu-fused engine, and the FLOPs of one step's matrix products
@@ -33,7 +47,8 @@ activations of the cpu-fused engine, and the FLOPs of one step's matrix products
 layer but the first). Writes ``throughput.json`` and ``throughput.png`` into ``--out``.
 
     python benchmarks/throughput.py              # the full table (several minutes)
-    python benchmarks/throughput.py --quick      # a few sizes, a few repeats (seconds)
+    python benchmarks/throughput.py --quick      # two sizes, a few repeats: seconds (torch-compile, when
+                                                 # installed, adds about a minute of compiling)
     python benchmarks/throughput.py --runners cupy,cupy-graph,numba-cuda,torch-cuda --batch 1024
                                                  # only these runners (the GPU ones here)
 
@@ -130,7 +145,7 @@ def cupy_graph_runner(Z, hidden, B, x):
     return step, cupy.cuda.Device().synchronize, graphed.fallback_reason
 
 
-def torch_runner(device, Z, hidden, B, x):
+def torch_runner(device, Z, hidden, B, x, compile=False):
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -163,6 +178,72 @@ def torch_runner(device, Z, hidden, B, x):
         opt.step()
 
     sync = torch.cuda.synchronize if device == "cuda" else None
+    if compile:
+        import logging
+
+        torch._logging.set_logs(dynamo=logging.ERROR)  # not a warning per profiler hook it skips
+        step = torch.compile(step)
+        step()  # compiles here (tens of seconds), not inside the timed warm-up
+    return step, sync
+
+
+def jax_runner(Z, hidden, B, x):
+    """The step of torch_runner in jax.numpy, compiled by XLA as one function: forward, the
+    gradients (jax.value_and_grad), Adam; parameters, moments, the step count and the noise key go
+    in donated and come out updated, so XLA may write them in place."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    lr, b1, b2, eps_adam = 1e-4, 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, lr as the others
+    n_enc = len(hidden) + 1
+    rng = np.random.default_rng(0)
+    params = [(jnp.asarray((rng.standard_normal((i, o)) / np.sqrt(i)).astype(np.float32)),
+               jnp.zeros(o, jnp.float32)) for i, o in layer_shapes(Z, hidden)]
+
+    def mlp(layers, h):
+        for k, (w, b) in enumerate(layers):
+            h = h @ w + b
+            if k < len(layers) - 1:
+                h = jax.nn.relu(h)
+        return h
+
+    def loss_fn(params, x, eps):
+        h = mlp(params[:n_enc], x)
+        mu, logvar = h[:, :Z], h[:, Z:]
+        logits = mlp(params[n_enc:], mu + jnp.exp(0.5 * logvar) * eps)
+        recon = jnp.sum(jax.nn.softplus(logits) - x * logits, axis=1)  # Bernoulli NLL from logits
+        kl = 0.5 * jnp.sum(mu * mu + jnp.exp(logvar) - logvar - 1, axis=1)
+        return jnp.mean(recon + kl)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2, 3, 4))
+    def train_step(params, m, v, t, key, x):
+        key, sub = jax.random.split(key)
+        loss, g = jax.value_and_grad(loss_fn)(params, x, jax.random.normal(sub, (B, Z), jnp.float32))
+        t = t + 1
+        c1, c2 = 1 - b1**t, 1 - b2**t
+        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, g)
+        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
+        params = jax.tree_util.tree_map(lambda p, m, v: p - lr * (m / c1) / (jnp.sqrt(v / c2) + eps_adam),
+                                        params, m, v)
+        return params, m, v, t, key, loss
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    state = [params, zeros, jax.tree_util.tree_map(jnp.zeros_like, params), jnp.float32(0),
+             jax.random.PRNGKey(0)]
+    xj = jnp.asarray(x)
+
+    def step():
+        new = train_step(*state, xj)
+        state[:] = new[:5]  # the old buffers were donated to XLA: keep only the new ones
+        step.loss = new[5]  # this step's loss (a device scalar, for tests)
+
+    def sync():
+        jax.block_until_ready(state)
+
+    step()  # compiles here, not inside the timed warm-up
+    sync()
     return step, sync
 
 
@@ -277,7 +358,7 @@ def machine_info(threads):
     except OSError:
         info["cpu_model"] = platform.processor()
     info["env"] = {k: v for k, v in os.environ.items()
-                   if any(s in k for s in ("BLAS", "OMP_", "MKL", "NUMBA", "CORETYPE", "TF32"))}
+                   if any(s in k for s in ("BLAS", "OMP_", "MKL", "NUMBA", "CORETYPE", "TF32", "XLA"))}
     try:
         from threadpoolctl import threadpool_info
 
@@ -292,6 +373,8 @@ def machine_info(threads):
         info["cupy"] = cupy.__version__
     except Exception:  # noqa: BLE001 - not installed or broken: nothing to record
         pass
+    if "jax" in sys.modules:  # imported by the jax-jit runner only: never imported here
+        info["jax"] = sys.modules["jax"].__version__
     info["numba"] = numba.__version__
     info["numba_threads"] = numba.get_num_threads()
     try:
@@ -357,9 +440,10 @@ def plot(results, runners, path, config):
     plt.close(fig)
 
 
-RUNNERS = ("numpy", "cpu-fused", "cupy", "cupy-graph", "numba-cuda", "torch-cpu", "torch-cuda", "floor",
-           "floor+adam-io")
+RUNNERS = ("numpy", "cpu-fused", "cupy", "cupy-graph", "numba-cuda", "torch-cpu", "torch-compile", "jax-jit",
+           "torch-cuda", "floor", "floor+adam-io")
 GPU_RUNNERS = ("cupy", "cupy-graph", "numba-cuda")  # compared with torch-cuda; the rest with torch-cpu
+CPU_PEERS = ("torch-cpu", "torch-compile", "jax-jit")  # the other frameworks cpu-fused is measured against
 
 
 class _Parser(argparse.ArgumentParser):
@@ -385,6 +469,8 @@ def main(argv=None):
     ap.add_argument("--runners", default=None,
                     help=f"comma-separated runners to time (default: every one usable here): {', '.join(RUNNERS)}")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--peak-n", type=int, default=None,
+                    help="size n of the n³ product that measures the CPU's peak (default 2048; 1024 with --quick; 0: none)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
 
@@ -408,12 +494,26 @@ def main(argv=None):
     hidden = tuple(int(h) for h in args.hidden.split(","))
     B = args.batch
     threads = args.threads or blas_threads()
+    peak_n = args.peak_n if args.peak_n is not None else (1024 if args.quick else 2048)
+
+    from benchmarks import peers
+
+    cores = peers.limit_cores(threads)  # before jax or torch start their thread pools
+    xla_note = peers.set_xla_threads(threads)  # before anything imports jax
+    jax, jax_note = None, None
+    if want("jax-jit"):
+        jax, jax_note = peers.import_jax()
+        if jax_note:
+            jax_note += ": jax-jit skipped"
+            print(jax_note)
+        elif xla_note:
+            print(f"jax-jit: {xla_note}")
 
     backends = available_backends()
     torch_devices, torch_note = [], None
     if args.no_torch:
         torch_note = "--no-torch: torch runners skipped"
-    elif want("torch-cpu") or want("torch-cuda"):
+    elif want("torch-cpu") or want("torch-cuda") or want("torch-compile"):
         try:
             import torch
 
@@ -435,19 +535,26 @@ def main(argv=None):
     usable = set(backends) | {f"torch-{d}" for d in torch_devices} | {"floor", "floor+adam-io"}
     if "cupy" in backends:
         usable.add("cupy-graph")
+    if "cpu" in torch_devices:
+        usable.add("torch-compile")
+    if jax is not None:
+        usable.add("jax-jit")
     names = [n for n in RUNNERS if n in usable and want(n)]
     skipped = {}
-    for n in wanted or ():
+    for n in wanted or ("torch-compile", "jax-jit"):  # by default, say why a CPU peer is missing
         if n in usable:
             continue
-        if n.startswith("torch-"):
+        if n == "jax-jit":
+            skipped[n] = jax_note
+        elif n.startswith("torch-"):
             skipped[n] = torch_note or "PyTorch sees no CUDA device"
         elif n == "cupy-graph":
             skipped[n] = "needs the cupy backend, which is not usable here"
         else:
             skipped[n] = f"backend {n!r} is not usable here"
     for n, why in skipped.items():
-        print(f"{n} skipped: {why}")
+        if wanted is not None:  # by default the notes above said it already
+            print(f"{n} skipped: {why}")
     if not names:
         print(f"throughput: none of the runners asked for can run here ({', '.join(wanted)})", file=sys.stderr)
         sys.exit(2)
@@ -456,14 +563,28 @@ def main(argv=None):
               "repeats": args.repeats, "warmup": args.warmup, "target_s": args.target,
               "settle_s": args.settle,
               "threads": threads, "backends": backends, "torch_devices": torch_devices,
-              "runners": names, "skipped": skipped, "notes": {}, "note": torch_note}
-    print(f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch), "
+              "runners": names, "skipped": skipped, "notes": {}, "note": torch_note,
+              "xla_flags": os.environ.get("XLA_FLAGS"), "xla_note": xla_note if jax is not None else None,
+              "pinned_cores": cores}
+    if cores is not None:
+        print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every runner)")
+    print(f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch, XLA), "
           f"{args.repeats} interleaved repeats of ~{args.target} s after {args.settle} s of rest, medians")
+
+    peak = None
+    if peak_n > 0 and any(n in ("numpy", "cpu-fused", "floor", "floor+adam-io") or n in CPU_PEERS for n in names):
+        torch_mod = sys.modules.get("torch") if "cpu" in torch_devices else None
+        libs = peers.peak_gemm(threads, n=peak_n, repeats=2 if args.quick else 5, jax=jax, torch=torch_mod)
+        best = max(libs, key=libs.get)
+        peak = {"n": peak_n, "threads": threads, "gflops": libs[best], "library": best, "by_library": libs}
+        print(f"peak: {libs[best]:.1f} GFLOP/s ({best}) on a {peak_n}³ float32 product, {threads} thread"
+              f"{'s' if threads > 1 else ''}; " + ", ".join(f"{k} {v:.1f}" for k, v in libs.items()))
+    config["peak"] = peak
 
     x = np.random.default_rng(0).random((B, D)).astype(np.float32)
     results = []
     header = (f"{'Z':>5} {'runner':>13} {'samples/s':>10} {'ms/step':>8} {'×torch':>7} {'/floor':>7}"
-              f" {'(quartiles)':>11} {'GFLOP/s':>8}")
+              f" {'(quartiles)':>11} {'GFLOP/s':>8} {'of peak':>7}")
     print(header)
     for Z in latents:
         runners = {}
@@ -476,8 +597,16 @@ def main(argv=None):
                 if why:
                     config["notes"][name] = why
                     print(f"cupy-graph: {why}")
+            elif name == "torch-compile":
+                try:
+                    runners[name] = torch_runner("cpu", Z, hidden, B, x, compile=True)
+                except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for the generated code
+                    config["notes"][name] = f"Z = {Z}: torch.compile failed ({type(e).__name__}: {e})"
+                    print(f"torch-compile skipped at Z = {Z}: {type(e).__name__}: {str(e)[:200]}")
             elif name.startswith("torch-"):
                 runners[name] = torch_runner(name[len("torch-"):], Z, hidden, B, x)
+            elif name == "jax-jit":
+                runners[name] = jax_runner(Z, hidden, B, x)
             elif name == "floor":
                 runners[name] = floor_runner(Z, hidden, B, x)
             else:
@@ -496,12 +625,22 @@ def main(argv=None):
                    "best_seconds_per_step": min(ts), "repeats_s": ts, "steps_per_repeat": n,
                    "vs_torch": vs_torch, "vs_floor": vs_floor, "vs_floor_quartiles": vs_floor_q,
                    "gflops": size["flops_per_step"] / t / 1e9, **size}
+            row["fraction_of_peak"] = row["gflops"] / peak["gflops"] if peak else None
             results.append(row)
             vt = f"{vs_torch:7.2f}" if vs_torch is not None else f"{'':>7}"
             vf = f"{vs_floor:7.2f}" if vs_floor is not None else f"{'':>7}"
             q = f"{vs_floor_q[0]:.2f}–{vs_floor_q[1]:.2f}" if vs_floor_q is not None and name != "floor" else ""
+            fp = f"{row['fraction_of_peak']:7.2f}" if peak and name not in GPU_RUNNERS and name != "torch-cuda" else ""
             print(f"{Z:>5} {name:>13} {B / t:10.0f} {1e3 * t:8.2f} {vt} {vf} {q:>11}"
-                  f" {row['gflops']:8.1f}")
+                  f" {row['gflops']:8.1f} {fp:>7}")
+        present = [n for n in CPU_PEERS if n in timed]
+        if "cpu-fused" in timed and present:
+            fastest = min(present, key=lambda n: float(np.median(timed[n][0])))
+            ratio, quartiles = paired_ratio(timed[fastest][0], timed["cpu-fused"][0])
+            config.setdefault("vs_fastest_peer", {})[str(Z)] = {"peer": fastest, "ratio": ratio,
+                                                               "quartiles": quartiles}
+            print(f"{'':>5} {'':>13} cpu-fused / fastest peer ({fastest}): {ratio:.2f}× samples/s "
+                  f"({quartiles[0]:.2f}–{quartiles[1]:.2f})")
         print(f"{'':>5} {'':>13} params {size['params']:,}, memory {size['bytes_total'] / 2**20:.1f} MiB"
               f" (params+grads+Adam {16 * size['params'] / 2**20:.1f}, activations "
               f"{size['bytes_activations'] / 2**20:.1f}), {size['flops_per_step'] / 1e9:.2f} GFLOP/step")

@@ -3,11 +3,13 @@ is checked: benchmarks are never timed tests)."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +41,10 @@ def test_adam_io_pass_reads_four_buffers_and_writes_three():
 
 
 def test_throughput_quick_writes_results(tmp_path):
+    # torch-compile and jax-jit (compiling takes a minute) have their own test below
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick",
-                    "--latents", "2,20", "--hidden", "64", "--out", str(tmp_path)],
+                    "--latents", "2,20", "--hidden", "64", "--peak-n", "64", "--out", str(tmp_path),
+                    "--runners", "numpy,cpu-fused,torch-cpu,floor,floor+adam-io"],
                    check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
     doc = json.loads((tmp_path / "throughput.json").read_text())
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
@@ -58,8 +62,99 @@ def test_throughput_quick_writes_results(tmp_path):
         assert len(r["repeats_s"]) == doc["config"]["repeats"]
         lo, hi = r["vs_floor_quartiles"]
         assert lo <= r["vs_floor"] <= hi
+    peak = doc["config"]["peak"]
+    assert peak["n"] == 64 and peak["gflops"] == max(peak["by_library"].values()) > 0
+    for r in doc["results"]:
+        assert r["fraction_of_peak"] == pytest.approx(r["gflops"] / peak["gflops"])
     floor = [r for r in doc["results"] if r["runner"] == "floor"]
     assert all(r["vs_floor"] == 1.0 for r in floor)  # each repeat's ratio to itself
     fused = [r for r in doc["results"] if r["runner"] == "cpu-fused"]
     if "torch-cpu" in runners:
         assert all(r["vs_torch"] > 0 for r in fused)
+
+
+def _installed(name):
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.skipif(not _installed("jax"), reason="jax is not installed (the bench extra)")
+def test_jax_runner_trains():
+    """The jax-jit runner's step lowers the loss on a fixed batch (so it does take the gradient
+    and update the donated parameters), and its losses are finite."""
+    tp = _throughput_module()
+    x = np.random.default_rng(1).random((16, tp.D)).astype(np.float32)
+    step, sync = tp.jax_runner(3, (16,), 16, x)
+    losses = []
+    for _ in range(60):
+        step()
+        losses.append(float(step.loss))
+    sync()
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 1.0  # ~545 nats at the start
+
+
+@pytest.mark.skipif(not (_installed("jax") or _installed("torch")), reason="neither jax nor torch is installed")
+def test_throughput_cpu_peers_quick(tmp_path):
+    peers = [n for n, mod in (("jax-jit", "jax"), ("torch-compile", "torch")) if _installed(mod)]
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick", "--threads", "1",
+                    "--latents", "2", "--hidden", "16", "--peak-n", "64", "--out", str(tmp_path),
+                    "--runners", ",".join(["cpu-fused"] + peers)],
+                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    doc = json.loads((tmp_path / "throughput.json").read_text())
+    rows = {r["runner"]: r for r in doc["results"]}
+    assert set(peers) | {"cpu-fused"} == set(rows), doc["config"]["notes"]
+    assert all(r["samples_per_s"] > 0 and r["fraction_of_peak"] > 0 for r in rows.values())
+    vs = doc["config"]["vs_fastest_peer"]["2"]
+    assert vs["peer"] in peers and vs["quartiles"][0] <= vs["ratio"] <= vs["quartiles"][1]
+    if len(os.sched_getaffinity(0)) > 1:  # one thread: every runner pinned to one core
+        assert len(doc["config"]["pinned_cores"]) == 1
+    if "jax-jit" in peers:
+        assert "--xla_cpu_multi_thread_eigen=false" in doc["config"]["xla_flags"]
+        assert doc["machine"]["jax"]
+
+
+def test_kernels_cpu_mode_writes_results(tmp_path):
+    out = tmp_path / "k.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.kernels", "--cpu", "--threads", "1", "--repeats", "1",
+                    "--latents", "2", "--versions", "3,4", "--json", str(out)],
+                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    doc = json.loads(out.read_text())
+    assert doc["threads"] == 1
+    if len(os.sched_getaffinity(0)) > 1:
+        assert len(doc["pinned_cores"]) == 1
+    step = doc["latents"]["2"]
+    assert len(step["products"]) == 11
+    names = {"ours v3", "ours v4", "OpenBLAS"} | ({"XLA"} if _installed("jax") else set())
+    assert set(step["whole_step"]) == names
+    assert step["whole_step"]["OpenBLAS"]["fraction_of_ref"] == 1.0
+    for p in step["products"]:
+        assert all(p["gflops"][n] > 0 for n in names)
+    epilogues = step["epilogues"]  # the four forward products and the four weight gradients
+    assert len(epilogues) == 8 and all(min(e["seconds"].values()) > 0 for e in epilogues)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two cores")
+def test_limit_cores_pins_every_thread_of_the_process():
+    """In a child process: after limit_cores(1), the threads that existed before (OpenBLAS's
+    pool, started when NumPy was imported) and a thread started after all run on one core."""
+    code = (
+        "import os, threading, numpy\n"
+        "from benchmarks import peers\n"
+        "cores = peers.limit_cores(1)\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))\n"
+        "t.start(); t.join()\n"
+        "tasks = [os.sched_getaffinity(int(tid)) for tid in os.listdir('/proc/self/task')]\n"
+        "assert cores is not None and len(cores) == 1, cores\n"
+        "assert all(a == set(cores) for a in tasks + seen), (cores, tasks, seen)\n"
+        "assert peers.limit_cores(1) is None  # already on one core: nothing to do\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.parametrize("args", [["--versions", "9"], ["--latents", "x"], ["--latents", "0"]])
+def test_kernels_cpu_mode_usage_errors_are_one_line(args):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.kernels", "--cpu", *args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
