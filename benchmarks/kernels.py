@@ -145,18 +145,37 @@ def main(argv=None):
         flops = 2 * M * N * K
         cells = [f"{flops / secs[n] / 1e9:9.0f} ({secs['cuBLAS'] / secs[n]:4.2f})" for n in names]
         print(f"{label:>24} " + " ".join(f"{c:>16}" for c in cells))
-        rows.append({"product": label, "M": M, "K": K, "N": N, "ta": ta, "tb": tb, "flops": flops,
-                     "seconds": secs, "gflops": {n: flops / secs[n] / 1e9 for n in names},
-                     "fraction_of_cublas": {n: secs["cuBLAS"] / secs[n] for n in names}})
+        rows.append(
+            {
+                "product": label,
+                "M": M,
+                "K": K,
+                "N": N,
+                "ta": ta,
+                "tb": tb,
+                "flops": flops,
+                "seconds": secs,
+                "gflops": {n: flops / secs[n] / 1e9 for n in names},
+                "fraction_of_cublas": {n: secs["cuBLAS"] / secs[n] for n in names},
+            }
+        )
     summary = summarize(rows, names)
-    print(f"{'whole step':>24} " + " ".join(
-        f"{summary[n]['gflops']:9.0f} ({summary[n]['fraction_of_cublas']:4.2f})".rjust(16) for n in names))
+    print(
+        f"{'whole step':>24} "
+        + " ".join(f"{summary[n]['gflops']:9.0f} ({summary[n]['fraction_of_cublas']:4.2f})".rjust(16) for n in names)
+    )
     if args.json:
-        doc = {"device": device, "cublas_float32_compute_type": compute_type,
-               "env": {k: os.environ.get(k) for k in ("CUPY_TF32", "NVIDIA_TF32_OVERRIDE")},
-               "cupy": cupy.__version__, "numba_cuda": _version("numba-cuda"), "repeats": args.repeats,
-               "timing": "median of CUDA-event times of one launch, after 3 warm-up launches",
-               "products": rows, "whole_step": summary}
+        doc = {
+            "device": device,
+            "cublas_float32_compute_type": compute_type,
+            "env": {k: os.environ.get(k) for k in ("CUPY_TF32", "NVIDIA_TF32_OVERRIDE")},
+            "cupy": cupy.__version__,
+            "numba_cuda": _version("numba-cuda"),
+            "repeats": args.repeats,
+            "timing": "median of CUDA-event times of one launch, after 3 warm-up launches",
+            "products": rows,
+            "whole_step": summary,
+        }
         tmp = f"{args.json}.tmp"
         with open(tmp, "w") as f:
             f.write(json.dumps(doc, indent=1) + "\n")
@@ -170,8 +189,9 @@ def cpu_main(args, ap):
 
     try:
         latents = [int(z) for z in args.latents.split(",") if z.strip()]
-        versions = ([int(v) for v in args.versions.split(",") if v.strip()] if args.versions
-                    else sorted(gemm_cpu.VERSIONS))
+        versions = (
+            [int(v) for v in args.versions.split(",") if v.strip()] if args.versions else sorted(gemm_cpu.VERSIONS)
+        )
     except ValueError:
         ap.error("--latents and --versions take comma-separated integers")
     if not latents or any(z < 1 for z in latents):
@@ -197,16 +217,26 @@ def cpu_main(args, ap):
     names = [f"ours v{v}" for v in versions] + ["OpenBLAS"] + (["XLA"] if jax is not None else [])
     blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
     blas_name = f"{blas[0]['internal_api']} {blas[0]['version']}" if blas else "unknown BLAS"
-    print(f"{_cpu_model()}; {threads} thread{'s' if threads > 1 else ''}; NumPy's BLAS: {blas_name}; "
-          f"{'XLA (jax ' + jax.__version__ + ')' if jax else jax_note}; {args.repeats} repeats, medians")
+    print(
+        f"{_cpu_model()}; {threads} thread{'s' if threads > 1 else ''}; NumPy's BLAS: {blas_name}; "
+        f"{'XLA (jax ' + jax.__version__ + ')' if jax else jax_note}; {args.repeats} repeats, medians"
+    )
     if xla_note and jax is not None:
         print(f"note: {xla_note}")
     if cores is not None:
         print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every library)")
-    doc = {"device": _cpu_model(), "threads": threads, "pinned_cores": cores, "blas": blas_name,
-           "jax": jax.__version__ if jax else None, "xla_flags": os.environ.get("XLA_FLAGS"),
-           "notes": [n for n in (xla_note, jax_note) if n], "repeats": args.repeats,
-           "timing": "median wall time of one call, after 2 warm-up calls", "latents": {}}
+    doc = {
+        "device": _cpu_model(),
+        "threads": threads,
+        "pinned_cores": cores,
+        "blas": blas_name,
+        "jax": jax.__version__ if jax else None,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "notes": [n for n in (xla_note, jax_note) if n],
+        "repeats": args.repeats,
+        "timing": "median wall time of one call, after 2 warm-up calls",
+        "latents": {},
+    }
     rng = np.random.default_rng(0)
     for Z in latents:
         print(f"\nZ = {Z}")
@@ -216,16 +246,20 @@ def cpu_main(args, ap):
             a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
             b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
             out = np.empty((M, N), np.float32)
-            want = np.matmul(a.T.astype(np.float64) if ta else a.astype(np.float64),
-                             b.T.astype(np.float64) if tb else b.astype(np.float64))
+            want = np.matmul(
+                a.T.astype(np.float64) if ta else a.astype(np.float64),
+                b.T.astype(np.float64) if tb else b.astype(np.float64),
+            )
             label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
             runs = {}
             for v in versions:
                 out[...] = np.nan
                 gemm_cpu.matmul(a, b, out, ta, tb, version=v)
                 _check_close(f"ours v{v} {label}", out, want, K)
-                runs[f"ours v{v}"] = (lambda v=v: gemm_cpu.matmul(a, b, out, ta, tb, version=v),
-                                      2.0 if v <= 2 else None)
+                runs[f"ours v{v}"] = (
+                    lambda v=v: gemm_cpu.matmul(a, b, out, ta, tb, version=v),
+                    2.0 if v <= 2 else None,
+                )
             runs["OpenBLAS"] = (lambda: np.matmul(a.T if ta else a, b.T if tb else b, out=out), None)
             if jax is not None:
                 f = peers.jax_matmul(jax, ta, tb)
@@ -236,14 +270,30 @@ def cpu_main(args, ap):
             flops = 2 * M * N * K
             cells = [f"{flops / secs[n] / 1e9:9.1f} ({secs['OpenBLAS'] / secs[n]:4.2f})" for n in names]
             print(f"{label:>24} " + " ".join(f"{c:>16}" for c in cells))
-            rows.append({"product": label, "M": M, "K": K, "N": N, "ta": ta, "tb": tb, "flops": flops,
-                         "seconds": secs, "gflops": {n: flops / secs[n] / 1e9 for n in names},
-                         "fraction_of_openblas": {n: secs["OpenBLAS"] / secs[n] for n in names}})
+            rows.append(
+                {
+                    "product": label,
+                    "M": M,
+                    "K": K,
+                    "N": N,
+                    "ta": ta,
+                    "tb": tb,
+                    "flops": flops,
+                    "seconds": secs,
+                    "gflops": {n: flops / secs[n] / 1e9 for n in names},
+                    "fraction_of_openblas": {n: secs["OpenBLAS"] / secs[n] for n in names},
+                }
+            )
         summary = summarize(rows, names, ref="OpenBLAS")
-        print(f"{'whole step':>24} " + " ".join(
-            f"{summary[n]['gflops']:9.1f} ({summary[n]['fraction_of_ref']:4.2f})".rjust(16) for n in names))
-        doc["latents"][str(Z)] = {"products": rows, "whole_step": summary,
-                                  "epilogues": epilogue_table(Z, args.repeats, rng)}
+        print(
+            f"{'whole step':>24} "
+            + " ".join(f"{summary[n]['gflops']:9.1f} ({summary[n]['fraction_of_ref']:4.2f})".rjust(16) for n in names)
+        )
+        doc["latents"][str(Z)] = {
+            "products": rows,
+            "whole_step": summary,
+            "epilogues": epilogue_table(Z, args.repeats, rng),
+        }
     if args.json:
         tmp = f"{args.json}.tmp"
         with open(tmp, "w") as f:
@@ -258,8 +308,8 @@ def epilogue_table(Z, repeats, rng):
     forward products with bias + ReLU (OpenBLAS then cpu_fused's bias_relu_kernel, in place), and
     the weight gradients with the bias gradient and both Adam steps (OpenBLAS into g, then
     colsum_kernel and adam_kernel on W and on the bias). Prints and returns the median times."""
-    from kernels import cpu_fused, gemm_cpu
     from benchmarks import peers
+    from kernels import cpu_fused, gemm_cpu
 
     hp = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, c1=0.1, c2=0.001)
     f = np.float32
@@ -278,9 +328,11 @@ def epilogue_table(Z, repeats, rng):
                 mm()
                 cpu_fused.bias_relu_kernel(out, bias, out)
 
-            runs = {"BLAS + passes": lambda: separate(lambda: np.matmul(a, W, out=out)),
-                    "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(a, W, out)),
-                    "ours fused": lambda: gemm_cpu.matmul_bias_act(a, W, bias, "relu", out)}
+            runs = {
+                "BLAS + passes": lambda: separate(lambda: np.matmul(a, W, out=out)),
+                "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(a, W, out)),
+                "ours fused": lambda: gemm_cpu.matmul_bias_act(a, W, bias, "relu", out),
+            }
             what = "relu(a·W + b)"
         elif ta:  # a weight gradient: Adam on W and on the bias, from xᵀ·dy and Σ dy
             x = rng.standard_normal((K, M)).astype(np.float32)
@@ -294,16 +346,23 @@ def epilogue_table(Z, repeats, rng):
                 cpu_fused.adam_kernel(W.reshape(-1), g.reshape(-1), mW.reshape(-1), vW.reshape(-1), *adam_args)
                 cpu_fused.adam_kernel(bias, db, mb, vb, *adam_args)
 
-            runs = {"BLAS + passes": lambda: separate(lambda: np.matmul(x.T, dy, out=g)),
-                    "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(x, dy, g, True, False)),
-                    "ours fused": lambda: gemm_cpu.weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, db=db, **hp)}
+            runs = {
+                "BLAS + passes": lambda: separate(lambda: np.matmul(x.T, dy, out=g)),
+                "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(x, dy, g, True, False)),
+                "ours fused": lambda: gemm_cpu.weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, db=db, **hp),
+            }
             what = "Adam(W, xᵀ·dy), Adam(b, Σ dy)"
         else:
             continue  # an input gradient: its epilogue (the activation's backward) is not fused yet
         secs = {n: peers.median_seconds(fn, repeats) for n, fn in runs.items()}
-        print(f"{label:>24} " + " ".join(f"{1e3 * secs[n]:>{w}.3f}" for n, w in
-                                            (("BLAS + passes", 14), ("ours + passes", 14), ("ours fused", 12)))
-              + f"   {what}")
+        print(
+            f"{label:>24} "
+            + " ".join(
+                f"{1e3 * secs[n]:>{w}.3f}"
+                for n, w in (("BLAS + passes", 14), ("ours + passes", 14), ("ours fused", 12))
+            )
+            + f"   {what}"
+        )
         rows.append({"product": label, "epilogue": what, "seconds": secs})
     return rows
 
@@ -334,11 +393,14 @@ def summarize(rows, names, ref="cuBLAS"):
     out = {}
     for n in names:
         secs = sum(r["seconds"][n] for r in rows)
-        fractions = [ref_secs_n / secs_n for ref_secs_n, secs_n in
-                     ((r["seconds"][ref], r["seconds"][n]) for r in rows)]
+        fractions = [ref_secs_n / secs_n for ref_secs_n, secs_n in ((r["seconds"][ref], r["seconds"][n]) for r in rows)]
         key = "fraction_of_cublas" if ref == "cuBLAS" else "fraction_of_ref"
-        out[n] = {"gflops": flops / secs / 1e9, key: ref_secs / secs,
-                  "fraction_min": min(fractions), "fraction_median": float(np.median(fractions))}
+        out[n] = {
+            "gflops": flops / secs / 1e9,
+            key: ref_secs / secs,
+            "fraction_min": min(fractions),
+            "fraction_median": float(np.median(fractions)),
+        }
     return out
 
 
@@ -349,8 +411,12 @@ def _float32_compute_type(cupy):
 
         ct = int(linalg.get_compute_type(np.dtype(np.float32)))
         # CuPy's enum (cupy/_core/_routines_linalg.pxd): DEFAULT = 1, PEDANTIC = 2, FP32 = 4, TF32 = 7
-        words = {getattr(linalg, "COMPUTE_TYPE_DEFAULT", 1): "FP32", getattr(linalg, "COMPUTE_TYPE_PEDANTIC", 2): "FP32",
-                 getattr(linalg, "COMPUTE_TYPE_FP32", 4): "FP32", getattr(linalg, "COMPUTE_TYPE_TF32", 7): "TF32"}
+        words = {
+            getattr(linalg, "COMPUTE_TYPE_DEFAULT", 1): "FP32",
+            getattr(linalg, "COMPUTE_TYPE_PEDANTIC", 2): "FP32",
+            getattr(linalg, "COMPUTE_TYPE_FP32", 4): "FP32",
+            getattr(linalg, "COMPUTE_TYPE_TF32", 7): "TF32",
+        }
         return words.get(ct, f"unknown ({ct})")
     except Exception as e:  # noqa: BLE001 - a CuPy without this internal: say so, do not fail
         return f"unknown ({type(e).__name__}: {e})"

@@ -101,8 +101,15 @@ def sizes(Z, hidden, B):
         flops += products * 2 * B * i * o
     # cpu-fused engine: y and ∂L/∂y per layer, plus z, ∂L/∂z, ε, x, KL, NLL.
     act = 4 * (2 * B * sum(o for _, o in shapes) + 3 * B * Z + B * D + 2 * B)
-    return {"params": P, "bytes_params": 4 * P, "bytes_grads": 4 * P, "bytes_adam": 8 * P,
-            "bytes_activations": act, "bytes_total": 16 * P + act, "flops_per_step": flops}
+    return {
+        "params": P,
+        "bytes_params": 4 * P,
+        "bytes_grads": 4 * P,
+        "bytes_adam": 8 * P,
+        "bytes_activations": act,
+        "bytes_total": 16 * P + act,
+        "flops_per_step": flops,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,8 +206,10 @@ def jax_runner(Z, hidden, B, x):
     lr, b1, b2, eps_adam = 1e-4, 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, lr as the others
     n_enc = len(hidden) + 1
     rng = np.random.default_rng(0)
-    params = [(jnp.asarray((rng.standard_normal((i, o)) / np.sqrt(i)).astype(np.float32)),
-               jnp.zeros(o, jnp.float32)) for i, o in layer_shapes(Z, hidden)]
+    params = [
+        (jnp.asarray((rng.standard_normal((i, o)) / np.sqrt(i)).astype(np.float32)), jnp.zeros(o, jnp.float32))
+        for i, o in layer_shapes(Z, hidden)
+    ]
 
     def mlp(layers, h):
         for k, (w, b) in enumerate(layers):
@@ -225,13 +234,11 @@ def jax_runner(Z, hidden, B, x):
         c1, c2 = 1 - b1**t, 1 - b2**t
         m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, g)
         v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
-        params = jax.tree_util.tree_map(lambda p, m, v: p - lr * (m / c1) / (jnp.sqrt(v / c2) + eps_adam),
-                                        params, m, v)
+        params = jax.tree_util.tree_map(lambda p, m, v: p - lr * (m / c1) / (jnp.sqrt(v / c2) + eps_adam), params, m, v)
         return params, m, v, t, key, loss
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    state = [params, zeros, jax.tree_util.tree_map(jnp.zeros_like, params), jnp.float32(0),
-             jax.random.PRNGKey(0)]
+    state = [params, zeros, jax.tree_util.tree_map(jnp.zeros_like, params), jnp.float32(0), jax.random.PRNGKey(0)]
     xj = jnp.asarray(x)
 
     def step():
@@ -258,7 +265,7 @@ def floor_runner(Z, hidden, B, x):
     z = rng.standard_normal((B, Z)).astype(np.float32)
     ins[n_enc] = z  # the decoder starts from z, not from the encoder's output
     enc_out = np.empty((B, 2 * Z), np.float32)
-    outs = ins[1:n_enc] + [enc_out] + ins[n_enc + 1:] + [np.empty((B, D), np.float32)]
+    outs = ins[1:n_enc] + [enc_out] + ins[n_enc + 1 :] + [np.empty((B, D), np.float32)]
     douts = [(0.01 * rng.standard_normal(o.shape)).astype(np.float32) for o in outs]
     dins = [None] + [np.empty_like(a) for a in ins[1:]]
 
@@ -349,22 +356,34 @@ def paired_ratio(num, den):
 
 
 def machine_info(threads):
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "threads": threads, "numpy": np.__version__}
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "numpy": np.__version__,
+    }
     try:
         with open("/proc/cpuinfo") as f:
             models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
         info["cpu_model"] = models[0] if models else platform.processor()
     except OSError:
         info["cpu_model"] = platform.processor()
-    info["env"] = {k: v for k, v in os.environ.items()
-                   if any(s in k for s in ("BLAS", "OMP_", "MKL", "NUMBA", "CORETYPE", "TF32", "XLA"))}
+    info["env"] = {
+        k: v
+        for k, v in os.environ.items()
+        if any(s in k for s in ("BLAS", "OMP_", "MKL", "NUMBA", "CORETYPE", "TF32", "XLA"))
+    }
     try:
         from threadpoolctl import threadpool_info
 
-        info["threadpools"] = [{k: p.get(k) for k in ("user_api", "internal_api", "version",
-                                                       "architecture", "num_threads", "threading_layer")}
-                               for p in threadpool_info()]
+        info["threadpools"] = [
+            {
+                k: p.get(k)
+                for k in ("user_api", "internal_api", "version", "architecture", "num_threads", "threading_layer")
+            }
+            for p in threadpool_info()
+        ]
     except ImportError:
         info["threadpools"] = "threadpoolctl not installed"
     try:
@@ -422,8 +441,7 @@ def plot(results, runners, path, config):
     fig, ax = plt.subplots(figsize=(8, 5))
     for name in runners:
         pts = [(r["latent"], r["samples_per_s"]) for r in results if r["runner"] == name]
-        style = {"floor": dict(ls="--", color="gray"),
-                 "floor+adam-io": dict(ls=":", color="gray")}.get(name, {})
+        style = {"floor": dict(ls="--", color="gray"), "floor+adam-io": dict(ls=":", color="gray")}.get(name, {})
         ax.plot(*zip(*pts), marker="o", label=name, **style)
     ax.axvline(D, color="k", lw=0.8, ls=":")
     ax.text(D, 0.98, " Z = D = 784", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
@@ -431,8 +449,10 @@ def plot(results, runners, path, config):
     ax.set_yscale("log")
     ax.set_xlabel("latent size Z")
     ax.set_ylabel("samples / s (training step: forward, backward, Adam)")
-    ax.set_title(f"VAE training throughput, hidden {config['hidden']}, batch {config['batch']}, "
-                 f"float32, {config['threads']} thread{'' if config['threads'] == 1 else 's'}")
+    ax.set_title(
+        f"VAE training throughput, hidden {config['hidden']}, batch {config['batch']}, "
+        f"float32, {config['threads']} thread{'' if config['threads'] == 1 else 's'}"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -440,8 +460,19 @@ def plot(results, runners, path, config):
     plt.close(fig)
 
 
-RUNNERS = ("numpy", "cpu-fused", "cupy", "cupy-graph", "numba-cuda", "torch-cpu", "torch-compile", "jax-jit",
-           "torch-cuda", "floor", "floor+adam-io")
+RUNNERS = (
+    "numpy",
+    "cpu-fused",
+    "cupy",
+    "cupy-graph",
+    "numba-cuda",
+    "torch-cpu",
+    "torch-compile",
+    "jax-jit",
+    "torch-cuda",
+    "floor",
+    "floor+adam-io",
+)
 GPU_RUNNERS = ("cupy", "cupy-graph", "numba-cuda")  # compared with torch-cuda; the rest with torch-cpu
 CPU_PEERS = ("torch-cpu", "torch-compile", "jax-jit")  # the other frameworks cpu-fused is measured against
 
@@ -461,16 +492,28 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--target", type=float, default=0.25, help="seconds per timed repeat")
-    ap.add_argument("--settle", type=float, default=0.2,
-                    help="seconds of rest before each timed repeat (thread pools go idle)")
+    ap.add_argument(
+        "--settle", type=float, default=0.2, help="seconds of rest before each timed repeat (thread pools go idle)"
+    )
     ap.add_argument("--quick", action="store_true", help="two sizes, few repeats: seconds")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="threads for BLAS, Numba and PyTorch alike (default: BLAS's own count)")
-    ap.add_argument("--runners", default=None,
-                    help=f"comma-separated runners to time (default: every one usable here): {', '.join(RUNNERS)}")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for BLAS, Numba and PyTorch alike (default: BLAS's own count)",
+    )
+    ap.add_argument(
+        "--runners",
+        default=None,
+        help=f"comma-separated runners to time (default: every one usable here): {', '.join(RUNNERS)}",
+    )
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--peak-n", type=int, default=None,
-                    help="size n of the n³ product that measures the CPU's peak (default 2048; 1024 with --quick; 0: none)")
+    ap.add_argument(
+        "--peak-n",
+        type=int,
+        default=None,
+        help="size n of the n³ product that measures the CPU's peak (default 2048; 1024 with --quick; 0: none)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
 
@@ -479,7 +522,9 @@ def main(argv=None):
         wanted = [n.strip() for n in args.runners.split(",") if n.strip()]
         unknown = [n for n in wanted if n not in RUNNERS]
         if unknown or not wanted:
-            ap.error(f"--runners: unknown runner {', '.join(unknown) or '(none given)'}; choose from {', '.join(RUNNERS)}")
+            ap.error(
+                f"--runners: unknown runner {', '.join(unknown) or '(none given)'}; choose from {', '.join(RUNNERS)}"
+            )
 
     def want(name):
         return wanted is None or name in wanted
@@ -559,17 +604,32 @@ def main(argv=None):
         print(f"throughput: none of the runners asked for can run here ({', '.join(wanted)})", file=sys.stderr)
         sys.exit(2)
 
-    config = {"latents": list(latents), "hidden": list(hidden), "batch": B, "dtype": "float32",
-              "repeats": args.repeats, "warmup": args.warmup, "target_s": args.target,
-              "settle_s": args.settle,
-              "threads": threads, "backends": backends, "torch_devices": torch_devices,
-              "runners": names, "skipped": skipped, "notes": {}, "note": torch_note,
-              "xla_flags": os.environ.get("XLA_FLAGS"), "xla_note": xla_note if jax is not None else None,
-              "pinned_cores": cores}
+    config = {
+        "latents": list(latents),
+        "hidden": list(hidden),
+        "batch": B,
+        "dtype": "float32",
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "target_s": args.target,
+        "settle_s": args.settle,
+        "threads": threads,
+        "backends": backends,
+        "torch_devices": torch_devices,
+        "runners": names,
+        "skipped": skipped,
+        "notes": {},
+        "note": torch_note,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "xla_note": xla_note if jax is not None else None,
+        "pinned_cores": cores,
+    }
     if cores is not None:
         print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every runner)")
-    print(f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch, XLA), "
-          f"{args.repeats} interleaved repeats of ~{args.target} s after {args.settle} s of rest, medians")
+    print(
+        f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch, XLA), "
+        f"{args.repeats} interleaved repeats of ~{args.target} s after {args.settle} s of rest, medians"
+    )
 
     peak = None
     if peak_n > 0 and any(n in ("numpy", "cpu-fused", "floor", "floor+adam-io") or n in CPU_PEERS for n in names):
@@ -577,14 +637,18 @@ def main(argv=None):
         libs = peers.peak_gemm(threads, n=peak_n, repeats=2 if args.quick else 5, jax=jax, torch=torch_mod)
         best = max(libs, key=libs.get)
         peak = {"n": peak_n, "threads": threads, "gflops": libs[best], "library": best, "by_library": libs}
-        print(f"peak: {libs[best]:.1f} GFLOP/s ({best}) on a {peak_n}³ float32 product, {threads} thread"
-              f"{'s' if threads > 1 else ''}; " + ", ".join(f"{k} {v:.1f}" for k, v in libs.items()))
+        print(
+            f"peak: {libs[best]:.1f} GFLOP/s ({best}) on a {peak_n}³ float32 product, {threads} thread"
+            f"{'s' if threads > 1 else ''}; " + ", ".join(f"{k} {v:.1f}" for k, v in libs.items())
+        )
     config["peak"] = peak
 
     x = np.random.default_rng(0).random((B, D)).astype(np.float32)
     results = []
-    header = (f"{'Z':>5} {'runner':>13} {'samples/s':>10} {'ms/step':>8} {'×torch':>7} {'/floor':>7}"
-              f" {'(quartiles)':>11} {'GFLOP/s':>8} {'of peak':>7}")
+    header = (
+        f"{'Z':>5} {'runner':>13} {'samples/s':>10} {'ms/step':>8} {'×torch':>7} {'/floor':>7}"
+        f" {'(quartiles)':>11} {'GFLOP/s':>8} {'of peak':>7}"
+    )
     print(header)
     for Z in latents:
         runners = {}
@@ -604,7 +668,7 @@ def main(argv=None):
                     config["notes"][name] = f"Z = {Z}: torch.compile failed ({type(e).__name__}: {e})"
                     print(f"torch-compile skipped at Z = {Z}: {type(e).__name__}: {str(e)[:200]}")
             elif name.startswith("torch-"):
-                runners[name] = torch_runner(name[len("torch-"):], Z, hidden, B, x)
+                runners[name] = torch_runner(name[len("torch-") :], Z, hidden, B, x)
             elif name == "jax-jit":
                 runners[name] = jax_runner(Z, hidden, B, x)
             elif name == "floor":
@@ -621,29 +685,41 @@ def main(argv=None):
             if torch_name in timed and name != torch_name and not name.startswith("floor"):
                 vs_torch, _ = paired_ratio(timed[torch_name][0], ts)
             vs_floor, vs_floor_q = paired_ratio(ts, floor_ts) if floor_ts is not None else (None, None)
-            row = {"latent": Z, "runner": name, "seconds_per_step": t, "samples_per_s": B / t,
-                   "best_seconds_per_step": min(ts), "repeats_s": ts, "steps_per_repeat": n,
-                   "vs_torch": vs_torch, "vs_floor": vs_floor, "vs_floor_quartiles": vs_floor_q,
-                   "gflops": size["flops_per_step"] / t / 1e9, **size}
+            row = {
+                "latent": Z,
+                "runner": name,
+                "seconds_per_step": t,
+                "samples_per_s": B / t,
+                "best_seconds_per_step": min(ts),
+                "repeats_s": ts,
+                "steps_per_repeat": n,
+                "vs_torch": vs_torch,
+                "vs_floor": vs_floor,
+                "vs_floor_quartiles": vs_floor_q,
+                "gflops": size["flops_per_step"] / t / 1e9,
+                **size,
+            }
             row["fraction_of_peak"] = row["gflops"] / peak["gflops"] if peak else None
             results.append(row)
             vt = f"{vs_torch:7.2f}" if vs_torch is not None else f"{'':>7}"
             vf = f"{vs_floor:7.2f}" if vs_floor is not None else f"{'':>7}"
             q = f"{vs_floor_q[0]:.2f}–{vs_floor_q[1]:.2f}" if vs_floor_q is not None and name != "floor" else ""
             fp = f"{row['fraction_of_peak']:7.2f}" if peak and name not in GPU_RUNNERS and name != "torch-cuda" else ""
-            print(f"{Z:>5} {name:>13} {B / t:10.0f} {1e3 * t:8.2f} {vt} {vf} {q:>11}"
-                  f" {row['gflops']:8.1f} {fp:>7}")
+            print(f"{Z:>5} {name:>13} {B / t:10.0f} {1e3 * t:8.2f} {vt} {vf} {q:>11} {row['gflops']:8.1f} {fp:>7}")
         present = [n for n in CPU_PEERS if n in timed]
         if "cpu-fused" in timed and present:
             fastest = min(present, key=lambda n: float(np.median(timed[n][0])))
             ratio, quartiles = paired_ratio(timed[fastest][0], timed["cpu-fused"][0])
-            config.setdefault("vs_fastest_peer", {})[str(Z)] = {"peer": fastest, "ratio": ratio,
-                                                               "quartiles": quartiles}
-            print(f"{'':>5} {'':>13} cpu-fused / fastest peer ({fastest}): {ratio:.2f}× samples/s "
-                  f"({quartiles[0]:.2f}–{quartiles[1]:.2f})")
-        print(f"{'':>5} {'':>13} params {size['params']:,}, memory {size['bytes_total'] / 2**20:.1f} MiB"
-              f" (params+grads+Adam {16 * size['params'] / 2**20:.1f}, activations "
-              f"{size['bytes_activations'] / 2**20:.1f}), {size['flops_per_step'] / 1e9:.2f} GFLOP/step")
+            config.setdefault("vs_fastest_peer", {})[str(Z)] = {"peer": fastest, "ratio": ratio, "quartiles": quartiles}
+            print(
+                f"{'':>5} {'':>13} cpu-fused / fastest peer ({fastest}): {ratio:.2f}× samples/s "
+                f"({quartiles[0]:.2f}–{quartiles[1]:.2f})"
+            )
+        print(
+            f"{'':>5} {'':>13} params {size['params']:,}, memory {size['bytes_total'] / 2**20:.1f} MiB"
+            f" (params+grads+Adam {16 * size['params'] / 2**20:.1f}, activations "
+            f"{size['bytes_activations'] / 2**20:.1f}), {size['flops_per_step'] / 1e9:.2f} GFLOP/step"
+        )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

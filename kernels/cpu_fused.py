@@ -50,8 +50,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import njit, prange
 from numba.core import types
@@ -75,6 +75,7 @@ _2 = np.float32(2.0)
 @intrinsic
 def _float_bits(typingctx, x):
     """The bits of a float32 as an int32 (a reinterpretation, not a conversion)."""
+
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.IntType(32))
 
@@ -84,6 +85,7 @@ def _float_bits(typingctx, x):
 @intrinsic
 def _bits_float(typingctx, i):
     """The float32 whose bits are the int32 i."""
+
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
 
@@ -99,8 +101,10 @@ def _pow2(n):
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = hi + lo, hi exact
 _EXP_MIN, _EXP_MAX = np.float32(-103.0), np.float32(88.8)  # e^x is a float32 > 0 in between
-_EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                                       4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+_EXP_P = tuple(
+    np.float32(c)
+    for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+)
 _INF = np.float32(np.inf)
 
 
@@ -147,6 +151,7 @@ def log1p32(e):
     for c in _LOG1P_C[1:]:
         q = q * w + c
     return s * q
+
 
 # --------------------------------------------------------------------------------------------
 # Dense layers: bias + activation forward, activation backward, bias gradient
@@ -320,6 +325,7 @@ def bernoulli_nll_parallel_kernel(a, x, scale, loss, da):
 # Adam over the flat parameter buffer
 # --------------------------------------------------------------------------------------------
 
+
 @njit(cache=True, error_model="numpy", fastmath=_FMA)
 def adam_kernel(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, c1, c2):
     """One Adam step in place over flat buffers (P,) (see :mod:`minivae.optim`):
@@ -351,8 +357,7 @@ def adam_parallel_kernel(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps
     P = p.shape[0]
     for s in prange((P + _CHUNK - 1) // _CHUNK):
         k0, k1 = s * _CHUNK, min(P, (s + 1) * _CHUNK)
-        adam_kernel(p[k0:k1], g[k0:k1], m[k0:k1], v[k0:k1], lr, b1, one_minus_b1, b2, one_minus_b2,
-                    eps, c1, c2)
+        adam_kernel(p[k0:k1], g[k0:k1], m[k0:k1], v[k0:k1], lr, b1, one_minus_b1, b2, one_minus_b2, eps, c1, c2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,8 +381,12 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
     for _ in range(10):
         p0 = np.uint64(c0) * _M0  # M₀ · c₀, exact in 64 bits
         p1 = np.uint64(c2) * _M1
-        c0, c1, c2, c3 = (np.uint32(np.uint32(p1 >> _32) ^ c1 ^ k0), np.uint32(p1),
-                          np.uint32(np.uint32(p0 >> _32) ^ c3 ^ k1), np.uint32(p0))
+        c0, c1, c2, c3 = (
+            np.uint32(np.uint32(p1 >> _32) ^ c1 ^ k0),
+            np.uint32(p1),
+            np.uint32(np.uint32(p0 >> _32) ^ c3 ^ k1),
+            np.uint32(p0),
+        )
         k0, k1 = np.uint32(k0 + _W0), np.uint32(k1 + _W1)
     return c0, c1, c2, c3
 
@@ -465,7 +474,7 @@ def standard_normal_kernel(k0, k1, out):
     n = out.shape[0]
     n4 = (n + 3) // 4
     full = max(n - 3 * n4, 0)  # blocks with all four numbers in range
-    _normal_quarters(k0, k1, out[:n4], out[n4:2 * n4], out[2 * n4:3 * n4], out[3 * n4:])
+    _normal_quarters(k0, k1, out[:n4], out[n4 : 2 * n4], out[2 * n4 : 3 * n4], out[3 * n4 :])
     for i in range(full, n4):
         w0, w1, w2, w3 = philox4x32(np.uint32(i), np.uint32(0), np.uint32(0), np.uint32(0), k0, k1)
         a, b = box_muller32(w0, w1)
@@ -481,6 +490,7 @@ def standard_normal_kernel(k0, k1, out):
 # The ops object
 # --------------------------------------------------------------------------------------------
 
+
 def _check(op, **arrays):
     """Refuse what would make a kernel read or write out of bounds: ``arrays`` maps each argument's
     name to (array, expected shape); every one must be C-contiguous float32 of exactly that shape.
@@ -489,8 +499,7 @@ def _check(op, **arrays):
         if getattr(a, "dtype", None) != np.float32 or not a.flags.c_contiguous or a.shape != shape:
             got = f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}"
             layout = "" if not hasattr(a, "flags") or a.flags.c_contiguous else ", not C-contiguous"
-            raise ValueError(f"{op}: {name} must be a C-contiguous float32 array of shape {shape}, "
-                             f"got {got}{layout}")
+            raise ValueError(f"{op}: {name} must be a C-contiguous float32 array of shape {shape}, got {got}{layout}")
 
 
 def _shape2(a, op, name):
@@ -550,8 +559,7 @@ class CpuFusedOps(HostMemory):
 
     def reparam_kl_backward(self, dz, h, eps, c, dh):
         B, Z = _shape2(dz, "reparam_kl_backward", "dz")
-        _check("reparam_kl_backward", dz=(dz, (B, Z)), h=(h, (B, 2 * Z)), eps=(eps, (B, Z)),
-               dh=(dh, (B, 2 * Z)))
+        _check("reparam_kl_backward", dz=(dz, (B, Z)), h=(h, (B, 2 * Z)), eps=(eps, (B, Z)), dh=(dh, (B, 2 * Z)))
         reparam_kl_backward_kernel(dz, h, eps, np.float32(c), dh)
 
     def bernoulli_nll(self, a, x, scale, loss, da):

@@ -53,7 +53,7 @@ class FlatParams(dict):
 
     def __init__(self, flat, ops, layout):
         self.flat, self.ops, self.layout = flat, ops, layout
-        super().__init__((k, flat[o:o + size].reshape(shape)) for k, o, size, shape in layout)
+        super().__init__((k, flat[o : o + size].reshape(shape)) for k, o, size, shape in layout)
 
     def views(self, buf):
         return FlatParams(buf, self.ops, self.layout)
@@ -138,8 +138,9 @@ class Engine:
     def _convert(self, a):
         """A device array of another dtype or layout as a C-contiguous one of ours."""
         if not hasattr(a, "astype"):
-            raise ValueError(f"expected a C-contiguous {self.dtype.name} array, got {type(a).__name__} "
-                             f"of {np.dtype(a.dtype).name}")
+            raise ValueError(
+                f"expected a C-contiguous {self.dtype.name} array, got {type(a).__name__} of {np.dtype(a.dtype).name}"
+            )
         return a.astype(self.dtype, order="C")
 
     def _mlp_forward(self, layers, h, ys):
@@ -248,7 +249,7 @@ class Engine:
         h = self.ops.to_host(self._run(self.enc_layers, self._input("x", x, self.D, unit=True)))  # (B, 2Z); AE: (B, Z)
         if not self.variational:
             return h, None  # the autoencoder's code is a point
-        return h[:, :self.Z], h[:, self.Z:]
+        return h[:, : self.Z], h[:, self.Z :]
 
     def decode_logits(self, z):
         """The decoder's logits as a host array.     z: (B, Z) → (B, D)"""

@@ -75,10 +75,21 @@ class FastModel:
 class FastVAE(FastModel, VAE):
     """:class:`minivae.VAE` on a fast backend (same arguments, same API)."""
 
-    def __init__(self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32",
-                 beta=1.0, activation="relu", backend="auto", ops=None):
-        reference = VAE(data_dim, latent, hidden, seed=seed, dtype=dtype, beta=beta,
-                        activation=activation, backend="numpy")
+    def __init__(
+        self,
+        data_dim=784,
+        latent=20,
+        hidden=(512,),
+        seed=0,
+        dtype="float32",
+        beta=1.0,
+        activation="relu",
+        backend="auto",
+        ops=None,
+    ):
+        reference = VAE(
+            data_dim, latent, hidden, seed=seed, dtype=dtype, beta=beta, activation=activation, backend="numpy"
+        )
         self.seed = reference.seed
         self._take(reference, backend, ops)
 
@@ -86,10 +97,18 @@ class FastVAE(FastModel, VAE):
 class FastAE(FastModel, AE):
     """:class:`minivae.ae.AE` on a fast backend (same arguments, same API)."""
 
-    def __init__(self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32",
-                 activation="relu", backend="auto", ops=None):
-        reference = AE(data_dim, latent, hidden, seed=seed, dtype=dtype, activation=activation,
-                       backend="numpy")
+    def __init__(
+        self,
+        data_dim=784,
+        latent=20,
+        hidden=(512,),
+        seed=0,
+        dtype="float32",
+        activation="relu",
+        backend="auto",
+        ops=None,
+    ):
+        reference = AE(data_dim, latent, hidden, seed=seed, dtype=dtype, activation=activation, backend="numpy")
         self._take(reference, backend, ops)
 
 
@@ -121,11 +140,17 @@ class FastAdam(Adam):
         if g is None:
             return super().step(grads)  # the reference update, on the views
         # One kernel over P numbers: the buffers must have our layout (O(1) checks).
-        if getattr(grads, "layout", None) != self.params.layout or g.shape != self.flat.shape \
-                or g.dtype != self.flat.dtype or not g.flags.c_contiguous:
-            raise ValueError(f"grads must have the layout of the parameters: a contiguous "
-                             f"{self.flat.dtype} buffer of shape {self.flat.shape}, got "
-                             f"{g.dtype} {g.shape}")
+        if (
+            getattr(grads, "layout", None) != self.params.layout
+            or g.shape != self.flat.shape
+            or g.dtype != self.flat.dtype
+            or not g.flags.c_contiguous
+        ):
+            raise ValueError(
+                f"grads must have the layout of the parameters: a contiguous "
+                f"{self.flat.dtype} buffer of shape {self.flat.shape}, got "
+                f"{g.dtype} {g.shape}"
+            )
         self.t += 1
         c1 = 1 - self.b1**self.t
         c2 = 1 - self.b2**self.t
@@ -145,4 +170,3 @@ class FastAdam(Adam):
         for k in self.params:
             self.m[k][...] = to_device(moments["m." + k])
             self.v[k][...] = to_device(moments["v." + k])
-

@@ -258,8 +258,7 @@ def ukernel_fma(typingctx, kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
     for arr in (Ap, Bp, c):
         if arr != _F32:
             return None
-    sig = types.void(types.intp, _F32, types.intp, _F32, types.intp, _F32, types.intp, types.intp,
-                     types.intp)
+    sig = types.void(types.intp, _F32, types.intp, _F32, types.intp, _F32, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
         kc_v, ap_v, aoff_v, bp_v, boff_v, c_v, coff_v, ldc_v, add_v = args
@@ -280,7 +279,8 @@ def ukernel_fma(typingctx, kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
         undef = ir.Constant(v8, ir.Undefined)
         splat = ir.Constant(ir.VectorType(i32, _VEC), [ir.Constant(i32, 0)] * _VEC)
         fma = cgutils.get_or_insert_function(  # x·y + z per lane, rounded once
-            builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32")
+            builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32"
+        )
         with cgutils.for_range(builder, kc_v, intp=intp) as loop:
             pa = builder.gep(pa0, [builder.mul(loop.index, ir.Constant(intp, MR))])
             pb = builder.gep(pb0, [builder.mul(loop.index, ir.Constant(intp, NR))])
@@ -288,8 +288,9 @@ def ukernel_fma(typingctx, kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
             b_hi = builder.load(builder.bitcast(builder.gep(pb, [ir.Constant(intp, _VEC)]), v8p), align=4)
             for r in range(MR):
                 ar = builder.load(builder.gep(pa, [ir.Constant(intp, r)]))
-                av = builder.shuffle_vector(builder.insert_element(undef, ar, ir.Constant(i32, 0)),
-                                            undef, splat)  # ar in all eight lanes
+                av = builder.shuffle_vector(
+                    builder.insert_element(undef, ar, ir.Constant(i32, 0)), undef, splat
+                )  # ar in all eight lanes
                 for h, bv in enumerate((b_lo, b_hi)):
                     slot = accs[2 * r + h]
                     builder.store(builder.call(fma, [av, bv, builder.load(slot)]), slot)
@@ -342,19 +343,27 @@ def epilogue_tile(out, tile, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
                       1 − β₂, ε, c1, c2] in float32, the arithmetic of cpu_fused.adam_kernel)
     """
     if epi == EPI_ADAM:
-        lr, b1, omb1, b2, omb2, eps, c1, c2 = (hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
-                                               hyper[5], hyper[6], hyper[7])
+        lr, b1, omb1, b2, omb2, eps, c1, c2 = (
+            hyper[0],
+            hyper[1],
+            hyper[2],
+            hyper[3],
+            hyper[4],
+            hyper[5],
+            hyper[6],
+            hyper[7],
+        )
         for r in range(mr):  # one row at a time, on 1-D views: LLVM vectorizes this loop
-            g, p = tile[r * NR:r * NR + nr], out[i0 + r, j0:j0 + nr]
-            mr_, vr_ = m[i0 + r, j0:j0 + nr], v[i0 + r, j0:j0 + nr]
+            g, p = tile[r * NR : r * NR + nr], out[i0 + r, j0 : j0 + nr]
+            mr_, vr_ = m[i0 + r, j0 : j0 + nr], v[i0 + r, j0 : j0 + nr]
             if nr == NR:  # a whole row of the tile: a trip count of 16 known to LLVM, 2 × 8 lanes
                 _adam_row(p, g, mr_, vr_, NR, lr, b1, omb1, b2, omb2, eps, c1, c2)
             else:
                 _adam_row(p, g, mr_, vr_, nr, lr, b1, omb1, b2, omb2, eps, c1, c2)
         return
-    bias_cols = bias[j0:j0 + nr] if epi == EPI_BIAS_ACT else bias[:0]
+    bias_cols = bias[j0 : j0 + nr] if epi == EPI_BIAS_ACT else bias[:0]
     for r in range(mr):
-        t, o = tile[r * NR:r * NR + nr], out[i0 + r, j0:j0 + nr]
+        t, o = tile[r * NR : r * NR + nr], out[i0 + r, j0 : j0 + nr]
         for j in range(nr):
             s = t[j]
             if add:
@@ -374,8 +383,7 @@ def epilogue_tile(out, tile, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
 
 
 @njit(cache=True, error_model="numpy")
-def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma, epi, act, bias, m, v,
-                 hyper, colsum):
+def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma, epi, act, bias, m, v, hyper, colsum):
     """out[i_lo:i_hi, j_lo:j_hi] = (op(a) · op(b))[i_lo:i_hi, j_lo:j_hi] with the five loops of the
     module docstring. Ap (MC·KC,), Bp (KC·NC,), tile (2·MR·NR,): float32 work buffers. ``fma``
     picks the micro-kernel: the vector one (v3) or the plain loops (v2).
@@ -389,8 +397,8 @@ def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma, e
     K = a.shape[0] if ta else a.shape[1]
     ldc = out.shape[1]
     cf = out.reshape(-1)  # out is C-contiguous: a flat view of the same memory
-    scratch = tile[:MR * NR]  # a micro-tile on its way to an epilogue or past the edge of out
-    acc = tile[MR * NR:]  # the accumulators of the plain-loop micro-kernel
+    scratch = tile[: MR * NR]  # a micro-tile on its way to an epilogue or past the edge of out
+    acc = tile[MR * NR :]  # the accumulators of the plain-loop micro-kernel
     if K == 0:
         for i in range(i_lo, i_hi):
             for j in range(j_lo, j_hi):
@@ -425,8 +433,7 @@ def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma, e
                         else:
                             ukernel_loops(kc, Ap, ir * kc, Bp, jr * kc, c, c_off, ld, add_c, acc)
                         if not direct:  # from the scratch tile, through the epilogue
-                            epilogue_tile(out, scratch, ic + ir, jc + jr, mr, nr, add, tile_epi, act,
-                                          bias, m, v, hyper)
+                            epilogue_tile(out, scratch, ic + ir, jc + jr, mr, nr, add, tile_epi, act, bias, m, v, hyper)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,8 +456,9 @@ def gemm_parallel(a, b, out, ta, tb, Ap, Bp, tile, epi, act, bias, m, v, hyper, 
             j0 = min(N, t * width)
             j1 = min(N, j0 + width)
             if j0 < j1:
-                gemm_blocked(a, b, out, ta, tb, 0, M, j0, j1, Ap[t], Bp[t], tile[t], True, epi, act,
-                             bias, m, v, hyper, colsum)
+                gemm_blocked(
+                    a, b, out, ta, tb, 0, M, j0, j1, Ap[t], Bp[t], tile[t], True, epi, act, bias, m, v, hyper, colsum
+                )
     else:
         height = (M + T - 1) // T
         height = (height + MR - 1) // MR * MR
@@ -458,8 +466,28 @@ def gemm_parallel(a, b, out, ta, tb, Ap, Bp, tile, epi, act, bias, m, v, hyper, 
             i0 = min(M, t * height)
             i1 = min(M, i0 + height)
             if i0 < i1:
-                gemm_blocked(a, b, out, ta, tb, i0, i1, 0, N, Ap[t], Bp[t], tile[t], True, epi, act,
-                             bias, m, v, hyper, colsum if t == 0 else colsum[:0])
+                gemm_blocked(
+                    a,
+                    b,
+                    out,
+                    ta,
+                    tb,
+                    i0,
+                    i1,
+                    0,
+                    N,
+                    Ap[t],
+                    Bp[t],
+                    tile[t],
+                    True,
+                    epi,
+                    act,
+                    bias,
+                    m,
+                    v,
+                    hyper,
+                    colsum if t == 0 else colsum[:0],
+                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,9 +502,11 @@ _NONE2 = np.zeros((0, 0), np.float32)
 def work_buffers(threads):
     """The packed buffers of ``threads`` threads: Ap (T, MC·KC), Bp (T, KC·NC), tile (T, 2·MR·NR)."""
     if threads not in _WORK:
-        _WORK[threads] = (np.zeros((threads, MC * KC), np.float32),
-                          np.zeros((threads, KC * NC), np.float32),
-                          np.zeros((threads, 2 * MR * NR), np.float32))
+        _WORK[threads] = (
+            np.zeros((threads, MC * KC), np.float32),
+            np.zeros((threads, KC * NC), np.float32),
+            np.zeros((threads, 2 * MR * NR), np.float32),
+        )
     return _WORK[threads]
 
 
@@ -491,8 +521,7 @@ def matmul(a, b, out, ta=False, tb=False, version=4):
         matmul_v1_kernel(a, b, out, ta, tb)
     elif version in (2, 3):
         Ap, Bp, tile = work_buffers(1)
-        gemm_blocked(a, b, out, ta, tb, 0, out.shape[0], 0, out.shape[1], Ap[0], Bp[0], tile[0],
-                     version == 3, *plain)
+        gemm_blocked(a, b, out, ta, tb, 0, out.shape[0], 0, out.shape[1], Ap[0], Bp[0], tile[0], version == 3, *plain)
     elif version == 4:
         gemm_parallel(a, b, out, ta, tb, *work_buffers(numba.get_num_threads()), *plain)
     else:
@@ -516,16 +545,37 @@ def matmul_bias_act(a, b, bias, act, out, ta=False, tb=False):
         raise ValueError(f"matmul_bias_act: act must be one of {', '.join(ACT_CODES)}, not {act!r}")
     if K == 0:
         raise ValueError("matmul_bias_act: the inner dimension K must be at least 1")
-    gemm_parallel(a, b, out, bool(ta), bool(tb), *work_buffers(numba.get_num_threads()), EPI_BIAS_ACT,
-                  ACT_CODES[act], bias, _NONE2, _NONE2, _NONE1, _NONE1)
+    gemm_parallel(
+        a,
+        b,
+        out,
+        bool(ta),
+        bool(tb),
+        *work_buffers(numba.get_num_threads()),
+        EPI_BIAS_ACT,
+        ACT_CODES[act],
+        bias,
+        _NONE2,
+        _NONE2,
+        _NONE1,
+        _NONE1,
+    )
     return out
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"})
 def _adam_vector(p, g, m, v, hyper):
     """Adam on a 1-D parameter (the bias) with the hyper-parameters of :func:`epilogue_tile`."""
-    lr, b1, omb1, b2, omb2, eps, c1, c2 = (hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
-                                           hyper[5], hyper[6], hyper[7])
+    lr, b1, omb1, b2, omb2, eps, c1, c2 = (
+        hyper[0],
+        hyper[1],
+        hyper[2],
+        hyper[3],
+        hyper[4],
+        hyper[5],
+        hyper[6],
+        hyper[7],
+    )
     for k in range(p.shape[0]):
         gk = g[k]
         mk = b1 * m[k] + omb1 * gk
@@ -551,16 +601,16 @@ def weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, lr, b1, b2, eps, c1, c2, db
     if not 1 <= K <= KC:
         raise ValueError(f"weight_grad_adam: the batch must be 1 … {KC} rows, got {K}")
     for name, arr in (("mW", mW), ("vW", vW)):
-        if not (isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.shape == W.shape
-                and arr.flags.c_contiguous):
+        if not (
+            isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.shape == W.shape and arr.flags.c_contiguous
+        ):
             raise ValueError(f"weight_grad_adam: {name} must be a C-contiguous float32 array like W {W.shape}")
     for name, arr in (("bias", bias), ("mb", mb), ("vb", vb), ("db", db)):
         _vector(f"weight_grad_adam: {name}", arr, N)
     f = np.float32
     hyper = np.array([lr, b1, 1 - b1, b2, 1 - b2, eps, c1, c2], np.float64).astype(f)
     db[...] = 0
-    gemm_parallel(x, dy, W, True, False, *work_buffers(numba.get_num_threads()), EPI_ADAM, 0, _NONE1,
-                  mW, vW, hyper, db)
+    gemm_parallel(x, dy, W, True, False, *work_buffers(numba.get_num_threads()), EPI_ADAM, 0, _NONE1, mW, vW, hyper, db)
     _adam_vector(bias, db, mb, vb, hyper)
     return db
 
@@ -571,17 +621,17 @@ def step_shapes(Z, B=128, H=512, D=784):
     gradients (a·bᵀ; the data input needs none). At Z = 1000 these are
     :data:`kernels.numba_cuda.matmul.STEP_SHAPES`."""
     return (
-        (B, D, H, False, False),      # encoder hidden:  x · W1
+        (B, D, H, False, False),  # encoder hidden:  x · W1
         (B, H, 2 * Z, False, False),  # encoder head:    h · W2 → [μ | log σ²]
-        (B, Z, H, False, False),      # decoder hidden:  z · W3
-        (B, H, D, False, False),      # decoder logits:  h · W4
-        (H, B, D, True, False),       # dW4 = hᵀ · da
-        (B, D, H, False, True),       # dh  = da · W4ᵀ
-        (Z, B, H, True, False),       # dW3 = zᵀ · dh
-        (B, H, Z, False, True),       # dz  = dh · W3ᵀ
-        (H, B, 2 * Z, True, False),   # dW2 = hᵀ · d[μ | log σ²]
-        (B, 2 * Z, H, False, True),   # dh  = d[μ | log σ²] · W2ᵀ
-        (D, B, H, True, False),       # dW1 = xᵀ · dh
+        (B, Z, H, False, False),  # decoder hidden:  z · W3
+        (B, H, D, False, False),  # decoder logits:  h · W4
+        (H, B, D, True, False),  # dW4 = hᵀ · da
+        (B, D, H, False, True),  # dh  = da · W4ᵀ
+        (Z, B, H, True, False),  # dW3 = zᵀ · dh
+        (B, H, Z, False, True),  # dz  = dh · W3ᵀ
+        (H, B, 2 * Z, True, False),  # dW2 = hᵀ · d[μ | log σ²]
+        (B, 2 * Z, H, False, True),  # dh  = d[μ | log σ²] · W2ᵀ
+        (D, B, H, True, False),  # dW1 = xᵀ · dh
     )
 
 
@@ -591,8 +641,7 @@ def step_shapes(Z, B=128, H=512, D=784):
 
 # Ragged cases (M, K, N): none a multiple of MR, NR, MC or KC; tiles cut on every side, several
 # KC blocks (K = 600: 256 + 256 + 88), several MC blocks (M = 300: 144 + 144 + 12), a K of 0 and 1.
-CHECK_CASES = ((1, 1, 1), (5, 7, 3), (6, 16, 16), (7, 3, 17), (13, 29, 35), (300, 37, 50),
-               (20, 600, 33), (1, 0, 4))
+CHECK_CASES = ((1, 1, 1), (5, 7, 3), (6, 16, 16), (7, 3, 17), (13, 29, 35), (300, 37, 50), (20, 600, 33), (1, 0, 4))
 
 
 def check(versions=None, cases=CHECK_CASES, seed=0):
@@ -612,21 +661,24 @@ def check(versions=None, cases=CHECK_CASES, seed=0):
                 ref = matmul_ref(a.astype(np.float64), b.astype(np.float64), ta, tb)
                 err = np.abs(out - ref) - (1e-4 * max(K, 1) ** 0.5 + 1e-4 * np.abs(ref))
                 if not np.all(err <= 0):  # also catches NaN
-                    raise AssertionError(f"gemm_cpu v{v} ta={ta} tb={tb} {M}×{K}·{K}×{N}: "
-                                         f"{int(np.sum(~(err <= 0)))} of {err.size} elements off")
+                    raise AssertionError(
+                        f"gemm_cpu v{v} ta={ta} tb={tb} {M}×{K}·{K}×{N}: "
+                        f"{int(np.sum(~(err <= 0)))} of {err.size} elements off"
+                    )
 
 
 def micro_kernel_asm(version=3):
     """The assembly of the micro-kernel of v3 (``ukernel_fma``) or v2 (``ukernel_loops``), as text.
     Compiled afresh, without the on-disk cache (Numba shows no assembly for cached code)."""
     if version == 3:
+
         def ukernel(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add, acc):
             ukernel_fma(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add)
     else:
         ukernel = ukernel_loops.py_func
     f = njit(error_model="numpy", fastmath=_FMA)(ukernel)
     buf = np.zeros(MR * NR * 4, np.float32)
-    f(4, buf, 0, buf, 0, buf, 0, NR, 0, buf[:MR * NR])
+    f(4, buf, 0, buf, 0, buf, 0, NR, 0, buf[: MR * NR])
     return f.inspect_asm(f.signatures[0])
 
 
@@ -644,14 +696,21 @@ def main(argv=None):
         print("usage: python -m kernels.gemm_cpu [--asm]", file=sys.stderr)
         sys.exit(2)
     check()
-    print(f"gemm_cpu: versions {sorted(VERSIONS)} match the reference on {len(CHECK_CASES)} ragged "
-          f"shapes × 4 transpose modes")
+    print(
+        f"gemm_cpu: versions {sorted(VERSIONS)} match the reference on {len(CHECK_CASES)} ragged "
+        f"shapes × 4 transpose modes"
+    )
     if "--asm" in argv:
         for v in (2, 3):
             print(f"v{v} micro-kernel, instruction lines:", count_instructions(micro_kernel_asm(v)))
         print("v3, the FMAs and their loads:")
-        print("\n".join(ln for ln in micro_kernel_asm(3).splitlines()
-                        if any(n in ln for n in ("vfmadd", "vbroadcastss", "vmovups"))))
+        print(
+            "\n".join(
+                ln
+                for ln in micro_kernel_asm(3).splitlines()
+                if any(n in ln for n in ("vfmadd", "vbroadcastss", "vmovups"))
+            )
+        )
 
 
 if __name__ == "__main__":

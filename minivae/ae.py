@@ -21,14 +21,15 @@ import numpy as np
 from minivae import checks, losses
 from minivae.backend import model_class, resolve
 from minivae.layers import ACTIVATIONS
-from minivae.vae import mlp_backward, mlp_forward, build_mlps, sizes
+from minivae.vae import build_mlps, mlp_backward, mlp_forward, sizes
 
 
 class AE:
     """Deterministic autoencoder with the API of :class:`minivae.VAE` where it applies."""
 
-    def __init__(self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32",
-                 activation="relu", backend="numpy"):
+    def __init__(
+        self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32", activation="relu", backend="numpy"
+    ):
         data_dim, latent, hidden, self.dtype = sizes(data_dim, latent, hidden, dtype)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: choose from {sorted(ACTIVATIONS)}")
@@ -39,7 +40,8 @@ class AE:
         self.activation = activation
         act = ACTIVATIONS[activation]
         self.encoder, self.decoder, self.layer_names, self.params = build_mlps(
-            data_dim, latent, latent, hidden, act, init_rng, self.dtype)  # code z: Z outputs, no σ
+            data_dim, latent, latent, hidden, act, init_rng, self.dtype
+        )  # code z: Z outputs, no σ
         self._cache = None
         self.last = {}
         self.backend = resolve(backend, self.dtype)  # "numpy": a fast name gives the sibling below

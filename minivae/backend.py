@@ -108,8 +108,10 @@ def create_ops(name, dtype):
     dtype = np.dtype(dtype)
     allowed = _DTYPES.get(name)
     if allowed is not None and dtype not in allowed:
-        raise ValueError(f"backend {name!r} supports only {', '.join(np.dtype(d).name for d in allowed)}, "
-                         f"not {dtype.name}: use backend='numpy' for {dtype.name}")
+        raise ValueError(
+            f"backend {name!r} supports only {', '.join(np.dtype(d).name for d in allowed)}, "
+            f"not {dtype.name}: use backend='numpy' for {dtype.name}"
+        )
     if name == "cupy" and not _cupy_gpu_usable():
         raise RuntimeError("backend 'cupy' needs CuPy and a usable CUDA GPU; none was found")
     if name == "numba-cuda" and not _numba_cuda_usable():

@@ -32,8 +32,9 @@ def real(name, value, low=None, high=None, low_open=False, high_open=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     value = float(value)
-    if (low is not None and (value < low or (low_open and value == low))) or \
-            (high is not None and (value > high or (high_open and value == high))):
+    if (low is not None and (value < low or (low_open and value == low))) or (
+        high is not None and (value > high or (high_open and value == high))
+    ):
         lo = "-∞" if low is None else f"{low:g}"
         hi = "∞" if high is None else f"{high:g}"
         interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
@@ -58,8 +59,7 @@ def array(name, a, shape, dtype, xp_convert=None):
         raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
     got = tuple(a.shape)
     if len(got) != len(shape):
-        raise ValueError(f"{name} must be a {len(shape)}-D array of shape {_shape(shape)}, "
-                         f"got shape {got}")
+        raise ValueError(f"{name} must be a {len(shape)}-D array of shape {_shape(shape)}, got shape {got}")
     for g, want in zip(got, shape):
         if (want is None and g < 1) or (want is not None and g != want):
             if want is None:
@@ -69,9 +69,11 @@ def array(name, a, shape, dtype, xp_convert=None):
         return np.ascontiguousarray(a, dtype=dtype)  # the same array when it already is
     if a.dtype != dtype or not a.flags.c_contiguous:
         if xp_convert is None:
-            raise ValueError(f"{name} must be a C-contiguous {np.dtype(dtype).name} array, "
-                             f"got {np.dtype(a.dtype).name}"
-                             f"{'' if a.flags.c_contiguous else ', not C-contiguous'}")
+            raise ValueError(
+                f"{name} must be a C-contiguous {np.dtype(dtype).name} array, "
+                f"got {np.dtype(a.dtype).name}"
+                f"{'' if a.flags.c_contiguous else ', not C-contiguous'}"
+            )
         a = xp_convert(a)
     return a
 
@@ -94,8 +96,7 @@ def batch(name, a, width, dtype, unit=False, B=None, xp_convert=None):
     values = a if hasattr(a, "min") else a.copy_to_host()  # a Numba device array has no min()
     lo, hi = float(values.min()), float(values.max())  # NaN makes both comparisons below False
     if unit and not (lo >= 0.0 and hi <= 1.0):
-        raise ValueError(f"{name} must hold values in [0, 1] (pixel probabilities), "
-                         f"got values from {lo:g} to {hi:g}")
+        raise ValueError(f"{name} must hold values in [0, 1] (pixel probabilities), got values from {lo:g} to {hi:g}")
     if not unit and not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} must hold finite numbers, got values from {lo:g} to {hi:g}")
     return a
@@ -105,14 +106,15 @@ def params(name, values, like, finite=True):
     """Check a dict ``values`` against the parameter arrays ``like`` (same keys, exact shapes,
     real dtypes, finite numbers when ``finite``); returns it as a plain dict."""
     if not hasattr(values, "keys"):
-        raise ValueError(f"{name} must be a dict of arrays keyed like the parameters, "
-                         f"got {type(values).__name__}")
+        raise ValueError(f"{name} must be a dict of arrays keyed like the parameters, got {type(values).__name__}")
     missing = [k for k in like if k not in values]
     extra = [k for k in values if k not in like]
     if missing or extra:
-        what = (f"lacks {', '.join(missing[:3])}" if missing else "") + \
-               ("; " if missing and extra else "") + \
-               (f"has unknown {', '.join(map(str, extra[:3]))}" if extra else "")
+        what = (
+            (f"lacks {', '.join(missing[:3])}" if missing else "")
+            + ("; " if missing and extra else "")
+            + (f"has unknown {', '.join(map(str, extra[:3]))}" if extra else "")
+        )
         raise ValueError(f"{name} {what}{' …' if len(missing) > 3 or len(extra) > 3 else ''}")
     out = {}
     for k, p in like.items():

@@ -90,25 +90,51 @@ def add_training_options(p, epochs, iw_samples):
     default K of the log-likelihood estimate."""
     from minivae.backend import BACKENDS
 
-    p.add_argument("--hidden", type=widths, default=(512,), metavar="H1,H2",
-                   help="hidden widths of the encoder; the decoder mirrors them (default 512)")
-    p.add_argument("--epochs", type=non_negative_int, default=None,
-                   help=f"passes over the training digits (default {epochs})")
+    p.add_argument(
+        "--hidden",
+        type=widths,
+        default=(512,),
+        metavar="H1,H2",
+        help="hidden widths of the encoder; the decoder mirrors them (default 512)",
+    )
+    p.add_argument(
+        "--epochs", type=non_negative_int, default=None, help=f"passes over the training digits (default {epochs})"
+    )
     p.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size B (default 128)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=non_negative_int, default=0,
-                   help="seeds weights, noise, data order (default 0)")
-    p.add_argument("--binarize", choices=("dynamic", "static", "none"), default="dynamic",
-                   help="pixels as Bernoulli draws: fresh each epoch (dynamic, default), "
-                        "one fixed draw (static), or grey levels (none)")
-    p.add_argument("--data-dir", type=path, default=None,
-                   help="a folder of MNIST IDX files to use instead of the download cache (default: the cache)")
-    p.add_argument("--limit", type=positive_int, default=None,
-                   help="use the first N training digits (default: all)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="implementation of the step (default auto: the fastest usable)")
-    p.add_argument("--iw-samples", type=positive_int, default=iw_samples, metavar="K",
-                   help=f"importance samples for the final log-likelihood estimate (default {iw_samples})")
-    p.add_argument("--iw-examples", type=positive_int, default=1000, metavar="N",
-                   help="test digits the log-likelihood estimate averages over (default 1000)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds weights, noise, data order (default 0)")
+    p.add_argument(
+        "--binarize",
+        choices=("dynamic", "static", "none"),
+        default="dynamic",
+        help="pixels as Bernoulli draws: fresh each epoch (dynamic, default), "
+        "one fixed draw (static), or grey levels (none)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=path,
+        default=None,
+        help="a folder of MNIST IDX files to use instead of the download cache (default: the cache)",
+    )
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits (default: all)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="implementation of the step (default auto: the fastest usable)",
+    )
+    p.add_argument(
+        "--iw-samples",
+        type=positive_int,
+        default=iw_samples,
+        metavar="K",
+        help=f"importance samples for the final log-likelihood estimate (default {iw_samples})",
+    )
+    p.add_argument(
+        "--iw-examples",
+        type=positive_int,
+        default=1000,
+        metavar="N",
+        help="test digits the log-likelihood estimate averages over (default 1000)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")

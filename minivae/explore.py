@@ -49,18 +49,30 @@ TEMPERATURES = (0.5, 0.8, 1.0)
 TRAVERSAL_T = np.linspace(-3.0, 3.0, 11)  # t in units of √λ
 INTERPOLATION_T = np.linspace(0.0, 1.0, 10)
 N_DIRECTIONS, N_PAIRS, MANIFOLD_N = 8, 8, 20
+
+
 def parse_args(argv=None):
     from minivae.backend import BACKENDS
 
-    p = cli.Parser(prog=cli.program("minivae.explore", "minivae-explore"),
-                description="Figures of a trained model's latent space: samples by temperature, "
-                            "interpolations, traversals of its principal directions, a map of the "
-                            "test digits' codes (and for Z = 2 the decoded manifold).")
-    p.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR",
-                   help="a folder written by python -m minivae.train (config.json, checkpoint.npz)")
+    p = cli.Parser(
+        prog=cli.program("minivae.explore", "minivae-explore"),
+        description="Figures of a trained model's latent space: samples by temperature, "
+        "interpolations, traversals of its principal directions, a map of the "
+        "test digits' codes (and for Z = 2 the decoded manifold).",
+    )
+    p.add_argument(
+        "run_dir",
+        type=pathlib.Path,
+        metavar="RUN_DIR",
+        help="a folder written by python -m minivae.train (config.json, checkpoint.npz)",
+    )
     p.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default RUN_DIR/explore)")
-    p.add_argument("--data-dir", type=pathlib.Path, default=None,
-                   help="a folder of MNIST IDX files with the test digits (default: the run's own data)")
+    p.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        default=None,
+        help="a folder of MNIST IDX files with the test digits (default: the run's own data)",
+    )
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend of the model (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seeds the samples and the pairs of digits (default 0)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -186,8 +198,12 @@ def run(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
         try:
-            data = load_mnist(data_dir, config.get("limit"), seed=config.get("seed", 0),
-                              progress=not args.quiet and sys.stderr.isatty())
+            data = load_mnist(
+                data_dir,
+                config.get("limit"),
+                seed=config.get("seed", 0),
+                progress=not args.quiet and sys.stderr.isatty(),
+            )
         except (DataError, ValueError, TypeError) as e:
             hint = " (the run's data folder; pass --data-dir)" if args.data_dir is None and data_dir else ""
             raise UsageError(f"{e}{hint}") from None
@@ -198,37 +214,54 @@ def run(args):
     from minivae import plots
 
     Z = vae.latent
-    _say(args.quiet, f"data: {data.source}",
-         f"model: {args.run_dir} (Z={Z}, hidden={list(vae.hidden)}, epoch {run_.epoch}), backend {vae.backend}")
+    _say(
+        args.quiet,
+        f"data: {data.source}",
+        f"model: {args.run_dir} (Z={Z}, hidden={list(vae.hidden)}, epoch {run_.epoch}), backend {vae.backend}",
+    )
     test_x = binarize(data.test_x, "static" if config.get("binarize", "dynamic") != "none" else "none")
     mu, _ = metrics.posterior_means(vae, test_x)  # (N, Z)
     rng = np.random.default_rng([args.seed, 6])
 
-    jobs = [("samples_by_temperature.png", "samples at τ = " + ", ".join(f"{t:g}" for t in TEMPERATURES),
-             lambda p: plots.temperature_samples(p, temperature_samples(vae, rng), z=Z))]
+    jobs = [
+        (
+            "samples_by_temperature.png",
+            "samples at τ = " + ", ".join(f"{t:g}" for t in TEMPERATURES),
+            lambda p: plots.temperature_samples(p, temperature_samples(vae, rng), z=Z),
+        )
+    ]
 
     def draw_interpolations(path):
         pairs = interpolation_pairs(data.test_y, N_PAIRS, rng)
         a, b = (np.array([p[i] for p in pairs]) for i in (0, 1))
         rows = np.stack([interpolate(vae, mu[i], mu[j]) for i, j in pairs])
-        plots.interpolations(path, rows, test_x[a], test_x[b], INTERPOLATION_T,
-                             f"Interpolations between the posterior means of test digits (Z = {Z})")
+        plots.interpolations(
+            path,
+            rows,
+            test_x[a],
+            test_x[b],
+            INTERPOLATION_T,
+            f"Interpolations between the posterior means of test digits (Z = {Z})",
+        )
 
     def draw_traversals(path):
         images, lam = traverse(vae, mu)
-        plots.traversals(path, images, lam, TRAVERSAL_T,
-                         f"Traversals of {_top(len(lam))} of Cov_x μ (Z = {Z})")
+        plots.traversals(path, images, lam, TRAVERSAL_T, f"Traversals of {_top(len(lam))} of Cov_x μ (Z = {Z})")
 
     def draw_map(path):
         coords, names = map_coordinates(mu)
-        what = ("the latent space" if Z <= 2 else "projected onto the top two principal directions")
-        plots.latent_map(path, coords, data.test_y, names,
-                         f"Posterior means of {len(mu):,} test digits, {what} (Z = {Z})")
+        what = "the latent space" if Z <= 2 else "projected onto the top two principal directions"
+        plots.latent_map(
+            path, coords, data.test_y, names, f"Posterior means of {len(mu):,} test digits, {what} (Z = {Z})"
+        )
 
-    jobs += [("interpolations.png", f"{N_PAIRS} interpolations between test digits", draw_interpolations),
-             ("traversals.png", f"traversals of {_top(min(N_DIRECTIONS, Z))}", draw_traversals),
-             ("latent_map.png", "map of the test digits' posterior means", draw_map)]
+    jobs += [
+        ("interpolations.png", f"{N_PAIRS} interpolations between test digits", draw_interpolations),
+        ("traversals.png", f"traversals of {_top(min(N_DIRECTIONS, Z))}", draw_traversals),
+        ("latent_map.png", "map of the test digits' posterior means", draw_map),
+    ]
     if Z == 2:
+
         def draw_manifold(path):
             images, q = decoded_manifold(vae)
             plots.manifold(path, images, q, f"Decoded z over the prior's quantiles, {MANIFOLD_N} × {MANIFOLD_N}")

@@ -148,8 +148,7 @@ def set_rng_state(rng, state):
     rng.bit_generator.state = json.loads(str(state))
 
 
-def save_checkpoint(path, vae, opt, data_rng, epoch_rng_state, epoch, step, config, running=None,
-                    n_train=None):
+def save_checkpoint(path, vae, opt, data_rng, epoch_rng_state, epoch, step, config, running=None, n_train=None):
     """Parameters, Adam moments, the generators, and the position (epoch done, steps into next).
 
     ``running``: mid-epoch, the epoch's running sums so far (loss_sum, seen, train_s), so that a
@@ -190,8 +189,9 @@ def read_checkpoint(path):
     except IsADirectoryError:
         raise CheckpointError(f"no checkpoint at {path} (a folder)") from None
     except Exception as e:  # a truncated or foreign file: BadZipFile, EOFError, ValueError, OSError …
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint?): "
-                              f"{error_reason(e)}") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or not a checkpoint?): {error_reason(e)}"
+        ) from None
     if not any(k.startswith("param/") for k in arrays):
         raise CheckpointError(f"{path} holds no model parameters (no param/… arrays): not a minivae checkpoint")
     return arrays

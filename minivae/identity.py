@@ -39,10 +39,10 @@ import warnings
 
 import numpy as np
 
+from minivae.cli import EXIT_USAGE, Parser, UsageError, positive_float, positive_int, widths
 from minivae.data import DataError, batches, binarize, load_mnist
+from minivae.files import atomic_write_text
 from minivae.optim import Adam
-from minivae.train import EXIT_USAGE, UsageError, _Parser, _positive_float, _positive_int, _widths
-from minivae.train import atomic_write_text
 
 
 def reconstruction_error(reconstruct, x, batch_size=1000):
@@ -52,7 +52,7 @@ def reconstruction_error(reconstruct, x, batch_size=1000):
         raise ValueError("x must be (N, D) with N ≥ 2")
     sq = 0.0
     for s in range(0, len(x), batch_size):
-        r = np.asarray(reconstruct(x[s:s + batch_size].astype(np.float32)), np.float64) - x[s:s + batch_size]
+        r = np.asarray(reconstruct(x[s : s + batch_size].astype(np.float32)), np.float64) - x[s : s + batch_size]
         sq += float((r * r).sum())
     mse = sq / x.size
     spread = float(x.var(axis=0).mean())  # (1/D) Σ_d Var_n(x_nd)
@@ -95,25 +95,31 @@ def _train_mlp(model, train_x, epochs, batch_size, lr, rng, show, name):
 
 
 def parse_args(argv=None):
-    p = _Parser(prog="python -m minivae.identity",
-                description="Train autoencoders and a VAE with Z ≥ D and measure how well they "
-                            "reconstruct inputs that are not digits.")
+    p = Parser(
+        prog="python -m minivae.identity",
+        description="Train autoencoders and a VAE with Z ≥ D and measure how well they "
+        "reconstruct inputs that are not digits.",
+    )
     p.add_argument("--data-dir", type=pathlib.Path, default=None, help="a folder of MNIST IDX files")
     p.add_argument("--out", type=pathlib.Path, required=True, help="output folder")
-    p.add_argument("--latent", type=_positive_int, default=1000, help="latent dimension Z (1000)")
-    p.add_argument("--hidden", type=_widths, default=(1024,), metavar="H1,H2",
-                   help="hidden widths of the MLP models (1024)")
-    p.add_argument("--epochs", type=_positive_int, default=5, help="epochs of each MLP model (5)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="MLP mini-batch size (128)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="MLP Adam learning rate (1e-3)")
-    p.add_argument("--linear-steps", type=_positive_int, default=3000,
-                   help="Adam steps of the linear autoencoder (3000, batch 256, lr 3e-3 → 1e-4)")
-    p.add_argument("--sigma2", type=_positive_float, default=0.01,
-                   help="σ² of the closed-form linear VAE (0.01)")
-    p.add_argument("--n", type=_positive_int, default=1000, help="examples per probe set (1000)")
+    p.add_argument("--latent", type=positive_int, default=1000, help="latent dimension Z (1000)")
+    p.add_argument(
+        "--hidden", type=widths, default=(1024,), metavar="H1,H2", help="hidden widths of the MLP models (1024)"
+    )
+    p.add_argument("--epochs", type=positive_int, default=5, help="epochs of each MLP model (5)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="MLP mini-batch size (128)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="MLP Adam learning rate (1e-3)")
+    p.add_argument(
+        "--linear-steps",
+        type=positive_int,
+        default=3000,
+        help="Adam steps of the linear autoencoder (3000, batch 256, lr 3e-3 → 1e-4)",
+    )
+    p.add_argument("--sigma2", type=positive_float, default=0.01, help="σ² of the closed-form linear VAE (0.01)")
+    p.add_argument("--n", type=positive_int, default=1000, help="examples per probe set (1000)")
     p.add_argument("--backend", default="cpu-fused", help="backend of the MLP models (cpu-fused)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=_positive_int, default=None, help="use the first N training digits")
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -137,8 +143,10 @@ def run(args):
             raise UsageError(str(e)) from None
     D, Z = data.train_x.shape[1], args.latent
     try:
-        mlps = {"MLP autoencoder": AE(D, Z, args.hidden, seed=args.seed, backend=args.backend),
-                "MLP VAE": VAE(D, Z, args.hidden, seed=args.seed, backend=args.backend)}
+        mlps = {
+            "MLP autoencoder": AE(D, Z, args.hidden, seed=args.seed, backend=args.backend),
+            "MLP VAE": VAE(D, Z, args.hidden, seed=args.seed, backend=args.backend),
+        }
     except (ValueError, ImportError, RuntimeError) as e:
         raise UsageError(f"cannot create the model: {e}") from None
     show = not args.quiet and sys.stderr.isatty()
@@ -157,28 +165,49 @@ def run(args):
 
     t0 = time.perf_counter()
     lae = linear.LinearAE(D, Z, seed=args.seed, dtype="float32")
-    hist = linear.fit(lae, train_x, args.linear_steps, 256, 3e-3, 1e-4,
-                      np.random.default_rng([args.seed, 2]), progress=show, desc="linear AE")
+    hist = linear.fit(
+        lae,
+        train_x,
+        args.linear_steps,
+        256,
+        3e-3,
+        1e-4,
+        np.random.default_rng([args.seed, 2]),
+        progress=show,
+        desc="linear AE",
+    )
     models["linear autoencoder"] = lae.reconstruct
     seconds["linear autoencoder"] = time.perf_counter() - t0
-    budget["linear autoencoder"] = (f"{args.linear_steps} Adam steps, batch 256, lr 3e-3 → 1e-4, "
-                                    f"grey values; final ½‖x − x̂‖² {hist[-1]:.3f}")
+    budget["linear autoencoder"] = (
+        f"{args.linear_steps} Adam steps, batch 256, lr 3e-3 → 1e-4, grey values; final ½‖x − x̂‖² {hist[-1]:.3f}"
+    )
     say(f"linear autoencoder: {seconds['linear autoencoder']:.0f} s, final loss {hist[-1]:.3f}")
 
     for name, model in mlps.items():
         t0 = time.perf_counter()
-        loss = _train_mlp(model, train_x, args.epochs, args.batch_size, args.lr,
-                          np.random.default_rng([args.seed, 2]), show, name)
+        loss = _train_mlp(
+            model, train_x, args.epochs, args.batch_size, args.lr, np.random.default_rng([args.seed, 2]), show, name
+        )
         models[name] = model.reconstruct
         seconds[name] = time.perf_counter() - t0
-        budget[name] = (f"{args.epochs} epochs, batch {args.batch_size}, Adam {args.lr:g}, hidden "
-                        f"{list(args.hidden)}, dynamic binarization, {args.backend}; last batch loss "
-                        f"{loss:.1f}")
+        budget[name] = (
+            f"{args.epochs} epochs, batch {args.batch_size}, Adam {args.lr:g}, hidden "
+            f"{list(args.hidden)}, dynamic binarization, {args.backend}; last batch loss "
+            f"{loss:.1f}"
+        )
         say(f"{name}: {seconds[name]:.0f} s, last batch loss {loss:.1f}")
 
     results = {name: {s: reconstruction_error(f, x) for s, x in sets.items()} for name, f in models.items()}
-    report = {"data": data.source, "latent": Z, "hidden": list(args.hidden), "seed": args.seed,
-              "n_per_set": args.n, "budget": budget, "seconds": seconds, "results": results}
+    report = {
+        "data": data.source,
+        "latent": Z,
+        "hidden": list(args.hidden),
+        "seed": args.seed,
+        "n_per_set": args.n,
+        "budget": budget,
+        "seconds": seconds,
+        "results": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "identity.json", json.dumps(report, indent=1) + "\n")
     table = markdown_table(results)
@@ -192,8 +221,10 @@ def markdown_table(results):
     """Rows: models; columns: probe sets; cells: mse (relative)."""
     sets = list(next(iter(results.values())))
     head = "| model | " + " | ".join(sets) + " |\n|---|" + "---:|" * len(sets) + "\n"
-    rows = "".join(f"| {m} | " + " | ".join(f"{r[s]['mse']:.4f} ({r[s]['relative']:.2f})" for s in sets)
-                   + " |\n" for m, r in results.items())
+    rows = "".join(
+        f"| {m} | " + " | ".join(f"{r[s]['mse']:.4f} ({r[s]['relative']:.2f})" for s in sets) + " |\n"
+        for m, r in results.items()
+    )
     return head + rows
 
 

@@ -106,7 +106,6 @@ and λ₁/σ² is 51 at σ² = 0.1 but 512 at σ² = 0.01 — which is why σ² 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib
@@ -117,10 +116,10 @@ import warnings
 import numpy as np
 
 from minivae import losses, metrics
+from minivae.cli import EXIT_USAGE, Parser, UsageError, positive_float, positive_int, program
 from minivae.data import DataError, batches, binarize, load_mnist
+from minivae.files import atomic_write_text
 from minivae.optim import Adam
-from minivae.train import (EXIT_USAGE, UsageError, _Parser, _positive_float, _positive_int,
-                           atomic_write_text)
 
 LOG_2PI = math.log(2 * math.pi)
 HOLD = 0.3  # the command holds its learning rate for this fraction of the steps, then decays it
@@ -145,8 +144,7 @@ class LinearVAE:
     init_std : standard deviation of the initial W and V entries (b, c start at 0, s² at 1).
     """
 
-    def __init__(self, data_dim=784, latent=20, sigma2=0.1, seed=0, dtype="float64",
-                 estimator="exact", init_std=0.01):
+    def __init__(self, data_dim=784, latent=20, sigma2=0.1, seed=0, dtype="float64", estimator="exact", init_std=0.01):
         data_dim, latent, sigma2 = int(data_dim), int(latent), float(sigma2)
         if data_dim < 1 or latent < 1:
             raise ValueError("data_dim and latent must be positive integers")
@@ -243,7 +241,7 @@ class LinearVAE:
         kl_s = 0.5 * (s2 - P["logs2"] - 1).sum()  # the part of the KL that does not depend on x
         out = []
         for s in range(0, len(x), batch_size):
-            xb = np.asarray(x[s:s + batch_size], np.float64)
+            xb = np.asarray(x[s : s + batch_size], np.float64)
             mu = xb @ P["V"].T + P["c"]
             m = mu @ P["W"].T + P["b"]
             out.append(losses.gaussian_nll(m, xb, self.sigma2) + trace + 0.5 * (mu * mu).sum(1) + kl_s)
@@ -258,7 +256,7 @@ class LinearVAE:
         logdet = 2 * np.log(np.diag(L)).sum()
         out = []
         for s in range(0, len(x), batch_size):
-            r = np.asarray(x[s:s + batch_size], np.float64) - b  # (n, D)
+            r = np.asarray(x[s : s + batch_size], np.float64) - b  # (n, D)
             a = np.linalg.solve(L, r.T)  # L⁻¹ (x − b)   (D, n)
             out.append(-0.5 * (D * LOG_2PI + logdet + (a * a).sum(axis=0)))
         return np.concatenate(out)
@@ -325,8 +323,20 @@ class LinearAE:
         return (np.asarray(x, dtype=self.dtype) @ P["V"].T + P["c"]) @ P["W"].T + P["b"]
 
 
-def fit(model, x, steps, batch_size, lr, lr_final=None, rng=None, progress=False, desc="train",
-        hold=0.5, fast_params=(), fast_factor=1.0):
+def fit(
+    model,
+    x,
+    steps,
+    batch_size,
+    lr,
+    lr_final=None,
+    rng=None,
+    progress=False,
+    desc="train",
+    hold=0.5,
+    fast_params=(),
+    fast_factor=1.0,
+):
     """Adam on shuffled mini-batches of x for ``steps`` steps; returns the loss of every step.
 
     The learning rate stays at ``lr`` for the first ``hold`` fraction of the steps, then decays
@@ -385,11 +395,11 @@ def spectrum(x, batch_size=10000):
     n, D = x.shape
     mean = np.zeros(D)
     for s in range(0, n, batch_size):
-        mean += np.asarray(x[s:s + batch_size], np.float64).sum(axis=0)
+        mean += np.asarray(x[s : s + batch_size], np.float64).sum(axis=0)
     mean /= n
     S = np.zeros((D, D))
     for s in range(0, n, batch_size):
-        xc = np.asarray(x[s:s + batch_size], np.float64) - mean
+        xc = np.asarray(x[s : s + batch_size], np.float64) - mean
         S += xc.T @ xc
     lam, U = np.linalg.eigh(S / n)
     return mean, np.clip(lam[::-1], 0.0, None), U[:, ::-1]
@@ -428,7 +438,7 @@ def ppca_log_likelihood(x, mean, lam, U, sigma2, latent, batch_size=10000):
     const = len(lam) * LOG_2PI + np.log(cvar).sum()
     out = []
     for s in range(0, len(x), batch_size):
-        y = (np.asarray(x[s:s + batch_size], np.float64) - mean) @ U  # (n, D)
+        y = (np.asarray(x[s : s + batch_size], np.float64) - mean) @ U  # (n, D)
         out.append(-0.5 * (const + (y * y / cvar).sum(axis=1)))
     return np.concatenate(out)
 
@@ -438,8 +448,7 @@ def ppca_train_log_likelihood(lam, sigma2, latent):
     −½ [D log 2π + Σ_{i<q} log λ_i + (D − q) log σ² + q + Σ_{i≥q} λ_i / σ²]."""
     lam = np.asarray(lam, np.float64)
     D, q = len(lam), min(latent, n_above(lam, sigma2))
-    return float(-0.5 * (D * LOG_2PI + np.log(lam[:q]).sum() + (D - q) * math.log(sigma2) + q
-                         + lam[q:].sum() / sigma2))
+    return float(-0.5 * (D * LOG_2PI + np.log(lam[:q]).sum() + (D - q) * math.log(sigma2) + q + lam[q:].sum() / sigma2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,26 +483,39 @@ def compare(model, train_x, test_x, mean, lam, U):
     model_test_ll = float(model.log_likelihood(test_x).mean())
     r4 = lambda a: [float(f"{v:.5g}") for v in np.asarray(a)]  # noqa: E731 (compact JSON lists)
     return {
-        "latent": Z, "sigma2": s2v, "k": k, "q": q,
-        "exact_train_ll": train_ll, "exact_test_ll": test_ll,
-        "train_elbo": train_elbo, "test_elbo": test_elbo,
+        "latent": Z,
+        "sigma2": s2v,
+        "k": k,
+        "q": q,
+        "exact_train_ll": train_ll,
+        "exact_test_ll": test_ll,
+        "train_elbo": train_elbo,
+        "test_elbo": test_elbo,
         "test_gap": test_ll - test_elbo,
         "model_test_ll": model_test_ll,  # log N(x; b, WWᵀ + σ²I) of the trained W, b
         "posterior_gap": model_test_ll - test_elbo,  # the KL from q to the true posterior
-        "active_units": n_active, "predicted_active_units": predicted_active,
-        "collapsed_units": int(collapsed.sum()), "predicted_collapsed": predicted_collapsed,
+        "active_units": n_active,
+        "predicted_active_units": predicted_active,
+        "collapsed_units": int(collapsed.sum()),
+        "predicted_collapsed": predicted_collapsed,
         "z_minus_q": Z - q,
         "collapsed_max_s2_error": float(np.abs(s2[collapsed] - 1).max()) if collapsed.any() else None,
-        "collapsed_max_w_norm": float(np.sqrt((np.asarray(model.params["W"], np.float64)[:, collapsed] ** 2)
-                                              .sum(axis=0)).max()) if collapsed.any() else None,
+        "collapsed_max_w_norm": float(
+            np.sqrt((np.asarray(model.params["W"], np.float64)[:, collapsed] ** 2).sum(axis=0)).max()
+        )
+        if collapsed.any()
+        else None,
         "sv_max_abs_error": float(np.abs(sv - theory_sv).max()),
         "sv_median_rel_error": float(np.median(rel)) if m else None,
         "sv_max_rel_error_clear": float(rel[clear].max()) if clear.any() else None,
         "n_clear": int(clear.sum()),
         "sv_largest_beyond_q": float(sv[m:].max()) if len(sv) > m else None,
-        "test_kl": float(kl_unit.sum()), "test_kl_theory": float(kl_theory.sum()),
-        "singular_values": r4(sv), "theory_singular_values": r4(theory_sv),
-        "var_mu_sorted": r4(np.sort(var_mu)[::-1]), "kl_per_unit_sorted": r4(np.sort(kl_unit)[::-1]),
+        "test_kl": float(kl_unit.sum()),
+        "test_kl_theory": float(kl_theory.sum()),
+        "singular_values": r4(sv),
+        "theory_singular_values": r4(theory_sv),
+        "var_mu_sorted": r4(np.sort(var_mu)[::-1]),
+        "kl_per_unit_sorted": r4(np.sort(kl_unit)[::-1]),
         "eigenvalues": r4(lam),
     }
 
@@ -502,33 +524,61 @@ def compare(model, train_x, test_x, mean, lam, U):
 # Command line
 # --------------------------------------------------------------------------------------------
 
+
 def parse_args(argv=None):
-    p = _Parser(prog="python -m minivae.linear",
-                description="Train the linear Gaussian VAE on MNIST grey values and compare it with "
-                            "its closed-form optimum (probabilistic PCA).")
-    p.add_argument("--latent", type=_positive_int, default=None, help="latent dimension Z")
-    p.add_argument("--sigma2", type=_positive_float, default=None, help="the decoder's fixed variance σ²")
-    p.add_argument("--data-dir", type=pathlib.Path, default=None,
-                   help="a folder of MNIST IDX files (default: the download cache)")
+    p = Parser(
+        prog=program("minivae.linear", "minivae-linear"),
+        description="Train the linear Gaussian VAE on MNIST grey values and compare it with "
+        "its closed-form optimum (probabilistic PCA).",
+    )
+    p.add_argument("--latent", type=positive_int, default=None, help="latent dimension Z")
+    p.add_argument("--sigma2", type=positive_float, default=None, help="the decoder's fixed variance σ²")
+    p.add_argument(
+        "--data-dir", type=pathlib.Path, default=None, help="a folder of MNIST IDX files (default: the download cache)"
+    )
     p.add_argument("--out", type=pathlib.Path, default=None, help="output folder")
-    p.add_argument("--steps", type=_positive_int, default=3000, help="Adam steps (3000)")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="mini-batch size (256)")
-    p.add_argument("--lr", type=_positive_float, default=3e-3,
-                   help="Adam learning rate, held for the first 30%% of the steps (3e-3)")
-    p.add_argument("--lr-final", type=_positive_float, default=3e-5,
-                   help="learning rate at the last step, reached geometrically (3e-5)")
-    p.add_argument("--s2-lr-factor", type=_positive_float, default=10.0,
-                   help="log s² learns this many times faster than W, V, b, c (10)")
-    p.add_argument("--estimator", choices=("exact", "sample"), default="exact",
-                   help="the expected reconstruction term by formula (exact) or by one sample")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="training precision (float32, default); evaluation is always float64")
+    p.add_argument("--steps", type=positive_int, default=3000, help="Adam steps (3000)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size (256)")
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=3e-3,
+        help="Adam learning rate, held for the first 30%% of the steps (3e-3)",
+    )
+    p.add_argument(
+        "--lr-final",
+        type=positive_float,
+        default=3e-5,
+        help="learning rate at the last step, reached geometrically (3e-5)",
+    )
+    p.add_argument(
+        "--s2-lr-factor",
+        type=positive_float,
+        default=10.0,
+        help="log s² learns this many times faster than W, V, b, c (10)",
+    )
+    p.add_argument(
+        "--estimator",
+        choices=("exact", "sample"),
+        default="exact",
+        help="the expected reconstruction term by formula (exact) or by one sample",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="training precision (float32, default); evaluation is always float64",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order (0)")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use the first N training digits")
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
-    p.add_argument("--summarize", type=pathlib.Path, default=None, metavar="DIR",
-                   help="instead of training: gather DIR/*/result.json into DIR/table.md and "
-                        "DIR/spectrum.png")
+    p.add_argument(
+        "--summarize",
+        type=pathlib.Path,
+        default=None,
+        metavar="DIR",
+        help="instead of training: gather DIR/*/result.json into DIR/table.md and DIR/spectrum.png",
+    )
     return p.parse_args(argv)
 
 
@@ -553,26 +603,44 @@ def run(args):
 
     wall0 = time.perf_counter()
     mean, lam, U = spectrum(train_x)
-    model = LinearVAE(train_x.shape[1], args.latent, args.sigma2, seed=args.seed,
-                      dtype=args.dtype, estimator=args.estimator)
+    model = LinearVAE(
+        train_x.shape[1], args.latent, args.sigma2, seed=args.seed, dtype=args.dtype, estimator=args.estimator
+    )
     model.params["b"][...] = mean  # start the decoder's bias at the data mean (its optimum, below)
     t0 = time.perf_counter()
     try:
-        history = fit(model, train_x, args.steps, args.batch_size, args.lr, args.lr_final,
-                      np.random.default_rng([args.seed, 2]), progress=show,
-                      desc=f"Z={args.latent} σ²={args.sigma2:g}", hold=HOLD,
-                      fast_params=("logs2",), fast_factor=args.s2_lr_factor)
+        history = fit(
+            model,
+            train_x,
+            args.steps,
+            args.batch_size,
+            args.lr,
+            args.lr_final,
+            np.random.default_rng([args.seed, 2]),
+            progress=show,
+            desc=f"Z={args.latent} σ²={args.sigma2:g}",
+            hold=HOLD,
+            fast_params=("logs2",),
+            fast_factor=args.s2_lr_factor,
+        )
     except FloatingPointError as e:
         print(f"minivae.linear: {e}; lower --lr", file=sys.stderr)
         return 1
     train_s = time.perf_counter() - t0
     result = compare(model, train_x, test_x, mean, lam, U)
-    config = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()
-              if k not in ("quiet", "summarize", "out")}
+    config = {
+        k: (str(v) if isinstance(v, pathlib.Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("quiet", "summarize", "out")
+    }
     every = max(1, len(history) // 100)
-    result.update(config=config, data=data.source, train_seconds=train_s,
-                  wall_seconds=time.perf_counter() - wall0,
-                  loss_curve=[[i + 1, float(f"{history[i]:.6g}")] for i in range(0, len(history), every)])
+    result.update(
+        config=config,
+        data=data.source,
+        train_seconds=train_s,
+        wall_seconds=time.perf_counter() - wall0,
+        loss_curve=[[i + 1, float(f"{history[i]:.6g}")] for i in range(0, len(history), every)],
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "result.json", json.dumps(result, indent=1) + "\n")
     if not args.quiet:
@@ -596,17 +664,21 @@ def describe(r):
     ]
 
 
-TABLE_HEAD = ("| σ² | Z | steps | k | test ELBO | exact test log p | gap | trained log p | active (pred.) "
-              "| collapsed (pred.) | σ(W) median rel. err. | σ(W) max abs err. |\n"
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+TABLE_HEAD = (
+    "| σ² | Z | steps | k | test ELBO | exact test log p | gap | trained log p | active (pred.) "
+    "| collapsed (pred.) | σ(W) median rel. err. | σ(W) max abs err. |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+)
 
 
 def table_row(r):
-    return (f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['k']} | {r['test_elbo']:.2f} | "
-            f"{r['exact_test_ll']:.2f} | {r['test_gap']:.2f} | {r['model_test_ll']:.2f} | "
-            f"{r['active_units']} ({r['predicted_active_units']}) | "
-            f"{r['collapsed_units']} ({r['predicted_collapsed']}) | {r['sv_median_rel_error']:.3f} | "
-            f"{r['sv_max_abs_error']:.3f} |\n")
+    return (
+        f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['k']} | {r['test_elbo']:.2f} | "
+        f"{r['exact_test_ll']:.2f} | {r['test_gap']:.2f} | {r['model_test_ll']:.2f} | "
+        f"{r['active_units']} ({r['predicted_active_units']}) | "
+        f"{r['collapsed_units']} ({r['predicted_collapsed']}) | {r['sv_median_rel_error']:.3f} | "
+        f"{r['sv_max_abs_error']:.3f} |\n"
+    )
 
 
 def summarize(folder, quiet=False):
@@ -657,8 +729,14 @@ def plot_spectrum(results, path):
         ax.text(k, lam[0], f" k = {k}", color="r", va="top")
         for r in rs:
             sv = np.array(r["singular_values"])
-            ax.semilogy(np.arange(1, len(sv) + 1), sv ** 2 + s2v, ".", ms=2.5,
-                        color=colors.get(r["latent"], None), label=f"σ² + s_i(W)², Z = {r['latent']}")
+            ax.semilogy(
+                np.arange(1, len(sv) + 1),
+                sv**2 + s2v,
+                ".",
+                ms=2.5,
+                color=colors.get(r["latent"], None),
+                label=f"σ² + s_i(W)², Z = {r['latent']}",
+            )
         ax.set_ylim(max(1e-6, lam[lam > 0].min() / 2), lam[0] * 3)
         ax.set_xlim(0, 1000)
         ax.set_xlabel("index i (sorted)")

@@ -52,8 +52,7 @@ class Adam:
         self.b2 = checks.real("betas[1]", betas[1], low=0, high=1, high_open=True)
         self.eps = checks.real("eps", eps, low=0, low_open=True)
         if not hasattr(params, "items") or not params:
-            raise ValueError(f"params must be a non-empty dict of arrays (vae.params), "
-                             f"got {type(params).__name__}")
+            raise ValueError(f"params must be a non-empty dict of arrays (vae.params), got {type(params).__name__}")
         self.params = params
         self.t = 0
         self.m = self.zeros_like_params()  # first moments, name → array
@@ -96,8 +95,11 @@ class Adam:
         t = checks.integer("state['t']", t, minimum=0)
         like = {f"{w}.{k}": p for w in "mv" for k, p in self.params.items()}
         moments = checks.params("state", {k: v for k, v in state.items() if k != "t"}, like)
-        bad = [k for k in like if k.startswith("v.") and isinstance(moments[k], np.ndarray)
-               and moments[k].size and moments[k].min() < 0]
+        bad = [
+            k
+            for k in like
+            if k.startswith("v.") and isinstance(moments[k], np.ndarray) and moments[k].size and moments[k].min() < 0
+        ]
         if bad:
             raise ValueError(f"state[{bad[0]!r}] holds negative second moments")
         return t, moments

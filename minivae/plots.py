@@ -33,8 +33,9 @@ def image_grid(images, rows, cols, pad=1):
     grid = np.ones((rows * (side + pad) - pad, cols * (side + pad) - pad))
     for i, img in enumerate(images[: rows * cols]):
         r, c = divmod(i, cols)
-        grid[r * (side + pad): r * (side + pad) + side, c * (side + pad): c * (side + pad) + side] = \
-            img.reshape(side, side)
+        grid[r * (side + pad) : r * (side + pad) + side, c * (side + pad) : c * (side + pad) + side] = img.reshape(
+            side, side
+        )
     return grid
 
 
@@ -51,8 +52,8 @@ def reconstructions(path, originals, recon, n=12, title="Test digits (top) and r
     plt = _pyplot()
     rows = []
     for start in range(0, 2 * n, n):
-        rows.append(originals[start:start + n])
-        rows.append(recon[start:start + n])
+        rows.append(originals[start : start + n])
+        rows.append(recon[start : start + n])
     fig, ax = plt.subplots(figsize=(n * 0.55, 4 * 0.6))
     show_grid(ax, image_grid(np.concatenate(rows), 4, n), title)
     _save(fig, path)
@@ -80,8 +81,10 @@ def kl_per_dim(path, kl, activity, title=None):
     ax.set_xlim(0.5, len(k) + 0.5)
     ax.set_xlabel("latent dimension, sorted by KL")
     ax.set_ylabel("mean KL per dimension (nats)")
-    ax.set_title(title or f"KL per latent dimension: {active.sum()} of {len(k)} active "
-                          f"(Var_x μ > {metrics.ACTIVE_THRESHOLD})", fontsize=10)
+    ax.set_title(
+        title or f"KL per latent dimension: {active.sum()} of {len(k)} active (Var_x μ > {metrics.ACTIVE_THRESHOLD})",
+        fontsize=10,
+    )
     ax.legend(fontsize=9)
     ax.grid(True, which="major", axis="y", alpha=0.3)
     _save(fig, path)
@@ -117,10 +120,10 @@ def save_all(out, vae, test_x, mu, logvar, history, rng):
 # The latent-size study (minivae.sweep)
 # --------------------------------------------------------------------------------------------
 
+
 def _mark_data_dim(ax):
     ax.axvline(D, color="0.55", lw=1, ls="--")
-    ax.text(D, 0.98, f" Z = D = {D}", transform=ax.get_xaxis_transform(), va="top",
-            fontsize=8, color="0.4")
+    ax.text(D, 0.98, f" Z = D = {D}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="0.4")
 
 
 def study_figures(out, rows):
@@ -148,10 +151,19 @@ def study_figures(out, rows):
     vae_arrays = {z: a for (m, z), a in sorted(arrays.items()) if m == "vae"}
     if vae_arrays:
         kl_spectra(out / "kl_spectra.png", vae_arrays)
-        grid_by_latent(out / "samples_by_latent.png", vae_arrays, "samples",
-                       "VAE samples sigmoid(decoder(z)), z ~ N(0, I), per latent size")
-        grid_by_latent(out / "reconstructions_by_latent.png", vae_arrays, "reconstructions",
-                       "VAE reconstructions per latent size (top row: the test digits)", originals=True)
+        grid_by_latent(
+            out / "samples_by_latent.png",
+            vae_arrays,
+            "samples",
+            "VAE samples sigmoid(decoder(z)), z ~ N(0, I), per latent size",
+        )
+        grid_by_latent(
+            out / "reconstructions_by_latent.png",
+            vae_arrays,
+            "reconstructions",
+            "VAE reconstructions per latent size (top row: the test digits)",
+            originals=True,
+        )
     common = sorted(z for (m, z) in arrays if m == "vae" and ("ae", z) in arrays)
     if common:
         z = 1000 if 1000 in common else common[-1]
@@ -175,9 +187,14 @@ def _mean_sd(rows, model, key):
 
 def metrics_vs_latent(path, rows):
     plt = _pyplot()
-    panels = [("test_loss", "test −ELBO (AE: reconstruction)"), ("test_iw_nll", "test −log p(x), IW estimate"),
-              ("test_recon", "test reconstruction term"), ("test_kl", "test KL term"),
-              ("gap", "test − train −ELBO"), ("samples_per_s", "training samples / s")]
+    panels = [
+        ("test_loss", "test −ELBO (AE: reconstruction)"),
+        ("test_iw_nll", "test −log p(x), IW estimate"),
+        ("test_recon", "test reconstruction term"),
+        ("test_kl", "test KL term"),
+        ("gap", "test − train −ELBO"),
+        ("samples_per_s", "training samples / s"),
+    ]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
     for ax, (key, title) in zip(axes.flat, panels):
         for model in ("vae", "ae"):
@@ -212,20 +229,41 @@ def active_units_vs_latent(path, rows, hidden):
         zs = [z for z, _, _ in units]
         ax.plot(zs, zs, color="0.7", lw=1, label="every unit active (y = Z)")
         z, m, sd = zip(*units)
-        ax.errorbar(z, m, yerr=sd, fmt="o-", color="tab:blue", capsize=3,
-                    label=f"active units (Var_x μ_u > {metrics.ACTIVE_THRESHOLD}), hidden {list(hidden)}")
+        ax.errorbar(
+            z,
+            m,
+            yerr=sd,
+            fmt="o-",
+            color="tab:blue",
+            capsize=3,
+            label=f"active units (Var_x μ_u > {metrics.ACTIVE_THRESHOLD}), hidden {list(hidden)}",
+        )
         z, m, sd = zip(*dirs)
-        ax.errorbar(z, m, yerr=sd, fmt="D-", color="tab:green", capsize=3,
-                    label="directions (eigenvalues of Cov_x μ > 0.01)")
+        ax.errorbar(
+            z, m, yerr=sd, fmt="D-", color="tab:green", capsize=3, label="directions (eigenvalues of Cov_x μ > 0.01)"
+        )
         ax.axhline(hidden[-1], color="tab:green", lw=0.8, ls=":")
-        ax.text(zs[0], hidden[-1], f" last hidden width H = {hidden[-1]}: at most H directions",
-                va="bottom", fontsize=7, color="tab:green")
+        ax.text(
+            zs[0],
+            hidden[-1],
+            f" last hidden width H = {hidden[-1]}: at most H directions",
+            va="bottom",
+            fontsize=7,
+            color="tab:green",
+        )
     for h in sorted({tuple(r["hidden"]) for r in rows if r["model"] == "vae"} - {hidden}):
         ctrl = [r for r in rows if r["model"] == "vae" and tuple(r["hidden"]) == h]
         for key, marker in (("active_units", "o"), ("directions", "D")):
             pts = _mean_sd(ctrl, "vae", key)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, mfc="none", color="tab:purple", ms=8,
-                    label=f"{key.replace('_', ' ')}, hidden {list(h)} (control)")
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker,
+                mfc="none",
+                color="tab:purple",
+                ms=8,
+                label=f"{key.replace('_', ' ')}, hidden {list(h)} (control)",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     _mark_data_dim(ax)
@@ -255,8 +293,11 @@ def learning_curves(path, rows):
         for ax, key in zip(axes, ("test_loss", "active_units", "directions")):
             mean = np.mean([[p[key] for p in c[:n]] for c in curves], axis=0)
             ax.plot(steps, mean, "o-", ms=3, color=colour, label=f"Z = {z}")
-    titles = ("test −ELBO (nats)", f"active units (Var_x μ_u > {metrics.ACTIVE_THRESHOLD})",
-              "directions (eigenvalues of Cov_x μ > 0.01)")
+    titles = (
+        "test −ELBO (nats)",
+        f"active units (Var_x μ_u > {metrics.ACTIVE_THRESHOLD})",
+        "directions (eigenvalues of Cov_x μ > 0.01)",
+    )
     for ax, title in zip(axes, titles):
         ax.set_xscale("log")
         ax.set_xlabel("Adam steps")
@@ -347,6 +388,7 @@ def vae_vs_ae(path, vae, ae, z, n=8):
 # Looking inside a trained model (minivae.explore)
 # --------------------------------------------------------------------------------------------
 
+
 def _label_rows(ax, labels, side=28, pad=1, fontsize=8):
     ax.set_yticks([i * (side + pad) + side // 2 for i in range(len(labels))])
     ax.set_yticklabels(labels, fontsize=fontsize)
@@ -376,7 +418,7 @@ def interpolations(path, rows, left, right, ts, title):
     μ_a → μ_b (one column per t in ``ts``), test digit b.  rows: (P, len(ts), D); left, right: (P, D)."""
     plt = _pyplot()
     n_pairs, steps = rows.shape[0], rows.shape[1]
-    images = np.concatenate([np.concatenate([left[i:i + 1], rows[i], right[i:i + 1]]) for i in range(n_pairs)])
+    images = np.concatenate([np.concatenate([left[i : i + 1], rows[i], right[i : i + 1]]) for i in range(n_pairs)])
     cols = steps + 2
     fig, ax = plt.subplots(figsize=(cols * 0.5 + 0.6, n_pairs * 0.5 + 0.8))
     show_grid(ax, image_grid(images, n_pairs, cols), title)
@@ -421,8 +463,14 @@ def latent_map(path, coords, labels, axis_names, title):
     if not one_d:
         ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title, fontsize=10)
-    ax.legend(title="digit", fontsize=8, markerscale=2.5 if size == 4 else 1.5, loc="center left",
-              bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.legend(
+        title="digit",
+        fontsize=8,
+        markerscale=2.5 if size == 4 else 1.5,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        frameon=False,
+    )
     ax.grid(True, alpha=0.25)
     _save(fig, path)
 

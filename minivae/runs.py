@@ -113,19 +113,21 @@ def model_from(run, backend="auto"):
     def mismatch(what):
         return RunError(f"{ck_path} does not match {cfg_path}: {what}")
 
-    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
     if "enc0.W" not in params or np.ndim(params["enc0.W"]) != 2:
         raise mismatch("no 2-D param/enc0.W to read the data dimension D from")
     data_dim = int(params["enc0.W"].shape[0])
     dtypes = {np.dtype(v.dtype) for v in params.values()}
     if len(dtypes) != 1 or next(iter(dtypes)) not in (np.float32, np.float64):
-        raise RunError(f"{ck_path}: parameters must all be float32 or all float64, "
-                       f"got {sorted(d.name for d in dtypes)}")
+        raise RunError(
+            f"{ck_path}: parameters must all be float32 or all float64, got {sorted(d.name for d in dtypes)}"
+        )
     dtype = next(iter(dtypes))
     latent, hidden = config["latent"], tuple(config["hidden"])
 
-    vae = VAE(data_dim, latent, hidden, seed=config.get("seed", 0), dtype=dtype,
-              beta=config.get("beta", 1.0), backend=backend)
+    vae = VAE(
+        data_dim, latent, hidden, seed=config.get("seed", 0), dtype=dtype, beta=config.get("beta", 1.0), backend=backend
+    )
     absent = [k for k in vae.params if k not in params]
     extra = [k for k in params if k not in vae.params]
     if absent or extra:
@@ -134,8 +136,10 @@ def model_from(run, backend="auto"):
         raise mismatch(f"{'; '.join(said)} (config: Z={latent}, hidden={list(hidden)})")
     for name, p in vae.params.items():
         if tuple(params[name].shape) != tuple(p.shape):
-            raise mismatch(f"param/{name} has shape {tuple(params[name].shape)}, the config "
-                           f"(Z={latent}, hidden={list(hidden)}) needs {tuple(p.shape)}")
+            raise mismatch(
+                f"param/{name} has shape {tuple(params[name].shape)}, the config "
+                f"(Z={latent}, hidden={list(hidden)}) needs {tuple(p.shape)}"
+            )
         if not np.isfinite(params[name]).all():
             raise RunError(f"{ck_path}: param/{name} holds non-finite values")
     vae.set_params(params)

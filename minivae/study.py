@@ -82,17 +82,21 @@ def separated(a, b, field):
 def report(rows, settings, source):
     """The tables and a short reading of them, every statement computed from the rows."""
     steps = settings["steps"]
-    lines = ["# Latent-size study", "",
-             f"Data: {source}.  ",
-             f"Budget: {steps:,} Adam steps per run (batch {settings['batch_size']}, lr {settings['lr']}, "
-             f"{settings['binarize']} binarization). Log-likelihood: importance-weighted with "
-             f"K = {settings['iw_samples']} on the first {settings['iw_examples']} test digits. "
-             "Means ± sample standard deviations over the seeds (n); all numbers on the test digits "
-             "unless said otherwise, in nats per digit.", "",
-             "| model | hidden | Z | n | test −ELBO | −log p(x) (IW) | recon | KL | active units | "
-             "directions | PR | KL-90 | test − train | probe (logreg) | probe (5-NN) | "
-             "last-20% gain (max) | samples/s | wall s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Latent-size study",
+        "",
+        f"Data: {source}.  ",
+        f"Budget: {steps:,} Adam steps per run (batch {settings['batch_size']}, lr {settings['lr']}, "
+        f"{settings['binarize']} binarization). Log-likelihood: importance-weighted with "
+        f"K = {settings['iw_samples']} on the first {settings['iw_examples']} test digits. "
+        "Means ± sample standard deviations over the seeds (n); all numbers on the test digits "
+        "unless said otherwise, in nats per digit.",
+        "",
+        "| model | hidden | Z | n | test −ELBO | −log p(x) (IW) | recon | KL | active units | "
+        "directions | PR | KL-90 | test − train | probe (logreg) | probe (5-NN) | "
+        "last-20% gain (max) | samples/s | wall s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for (model, hidden, z), g in groups(rows).items():
         gains = [r["last20_gain"] for r in g if r.get("last20_gain") is not None]
         lines.append(
@@ -101,29 +105,42 @@ def report(rows, settings, source):
             f"{_pm(g, 'test_kl') if model == 'vae' else '–'} | {_pm(g, 'active_units', 0)} | "
             f"{_pm(g, 'directions', 0)} | {_pm(g, 'participation_ratio')} | {_pm(g, 'kl90', 0)} | "
             f"{_pm(g, 'gap')} | {_pm(g, 'probe_logreg', 3)} | {_pm(g, 'probe_knn', 3)} | "
-            f"{_fmt(max(gains)) if gains else '–'} | {_pm(g, 'samples_per_s', 0)} | {_pm(g, 'wall_s', 0)} |")
-    lines += ["", "Directions: eigenvalues of Cov_x[μ(x)] above 0.01 (the threshold of Burda's unit "
-              "count). PR: participation ratio (Σλ)²/Σλ² of those eigenvalues. KL-90: the fewest latents "
-              "that hold 90% of the KL term. Probes: accuracy of a logistic regression and of 5 nearest "
-              "neighbours on the posterior means (training digits → test digits). Last-20% gain: test "
-              f"−ELBO at 80% of the steps minus at the end; below {CONVERGED:g} nat counts as converged. "
-              "For the autoencoder, test −ELBO is its reconstruction loss (no KL, no likelihood), and "
-              "its units and directions are those of its code, which no prior ties to N(0, I).", "",
-              "## Every run", "",
-              "| model | Z | hidden | seed | test −ELBO | −log p(x) (IW) | active units | directions | "
-              "last-20% gain | converged | epochs | wall s |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+            f"{_fmt(max(gains)) if gains else '–'} | {_pm(g, 'samples_per_s', 0)} | {_pm(g, 'wall_s', 0)} |"
+        )
+    lines += [
+        "",
+        "Directions: eigenvalues of Cov_x[μ(x)] above 0.01 (the threshold of Burda's unit "
+        "count). PR: participation ratio (Σλ)²/Σλ² of those eigenvalues. KL-90: the fewest latents "
+        "that hold 90% of the KL term. Probes: accuracy of a logistic regression and of 5 nearest "
+        "neighbours on the posterior means (training digits → test digits). Last-20% gain: test "
+        f"−ELBO at 80% of the steps minus at the end; below {CONVERGED:g} nat counts as converged. "
+        "For the autoencoder, test −ELBO is its reconstruction loss (no KL, no likelihood), and "
+        "its units and directions are those of its code, which no prior ties to N(0, I).",
+        "",
+        "## Every run",
+        "",
+        "| model | Z | hidden | seed | test −ELBO | −log p(x) (IW) | active units | directions | "
+        "last-20% gain | converged | epochs | wall s |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
     for r in rows:
         ok = converged(r)
-        lines.append(f"| {r['model']} | {r['latent']} | {','.join(map(str, r['hidden']))} | {r['seed']} | "
-                     f"{_fmt(r['test_loss'])} | {_fmt(r['test_iw_nll'])} | {r['active_units']} | "
-                     f"{r['directions']} | {_fmt(r.get('last20_gain'), 2)} | "
-                     f"{'–' if ok is None else 'yes' if ok else '**no**'} | {r['epochs']} | "
-                     f"{r['wall_s']:,.0f} |")
-    lines += ["", *reading(rows), "",
-              "Figures: `learning_curves.png`, `metrics_vs_latent.png`, `active_units.png`, "
-              "`kl_spectra.png`, `probe.png`, `samples_by_latent.png`, `reconstructions_by_latent.png`, "
-              "`vae_vs_ae.png`.", ""]
+        lines.append(
+            f"| {r['model']} | {r['latent']} | {','.join(map(str, r['hidden']))} | {r['seed']} | "
+            f"{_fmt(r['test_loss'])} | {_fmt(r['test_iw_nll'])} | {r['active_units']} | "
+            f"{r['directions']} | {_fmt(r.get('last20_gain'), 2)} | "
+            f"{'–' if ok is None else 'yes' if ok else '**no**'} | {r['epochs']} | "
+            f"{r['wall_s']:,.0f} |"
+        )
+    lines += [
+        "",
+        *reading(rows),
+        "",
+        "Figures: `learning_curves.png`, `metrics_vs_latent.png`, `active_units.png`, "
+        "`kl_spectra.png`, `probe.png`, `samples_by_latent.png`, `reconstructions_by_latent.png`, "
+        "`vae_vs_ae.png`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -145,24 +162,30 @@ def reading(rows):
             continue
         diff = aggregate(g, field)[0] - aggregate(vae[best], field)[0]
         beyond = separated(g, vae[best], field)
-        out.append(f"  - Z = {z}: {_pm(g, field)} ({diff:+.1f}; "
-                   f"{'beyond' if beyond else 'within'} the seed spread)")
+        out.append(f"  - Z = {z}: {_pm(g, field)} ({diff:+.1f}; {'beyond' if beyond else 'within'} the seed spread)")
     not_conv = [r for g in vae.values() for r in g if converged(r) is False]
     if not_conv:
-        out.append("- Not converged (last 20% of the steps gained ≥ 1 nat): "
-                   + ", ".join(f"Z = {r['latent']} seed {r['seed']} ({r['last20_gain']:.2f})" for r in not_conv)
-                   + ".")
+        out.append(
+            "- Not converged (last 20% of the steps gained ≥ 1 nat): "
+            + ", ".join(f"Z = {r['latent']} seed {r['seed']} ({r['last20_gain']:.2f})" for r in not_conv)
+            + "."
+        )
     else:
         out.append(f"- Every VAE run gained less than {CONVERGED:g} nat over its last 20% of steps.")
-    out.append("- Active units / directions (mean over seeds): "
-               + ", ".join(f"Z = {z}: {aggregate(g, 'active_units')[0]:.0f} / {aggregate(g, 'directions')[0]:.0f}"
-                           for z, g in vae.items()) + ".")
+    out.append(
+        "- Active units / directions (mean over seeds): "
+        + ", ".join(
+            f"Z = {z}: {aggregate(g, 'active_units')[0]:.0f} / {aggregate(g, 'directions')[0]:.0f}"
+            for z, g in vae.items()
+        )
+        + "."
+    )
     ae = {z: g for (m, h, z), g in groups(rows).items() if m == "ae" and h == hidden}
     both = [z for z in vae if z in ae]
     if both:
-        out.append("- Reconstruction term, VAE vs autoencoder: "
-                   + ", ".join(f"Z = {z}: {_pm(vae[z], 'test_recon')} vs {_pm(ae[z], 'test_recon')}"
-                               for z in both) + " nats.")
+        out.append(
+            "- Reconstruction term, VAE vs autoencoder: "
+            + ", ".join(f"Z = {z}: {_pm(vae[z], 'test_recon')} vs {_pm(ae[z], 'test_recon')}" for z in both)
+            + " nats."
+        )
     return out
-
-

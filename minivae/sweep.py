@@ -71,21 +71,43 @@ def _model_list(text):
 
 
 def parse_args(argv=None):
-    p = cli.Parser(prog=cli.program("minivae.sweep", "minivae-sweep"),
-                description="Train one model per latent size and compare them on held-out digits.")
-    p.add_argument("--latents", type=_latent_list, default=list(LATENTS),
-                   help=f"comma-separated sizes (default {','.join(map(str, LATENTS))})")
+    p = cli.Parser(
+        prog=cli.program("minivae.sweep", "minivae-sweep"),
+        description="Train one model per latent size and compare them on held-out digits.",
+    )
+    p.add_argument(
+        "--latents",
+        type=_latent_list,
+        default=list(LATENTS),
+        help=f"comma-separated sizes (default {','.join(map(str, LATENTS))})",
+    )
     p.add_argument("--models", type=_model_list, default=["vae"], help="vae, ae or vae,ae (default vae)")
-    p.add_argument("--seeds", type=_seed_list, default=None,
-                   help="comma-separated seeds, one run per seed and size (default: --seed)")
-    p.add_argument("--steps", type=cli.positive_int, default=None,
-                   help="Adam steps per run, the same for every size (default: --epochs passes "
-                        f"over the training digits, {DEFAULT_EPOCHS} epochs when neither is given)")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="comma-separated seeds, one run per seed and size (default: --seed)",
+    )
+    p.add_argument(
+        "--steps",
+        type=cli.positive_int,
+        default=None,
+        help="Adam steps per run, the same for every size (default: --epochs passes "
+        f"over the training digits, {DEFAULT_EPOCHS} epochs when neither is given)",
+    )
     p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes (default 1)")
-    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead (default: local worker processes)")
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs") / "sweep",
-                   help="folder for results.jsonl, report.md, the figures and runs/ (default runs/sweep)")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead (default: local worker processes)",
+    )
+    p.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=pathlib.Path("runs") / "sweep",
+        help="folder for results.jsonl, report.md, the figures and runs/ (default runs/sweep)",
+    )
     cli.add_training_options(p, epochs=DEFAULT_EPOCHS, iw_samples=100)
     return p.parse_args(argv)
 
@@ -115,9 +137,15 @@ def _curve_point(model, test_x, seed, step):
     else:
         ev = ae_evaluate(model, test_x)
     directions = metrics.latent_directions(mu)
-    return {"step": step, "test_loss": ev["loss"], "test_recon": ev["recon"], "test_kl": ev["kl"],
-            "active_units": metrics.active_units(mu)[0], "directions": directions["directions"],
-            "participation_ratio": directions["participation_ratio"]}
+    return {
+        "step": step,
+        "test_loss": ev["loss"],
+        "test_recon": ev["recon"],
+        "test_kl": ev["kl"],
+        "active_units": metrics.active_units(mu)[0],
+        "directions": directions["directions"],
+        "participation_ratio": directions["participation_ratio"],
+    }
 
 
 def run_one(cfg):
@@ -153,12 +181,22 @@ def run_one(cfg):
     curve, step, bs = trained["curve"], trained["step"], cfg["batch_size"]
     gain = curve[-2]["test_loss"] - curve[-1]["test_loss"] if len(curve) >= 2 and not trained["diverged"] else None
     return {
-        "model": cfg["model"], "latent": Z, "hidden": list(hidden), "seed": seed, "steps": step,
-        "epochs": round(step * bs / len(data.train_x), 2), **row,
-        "last20_gain": gain, "curve": curve,
-        "params": model.num_params(), "samples_per_s": trained["samples_per_s"],
-        "wall_s": time.perf_counter() - t0, "backend": model.backend, "diverged": trained["diverged"],
-        "data": data.source, "settings": cfg["settings"],
+        "model": cfg["model"],
+        "latent": Z,
+        "hidden": list(hidden),
+        "seed": seed,
+        "steps": step,
+        "epochs": round(step * bs / len(data.train_x), 2),
+        **row,
+        "last20_gain": gain,
+        "curve": curve,
+        "params": model.num_params(),
+        "samples_per_s": trained["samples_per_s"],
+        "wall_s": time.perf_counter() - t0,
+        "backend": model.backend,
+        "diverged": trained["diverged"],
+        "data": data.source,
+        "settings": cfg["settings"],
     }
 
 
@@ -213,17 +251,29 @@ def _measure(model, data, test_x, cfg, tag):
     # What the figures need, small: sorted KL spectrum, variances along the principal directions,
     # reconstructions, decoded N(0, I) codes.
     fig_rng = np.random.default_rng([cfg["seed"], 5])
-    arrays = {"kl_per_dim": np.sort(kl_dim)[::-1], "activity": activity,
-              "eigenvalues": directions["eigenvalues"],
-              "originals": test_x[:16], "reconstructions": model.reconstruct(test_x[:16]),
-              "samples": model.sample(16, rng=fig_rng)}
+    arrays = {
+        "kl_per_dim": np.sort(kl_dim)[::-1],
+        "activity": activity,
+        "eigenvalues": directions["eigenvalues"],
+        "originals": test_x[:16],
+        "reconstructions": model.reconstruct(test_x[:16]),
+        "samples": model.sample(16, rng=fig_rng),
+    }
     atomic_write(pathlib.Path(cfg["out"]) / "runs" / f"{tag}.npz", lambda f: np.savez_compressed(f, **arrays))
     return {
-        "test_loss": test["loss"], "test_recon": test["recon"], "test_kl": test["kl"],
-        "test_iw_nll": iw_nll, "iw_samples": cfg["iw_samples"] if n_iw else None, "iw_examples": n_iw,
-        "train_loss": train["loss"], "gap": test["loss"] - train["loss"],
-        "active_units": active, "directions": directions["directions"],
-        "participation_ratio": directions["participation_ratio"], "kl90": kl90(kl_dim), **probe,
+        "test_loss": test["loss"],
+        "test_recon": test["recon"],
+        "test_kl": test["kl"],
+        "test_iw_nll": iw_nll,
+        "iw_samples": cfg["iw_samples"] if n_iw else None,
+        "iw_examples": n_iw,
+        "train_loss": train["loss"],
+        "gap": test["loss"] - train["loss"],
+        "active_units": active,
+        "directions": directions["directions"],
+        "participation_ratio": directions["participation_ratio"],
+        "kl90": kl90(kl_dim),
+        **probe,
     }
 
 
@@ -231,8 +281,8 @@ def ae_evaluate(model, x, batch_size=1000):
     """The autoencoder's reconstruction loss Σ_pixels softplus(a) − x·a, averaged over x."""
     total = 0.0
     for s in range(0, len(x), batch_size):
-        xb = np.asarray(x[s:s + batch_size], np.float64)
-        a = np.asarray(model.decode_logits(model.encode(x[s:s + batch_size])[0]), np.float64)
+        xb = np.asarray(x[s : s + batch_size], np.float64)
+        a = np.asarray(model.decode_logits(model.encode(x[s : s + batch_size])[0]), np.float64)
         total += float(losses.bernoulli_nll(a, xb).sum())
     return {"loss": total / len(x), "recon": total / len(x), "kl": 0.0}
 
@@ -243,9 +293,16 @@ def ae_evaluate(model, x, batch_size=1000):
 def settings_of(args, steps):
     """Everything but the model, Z, the hidden widths and the seed that a result depends on, and
     its short hash: runs with the same hash belong to one study (and one report)."""
-    s = {"steps": steps, "batch_size": args.batch_size, "lr": args.lr, "binarize": args.binarize,
-         "limit": args.limit, "data_dir": str(args.data_dir) if args.data_dir else None,
-         "iw_samples": args.iw_samples, "iw_examples": args.iw_examples}
+    s = {
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "binarize": args.binarize,
+        "limit": args.limit,
+        "data_dir": str(args.data_dir) if args.data_dir else None,
+        "iw_samples": args.iw_samples,
+        "iw_examples": args.iw_examples,
+    }
     return s, hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -269,22 +326,39 @@ def run(args):
     hidden = list(args.hidden)
     # Seed by seed, the largest (slowest) sizes first: the first seed's results come in first,
     # and the workers do not wait on one long run at the end.
-    wanted = [dict(settings, model=m, latent=z, hidden=hidden, seed=sd, backend=backend,
-                   out=str(args.out), settings=key, threads=threads)
-              for sd in seeds for z in sorted(args.latents, reverse=True) for m in args.models]
+    wanted = [
+        dict(
+            settings,
+            model=m,
+            latent=z,
+            hidden=hidden,
+            seed=sd,
+            backend=backend,
+            out=str(args.out),
+            settings=key,
+            threads=threads,
+        )
+        for sd in seeds
+        for z in sorted(args.latents, reverse=True)
+        for m in args.models
+    ]
     todo = [cfg for cfg in wanted if run_key(cfg) not in done]
     say(f"data: {data.source}")
-    say(f"{len(todo)} runs to do, {len(wanted) - len(todo)} already in {results_path}; {steps:,} steps "
+    say(
+        f"{len(todo)} runs to do, {len(wanted) - len(todo)} already in {results_path}; {steps:,} steps "
         f"({steps * args.batch_size / len(data.train_x):.1f} epochs), hidden {hidden}, seeds {seeds}, "
-        f"backend {backend}")
+        f"backend {backend}"
+    )
     _prepare_out(args.out, corrupt, settings, key)
     t0 = time.perf_counter()
     try:
         failed = _train_all(args, todo, rows, old, client, say)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the workers were stopped by _execute
         left = stop.args[0] if stop.args else todo
-        _warn(f"interrupted: {len(todo) - len(left)} of {len(todo)} runs finished (in {results_path}); "
-              f"run the same command again to do the other {len(left)}")
+        _warn(
+            f"interrupted: {len(todo) - len(left)} of {len(todo)} runs finished (in {results_path}); "
+            f"run the same command again to do the other {len(left)}"
+        )
         return EXIT_INTERRUPTED
     finally:
         if client is not None:
@@ -390,14 +464,17 @@ def _train_all(args, todo, rows, old, client, say):
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(last=f"{row['model']} Z={row['latent']}")
-            say(f"  {row['model']:>3} Z={row['latent']:<5} hidden {row['hidden']} seed {row['seed']}  "
+            say(
+                f"  {row['model']:>3} Z={row['latent']:<5} hidden {row['hidden']} seed {row['seed']}  "
                 f"test {row['test_loss']:7.2f}  active {row['active_units']:4d}  "
-                f"directions {row['directions']:4d}  {row['wall_s']:6.1f} s")
+                f"directions {row['directions']:4d}  {row['wall_s']:6.1f} s"
+            )
     except KeyboardInterrupt:
         left = [cfg for cfg in todo if run_key(cfg) not in finished]
         for cfg in left:  # a stopped run's progress file would say it is still going
-            (args.out / "runs" / f"{run_tag(cfg['model'], cfg['latent'], cfg['hidden'], cfg['seed'])}"
-                                 f".partial.json").unlink(missing_ok=True)
+            (
+                args.out / "runs" / f"{run_tag(cfg['model'], cfg['latent'], cfg['hidden'], cfg['seed'])}.partial.json"
+            ).unlink(missing_ok=True)
         raise KeyboardInterrupt(left) from None
     finally:
         if bar is not None:
@@ -438,8 +515,9 @@ def _execute(todo, jobs, client):
         import multiprocessing
 
         # "spawn": fresh interpreters, so no thread pool (BLAS, Numba) is inherited half-started.
-        ex = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                    initializer=_worker_init)
+        ex = cf.ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        )
         futures = [ex.submit(_run_in_worker, cfg) for cfg in todo]
         cfg_of = {id(f): cfg for f, cfg in zip(futures, todo)}
         as_completed = cf.as_completed
@@ -494,21 +572,33 @@ def _run_in_worker(cfg):
 
 # The fields of a result row and what they must hold (None allowed where a run may lack them).
 _ROW_INTS = ("latent", "seed", "steps", "active_units", "directions")
-_ROW_NUMBERS = ("test_loss", "test_recon", "test_kl", "train_loss", "gap", "epochs", "wall_s",
-                "samples_per_s", "params")
-_ROW_OPTIONAL = ("test_iw_nll", "kl90", "last20_gain", "participation_ratio", "probe_logreg",
-                 "probe_knn")
+_ROW_NUMBERS = (
+    "test_loss",
+    "test_recon",
+    "test_kl",
+    "train_loss",
+    "gap",
+    "epochs",
+    "wall_s",
+    "samples_per_s",
+    "params",
+)
+_ROW_OPTIONAL = ("test_iw_nll", "kl90", "last20_gain", "participation_ratio", "probe_logreg", "probe_knn")
 _RUN_ARRAYS = ("kl_per_dim", "activity", "eigenvalues", "originals", "reconstructions", "samples")
 
 
 def _row_problem(r):
     """None for a usable result row, else what is wrong with it (in words)."""
+
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     name = f"{r.get('model')} Z={r.get('latent')} seed {r.get('seed')}"
-    if r.get("model") not in MODELS or not isinstance(r.get("hidden"), list) \
-            or not all(isinstance(h, int) and h > 0 for h in r["hidden"]):
+    if (
+        r.get("model") not in MODELS
+        or not isinstance(r.get("hidden"), list)
+        or not all(isinstance(h, int) and h > 0 for h in r["hidden"])
+    ):
         return f"{name} names no model, Z, hidden widths and seed"
     for f in _ROW_INTS:
         if not isinstance(r.get(f), int) or isinstance(r.get(f), bool) or r[f] < 0:
@@ -562,8 +652,7 @@ def main(argv=None):
         print("minivae.sweep: interrupted during start-up; no run was started", file=sys.stderr)
         return EXIT_INTERRUPTED
     except WriteError as e:  # a full disk, say: every finished run is in results.jsonl already
-        print(f"minivae.sweep: {e}; stopping (run the same command again when it can be written)",
-              file=sys.stderr)
+        print(f"minivae.sweep: {e}; stopping (run the same command again when it can be written)", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -56,15 +56,33 @@ import numpy as np
 from minivae import cli, loop, metrics
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from minivae.data import D, DataError, binarize, load_mnist
-from minivae.files import (CHECKPOINT, CheckpointError, JsonlError, WriteError, atomic_write_text, read_checkpoint,
-                           read_jsonl, save_checkpoint, set_rng_state, write_jsonl)
+from minivae.files import (
+    CHECKPOINT,
+    CheckpointError,
+    JsonlError,
+    WriteError,
+    atomic_write_text,
+    read_checkpoint,
+    read_jsonl,
+    save_checkpoint,
+    set_rng_state,
+    write_jsonl,
+)
 from minivae.optim import Adam
 from minivae.vae import VAE
 
 LOCK = ".lock"  # held (fcntl.flock) by the run writing into the folder
 # The files a run writes: a folder holding any of them holds a run.
-ARTIFACTS = ("config.json", "metrics.jsonl", CHECKPOINT, "summary.json", "reconstructions.png",
-             "samples.png", "kl_per_dim.png", "loss_curve.png")
+ARTIFACTS = (
+    "config.json",
+    "metrics.jsonl",
+    CHECKPOINT,
+    "summary.json",
+    "reconstructions.png",
+    "samples.png",
+    "kl_per_dim.png",
+    "loss_curve.png",
+)
 EXIT_DIVERGED = EXIT_FAILED
 DEFAULT_EPOCHS = 30
 RESUME_OPTIONS = {"resume", "epochs", "data_dir", "quiet"}  # what a resumed run may be given
@@ -84,16 +102,26 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _parser():
-    p = cli.Parser(prog=cli.program("minivae.train", "minivae-train"),
-                   description="Train a VAE on MNIST; write metrics, a checkpoint and figures.")
+    p = cli.Parser(
+        prog=cli.program("minivae.train", "minivae-train"),
+        description="Train a VAE on MNIST; write metrics, a checkpoint and figures.",
+    )
     p.add_argument("--latent", type=cli.positive_int, default=20, help="latent dimension Z (default 20)")
     p.add_argument("--beta", type=cli.non_negative_float, default=1.0, help="weight of the KL term (default 1)")
     p.add_argument("--out", type=cli.path, default=None, help="output folder (default runs/latent<Z>)")
-    p.add_argument("--resume", type=cli.path, default=None, metavar="DIR",
-                   help="continue the run in DIR from its checkpoint (its options are reused; "
-                        "--epochs may raise the total, --data-dir point to its data elsewhere)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run in --out (without it, a folder holding a run is refused)")
+    p.add_argument(
+        "--resume",
+        type=cli.path,
+        default=None,
+        metavar="DIR",
+        help="continue the run in DIR from its checkpoint (its options are reused; "
+        "--epochs may raise the total, --data-dir point to its data elsewhere)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (without it, a folder holding a run is refused)",
+    )
     cli.add_training_options(p, epochs=DEFAULT_EPOCHS, iw_samples=50)
     return p
 
@@ -109,12 +137,12 @@ def parse_args(argv=None):
     return args
 
 
-
-
 _CONFIG_TYPES = {  # key: (check, what) of a checkpoint's config
     "latent": (lambda v: _is_int(v, 1), "a positive integer"),
-    "hidden": (lambda v: isinstance(v, list) and bool(v) and all(_is_int(h, 1) for h in v),
-               "a list of positive widths"),
+    "hidden": (
+        lambda v: isinstance(v, list) and bool(v) and all(_is_int(h, 1) for h in v),
+        "a list of positive widths",
+    ),
     "seed": (lambda v: _is_int(v, 0), "a non-negative integer"),
     "beta": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
     "lr": (lambda v: _is_number(v) and v > 0, "a positive number"),
@@ -145,8 +173,7 @@ def _read_checkpoint(folder):
         ck = read_checkpoint(path)
     except CheckpointError as e:
         raise UsageError(str(e)) from None
-    missing = [k for k in ("config", "epoch", "step", "rng/model", "rng/data", "rng/epoch_start")
-               if k not in ck]
+    missing = [k for k in ("config", "epoch", "step", "rng/model", "rng/data", "rng/epoch_start") if k not in ck]
     if missing:
         raise UsageError(f"{path} is not a minivae checkpoint (it has no {', '.join(missing)})")
     try:
@@ -174,8 +201,11 @@ def _read_checkpoint(folder):
     for key in ("epoch/loss_sum", "epoch/train_s"):
         if key in ck and (ck[key].shape != () or ck[key].dtype.kind != "f" or not np.isfinite(ck[key])):
             raise UsageError(f"{path}: {key!r} is {ck[key]!r}, expected a finite number")
-    bad = [k for k, v in ck.items() if k.startswith(("param/", "opt/")) and v.dtype.kind == "f"
-           and not np.isfinite(v).all()]
+    bad = [
+        k
+        for k, v in ck.items()
+        if k.startswith(("param/", "opt/")) and v.dtype.kind == "f" and not np.isfinite(v).all()
+    ]
     if bad:
         raise UsageError(f"{path}: {bad[0]!r} holds non-finite numbers; the checkpoint cannot be resumed")
     return ck, config, (position[0], position[1])
@@ -219,8 +249,10 @@ class _RunFolder:
             except OSError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
                 os.close(fd)
-                raise UsageError(f"another run (process {holder}) is writing into {path}; wait for "
-                                 f"it to end, or choose another --out") from None
+                raise UsageError(
+                    f"another run (process {holder}) is writing into {path}; wait for "
+                    f"it to end, or choose another --out"
+                ) from None
             try:  # the previous holder may have removed the file between our open and our lock
                 same = os.path.samestat(os.fstat(fd), os.stat(lock))
             except FileNotFoundError:
@@ -317,9 +349,11 @@ def _check_memory(config):
     needed, P = memory_needed(config)
     available = _available_memory()
     if available is not None and needed > available:
-        raise UsageError(f"this run needs about {_bytes(needed)} of memory ({P:,} parameters, "
-                         f"batch {config['batch_size']}, K = {config['iw_samples']} importance "
-                         f"samples), more than the {_bytes(available)} available")
+        raise UsageError(
+            f"this run needs about {_bytes(needed)} of memory ({P:,} parameters, "
+            f"batch {config['batch_size']}, K = {config['iw_samples']} importance "
+            f"samples), more than the {_bytes(available)} available"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,15 +425,13 @@ def run(args):
                 return _run(args, given, signals, state)
         except Interrupted as e:
             name = signal.Signals(e.signum).name
-            print(f"minivae.train: {name} during {state['stage']}; {_what_is_kept(state)}",
-                  file=sys.stderr)
+            print(f"minivae.train: {name} during {state['stage']}; {_what_is_kept(state)}", file=sys.stderr)
             return _exit_code(e.signum)
         except (WriteError, MemoryError) as e:
             what = "out of memory" if isinstance(e, MemoryError) else str(e)
             if state["stage"] == "start-up":
                 raise UsageError(what) from None
-            print(f"minivae.train: {what}; stopping during {state['stage']} "
-                  f"({_what_is_kept(state)})", file=sys.stderr)
+            print(f"minivae.train: {what}; stopping during {state['stage']} ({_what_is_kept(state)})", file=sys.stderr)
             return EXIT_FAILED
         finally:
             if state["folder"] is not None:
@@ -440,14 +472,26 @@ def _run(args, given, signals, state):
     state["stage"] = "training"
     quiet = args.quiet
     if stale:
-        _say(quiet, f"removed {stale} temporary file(s) ({_bytes(stale_bytes)}) that an interrupted "
-                    f"run left in {out}")
-    _say(quiet, f"data: {data.source}",
-         f"model: D={D}, Z={config['latent']}, hidden={config['hidden']}, "
-         f"{vae.num_params():,} parameters, backend {vae.backend}")
-    job = dict(vae=vae, opt=opt, data_rng=data_rng, config=config, out=out, quiet=quiet,
-               n=len(data.train_x), signals=signals, state=state, history=history,
-               test_x=binarize(data.test_x, "static" if config["binarize"] != "none" else "none"))
+        _say(quiet, f"removed {stale} temporary file(s) ({_bytes(stale_bytes)}) that an interrupted run left in {out}")
+    _say(
+        quiet,
+        f"data: {data.source}",
+        f"model: D={D}, Z={config['latent']}, hidden={config['hidden']}, "
+        f"{vae.num_params():,} parameters, backend {vae.backend}",
+    )
+    job = dict(
+        vae=vae,
+        opt=opt,
+        data_rng=data_rng,
+        config=config,
+        out=out,
+        quiet=quiet,
+        n=len(data.train_x),
+        signals=signals,
+        state=state,
+        history=history,
+        test_x=binarize(data.test_x, "static" if config["binarize"] != "none" else "none"),
+    )
     wall0 = time.perf_counter()
     code, posterior = _train_epochs(job, data.train_x, start_epoch, start_step, running)
     if code is not None:
@@ -476,17 +520,24 @@ def _options(args, given, state):
                 continue
             value = list(value) if key == "hidden" else value
             if key not in config or value != config[key]:
-                contradict.append((f"{_flag(key)} {getattr(args, key) if key != 'hidden' else ','.join(map(str, value))}",
-                                   f"{key} {config.get(key)}"))
+                contradict.append(
+                    (
+                        f"{_flag(key)} {getattr(args, key) if key != 'hidden' else ','.join(map(str, value))}",
+                        f"{key} {config.get(key)}",
+                    )
+                )
         if contradict:
-            raise UsageError(f"{' and '.join(c[0] for c in contradict)} contradict"
-                             f"{'s' if len(contradict) == 1 else ''} the checkpoint in {out} "
-                             f"({', '.join(c[1] for c in contradict)}); a resumed run keeps its "
-                             f"options: only --epochs, --data-dir and --quiet may be given")
+            raise UsageError(
+                f"{' and '.join(c[0] for c in contradict)} contradict"
+                f"{'s' if len(contradict) == 1 else ''} the checkpoint in {out} "
+                f"({', '.join(c[1] for c in contradict)}); a resumed run keeps its "
+                f"options: only --epochs, --data-dir and --quiet may be given"
+            )
         if args.epochs is not None:
             if args.epochs < start_epoch:
-                raise UsageError(f"--epochs {args.epochs} is fewer than the {start_epoch} epochs "
-                                 f"the checkpoint in {out} has done")
+                raise UsageError(
+                    f"--epochs {args.epochs} is fewer than the {start_epoch} epochs the checkpoint in {out} has done"
+                )
             config["epochs"] = args.epochs
         if args.data_dir is not None:
             config["data_dir"] = os.path.abspath(args.data_dir)  # the data moved: follow them
@@ -494,8 +545,7 @@ def _options(args, given, state):
         state["saved"] = (start_epoch, start_step)
     else:
         ck, start_epoch, start_step = None, 0, 0
-        config = {k: v for k, v in vars(args).items()
-                  if k not in ("resume", "out", "quiet", "overwrite", "given")}
+        config = {k: v for k, v in vars(args).items() if k not in ("resume", "out", "quiet", "overwrite", "given")}
         config["hidden"] = list(args.hidden)
         # Absolute, so that the run can be resumed from any folder.
         config["data_dir"] = os.path.abspath(args.data_dir) if args.data_dir is not None else None
@@ -510,8 +560,9 @@ def _options(args, given, state):
     if config["data_dir"] is not None and not pathlib.Path(config["data_dir"]).is_dir():
         if args.data_dir is not None:
             raise UsageError(f"--data-dir {args.data_dir} is not a folder")
-        raise UsageError(f"the run's data folder {config['data_dir']} is gone: give --data-dir "
-                         f"to say where its data are now")
+        raise UsageError(
+            f"the run's data folder {config['data_dir']} is gone: give --data-dir to say where its data are now"
+        )
     _check_memory(config)  # before the model or the data take any
     return ck, config, out, (start_epoch, start_step)
 
@@ -526,10 +577,13 @@ def _claim_folder(out, ck, args, state):
     if ck is None and present and not args.overwrite:
         files = f"{', '.join(present[:3])}{', …' if len(present) > 3 else ''}"
         if CHECKPOINT in present:
-            raise UsageError(f"--out {out} holds a run ({files}): continue it with --resume {out}, "
-                             f"or replace it with --overwrite")
-        raise UsageError(f"--out {out} holds the files of a run without a checkpoint ({files}): "
-                         f"replace them with --overwrite, or choose another --out")
+            raise UsageError(
+                f"--out {out} holds a run ({files}): continue it with --resume {out}, or replace it with --overwrite"
+            )
+        raise UsageError(
+            f"--out {out} holds the files of a run without a checkpoint ({files}): "
+            f"replace them with --overwrite, or choose another --out"
+        )
     # The rows of metrics.jsonl up to the epoch a resumed run starts after.
     history = _read_history(out, int(ck["epoch"])) if ck is not None else []
     return folder, present, history
@@ -539,15 +593,22 @@ def _build(config, ck, out, start_step, quiet):
     """The model, its optimizer, the data and the data generator, restored from the checkpoint
     ``ck`` when resuming; and the running sums of an interrupted epoch."""
     try:
-        vae = VAE(D, config["latent"], tuple(config["hidden"]), seed=config["seed"],
-                  beta=config["beta"], backend=config["backend"])
+        vae = VAE(
+            D,
+            config["latent"],
+            tuple(config["hidden"]),
+            seed=config["seed"],
+            beta=config["beta"],
+            backend=config["backend"],
+        )
     except (ValueError, ImportError, RuntimeError) as e:
         raise UsageError(f"cannot create the model: {e}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
         try:
-            data = load_mnist(config["data_dir"], config["limit"], seed=config["seed"],
-                              progress=not quiet and sys.stderr.isatty())
+            data = load_mnist(
+                config["data_dir"], config["limit"], seed=config["seed"], progress=not quiet and sys.stderr.isatty()
+            )
         except (DataError, ValueError) as e:
             raise UsageError(str(e)) from None
 
@@ -563,18 +624,25 @@ def _build(config, ck, out, start_step, quiet):
         except ValueError as e:
             raise UsageError(f"checkpoint {out / CHECKPOINT} does not match its config: {e}") from None
         if "data/n_train" in ck and int(ck["data/n_train"]) != n:
-            raise UsageError(f"the run was trained on {int(ck['data/n_train']):,} training digits, "
-                             f"the data now give {n:,} ({data.source}); give --data-dir to point "
-                             f"to the run's data")
+            raise UsageError(
+                f"the run was trained on {int(ck['data/n_train']):,} training digits, "
+                f"the data now give {n:,} ({data.source}); give --data-dir to point "
+                f"to the run's data"
+            )
         if start_step >= steps_per_epoch:
-            raise UsageError(f"the checkpoint is at step {start_step} of an epoch, but the data give "
-                             f"{steps_per_epoch} steps per epoch: not the run's data")
+            raise UsageError(
+                f"the checkpoint is at step {start_step} of an epoch, but the data give "
+                f"{steps_per_epoch} steps per epoch: not the run's data"
+            )
         set_rng_state(vae.rng, ck["rng/model"])
         # Mid-epoch: replay the epoch's data order from its start, skipping the steps done.
         set_rng_state(data_rng, ck["rng/epoch_start"] if start_step else ck["rng/data"])
         if start_step and "epoch/seen" in ck:
-            running = {"loss_sum": float(ck["epoch/loss_sum"]), "seen": int(ck["epoch/seen"]),
-                       "train_s": float(ck["epoch/train_s"])}
+            running = {
+                "loss_sum": float(ck["epoch/loss_sum"]),
+                "seen": int(ck["epoch/seen"]),
+                "train_s": float(ck["epoch/train_s"]),
+            }
     return vae, opt, data, data_rng, running
 
 
@@ -586,8 +654,9 @@ def _train_epochs(job, train_x, start_epoch, start_step, running):
     show_bar = not job["quiet"] and sys.stderr.isatty()
     posterior = None  # (μ, log σ²) of the test digits after the last epoch run here
     n, bs = job["n"], config["batch_size"]
-    for epoch, start, x_epoch, order in loop.epochs(train_x, config["binarize"], bs, job["data_rng"],
-                                                    first=start_epoch + 1, last=config["epochs"]):
+    for epoch, start, x_epoch, order in loop.epochs(
+        train_x, config["binarize"], bs, job["data_rng"], first=start_epoch + 1, last=config["epochs"]
+    ):
         epoch_rng_state = json.dumps(start)
         resumed = epoch == start_epoch + 1 and start_step > 0
         sums = dict(running) if resumed else {"loss_sum": 0.0, "seen": 0, "train_s": 0.0}
@@ -598,23 +667,32 @@ def _train_epochs(job, train_x, start_epoch, start_step, running):
             bar.close()
         if why == "diverged":
             saved = job["state"]["saved"]
-            kept = (f"the checkpoint of {_position(*saved)} in {out} is kept" if saved is not None else
-                    "no checkpoint was saved: it diverged before its first epoch ended; "
-                    "try a smaller --lr")
-            print(f"minivae.train: loss became {loss} at epoch {epoch}, step {step}; "
-                  f"stopping ({kept})", file=sys.stderr)
+            kept = (
+                f"the checkpoint of {_position(*saved)} in {out} is kept"
+                if saved is not None
+                else "no checkpoint was saved: it diverged before its first epoch ended; try a smaller --lr"
+            )
+            print(
+                f"minivae.train: loss became {loss} at epoch {epoch}, step {step}; stopping ({kept})", file=sys.stderr
+            )
             return EXIT_DIVERGED, posterior
         if why == "stop":
             _save(job, epoch_rng_state, epoch - 1, step, running=sums)
             name = signal.Signals(signals.requested).name
-            print(f"minivae.train: {name}: interrupted at epoch {epoch}, step {step}; "
-                  f"checkpoint saved, continue with --resume {out}", file=sys.stderr)
+            print(
+                f"minivae.train: {name}: interrupted at epoch {epoch}, step {step}; "
+                f"checkpoint saved, continue with --resume {out}",
+                file=sys.stderr,
+            )
             return _exit_code(signals.requested), posterior
         posterior = _end_epoch(job, epoch, epoch_rng_state, sums)
         if signals.requested is not None:  # came during the evaluation or the writes
             name = signal.Signals(signals.requested).name
-            print(f"minivae.train: {name}: interrupted after epoch {epoch}; checkpoint saved, "
-                  f"continue with --resume {out}", file=sys.stderr)
+            print(
+                f"minivae.train: {name}: interrupted after epoch {epoch}; checkpoint saved, "
+                f"continue with --resume {out}",
+                file=sys.stderr,
+            )
             return _exit_code(signals.requested), posterior
     return None, posterior
 
@@ -640,8 +718,18 @@ def _epoch(job, x_epoch, order, skip, sums, bar):
 
 
 def _save(job, epoch_rng_state, epoch, step, running=None):
-    save_checkpoint(job["out"] / CHECKPOINT, job["vae"], job["opt"], job["data_rng"], epoch_rng_state,
-                    epoch, step, job["config"], n_train=job["n"], running=running)
+    save_checkpoint(
+        job["out"] / CHECKPOINT,
+        job["vae"],
+        job["opt"],
+        job["data_rng"],
+        epoch_rng_state,
+        epoch,
+        step,
+        job["config"],
+        n_train=job["n"],
+        running=running,
+    )
     job["state"]["saved"] = (epoch, step)
 
 
@@ -650,16 +738,23 @@ def _end_epoch(job, epoch, epoch_rng_state, sums):
     config, history = job["config"], job["history"]
     row, posterior = _evaluate_epoch(job["vae"], job["test_x"], config["seed"], epoch)
     train_time = sums["train_s"]
-    row = {"epoch": epoch, "train_loss": sums["loss_sum"] / max(sums["seen"], 1), **row,
-           "samples_per_s": sums["seen"] / train_time if train_time > 0 else 0.0}
+    row = {
+        "epoch": epoch,
+        "train_loss": sums["loss_sum"] / max(sums["seen"], 1),
+        **row,
+        "samples_per_s": sums["seen"] / train_time if train_time > 0 else 0.0,
+    }
     history.append(row)
     write_jsonl(job["out"] / "metrics.jsonl", history)  # a first signal waits until both are written
     _save(job, epoch_rng_state, epoch, 0)
-    _say(job["quiet"], f"epoch {epoch:3d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f}"
-                       f"  (recon {row['test_recon']:7.2f} + KL {row['test_kl']:6.2f})"
-                       f"  active {row['active_units']:4d}/{config['latent']}"
-                       f"  directions {row['directions']:4d}"
-                       f"  {row['samples_per_s']:7.0f} samples/s")
+    _say(
+        job["quiet"],
+        f"epoch {epoch:3d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f}"
+        f"  (recon {row['test_recon']:7.2f} + KL {row['test_kl']:6.2f})"
+        f"  active {row['active_units']:4d}/{config['latent']}"
+        f"  directions {row['directions']:4d}"
+        f"  {row['samples_per_s']:7.0f} samples/s",
+    )
     return posterior
 
 
@@ -676,17 +771,29 @@ def _finish(job, source, posterior, wall0):
     mu, logvar = posterior if posterior is not None else metrics.posterior_means(vae, test_x)
     plots.save_all(out, vae, test_x, mu, logvar, history, np.random.default_rng([config["seed"], 5]))
     last = history[-1] if history else None
-    summary = {"data": source, "iw_samples": k, "iw_examples": n_iw, "test_iw_nll": -iw_ll,
-               "wall_s": time.perf_counter() - wall0, "final": last}
+    summary = {
+        "data": source,
+        "iw_samples": k,
+        "iw_examples": n_iw,
+        "test_iw_nll": -iw_ll,
+        "wall_s": time.perf_counter() - wall0,
+        "final": last,
+    }
     state["stage"] = "the summary"
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _say(quiet, "",
-         f"data: {source}",
-         (f"final test: −ELBO {last['test_loss']:.2f} nats (recon {last['test_recon']:.2f} + "
-          f"KL {last['test_kl']:.2f}), active units {last['active_units']}/{config['latent']}")
-         if last else "no epochs trained",
-         f"test log-likelihood ≈ {iw_ll:.2f} nats (importance-weighted, K={k}, first {n_iw} test digits)",
-         f"artifacts in {out}/ ({time.perf_counter() - wall0:.0f} s)")
+    _say(
+        quiet,
+        "",
+        f"data: {source}",
+        (
+            f"final test: −ELBO {last['test_loss']:.2f} nats (recon {last['test_recon']:.2f} + "
+            f"KL {last['test_kl']:.2f}), active units {last['active_units']}/{config['latent']}"
+        )
+        if last
+        else "no epochs trained",
+        f"test log-likelihood ≈ {iw_ll:.2f} nats (importance-weighted, K={k}, first {n_iw} test digits)",
+        f"artifacts in {out}/ ({time.perf_counter() - wall0:.0f} s)",
+    )
     return 0
 
 
@@ -701,8 +808,9 @@ def _read_history(out, start_epoch):
     try:
         rows = read_jsonl(path)
     except JsonlError as e:
-        raise UsageError(f"cannot resume: {e}; restore the file (or remove it to resume without "
-                         f"the earlier epochs' rows)") from None
+        raise UsageError(
+            f"cannot resume: {e}; restore the file (or remove it to resume without the earlier epochs' rows)"
+        ) from None
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
     if not path.exists():
@@ -713,15 +821,19 @@ def _read_history(out, start_epoch):
         bad = [f for f in METRIC_NUMBERS if not _is_number(row.get(f))]
         if not _is_int(epoch, 1) or bad:
             what = "its epoch" if not _is_int(epoch, 1) else ", ".join(bad)
-            raise UsageError(f"cannot resume: {path} row {number}: {what} missing or not a "
-                             f"number; restore the file (or remove it to resume without the "
-                             f"earlier epochs' rows)")
+            raise UsageError(
+                f"cannot resume: {path} row {number}: {what} missing or not a "
+                f"number; restore the file (or remove it to resume without the "
+                f"earlier epochs' rows)"
+            )
         if epoch <= start_epoch:
             history.append(row)
     if [r["epoch"] for r in history] != list(range(1, start_epoch + 1)):
-        raise UsageError(f"cannot resume: {path} holds epochs {[r['epoch'] for r in history]}, "
-                         f"the checkpoint has done 1–{start_epoch}; restore the file (or remove "
-                         f"it to resume without the earlier epochs' rows)")
+        raise UsageError(
+            f"cannot resume: {path} holds epochs {[r['epoch'] for r in history]}, "
+            f"the checkpoint has done 1–{start_epoch}; restore the file (or remove "
+            f"it to resume without the earlier epochs' rows)"
+        )
     return history
 
 
@@ -732,8 +844,14 @@ def _evaluate_epoch(vae, test_x, seed, epoch):
     ev = metrics.evaluate(vae, test_x, eval_rng, posterior=(mu, logvar))
     au, _ = metrics.active_units(mu)
     directions = metrics.latent_directions(mu)
-    row = {"test_loss": ev["loss"], "test_recon": ev["recon"], "test_kl": ev["kl"], "active_units": au,
-           "directions": directions["directions"], "participation_ratio": directions["participation_ratio"]}
+    row = {
+        "test_loss": ev["loss"],
+        "test_recon": ev["recon"],
+        "test_kl": ev["kl"],
+        "active_units": au,
+        "directions": directions["directions"],
+        "participation_ratio": directions["participation_ratio"],
+    }
     return row, (mu, logvar)
 
 

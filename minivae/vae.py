@@ -91,8 +91,17 @@ class VAE:
         ("cpu-fused", "cupy", "numba-cuda", "auto"), which runs the same math through kernels.
     """
 
-    def __init__(self, data_dim=784, latent=20, hidden=(512,), seed=0, dtype="float32",
-                 beta=1.0, activation="relu", backend="numpy"):
+    def __init__(
+        self,
+        data_dim=784,
+        latent=20,
+        hidden=(512,),
+        seed=0,
+        dtype="float32",
+        beta=1.0,
+        activation="relu",
+        backend="numpy",
+    ):
         data_dim, latent, hidden, self.dtype = sizes(data_dim, latent, hidden, dtype)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: choose from {sorted(ACTIVATIONS)}")
@@ -106,7 +115,8 @@ class VAE:
         act = ACTIVATIONS[activation]
         # Encoder: D → hidden → 2Z = [μ | log σ²]; decoder: Z → mirrored hidden → D logits.
         self.encoder, self.decoder, self.layer_names, self.params = build_mlps(
-            data_dim, 2 * latent, latent, hidden, act, init_rng, self.dtype)
+            data_dim, 2 * latent, latent, hidden, act, init_rng, self.dtype
+        )
 
         self._cache = None
         self.last = {}  # batch means of the last forward: "loss", "recon", "kl"
@@ -157,8 +167,7 @@ class VAE:
 
         # Reconstruction: ∂L/∂a = (sigmoid(a) − x) / B, then back through the decoder to z.
         dlogits = losses.bernoulli_nll_backward(per_example, logits, x)  # (B, D)
-        dz = mlp_backward(self.decoder, dec_caches, dlogits, self.layer_names[len(self.encoder):],
-                           grads)  # (B, Z)
+        dz = mlp_backward(self.decoder, dec_caches, dlogits, self.layer_names[len(self.encoder) :], grads)  # (B, Z)
 
         # z = μ + σ ⊙ ε: the path through the sample ...
         dmu, dlogvar = losses.reparameterize_backward(dz, logvar, eps)  # (B, Z) each
@@ -166,7 +175,7 @@ class VAE:
         dmu_kl, dlogvar_kl = losses.gaussian_kl_backward(self.beta * per_example, mu, logvar)
         dh = np.concatenate([dmu + dmu_kl, dlogvar + dlogvar_kl], axis=1)  # (B, 2Z)
 
-        mlp_backward(self.encoder, enc_caches, dh, self.layer_names[:len(self.encoder)], grads)
+        mlp_backward(self.encoder, enc_caches, dh, self.layer_names[: len(self.encoder)], grads)
         return {k: grads[k] for k in self.params}  # in layer order
 
     # ----------------------------------------------------------------------------------------
@@ -176,7 +185,7 @@ class VAE:
     def encode(self, x):
         """μ and log σ² of q(z | x), NumPy arrays on every backend.     x: (B, D) → mu, logvar: (B, Z)"""
         h, _ = mlp_forward(self.encoder, checks.batch("x", x, self.data_dim, self.dtype, unit=True))
-        return h[:, :self.latent], h[:, self.latent:]
+        return h[:, : self.latent], h[:, self.latent :]
 
     def decode_logits(self, z):
         """The decoder's logits a, a NumPy array on every backend.     z: (B, Z) → (B, D)"""

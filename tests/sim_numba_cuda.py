@@ -17,8 +17,11 @@ import pytest
 
 ON_DEVICE = os.environ.get("MINIVAE_CUDA_DEVICE") == "1" and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1"
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not ON_DEVICE:
-    pytest.skip("needs NUMBA_ENABLE_CUDASIM=1 before numba is imported (run via test_numba_cuda.py), "
-                "or MINIVAE_CUDA_DEVICE=1 on a machine with a GPU", allow_module_level=True)
+    pytest.skip(
+        "needs NUMBA_ENABLE_CUDASIM=1 before numba is imported (run via test_numba_cuda.py), "
+        "or MINIVAE_CUDA_DEVICE=1 on a machine with a GPU",
+        allow_module_level=True,
+    )
 
 import minivae  # noqa: E402
 from kernels.engine import FlatParams  # noqa: E402
@@ -44,19 +47,21 @@ def test_matmul_version_every_transpose_ragged_shapes(version):
     matmul.check(versions=[version])
 
 
-@pytest.mark.parametrize("module", [bias_act, colsum, reparam_kl, bernoulli_nll, adam, noise],
-                         ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize(
+    "module", [bias_act, colsum, reparam_kl, bernoulli_nll, adam, noise], ids=lambda m: m.__name__.rsplit(".", 1)[1]
+)
 def test_fused_kernels_match_reference(module):
     module.check()
 
 
 def test_check_catches_a_wrong_kernel(monkeypatch):
     """The checks are not vacuous: a kernel that skips the last k of every dot product fails."""
+
     def wrong(a, b, out, ta=False, tb=False, version=3, blocks=None):
         K = a.shape[0] if ta else a.shape[1]
         a_, b_ = a.copy_to_host(), b.copy_to_host()
-        op_a = (a_.T if ta else a_)[:, :K - 1]
-        op_b = (b_.T if tb else b_)[:K - 1]
+        op_a = (a_.T if ta else a_)[:, : K - 1]
+        op_b = (b_.T if tb else b_)[: K - 1]
         out.copy_to_device(np.ascontiguousarray(op_a @ op_b))
 
     monkeypatch.setattr(matmul, "matmul", wrong)

@@ -31,8 +31,12 @@ def test_paired_ratio_is_the_median_of_per_repeat_ratios():
 
 def test_adam_io_pass_reads_four_buffers_and_writes_three():
     tp = _throughput_module()
-    p, g, m, v = (np.array([1.0, 2.0], np.float32), np.array([0.5, 0.25], np.float32),
-                  np.array([3.0, 4.0], np.float32), np.array([5.0, 6.0], np.float32))
+    p, g, m, v = (
+        np.array([1.0, 2.0], np.float32),
+        np.array([0.5, 0.25], np.float32),
+        np.array([3.0, 4.0], np.float32),
+        np.array([5.0, 6.0], np.float32),
+    )
     tp._adam_io(p, g, m, v)  # the plain Python function: same loop as the compiled one
     np.testing.assert_array_equal(m, [3.5, 4.25])
     np.testing.assert_array_equal(v, [5.5, 6.25])
@@ -42,10 +46,28 @@ def test_adam_io_pass_reads_four_buffers_and_writes_three():
 
 def test_throughput_quick_writes_results(tmp_path):
     # torch-compile and jax-jit (compiling takes a minute) have their own test below
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick",
-                    "--latents", "2,20", "--hidden", "64", "--peak-n", "64", "--out", str(tmp_path),
-                    "--runners", "numpy,cpu-fused,torch-cpu,floor,floor+adam-io"],
-                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "throughput.py"),
+            "--quick",
+            "--latents",
+            "2,20",
+            "--hidden",
+            "64",
+            "--peak-n",
+            "64",
+            "--out",
+            str(tmp_path),
+            "--runners",
+            "numpy,cpu-fused,torch-cpu,floor,floor+adam-io",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     doc = json.loads((tmp_path / "throughput.json").read_text())
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob("*.tmp"))  # written atomically: no temporary file left
@@ -55,8 +77,16 @@ def test_throughput_quick_writes_results(tmp_path):
     runners = {r["runner"] for r in doc["results"]}
     assert {"numpy", "cpu-fused", "floor", "floor+adam-io"} <= runners
     for r in doc["results"]:
-        for key in ("latent", "samples_per_s", "seconds_per_step", "vs_floor", "vs_torch", "params",
-                    "bytes_total", "flops_per_step"):
+        for key in (
+            "latent",
+            "samples_per_s",
+            "seconds_per_step",
+            "vs_floor",
+            "vs_torch",
+            "params",
+            "bytes_total",
+            "flops_per_step",
+        ):
             assert key in r
         assert r["samples_per_s"] > 0
         assert len(r["repeats_s"]) == doc["config"]["repeats"]
@@ -96,10 +126,30 @@ def test_jax_runner_trains():
 @pytest.mark.skipif(not (_installed("jax") or _installed("torch")), reason="neither jax nor torch is installed")
 def test_throughput_cpu_peers_quick(tmp_path):
     peers = [n for n, mod in (("jax-jit", "jax"), ("torch-compile", "torch")) if _installed(mod)]
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick", "--threads", "1",
-                    "--latents", "2", "--hidden", "16", "--peak-n", "64", "--out", str(tmp_path),
-                    "--runners", ",".join(["cpu-fused"] + peers)],
-                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "throughput.py"),
+            "--quick",
+            "--threads",
+            "1",
+            "--latents",
+            "2",
+            "--hidden",
+            "16",
+            "--peak-n",
+            "64",
+            "--out",
+            str(tmp_path),
+            "--runners",
+            ",".join(["cpu-fused"] + peers),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     doc = json.loads((tmp_path / "throughput.json").read_text())
     rows = {r["runner"]: r for r in doc["results"]}
     assert set(peers) | {"cpu-fused"} == set(rows), doc["config"]["notes"]
@@ -115,9 +165,29 @@ def test_throughput_cpu_peers_quick(tmp_path):
 
 def test_kernels_cpu_mode_writes_results(tmp_path):
     out = tmp_path / "k.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.kernels", "--cpu", "--threads", "1", "--repeats", "1",
-                    "--latents", "2", "--versions", "3,4", "--json", str(out)],
-                   check=True, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.kernels",
+            "--cpu",
+            "--threads",
+            "1",
+            "--repeats",
+            "1",
+            "--latents",
+            "2",
+            "--versions",
+            "3,4",
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     doc = json.loads(out.read_text())
     assert doc["threads"] == 1
     if len(os.sched_getaffinity(0)) > 1:
@@ -133,8 +203,9 @@ def test_kernels_cpu_mode_writes_results(tmp_path):
     assert len(epilogues) == 8 and all(min(e["seconds"].values()) > 0 for e in epilogues)
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs CPU affinity and two cores")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs CPU affinity and two cores"
+)
 def test_limit_cores_pins_every_thread_of_the_process():
     """In a child process: after limit_cores(1), the threads that existed before (OpenBLAS's
     pool, started when NumPy was imported) and a thread started after all run on one core."""
@@ -155,6 +226,11 @@ def test_limit_cores_pins_every_thread_of_the_process():
 
 @pytest.mark.parametrize("args", [["--versions", "9"], ["--latents", "x"], ["--latents", "0"]])
 def test_kernels_cpu_mode_usage_errors_are_one_line(args):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.kernels", "--cpu", *args],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.kernels", "--cpu", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

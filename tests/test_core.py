@@ -104,8 +104,9 @@ def test_bernoulli_nll_is_binary_cross_entropy(rng):
 def test_gaussian_kl_gradient_and_value(rng):
     mu = rng.standard_normal((4, 3))
     logvar = rng.standard_normal((4, 3))
-    check_op(lambda: losses.gaussian_kl(mu, logvar),
-             lambda w: losses.gaussian_kl_backward(w, mu, logvar), [mu, logvar], rng)
+    check_op(
+        lambda: losses.gaussian_kl(mu, logvar), lambda w: losses.gaussian_kl_backward(w, mu, logvar), [mu, logvar], rng
+    )
     # KL(N(0,1) ‖ N(0,1)) = 0, and a Monte-Carlo estimate agrees with the closed form.
     assert losses.gaussian_kl(np.zeros((1, 3)), np.zeros((1, 3)))[0] == 0
     m, lv = np.array([[0.7]]), np.array([[-0.4]])
@@ -119,8 +120,12 @@ def test_reparameterization_gradient(rng):
     mu = rng.standard_normal((4, 3))
     logvar = rng.standard_normal((4, 3))
     eps = rng.standard_normal((4, 3))
-    check_op(lambda: losses.reparameterize(mu, logvar, eps),
-             lambda w: losses.reparameterize_backward(w, logvar, eps), [mu, logvar], rng)
+    check_op(
+        lambda: losses.reparameterize(mu, logvar, eps),
+        lambda w: losses.reparameterize_backward(w, logvar, eps),
+        [mu, logvar],
+        rng,
+    )
 
 
 def test_reparameterization_has_the_right_distribution(rng):
@@ -178,8 +183,17 @@ def test_public_api_shapes(rng):
     assert {k: g.shape for k, g in grads.items()} == {k: p.shape for k, p in vae.params.items()}
 
 
-@pytest.mark.parametrize("kw", [dict(latent=0), dict(latent=-3), dict(hidden=(0,)),
-                                dict(dtype="int32"), dict(activation="gelu"), dict(backend="bogus")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(latent=0),
+        dict(latent=-3),
+        dict(hidden=(0,)),
+        dict(dtype="int32"),
+        dict(activation="gelu"),
+        dict(backend="bogus"),
+    ],
+)
 def test_bad_model_arguments(kw):
     with pytest.raises(ValueError):
         small_vae(**kw)

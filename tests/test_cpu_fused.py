@@ -136,8 +136,12 @@ def test_adam(P):
 def test_matmul_and_memory():
     rng = np.random.default_rng(5)
     a, b = rand(rng, 7, 13), rand(rng, 13, 5)
-    for ta, tb, x, y in ((False, False, a, b), (True, False, a.T.copy(), b),
-                         (False, True, a, b.T.copy()), (True, True, a.T.copy(), b.T.copy())):
+    for ta, tb, x, y in (
+        (False, False, a, b),
+        (True, False, a.T.copy(), b),
+        (False, True, a, b.T.copy()),
+        (True, True, a.T.copy(), b.T.copy()),
+    ):
         out = ops.empty((7, 5), F32)
         ops.matmul(x, y, out, ta, tb)
         close(out, reference.matmul(x.astype(np.float64), y.astype(np.float64), ta, tb))
@@ -149,12 +153,21 @@ def test_matmul_and_memory():
 # Random123's known-answer vectors for Philox4x32-10 (github.com/DEShawResearch/random123,
 # tests/kat_vectors): counter words 0-3, key words 0-1, output words 0-3.
 PHILOX_KAT = [
-    ((0x00000000, 0x00000000, 0x00000000, 0x00000000), (0x00000000, 0x00000000),
-     (0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8)),
-    ((0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff), (0xffffffff, 0xffffffff),
-     (0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd)),
-    ((0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344), (0xa4093822, 0x299f31d0),
-     (0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1)),
+    (
+        (0x00000000, 0x00000000, 0x00000000, 0x00000000),
+        (0x00000000, 0x00000000),
+        (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8),
+    ),
+    (
+        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
+        (0xFFFFFFFF, 0xFFFFFFFF),
+        (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD),
+    ),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
@@ -176,7 +189,7 @@ def test_philox_known_answers_and_oracle():
         ours = one_block(np.array(counter, np.uint32), np.array(key, np.uint32))
         assert [int(w) for w in ours] == list(expected)
     # the raw stream of the kernel, block by block, equals the oracle's, bit for bit
-    for key in ((0, 0), (123, 4567), (0xffffffff, 1)):
+    for key in ((0, 0), (123, 4567), (0xFFFFFFFF, 1)):
         words = np.zeros((4, 1001), np.uint32)
         cpu_fused.philox_kernel(np.uint32(key[0]), np.uint32(key[1]), words)
         assert np.array_equal(words, reference.philox_blocks(key, 4 * 1001))
@@ -184,7 +197,7 @@ def test_philox_known_answers_and_oracle():
 
 @pytest.mark.parametrize("n", (0, 1, 2, 3, 4, 5, 13, 4097, 100_003))
 def test_standard_normal_kernel_matches_oracle(n):
-    key = (2 * n + 1, 0xdeadbeef)
+    key = (2 * n + 1, 0xDEADBEEF)
     out = np.full(n, np.nan, F32)
     cpu_fused.standard_normal_kernel(np.uint32(key[0]), np.uint32(key[1]), out)
     # float32 log, sqrt and sin/cos polynomials: about one ulp of each number
@@ -229,16 +242,19 @@ def test_log32_and_box_muller32():
         for i in range(w.shape[1]):
             out[0, i], out[1, i] = cpu_fused.box_muller32(w[0, i], w[1, i])
 
-    u = np.concatenate([np.linspace(2.0**-24, 1, 200_001), np.logspace(-37, 0, 1000),
-                        [1 - 2.0**-24, 2.0**-126, 1.5, 1e30]]).astype(F32)
+    u = np.concatenate(
+        [np.linspace(2.0**-24, 1, 200_001), np.logspace(-37, 0, 1000), [1 - 2.0**-24, 2.0**-126, 1.5, 1e30]]
+    ).astype(F32)
     out = np.empty_like(u)
     apply(cpu_fused.log32, u, out)
     ref = np.log(u.astype(np.float64))
     assert np.all(np.abs(out - ref) <= 2.4e-7 * np.abs(ref) + 1e-12)  # 2 ulp
     # every angle quadrant and the extreme radius words
     w = np.random.default_rng(1).integers(0, 2**32, size=(2, 100_000), dtype=np.uint64).astype(np.uint32)
-    w[:, :6] = [[0, 0xffffffff, 0x80000000, 0, 0xffffffff, 0x1ff],
-                [0, 0xffffffff, 0x40000000, 0xc0000000, 0x3fffff00, 0x80000000]]
+    w[:, :6] = [
+        [0, 0xFFFFFFFF, 0x80000000, 0, 0xFFFFFFFF, 0x1FF],
+        [0, 0xFFFFFFFF, 0x40000000, 0xC0000000, 0x3FFFFF00, 0x80000000],
+    ]
     out2 = np.empty((2, w.shape[1]), F32)
     pairs(w, out2)
     ref2 = np.stack(reference.box_muller(w[0], w[1]))
@@ -247,13 +263,18 @@ def test_log32_and_box_muller32():
 
 
 KERNEL_TESTS = {
-    "bias_relu_kernel": test_bias_act, "bias_tanh_kernel": test_bias_act,
-    "bias_identity_kernel": test_bias_act, "relu_backward_kernel": test_act_backward,
-    "tanh_backward_kernel": test_act_backward, "colsum_kernel": test_colsum,
+    "bias_relu_kernel": test_bias_act,
+    "bias_tanh_kernel": test_bias_act,
+    "bias_identity_kernel": test_bias_act,
+    "relu_backward_kernel": test_act_backward,
+    "tanh_backward_kernel": test_act_backward,
+    "colsum_kernel": test_colsum,
     "reparam_kl_kernel": test_reparam_kl_and_backward,
     "reparam_kl_backward_kernel": test_reparam_kl_and_backward,
-    "bernoulli_nll_kernel": test_bernoulli_nll, "bernoulli_nll_parallel_kernel": test_bernoulli_nll,
-    "adam_kernel": test_adam, "adam_parallel_kernel": test_adam,
+    "bernoulli_nll_kernel": test_bernoulli_nll,
+    "bernoulli_nll_parallel_kernel": test_bernoulli_nll,
+    "adam_kernel": test_adam,
+    "adam_parallel_kernel": test_adam,
     "philox_kernel": test_philox_known_answers_and_oracle,
     "standard_normal_kernel": test_standard_normal_kernel_matches_oracle,
 }

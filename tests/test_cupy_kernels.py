@@ -79,8 +79,13 @@ def test_raw_source_constants_match_the_python_side():
     """The launch shapes CupyOps computes from GEMM_* and REDUCE_THREADS match the C #defines."""
     defines = dict(re.findall(r"#define (\w+) (\d+)\n", sources.RAW_SOURCE))
     assert {k: int(defines[k]) for k in ("BM", "BN", "BK", "TM", "TN", "REDUCE_THREADS")} == dict(
-        BM=sources.GEMM_BM, BN=sources.GEMM_BN, BK=sources.GEMM_BK, TM=sources.GEMM_TM, TN=sources.GEMM_TN,
-        REDUCE_THREADS=sources.REDUCE_THREADS)
+        BM=sources.GEMM_BM,
+        BN=sources.GEMM_BN,
+        BK=sources.GEMM_BK,
+        TM=sources.GEMM_TM,
+        TN=sources.GEMM_TN,
+        REDUCE_THREADS=sources.REDUCE_THREADS,
+    )
     assert sources.GEMM_THREADS == (sources.GEMM_BN // sources.GEMM_TN, sources.GEMM_BM // sources.GEMM_TM)
 
 
@@ -155,8 +160,11 @@ def test_bias_act_and_backward(ops, cp, act):
     from kernels import reference as ref
 
     rng = np.random.default_rng(1)
-    a, b, dy = rng.standard_normal((7, 13)).astype(np.float32), rng.standard_normal(13).astype(np.float32), \
-        rng.standard_normal((7, 13)).astype(np.float32)
+    a, b, dy = (
+        rng.standard_normal((7, 13)).astype(np.float32),
+        rng.standard_normal(13).astype(np.float32),
+        rng.standard_normal((7, 13)).astype(np.float32),
+    )
     d_a = cp.asarray(a)
     ops.bias_act(d_a, cp.asarray(b), act, d_a)  # in place
     y = ref.bias_act(a, b, act)
@@ -212,8 +220,9 @@ def test_standard_normal_is_the_philox_stream(cp, n):
 
     out = cp.full(n, cp.nan, np.float32)
     CupyOps().standard_normal((0x243F6A88, 0x85A308D3), out)
-    np.testing.assert_allclose(cp.asnumpy(out), standard_normal_philox((0x243F6A88, 0x85A308D3), n),
-                               rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(
+        cp.asnumpy(out), standard_normal_philox((0x243F6A88, 0x85A308D3), n), rtol=2e-6, atol=2e-6
+    )
 
 
 def test_graphed_step_matches_eager_step(cp):

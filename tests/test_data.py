@@ -7,7 +7,6 @@ IDX files made here; the user's cache is never touched (MINIVAE_DATA points into
 import gzip
 import hashlib
 import http.server
-import os
 import pathlib
 import socket
 import struct
@@ -238,11 +237,13 @@ def test_read_split_checks_that_images_and_labels_belong_together(tmp_path):
     x, y = data.read_split(tmp_path / "img", tmp_path / "lab")
     np.testing.assert_array_equal(x, images)
     np.testing.assert_array_equal(y, labels)
-    for img, lab, words in [("img", "lab9", ["10 images", "9 labels"]),
-                            ("lab", "lab", ["expected images"]),
-                            ("img", "img", ["expected labels"]),
-                            ("small", "lab", ["27 × 28"]),
-                            ("img", "lab11", ["label 11"])]:
+    for img, lab, words in [
+        ("img", "lab9", ["10 images", "9 labels"]),
+        ("lab", "lab", ["expected images"]),
+        ("img", "img", ["expected labels"]),
+        ("small", "lab", ["27 × 28"]),
+        ("img", "lab11", ["label 11"]),
+    ]:
         with pytest.raises(DataError) as e:
             data.read_split(tmp_path / img, tmp_path / lab)
         one_line_error(e, *words)
@@ -272,8 +273,9 @@ def test_download_writes_the_four_files(server, cache):
 
 def test_download_without_content_length_and_with_progress_asked(server, cache):
     files, md5s, _ = fake_mnist()
-    data.download_mnist(cache, mirrors=[server.serve("plain", files, mode="nolength")], md5s=md5s,
-                        progress=True)  # not a terminal here: the bar stays off, quietly
+    data.download_mnist(
+        cache, mirrors=[server.serve("plain", files, mode="nolength")], md5s=md5s, progress=True
+    )  # not a terminal here: the bar stays off, quietly
     assert_cache_holds(cache, files)
 
 
@@ -335,8 +337,7 @@ def test_download_times_out_on_a_stalled_mirror(server, cache):
     one_line_error(e, "could not download", "timed out")
     assert listing(cache) == []
     name = next(iter(files))  # one file is enough to see the next mirror take over
-    data.download_mnist(cache, mirrors=[stalled, server.serve("good", files)],
-                        md5s={name: md5s[name]}, timeout=0.3)
+    data.download_mnist(cache, mirrors=[stalled, server.serve("good", files)], md5s={name: md5s[name]}, timeout=0.3)
     assert_cache_holds(cache, {name: files[name]})
 
 
@@ -454,8 +455,10 @@ def test_offline_without_download_tries_no_network(cache, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason="the official test split is not in ../shared/data/mnist")
+@pytest.mark.skipif(
+    not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="the official test split is not in ../shared/data/mnist",
+)
 def test_data_dir_with_only_the_official_test_split(tmp_path, cache):
     folder = tmp_path / "test-split-only"  # links to the two test files, nothing copied
     folder.mkdir()
@@ -472,8 +475,10 @@ def test_data_dir_with_only_the_official_test_split(tmp_path, cache):
     assert listing(SHARED_MNIST) == before and listing(cache) == []
 
 
-@pytest.mark.skipif(not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="the official training split is not in ../shared/data/mnist")
+@pytest.mark.skipif(
+    not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason="the official training split is not in ../shared/data/mnist",
+)
 def test_data_dir_with_both_official_splits(cache):
     before = listing(SHARED_MNIST)
     ds = data.load_mnist(data_dir=SHARED_MNIST)
@@ -580,8 +585,7 @@ def test_binarize_static_is_fixed_and_none_is_identity():
         data.binarize(x, "dynamic", None)
 
 
-@pytest.mark.parametrize("n, batch_size, sizes", [(10, 3, [3, 3, 3, 1]), (12, 4, [4, 4, 4]),
-                                                  (5, 64, [5]), (1, 1, [1])])
+@pytest.mark.parametrize("n, batch_size, sizes", [(10, 3, [3, 3, 3, 1]), (12, 4, [4, 4, 4]), (5, 64, [5]), (1, 1, [1])])
 def test_batches_cover_every_index_once(n, batch_size, sizes):
     out = list(data.batches(n, batch_size, np.random.default_rng(0)))
     assert [len(b) for b in out] == sizes

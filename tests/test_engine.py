@@ -153,8 +153,7 @@ def test_cpu_fused_draws_philox_noise_keyed_by_the_model_generator():
     assert not np.allclose(drawn[0], drawn[1])
     assert vae.rng.bit_generator.state == rng.bit_generator.state  # two words per step, no more
     twin = minivae.VAE(data_dim=12, latent=Z, hidden=(8,), seed=3, backend="cpu-fused")
-    assert twin.forward(x) == minivae.VAE(data_dim=12, latent=Z, hidden=(8,), seed=3,
-                                          backend="cpu-fused").forward(x)
+    assert twin.forward(x) == minivae.VAE(data_dim=12, latent=Z, hidden=(8,), seed=3, backend="cpu-fused").forward(x)
 
 
 def test_adam_state_dict_on_flat_params():
@@ -182,8 +181,15 @@ def test_backend_names():
 
 
 def test_import_does_not_load_gpu_modules_or_numba():
-    code = ("import sys, minivae; vae = minivae.VAE(data_dim=4, latent=2, hidden=(3,)); "
-            "bad = [m for m in ('cupy', 'numba', 'numba.cuda') if m in sys.modules]; print(bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, minivae; vae = minivae.VAE(data_dim=4, latent=2, hidden=(3,)); "
+        "bad = [m for m in ('cupy', 'numba', 'numba.cuda') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "[]"

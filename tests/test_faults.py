@@ -34,8 +34,23 @@ from minivae.optim import Adam
 from minivae.vae import VAE
 
 BACKENDS = [b for b in available_backends() if b in ("numpy", "cpu-fused")]
-SMALL = ["--latent", "6", "--hidden", "24", "--batch-size", "64", "--iw-samples", "4",
-         "--iw-examples", "50", "--backend", "numpy", "--quiet", "--limit", "300"]
+SMALL = [
+    "--latent",
+    "6",
+    "--hidden",
+    "24",
+    "--batch-size",
+    "64",
+    "--iw-samples",
+    "4",
+    "--iw-examples",
+    "50",
+    "--backend",
+    "numpy",
+    "--quiet",
+    "--limit",
+    "300",
+]
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty cache
 
@@ -85,10 +100,16 @@ X = np.random.default_rng(0).random((5, 784)).astype(np.float32)
 def test_forward_encode_decode_refuse_bad_input_on_every_backend(backend):
     def bad_x(x):
         return [
-            (x[0], "x", "2-D"), (x[:, :783], "x", "784"), (x[:0], "x", "empty"),
-            (x[None], "x", "2-D"), (x.astype(np.complex64), "x", "real"),
-            (np.full((5, 784), "a"), "x", "real"), (np.where(x > 0.5, np.nan, x), "x", "[0, 1]"),
-            (x + 1, "x", "[0, 1]"), (x - 1, "x", "[0, 1]"), (np.full((5, 784), np.inf), "x", "[0, 1]"),
+            (x[0], "x", "2-D"),
+            (x[:, :783], "x", "784"),
+            (x[:0], "x", "empty"),
+            (x[None], "x", "2-D"),
+            (x.astype(np.complex64), "x", "real"),
+            (np.full((5, 784), "a"), "x", "real"),
+            (np.where(x > 0.5, np.nan, x), "x", "[0, 1]"),
+            (x + 1, "x", "[0, 1]"),
+            (x - 1, "x", "[0, 1]"),
+            (np.full((5, 784), np.inf), "x", "[0, 1]"),
             ([[0.5] * 784, [0.5] * 3], "x", ""),
         ]
 
@@ -96,8 +117,13 @@ def test_forward_encode_decode_refuse_bad_input_on_every_backend(backend):
         for x, *words in bad_x(X):
             _refused(lambda: model.forward(x), *words)
             _refused(lambda: model.encode(x), *words)
-        for z in (np.zeros(3, np.float32), np.zeros((2, 4), np.float32), np.zeros((0, 3)),
-                  np.full((2, 3), np.nan), np.zeros((2, 3), complex)):
+        for z in (
+            np.zeros(3, np.float32),
+            np.zeros((2, 4), np.float32),
+            np.zeros((0, 3)),
+            np.full((2, 3), np.nan),
+            np.zeros((2, 3), complex),
+        ):
             _refused(lambda: model.decode_logits(z), "z")
         _refused(lambda: model.sample(2.5), "n")
         # A wrong layout or dtype is made right, with the same numbers.
@@ -107,15 +133,18 @@ def test_forward_encode_decode_refuse_bad_input_on_every_backend(backend):
         wide[:, ::2] = X
         assert model.forward(wide[:, ::2], np.zeros((5, 3), np.float32)) == ref  # strided view
     vae = _models(backend)[0]
-    for eps, word in ((np.zeros((4, 3), np.float32), "(5, 3)"), (np.zeros((5, 4), np.float32), "(5, 3)"),
-                      (np.zeros(15, np.float32), "2-D"), (np.full((5, 3), np.inf), "finite")):
+    for eps, word in (
+        (np.zeros((4, 3), np.float32), "(5, 3)"),
+        (np.zeros((5, 4), np.float32), "(5, 3)"),
+        (np.zeros(15, np.float32), "2-D"),
+        (np.full((5, 3), np.inf), "finite"),
+    ):
         _refused(lambda: vae.forward(X, eps=eps), "eps", word)
 
 
 def test_the_issue_example_no_longer_reads_past_the_array():
     vae = VAE(latent=4, hidden=(16,), backend=BACKENDS[-1])
-    _refused(lambda: vae.forward(X[:, :784][:5].repeat(2, axis=0)[:8], eps=np.zeros((4, 4), "f4")),
-             "eps", "(8, 4)")
+    _refused(lambda: vae.forward(X[:, :784][:5].repeat(2, axis=0)[:8], eps=np.zeros((4, 4), "f4")), "eps", "(8, 4)")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -133,21 +162,29 @@ def test_set_params_and_adam_refuse_bad_state_and_change_nothing(backend):
         return d
 
     for values, word in (
-            (edited("enc0.W", good["enc0.W"][:5]), "enc0.W"), (edited("enc0.b", good["enc0.b"][:1]), "enc0.b"),
-            (edited("dec1.b", np.full_like(good["dec1.b"], np.nan)), "non-finite"),
-            (edited("enc0.W", good["enc0.W"].astype(complex)), "real"),
-            ({k: v for k, v in good.items() if k != "dec0.W"}, "lacks dec0.W"),
-            (dict(good, extra=np.zeros(1)), "unknown extra"), ([1, 2], "dict")):
+        (edited("enc0.W", good["enc0.W"][:5]), "enc0.W"),
+        (edited("enc0.b", good["enc0.b"][:1]), "enc0.b"),
+        (edited("dec1.b", np.full_like(good["dec1.b"], np.nan)), "non-finite"),
+        (edited("enc0.W", good["enc0.W"].astype(complex)), "real"),
+        ({k: v for k, v in good.items() if k != "dec0.W"}, "lacks dec0.W"),
+        (dict(good, extra=np.zeros(1)), "unknown extra"),
+        ([1, 2], "dict"),
+    ):
         _refused(lambda: vae.set_params(values), "values", word)
-    for st, word in ((dict(state, **{"m.enc0.b": state["m.enc0.b"][:1]}), "m.enc0.b"),
-                     (dict(state, **{"v.enc0.W": -np.abs(state["v.enc0.W"]) - 1}), "negative"),
-                     (dict(state, t=np.array(-1)), "t"), (dict(state, t=2.5), "t"),
-                     ({k: v for k, v in state.items() if k != "t"}, "'t'"),
-                     (dict(state, **{"v.dec1.b": np.full_like(state["v.dec1.b"], np.inf)}), "non-finite")):
+    for st, word in (
+        (dict(state, **{"m.enc0.b": state["m.enc0.b"][:1]}), "m.enc0.b"),
+        (dict(state, **{"v.enc0.W": -np.abs(state["v.enc0.W"]) - 1}), "negative"),
+        (dict(state, t=np.array(-1)), "t"),
+        (dict(state, t=2.5), "t"),
+        ({k: v for k, v in state.items() if k != "t"}, "'t'"),
+        (dict(state, **{"v.dec1.b": np.full_like(state["v.dec1.b"], np.inf)}), "non-finite"),
+    ):
         _refused(lambda: opt.load_state_dict(st), word)
     grads = vae.backward()
-    for g, word in (({k: v for k, v in grads.items() if k != "enc0.W"}, "lacks"),
-                    ({k: np.asarray(v)[..., :1] for k, v in grads.items()}, "shape")):
+    for g, word in (
+        ({k: v for k, v in grads.items() if k != "enc0.W"}, "lacks"),
+        ({k: np.asarray(v)[..., :1] for k, v in grads.items()}, "shape"),
+    ):
         _refused(lambda: opt.step(g), "grads", word)
     after, state_after = vae.get_params(), opt.state_dict()
     for k in before:
@@ -157,17 +194,33 @@ def test_set_params_and_adam_refuse_bad_state_and_change_nothing(backend):
 
 
 def test_constructors_refuse_non_integers_and_bad_numbers():
-    for kwargs, word in ((dict(latent=2.5), "latent"), (dict(latent=0), "latent"), (dict(latent="3"), "latent"),
-                         (dict(latent=True), "latent"), (dict(hidden=(8, 0)), "hidden"), (dict(hidden=8), "hidden"),
-                         (dict(data_dim=-1), "data_dim"), (dict(seed=-1), "seed"), (dict(beta=np.inf), "beta"),
-                         (dict(beta=-1), "beta"), (dict(dtype="int8"), "dtype"), (dict(dtype="nope"), "dtype")):
+    for kwargs, word in (
+        (dict(latent=2.5), "latent"),
+        (dict(latent=0), "latent"),
+        (dict(latent="3"), "latent"),
+        (dict(latent=True), "latent"),
+        (dict(hidden=(8, 0)), "hidden"),
+        (dict(hidden=8), "hidden"),
+        (dict(data_dim=-1), "data_dim"),
+        (dict(seed=-1), "seed"),
+        (dict(beta=np.inf), "beta"),
+        (dict(beta=-1), "beta"),
+        (dict(dtype="int8"), "dtype"),
+        (dict(dtype="nope"), "dtype"),
+    ):
         _refused(lambda: VAE(**kwargs), word)
         if "beta" not in kwargs:
             _refused(lambda: AE(**kwargs), word)
     params = VAE(784, 2, (4,)).params
-    for kwargs, word in ((dict(lr=np.inf), "lr"), (dict(lr=0), "lr"), (dict(lr=np.nan), "lr"), (dict(lr=-1), "lr"),
-                         (dict(betas=(1.0, 0.9)), "betas[0]"), (dict(betas=(0.9,)), "betas"),
-                         (dict(eps=0), "eps")):
+    for kwargs, word in (
+        (dict(lr=np.inf), "lr"),
+        (dict(lr=0), "lr"),
+        (dict(lr=np.nan), "lr"),
+        (dict(lr=-1), "lr"),
+        (dict(betas=(1.0, 0.9)), "betas[0]"),
+        (dict(betas=(0.9,)), "betas"),
+        (dict(eps=0), "eps"),
+    ):
         _refused(lambda: Adam(params, **kwargs), word)
     _refused(lambda: Adam({}), "params")
 
@@ -175,9 +228,14 @@ def test_constructors_refuse_non_integers_and_bad_numbers():
 def test_numpy_and_cpu_fused_refuse_with_the_same_message():
     if "cpu-fused" not in BACKENDS:
         pytest.skip("cpu-fused does not run here")
-    cases = [lambda m: m.forward(X[0]), lambda m: m.forward(X + 2), lambda m: m.encode(X[:0]),
-             lambda m: m.decode_logits(np.zeros((2, 5))), lambda m: m.forward(X, np.zeros((1, 3))),
-             lambda m: m.set_params({})]
+    cases = [
+        lambda m: m.forward(X[0]),
+        lambda m: m.forward(X + 2),
+        lambda m: m.encode(X[:0]),
+        lambda m: m.decode_logits(np.zeros((2, 5))),
+        lambda m: m.forward(X, np.zeros((1, 3))),
+        lambda m: m.set_params({}),
+    ]
     for case in cases:
         messages = set()
         for backend in ("numpy", "cpu-fused"):
@@ -197,10 +255,14 @@ def test_cpu_fused_ops_refuse_wrong_shapes_dtypes_and_layouts():
     h, eps, z, kl = np.zeros((4, 6), f), np.zeros((4, 3), f), np.zeros((4, 3), f), np.zeros(4, f)
     p = np.zeros(10, f)
     calls = [
-        lambda: ops.bias_act(a, np.zeros(5, f), "relu", a), lambda: ops.bias_act(a, b, "relu", np.zeros((3, 6), f)),
-        lambda: ops.bias_act(a.astype(np.float64), b, "relu", a), lambda: ops.bias_act(np.zeros(6, f), b, "relu", b),
-        lambda: ops.act_backward(a, np.zeros((4, 5), f), "relu", a), lambda: ops.colsum(a, np.zeros(5, f)),
-        lambda: ops.reparam_kl(h, np.zeros((3, 3), f), z, kl), lambda: ops.reparam_kl(h, eps, z, np.zeros(3, f)),
+        lambda: ops.bias_act(a, np.zeros(5, f), "relu", a),
+        lambda: ops.bias_act(a, b, "relu", np.zeros((3, 6), f)),
+        lambda: ops.bias_act(a.astype(np.float64), b, "relu", a),
+        lambda: ops.bias_act(np.zeros(6, f), b, "relu", b),
+        lambda: ops.act_backward(a, np.zeros((4, 5), f), "relu", a),
+        lambda: ops.colsum(a, np.zeros(5, f)),
+        lambda: ops.reparam_kl(h, np.zeros((3, 3), f), z, kl),
+        lambda: ops.reparam_kl(h, eps, z, np.zeros(3, f)),
         lambda: ops.reparam_kl_backward(z, h, eps, 1.0, np.zeros((4, 5), f)),
         lambda: ops.bernoulli_nll(a, np.zeros((4, 5), f), 1.0, np.zeros(4, f), a),
         lambda: ops.bernoulli_nll(a, a, 1.0, np.zeros(3, f), a),
@@ -268,8 +330,21 @@ def _nan_first(a):
     return a
 
 
-@pytest.mark.parametrize("case", ["foreign", "config-json", "config-value", "rng", "nan-param",
-                                  "shape", "broadcastable-opt", "truncated", "text", "no-epoch"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "foreign",
+        "config-json",
+        "config-value",
+        "rng",
+        "nan-param",
+        "shape",
+        "broadcastable-opt",
+        "truncated",
+        "text",
+        "no-epoch",
+    ],
+)
 def test_a_bad_checkpoint_is_one_line_and_exit_2(case, finished, tmp_path, capsys):
     out = copy_run(finished, tmp_path)
     path = out / "checkpoint.npz"
@@ -383,8 +458,12 @@ def test_unwritable_out_and_bad_paths_are_one_line_and_exit_2(tmp_path, capsys):
 
 def test_sizes_that_cannot_fit_are_refused_with_the_number(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train, "_available_memory", lambda: 8 * 10**9)
-    for option in (["--latent", "1000000000"], ["--hidden", "100000000"], ["--iw-samples", "20000"],
-                   ["--batch-size", "100000000"]):
+    for option in (
+        ["--latent", "1000000000"],
+        ["--hidden", "100000000"],
+        ["--iw-samples", "20000"],
+        ["--batch-size", "100000000"],
+    ):
         assert run_main(SMALL + option + ["--out", tmp_path / "o"]) == 2
         line = one_line(capsys.readouterr().err)
         assert "memory" in line and "8.0 GB" in line
@@ -419,8 +498,13 @@ def test_a_file_size_limit_in_a_real_process_is_one_line_and_exit_1(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so that write() fails with EFBIG instead
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-    r = subprocess.run([sys.executable, "-m", "minivae.train", *SMALL, "--epochs", "1", "--out", str(out)],
-                       capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    r = subprocess.run(
+        [sys.executable, "-m", "minivae.train", *SMALL, "--epochs", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
     assert r.returncode == 1, r.stderr
     line = one_line(r.stderr)
     assert "File too large" in line and "checkpoint.npz" in line
@@ -507,8 +591,11 @@ def _fake_data_dir(folder, n_train, n_test=40):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(n_train)
     for name, n in zip(data.MNIST_FILES, (n_train, n_train, n_test, n_test)):
-        array = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) if "images" in name else \
-            (np.arange(n) % 10).astype(np.uint8)
+        array = (
+            rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+            if "images" in name
+            else (np.arange(n) % 10).astype(np.uint8)
+        )
         header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
         (folder / name).write_bytes(gzip.compress(header + array.tobytes()))
     return folder
@@ -605,10 +692,16 @@ def test_a_dripping_mirror_meets_the_deadline_and_the_fallback_says_why(drip, tm
     assert len(w) == 1 and "too slow" in str(w[0].message)
 
 
-@pytest.mark.parametrize("name,value", [("MINIVAE_MIRRORS", ","), ("MINIVAE_MIRRORS", " , "),
-                                        ("MINIVAE_DOWNLOAD_DEADLINE", "soon"),
-                                        ("MINIVAE_DOWNLOAD_DEADLINE", "-1"),
-                                        ("MINIVAE_DOWNLOAD_DEADLINE", "inf")])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("MINIVAE_MIRRORS", ","),
+        ("MINIVAE_MIRRORS", " , "),
+        ("MINIVAE_DOWNLOAD_DEADLINE", "soon"),
+        ("MINIVAE_DOWNLOAD_DEADLINE", "-1"),
+        ("MINIVAE_DOWNLOAD_DEADLINE", "inf"),
+    ],
+)
 def test_a_bad_download_setting_names_the_variable(name, value, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(name, value)
     with pytest.raises(data.DataError, match=name):
@@ -620,8 +713,13 @@ def test_a_bad_download_setting_names_the_variable(name, value, tmp_path, monkey
 def test_ctrl_c_during_a_download_is_one_line_and_leaves_nothing(drip, tmp_path):
     cache, out = tmp_path / "cache", tmp_path / "run"
     env = dict(os.environ, MINIVAE_DATA=str(cache), MINIVAE_MIRRORS=drip, no_proxy="*", NO_PROXY="*")
-    proc = subprocess.Popen([sys.executable, "-m", "minivae.train", *SMALL, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minivae.train", *SMALL, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 60
     while not (cache.exists() and list(cache.glob(".*.part"))):  # downloading now
         assert time.monotonic() < deadline and proc.poll() is None
@@ -637,8 +735,23 @@ def test_ctrl_c_during_a_download_is_one_line_and_leaves_nothing(drip, tmp_path)
 # The sweep's driver
 # --------------------------------------------------------------------------------------------
 
-SWEEP = ["--latents", "2", "--steps", "4", "--limit", "200", "--hidden", "8", "--iw-samples", "2",
-         "--iw-examples", "20", "--backend", "numpy", "--quiet"]
+SWEEP = [
+    "--latents",
+    "2",
+    "--steps",
+    "4",
+    "--limit",
+    "200",
+    "--hidden",
+    "8",
+    "--iw-samples",
+    "2",
+    "--iw-examples",
+    "20",
+    "--backend",
+    "numpy",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -735,10 +848,29 @@ def test_a_sweep_whose_every_run_diverged_still_writes_its_report(one_run, tmp_p
 def test_ctrl_c_of_a_sweep_stops_its_workers_and_says_what_is_saved(tmp_path):
     out = tmp_path / "study"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    args = ["--latents", "2,3,4,5", "--steps", "100000", "--limit", "200", "--hidden", "8",
-            "--backend", "numpy", "--jobs", "2", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "minivae.sweep", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    args = [
+        "--latents",
+        "2,3,4,5",
+        "--steps",
+        "100000",
+        "--limit",
+        "200",
+        "--hidden",
+        "8",
+        "--backend",
+        "numpy",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minivae.sweep", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 90
     while not list((out / "runs").glob("*.partial.json")) if (out / "runs").exists() else True:
         assert time.monotonic() < deadline and proc.poll() is None

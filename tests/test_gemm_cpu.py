@@ -15,15 +15,15 @@ from kernels.gemm_cpu import MODES, MR, NR, VERSIONS
 
 # none a multiple of MR, NR, MC or KC: edge tiles on every side; K = 600 spans three KC blocks,
 # M = 300 three MC blocks; 1 × 1 × 1 and K = 1 at the small end
-SHAPES = ((1, 1, 1), (5, 7, 3), (6, 16, 16), (7, 3, 17), (13, 29, 35), (300, 37, 50), (20, 600, 33),
-          (3, 1, 70))
+SHAPES = ((1, 1, 1), (5, 7, 3), (6, 16, 16), (7, 3, 17), (13, 29, 35), (300, 37, 50), (20, 600, 33), (3, 1, 70))
 
 
 def operands(rng, M, K, N, ta, tb):
     a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
     b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
-    ref = np.matmul(a.astype(np.float64).T if ta else a.astype(np.float64),
-                    b.astype(np.float64).T if tb else b.astype(np.float64))
+    ref = np.matmul(
+        a.astype(np.float64).T if ta else a.astype(np.float64), b.astype(np.float64).T if tb else b.astype(np.float64)
+    )
     return a, b, ref
 
 
@@ -43,8 +43,9 @@ def test_matches_matmul(version, ta, tb, M, K, N):
     out = np.full((M, N), np.nan, np.float32)
     assert gemm_cpu.matmul(a, b, out, ta, tb, version=version) is out
     assert_product(out, ref, K)
-    np.testing.assert_array_equal(a, operands(np.random.default_rng(M * 10007 + K * 101 + N),
-                                              M, K, N, ta, tb)[0])  # the inputs are left as they were
+    np.testing.assert_array_equal(
+        a, operands(np.random.default_rng(M * 10007 + K * 101 + N), M, K, N, ta, tb)[0]
+    )  # the inputs are left as they were
 
 
 @pytest.mark.parametrize("version", sorted(VERSIONS))
@@ -91,10 +92,10 @@ def test_pack_a_layout(ta):
     Ap = np.full(3 * MR * kc, np.nan, np.float32)
     gemm_cpu.pack_a(a, ta, i0, mc, p0, kc, Ap)
     for q in range(3):  # ⌈14 / 6⌉ panels; the last has 2 real rows and 4 rows of zeros
-        panel = Ap[q * MR * kc:(q + 1) * MR * kc].reshape(kc, MR)  # [k, r]
+        panel = Ap[q * MR * kc : (q + 1) * MR * kc].reshape(kc, MR)  # [k, r]
         want = np.zeros((MR, kc), np.float32)
         rows = min(MR, mc - q * MR)
-        want[:rows] = opa[i0 + q * MR:i0 + q * MR + rows, p0:p0 + kc]
+        want[:rows] = opa[i0 + q * MR : i0 + q * MR + rows, p0 : p0 + kc]
         np.testing.assert_array_equal(panel.T, want)
 
 
@@ -107,10 +108,10 @@ def test_pack_b_layout(tb):
     Bp = np.full(2 * NR * kc, np.nan, np.float32)
     gemm_cpu.pack_b(b, tb, p0, kc, j0, nc, Bp)
     for q in range(2):  # ⌈20 / 16⌉ panels; the last has 4 real columns
-        panel = Bp[q * NR * kc:(q + 1) * NR * kc].reshape(kc, NR)  # [k, c]
+        panel = Bp[q * NR * kc : (q + 1) * NR * kc].reshape(kc, NR)  # [k, c]
         want = np.zeros((kc, NR), np.float32)
         cols = min(NR, nc - q * NR)
-        want[:, :cols] = opb[p0:p0 + kc, j0 + q * NR:j0 + q * NR + cols]
+        want[:, :cols] = opb[p0 : p0 + kc, j0 + q * NR : j0 + q * NR + cols]
         np.testing.assert_array_equal(panel, want)
 
 
@@ -129,12 +130,12 @@ def test_micro_kernel(kernel, add):
     Bp = rng.standard_normal(b_off + kc * NR + 4).astype(np.float32)
     c = rng.standard_normal(c_off + (MR - 1) * ldc + NR + 7).astype(np.float32)
     before = c.copy()
-    A = Ap[a_off:a_off + kc * MR].reshape(kc, MR).T.astype(np.float64)  # (MR, kc)
-    B = Bp[b_off:b_off + kc * NR].reshape(kc, NR).astype(np.float64)  # (kc, NR)
+    A = Ap[a_off : a_off + kc * MR].reshape(kc, MR).T.astype(np.float64)  # (MR, kc)
+    B = Bp[b_off : b_off + kc * NR].reshape(kc, NR).astype(np.float64)  # (kc, NR)
     want = before.copy()
     for r in range(MR):
         row = c_off + r * ldc
-        want[row:row + NR] = (want[row:row + NR] if add else 0) + A[r] @ B
+        want[row : row + NR] = (want[row : row + NR] if add else 0) + A[r] @ B
     if kernel == "fma":
         _call_fma(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add)
     else:
@@ -159,13 +160,16 @@ def test_v3_micro_kernel_is_vector_fma():
     assert counts["vbroadcastss"] >= MR
 
 
-@pytest.mark.parametrize("bad,message", [
-    (lambda a, b, o: (a.astype(np.float64), b, o), "float32"),
-    (lambda a, b, o: (a, b[:, ::2], np.empty((4, 3), np.float32)), "C-contiguous"),
-    (lambda a, b, o: (a, b.T.copy(), o), "shapes"),
-    (lambda a, b, o: (a, b, np.empty((4, 7), np.float32)), "shapes"),
-    (lambda a, b, o: (a, b, o.ravel()), "2-D"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (lambda a, b, o: (a.astype(np.float64), b, o), "float32"),
+        (lambda a, b, o: (a, b[:, ::2], np.empty((4, 3), np.float32)), "C-contiguous"),
+        (lambda a, b, o: (a, b.T.copy(), o), "shapes"),
+        (lambda a, b, o: (a, b, np.empty((4, 7), np.float32)), "shapes"),
+        (lambda a, b, o: (a, b, o.ravel()), "2-D"),
+    ],
+)
 def test_bad_arguments_are_refused_before_any_kernel(bad, message):
     a, b, o = np.ones((4, 5), np.float32), np.ones((5, 6), np.float32), np.empty((4, 6), np.float32)
     with pytest.raises(ValueError, match=message):
@@ -237,6 +241,7 @@ def test_matmul_bias_act_matches_reference(threads, act, M, K, N):
             out = np.full((M, N), np.nan, np.float32)
             assert gemm_cpu.matmul_bias_act(a, b, bias, act, out, ta, tb) is out
             assert_product(out, reference.bias_act(prod, bias.astype(np.float64), act), K)
+
     _with_threads(threads, run)
 
 
@@ -254,7 +259,10 @@ def test_weight_grad_adam_matches_reference(threads, fan_in, fan_out, B):
         dy = rng.standard_normal((B, fan_out)).astype(np.float32)
         W = rng.standard_normal((fan_in, fan_out)).astype(np.float32)
         bias = rng.standard_normal(fan_out).astype(np.float32)
-        mW, mb = (0.1 * rng.standard_normal(W.shape)).astype(np.float32), (0.1 * rng.standard_normal(fan_out)).astype(np.float32)
+        mW, mb = (
+            (0.1 * rng.standard_normal(W.shape)).astype(np.float32),
+            (0.1 * rng.standard_normal(fan_out)).astype(np.float32),
+        )
         # second moments away from 0, so that √v does not amplify the rounding of g
         vW, vb = rng.uniform(0.5, 1.5, W.shape).astype(np.float32), rng.uniform(0.5, 1.5, fan_out).astype(np.float32)
         hp = dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-8, c1=1 - 0.9**3, c2=1 - 0.999**3)
@@ -269,6 +277,7 @@ def test_weight_grad_adam_matches_reference(threads, fan_in, fan_out, B):
         np.testing.assert_allclose(db, gb, rtol=1e-5, atol=tol)
         for got, ref in zip((W, mW, vW, bias, mb, vb), want):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=tol * 1e-1)
+
     _with_threads(threads, run)
 
 
@@ -284,5 +293,6 @@ def test_fused_epilogues_refuse_bad_arguments():
     with pytest.raises(ValueError, match="batch"):
         gemm_cpu.weight_grad_adam(*big, W, W.copy(), W.copy(), v6, v6.copy(), v6.copy(), db=v6.copy(), **hp)
     with pytest.raises(ValueError, match="mW"):
-        gemm_cpu.weight_grad_adam(a, b[:4].copy(), W, W[:, :5].copy(), W.copy(), v6, v6.copy(), v6.copy(),
-                                  db=v6.copy(), **hp)
+        gemm_cpu.weight_grad_adam(
+            a, b[:4].copy(), W, W[:, :5].copy(), W.copy(), v6, v6.copy(), v6.copy(), db=v6.copy(), **hp
+        )

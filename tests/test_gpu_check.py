@@ -26,8 +26,9 @@ def _gpu_check():
 def _run(args, path):
     """The shell entry point with PATH = ``path`` only (so no nvidia-smi), Python given as $PYTHON."""
     env = dict(os.environ, PATH=str(path), PYTHON=sys.executable)
-    return subprocess.run([BASH, str(SCRIPT), *map(str, args)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [BASH, str(SCRIPT), *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def _one_line(proc):
@@ -55,19 +56,24 @@ def test_without_a_gpu_one_line_and_exit_3(tmp_path, bare_path):
 
 def test_an_nvidia_smi_that_lists_no_gpu_is_no_gpu(tmp_path, bare_path):
     smi = bare_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'\nexit 9\n")
+    smi.write_text(
+        "#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'\nexit 9\n"
+    )
     smi.chmod(0o755)
     proc = _run([tmp_path / "out"], f"{bare_path}{os.pathsep}/bin{os.pathsep}/usr/bin")
     assert proc.returncode == 3
     assert "nvidia-smi lists no GPU (NVIDIA-SMI has failed" in _one_line(proc)
 
 
-@pytest.mark.parametrize("args, says", [
-    ([], "the following arguments are required: out"),
-    (["{tmp}/out", "--bogus"], "unrecognized arguments: --bogus"),
-    (["{tmp}/file/out"], "cannot write into the output folder"),  # below a plain file
-    (["{tmp}/out", "--data-dir", "{tmp}/nowhere"], "--data-dir"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        ([], "the following arguments are required: out"),
+        (["{tmp}/out", "--bogus"], "unrecognized arguments: --bogus"),
+        (["{tmp}/file/out"], "cannot write into the output folder"),  # below a plain file
+        (["{tmp}/out", "--data-dir", "{tmp}/nowhere"], "--data-dir"),
+    ],
+)
 def test_bad_arguments_one_line_and_exit_2_before_looking_for_a_gpu(tmp_path, bare_path, args, says):
     (tmp_path / "file").write_text("")
     proc = _run([a.format(tmp=tmp_path) for a in args], bare_path)
@@ -115,7 +121,9 @@ def _tp_doc(cupy_vs_torch, skipped=None):
     rows = []
     for z in (20, 1000):
         rows.append({"runner": "torch-cuda", "latent": z, "samples_per_s": 10_000.0, "vs_torch": None})
-        rows.append({"runner": "cupy", "latent": z, "samples_per_s": 10_000.0 * cupy_vs_torch, "vs_torch": cupy_vs_torch})
+        rows.append(
+            {"runner": "cupy", "latent": z, "samples_per_s": 10_000.0 * cupy_vs_torch, "vs_torch": cupy_vs_torch}
+        )
         rows.append({"runner": "cupy-graph", "latent": z, "samples_per_s": 40_000.0, "vs_torch": 4.0})
     return {"config": {"latents": [20, 1000], "skipped": skipped or {}, "notes": {}}, "results": rows}
 
@@ -145,9 +153,15 @@ def _kernels_doc(v3_seconds, compute_type="FP32"):
     products = []
     for label, cublas, v3, flops in (("a", 1.0, v3_seconds[0], 2e9), ("b", 3.0, v3_seconds[1], 6e9)):
         secs = {"numba v3": v3, "cuBLAS": cublas}
-        products.append({"product": label, "flops": flops, "seconds": secs,
-                         "gflops": {n: flops / s / 1e9 for n, s in secs.items()},
-                         "fraction_of_cublas": {n: cublas / s for n, s in secs.items()}})
+        products.append(
+            {
+                "product": label,
+                "flops": flops,
+                "seconds": secs,
+                "gflops": {n: flops / s / 1e9 for n, s in secs.items()},
+                "fraction_of_cublas": {n: cublas / s for n, s in secs.items()},
+            }
+        )
     return products, compute_type
 
 
@@ -162,10 +176,17 @@ def test_v3_target_is_the_whole_step_fraction_from_kernels_summarize():
     assert whole["cuBLAS"]["fraction_of_cublas"] == 1.0
     doc = {"products": products, "whole_step": whole, "cublas_float32_compute_type": ct}
     t = gc.target_v3_vs_cublas(doc)
-    assert t["verdict"] == "not met" and t["value"] == pytest.approx(0.4) and "40% over the step's 2 products" in t["detail"]
+    assert (
+        t["verdict"] == "not met"
+        and t["value"] == pytest.approx(0.4)
+        and "40% over the step's 2 products" in t["detail"]
+    )
     products, ct = _kernels_doc((1.5, 4.5))  # 4 s / 6 s = 67%
-    doc = {"products": products, "whole_step": kernels.summarize(products, ["numba v3", "cuBLAS"]),
-           "cublas_float32_compute_type": "TF32"}
+    doc = {
+        "products": products,
+        "whole_step": kernels.summarize(products, ["numba v3", "cuBLAS"]),
+        "cublas_float32_compute_type": "TF32",
+    }
     t = gc.target_v3_vs_cublas(doc)
     assert t["value"] == pytest.approx(2 / 3) and t["verdict"] == "met (but cuBLAS ran as TF32, not FP32)"
     assert gc.target_v3_vs_cublas(None)["verdict"] == "not measured"
@@ -175,23 +196,57 @@ def test_markdown_summary_holds_targets_steps_and_tables():
     gc = _gpu_check()
     kernels = importlib.import_module("benchmarks.kernels")
     products, ct = _kernels_doc((1.5, 4.5))
-    kdoc = {"products": products, "whole_step": kernels.summarize(products, ["numba v3", "cuBLAS"]),
-            "cublas_float32_compute_type": ct}
-    state = {"started": "2030-01-01 00:00 UTC", "seconds": 400.0,
-             "env": {"gpus": ["GPU 0: NVIDIA H100 80GB HBM3"], "driver": "580.1", "cuda": "13.0",
-                     "cupy": {"version": "14.2.0"}, "versions": {"numba-cuda": "0.21"}, "torch": {"version": "2.11"}},
-             "steps": [{"step": "install", "status": "passed", "limit_s": 100, "seconds": 3.0, "tail": ""},
-                       {"step": "kernels", "status": "timed out", "limit_s": 45, "seconds": 45.0,
-                        "tail": "compiling\nstill compiling"}],
-             "tests": {"tests/test_cupy_kernels.py": {"tests": 2, "passed": 1, "failed": 1, "errors": 0, "skipped": 0,
-                                                      "failures": [{"test": "t::x", "message": "boom\nmore"}], "skips": {}},
-                       "tests/sim_numba_cuda.py": None},
-             "kernels": kdoc, "throughput": {"128": _tp_doc(2.5)},
-             "train": {"metrics": [{"epoch": 2, "samples_per_s": 51234.0, "train_loss": 120.0, "test_loss": 110.0,
-                                    "active_units": 40}],
-                       "summary": {"data": "MNIST: 60,000 training digits", "wall_s": 30.0, "test_iw_nll": 100.5}}}
-    state["targets"] = {"cupy_vs_torch": gc.target_cupy_vs_torch(state["throughput"]),
-                        "v3_vs_cublas": gc.target_v3_vs_cublas(kdoc)}
+    kdoc = {
+        "products": products,
+        "whole_step": kernels.summarize(products, ["numba v3", "cuBLAS"]),
+        "cublas_float32_compute_type": ct,
+    }
+    state = {
+        "started": "2030-01-01 00:00 UTC",
+        "seconds": 400.0,
+        "env": {
+            "gpus": ["GPU 0: NVIDIA H100 80GB HBM3"],
+            "driver": "580.1",
+            "cuda": "13.0",
+            "cupy": {"version": "14.2.0"},
+            "versions": {"numba-cuda": "0.21"},
+            "torch": {"version": "2.11"},
+        },
+        "steps": [
+            {"step": "install", "status": "passed", "limit_s": 100, "seconds": 3.0, "tail": ""},
+            {
+                "step": "kernels",
+                "status": "timed out",
+                "limit_s": 45,
+                "seconds": 45.0,
+                "tail": "compiling\nstill compiling",
+            },
+        ],
+        "tests": {
+            "tests/test_cupy_kernels.py": {
+                "tests": 2,
+                "passed": 1,
+                "failed": 1,
+                "errors": 0,
+                "skipped": 0,
+                "failures": [{"test": "t::x", "message": "boom\nmore"}],
+                "skips": {},
+            },
+            "tests/sim_numba_cuda.py": None,
+        },
+        "kernels": kdoc,
+        "throughput": {"128": _tp_doc(2.5)},
+        "train": {
+            "metrics": [
+                {"epoch": 2, "samples_per_s": 51234.0, "train_loss": 120.0, "test_loss": 110.0, "active_units": 40}
+            ],
+            "summary": {"data": "MNIST: 60,000 training digits", "wall_s": 30.0, "test_iw_nll": 100.5},
+        },
+    }
+    state["targets"] = {
+        "cupy_vs_torch": gc.target_cupy_vs_torch(state["throughput"]),
+        "v3_vs_cublas": gc.target_v3_vs_cublas(kdoc),
+    }
     md = gc.render_markdown(state)
     assert md.startswith("# GPU check: GPU 0: NVIDIA H100 80GB HBM3")
     assert "| `cupy` ≥ 2× PyTorch CUDA eager (samples/s), batch 128, Z = 1000 | **met** | 2.50×" in md

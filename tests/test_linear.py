@@ -143,8 +143,7 @@ def test_training_reaches_the_closed_form():
     mean, lam, U = linear.spectrum(x)
     model = linear.LinearVAE(5, 8, SIGMA2, seed=0, dtype="float64", init_std=0.1)
     # full batches: mini-batch noise slows the last step, units sharing a direction parting ways
-    linear.fit(model, x, 1500, 500, 0.05, 5e-3, np.random.default_rng(0), fast_params=("logs2",),
-               fast_factor=5)
+    linear.fit(model, x, 1500, 500, 0.05, 5e-3, np.random.default_rng(0), fast_params=("logs2",), fast_factor=5)
     r = linear.compare(model, x, test_x, mean, lam, U)
     assert r["k"] == 3 and r["q"] == 3
     assert abs(r["train_elbo"] - r["exact_train_ll"]) < 0.005
@@ -206,9 +205,26 @@ def tiny_mnist(tmp_path):
 def test_command_writes_result_and_summary(tiny_mnist, tmp_path, capsys):
     out = tmp_path / "runs"
     for z in (3, 900):
-        assert linear.main(["--latent", str(z), "--sigma2", "0.1", "--data-dir", str(tiny_mnist),
-                            "--out", str(out / f"z{z}"), "--steps", "30", "--batch-size", "100",
-                            "--quiet"]) == 0
+        assert (
+            linear.main(
+                [
+                    "--latent",
+                    str(z),
+                    "--sigma2",
+                    "0.1",
+                    "--data-dir",
+                    str(tiny_mnist),
+                    "--out",
+                    str(out / f"z{z}"),
+                    "--steps",
+                    "30",
+                    "--batch-size",
+                    "100",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     r = json.loads((out / "z900" / "result.json").read_text())
     assert r["latent"] == 900 and r["q"] == r["k"] <= 784 and r["z_minus_q"] == 900 - r["k"]
     assert len(r["kl_per_unit_sorted"]) == 900 and len(r["eigenvalues"]) == 784
@@ -219,13 +235,19 @@ def test_command_writes_result_and_summary(tiny_mnist, tmp_path, capsys):
     assert "| 0.1 | 3 | 30 |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad", [
-    ["--latent", "0", "--sigma2", "0.1"], ["--latent", "10", "--sigma2", "-1"],
-    ["--latent", "10", "--sigma2", "nan"], ["--latent", "x", "--sigma2", "0.1"],
-    ["--latent", "10"], ["--latent", "10", "--sigma2", "0.1", "--steps", "0"],
-    ["--latent", "10", "--sigma2", "0.1", "--data-dir", "MISSING"],
-    ["--summarize", "MISSING"],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--latent", "0", "--sigma2", "0.1"],
+        ["--latent", "10", "--sigma2", "-1"],
+        ["--latent", "10", "--sigma2", "nan"],
+        ["--latent", "x", "--sigma2", "0.1"],
+        ["--latent", "10"],
+        ["--latent", "10", "--sigma2", "0.1", "--steps", "0"],
+        ["--latent", "10", "--sigma2", "0.1", "--data-dir", "MISSING"],
+        ["--summarize", "MISSING"],
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, capsys):
     bad = [str(tmp_path / "nope") if b == "MISSING" else b for b in bad]
     out = tmp_path / "out"
@@ -238,8 +260,7 @@ def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, capsys):
     assert "Traceback" not in err and not out.exists()
 
 
-@pytest.mark.parametrize("bad", [["--latent", "0"], ["--n", "1"], ["--hidden", "a"],
-                                 ["--data-dir", "MISSING"]])
+@pytest.mark.parametrize("bad", [["--latent", "0"], ["--n", "1"], ["--hidden", "a"], ["--data-dir", "MISSING"]])
 def test_identity_command_bad_input(bad, tmp_path, capsys):
     bad = [str(tmp_path / "nope") if b == "MISSING" else b for b in bad]
     out = tmp_path / "out"
@@ -254,9 +275,30 @@ def test_identity_command_bad_input(bad, tmp_path, capsys):
 
 def test_identity_command_end_to_end(tiny_mnist, tmp_path):
     out = tmp_path / "id"
-    assert identity.main(["--data-dir", str(tiny_mnist), "--out", str(out), "--latent", "20",
-                          "--hidden", "32", "--epochs", "1", "--linear-steps", "20", "--n", "50",
-                          "--backend", "numpy", "--quiet"]) == 0
+    assert (
+        identity.main(
+            [
+                "--data-dir",
+                str(tiny_mnist),
+                "--out",
+                str(out),
+                "--latent",
+                "20",
+                "--hidden",
+                "32",
+                "--epochs",
+                "1",
+                "--linear-steps",
+                "20",
+                "--n",
+                "50",
+                "--backend",
+                "numpy",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "identity.json").read_text())
     assert set(report["results"]) >= {"linear autoencoder", "MLP autoencoder", "MLP VAE"}
     for per_set in report["results"].values():

@@ -15,8 +15,21 @@ from minivae.backend import available_backends
 from minivae.data import binarize, load_mnist
 from minivae.optim import Adam
 
-TINY = ["--limit", "256", "--epochs", "1", "--hidden", "16", "--batch-size", "64", "--iw-samples", "2",
-        "--iw-examples", "20", "--quiet"]
+TINY = [
+    "--limit",
+    "256",
+    "--epochs",
+    "1",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "64",
+    "--iw-samples",
+    "2",
+    "--iw-examples",
+    "20",
+    "--quiet",
+]
 FAST = [b for b in ("numpy", "cpu-fused") if b in available_backends()]
 
 
@@ -130,24 +143,36 @@ BROKEN = {
     "no config": (lambda run: (run / "config.json").unlink(), "no config.json", "config.json"),
     "truncated checkpoint": (_break_truncate, "truncated", "checkpoint.npz"),
     "empty checkpoint": (lambda run: (run / "checkpoint.npz").write_bytes(b""), "cannot read", "checkpoint.npz"),
-    "text as checkpoint": (lambda run: (run / "checkpoint.npz").write_text("hello"), "cannot read",
-                           "checkpoint.npz"),
-    "foreign archive": (lambda run: _write_npz(run / "checkpoint.npz", {"weights": np.ones(3)}),
-                        "no model parameters", "checkpoint.npz"),
-    "pickled object": (lambda run: _write_npz(run / "checkpoint.npz", {"param/x": np.array([{}], dtype=object)}),
-                       "cannot read", "checkpoint.npz"),
-    "corrupt config": (lambda run: (run / "config.json").write_text('{"latent": 3,'), "not valid JSON",
-                       "config.json"),
+    "text as checkpoint": (lambda run: (run / "checkpoint.npz").write_text("hello"), "cannot read", "checkpoint.npz"),
+    "foreign archive": (
+        lambda run: _write_npz(run / "checkpoint.npz", {"weights": np.ones(3)}),
+        "no model parameters",
+        "checkpoint.npz",
+    ),
+    "pickled object": (
+        lambda run: _write_npz(run / "checkpoint.npz", {"param/x": np.array([{}], dtype=object)}),
+        "cannot read",
+        "checkpoint.npz",
+    ),
+    "corrupt config": (lambda run: (run / "config.json").write_text('{"latent": 3,'), "not valid JSON", "config.json"),
     "config a list": (lambda run: (run / "config.json").write_text("[3]"), "JSON list", "config.json"),
-    "config without latent": (lambda run: (run / "config.json").write_text('{"hidden": [8]}'), "'latent'",
-                              "config.json"),
+    "config without latent": (
+        lambda run: (run / "config.json").write_text('{"hidden": [8]}'),
+        "'latent'",
+        "config.json",
+    ),
     "bad latent": (lambda run: _break_config(run, latent="3"), "positive integer", "config.json"),
     "latent mismatch": (lambda run: _break_config(run, latent=5), "needs (8, 10)", "checkpoint.npz"),
     "hidden mismatch": (lambda run: _break_config(run, hidden=[8, 8]), "missing param/enc2.W", "checkpoint.npz"),
     "missing array": (_break_drop_param, "missing param/dec1.b", "checkpoint.npz"),
     "wrong shape": (_break_shape, "param/enc0.b has shape (7,)", "checkpoint.npz"),
-    "non-finite": (lambda run: _write_npz(run / "checkpoint.npz", {**_arrays(run), "param/dec0.W":
-                   np.full((3, 8), np.nan, np.float32)}), "non-finite", "checkpoint.npz"),
+    "non-finite": (
+        lambda run: _write_npz(
+            run / "checkpoint.npz", {**_arrays(run), "param/dec0.W": np.full((3, 8), np.nan, np.float32)}
+        ),
+        "non-finite",
+        "checkpoint.npz",
+    ),
 }
 
 
@@ -225,8 +250,13 @@ def test_explore_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 @pytest.mark.usefixtures("offline")
 def test_explore_as_a_command_refuses_a_non_run_without_a_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "minivae.explore", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "minivae.explore", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("minivae.explore: error:") and "not a training run" in r.stderr
 

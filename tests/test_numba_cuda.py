@@ -50,11 +50,25 @@ def simulator_run(tmp_path_factory):
     """Run tests/sim_numba_cuda.py under the simulator once; → (returncode, output, {test: failure or None})."""
     _require_numba_cuda()
     xml = tmp_path_factory.mktemp("cudasim") / "junit.xml"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
-         "tests/sim_numba_cuda.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={xml}",
+            "tests/sim_numba_cuda.py",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     results = {}
     if xml.exists():
@@ -85,9 +99,12 @@ def test_simulator_run_covers_every_kernel_and_the_step(simulator_run):
     _, _, results = simulator_run
     expected = {f"test_matmul_version_every_transpose_ragged_shapes[{v}]" for v in (1, 2, 3)}
     expected |= {f"test_fused_kernels_match_reference[{m}]" for m in MODULES if m != "matmul"}
-    expected |= {"test_training_step_matches_numpy_backend", "test_check_catches_a_wrong_kernel",
-                 "test_checkpoint_round_trip_on_device_arrays",
-                 "test_engine_noise_is_the_philox_stream_of_a_key_from_the_model_generator"}
+    expected |= {
+        "test_training_step_matches_numpy_backend",
+        "test_check_catches_a_wrong_kernel",
+        "test_checkpoint_round_trip_on_device_arrays",
+        "test_engine_noise_is_the_philox_stream_of_a_key_from_the_model_generator",
+    }
     assert expected <= set(results), f"missing from the simulator run: {sorted(expected - set(results))}"
 
 

@@ -11,12 +11,43 @@ from minivae import metrics, study, sweep
 from minivae.ae import AE
 from minivae.data import load_offline_sample
 
-FIGURES = ["metrics_vs_latent.png", "active_units.png", "kl_spectra.png", "samples_by_latent.png",
-           "reconstructions_by_latent.png", "vae_vs_ae.png"]
-ROW_FIELDS = {"model", "latent", "test_loss", "test_recon", "test_kl", "test_iw_nll", "active_units",
-              "params", "samples_per_s", "wall_s", "gap", "train_loss"}
-SMALL = ["--epochs", "1", "--limit", "256", "--hidden", "16", "--iw-samples", "3",
-         "--iw-examples", "20", "--backend", "numpy", "--quiet"]
+FIGURES = [
+    "metrics_vs_latent.png",
+    "active_units.png",
+    "kl_spectra.png",
+    "samples_by_latent.png",
+    "reconstructions_by_latent.png",
+    "vae_vs_ae.png",
+]
+ROW_FIELDS = {
+    "model",
+    "latent",
+    "test_loss",
+    "test_recon",
+    "test_kl",
+    "test_iw_nll",
+    "active_units",
+    "params",
+    "samples_per_s",
+    "wall_s",
+    "gap",
+    "train_loss",
+}
+SMALL = [
+    "--epochs",
+    "1",
+    "--limit",
+    "256",
+    "--hidden",
+    "16",
+    "--iw-samples",
+    "3",
+    "--iw-examples",
+    "20",
+    "--backend",
+    "numpy",
+    "--quiet",
+]
 
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty cache
@@ -63,8 +94,9 @@ def test_two_size_sweep_writes_every_file_and_resumes(tmp_path, capsys):
 
 def test_sweep_on_a_local_dask_cluster(tmp_path):
     distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         out = tmp_path / "study"
         code = sweep.main(["--latents", "4", "--out", str(out), "--scheduler", cluster.scheduler_address] + SMALL)
@@ -73,9 +105,18 @@ def test_sweep_on_a_local_dask_cluster(tmp_path):
     assert row["model"] == "vae" and row["latent"] == 4 and row["test_loss"] > 0
 
 
-@pytest.mark.parametrize("bad", [["--latents", "0,5"], ["--latents", "abc"], ["--models", "gan"],
-                                 ["--epochs", "-1"], ["--jobs", "0"], ["--data-dir", "MISSING"],
-                                 ["--backend", "bogus"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--latents", "0,5"],
+        ["--latents", "abc"],
+        ["--models", "gan"],
+        ["--epochs", "-1"],
+        ["--jobs", "0"],
+        ["--data-dir", "MISSING"],
+        ["--backend", "bogus"],
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, capsys):
     bad = [str(tmp_path / "nope") if b == "MISSING" else b for b in bad]
     out = tmp_path / "study"
@@ -176,8 +217,9 @@ def test_autoencoder_is_the_vae_without_sampling_and_kl():
     """Same MLP shapes; its loss equals the VAE's reconstruction term when z is the code."""
     ae = AE(data_dim=9, latent=4, hidden=(7,), seed=2, dtype="float64")
     vae = minivae.VAE(data_dim=9, latent=4, hidden=(7,), seed=2, dtype="float64")
-    assert [p.shape for k, p in ae.params.items() if k.startswith("dec")] == \
-           [p.shape for k, p in vae.params.items() if k.startswith("dec")]
+    assert [p.shape for k, p in ae.params.items() if k.startswith("dec")] == [
+        p.shape for k, p in vae.params.items() if k.startswith("dec")
+    ]
     x = np.random.default_rng(0).random((3, 9))
     z = ae.encode(x)[0]
     for k in ae.params:
@@ -199,13 +241,34 @@ def test_kl90_counts_the_latents_holding_90_percent_of_the_kl():
 
 def test_seeds_and_steps_give_one_run_per_seed_with_its_learning_curve(tmp_path):
     out = tmp_path / "study"
-    args = ["--latents", "3,40", "--models", "vae,ae", "--seeds", "0,1", "--steps", "5", "--out", str(out),
-            "--limit", "256", "--hidden", "16", "--iw-samples", "3", "--iw-examples", "20",
-            "--backend", "cpu-fused", "--quiet"]
+    args = [
+        "--latents",
+        "3,40",
+        "--models",
+        "vae,ae",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "5",
+        "--out",
+        str(out),
+        "--limit",
+        "256",
+        "--hidden",
+        "16",
+        "--iw-samples",
+        "3",
+        "--iw-examples",
+        "20",
+        "--backend",
+        "cpu-fused",
+        "--quiet",
+    ]
     assert sweep.main(args) == 0
     rows = rows_of(out)
     assert sorted(study.run_key(r) for r in rows) == sorted(
-        (m, z, (16,), s) for m in ("vae", "ae") for z in (3, 40) for s in (0, 1))
+        (m, z, (16,), s) for m in ("vae", "ae") for z in (3, 40) for s in (0, 1)
+    )
     for r in rows:
         assert r["steps"] == 5 and [p["step"] for p in r["curve"]] == sweep.curve_steps(5) == [4, 5]
         assert r["last20_gain"] == pytest.approx(r["curve"][-2]["test_loss"] - r["curve"][-1]["test_loss"])
@@ -227,14 +290,36 @@ def test_curve_steps_are_log_spaced_and_end_with_the_last_fifth():
 
 def test_seed_aggregation_and_the_convergence_column_on_fabricated_rows():
     def row(z, seed, loss, gain):
-        return {"model": "vae", "latent": z, "hidden": [8], "seed": seed, "test_loss": loss,
-                "test_iw_nll": loss - 5, "test_recon": loss - 20, "test_kl": 20.0, "active_units": 3,
-                "directions": 2, "participation_ratio": 1.5, "kl90": 2, "gap": 1.0, "probe_logreg": 0.9,
-                "probe_knn": 0.8, "last20_gain": gain, "samples_per_s": 100.0, "wall_s": 10.0,
-                "epochs": 1.0}
+        return {
+            "model": "vae",
+            "latent": z,
+            "hidden": [8],
+            "seed": seed,
+            "test_loss": loss,
+            "test_iw_nll": loss - 5,
+            "test_recon": loss - 20,
+            "test_kl": 20.0,
+            "active_units": 3,
+            "directions": 2,
+            "participation_ratio": 1.5,
+            "kl90": 2,
+            "gap": 1.0,
+            "probe_logreg": 0.9,
+            "probe_knn": 0.8,
+            "last20_gain": gain,
+            "samples_per_s": 100.0,
+            "wall_s": 10.0,
+            "epochs": 1.0,
+        }
 
-    rows = [row(2, 0, 100.0, 0.5), row(2, 1, 102.0, 0.2), row(2, 2, 104.0, 0.1),
-            row(9, 0, 90.0, 2.5), row(9, 1, 91.0, 0.3), row(9, 2, 92.0, 0.4)]
+    rows = [
+        row(2, 0, 100.0, 0.5),
+        row(2, 1, 102.0, 0.2),
+        row(2, 2, 104.0, 0.1),
+        row(9, 0, 90.0, 2.5),
+        row(9, 1, 91.0, 0.3),
+        row(9, 2, 92.0, 0.4),
+    ]
     mean, sd, n = study.aggregate([r for r in rows if r["latent"] == 2], "test_loss")
     assert (mean, sd, n) == (102.0, 2.0, 3)  # sample standard deviation, ddof = 1
     assert study.aggregate(rows[:1], "test_loss") == (100.0, None, 1)
@@ -244,8 +329,7 @@ def test_seed_aggregation_and_the_convergence_column_on_fabricated_rows():
     assert study.separated(z2, z9, "test_loss")  # 102 ± 2 against 91 ± 1: 11 > 3
     assert not study.separated(z2, [dict(r, test_loss=r["test_loss"] - 2) for r in z2], "test_loss")
 
-    settings = {"steps": 1000, "batch_size": 8, "lr": 1e-3, "binarize": "dynamic", "iw_samples": 5,
-                "iw_examples": 10}
+    settings = {"steps": 1000, "batch_size": 8, "lr": 1e-3, "binarize": "dynamic", "iw_samples": 5, "iw_examples": 10}
     text = study.report(rows, settings, "fabricated")
     assert "| vae | 8 | 2 | 3 | 102.0 ± 2.0 |" in text
     assert "| vae | 9 | 8 | 0 | 90.0 | 85.0 | 3 | 2 | 2.50 | **no** |" in text
@@ -270,10 +354,11 @@ def test_directions_count_rotated_information_that_units_miss():
     assert d["directions"] == k
     lam = signal.var(axis=0)
     np.testing.assert_allclose(d["eigenvalues"][:k], np.sort(lam)[::-1], rtol=1e-8)
-    assert d["participation_ratio"] == pytest.approx(lam.sum() ** 2 / (lam ** 2).sum(), rel=1e-8)
+    assert d["participation_ratio"] == pytest.approx(lam.sum() ** 2 / (lam**2).sum(), rel=1e-8)
     # Equal variances along k directions: the participation ratio is k itself.
-    assert metrics.latent_directions(rng.standard_normal((N, k)) @ rotation[:k])["participation_ratio"] == \
-        pytest.approx(k, rel=0.1)
+    assert metrics.latent_directions(rng.standard_normal((N, k)) @ rotation[:k])[
+        "participation_ratio"
+    ] == pytest.approx(k, rel=0.1)
     vecs, var = metrics.principal_directions(mu, k)
     np.testing.assert_allclose(np.abs(vecs.T @ rotation[:k].T).max(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(var, np.sort(lam)[::-1], rtol=1e-8)

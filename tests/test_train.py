@@ -12,12 +12,41 @@ import pytest
 
 from minivae import train
 
-ARTIFACTS = ["metrics.jsonl", "config.json", "checkpoint.npz", "reconstructions.png",
-             "samples.png", "kl_per_dim.png", "loss_curve.png"]
-METRIC_FIELDS = {"epoch", "train_loss", "test_loss", "test_recon", "test_kl", "active_units",
-                 "directions", "participation_ratio", "samples_per_s"}
-SMALL = ["--latent", "6", "--hidden", "24", "--batch-size", "64", "--iw-samples", "4",
-         "--iw-examples", "50", "--backend", "numpy", "--quiet"]
+ARTIFACTS = [
+    "metrics.jsonl",
+    "config.json",
+    "checkpoint.npz",
+    "reconstructions.png",
+    "samples.png",
+    "kl_per_dim.png",
+    "loss_curve.png",
+]
+METRIC_FIELDS = {
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_recon",
+    "test_kl",
+    "active_units",
+    "directions",
+    "participation_ratio",
+    "samples_per_s",
+}
+SMALL = [
+    "--latent",
+    "6",
+    "--hidden",
+    "24",
+    "--batch-size",
+    "64",
+    "--iw-samples",
+    "4",
+    "--iw-examples",
+    "50",
+    "--backend",
+    "numpy",
+    "--quiet",
+]
 
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty cache
@@ -38,9 +67,13 @@ def params_of(out):
 def test_cli_end_to_end_writes_every_artifact(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    r = subprocess.run([sys.executable, "-m", "minivae.train", *SMALL[:-1], "--limit", "256",
-                        "--epochs", "1", "--out", str(out)],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "minivae.train", *SMALL[:-1], "--limit", "256", "--epochs", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "offline 5k sample" in r.stdout  # says which data it used
     assert "log-likelihood" in r.stdout and str(out) in r.stdout
@@ -79,8 +112,13 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path):
     out = tmp_path / "run"
     args = SMALL[:-1] + ["--limit", "2000", "--batch-size", "16", "--epochs", "3"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "minivae.train", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minivae.train", *args, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     for line in proc.stdout:  # wait until training is under way (epoch 1 done)
         if line.startswith("epoch"):
             break
@@ -125,14 +163,26 @@ def _corrupt_dir(tmp_path):
     return d
 
 
-@pytest.mark.parametrize("bad", [
-    ["--latent", "0"], ["--latent", "-3"], ["--latent", "abc"], ["--batch-size", "0"],
-    ["--lr", "-0.001"], ["--lr", "nan"], ["--backend", "bogus"], ["--hidden", "512,x"],
-    ["--data-dir", "MISSING"], ["--data-dir", "CORRUPT"], ["--resume", "MISSING"],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--latent", "0"],
+        ["--latent", "-3"],
+        ["--latent", "abc"],
+        ["--batch-size", "0"],
+        ["--lr", "-0.001"],
+        ["--lr", "nan"],
+        ["--backend", "bogus"],
+        ["--hidden", "512,x"],
+        ["--data-dir", "MISSING"],
+        ["--data-dir", "CORRUPT"],
+        ["--resume", "MISSING"],
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, capsys):
-    bad = [str(tmp_path / "nope") if b == "MISSING" else str(_corrupt_dir(tmp_path)) if b == "CORRUPT"
-           else b for b in bad]
+    bad = [
+        str(tmp_path / "nope") if b == "MISSING" else str(_corrupt_dir(tmp_path)) if b == "CORRUPT" else b for b in bad
+    ]
     out = tmp_path / "out"
     code = run_main(bad + ["--out", out, "--quiet"])
     err = capsys.readouterr().err
@@ -145,8 +195,12 @@ def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, capsys):
 
 
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "minivae.train", "--latent", "abc", "--out",
-                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "minivae.train", "--latent", "abc", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "latent" in r.stderr
     assert not (tmp_path / "out").exists()
 

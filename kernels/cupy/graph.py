@@ -60,8 +60,9 @@ class GraphedStep:
         eng, opt = self.eng, self.opt
         eng.forward_ops(self.ws, self.x, self.eps)
         eng.backward_ops(self.ws, self.x, self.eps)
-        self.ops.adam_device_c(opt.flat, eng.grads.flat, opt.m_flat, opt.v_flat,
-                               opt.lr, opt.b1, opt.b2, opt.eps, self.c)
+        self.ops.adam_device_c(
+            opt.flat, eng.grads.flat, opt.m_flat, opt.v_flat, opt.lr, opt.b1, opt.b2, opt.eps, self.c
+        )
 
     def _capture(self):
         opt = self.opt

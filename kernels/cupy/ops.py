@@ -70,8 +70,9 @@ class CupyOps:
         K = a.shape[0] if ta else a.shape[1]
         bm, bn = sources.GEMM_BM, sources.GEMM_BN
         grid = (min((N + bn - 1) // bn, 65535), min((M + bm - 1) // bm, 65535))
-        _raw("matmul_v3")(grid, sources.GEMM_THREADS,
-                          (a, b, out, np.int32(M), np.int32(N), np.int32(K), np.int32(ta), np.int32(tb)))
+        _raw("matmul_v3")(
+            grid, sources.GEMM_THREADS, (a, b, out, np.int32(M), np.int32(N), np.int32(K), np.int32(ta), np.int32(tb))
+        )
 
     def bias_act(self, a, b, act, out):
         _elementwise(f"bias_act_{act}")(a, b, out)  # b (N,) broadcasts over the rows of a (B, N)
@@ -89,18 +90,21 @@ class CupyOps:
 
     def reparam_kl_backward(self, dz, h, eps, c, dh):
         B, Z = dz.shape
-        _raw("reparam_kl_backward_v1")(_blocks(B * Z, 256), (256,),
-                                       (dz, h, eps, np.float32(c), dh, np.int32(B), np.int32(Z)))
+        _raw("reparam_kl_backward_v1")(
+            _blocks(B * Z, 256), (256,), (dz, h, eps, np.float32(c), dh, np.int32(B), np.int32(Z))
+        )
 
     def bernoulli_nll(self, a, x, scale, loss, da):
         B, D = a.shape
-        _raw("bernoulli_nll_v1")((min(B, 65535),), (sources.REDUCE_THREADS,),
-                                 (a, x, np.float32(scale), loss, da, np.int32(B), np.int32(D)))
+        _raw("bernoulli_nll_v1")(
+            (min(B, 65535),), (sources.REDUCE_THREADS,), (a, x, np.float32(scale), loss, da, np.int32(B), np.int32(D))
+        )
 
     def standard_normal(self, key, out):
         n = out.size
-        _raw("standard_normal_v1")(_blocks((n + 3) // 4, 256), (256,),
-                                   (np.uint32(key[0]), np.uint32(key[1]), out, np.int64(n)))
+        _raw("standard_normal_v1")(
+            _blocks((n + 3) // 4, 256), (256,), (np.uint32(key[0]), np.uint32(key[1]), out, np.int64(n))
+        )
 
     def adam(self, p, g, m, v, lr, b1, b2, eps, c1, c2):
         c = self.xp.asarray(np.array([c1, c2], dtype=np.float32))

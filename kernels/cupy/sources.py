@@ -216,8 +216,14 @@ extern "C" __global__ void standard_normal_v1(unsigned int k0, unsigned int k1, 
 }
 """
 
-RAW_KERNELS = ("matmul_v3", "colsum_v1", "reparam_kl_v1", "reparam_kl_backward_v1", "bernoulli_nll_v1",
-               "standard_normal_v1")
+RAW_KERNELS = (
+    "matmul_v3",
+    "colsum_v1",
+    "reparam_kl_v1",
+    "reparam_kl_backward_v1",
+    "bernoulli_nll_v1",
+    "standard_normal_v1",
+)
 
 
 def elementwise_harness(name):
@@ -238,6 +244,8 @@ def elementwise_harness(name):
     body = []
     for n, c, raw, _ in decls:
         body.append(f"{c}* {n} = {n}_ptr;" if raw else f"{c}& {n} = {n}_ptr[i];")
-    return (f'extern "C" __global__ void {name}_harness({args}, int n) {{\n'
-            f"    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {{\n"
-            f"        {' '.join(body)}\n        {operation};\n    }}\n}}\n")
+    return (
+        f'extern "C" __global__ void {name}_harness({args}, int n) {{\n'
+        f"    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {{\n"
+        f"        {' '.join(body)}\n        {operation};\n    }}\n}}\n"
+    )

@@ -20,7 +20,7 @@ import functools
 import math
 
 import numpy as np
-from numba import cuda, float32
+from numba import cuda
 
 from kernels.numba_cuda._util import F32_1D, F32_2D, assert_close, blocks_for, jitted, run_file, time_kernel
 from kernels.reference import ACTS
@@ -112,8 +112,10 @@ def benchmark(B=128, N=512):
     for act in ACTS:
         s = time_kernel(lambda: bias_act(a, b, act, out))
         s2 = time_kernel(lambda: act_backward(a, out, act, out))
-        print(f"{act:>8}: bias_act {s * 1e6:7.1f} µs ({8 * B * N / s / 1e9:6.1f} GB/s)   "
-              f"act_backward {s2 * 1e6:7.1f} µs ({12 * B * N / s2 / 1e9:6.1f} GB/s)")
+        print(
+            f"{act:>8}: bias_act {s * 1e6:7.1f} µs ({8 * B * N / s / 1e9:6.1f} GB/s)   "
+            f"act_backward {s2 * 1e6:7.1f} µs ({12 * B * N / s2 / 1e9:6.1f} GB/s)"
+        )
 
 
 if __name__ == "__main__":

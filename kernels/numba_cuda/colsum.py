@@ -13,7 +13,6 @@ Check against :func:`kernels.reference.colsum` (simulator or GPU), then time it 
 
 from __future__ import annotations
 
-
 import numpy as np
 from numba import cuda, float32
 

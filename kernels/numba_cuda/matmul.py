@@ -256,23 +256,28 @@ def check(versions=None, cases=CHECK_CASES, seed=0):
             out = cuda.device_array((M, N), np.float32)
             matmul(cuda.to_device(a), cuda.to_device(b), out, ta, tb, version=v, blocks=blocks)
             # K ≤ 29 products of N(0, 1) numbers: float32 rounding stays far below this
-            assert_close(f"matmul_v{v} ta={ta} tb={tb} {M}×{K}·{K}×{N} blocks={blocks}",
-                         out.copy_to_host(), matmul_ref(a, b, ta, tb), atol=1e-4, rtol=1e-4)
+            assert_close(
+                f"matmul_v{v} ta={ta} tb={tb} {M}×{K}·{K}×{N} blocks={blocks}",
+                out.copy_to_host(),
+                matmul_ref(a, b, ta, tb),
+                atol=1e-4,
+                rtol=1e-4,
+            )
 
 
 # the products of a training step at batch 128, hidden 512, latent 1000, data 784: (M, K, N, ta, tb)
 STEP_SHAPES = (
-    (128, 784, 512, False, False),   # encoder hidden:  x · W1
+    (128, 784, 512, False, False),  # encoder hidden:  x · W1
     (128, 512, 2000, False, False),  # encoder head:    h · W2 → [μ | log σ²]
     (128, 1000, 512, False, False),  # decoder hidden:  z · W3
-    (128, 512, 784, False, False),   # decoder logits:  h · W4
-    (512, 128, 784, True, False),    # dW4 = hᵀ · da
-    (128, 784, 512, False, True),    # dh  = da · W4ᵀ
-    (1000, 128, 512, True, False),   # dW3 = zᵀ · dh
-    (128, 512, 1000, False, True),   # dz  = dh · W3ᵀ
-    (512, 128, 2000, True, False),   # dW2 = hᵀ · d[μ | log σ²]
-    (128, 2000, 512, False, True),   # dh  = d[μ | log σ²] · W2ᵀ
-    (784, 128, 512, True, False),    # dW1 = xᵀ · dh
+    (128, 512, 784, False, False),  # decoder logits:  h · W4
+    (512, 128, 784, True, False),  # dW4 = hᵀ · da
+    (128, 784, 512, False, True),  # dh  = da · W4ᵀ
+    (1000, 128, 512, True, False),  # dW3 = zᵀ · dh
+    (128, 512, 1000, False, True),  # dz  = dh · W3ᵀ
+    (512, 128, 2000, True, False),  # dW2 = hᵀ · d[μ | log σ²]
+    (128, 2000, 512, False, True),  # dh  = d[μ | log σ²] · W2ᵀ
+    (784, 128, 512, True, False),  # dW1 = xᵀ · dh
 )
 
 

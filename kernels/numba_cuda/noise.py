@@ -102,8 +102,13 @@ def check(sizes=(1, 3, 13, 64), threads=8, key=(0x243F6A88, 0x85A308D3)):
         standard_normal(key, out, threads=threads)
         # libdevice's logf (within 2 ulp) and our degree-9/8 sine and cosine polynomials on
         # |φ| ≤ π/4 (error < 1e-7): together within ~1e-6 of the oracle's float64 sin and cos
-        assert_close(f"standard_normal_v1 n={n}", out.copy_to_host(),
-                     reference.standard_normal_philox(key, n), atol=2e-6, rtol=2e-6)
+        assert_close(
+            f"standard_normal_v1 n={n}",
+            out.copy_to_host(),
+            reference.standard_normal_philox(key, n),
+            atol=2e-6,
+            rtol=2e-6,
+        )
 
 
 def benchmark(B=128, Z=1000):

@@ -109,11 +109,17 @@ def benchmark(B=128, Z=1000):
     rng = np.random.default_rng(0)
     h = cuda.to_device(rng.standard_normal((B, 2 * Z)).astype(np.float32))
     eps = cuda.to_device(rng.standard_normal((B, Z)).astype(np.float32))
-    z, kl, dh = cuda.device_array((B, Z), np.float32), cuda.device_array(B, np.float32), cuda.device_array((B, 2 * Z), np.float32)
+    z, kl, dh = (
+        cuda.device_array((B, Z), np.float32),
+        cuda.device_array(B, np.float32),
+        cuda.device_array((B, 2 * Z), np.float32),
+    )
     s = time_kernel(lambda: reparam_kl(h, eps, z, kl))
     s2 = time_kernel(lambda: reparam_kl_backward(z, h, eps, 0.01, dh))
-    print(f"reparam_kl_v1 {s * 1e6:.1f} µs ({16 * B * Z / s / 1e9:.1f} GB/s)   "
-          f"reparam_kl_backward_v1 {s2 * 1e6:.1f} µs ({24 * B * Z / s2 / 1e9:.1f} GB/s)")
+    print(
+        f"reparam_kl_v1 {s * 1e6:.1f} µs ({16 * B * Z / s / 1e9:.1f} GB/s)   "
+        f"reparam_kl_backward_v1 {s2 * 1e6:.1f} µs ({24 * B * Z / s2 / 1e9:.1f} GB/s)"
+    )
 
 
 if __name__ == "__main__":
