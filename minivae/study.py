@@ -137,8 +137,8 @@ def report(rows, settings, source):
         *reading(rows),
         "",
         "Figures: `learning_curves.png`, `metrics_vs_latent.png`, `active_units.png`, "
-        "`kl_spectra.png`, `probe.png`, `samples_by_latent.png`, `reconstructions_by_latent.png`, "
-        "`vae_vs_ae.png`.",
+        "`kl_spectra.png`, `probe.png`, `samples_by_latent.png`, `reconstructions_by_latent.png`"
+        + (", `vae_vs_ae.png`." if {"vae", "ae"} <= {r["model"] for r in rows} else "."),
         "",
     ]
     return "\n".join(lines)
@@ -161,8 +161,11 @@ def reading(rows):
         if z == best:
             continue
         diff = aggregate(g, field)[0] - aggregate(vae[best], field)[0]
-        beyond = separated(g, vae[best], field)
-        out.append(f"  - Z = {z}: {_pm(g, field)} ({diff:+.1f}; {'beyond' if beyond else 'within'} the seed spread)")
+        if aggregate(g, field)[1] is None or aggregate(vae[best], field)[1] is None:
+            spread = "one seed: no spread to compare with"
+        else:
+            spread = f"{'beyond' if separated(g, vae[best], field) else 'within'} the seed spread"
+        out.append(f"  - Z = {z}: {_pm(g, field)} ({diff:+.1f}; {spread})")
     not_conv = [r for g in vae.values() for r in g if converged(r) is False]
     if not_conv:
         out.append(

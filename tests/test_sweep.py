@@ -337,6 +337,8 @@ def test_seed_aggregation_and_the_convergence_column_on_fabricated_rows():
     assert "Not converged (last 20% of the steps gained ≥ 1 nat): Z = 9 seed 0 (2.50)" in text
     assert "Best −log p(x): 86.0 ± 1.0 nats at Z = 9" in text
     assert "Z = 2: 97.0 ± 2.0 (+11.0; beyond the seed spread)" in text
+    one_seed = study.report([r for r in rows if r["seed"] == 0], settings, "fabricated")
+    assert "Z = 2: 95.0 (+10.0; one seed: no spread to compare with)" in one_seed
 
 
 def test_directions_count_rotated_information_that_units_miss():
