@@ -346,7 +346,8 @@ def render_markdown(state):
     L = [f"# GPU check: {gpu}", ""]
     L.append(
         f"Driver {env.get('driver', '?')}, CUDA {env.get('cuda', '?')} (driver), CuPy "
-        f"{(env.get('cupy') or {}).get('version', '—')}, Numba-CUDA {env.get('versions', {}).get('numba-cuda') or '—'}, "
+        f"{(env.get('cupy') or {}).get('version', '—')}, "
+        f"Numba-CUDA {env.get('versions', {}).get('numba-cuda') or '—'}, "
         f"PyTorch {(env.get('torch') or {}).get('version', '—')}. {state.get('started', '')}, "
         f"{_fmt(state.get('seconds'), '.0f')} s in all. TF32 off everywhere (CUPY_TF32=0, NVIDIA_TF32_OVERRIDE=0)."
     )
@@ -383,7 +384,8 @@ def render_markdown(state):
         names = list(k["whole_step"])
         L += [
             "",
-            f"## Matrix products of one step (batch 128, hidden 512, Z = 1000): GFLOP/s (fraction of cuBLAS {k.get('cublas_float32_compute_type')})",
+            "## Matrix products of one step (batch 128, hidden 512, Z = 1000): GFLOP/s "
+            f"(fraction of cuBLAS {k.get('cublas_float32_compute_type')})",
             "",
             "| product | " + " | ".join(names) + " |",
             "| --- |" + " ---: |" * len(names),
@@ -436,7 +438,8 @@ def render_markdown(state):
         if summ:
             L.append(
                 f"- {summ.get('data')}; whole run {summ.get('wall_s', 0):.0f} s (with evaluation, "
-                f"log-likelihood estimate, figures); test log-likelihood ≈ {-summ.get('test_iw_nll', float('nan')):.2f} nats"
+                f"log-likelihood estimate, figures); "
+                f"test log-likelihood ≈ {-summ.get('test_iw_nll', float('nan')):.2f} nats"
             )
     return "\n".join(L) + "\n"
 

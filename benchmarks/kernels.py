@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def _no_gpu():
 
         cupy.cuda.runtime.getDeviceCount()
         (cupy.ones(4) * 2).sum().item()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure means CuPy cannot use a GPU: say why
         return f"CuPy cannot use a GPU ({type(e).__name__}: {e})"
     return None
 
@@ -129,11 +130,11 @@ def main(argv=None):
         for v in nc.VERSIONS:
             nc.matmul(na, nb, nout, ta, tb, version=v)
             assert_close(f"numba v{v} {label}", nout.copy_to_host(), want, atol=1e-2, rtol=1e-3)  # K ≤ 2000 sums
-            runs[f"numba v{v}"] = lambda v=v: nc.matmul(na, nb, nout, ta, tb, version=v)
+            runs[f"numba v{v}"] = partial(nc.matmul, na, nb, nout, ta, tb, version=v)
         own.matmul(ca, cb, cout, ta, tb)
         assert_close(f"cupy own {label}", cupy.asnumpy(cout), want, atol=1e-2, rtol=1e-3)
-        runs["cupy own"] = lambda: own.matmul(ca, cb, cout, ta, tb)
-        runs["cuBLAS"] = lambda: cupy.matmul(ca.T if ta else ca, cb.T if tb else cb, out=cout)
+        runs["cupy own"] = partial(own.matmul, ca, cb, cout, ta, tb)
+        runs["cuBLAS"] = _library_product(cupy.matmul, ca, cb, cout, ta, tb)
         # Numba launches on its own default stream, CuPy on its: both timers wrap one launch and
         # synchronise on their own events, the same way for every version.
         secs = {}
@@ -256,16 +257,13 @@ def cpu_main(args, ap):
                 out[...] = np.nan
                 gemm_cpu.matmul(a, b, out, ta, tb, version=v)
                 _check_close(f"ours v{v} {label}", out, want, K)
-                runs[f"ours v{v}"] = (
-                    lambda v=v: gemm_cpu.matmul(a, b, out, ta, tb, version=v),
-                    2.0 if v <= 2 else None,
-                )
-            runs["OpenBLAS"] = (lambda: np.matmul(a.T if ta else a, b.T if tb else b, out=out), None)
+                runs[f"ours v{v}"] = (partial(gemm_cpu.matmul, a, b, out, ta, tb, version=v), 2.0 if v <= 2 else None)
+            runs["OpenBLAS"] = (_library_product(np.matmul, a, b, out, ta, tb), None)
             if jax is not None:
                 f = peers.jax_matmul(jax, ta, tb)
                 ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
                 _check_close(f"XLA {label}", np.asarray(f(ja, jb)), want, K)
-                runs["XLA"] = (lambda: f(ja, jb).block_until_ready(), None)
+                runs["XLA"] = (partial(_jax_call, f, ja, jb), None)
             secs = {n: peers.median_seconds(fn, args.repeats, max_s=max_s) for n, (fn, max_s) in runs.items()}
             flops = 2 * M * N * K
             cells = [f"{flops / secs[n] / 1e9:9.1f} ({secs['OpenBLAS'] / secs[n]:4.2f})" for n in names]
@@ -309,7 +307,7 @@ def epilogue_table(Z, repeats, rng):
     the weight gradients with the bias gradient and both Adam steps (OpenBLAS into g, then
     colsum_kernel and adam_kernel on W and on the bias). Prints and returns the median times."""
     from benchmarks import peers
-    from kernels import cpu_fused, gemm_cpu
+    from kernels import gemm_cpu
 
     hp = dict(lr=1e-4, b1=0.9, b2=0.999, eps=1e-8, c1=0.1, c2=0.001)
     f = np.float32
@@ -319,39 +317,9 @@ def epilogue_table(Z, repeats, rng):
     for M, K, N, ta, tb in gemm_cpu.step_shapes(Z):
         label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
         if not ta and not tb:  # a forward product: out = relu(a·W + bias)
-            a = rng.standard_normal((M, K)).astype(np.float32)
-            W = rng.standard_normal((K, N)).astype(np.float32)
-            bias = rng.standard_normal(N).astype(np.float32)
-            out = np.empty((M, N), np.float32)
-
-            def separate(mm):
-                mm()
-                cpu_fused.bias_relu_kernel(out, bias, out)
-
-            runs = {
-                "BLAS + passes": lambda: separate(lambda: np.matmul(a, W, out=out)),
-                "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(a, W, out)),
-                "ours fused": lambda: gemm_cpu.matmul_bias_act(a, W, bias, "relu", out),
-            }
-            what = "relu(a·W + b)"
+            runs, what = _forward_epilogue_runs(M, K, N, rng), "relu(a·W + b)"
         elif ta:  # a weight gradient: Adam on W and on the bias, from xᵀ·dy and Σ dy
-            x = rng.standard_normal((K, M)).astype(np.float32)
-            dy = rng.standard_normal((K, N)).astype(np.float32)
-            W, mW, vW, g = (np.zeros((M, N), np.float32) for _ in range(4))
-            bias, mb, vb, db = (np.zeros(N, np.float32) for _ in range(4))
-
-            def separate(mm):
-                mm()
-                cpu_fused.colsum_kernel(dy, db)
-                cpu_fused.adam_kernel(W.reshape(-1), g.reshape(-1), mW.reshape(-1), vW.reshape(-1), *adam_args)
-                cpu_fused.adam_kernel(bias, db, mb, vb, *adam_args)
-
-            runs = {
-                "BLAS + passes": lambda: separate(lambda: np.matmul(x.T, dy, out=g)),
-                "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(x, dy, g, True, False)),
-                "ours fused": lambda: gemm_cpu.weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, db=db, **hp),
-            }
-            what = "Adam(W, xᵀ·dy), Adam(b, Σ dy)"
+            runs, what = _weight_grad_epilogue_runs(M, K, N, rng, hp, adam_args), "Adam(W, xᵀ·dy), Adam(b, Σ dy)"
         else:
             continue  # an input gradient: its epilogue (the activation's backward) is not fused yet
         secs = {n: peers.median_seconds(fn, repeats) for n, fn in runs.items()}
@@ -365,6 +333,62 @@ def epilogue_table(Z, repeats, rng):
         )
         rows.append({"product": label, "epilogue": what, "seconds": secs})
     return rows
+
+
+def _forward_epilogue_runs(M, K, N, rng):
+    """The timed calls for a forward product out = relu(a·W + bias), a (M, K), W (K, N): OpenBLAS or
+    our product followed by the bias + ReLU pass, and our fused epilogue."""
+    from kernels import cpu_fused, gemm_cpu
+
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    out = np.empty((M, N), np.float32)
+
+    def separate(mm):
+        mm()
+        cpu_fused.bias_relu_kernel(out, bias, out)
+
+    return {
+        "BLAS + passes": lambda: separate(lambda: np.matmul(a, W, out=out)),
+        "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(a, W, out)),
+        "ours fused": lambda: gemm_cpu.matmul_bias_act(a, W, bias, "relu", out),
+    }
+
+
+def _weight_grad_epilogue_runs(M, K, N, rng, hp, adam_args):
+    """The timed calls for a weight gradient g = xᵀ·dy, x (K, M), dy (K, N), with the bias gradient
+    Σ dy and Adam on W and on the bias: OpenBLAS or our product followed by the colsum and Adam
+    passes, and our fused epilogue."""
+    from kernels import cpu_fused, gemm_cpu
+
+    x = rng.standard_normal((K, M)).astype(np.float32)
+    dy = rng.standard_normal((K, N)).astype(np.float32)
+    W, mW, vW, g = (np.zeros((M, N), np.float32) for _ in range(4))
+    bias, mb, vb, db = (np.zeros(N, np.float32) for _ in range(4))
+
+    def separate(mm):
+        mm()
+        cpu_fused.colsum_kernel(dy, db)
+        cpu_fused.adam_kernel(W.reshape(-1), g.reshape(-1), mW.reshape(-1), vW.reshape(-1), *adam_args)
+        cpu_fused.adam_kernel(bias, db, mb, vb, *adam_args)
+
+    return {
+        "BLAS + passes": lambda: separate(lambda: np.matmul(x.T, dy, out=g)),
+        "ours + passes": lambda: separate(lambda: gemm_cpu.matmul(x, dy, g, True, False)),
+        "ours fused": lambda: gemm_cpu.weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, db=db, **hp),
+    }
+
+
+def _library_product(matmul, a, b, out, ta, tb):
+    """A timed call of a library's ``matmul`` (``np.matmul``, ``cupy.matmul``) on the product with
+    a and/or b transposed as flagged: the transposed views are made in each call, as a caller would."""
+    return lambda: matmul(a.T if ta else a, b.T if tb else b, out=out)
+
+
+def _jax_call(f, a, b):
+    """One call of the jitted product ``f``, waiting for its result (XLA returns before it is ready)."""
+    return f(a, b).block_until_ready()
 
 
 def _check_close(name, got, want, K):
@@ -427,7 +451,7 @@ def _version(dist):
         from importlib.metadata import version
 
         return version(dist)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - not installed or no metadata: record no version
         return None
 
 

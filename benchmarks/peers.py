@@ -80,7 +80,7 @@ def import_torch(threads):
 
         torch.set_num_threads(threads)
         return torch, None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - not installed, or installed but broken
         return None, f"PyTorch not importable ({type(e).__name__}: {e})"
 
 

@@ -32,7 +32,8 @@ interquartile range; "×torch" is, the same way, PyTorch's step time over ours o
 noisy repeats moves by more than the paired one. Every runner gets the same number of threads
 (``--threads``: BLAS, Numba, PyTorch, and XLA as :mod:`benchmarks.peers` sets it, before jax is
 imported); with fewer threads than cores the whole process is also pinned to that many cores,
-since XLA sizes its pool by the cores it may use (:func:`benchmarks.peers.limit_cores`). Runners whose library is not installed are skipped with a note.
+since XLA sizes its pool by the cores it may use (:func:`benchmarks.peers.limit_cores`). Runners
+whose library is not installed are skipped with a note.
 
 The CPU's peak: once per run, before the steps, the best GFLOP/s that any library here (OpenBLAS,
 XLA, PyTorch, our own GEMM) reaches on one 2048³ float32 product with the run's threads
@@ -71,9 +72,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-import minivae  # noqa: E402
-from minivae.backend import available_backends  # noqa: E402
-from minivae.files import atomic_write, atomic_write_text  # noqa: E402
+import minivae
+from minivae.backend import available_backends
+from minivae.files import atomic_write, atomic_write_text
 
 LATENTS = (2, 10, 20, 50, 100, 200, 500, 784, 1000, 2000, 5000)
 QUICK_LATENTS = (20, 1000)
@@ -89,7 +90,7 @@ def layer_shapes(Z, hidden):
     """(fan_in, fan_out) of every dense layer, encoder first."""
     enc = (D,) + hidden + (2 * Z,)
     dec = (Z,) + hidden[::-1] + (D,)
-    return list(zip(enc[:-1], enc[1:])) + list(zip(dec[:-1], dec[1:]))
+    return list(zip(enc[:-1], enc[1:], strict=True)) + list(zip(dec[:-1], dec[1:], strict=True))
 
 
 def sizes(Z, hidden, B):
@@ -163,7 +164,7 @@ def torch_runner(device, Z, hidden, B, x, compile=False):
 
     def mlp(widths):
         layers = []
-        for k, (i, o) in enumerate(zip(widths[:-1], widths[1:])):
+        for k, (i, o) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             layers.append(nn.Linear(i, o))
             if k < len(widths) - 2:
                 layers.append(nn.ReLU())
@@ -442,7 +443,7 @@ def plot(results, runners, path, config):
     for name in runners:
         pts = [(r["latent"], r["samples_per_s"]) for r in results if r["runner"] == name]
         style = {"floor": dict(ls="--", color="gray"), "floor+adam-io": dict(ls=":", color="gray")}.get(name, {})
-        ax.plot(*zip(*pts), marker="o", label=name, **style)
+        ax.plot(*zip(*pts, strict=True), marker="o", label=name, **style)
     ax.axvline(D, color="k", lw=0.8, ls=":")
     ax.text(D, 0.98, " Z = D = 784", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
     ax.set_xscale("log")

@@ -146,7 +146,7 @@ class Engine:
     def _mlp_forward(self, layers, h, ys):
         """yℓ = act(yℓ₋₁ · Wℓ + bℓ) for each layer, written into ys; returns the last."""
         ops, p = self.ops, self.params
-        for (name, _, _, act), y in zip(layers, ys):
+        for (name, _, _, act), y in zip(layers, ys, strict=True):
             ops.matmul(h, p[name + ".W"], y)  # aℓ   (B, Nℓ)
             ops.bias_act(y, p[name + ".b"], act, y)  # yℓ = act(aℓ + bℓ), in place
             h = y

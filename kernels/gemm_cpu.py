@@ -23,11 +23,11 @@ FMA units must be fed from registers: a load from L1 serves one FMA operand, and
 two load ports, so each number loaded must be used several times.
 
 The micro-kernel (v3; v2 runs the same arithmetic as plain loops): an MR × NR = 6 × 16 tile of
-out lives in registers for the whole length of the K loop. Per step k it loads one row of 16 numbers of op(b) (two ymm registers) and
-six numbers of op(a) (each broadcast to a ymm register), and does 6 × 2 = 12 FMAs: 12 FMAs for
-2 vector loads + 6 broadcasts, 16 of the 16 ymm registers in use (12 accumulators, 2 for the
-row of op(b), 1 for the broadcast, 1 spare). Its inputs come from packed panels laid out in the
-order it reads them, so every load is at the next address:
+out lives in registers for the whole length of the K loop. Per step k it loads one row of 16
+numbers of op(b) (two ymm registers) and six numbers of op(a) (each broadcast to a ymm register),
+and does 6 × 2 = 12 FMAs: 12 FMAs for 2 vector loads + 6 broadcasts, 16 of the 16 ymm registers
+in use (12 accumulators, 2 for the row of op(b), 1 for the broadcast, 1 spare). Its inputs come
+from packed panels laid out in the order it reads them, so every load is at the next address:
 
     Ap panel (MR × kc):  Ap[k·MR + r] = op(a)[i + r, p + k]     r < MR, k < kc
     Bp panel (kc × NR):  Bp[k·NR + c] = op(b)[p + k, j + c]     c < NR
@@ -105,7 +105,7 @@ import sys
 
 import numba
 import numpy as np
-from llvmlite import ir
+from llvmlite import ir as lir  # "ir" is the micro-kernel loop's index (jc, pc, ic, jr, ir)
 from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
@@ -262,11 +262,11 @@ def ukernel_fma(typingctx, kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
 
     def codegen(context, builder, signature, args):
         kc_v, ap_v, aoff_v, bp_v, boff_v, c_v, coff_v, ldc_v, add_v = args
-        f32 = ir.FloatType()
-        v8 = ir.VectorType(f32, _VEC)
+        f32 = lir.FloatType()
+        v8 = lir.VectorType(f32, _VEC)
         v8p = v8.as_pointer()
         intp = context.get_value_type(types.intp)
-        i32 = ir.IntType(32)
+        i32 = lir.IntType(32)
 
         def data(arr_v):
             return context.make_array(_F32)(context, builder, arr_v).data
@@ -274,31 +274,31 @@ def ukernel_fma(typingctx, kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
         pa0 = builder.gep(data(ap_v), [aoff_v])
         pb0 = builder.gep(data(bp_v), [boff_v])
         pc0 = builder.gep(data(c_v), [coff_v])
-        zero = ir.Constant(v8, [ir.Constant(f32, 0.0)] * _VEC)
+        zero = lir.Constant(v8, [lir.Constant(f32, 0.0)] * _VEC)
         accs = [cgutils.alloca_once_value(builder, zero) for _ in range(MR * 2)]  # → registers
-        undef = ir.Constant(v8, ir.Undefined)
-        splat = ir.Constant(ir.VectorType(i32, _VEC), [ir.Constant(i32, 0)] * _VEC)
+        undef = lir.Constant(v8, lir.Undefined)
+        splat = lir.Constant(lir.VectorType(i32, _VEC), [lir.Constant(i32, 0)] * _VEC)
         fma = cgutils.get_or_insert_function(  # x·y + z per lane, rounded once
-            builder.module, ir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32"
+            builder.module, lir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32"
         )
         with cgutils.for_range(builder, kc_v, intp=intp) as loop:
-            pa = builder.gep(pa0, [builder.mul(loop.index, ir.Constant(intp, MR))])
-            pb = builder.gep(pb0, [builder.mul(loop.index, ir.Constant(intp, NR))])
+            pa = builder.gep(pa0, [builder.mul(loop.index, lir.Constant(intp, MR))])
+            pb = builder.gep(pb0, [builder.mul(loop.index, lir.Constant(intp, NR))])
             b_lo = builder.load(builder.bitcast(pb, v8p), align=4)
-            b_hi = builder.load(builder.bitcast(builder.gep(pb, [ir.Constant(intp, _VEC)]), v8p), align=4)
+            b_hi = builder.load(builder.bitcast(builder.gep(pb, [lir.Constant(intp, _VEC)]), v8p), align=4)
             for r in range(MR):
-                ar = builder.load(builder.gep(pa, [ir.Constant(intp, r)]))
+                ar = builder.load(builder.gep(pa, [lir.Constant(intp, r)]))
                 av = builder.shuffle_vector(
-                    builder.insert_element(undef, ar, ir.Constant(i32, 0)), undef, splat
+                    builder.insert_element(undef, ar, lir.Constant(i32, 0)), undef, splat
                 )  # ar in all eight lanes
                 for h, bv in enumerate((b_lo, b_hi)):
                     slot = accs[2 * r + h]
                     builder.store(builder.call(fma, [av, bv, builder.load(slot)]), slot)
-        is_add = builder.icmp_signed("!=", add_v, ir.Constant(intp, 0))
+        is_add = builder.icmp_signed("!=", add_v, lir.Constant(intp, 0))
         for r in range(MR):
-            row = builder.gep(pc0, [builder.mul(ldc_v, ir.Constant(intp, r))])
+            row = builder.gep(pc0, [builder.mul(ldc_v, lir.Constant(intp, r))])
             for h in range(2):
-                p = builder.bitcast(builder.gep(row, [ir.Constant(intp, h * _VEC)]), v8p)
+                p = builder.bitcast(builder.gep(row, [lir.Constant(intp, h * _VEC)]), v8p)
                 val = builder.load(accs[2 * r + h])
                 with builder.if_else(is_add) as (then, otherwise):
                     with then:

@@ -60,7 +60,7 @@ def array(name, a, shape, dtype, xp_convert=None):
     got = tuple(a.shape)
     if len(got) != len(shape):
         raise ValueError(f"{name} must be a {len(shape)}-D array of shape {_shape(shape)}, got shape {got}")
-    for g, want in zip(got, shape):
+    for g, want in zip(got, shape, strict=True):
         if (want is None and g < 1) or (want is not None and g != want):
             if want is None:
                 raise ValueError(f"{name} must not be empty, got shape {got}")

@@ -496,7 +496,7 @@ def _from_data_dir(folder, limit, rng):
     train_images, train_labels, test_images, test_labels = (_find(folder, n) for n in MNIST_FILES)
     if test_images is None or test_labels is None:
         names = list(MNIST_FILES)[2:]
-        missing = [_bare(n) + "[.gz]" for n, f in zip(names, (test_images, test_labels)) if f is None]
+        missing = [_bare(n) + "[.gz]" for n, f in zip(names, (test_images, test_labels), strict=True) if f is None]
         raise DataError(f"{folder} lacks the MNIST test split: no {' and no '.join(missing)}")
     test_x, test_y = read_split(test_images, test_labels)
     test = f"test: {len(test_y):,} digits from {folder}"

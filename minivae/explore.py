@@ -134,7 +134,7 @@ def map_coordinates(mu):
         return mu, ["μ₁", "μ₂"]
     U, lam = metrics.principal_directions(mu, 2)
     coords = (mu - mu.mean(axis=0)) @ U  # (N, 2)
-    return coords, [f"(μ − μ̄)·u{i + 1}   (λ{i + 1} = {l:.3g})" for i, l in enumerate(lam)]
+    return coords, [f"(μ − μ̄)·u{i + 1}   (λ{i + 1} = {lam_i:.3g})" for i, lam_i in enumerate(lam)]
 
 
 def normal_quantiles(n):

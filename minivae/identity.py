@@ -150,7 +150,7 @@ def run(args):
     except (ValueError, ImportError, RuntimeError) as e:
         raise UsageError(f"cannot create the model: {e}") from None
     show = not args.quiet and sys.stderr.isatty()
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))  # noqa: E731
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     train_x = binarize(data.train_x, "none")
     sets = probe_sets(binarize(data.test_x, "none"), np.random.default_rng([args.seed, 7]), args.n)
 

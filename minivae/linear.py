@@ -171,7 +171,6 @@ class LinearVAE:
         """The batch mean of −ELBO (module docstring).     x: (B, D); eps: (B, Z), sample estimator only."""
         P, s2v = self.params, self.sigma2
         x = np.asarray(x, dtype=self.dtype)  # (B, D)
-        B = x.shape[0]
         mu = x @ P["V"].T + P["c"]  # (B, Z)
         logvar = np.broadcast_to(P["logs2"], mu.shape)  # (B, Z): the same s² for every x
         if self.estimator == "sample":
@@ -481,7 +480,7 @@ def compare(model, train_x, test_x, mean, lam, U):
     test_elbo = float(-model.neg_elbo(test_x).mean())
     train_elbo = float(-model.neg_elbo(train_x).mean())
     model_test_ll = float(model.log_likelihood(test_x).mean())
-    r4 = lambda a: [float(f"{v:.5g}") for v in np.asarray(a)]  # noqa: E731 (compact JSON lists)
+    r4 = lambda a: [float(f"{v:.5g}") for v in np.asarray(a)]  # noqa: E731 - a one-line helper for compact JSON lists
     return {
         "latent": Z,
         "sigma2": s2v,

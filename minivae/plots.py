@@ -196,13 +196,13 @@ def metrics_vs_latent(path, rows):
         ("samples_per_s", "training samples / s"),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
-    for ax, (key, title) in zip(axes.flat, panels):
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
         for model in ("vae", "ae"):
             if key == "test_kl" and model == "ae":
                 continue
             pts = _mean_sd(rows, model, key)
             if pts:
-                z, mean, sd = zip(*pts)
+                z, mean, sd = zip(*pts, strict=True)
                 ax.errorbar(z, mean, yerr=sd, label=model.upper(), **_STYLE[model])
         ax.set_xscale("log")
         if key == "samples_per_s":
@@ -228,7 +228,7 @@ def active_units_vs_latent(path, rows, hidden):
     if units:
         zs = [z for z, _, _ in units]
         ax.plot(zs, zs, color="0.7", lw=1, label="every unit active (y = Z)")
-        z, m, sd = zip(*units)
+        z, m, sd = zip(*units, strict=True)
         ax.errorbar(
             z,
             m,
@@ -238,7 +238,7 @@ def active_units_vs_latent(path, rows, hidden):
             capsize=3,
             label=f"active units (Var_x μ_u > {metrics.ACTIVE_THRESHOLD}), hidden {list(hidden)}",
         )
-        z, m, sd = zip(*dirs)
+        z, m, sd = zip(*dirs, strict=True)
         ax.errorbar(
             z, m, yerr=sd, fmt="D-", color="tab:green", capsize=3, label="directions (eigenvalues of Cov_x μ > 0.01)"
         )
@@ -290,7 +290,7 @@ def learning_curves(path, rows):
         n = min(len(c) for c in curves)
         steps = [p["step"] for p in curves[0][:n]]
         colour = cmap(i / max(len(vae) - 1, 1))
-        for ax, key in zip(axes, ("test_loss", "active_units", "directions")):
+        for ax, key in zip(axes, ("test_loss", "active_units", "directions"), strict=True):
             mean = np.mean([[p[key] for p in c[:n]] for c in curves], axis=0)
             ax.plot(steps, mean, "o-", ms=3, color=colour, label=f"Z = {z}")
     titles = (
@@ -298,7 +298,7 @@ def learning_curves(path, rows):
         f"active units (Var_x μ_u > {metrics.ACTIVE_THRESHOLD})",
         "directions (eigenvalues of Cov_x μ > 0.01)",
     )
-    for ax, title in zip(axes, titles):
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("Adam steps")
         ax.set_title(title, fontsize=10)
@@ -322,7 +322,7 @@ def probe_vs_latent(path, rows):
         for key, ls, what in (("probe_logreg", "-", "logistic regression"), ("probe_knn", "--", "5-NN")):
             pts = _mean_sd(rows, model, key)
             if pts:
-                z, m, sd = zip(*pts)
+                z, m, sd = zip(*pts, strict=True)
                 style = dict(_STYLE[model])
                 ax.errorbar(z, m, yerr=sd, ls=ls, label=f"{model.upper()}, {what}", **style)
     ax.set_xscale("log")
@@ -405,7 +405,7 @@ def temperature_samples(path, by_tau, rows=8, cols=8, z=None):
     in every panel). by_tau: [(τ, (rows·cols, D) pixel probabilities)]."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(by_tau), figsize=(len(by_tau) * cols * 0.42 + 0.4, rows * 0.42 + 0.8))
-    for ax, (tau, probs) in zip(np.atleast_1d(axes), by_tau):
+    for ax, (tau, probs) in zip(np.atleast_1d(axes), by_tau, strict=True):
         show_grid(ax, image_grid(probs, rows, cols), f"τ = {tau:g}")
     z_text = f", Z = {z}" if z is not None else ""
     fig.suptitle(f"Samples sigmoid(decoder(τ·ε)), ε ~ N(0, I){z_text}: the same ε in each panel", fontsize=10)
@@ -436,7 +436,7 @@ def traversals(path, images, lam, ts, title):
     k, steps = images.shape[0], images.shape[1]
     fig, ax = plt.subplots(figsize=(steps * 0.5 + 1.4, k * 0.5 + 0.8))
     show_grid(ax, image_grid(images.reshape(k * steps, -1), k, steps), title)
-    _label_rows(ax, [f"u{i + 1}: λ = {l:.3g}" for i, l in enumerate(lam)])
+    _label_rows(ax, [f"u{i + 1}: λ = {lam_i:.3g}" for i, lam_i in enumerate(lam)])
     _label_cols(ax, [f"{t:+.2g}" if t else "0" for t in ts])
     ax.set_xlabel("t in z = μ̄ + t·√λ·u", fontsize=8)
     _save(fig, path)

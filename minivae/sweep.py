@@ -509,7 +509,7 @@ def _execute(todo, jobs, client):
         from dask.distributed import as_completed
 
         futures = client.map(run_one, todo, pure=False)
-        cfg_of = {f.key: cfg for f, cfg in zip(futures, todo)}
+        cfg_of = {f.key: cfg for f, cfg in zip(futures, todo, strict=True)}
     else:
         import concurrent.futures as cf
         import multiprocessing
@@ -519,7 +519,7 @@ def _execute(todo, jobs, client):
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
         )
         futures = [ex.submit(_run_in_worker, cfg) for cfg in todo]
-        cfg_of = {id(f): cfg for f, cfg in zip(futures, todo)}
+        cfg_of = {id(f): cfg for f, cfg in zip(futures, todo, strict=True)}
         as_completed = cf.as_completed
     ended = False
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -33,9 +33,10 @@ binarization (``data_rng``, [s, 2]), the evaluation after each epoch ([s, 3, epo
 epoch), the final log-likelihood estimate ([s, 4]) and the figures' samples ([s, 5]). The checkpoint
 saves the two that carry a run forward — the noise generator's state and the data generator's (also
 as it was at the epoch's start, to replay an interrupted epoch); the weights' generator is spent
-once the weights exist (they are saved as parameters), and the other three are re-seeded when used. So ``--resume`` continues exactly where a
-run stopped: the parameters come out bit for bit as without the interruption, and
-so does the interrupted epoch's train loss (its running sums are saved too).
+once the weights exist (they are saved as parameters), and the other three are re-seeded when used.
+So ``--resume`` continues exactly where a run stopped: the parameters come out bit for bit as
+without the interruption, and so does the interrupted epoch's train loss (its running sums are
+saved too).
 """
 
 from __future__ import annotations
@@ -310,7 +311,7 @@ def memory_needed(config, n_train=60_000, n_test=10_000):
     Z, hidden, B = config["latent"], list(config["hidden"]), config["batch_size"]
     enc = [D] + hidden + [2 * Z]
     dec = [Z] + hidden[::-1] + [D]
-    P = sum(i * o + o for net in (enc, dec) for i, o in zip(net[:-1], net[1:]))
+    P = sum(i * o + o for net in (enc, dec) for i, o in zip(net[:-1], net[1:], strict=True))
     width = sum(enc[1:]) + sum(dec[1:]) + 3 * Z  # floats per example through one step
     n_train = min(n_train, config["limit"] or n_train)
     params = 8 * P * 4  # θ, ∂θ, m, v, the model's own copy, checkpoint copies (float32)

@@ -251,14 +251,14 @@ def build_mlps(data_dim, code_dim, latent, hidden, act, init_rng, dtype):
     """
 
     def mlp(widths, out_dim):
-        net = [(Dense(i, o, init_rng, act.init, dtype), act()) for i, o in zip(widths[:-1], widths[1:])]
+        net = [(Dense(i, o, init_rng, act.init, dtype), act()) for i, o in zip(widths[:-1], widths[1:], strict=True)]
         return net + [(Dense(widths[-1], out_dim, init_rng, "glorot", dtype), None)]
 
     encoder = mlp((data_dim,) + hidden, code_dim)
     decoder = mlp((latent,) + hidden[::-1], data_dim)
     names = [f"enc{i}" for i in range(len(encoder))] + [f"dec{i}" for i in range(len(decoder))]
     params = {}
-    for name, (dense, _) in zip(names, encoder + decoder):
+    for name, (dense, _) in zip(names, encoder + decoder, strict=True):
         params[name + ".W"] = dense.W  # (fan_in, fan_out)
         params[name + ".b"] = dense.b  # (fan_out,)
     return encoder, decoder, names, params
@@ -277,7 +277,7 @@ def mlp_forward(net, h):
 def mlp_backward(net, caches, dh, names, grads):
     """From ∂L/∂(output) back through ``net``: each layer's ∂W, ∂b into ``grads`` (under
     "<name>.W", "<name>.b"); returns ∂L/∂(input)."""
-    for (dense, act), (dense_cache, act_cache), name in reversed(list(zip(net, caches, names))):
+    for (dense, act), (dense_cache, act_cache), name in reversed(list(zip(net, caches, names, strict=True))):
         da = act.backward(dh, act_cache)[0] if act is not None else identity_backward(dh, act_cache)
         dh, g = dense.backward(da, dense_cache)
         grads[name + ".W"], grads[name + ".b"] = g["W"], g["b"]

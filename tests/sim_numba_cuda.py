@@ -23,9 +23,9 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not ON_DEVICE:
         allow_module_level=True,
     )
 
-import minivae  # noqa: E402
-from kernels.engine import FlatParams  # noqa: E402
-from kernels.numba_cuda import adam, bernoulli_nll, bias_act, colsum, matmul, noise, reparam_kl  # noqa: E402
+import minivae  # noqa: E402 - imported after the skip: numba must see NUMBA_ENABLE_CUDASIM first
+from kernels.engine import FlatParams  # noqa: E402 - imported after the skip: numba must see NUMBA_ENABLE_CUDASIM first
+from kernels.numba_cuda import adam, bernoulli_nll, bias_act, colsum, matmul, noise, reparam_kl  # noqa: E402 - imported after the skip: numba must see NUMBA_ENABLE_CUDASIM first
 
 
 def test_runs_on_the_simulator_or_on_the_device_asked_for():

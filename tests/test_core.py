@@ -25,7 +25,7 @@ def check_op(forward, backward_of_weighted_sum, inputs, rng):
         return float((w * forward()).sum())
 
     analytic = backward_of_weighted_sum(w)
-    for x, g in zip(inputs, analytic):
+    for x, g in zip(inputs, analytic, strict=True):
         assert rel_error(numerical_grad(loss, x), g) < TOL
 
 

@@ -129,7 +129,7 @@ def test_adam(P):
         fused = CpuFusedOps()
         fused.parallel_min_adam = parallel_min
         fused.adam(*ours, *args)
-        for o, r in zip(ours, ref):
+        for o, r in zip(ours, ref, strict=True):
             close(o, r)
 
 

@@ -101,7 +101,7 @@ def test_benchmark_without_gpu_exits_with_one_line():
     from pathlib import Path
 
     try:
-        import cupy  # noqa: F401
+        import cupy  # noqa: F401 - imported only to see whether it is installed
 
         pytest.skip("CuPy is installed: the benchmark might really run")
     except ImportError:

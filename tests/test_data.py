@@ -46,7 +46,7 @@ def fake_split(n, seed):
 def fake_mnist(seed=0, n_train=30, n_test=20):
     """The four MNIST files (gzipped bytes) of a tiny fake set, their MD5s, and the arrays."""
     (xtr, ytr), (xte, yte) = fake_split(n_train, seed), fake_split(n_test, seed + 1)
-    arrays = dict(zip(data.MNIST_FILES, (xtr, ytr, xte, yte)))
+    arrays = dict(zip(data.MNIST_FILES, (xtr, ytr, xte, yte), strict=True))
     files = {name: gzip.compress(idx_bytes(a), mtime=0) for name, a in arrays.items()}
     md5s = {name: hashlib.md5(b).hexdigest() for name, b in files.items()}
     return files, md5s, arrays

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -115,8 +116,8 @@ def test_forward_encode_decode_refuse_bad_input_on_every_backend(backend):
 
     for model in _models(backend):
         for x, *words in bad_x(X):
-            _refused(lambda: model.forward(x), *words)
-            _refused(lambda: model.encode(x), *words)
+            _refused(partial(model.forward, x), *words)
+            _refused(partial(model.encode, x), *words)
         for z in (
             np.zeros(3, np.float32),
             np.zeros((2, 4), np.float32),
@@ -124,8 +125,8 @@ def test_forward_encode_decode_refuse_bad_input_on_every_backend(backend):
             np.full((2, 3), np.nan),
             np.zeros((2, 3), complex),
         ):
-            _refused(lambda: model.decode_logits(z), "z")
-        _refused(lambda: model.sample(2.5), "n")
+            _refused(partial(model.decode_logits, z), "z")
+        _refused(partial(model.sample, 2.5), "n")
         # A wrong layout or dtype is made right, with the same numbers.
         ref = model.forward(X, np.zeros((5, 3), np.float32))
         assert model.forward(np.asfortranarray(X.astype(np.float64)), np.zeros((5, 3))) == ref
@@ -139,7 +140,7 @@ def test_forward_encode_decode_refuse_bad_input_on_every_backend(backend):
         (np.zeros(15, np.float32), "2-D"),
         (np.full((5, 3), np.inf), "finite"),
     ):
-        _refused(lambda: vae.forward(X, eps=eps), "eps", word)
+        _refused(partial(vae.forward, X, eps=eps), "eps", word)
 
 
 def test_the_issue_example_no_longer_reads_past_the_array():
@@ -170,7 +171,7 @@ def test_set_params_and_adam_refuse_bad_state_and_change_nothing(backend):
         (dict(good, extra=np.zeros(1)), "unknown extra"),
         ([1, 2], "dict"),
     ):
-        _refused(lambda: vae.set_params(values), "values", word)
+        _refused(partial(vae.set_params, values), "values", word)
     for st, word in (
         (dict(state, **{"m.enc0.b": state["m.enc0.b"][:1]}), "m.enc0.b"),
         (dict(state, **{"v.enc0.W": -np.abs(state["v.enc0.W"]) - 1}), "negative"),
@@ -179,13 +180,13 @@ def test_set_params_and_adam_refuse_bad_state_and_change_nothing(backend):
         ({k: v for k, v in state.items() if k != "t"}, "'t'"),
         (dict(state, **{"v.dec1.b": np.full_like(state["v.dec1.b"], np.inf)}), "non-finite"),
     ):
-        _refused(lambda: opt.load_state_dict(st), word)
+        _refused(partial(opt.load_state_dict, st), word)
     grads = vae.backward()
     for g, word in (
         ({k: v for k, v in grads.items() if k != "enc0.W"}, "lacks"),
         ({k: np.asarray(v)[..., :1] for k, v in grads.items()}, "shape"),
     ):
-        _refused(lambda: opt.step(g), "grads", word)
+        _refused(partial(opt.step, g), "grads", word)
     after, state_after = vae.get_params(), opt.state_dict()
     for k in before:
         assert np.array_equal(before[k], after[k])
@@ -208,9 +209,9 @@ def test_constructors_refuse_non_integers_and_bad_numbers():
         (dict(dtype="int8"), "dtype"),
         (dict(dtype="nope"), "dtype"),
     ):
-        _refused(lambda: VAE(**kwargs), word)
+        _refused(partial(VAE, **kwargs), word)
         if "beta" not in kwargs:
-            _refused(lambda: AE(**kwargs), word)
+            _refused(partial(AE, **kwargs), word)
     params = VAE(784, 2, (4,)).params
     for kwargs, word in (
         (dict(lr=np.inf), "lr"),
@@ -221,7 +222,7 @@ def test_constructors_refuse_non_integers_and_bad_numbers():
         (dict(betas=(0.9,)), "betas"),
         (dict(eps=0), "eps"),
     ):
-        _refused(lambda: Adam(params, **kwargs), word)
+        _refused(partial(Adam, params, **kwargs), word)
     _refused(lambda: Adam({}), "params")
 
 
@@ -590,7 +591,7 @@ def test_stale_temporary_files_are_removed_at_start(finished, tmp_path, capsys):
 def _fake_data_dir(folder, n_train, n_test=40):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(n_train)
-    for name, n in zip(data.MNIST_FILES, (n_train, n_train, n_test, n_test)):
+    for name, n in zip(data.MNIST_FILES, (n_train, n_train, n_test, n_test), strict=True):
         array = (
             rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
             if "images" in name

@@ -275,7 +275,7 @@ def test_weight_grad_adam_matches_reference(threads, fan_in, fan_out, B):
         assert gemm_cpu.weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, db=db, **hp) is db
         tol = 1e-4 * B**0.5
         np.testing.assert_allclose(db, gb, rtol=1e-5, atol=tol)
-        for got, ref in zip((W, mW, vW, bias, mb, vb), want):
+        for got, ref in zip((W, mW, vW, bias, mb, vb), want, strict=True):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=tol * 1e-1)
 
     _with_threads(threads, run)

@@ -97,8 +97,10 @@ def test_budget_fits_eight_minutes_and_out_files_fit_eight():
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="4">
  <testcase classname="tests.test_x" name="test_ok" time="0.1"/>
- <testcase classname="tests.test_x" name="test_bad" time="0.1"><failure message="AssertionError: 3 != 4">tb</failure></testcase>
- <testcase classname="tests.test_x" name="test_broken" time="0.1"><error message="fixture exploded">tb</error></testcase>
+ <testcase classname="tests.test_x" name="test_bad" time="0.1">
+  <failure message="AssertionError: 3 != 4">tb</failure></testcase>
+ <testcase classname="tests.test_x" name="test_broken" time="0.1">
+  <error message="fixture exploded">tb</error></testcase>
  <testcase classname="tests.test_x" name="test_skip" time="0"><skipped message="no GPU" type="pytest.skip"/></testcase>
 </testsuite></testsuites>
 """

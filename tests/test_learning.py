@@ -22,7 +22,7 @@ def test_a_few_hundred_steps_learn_the_digits(digits):
     rng = np.random.default_rng(0)
     before = metrics.evaluate(vae, test, np.random.default_rng(1))["loss"]
     opt = minivae.Adam(vae.params, lr=1e-3)
-    for step in range(400):
+    for _ in range(400):
         idx = rng.choice(len(train), 100, replace=False)
         vae.forward(train[idx])
         opt.step(vae.backward())

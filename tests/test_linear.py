@@ -33,7 +33,7 @@ def test_gaussian_nll_gradient(rng):
     x = rng.random((4, 6))
     w = rng.standard_normal(4)  # ∂L/∂ℓ_b
     for var in (0.01, 0.3, 2.0):
-        numeric = numerical_grad(lambda: float(w @ losses.gaussian_nll(m, x, var)), m)
+        numeric = numerical_grad(lambda var=var: float(w @ losses.gaussian_nll(m, x, var)), m)
         assert rel_error(numeric, losses.gaussian_nll_backward(w, m, x, var)) < TOL
 
 

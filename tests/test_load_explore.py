@@ -70,7 +70,7 @@ def test_load_gives_the_saved_model_bit_for_bit(tmp_path, backend, dtype):
     assert after.dtype == before.dtype and after.latent == 3 and after.hidden == (8,)
     x = np.random.default_rng(1).random((17, 784)).astype(dtype)
     z = np.random.default_rng(2).standard_normal((9, 3)).astype(dtype)
-    for a, b in zip(before.encode(x), after.encode(x)):
+    for a, b in zip(before.encode(x), after.encode(x), strict=True):
         assert np.array_equal(a, b)
     assert np.array_equal(before.decode(z), after.decode(z))
     assert np.array_equal(before.reconstruct(x), after.reconstruct(x))

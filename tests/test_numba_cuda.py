@@ -28,8 +28,8 @@ def _numba_cuda():
     """True when numba.cuda imports, else the error. Only a missing numba-cuda skips: an error in
     our own kernel files must fail the tests, so they are imported outside this check."""
     try:
-        from numba import cuda  # noqa: F401
-    except Exception as e:  # noqa: BLE001
+        from numba import cuda  # noqa: F401 - imported only to see whether it imports
+    except Exception as e:  # noqa: BLE001 - any failure to import means: no numba-cuda here
         return e
     return True
 
@@ -135,7 +135,7 @@ def nvvm():
 
     try:
         cuda.compile_ptx(probe, (float32[::1],), cc=(9, 0))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure: this machine cannot compile PTX, skip
         pytest.skip(f"compile_ptx does not work here (NVVM wheel missing?): {type(e).__name__}: {e}")
 
 

@@ -71,7 +71,7 @@ class GraphedStep:
         with self.stream:
             saved = [buf.copy() for buf in state]
             self._run()  # warm-up: compiles every kernel outside the capture
-            for buf, s in zip(state, saved):
+            for buf, s in zip(state, saved, strict=True):
                 buf[...] = s
             self.stream.synchronize()
             try:

@@ -291,7 +291,7 @@ def benchmark(shapes=STEP_SHAPES, repeats=20):
         out = cuda.device_array((M, N), np.float32)
         cells = []
         for v in VERSIONS:
-            s = time_kernel(lambda: matmul(a, b, out, ta, tb, version=v), repeats=repeats)
+            s = time_kernel(functools.partial(matmul, a, b, out, ta, tb, version=v), repeats=repeats)
             cells.append(f"{2 * M * N * K / s / 1e9:12.1f}")
         label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
         print(f"{label:>28} " + " ".join(cells))
