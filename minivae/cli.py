@@ -26,6 +26,19 @@ def program(module, script):
     return script if os.path.basename(sys.argv[0] or "") == script else f"python -m {module}"
 
 
+def run_command(name, run, parse_args, argv=None):
+    """A command's ``main``: ``run(parse_args(argv))``, its exit code returned. A usage error is one
+    line ``<name>: error: …`` on stderr and exit code 2, Ctrl-C one line and exit code 130."""
+    try:
+        return run(parse_args(argv))
+    except UsageError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
 

@@ -184,21 +184,47 @@ def run(args):
     """Load the run and its test digits, then write the figures. Returns the exit code."""
     t0 = time.perf_counter()
     # 1. Everything that can be wrong with the input is checked before anything is written.
+    run_, vae = _load_model(args)
+    data = _load_data(args, run_.config)
+    out = args.out if args.out is not None else args.run_dir / "explore"
+    _prepare_out(out)
+
+    # 2. Encode the test digits as the run evaluated them, then draw.
+    _say(
+        args.quiet,
+        f"data: {data.source}",
+        f"model: {args.run_dir} (Z={vae.latent}, hidden={list(vae.hidden)}, epoch {run_.epoch}), backend {vae.backend}",
+    )
+    test_x = binarize(data.test_x, "static" if run_.config.get("binarize", "dynamic") != "none" else "none")
+    mu, _ = metrics.posterior_means(vae, test_x)  # (N, Z)
+    rng = np.random.default_rng([args.seed, 6])
+    for name, what, draw in _figures(vae, test_x, data.test_y, mu, rng):
+        draw(out / name)
+        _say(args.quiet, f"{name:27s} {what}")
+    _say(args.quiet, f"figures in {out}/ ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _load_model(args):
+    """The run (:func:`minivae.runs.read_run`) and its model on ``--backend``."""
     run_ = read_run(args.run_dir)
-    config = run_.config
     try:
-        vae = model_from(run_, args.backend)
+        return run_, model_from(run_, args.backend)
     except RunError:
         raise
     except (ValueError, ImportError, RuntimeError) as e:  # a backend this machine cannot run
         raise UsageError(f"cannot create the model: {e}") from None
+
+
+def _load_data(args, config):
+    """The digits the run was evaluated on: ``--data-dir``, else the run's own data folder."""
     data_dir = args.data_dir if args.data_dir is not None else config.get("data_dir")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
         try:
-            data = load_mnist(
+            return load_mnist(
                 data_dir,
                 config.get("limit"),
                 seed=config.get("seed", 0),
@@ -207,32 +233,20 @@ def run(args):
         except (DataError, ValueError, TypeError) as e:
             hint = " (the run's data folder; pass --data-dir)" if args.data_dir is None and data_dir else ""
             raise UsageError(f"{e}{hint}") from None
-    out = args.out if args.out is not None else args.run_dir / "explore"
-    _prepare_out(out)
 
-    # 2. Encode the test digits as the run evaluated them, then draw.
+
+def _figures(vae, test_x, test_y, mu, rng):
+    """The figures to draw: [(file name, what it shows, draw(path))], in the order they are drawn.
+    test_x: (N, D) the encoded test digits, test_y: (N,) their labels, mu: (N, Z) their means."""
     from minivae import plots
 
     Z = vae.latent
-    _say(
-        args.quiet,
-        f"data: {data.source}",
-        f"model: {args.run_dir} (Z={Z}, hidden={list(vae.hidden)}, epoch {run_.epoch}), backend {vae.backend}",
-    )
-    test_x = binarize(data.test_x, "static" if config.get("binarize", "dynamic") != "none" else "none")
-    mu, _ = metrics.posterior_means(vae, test_x)  # (N, Z)
-    rng = np.random.default_rng([args.seed, 6])
 
-    jobs = [
-        (
-            "samples_by_temperature.png",
-            "samples at τ = " + ", ".join(f"{t:g}" for t in TEMPERATURES),
-            lambda p: plots.temperature_samples(p, temperature_samples(vae, rng), z=Z),
-        )
-    ]
+    def draw_samples(path):
+        plots.temperature_samples(path, temperature_samples(vae, rng), z=Z)
 
     def draw_interpolations(path):
-        pairs = interpolation_pairs(data.test_y, N_PAIRS, rng)
+        pairs = interpolation_pairs(test_y, N_PAIRS, rng)
         a, b = (np.array([p[i] for p in pairs]) for i in (0, 1))
         rows = np.stack([interpolate(vae, mu[i], mu[j]) for i, j in pairs])
         plots.interpolations(
@@ -251,28 +265,21 @@ def run(args):
     def draw_map(path):
         coords, names = map_coordinates(mu)
         what = "the latent space" if Z <= 2 else "projected onto the top two principal directions"
-        plots.latent_map(
-            path, coords, data.test_y, names, f"Posterior means of {len(mu):,} test digits, {what} (Z = {Z})"
-        )
+        plots.latent_map(path, coords, test_y, names, f"Posterior means of {len(mu):,} test digits, {what} (Z = {Z})")
 
-    jobs += [
+    def draw_manifold(path):
+        images, q = decoded_manifold(vae)
+        plots.manifold(path, images, q, f"Decoded z over the prior's quantiles, {MANIFOLD_N} × {MANIFOLD_N}")
+
+    jobs = [
+        ("samples_by_temperature.png", "samples at τ = " + ", ".join(f"{t:g}" for t in TEMPERATURES), draw_samples),
         ("interpolations.png", f"{N_PAIRS} interpolations between test digits", draw_interpolations),
         ("traversals.png", f"traversals of {_top(min(N_DIRECTIONS, Z))}", draw_traversals),
         ("latent_map.png", "map of the test digits' posterior means", draw_map),
     ]
     if Z == 2:
-
-        def draw_manifold(path):
-            images, q = decoded_manifold(vae)
-            plots.manifold(path, images, q, f"Decoded z over the prior's quantiles, {MANIFOLD_N} × {MANIFOLD_N}")
-
         jobs.append(("manifold.png", "decoded manifold over the prior's quantiles", draw_manifold))
-
-    for name, what, draw in jobs:
-        draw(out / name)
-        _say(args.quiet, f"{name:27s} {what}")
-    _say(args.quiet, f"figures in {out}/ ({time.perf_counter() - t0:.0f} s)")
-    return 0
+    return jobs
 
 
 def main(argv=None):

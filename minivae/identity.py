@@ -39,7 +39,7 @@ import warnings
 
 import numpy as np
 
-from minivae.cli import EXIT_USAGE, Parser, UsageError, positive_float, positive_int, widths
+from minivae.cli import Parser, UsageError, positive_float, positive_int, run_command, widths
 from minivae.data import DataError, batches, binarize, load_mnist
 from minivae.files import atomic_write_text
 from minivae.optim import Adam
@@ -125,35 +125,70 @@ def parse_args(argv=None):
 
 
 def run(args):
-    from minivae import linear
-    from minivae.ae import AE
-    from minivae.vae import VAE
+    """Check the options, load the digits, fit every model, measure each on the probe sets and write
+    identity.json, identity.md and identity.png. Returns the exit code."""
+    _check_options(args)
+    data = _load_data(args)
+    mlps = _mlp_models(args, data.train_x.shape[1])
+    show = not args.quiet and sys.stderr.isatty()
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    train_x = binarize(data.train_x, "none")
+    sets = probe_sets(binarize(data.test_x, "none"), np.random.default_rng([args.seed, 7]), args.n)
+    models, budget, seconds = _fit_all(args, mlps, train_x, show, say)
+    results = {name: {s: reconstruction_error(f, x) for s, x in sets.items()} for name, f in models.items()}
+    report = {
+        "data": data.source,
+        "latent": args.latent,
+        "hidden": list(args.hidden),
+        "seed": args.seed,
+        "n_per_set": args.n,
+        "budget": budget,
+        "seconds": seconds,
+        "results": results,
+    }
+    _write(args.out, report, models, sets, say)
+    return 0
 
+
+def _check_options(args):
+    """What can be wrong with the options before any data is read."""
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     if args.n < 2:
         raise UsageError("--n must be at least 2")
+
+
+def _load_data(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            data = load_mnist(args.data_dir, args.limit, seed=args.seed)
+            return load_mnist(args.data_dir, args.limit, seed=args.seed)
         except (DataError, ValueError) as e:
             raise UsageError(str(e)) from None
-    D, Z = data.train_x.shape[1], args.latent
+
+
+def _mlp_models(args, D):
+    """The untrained MLP autoencoder and MLP VAE: {name: model}."""
+    from minivae.ae import AE
+    from minivae.vae import VAE
+
     try:
-        mlps = {
-            "MLP autoencoder": AE(D, Z, args.hidden, seed=args.seed, backend=args.backend),
-            "MLP VAE": VAE(D, Z, args.hidden, seed=args.seed, backend=args.backend),
+        return {
+            "MLP autoencoder": AE(D, args.latent, args.hidden, seed=args.seed, backend=args.backend),
+            "MLP VAE": VAE(D, args.latent, args.hidden, seed=args.seed, backend=args.backend),
         }
     except (ValueError, ImportError, RuntimeError) as e:
         raise UsageError(f"cannot create the model: {e}") from None
-    show = not args.quiet and sys.stderr.isatty()
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    train_x = binarize(data.train_x, "none")
-    sets = probe_sets(binarize(data.test_x, "none"), np.random.default_rng([args.seed, 7]), args.n)
 
+
+def _fit_all(args, mlps, train_x, show, say):
+    """Fit every model: ({name: reconstruct}, {name: budget line}, {name: seconds}), the reference
+    maps first, then the linear autoencoder, then the MLP models."""
+    from minivae import linear
+
+    D, Z = train_x.shape[1], args.latent
     models, budget, seconds = {}, {}, {}
     t0 = time.perf_counter()
     mean, lam, U = linear.spectrum(train_x)
@@ -165,17 +200,8 @@ def run(args):
 
     t0 = time.perf_counter()
     lae = linear.LinearAE(D, Z, seed=args.seed, dtype="float32")
-    hist = linear.fit(
-        lae,
-        train_x,
-        args.linear_steps,
-        256,
-        3e-3,
-        1e-4,
-        np.random.default_rng([args.seed, 2]),
-        progress=show,
-        desc="linear AE",
-    )
+    rng = np.random.default_rng([args.seed, 2])
+    hist = linear.fit(lae, train_x, args.linear_steps, 256, 3e-3, 1e-4, rng, progress=show, desc="linear AE")
     models["linear autoencoder"] = lae.reconstruct
     seconds["linear autoencoder"] = time.perf_counter() - t0
     budget["linear autoencoder"] = (
@@ -196,25 +222,17 @@ def run(args):
             f"{loss:.1f}"
         )
         say(f"{name}: {seconds[name]:.0f} s, last batch loss {loss:.1f}")
+    return models, budget, seconds
 
-    results = {name: {s: reconstruction_error(f, x) for s, x in sets.items()} for name, f in models.items()}
-    report = {
-        "data": data.source,
-        "latent": Z,
-        "hidden": list(args.hidden),
-        "seed": args.seed,
-        "n_per_set": args.n,
-        "budget": budget,
-        "seconds": seconds,
-        "results": results,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "identity.json", json.dumps(report, indent=1) + "\n")
-    table = markdown_table(results)
-    atomic_write_text(args.out / "identity.md", table)
-    plot_reconstructions(models, sets, args.out / "identity.png")
+
+def _write(out, report, models, sets, say):
+    """identity.json (the report), identity.md (the table, also said) and identity.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "identity.json", json.dumps(report, indent=1) + "\n")
+    table = markdown_table(report["results"])
+    atomic_write_text(out / "identity.md", table)
+    plot_reconstructions(models, sets, out / "identity.png")
     say(table)
-    return 0
 
 
 def markdown_table(results):
@@ -254,11 +272,7 @@ def plot_reconstructions(models, sets, path, per_set=2):
 
 
 def main(argv=None):
-    try:
-        return run(parse_args(argv))
-    except UsageError as e:
-        print(f"minivae.identity: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_command("minivae.identity", run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ import warnings
 import numpy as np
 
 from minivae import losses, metrics
-from minivae.cli import EXIT_USAGE, Parser, UsageError, positive_float, positive_int, program
+from minivae.cli import Parser, UsageError, positive_float, positive_int, program, run_command
 from minivae.data import DataError, batches, binarize, load_mnist
 from minivae.files import atomic_write_text
 from minivae.optim import Adam
@@ -765,11 +765,7 @@ def plot_spectrum(results, path):
 
 
 def main(argv=None):
-    try:
-        return run(parse_args(argv))
-    except UsageError as e:
-        print(f"minivae.linear: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_command("minivae.linear", run, parse_args, argv)
 
 
 if __name__ == "__main__":
