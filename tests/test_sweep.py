@@ -241,29 +241,8 @@ def test_kl90_counts_the_latents_holding_90_percent_of_the_kl():
 
 def test_seeds_and_steps_give_one_run_per_seed_with_its_learning_curve(tmp_path):
     out = tmp_path / "study"
-    args = [
-        "--latents",
-        "3,40",
-        "--models",
-        "vae,ae",
-        "--seeds",
-        "0,1",
-        "--steps",
-        "5",
-        "--out",
-        str(out),
-        "--limit",
-        "256",
-        "--hidden",
-        "16",
-        "--iw-samples",
-        "3",
-        "--iw-examples",
-        "20",
-        "--backend",
-        "cpu-fused",
-        "--quiet",
-    ]
+    small = [("cpu-fused" if a == "numpy" else a) for a in SMALL[2:]]  # SMALL less "--epochs 1"
+    args = ["--latents", "3,40", "--models", "vae,ae", "--seeds", "0,1", "--steps", "5", "--out", str(out)] + small
     assert sweep.main(args) == 0
     rows = rows_of(out)
     assert sorted(study.run_key(r) for r in rows) == sorted(
