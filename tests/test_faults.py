@@ -27,6 +27,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+from test_train import SMALL as TRAIN_SMALL
 
 from minivae import checks, data, study, sweep, train
 from minivae.ae import AE
@@ -35,23 +36,7 @@ from minivae.optim import Adam
 from minivae.vae import VAE
 
 BACKENDS = [b for b in available_backends() if b in ("numpy", "cpu-fused")]
-SMALL = [
-    "--latent",
-    "6",
-    "--hidden",
-    "24",
-    "--batch-size",
-    "64",
-    "--iw-samples",
-    "4",
-    "--iw-examples",
-    "50",
-    "--backend",
-    "numpy",
-    "--quiet",
-    "--limit",
-    "300",
-]
+SMALL = TRAIN_SMALL + ["--limit", "300"]  # the main job's small run, on 300 digits
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty cache
 
