@@ -1,7 +1,8 @@
 """The ``cpu-fused`` backend: NumPy's BLAS for the matrix products, Numba kernels for the rest.
 
 A training step spends most of its time in matrix products (three per dense layer, two for the
-first; BLAS already runs them near the machine's peak). Everything else in the reference path is
+first; BLAS already runs them near the machine's peak; a product whose shape was timed faster on
+our own GEMM runs there instead, see :mod:`kernels.gemm_choice`). Everything else in the reference path is
 a chain of small NumPy expressions, each of which reads its inputs from memory, allocates a
 temporary and writes it back. Here every such chain is ONE compiled loop (``@njit``) that reads
 each input once and writes its outputs in place, in float32 throughout (constants are
@@ -57,7 +58,7 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from kernels import reference
+from kernels import gemm_choice, reference
 from kernels.reference import HostMemory
 
 _FMA = {"contract", "arcp"}  # fused multiply-adds, x/y as x·(1/y): see "Numerics" above
@@ -513,7 +514,11 @@ _ACT_BACKWARD = {"relu": relu_backward_kernel, "tanh": tanh_backward_kernel}
 
 
 class CpuFusedOps(HostMemory):
-    """The ops of :mod:`kernels.reference` on the CPU: BLAS matmuls and the kernels above (float32)."""
+    """The ops of :mod:`kernels.reference` on the CPU: BLAS matmuls and the kernels above (float32).
+
+    A product whose shape the choice table of :mod:`kernels.gemm_choice` lists as ``"ours"`` (timed
+    faster there on this machine at this thread count) runs on :func:`kernels.gemm_cpu.matmul`
+    instead of OpenBLAS; without a table every product is OpenBLAS's."""
 
     name = "cpu-fused"
     # From these sizes (elements) on, the prange versions run when Numba has several threads.
@@ -523,7 +528,20 @@ class CpuFusedOps(HostMemory):
     parallel_min_nll = 1 << 20
     parallel_min_adam = 1 << 24
 
+    gemm_table = None  # the products to run with our GEMM (kernels.gemm_choice), read at first use
+
     def matmul(self, a, b, out, ta=False, tb=False):
+        if self.gemm_table is None:
+            self.gemm_table = gemm_choice.load()
+        if self.gemm_table:
+            M, N = _shape2(out, "matmul", "out")
+            K = _shape2(a, "matmul", "a")[0 if ta else 1]
+            threads = numba.get_num_threads()
+            if gemm_choice.key(M, K, N, ta, tb, threads) in self.gemm_table:
+                from kernels import gemm_cpu  # checks every argument first
+
+                gemm_cpu.matmul(a, b, out, ta, tb, version=3 if threads == 1 else 4)
+                return
         # A transposed view of a C-contiguous array is Fortran-contiguous: NumPy hands it to
         # sgemm with a transpose flag, without copying it.
         np.matmul(a.T if ta else a, b.T if tb else b, out=out)

@@ -86,8 +86,9 @@ is in L1, instead of in another pass over the whole output (:func:`epilogue_tile
                        memory (fan_in, fan_out); the bias gradient Σ_batch dy is summed from the
                        packed panels of dy, then applied to the bias by Adam
 These are the kernels with their tests (``tests/test_gemm_cpu.py``, against
-:mod:`kernels.reference`); the cpu-fused backend does not use them yet. Such a tile goes from the
-registers to a 6 × 16 scratch tile (in L1) and through the epilogue's Numba loop, one row of 1-D
+:mod:`kernels.reference`). The cpu-fused backend runs :func:`matmul` on the products that
+:mod:`kernels.gemm_choice` timed faster than OpenBLAS; it does not use the epilogues yet. Such a
+tile goes from the registers to a 6 × 16 scratch tile (in L1) and through the epilogue's Numba loop, one row of 1-D
 views at a time, which LLVM vectorizes: its assembly has the Adam step in ymm registers (``vdivps``,
 ``vsqrtps``) and ReLU as ``vmaxps``; tanh stays one libm call per element. Whether the fusion pays
 is for ``benchmarks.kernels --cpu`` to measure.

@@ -8,3 +8,12 @@ def offline(tmp_path, monkeypatch):
     """An empty data cache and a mirror that refuses connections: the offline sample is used."""
     monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "cache"))
     monkeypatch.setenv("MINIVAE_MIRRORS", "http://127.0.0.1:9/")
+
+
+def pytest_configure(config):
+    """No test reads this machine's GEMM choice table (kernels.gemm_choice): every product is
+    OpenBLAS's unless a test points MINIVAE_GEMM_CHOICE at a table of its own."""
+    import os
+    import tempfile
+
+    os.environ["MINIVAE_GEMM_CHOICE"] = os.path.join(tempfile.mkdtemp(prefix="minivae-"), "no-table.json")
