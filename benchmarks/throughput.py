@@ -42,6 +42,9 @@ its step's GFLOP/s over it: with one thread, the fraction of the measured peak o
 "cpu-fused / fastest peer" is the paired ratio of the fastest of torch-cpu, torch-compile and
 jax-jit's step time to cpu-fused's (> 1: cpu-fused is faster).
 
+cpu-fused runs each product on OpenBLAS or on our own GEMM as the choice table of
+:mod:`kernels.gemm_choice` says (printed, and kept in the JSON's ``config.gemm_choice``).
+
 Also printed per Z: the parameter count, the bytes of parameters + gradients + Adam moments +
 activations of the cpu-fused engine, and the FLOPs of one step's matrix products
 (2·B·fan_in·fan_out per product: forward, the weight gradient, and the input gradient of every
@@ -631,6 +634,16 @@ def main(argv=None):
         f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch, XLA), "
         f"{args.repeats} interleaved repeats of ~{args.target} s after {args.settle} s of rest, medians"
     )
+
+    if "cpu-fused" in names:
+        from kernels import gemm_choice
+
+        ours = gemm_choice.load()
+        config["gemm_choice"] = {"table": str(gemm_choice.table_path()), "ours": sorted(ours)}
+        print(
+            f"cpu-fused products: our GEMM on {len(ours)} shape(s) of the choice table, OpenBLAS on the rest"
+            " (python -m kernels.gemm_choice)"
+        )
 
     peak = None
     if peak_n > 0 and any(n in ("numpy", "cpu-fused", "floor", "floor+adam-io") or n in CPU_PEERS for n in names):

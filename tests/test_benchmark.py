@@ -72,6 +72,7 @@ def test_throughput_quick_writes_results(tmp_path):
     assert (tmp_path / "throughput.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob("*.tmp"))  # written atomically: no temporary file left
     assert doc["config"]["latents"] == [2, 20] and doc["config"]["batch"] == 128
+    assert doc["config"]["gemm_choice"]["ours"] == []  # the tests' (absent) table: OpenBLAS everywhere
     for key in ("cpu_model", "threads", "threadpools", "numpy", "env"):
         assert key in doc["machine"]
     runners = {r["runner"] for r in doc["results"]}
