@@ -13,7 +13,10 @@ reconstruction loss, and KL and log-likelihood do not exist.
 Runs go to worker processes through a ``concurrent.futures`` executor (``--jobs``), or with
 ``--scheduler ADDRESS`` to a Dask cluster. Each finished run is appended to ``results.jsonl`` at
 once, and a run whose result is already there (same settings) is skipped, so an interrupted sweep
-resumes where it stopped. At the end it writes ``report.md`` and the figures.
+resumes where it stopped. A run under way saves its whole state every 2,000 steps
+(``runs/<tag>.resume.npz``, removed when it finishes), and continues from there when the sweep is
+run again: an interruption costs at most 2,000 steps, and the run ends bit for bit as it would
+have. At the end it writes ``report.md`` and the figures.
 """
 
 from __future__ import annotations
@@ -34,12 +37,24 @@ import numpy as np
 from minivae import cli, loop, losses, metrics
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from minivae.data import D, binarize
-from minivae.files import WriteError, atomic_write, atomic_write_text, read_jsonl, write_jsonl
+from minivae.files import (
+    CheckpointError,
+    WriteError,
+    atomic_write,
+    atomic_write_text,
+    error_reason,
+    read_checkpoint,
+    read_jsonl,
+    save_checkpoint,
+    set_rng_state,
+    write_jsonl,
+)
 from minivae.study import kl90, report, run_key, run_tag
 
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, D, 1000, 2000)  # D = 784: as many latents as pixels
 DEFAULT_EPOCHS = 10
+RESUME_EVERY = 2000  # steps between a run's mid-run checkpoints (runs/<tag>.resume.npz)
 
 
 def _latent_list(text):
@@ -172,12 +187,14 @@ def run_one(cfg):
     test_x = binarize(data.test_x, "static" if cfg["binarize"] != "none" else "none")
     tag = run_tag(cfg["model"], Z, hidden, seed)
     partial = pathlib.Path(cfg["out"]) / "runs" / f"{tag}.partial.json"
+    resume = partial.with_name(f"{tag}.resume.npz")
     partial.parent.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    trained = _train(model, Adam(model.params, lr=cfg["lr"]), data, test_x, cfg, partial)
+    trained = _train(model, Adam(model.params, lr=cfg["lr"]), data, test_x, cfg, partial, resume)
     row = _measure(model, data, test_x, cfg, tag)
     partial.unlink(missing_ok=True)
+    resume.unlink(missing_ok=True)
     curve, step, bs = trained["curve"], trained["step"], cfg["batch_size"]
     gain = curve[-2]["test_loss"] - curve[-1]["test_loss"] if len(curve) >= 2 and not trained["diverged"] else None
     return {
@@ -192,7 +209,7 @@ def run_one(cfg):
         "curve": curve,
         "params": model.num_params(),
         "samples_per_s": trained["samples_per_s"],
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": trained["wall_before"] + time.perf_counter() - t0,
         "backend": model.backend,
         "diverged": trained["diverged"],
         "data": data.source,
@@ -200,13 +217,21 @@ def run_one(cfg):
     }
 
 
-def _train(model, opt, data, test_x, cfg, partial):
+def _train(model, opt, data, test_x, cfg, partial, resume):
     """``cfg["steps"]`` Adam steps of the training loop (:mod:`minivae.loop`), the learning curve
-    measured at :func:`curve_steps` (and written to ``partial`` for a watcher as it grows)."""
-    total, marks = cfg["steps"], curve_steps(cfg["steps"])
-    done = {"step": 0, "train_time": 0.0, "curve": [], "diverged": None}
+    measured at :func:`curve_steps` (and written to ``partial`` for a watcher as it grows).
 
-    def after_step(_, loss, n, seconds):
+    Every :data:`RESUME_EVERY` steps the whole state of the run (parameters, Adam's moments, both
+    generators, the position in the epoch, the curve so far) is saved to ``resume``, and a run
+    that finds that file continues from it: an interrupted run loses at most RESUME_EVERY steps,
+    and ends exactly as it would have without the interruption."""
+    total, marks = cfg["steps"], curve_steps(cfg["steps"])
+    data_rng = np.random.default_rng([cfg["seed"], 2])
+    t0 = time.perf_counter()
+    done, first, skip = _restore(resume, model, opt, data_rng, cfg)
+    where = {}  # the epoch under way and its generator state at its start
+
+    def after_step(epoch_step, loss, n, seconds):
         done["step"] += 1
         step = done["step"]
         if step > 1:  # samples/s leaves out the first step (it loads compiled kernels)
@@ -214,18 +239,54 @@ def _train(model, opt, data, test_x, cfg, partial):
         if step == marks[len(done["curve"])]:
             done["curve"].append(_curve_point(model, test_x, cfg["seed"], step))
             atomic_write_text(partial, json.dumps(done["curve"]) + "\n")  # how far it is, for a watcher
+        if step % RESUME_EVERY == 0 and step < total:
+            state = dict(done, wall_before=done["wall_before"] + time.perf_counter() - t0)
+            config = {"settings": cfg["settings"], "tag": partial.name, "done": state}
+            save_checkpoint(resume, model, opt, data_rng, where["start"], where["epoch"] - 1, epoch_step, config)
         return step == total
 
-    data_rng = np.random.default_rng([cfg["seed"], 2])
-    for _, _, x_epoch, order in loop.epochs(data.train_x, cfg["binarize"], cfg["batch_size"], data_rng):
-        _, loss, why = loop.run_epoch(model, opt, x_epoch, order, after_step)
+    for epoch, start, x_epoch, order in loop.epochs(data.train_x, cfg["binarize"], cfg["batch_size"], data_rng, first):
+        where.update(epoch=epoch, start=json.dumps(start))
+        _, loss, why = loop.run_epoch(model, opt, x_epoch, order, after_step, skip=skip if epoch == first else 0)
         if why == "diverged":
             done["diverged"] = f"loss {loss} at step {done['step'] + 1}"
         if why != "end" or done["step"] >= total:
             break
-    time_s = done["train_time"]
-    done["samples_per_s"] = (done["step"] - 1) * cfg["batch_size"] / time_s if time_s > 0 else float("nan")
+    time_s, steps_timed = done["train_time"], done["step"] - 1
+    done["samples_per_s"] = steps_timed * cfg["batch_size"] / time_s if time_s > 0 else float("nan")
     return done
+
+
+def _restore(resume, model, opt, data_rng, cfg):
+    """(the run's progress, the first epoch, the steps of it already done) from ``resume`` when it
+    holds this run with these settings, after loading its state into the model, Adam and the data
+    generator; else a fresh start. A file that does not fit is said once and set aside."""
+    fresh = {"step": 0, "train_time": 0.0, "curve": [], "diverged": None, "wall_before": 0.0}
+    if not resume.exists():
+        return fresh, 1, 0
+    try:
+        ck = read_checkpoint(resume)
+        config = json.loads(str(ck["config"]))
+        if config.get("settings") != cfg["settings"] or config.get("tag") != resume.name.replace(
+            ".resume.npz", ".partial.json"
+        ):
+            raise ValueError("it holds another run")
+        params = {k[len("param/") :]: v for k, v in ck.items() if k.startswith("param/")}
+        if {k: v.shape for k, v in params.items()} != {k: tuple(v.shape) for k, v in model.params.items()}:
+            raise ValueError("its parameters do not fit the model")
+        done, epoch, step = config["done"], int(ck["epoch"]), int(ck["step"])
+        probe = [np.random.default_rng() for _ in range(2)]
+        set_rng_state(probe[0], ck["rng/model"])  # both states are checked before any is used
+        set_rng_state(probe[1], ck["rng/epoch_start"])
+        model.set_params(params)
+        opt.load_state_dict({k[len("opt/") :]: v for k, v in ck.items() if k.startswith("opt/")})
+    except (CheckpointError, ValueError, KeyError, TypeError) as e:
+        _warn(f"{resume}: cannot continue from it ({error_reason(e)}); that run starts again")
+        resume.replace(resume.with_name(resume.name + ".corrupt"))
+        return fresh, 1, 0
+    set_rng_state(model.rng, ck["rng/model"])
+    set_rng_state(data_rng, ck["rng/epoch_start"])
+    return done, epoch + 1, step
 
 
 def _measure(model, data, test_x, cfg, tag):

@@ -361,3 +361,71 @@ def test_autoencoder_on_the_fast_engine_equals_the_numpy_autoencoder():
     assert none is None
     np.testing.assert_allclose(z, ref.encode(x)[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(fast.decode_logits(z), ref.decode_logits(z), rtol=1e-4, atol=1e-4)
+
+
+def _run_cfg(out, backend="numpy", steps=8):
+    """The plain dict run() hands a worker for one VAE run (Z = 3, hidden 16, 256 digits)."""
+    args = sweep.parse_args(["--latents", "3", "--steps", str(steps), "--out", str(out)] + SMALL[2:])
+    settings, key = sweep.settings_of(args, steps)
+    cfg = dict(settings, model="vae", latent=3, hidden=[16], seed=0, out=str(out), settings=key, threads=None)
+    return dict(cfg, backend=backend)
+
+
+def _interrupt_after(monkeypatch, stop_at):
+    """Make the training loop raise KeyboardInterrupt (as Ctrl-C would) after step ``stop_at``."""
+    run_epoch, count = sweep.loop.run_epoch, [0]
+
+    def interrupted(model, opt, x, order, after_step, skip=0):
+        def hook(*a):
+            finished = after_step(*a)
+            count[0] += 1
+            if count[0] == stop_at:
+                raise KeyboardInterrupt
+            return finished
+
+        return run_epoch(model, opt, x, order, hook, skip=skip)
+
+    monkeypatch.setattr(sweep.loop, "run_epoch", interrupted)
+
+
+# 256 digits at batch 128: two steps per epoch. Checkpoints every 3 steps: an interruption at step 5
+# continues from step 3 (mid-epoch), one at step 7 from step 6 (an epoch's last step).
+@pytest.mark.parametrize("backend", ["numpy", "cpu-fused"])
+@pytest.mark.parametrize("stop_at", [5, 7])
+def test_an_interrupted_run_continues_from_its_checkpoint_exactly(tmp_path, monkeypatch, backend, stop_at):
+    monkeypatch.setattr(sweep, "RESUME_EVERY", 3)
+    whole = sweep.run_one(_run_cfg(tmp_path / "whole", backend))
+    assert not list((tmp_path / "whole" / "runs").glob("*.resume.npz"))  # saved on the way, removed at the end
+    cfg = _run_cfg(tmp_path / "cut", backend)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, stop_at)
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_one(cfg)
+    resume = tmp_path / "cut" / "runs" / "vae-3-h16-s0.resume.npz"
+    assert resume.exists()
+    skips, real = [], sweep.loop.run_epoch
+    monkeypatch.setattr(sweep.loop, "run_epoch", lambda *a, **k: (skips.append(k.get("skip", 0)), real(*a, **k))[1])
+    again = sweep.run_one(cfg)
+    assert skips[0] == {5: 1, 7: 2}[stop_at]  # the steps of the first epoch it runs that were done before
+    assert len(skips) == {5: 3, 7: 2}[stop_at]  # the epochs it runs: 2-4 or 3-4 (4 epochs = 8 steps)
+    assert not resume.exists()
+    for k in ("test_loss", "test_iw_nll", "train_loss", "curve", "active_units", "directions", "steps", "probe_logreg"):
+        assert again[k] == whole[k], k
+
+
+def test_a_checkpoint_of_other_settings_is_set_aside_and_the_run_starts_over(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "RESUME_EVERY", 3)
+    other = _run_cfg(tmp_path, steps=9)  # another budget: another settings key
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 4)
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_one(other)
+    resume = tmp_path / "runs" / "vae-3-h16-s0.resume.npz"
+    assert resume.exists()
+    row = sweep.run_one(_run_cfg(tmp_path))
+    assert (
+        "cannot continue from it (ValueError: it holds another run); that run starts again" in capsys.readouterr().err
+    )
+    assert resume.with_name(resume.name + ".corrupt").exists() and not resume.exists()
+    fresh = sweep.run_one(_run_cfg(tmp_path / "fresh"))
+    assert row["curve"] == fresh["curve"] and row["test_loss"] == fresh["test_loss"]
