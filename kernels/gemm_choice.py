@@ -3,11 +3,12 @@
 Our CPU GEMM (:mod:`kernels.gemm_cpu`) is faster than OpenBLAS on some shapes of a training step
 and slower on others, and which wins depends on the machine and the thread count. So the choice is
 not guessed: ``python -m kernels.gemm_choice`` times both on the 11 products of a step at each
-latent size asked for, and writes the faster one per shape into a small JSON file (the *choice
-table*). :class:`kernels.cpu_fused.CpuFusedOps` reads that file once and, for every product whose
-shape it lists as ``"ours"``, calls :func:`kernels.gemm_cpu.matmul` (v3 on one thread, v4 on
-more); every other product, and every product when there is no table, goes to OpenBLAS
-(``np.matmul``) as before.
+latent size asked for, keeps the faster one per shape, then checks those picks in whole training
+steps (:func:`step_check`: a pick that makes the step slower is dropped), and writes the result
+into a small JSON file (the *choice table*). :class:`kernels.cpu_fused.CpuFusedOps` reads that
+file once and, for every product whose shape it lists as ``"ours"``, calls
+:func:`kernels.gemm_cpu.matmul` (v3 on one thread, v4 on more); every other product, and every
+product when there is no table, goes to OpenBLAS (``np.matmul``) as before.
 
 A shape is the key ``"M×K×N ta tb threads"``: the product op(a) (M, K) · op(b) (K, N) with the
 transpose flags, at the number of Numba/BLAS threads it was timed with. One entry:
@@ -31,6 +32,7 @@ import pathlib
 import sys
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 
@@ -103,6 +105,48 @@ def measure(shapes, threads, repeats=30, seed=0, timer=_median_ms):
     return entries
 
 
+def _training_step(Z, hidden, batch):
+    """A function table → one cpu-fused training step (forward, backward, Adam) of a VAE
+    784 → hidden → 2Z, Z → hidden → 784 on a fixed batch, its products chosen by ``table``."""
+    import minivae
+
+    vae = minivae.VAE(784, Z, (hidden,), seed=0, backend="cpu-fused")
+    opt, ops = minivae.Adam(vae.params, lr=1e-4), vae.engine.ops
+    x = (np.random.default_rng(0).random((batch, 784)) < 0.3).astype(np.float32)
+
+    def step(table):
+        ops.gemm_table = table
+        vae.forward(x)
+        opt.step(vae.backward())
+
+    return step
+
+
+def step_check(entries, latents, threads, hidden=512, batch=128, repeats=15, timer=_median_ms):
+    """Check the picks of ``entries`` where they are used: in whole cpu-fused training steps.
+
+    A product timed alone does not see its neighbours. With several threads our v4 and OpenBLAS
+    each keep their own pool of threads, and a step that hands the cores from one pool to the
+    other at every product pays for it (measured: a 2-thread step at Z = 20 took 25 ms with two
+    small products on ours, 7.6 ms with none). So at each latent size a step with the picks is
+    timed against a step on OpenBLAS alone; where the picks make it slower, that size's picks are
+    changed to "blas" (with both step times kept in the entry). Returns the entries."""
+    from kernels import gemm_cpu
+
+    for Z in latents:
+        shapes = {key(*s, threads) for s in gemm_cpu.step_shapes(Z, B=batch, H=hidden)}
+        ours = frozenset(k for k in shapes if entries.get(k, {}).get("pick") == "ours")
+        if not ours:
+            continue
+        step = _training_step(Z, hidden, batch)
+        with_ours = timer(partial(step, ours), repeats)
+        blas_only = timer(partial(step, frozenset()), repeats)
+        if with_ours >= blas_only:
+            for k in ours:
+                entries[k] = dict(entries[k], pick="blas", step_ms={"Z": Z, "ours": with_ours, "blas": blas_only})
+    return entries
+
+
 def save(entries, path=None):
     """Merge ``entries`` into the table at ``path`` (written whole, then renamed into place)."""
     path = pathlib.Path(path) if path is not None else table_path()
@@ -144,7 +188,7 @@ def main(argv=None):
     threadpool_limits(threads)  # OpenBLAS
     numba.set_num_threads(threads)  # ours (v4)
     shapes = sorted({s for z in args.latents for s in gemm_cpu.step_shapes(z, B=args.batch_size, H=args.hidden)})
-    entries = measure(shapes, threads, args.repeats)
+    entries = step_check(measure(shapes, threads, args.repeats), args.latents, threads, args.hidden, args.batch_size)
     try:
         path = save(entries)
     except OSError as e:
@@ -152,7 +196,11 @@ def main(argv=None):
         return 1
     print(f"{'product M×K×N ta tb threads':>30} {'OpenBLAS ms':>11} {'ours ms':>8}  pick")
     for k, e in entries.items():
-        print(f"{k:>30} {e['blas_ms']:11.3f} {e['ours_ms']:8.3f}  {e['pick']}")
+        why = ""
+        if "step_ms" in e:
+            c = e["step_ms"]
+            why = f" (faster alone; a step at Z = {c['Z']} took {c['ours']:.2f} ms with ours, {c['blas']:.2f} without)"
+        print(f"{k:>30} {e['blas_ms']:11.3f} {e['ours_ms']:8.3f}  {e['pick']}{why}")
     n = sum(e["pick"] == "ours" for e in entries.values())
     print(f"ours on {n} of {len(entries)} products ({threads} thread(s)); table: {path}")
     return 0

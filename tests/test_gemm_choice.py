@@ -118,3 +118,31 @@ def test_the_command_refuses_bad_options_in_one_line(capsys):
         gemm_choice.main(["--latents", "0"])
     assert e.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("ours_step_ms, kept", [(2.0, False), (0.5, True)])
+def test_step_check_drops_picks_that_make_the_step_slower(ours_step_ms, kept):
+    Z, H, B = 3, 8, 4
+    shapes = gemm_cpu.step_shapes(Z, B=B, H=H)
+    entries = {gemm_choice.key(*s, 1): {"blas_ms": 1.0, "ours_ms": 2.0, "pick": "blas"} for s in shapes}
+    picked = gemm_choice.key(*shapes[1], 1)
+    entries[picked] = {"blas_ms": 1.0, "ours_ms": 0.5, "pick": "ours"}
+    checked = gemm_choice.step_check(dict(entries), [Z], 1, H, B, repeats=1, timer=fake_timer([ours_step_ms, 1.0]))
+    assert checked[picked]["pick"] == ("ours" if kept else "blas")
+    if not kept:
+        assert checked[picked]["step_ms"] == {"Z": Z, "ours": 2.0, "blas": 1.0}
+    assert all(checked[k] == e for k, e in entries.items() if k != picked)
+
+
+def test_step_check_times_real_steps_with_and_without_the_picks():
+    Z, H, B = 3, 8, 4
+    k = gemm_choice.key(*gemm_cpu.step_shapes(Z, B=B, H=H)[0], 1)
+    seen = []
+
+    def timer(fn, repeats):
+        fn()
+        seen.append(repeats)
+        return 1.0
+
+    out = gemm_choice.step_check({k: {"blas_ms": 1, "ours_ms": 0.5, "pick": "ours"}}, [Z], 1, H, B, 2, timer)
+    assert seen == [2, 2] and out[k]["pick"] == "blas"  # a tie keeps OpenBLAS
