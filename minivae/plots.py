@@ -123,7 +123,18 @@ def save_all(out, vae, test_x, mu, logvar, history, rng):
 
 def _mark_data_dim(ax):
     ax.axvline(D, color="0.55", lw=1, ls="--")
-    ax.text(D, 0.98, f" Z = D = {D}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="0.4")
+    # Left of the line, rotated along it: the sizes above D leave little room on its right.
+    ax.text(
+        D,
+        0.97,
+        f"Z = D = {D} ",
+        transform=ax.get_xaxis_transform(),
+        ha="right",
+        va="top",
+        rotation=90,
+        fontsize=8,
+        color="0.4",
+    )
 
 
 def study_figures(out, rows):
@@ -195,6 +206,10 @@ def metrics_vs_latent(path, rows):
         ("gap", "test − train −ELBO"),
         ("samples_per_s", "training samples / s"),
     ]
+    from minivae.study import converged
+
+    # Sizes with a run whose last 20% of steps still gained ≥ 1 nat.
+    unconverged = {m: {r["latent"] for r in rows if r["model"] == m and converged(r) is False} for m in _STYLE}
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
     for ax, (key, title) in zip(axes.flat, panels, strict=True):
         for model in ("vae", "ae"):
@@ -204,6 +219,17 @@ def metrics_vs_latent(path, rows):
             if pts:
                 z, mean, sd = zip(*pts, strict=True)
                 ax.errorbar(z, mean, yerr=sd, label=model.upper(), **_STYLE[model])
+            circled = [(zz, m) for zz, m, _ in pts if zz in unconverged[model]]
+            if circled:  # said in the figure as in the report: these sizes had not stopped improving
+                ax.plot(
+                    *zip(*circled, strict=True),
+                    "o",
+                    ms=13,
+                    mfc="none",
+                    mec="tab:orange",
+                    mew=1.5,
+                    label=f"{model.upper()} not converged",
+                )
         ax.set_xscale("log")
         if key == "samples_per_s":
             ax.set_yscale("log")
@@ -277,7 +303,7 @@ def active_units_vs_latent(path, rows, hidden):
 
 def learning_curves(path, rows):
     """Test −ELBO, active units and directions against Adam steps: one line per Z (VAE, mean over seeds)."""
-    from minivae.study import groups
+    from minivae.study import converged, groups
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
@@ -290,9 +316,10 @@ def learning_curves(path, rows):
         n = min(len(c) for c in curves)
         steps = [p["step"] for p in curves[0][:n]]
         colour = cmap(i / max(len(vae) - 1, 1))
+        label = f"Z = {z}" + (" (not converged)" if any(converged(r) is False for r in g) else "")
         for ax, key in zip(axes, ("test_loss", "active_units", "directions"), strict=True):
             mean = np.mean([[p[key] for p in c[:n]] for c in curves], axis=0)
-            ax.plot(steps, mean, "o-", ms=3, color=colour, label=f"Z = {z}")
+            ax.plot(steps, mean, "o-", ms=3, color=colour, label=label)
     titles = (
         "test −ELBO (nats)",
         f"active units (Var_x μ_u > {metrics.ACTIVE_THRESHOLD})",
