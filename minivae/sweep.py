@@ -418,7 +418,8 @@ def run(args):
         left = stop.args[0] if stop.args else todo
         _warn(
             f"interrupted: {len(todo) - len(left)} of {len(todo)} runs finished (in {results_path}); "
-            f"run the same command again to do the other {len(left)}"
+            f"run the same command again to do the other {len(left)} (a run past 2,000 steps continues "
+            "from its last checkpoint)"
         )
         return EXIT_INTERRUPTED
     finally:
