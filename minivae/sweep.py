@@ -29,6 +29,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -705,6 +706,10 @@ def _dask_client(address):
 
 
 def main(argv=None):
+    # Ctrl-C is an interruption even where the sweep was started with SIGINT ignored (a background
+    # job of a shell), as in minivae.train: finished runs are kept and the workers are stopped.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run(parse_args(argv))
     except UsageError as e:
