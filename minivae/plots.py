@@ -126,7 +126,7 @@ def _mark_data_dim(ax):
     ax.axvline(D, color="0.55", lw=1, ls="--", label=f"Z = D = {D}")
 
 
-def study_figures(out, rows):
+def study_figures(out, rows, originals):
     """All figures of a sweep, from its result rows and the arrays each run saved.
 
     Rows of the main hidden width are drawn per latent size (means over seeds, bars = ± one
@@ -162,12 +162,12 @@ def study_figures(out, rows):
             vae_arrays,
             "reconstructions",
             "VAE reconstructions per latent size (top row: the test digits)",
-            originals=True,
+            originals=originals,
         )
     common = sorted(z for (m, z) in arrays if m == "vae" and ("ae", z) in arrays)
     if common:
         z = 1000 if 1000 in common else common[-1]
-        vae_vs_ae(out / "vae_vs_ae.png", arrays[("vae", z)], arrays[("ae", z)], z)
+        vae_vs_ae(out / "vae_vs_ae.png", originals, arrays[("vae", z)], arrays[("ae", z)], z)
 
 
 _STYLE = {"vae": dict(marker="o", color="tab:blue", capsize=3), "ae": dict(marker="s", color="tab:red", capsize=3)}
@@ -369,12 +369,11 @@ def kl_spectra(path, vae_arrays):
     _save(fig, path)
 
 
-def grid_by_latent(path, vae_arrays, key, title, originals=False, n=12):
+def grid_by_latent(path, vae_arrays, key, title, originals=None, n=12):
     plt = _pyplot()
     rows, labels = [], []
-    if originals:
-        first = next(iter(vae_arrays.values()))
-        rows.append(first["originals"][:n])
+    if originals is not None:
+        rows.append(originals[:n])
         labels.append("test digits")
     for z, a in vae_arrays.items():
         rows.append(a[key][:n])
@@ -386,10 +385,10 @@ def grid_by_latent(path, vae_arrays, key, title, originals=False, n=12):
     _save(fig, path)
 
 
-def vae_vs_ae(path, vae, ae, z, n=8):
+def vae_vs_ae(path, originals, vae, ae, z, n=8):
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    rec = np.concatenate([vae["originals"][:n], vae["reconstructions"][:n], ae["reconstructions"][:n]])
+    rec = np.concatenate([originals[:n], vae["reconstructions"][:n], ae["reconstructions"][:n]])
     show_grid(axes[0], image_grid(rec, 3, n), f"Reconstructions at Z = {z}")
     axes[0].set_yticks([14, 43, 72])
     axes[0].set_yticklabels(["test digits", "VAE", "AE"], fontsize=8)
