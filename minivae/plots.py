@@ -201,6 +201,7 @@ def metrics_vs_latent(path, rows):
     unconverged = {m: {r["latent"] for r in rows if r["model"] == m and converged(r) is False} for m in _STYLE}
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
     for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        circle_label = "not converged"  # one legend entry for the circles of both models
         for model in ("vae", "ae"):
             if key in ("test_loss", "test_kl") and model == "ae":
                 continue  # the autoencoder has no ELBO and no KL: its loss is the reconstruction term
@@ -217,8 +218,9 @@ def metrics_vs_latent(path, rows):
                     mfc="none",
                     mec="tab:orange",
                     mew=1.5,
-                    label=f"{model.upper()} not converged",
+                    label=circle_label,
                 )
+                circle_label = None
         ax.set_xscale("log")
         if key == "samples_per_s" or (key == "test_recon" and _mean_sd(rows, "ae", key)):
             ax.set_yscale("log")  # the AE reconstructs an order of magnitude better: both on one axis

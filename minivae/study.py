@@ -166,15 +166,26 @@ def reading(rows):
         else:
             spread = f"{'beyond' if separated(g, vae[best], field) else 'within'} the seed spread"
         out.append(f"  - Z = {z}: {_pm(g, field)} ({diff:+.1f}; {spread})")
-    not_conv = [r for g in vae.values() for r in g if converged(r) is False]
+
+    def run(r):
+        width = "" if tuple(r["hidden"]) == tuple(hidden) else f" hidden {','.join(map(str, r['hidden']))}"
+        return f"{r['model'].upper()} Z = {r['latent']}{width} seed {r['seed']}"
+
+    not_conv = [r for r in rows if converged(r) is False]
     if not_conv:
         out.append(
-            "- Not converged (last 20% of the steps gained ≥ 1 nat): "
-            + ", ".join(f"Z = {r['latent']} seed {r['seed']} ({r['last20_gain']:.2f})" for r in not_conv)
+            f"- Not converged (last 20% of the steps gained ≥ {CONVERGED:g} nat): "
+            + ", ".join(f"{run(r)} ({r['last20_gain']:.2f})" for r in not_conv)
             + "."
         )
     else:
-        out.append(f"- Every VAE run gained less than {CONVERGED:g} nat over its last 20% of steps.")
+        out.append(f"- Every run gained less than {CONVERGED:g} nat over its last 20% of steps.")
+    rose = [r for r in rows if r.get("last20_gain") is not None and r["last20_gain"] < 0]
+    if rose:
+        out.append(
+            "- Worse at the end than at 80% of the steps (a negative gain, counted as converged since "
+            "nothing was left to gain): " + ", ".join(f"{run(r)} (+{-r['last20_gain']:.2f})" for r in rose) + "."
+        )
     out.append(
         "- Active units / directions (mean over seeds): "
         + ", ".join(

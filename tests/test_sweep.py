@@ -315,7 +315,13 @@ def test_seed_aggregation_and_the_convergence_column_on_fabricated_rows():
     assert "| vae | 8 | 2 | 3 | 102.0 ± 2.0 |" in text
     assert "| vae | 9 | 8 | 0 | 90.0 | 85.0 | 3 | 2 | 2.50 | **no** |" in text
     assert "| vae | 2 | 8 | 0 | 100.0 | 95.0 | 3 | 2 | 0.50 | yes |" in text
-    assert "Not converged (last 20% of the steps gained ≥ 1 nat): Z = 9 seed 0 (2.50)" in text
+    assert "Not converged (last 20% of the steps gained ≥ 1 nat): VAE Z = 9 seed 0 (2.50)." in text
+    assert "Worse at the end" not in text
+    ae = dict(rows[1], model="ae", test_iw_nll=None, last20_gain=1.5)
+    wide = dict(rows[2], hidden=[16], seed=5, last20_gain=-0.75)
+    text = study.report([*rows, ae, wide], settings, "fabricated")
+    assert "gained ≥ 1 nat): VAE Z = 9 seed 0 (2.50), AE Z = 2 seed 1 (1.50)." in text
+    assert "nothing was left to gain): VAE Z = 2 hidden 16 seed 5 (+0.75)." in text
     assert "Best −log p(x): 86.0 ± 1.0 nats at Z = 9" in text
     assert "Z = 2: 97.0 ± 2.0 (+11.0; beyond the seed spread)" in text
     one_seed = study.report([r for r in rows if r["seed"] == 0], settings, "fabricated")
