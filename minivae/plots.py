@@ -133,7 +133,7 @@ def study_figures(out, rows, originals):
     standard deviation); runs with other hidden widths appear as controls where they apply.
     Pictures of single runs use the lowest seed.
     """
-    from minivae.study import groups, main_hidden, run_tag
+    from minivae.study import compares_sizes, groups, main_hidden, run_tag
 
     hidden = main_hidden(rows)
     main = [r for r in rows if tuple(r["hidden"]) == hidden]
@@ -144,10 +144,11 @@ def study_figures(out, rows, originals):
         if path.exists():
             with np.load(path) as f:
                 arrays[(model, z)] = {k: f[k] for k in f.files}
-    metrics_vs_latent(out / "metrics_vs_latent.png", main)
-    active_units_vs_latent(out / "active_units.png", rows, hidden)
+    if compares_sizes(rows):  # a figure against Z needs two sizes at least
+        metrics_vs_latent(out / "metrics_vs_latent.png", main)
+        active_units_vs_latent(out / "active_units.png", rows, hidden)
+        probe_vs_latent(out / "probe.png", main)
     learning_curves(out / "learning_curves.png", main)
-    probe_vs_latent(out / "probe.png", main)
     vae_arrays = {z: a for (m, z), a in sorted(arrays.items()) if m == "vae"}
     if vae_arrays:
         kl_spectra(out / "kl_spectra.png", vae_arrays)

@@ -64,6 +64,22 @@ def main_hidden(rows):
     return max(counts, key=counts.get) if counts else None
 
 
+def compares_sizes(rows):
+    """Whether the rows hold two or more latent sizes at the main hidden width: the figures drawn
+    against Z (metrics, units and directions, probes) need them; with one size they are left out."""
+    hidden = main_hidden(rows)
+    return len({r["latent"] for r in rows if tuple(r["hidden"]) == hidden}) > 1
+
+
+def figure_names(rows):
+    """The PNG files a sweep with these rows draws, in the order the report lists them."""
+    against_z = ["metrics_vs_latent.png", "active_units.png"] if compares_sizes(rows) else []
+    names = ["learning_curves.png", *against_z, "kl_spectra.png"]
+    names += ["probe.png"] if against_z else []
+    names += ["samples_by_latent.png", "reconstructions_by_latent.png"]
+    return names + (["vae_vs_ae.png"] if {"vae", "ae"} <= {r["model"] for r in rows} else [])
+
+
 def converged(r):
     """True, False, or None (no curve): did the last 20% of steps gain less than CONVERGED nats?"""
     gain = r.get("last20_gain")
@@ -136,9 +152,7 @@ def report(rows, settings, source):
         "",
         *reading(rows),
         "",
-        "Figures: `learning_curves.png`, `metrics_vs_latent.png`, `active_units.png`, "
-        "`kl_spectra.png`, `probe.png`, `samples_by_latent.png`, `reconstructions_by_latent.png`"
-        + (", `vae_vs_ae.png`." if {"vae", "ae"} <= {r["model"] for r in rows} else "."),
+        "Figures: " + ", ".join(f"`{name}`" for name in figure_names(rows)) + ".",
         "",
     ]
     return "\n".join(lines)

@@ -326,6 +326,24 @@ def test_seed_aggregation_and_the_convergence_column_on_fabricated_rows():
     assert "Z = 2: 97.0 ± 2.0 (+11.0; beyond the seed spread)" in text
     one_seed = study.report([r for r in rows if r["seed"] == 0], settings, "fabricated")
     assert "Z = 2: 95.0 (+10.0; one seed: no spread to compare with)" in one_seed
+    assert "`metrics_vs_latent.png`, `active_units.png`" in one_seed
+    one_size = study.report(z9, settings, "fabricated")
+    assert "Figures: `learning_curves.png`, `kl_spectra.png`, `samples_by_latent.png`" in one_size
+    assert "metrics_vs_latent" not in one_size and "probe.png" not in one_size
+
+
+def test_one_latent_size_gets_no_figures_against_z(tmp_path):
+    """A sweep of one size (a longer run, say) draws its learning curves, not one-point plots."""
+    from minivae import plots
+
+    curve = [{"step": s, "test_loss": 200.0 / s**0.1, "active_units": 5, "directions": 4} for s in (10, 100)]
+    row = {"model": "vae", "latent": 7, "hidden": [8], "seed": 0, "curve": curve, "last20_gain": 0.5}
+    plots.study_figures(tmp_path, [row], None)
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
+    drawn = {p.name for p in tmp_path.glob("*.png")}
+    assert drawn == {"learning_curves.png"}, drawn
+    plots.study_figures(tmp_path, [row, dict(row, latent=9)], None)
+    assert {"metrics_vs_latent.png", "active_units.png", "probe.png"} <= {p.name for p in tmp_path.glob("*.png")}
 
 
 def test_directions_count_rotated_information_that_units_miss():
