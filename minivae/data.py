@@ -582,6 +582,13 @@ def binarize(x, mode, rng=None):
     return (u < x).astype(np.float32)
 
 
+def binarize_fixed(x, mode):
+    """Digits that are measured rather than trained on, for a run that trains with ``mode``: one
+    fixed draw (static) whether training draws afresh or not, so every evaluation and every run
+    sees the same 0/1 digits; grey levels stay grey when the run trains on them (mode "none")."""
+    return binarize(x, "none" if mode == "none" else "static")
+
+
 def batches(n, batch_size, rng):
     """Index arrays of shuffled mini-batches that together cover 0..n−1 once each.
 

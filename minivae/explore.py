@@ -42,7 +42,7 @@ import numpy as np
 
 from minivae import cli, metrics
 from minivae.cli import EXIT_USAGE, UsageError
-from minivae.data import DataError, binarize, load_mnist
+from minivae.data import DataError, binarize_fixed, load_mnist
 from minivae.runs import RunError, model_from, read_run
 
 TEMPERATURES = (0.5, 0.8, 1.0)
@@ -195,7 +195,7 @@ def run(args):
         f"data: {data.source}",
         f"model: {args.run_dir} (Z={vae.latent}, hidden={list(vae.hidden)}, epoch {run_.epoch}), backend {vae.backend}",
     )
-    test_x = binarize(data.test_x, "static" if run_.config.get("binarize", "dynamic") != "none" else "none")
+    test_x = binarize_fixed(data.test_x, run_.config.get("binarize", "dynamic"))
     mu, _ = metrics.posterior_means(vae, test_x)  # (N, Z)
     rng = np.random.default_rng([args.seed, 6])
     for name, what, draw in _figures(vae, test_x, data.test_y, mu, rng):

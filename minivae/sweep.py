@@ -37,7 +37,7 @@ import numpy as np
 
 from minivae import cli, loop, losses, metrics
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-from minivae.data import D, binarize
+from minivae.data import D, binarize_fixed
 from minivae.files import (
     CheckpointError,
     WriteError,
@@ -185,7 +185,7 @@ def run_one(cfg):
     Z, hidden, seed = cfg["latent"], tuple(cfg["hidden"]), cfg["seed"]
     kind = VAE if cfg["model"] == "vae" else AE
     model = kind(D, Z, hidden, seed=seed, backend=cfg["backend"])
-    test_x = binarize(data.test_x, "static" if cfg["binarize"] != "none" else "none")
+    test_x = binarize_fixed(data.test_x, cfg["binarize"])
     tag = run_tag(cfg["model"], Z, hidden, seed)
     partial = pathlib.Path(cfg["out"]) / "runs" / f"{tag}.partial.json"
     resume = partial.with_name(f"{tag}.resume.npz")
@@ -293,8 +293,7 @@ def _restore(resume, model, opt, data_rng, cfg):
 def _measure(model, data, test_x, cfg, tag):
     """The trained model's measures on the test (and training) digits, and its arrays for the
     figures, saved as runs/<tag>.npz."""
-    mode = "static" if cfg["binarize"] != "none" else "none"
-    train_x = binarize(data.train_x, mode)
+    train_x = binarize_fixed(data.train_x, cfg["binarize"])
     rng = np.random.default_rng([cfg["seed"], 3])
     mu, logvar = metrics.posterior_means(model, test_x)  # the AE's codes, and None, for "ae"
     active, activity = metrics.active_units(mu)
@@ -426,7 +425,7 @@ def run(args):
     finally:
         if client is not None:
             client.close()
-    shown = binarize(data.test_x[:16], "static" if args.binarize != "none" else "none")  # as the runs saw them
+    shown = binarize_fixed(data.test_x, args.binarize)[:16]  # as the runs saw them
     _write_report(args.out, rows, settings, data.source, shown)
     say(f"wrote {args.out / 'report.md'}, results.jsonl and figures ({time.perf_counter() - t0:.0f} s)")
     if failed:

@@ -56,7 +56,7 @@ import numpy as np
 
 from minivae import cli, loop, metrics
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-from minivae.data import D, DataError, binarize, load_mnist
+from minivae.data import D, DataError, binarize_fixed, load_mnist
 from minivae.files import (
     CHECKPOINT,
     CheckpointError,
@@ -491,7 +491,7 @@ def _run(args, given, signals, state):
         signals=signals,
         state=state,
         history=history,
-        test_x=binarize(data.test_x, "static" if config["binarize"] != "none" else "none"),
+        test_x=binarize_fixed(data.test_x, config["binarize"]),
     )
     wall0 = time.perf_counter()
     code, posterior = _train_epochs(job, data.train_x, start_epoch, start_step, running)

@@ -585,6 +585,14 @@ def test_binarize_static_is_fixed_and_none_is_identity():
         data.binarize(x, "dynamic", None)
 
 
+def test_binarize_fixed_is_the_static_draw_unless_the_run_trains_on_grey_levels():
+    x = np.random.default_rng(0).random((50, 784), dtype=np.float32)
+    static = data.binarize(x, "static")
+    for mode in ("dynamic", "static"):
+        np.testing.assert_array_equal(data.binarize_fixed(x, mode), static)
+    assert data.binarize_fixed(x, "none") is x
+
+
 @pytest.mark.parametrize("n, batch_size, sizes", [(10, 3, [3, 3, 3, 1]), (12, 4, [4, 4, 4]), (5, 64, [5]), (1, 1, [1])])
 def test_batches_cover_every_index_once(n, batch_size, sizes):
     out = list(data.batches(n, batch_size, np.random.default_rng(0)))
