@@ -42,7 +42,6 @@ saved too).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import os
@@ -69,10 +68,10 @@ from minivae.files import (
     set_rng_state,
     write_jsonl,
 )
+from minivae.guards import FolderLock
 from minivae.optim import Adam
 from minivae.vae import VAE
 
-LOCK = ".lock"  # held (fcntl.flock) by the run writing into the folder
 # The files a run writes: a folder holding any of them holds a run.
 ARTIFACTS = (
     "config.json",
@@ -223,7 +222,7 @@ class _RunFolder:
     first holds the lock; the kernel drops the lock when a process dies, even by SIGKILL."""
 
     def __init__(self, path):
-        self.path, self.created, self.fd = path, False, None
+        self.path, self.created, self.lock = path, False, None
 
     def acquire(self, what):
         path = self.path
@@ -238,43 +237,18 @@ class _RunFolder:
                 raise UsageError(f"{what} {path} exists and is not a folder") from None
         except OSError as e:
             raise UsageError(f"cannot create {what} {path}: {e.strerror or e}") from None
-        lock = path / LOCK
-        while True:
-            try:
-                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as e:
-                self.release(keep=False)
-                raise UsageError(f"cannot write into {what} {path}: {e.strerror or e}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise UsageError(
-                    f"another run (process {holder}) is writing into {path}; wait for "
-                    f"it to end, or choose another --out"
-                ) from None
-            try:  # the previous holder may have removed the file between our open and our lock
-                same = os.path.samestat(os.fstat(fd), os.stat(lock))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
+        try:
+            self.lock = FolderLock(path, what, "run").acquire()
+        except UsageError:
+            self.release(keep=False)
+            raise
 
     def release(self, keep=True):
         """Unlock (removing the lock file); a folder this run created is removed again when it
         is empty and ``keep`` is False (nothing was written)."""
-        if self.fd is not None:
-            try:
-                os.unlink(self.path / LOCK)
-            except OSError:
-                pass
-            os.close(self.fd)
-            self.fd = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
         if self.created and not keep:
             try:
                 self.path.rmdir()  # only when empty
