@@ -70,6 +70,7 @@ def number(convert, accept, what):
 positive_int = number(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = number(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+fraction = number(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
 non_negative_float = number(float, lambda v: v >= 0 and math.isfinite(v), "a non-negative number")
 
 
@@ -102,6 +103,7 @@ def add_training_options(p, epochs, iw_samples):
     itself defaults to None, so a command can tell "not given" apart); ``iw_samples`` is the
     default K of the log-likelihood estimate."""
     from minivae.backend import BACKENDS
+    from minivae.schedule import DECAY_FRAC, SCHEDULES
 
     p.add_argument(
         "--hidden",
@@ -115,6 +117,20 @@ def add_training_options(p, epochs, iw_samples):
     )
     p.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size B (default 128)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        default="constant",
+        help="the rate over the run: constant (default), cosine (to 0 at the end), or wsd (constant, "
+        "then a linear decay to 0 over the last --decay-frac of the steps)",
+    )
+    p.add_argument(
+        "--decay-frac",
+        type=fraction,
+        default=DECAY_FRAC,
+        metavar="F",
+        help=f"wsd: the fraction of the steps over which the rate decays (default {DECAY_FRAC})",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seeds weights, noise, data order (default 0)")
     p.add_argument(
         "--binarize",

@@ -5,6 +5,7 @@
         x_epoch = binarize(train_x, mode, data_rng)      dynamic: a fresh Bernoulli draw each epoch
         for each shuffled mini-batch x (B, D) of x_epoch (the order drawn from data_rng):
             loss = model.forward(x)                      batch mean of the negative ELBO
+            opt.lr = lr_at(opt.t)                        the schedule's rate (minivae.schedule)
             opt.step(model.backward())                   ∂loss/∂θ, then Adam
             after_step(step, loss, B, seconds)           running sums, progress, checkpoints, stop?
 
@@ -33,7 +34,7 @@ def epochs(train_x, mode, batch_size, data_rng, first=1, last=None):
         epoch += 1
 
 
-def run_epoch(model, opt, x, order, after_step=None, skip=0):
+def run_epoch(model, opt, x, order, after_step=None, skip=0, lr_at=None):
     """One pass over the mini-batches ``order`` of ``x`` (see the module docstring).
 
     The first ``skip`` batches are passed over (a resumed epoch). ``after_step(step, loss, B,
@@ -41,6 +42,8 @@ def run_epoch(model, opt, x, order, after_step=None, skip=0):
     the time of the forward, backward and update — and ends the epoch early by returning True.
     Returns ``(step, loss, why)``: why is "end" (every batch done), "stop" (after_step said so)
     or "diverged" (the loss of batch ``step`` is not finite; that batch updated nothing).
+    ``lr_at(s)``, when given, sets Adam's rate before each update from the updates done so far
+    (``opt.t``): a learning-rate schedule (:mod:`minivae.schedule`).
     """
     step, loss = 0, None
     for step, idx in enumerate(order, 1):
@@ -50,6 +53,8 @@ def run_epoch(model, opt, x, order, after_step=None, skip=0):
         loss = model.forward(x[idx])
         if not math.isfinite(loss):
             return step, loss, "diverged"
+        if lr_at is not None:
+            opt.lr = lr_at(opt.t)
         opt.step(model.backward())
         seconds = time.perf_counter() - t0
         if after_step is not None and after_step(step, loss, len(idx), seconds):

@@ -133,14 +133,14 @@ def study_figures(out, rows, originals):
     standard deviation); runs with other hidden widths appear as controls where they apply.
     Pictures of single runs use the lowest seed.
     """
-    from minivae.study import compares_sizes, groups, main_hidden, run_tag
+    from minivae.study import compares_sizes, groups, main_hidden, run_file
 
     hidden = main_hidden(rows)
     main = [r for r in rows if tuple(r["hidden"]) == hidden]
     arrays = {}
-    for (model, h, z), g in groups(main).items():
+    for (model, _, z), g in groups(main).items():
         first = min(g, key=lambda r: r["seed"])
-        path = out / "runs" / f"{run_tag(model, z, h, first['seed'])}.npz"
+        path = out / "runs" / run_file(first)
         if path.exists():
             with np.load(path) as f:
                 arrays[(model, z)] = {k: f[k] for k in f.files}
@@ -507,4 +507,44 @@ def manifold(path, images, values, title):
     ax.set_yticklabels([f"{v:.2f}" for v in values[::-1]], fontsize=6)
     ax.set_xlabel("z₁", fontsize=9)
     ax.set_ylabel("z₂", fontsize=9)
+    _save(fig, path)
+
+
+def budget_curves(path, rows):
+    """The cooled −log p(x) (VAE; the autoencoder's reconstruction loss is left out) against the
+    step budget, log axis, one line per latent size, bars ± one sd over seeds."""
+    from minivae.study import budget_curves as curves
+    from minivae.study import main_hidden
+
+    vae = [r for r in rows if r["model"] == "vae"]
+    hidden = main_hidden(vae)
+    lines = {z: pts for (m, h, z), pts in curves(vae).items() if h == hidden}
+    if not lines:
+        return
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    cmap = plt.get_cmap("viridis")
+    for i, (z, pts) in enumerate(sorted(lines.items())):
+        pts = [p for p in pts if p[1] is not None]
+        t = [p[0] for p in pts]
+        ax.errorbar(
+            t,
+            [p[1] for p in pts],
+            yerr=[p[2] or 0 for p in pts],
+            marker="o",
+            ms=4,
+            capsize=3,
+            color=cmap(i / max(1, len(lines) - 1)),
+            label=f"Z = {z}" + (" (= D)" if z == 784 else ""),
+        )
+    ax.set_xscale("log")
+    budgets = sorted({p[0] for pts in lines.values() for p in pts})
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([f"{b // 1000}k" if b >= 1000 else str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("training budget (Adam steps, batch 128; wsd schedule, cooled)")
+    ax.set_ylabel("test −log p(x) (nats, IW)")
+    ax.set_title(f"Cooled −log p(x) against the budget (VAE, hidden {list(hidden)})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
     _save(fig, path)

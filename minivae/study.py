@@ -15,6 +15,13 @@ def run_tag(model, latent, hidden, seed):
     return f"{model}-{latent}-h{'x'.join(str(h) for h in hidden)}-s{seed}"
 
 
+def run_file(r, suffix=".npz"):
+    """The name of one of a run's files under ``runs/``: its tag and its settings key, e.g.
+    ``vae-1000-h512-s0-aa0106ef8bed.npz`` — runs of other settings (another budget, say) in the
+    same folder never share a file."""
+    return f"{run_tag(r['model'], r['latent'], r['hidden'], r['seed'])}-{r['settings']}{suffix}"
+
+
 def run_key(r):
     """What tells two runs of one study apart."""
     return r["model"], r["latent"], tuple(r["hidden"]), r["seed"]
@@ -143,7 +150,7 @@ def report(rows, settings, source):
         ok = converged(r)
         lines.append(
             f"| {r['model']} | {r['latent']} | {','.join(map(str, r['hidden']))} | {r['seed']} | "
-            f"{_fmt(r['test_loss'])} | {_fmt(r['test_iw_nll'])} | {r['active_units']} | "
+            f"{_fmt(r['test_loss'])} | {_fmt(r.get('test_iw_nll'))} | {r['active_units']} | "
             f"{r['directions']} | {_fmt(r.get('last20_gain'), 2)} | "
             f"{'–' if ok is None else 'yes' if ok else '**no**'} | {r['epochs']} | "
             f"{r['wall_s']:,.0f} |"
@@ -217,3 +224,68 @@ def reading(rows):
             + " nats."
         )
     return out
+
+
+BUDGET_CONVERGED = 0.3  # nats: a size has converged when doubling its budget changes its cooled −log p(x) less
+
+
+def budget_field(model):
+    """What a budget curve follows: the VAE's −log p(x), the autoencoder's reconstruction loss."""
+    return "test_iw_nll" if model == "vae" else "test_loss"
+
+
+def budget_curves(rows):
+    """{(model, hidden, Z): [(budget, mean, sd, n)]} over the seeds, budgets ascending, from the
+    rows of a budget-curve sweep (one row per model, Z, seed and budget)."""
+    out = {}
+    for (model, hidden, z), g in groups(rows).items():
+        by_budget = {}
+        for r in g:
+            by_budget.setdefault(r["steps"], []).append(r)
+        out[(model, hidden, z)] = [
+            (t, *aggregate(by_budget[t], budget_field(model))) for t in sorted(by_budget) if by_budget[t]
+        ]
+    return out
+
+
+def budget_change(points):
+    """(change of the mean from the previous budget to the last, ratio of the two budgets), or
+    (None, None) with fewer than two budgets."""
+    pts = [p for p in points if p[1] is not None]
+    if len(pts) < 2:
+        return None, None
+    return pts[-1][1] - pts[-2][1], pts[-1][0] / pts[-2][0]
+
+
+def budget_report(rows):
+    """The budget-curve section of a report: per size, the cooled measure at every budget and
+    whether the last doubling changed it by less than BUDGET_CONVERGED."""
+    curves = budget_curves(rows)
+    budgets = sorted({r["steps"] for r in rows})
+    lines = [
+        "## Budget curves",
+        "",
+        "Each budget's model is trained with the wsd schedule of that many steps (constant rate, then a "
+        "linear decay to 0 over the last fraction): the value *after the cool-down*. VAE: −log p(x) (IW); "
+        "autoencoder: reconstruction loss; nats per test digit, mean ± sd over seeds (n at the largest "
+        f"budget). Converged: the last doubling of the budget changed it by less than {BUDGET_CONVERGED:g} nat.",
+        "",
+        "| model | hidden | Z | n | " + " | ".join(f"{t:,}" for t in budgets) + " | last change | converged |",
+        "|---|---|---:|---:|" + "---:|" * len(budgets) + "---:|---|",
+    ]
+    for (model, hidden, z), points in curves.items():
+        at = {t: (m, sd) for t, m, sd, _ in points}
+        cells = [
+            "–" if t not in at or at[t][0] is None else f"{at[t][0]:.2f}" + (f" ± {at[t][1]:.2f}" if at[t][1] else "")
+            for t in budgets
+        ]
+        change, ratio = budget_change(points)
+        ok = "–" if change is None or ratio != 2 else "yes" if abs(change) < BUDGET_CONVERGED else "**no**"
+        said = "–" if change is None else f"{change:+.2f}" + ("" if ratio == 2 else f" (×{ratio:g} budget)")
+        lines.append(
+            f"| {model} | {','.join(map(str, hidden))} | {z} | {points[-1][3]} | "
+            + " | ".join(cells)
+            + f" | {said} | {ok} |"
+        )
+    lines += ["", "Figure: `budget_curves.png`.", ""]
+    return "\n".join(lines)

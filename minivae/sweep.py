@@ -22,6 +22,7 @@ have. At the end it writes ``report.md`` and the figures.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import math
@@ -35,7 +36,7 @@ import warnings
 
 import numpy as np
 
-from minivae import cli, loop, losses, metrics
+from minivae import cli, loop, losses, mechanism, metrics
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from minivae.data import D, binarize_fixed
 from minivae.files import (
@@ -50,12 +51,16 @@ from minivae.files import (
     set_rng_state,
     write_jsonl,
 )
-from minivae.study import kl90, report, run_key, run_tag
+from minivae.guards import FolderLock, watch_parent
+from minivae.schedule import DECAY_FRAC, decay_start, schedule
+from minivae.study import budget_report, kl90, report, run_file, run_key
 
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, D, 1000, 2000)  # D = 784: as many latents as pixels
 DEFAULT_EPOCHS = 10
-RESUME_EVERY = 2000  # steps between a run's mid-run checkpoints (runs/<tag>.resume.npz)
+RESUME_EVERY = 2000  # steps between a run's mid-run checkpoints (runs/<tag>-<settings>.resume.npz)
+TAKE_IN_EVERY = 30  # seconds between looks for the rows of budget curves under way
+WORKERS_LOCK = ".workers.lock"  # a shared lock held by every worker of a sweep while it lives
 
 
 def _latent_list(text):
@@ -65,6 +70,16 @@ def _latent_list(text):
         raise argparse.ArgumentTypeError(f"expected latent sizes like 2,10,1000, got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"latent sizes must be positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+def _budget_list(text):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected step budgets like 5000,10000,20000, got {text!r}") from None
+    if not values or min(values) < 2:
+        raise argparse.ArgumentTypeError(f"step budgets must be integers of at least 2, got {text!r}")
     return sorted(set(values))
 
 
@@ -111,6 +126,28 @@ def parse_args(argv=None):
         help="Adam steps per run, the same for every size (default: --epochs passes "
         f"over the training digits, {DEFAULT_EPOCHS} epochs when neither is given)",
     )
+    p.add_argument(
+        "--budgets",
+        type=_budget_list,
+        default=None,
+        metavar="T1,T2,…",
+        help="budget curves: for each size, the model trained with the wsd schedule of each of these "
+        "step budgets, from one constant-rate run with a decay branch per budget (needs --lr-schedule wsd)",
+    )
+    p.add_argument(
+        "--iw-check",
+        type=cli.positive_int,
+        default=None,
+        metavar="K",
+        help="also estimate −log p(x) of each final model with K importance samples (e.g. 1000), beside "
+        "--iw-samples, to see the estimate's bias (default: not)",
+    )
+    p.add_argument(
+        "--keep-models",
+        action="store_true",
+        help="keep each final VAE as a run folder models/<run>/ (config.json, checkpoint.npz) that "
+        "minivae.load and minivae.explore open (default: only the results and small arrays are kept)",
+    )
     p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes (default 1)")
     p.add_argument(
         "--scheduler",
@@ -153,7 +190,7 @@ def _curve_point(model, test_x, seed, step):
     else:
         ev = ae_evaluate(model, test_x)
     directions = metrics.latent_directions(mu)
-    return {
+    point = {
         "step": step,
         "test_loss": ev["loss"],
         "test_recon": ev["recon"],
@@ -162,14 +199,14 @@ def _curve_point(model, test_x, seed, step):
         "directions": directions["directions"],
         "participation_ratio": directions["participation_ratio"],
     }
+    if logvar is not None:  # what the unused units feed the decoder (minivae.mechanism)
+        noise = mechanism.unused_noise(model, mu, logvar)
+        point.update({k: noise[k] for k in ("rows_inactive", "rows_active", "noise_inactive", "signal_active")})
+    return point
 
 
-def run_one(cfg):
-    """Train and evaluate one model for ``cfg["steps"]`` Adam steps; save its arrays for the
-    figures; return its results row, with the learning curve measured at :func:`curve_steps`.
-
-    Runs in a worker process: everything it needs is in the plain dict ``cfg``.
-    """
+def _setup(cfg):
+    """The model, its optimizer, the digits and the test digits as the run measures them."""
     if cfg.get("threads"):
         from threadpoolctl import threadpool_limits
 
@@ -182,27 +219,90 @@ def run_one(cfg):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
         data = load_mnist(cfg["data_dir"], cfg["limit"], seed=0)  # the same digits for every seed
-    Z, hidden, seed = cfg["latent"], tuple(cfg["hidden"]), cfg["seed"]
     kind = VAE if cfg["model"] == "vae" else AE
-    model = kind(D, Z, hidden, seed=seed, backend=cfg["backend"])
-    test_x = binarize_fixed(data.test_x, cfg["binarize"])
-    tag = run_tag(cfg["model"], Z, hidden, seed)
-    partial = pathlib.Path(cfg["out"]) / "runs" / f"{tag}.partial.json"
-    resume = partial.with_name(f"{tag}.resume.npz")
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    model = kind(D, cfg["latent"], tuple(cfg["hidden"]), seed=cfg["seed"], backend=cfg["backend"])
+    return model, Adam(model.params, lr=cfg["lr"]), data, binarize_fixed(data.test_x, cfg["binarize"])
 
+
+def _files(cfg):
+    """(progress file for a watcher, resume checkpoint) of a run: runs/<tag>-<settings>.*"""
+    runs = pathlib.Path(cfg["out"]) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    return runs / run_file(cfg, ".partial.json"), runs / run_file(cfg, ".resume.npz")
+
+
+def run_one(cfg):
+    """Train and evaluate one model for ``cfg["steps"]`` Adam steps at the rate schedule of
+    ``cfg``; save its arrays for the figures; return its results row, with the learning curve
+    measured at :func:`curve_steps`. With ``cfg["budgets"]``, the budget curve of the model
+    instead (:func:`run_budgets`): a list of rows, one per budget.
+
+    Runs in a worker process: everything it needs is in the plain dict ``cfg``. The row is also
+    written to runs/<tag>-<settings>.row.json as soon as it exists, so that a sweep killed before
+    it could take it in finds it there."""
+    if cfg.get("budgets"):
+        return run_budgets(cfg)
+    model, opt, data, test_x = _setup(cfg)
+    partial, resume = _files(cfg)
     t0 = time.perf_counter()
-    trained = _train(model, Adam(model.params, lr=cfg["lr"]), data, test_x, cfg, partial, resume)
-    row = _measure(model, data, test_x, cfg, tag)
+    lr_at = schedule(cfg["steps"], cfg["lr"], cfg.get("lr_schedule", "constant"), cfg.get("decay_frac", DECAY_FRAC))
+    trained = _train(model, opt, data, test_x, cfg, (partial, resume), cfg["steps"], curve_steps(cfg["steps"]), lr_at)
+    row = _finish_row(model, data, test_x, cfg, trained, time.perf_counter() - t0)
     partial.unlink(missing_ok=True)
     resume.unlink(missing_ok=True)
+    return row
+
+
+def run_budgets(cfg):
+    """The budget curve of one model: for each budget T of ``cfg["budgets"]`` (ascending), the
+    model trained with the wsd schedule of T updates and evaluated — the rows a straight run of
+    each budget would give, value for value, for about 1 + f of the largest budget's steps.
+
+    The wsd schedule of T is the constant rate for its first S = round((1 − f) T) updates
+    (:mod:`minivae.schedule`). So one constant-rate *trunk* runs on from budget to budget, saving
+    its whole state at each S (runs/<tag>-<settings>.resume.npz); from each, a *branch* — a copy
+    of that state — decays the rate to 0 over the last T − S updates and is measured. A budget
+    whose row is in ``cfg["budgets_done"]`` gets no branch (and the trunk no stop there). An
+    interrupted curve continues from the trunk's last checkpoint (saved every RESUME_EVERY steps
+    and at every S)."""
+    budgets, f = cfg["budgets"], cfg["decay_frac"]
+    starts = [decay_start(t, f) for t in budgets]
+    trunk_marks = sorted({m for t, s in zip(budgets, starts, strict=True) for m in curve_steps(t) if m <= s})
+    model, opt, data, test_x = _setup(cfg)
+    files = _files(cfg)
+    rows = []
+    for total, start, key in zip(budgets, starts, cfg["budget_keys"], strict=True):
+        if key in cfg.get("budgets_done", ()):
+            continue  # the trunk passes through its S without stopping
+        trunk = _train(model, opt, data, test_x, cfg, files, start, trunk_marks, None, keep_end=True)
+        t0 = time.perf_counter()
+        one = dict(cfg, steps=total, settings=key, lr_schedule="wsd", budgets=None)
+        if total != budgets[-1]:  # the larger-K estimate and the probes (minutes at large Z): final model only
+            one.update(iw_check=None, probe=False)
+        branch, branch_opt, _, _ = _setup(one)
+        # the trunk's state at S, read back from the checkpoint it has just saved
+        marks = curve_steps(total)
+        lr_at = schedule(total, cfg["lr"], "wsd", f)
+        trained = _train(branch, branch_opt, data, test_x, one, (None, files[1]), total, marks, lr_at, trunk=cfg)
+        trained["curve"] = [p for p in trunk["curve"] if p["step"] in marks and p["step"] <= start] + trained["curve"]
+        trained["wall_before"] = trunk["wall_before"]
+        rows.append(_finish_row(branch, data, test_x, one, trained, time.perf_counter() - t0))
+    for p in files:
+        p.unlink(missing_ok=True)
+    return rows
+
+
+def _finish_row(model, data, test_x, cfg, trained, seconds):
+    """The results row of a trained run (also saved as runs/<tag>-<settings>.row.json)."""
+    t0 = time.perf_counter()
+    row = _measure(model, data, test_x, cfg)
     curve, step, bs = trained["curve"], trained["step"], cfg["batch_size"]
     gain = curve[-2]["test_loss"] - curve[-1]["test_loss"] if len(curve) >= 2 and not trained["diverged"] else None
-    return {
+    row = {
         "model": cfg["model"],
-        "latent": Z,
-        "hidden": list(hidden),
-        "seed": seed,
+        "latent": cfg["latent"],
+        "hidden": list(cfg["hidden"]),
+        "seed": cfg["seed"],
         "steps": step,
         "epochs": round(step * bs / len(data.train_x), 2),
         **row,
@@ -210,26 +310,63 @@ def run_one(cfg):
         "curve": curve,
         "params": model.num_params(),
         "samples_per_s": trained["samples_per_s"],
-        "wall_s": trained["wall_before"] + time.perf_counter() - t0,
+        "wall_s": trained["wall_before"] + seconds + time.perf_counter() - t0,
         "backend": model.backend,
         "diverged": trained["diverged"],
         "data": data.source,
         "settings": cfg["settings"],
     }
+    if cfg.get("keep_models") and cfg["model"] == "vae":
+        _keep_model(model, cfg, row)
+    atomic_write_text(pathlib.Path(cfg["out"]) / "runs" / run_file(cfg, ".row.json"), json.dumps(row) + "\n")
+    return row
 
 
-def _train(model, opt, data, test_x, cfg, partial, resume):
-    """``cfg["steps"]`` Adam steps of the training loop (:mod:`minivae.loop`), the learning curve
-    measured at :func:`curve_steps` (and written to ``partial`` for a watcher as it grows).
+def _keep_model(model, cfg, row):
+    """The trained VAE as a run folder, models/<tag>-<settings>/, in the main job's format (its
+    config.json and a checkpoint.npz of the parameters): ``minivae.load`` and ``minivae.explore``
+    open it."""
+    folder = pathlib.Path(cfg["out"]) / "models" / run_file(cfg, "")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "latent": cfg["latent"],
+        "hidden": list(cfg["hidden"]),
+        "seed": cfg["seed"],
+        "beta": 1.0,
+        "backend": model.backend,
+        "steps": row["steps"],
+        "lr": cfg["lr"],
+        "lr_schedule": cfg.get("lr_schedule", "constant"),
+        "binarize": cfg["binarize"],
+        "data_dir": cfg["data_dir"],
+        "limit": cfg["limit"],
+        "sweep_settings": cfg["settings"],
+    }
+    arrays = {"param/" + k: v for k, v in model.get_params().items()}
+    arrays["config"] = np.array(json.dumps(config))
+    atomic_write(folder / "checkpoint.npz", lambda f: np.savez_compressed(f, **arrays))
+    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
 
-    Every :data:`RESUME_EVERY` steps the whole state of the run (parameters, Adam's moments, both
-    generators, the position in the epoch, the curve so far) is saved to ``resume``, and a run
-    that finds that file continues from it: an interrupted run loses at most RESUME_EVERY steps,
-    and ends exactly as it would have without the interruption."""
-    total, marks = cfg["steps"], curve_steps(cfg["steps"])
+
+def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=False, trunk=None):
+    """Adam steps of the training loop (:mod:`minivae.loop`) up to step ``until``, the rate set by
+    ``lr_at`` (None: the constant ``cfg["lr"]``), the learning curve measured at the steps
+    ``marks`` (and written to the progress file ``files[0]`` for a watcher as it grows).
+
+    Every :data:`RESUME_EVERY` steps, and at ``until`` when ``keep_end``, the whole state of the
+    run (parameters, Adam's moments, both generators, the position in the epoch, the curve so far)
+    is saved to the checkpoint ``files[1]``, and a run that finds that file continues from it: an
+    interrupted run loses at most RESUME_EVERY steps, and ends exactly as it would have without
+    the interruption. A branch of a budget curve (``trunk``: the trunk's cfg) starts from the
+    trunk's checkpoint instead and saves none."""
+    partial, resume = files
     data_rng = np.random.default_rng([cfg["seed"], 2])
     t0 = time.perf_counter()
-    done, first, skip = _restore(resume, model, opt, data_rng, cfg)
+    owner = trunk or cfg
+    done, first, skip = _restore(resume, model, opt, data_rng, owner, len(data.train_x), until)
+    if trunk is not None:  # the branch starts a curve of its own (the caller adds the trunk's)
+        done = dict(done, curve=[], train_time=0.0, wall_before=0.0)
+    wanted = set(marks)
     where = {}  # the epoch under way and its generator state at its start
 
     def after_step(epoch_step, loss, n, seconds):
@@ -237,45 +374,55 @@ def _train(model, opt, data, test_x, cfg, partial, resume):
         step = done["step"]
         if step > 1:  # samples/s leaves out the first step (it loads compiled kernels)
             done["train_time"] += seconds
-        if step == marks[len(done["curve"])]:
+        if step in wanted:
             done["curve"].append(_curve_point(model, test_x, cfg["seed"], step))
-            atomic_write_text(partial, json.dumps(done["curve"]) + "\n")  # how far it is, for a watcher
-        if step % RESUME_EVERY == 0 and step < total:
+            if partial is not None:  # how far it is, for a watcher
+                atomic_write_text(partial, json.dumps(done["curve"]) + "\n")
+        if trunk is None and ((step % RESUME_EVERY == 0 and step < until) or (keep_end and step == until)):
             state = dict(done, wall_before=done["wall_before"] + time.perf_counter() - t0)
-            config = {"settings": cfg["settings"], "tag": partial.name, "done": state}
+            config = {"settings": cfg["settings"], "tag": resume.name, "done": state}
             save_checkpoint(resume, model, opt, data_rng, where["start"], where["epoch"] - 1, epoch_step, config)
-        return step == total
+        return step >= until
 
-    for epoch, start, x_epoch, order in loop.epochs(data.train_x, cfg["binarize"], cfg["batch_size"], data_rng, first):
-        where.update(epoch=epoch, start=json.dumps(start))
-        _, loss, why = loop.run_epoch(model, opt, x_epoch, order, after_step, skip=skip if epoch == first else 0)
-        if why == "diverged":
-            done["diverged"] = f"loss {loss} at step {done['step'] + 1}"
-        if why != "end" or done["step"] >= total:
-            break
+    if done["step"] < until:
+        for epoch, start, x_epoch, order in loop.epochs(
+            data.train_x, cfg["binarize"], cfg["batch_size"], data_rng, first
+        ):
+            where.update(epoch=epoch, start=json.dumps(start))
+            skipped = skip if epoch == first else 0
+            _, loss, why = loop.run_epoch(model, opt, x_epoch, order, after_step, skip=skipped, lr_at=lr_at)
+            if why == "diverged":
+                done["diverged"] = f"loss {loss} at step {done['step'] + 1}"
+            if why != "end" or done["step"] >= until:
+                break
     time_s, steps_timed = done["train_time"], done["step"] - 1
     done["samples_per_s"] = steps_timed * cfg["batch_size"] / time_s if time_s > 0 else float("nan")
+    done["wall_before"] += time.perf_counter() - t0
     return done
 
 
-def _restore(resume, model, opt, data_rng, cfg):
+def _restore(resume, model, opt, data_rng, cfg, n_train, until):
     """(the run's progress, the first epoch, the steps of it already done) from ``resume`` when it
     holds this run with these settings, after loading its state into the model, Adam and the data
-    generator; else a fresh start. A file that does not fit is said once and set aside."""
+    generator; else a fresh start. A file that does not fit — another run's, other settings, a
+    progress record that is not this checkpoint's — is said once and set aside."""
     fresh = {"step": 0, "train_time": 0.0, "curve": [], "diverged": None, "wall_before": 0.0}
     if not resume.exists():
         return fresh, 1, 0
     try:
         ck = read_checkpoint(resume)
         config = json.loads(str(ck["config"]))
-        if config.get("settings") != cfg["settings"] or config.get("tag") != resume.name.replace(
-            ".resume.npz", ".partial.json"
-        ):
+        if not isinstance(config, dict):
+            raise ValueError("its config is not an object")
+        if config.get("settings") != cfg["settings"] or config.get("tag") != resume.name:
             raise ValueError("it holds another run")
         params = {k[len("param/") :]: v for k, v in ck.items() if k.startswith("param/")}
         if {k: v.shape for k, v in params.items()} != {k: tuple(v.shape) for k, v in model.params.items()}:
             raise ValueError("its parameters do not fit the model")
         done, epoch, step = config["done"], int(ck["epoch"]), int(ck["step"])
+        _check_progress(done, ck, epoch, step, cfg, n_train)
+        if done["step"] > until:
+            raise ValueError(f"it is at step {done['step']}, past the step {until} this run stops at")
         probe = [np.random.default_rng() for _ in range(2)]
         set_rng_state(probe[0], ck["rng/model"])  # both states are checked before any is used
         set_rng_state(probe[1], ck["rng/epoch_start"])
@@ -290,7 +437,40 @@ def _restore(resume, model, opt, data_rng, cfg):
     return done, epoch + 1, step
 
 
-def _measure(model, data, test_x, cfg, tag):
+def _check_progress(done, ck, epoch, step, cfg, n_train):
+    """Raise ValueError unless a checkpoint's progress record is whole and agrees with its arrays:
+    its step count equals Adam's and the epochs' (epoch · steps per epoch + step), and its curve
+    is a list of measured points up to that step."""
+
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not isinstance(done, dict):
+        raise ValueError("its progress record is not an object")
+    for k in ("step",):
+        if not count(done.get(k)):
+            raise ValueError(f"its progress record's {k!r} is {done.get(k)!r}, not a count")
+    for k in ("train_time", "wall_before"):
+        if not number(done.get(k)) or done[k] < 0:
+            raise ValueError(f"its progress record's {k!r} is {done.get(k)!r}, not a time")
+    per_epoch = math.ceil(n_train / cfg["batch_size"])
+    t = int(ck["opt/t"]) if "opt/t" in ck else -1
+    if not (0 <= step <= per_epoch) or epoch < 0 or done["step"] != epoch * per_epoch + step or t != done["step"]:
+        raise ValueError(f"its position (epoch {epoch}, step {step}, {done['step']} steps) is impossible")
+    curve = done.get("curve")
+    if not isinstance(curve, list) or not all(
+        isinstance(p, dict) and count(p.get("step")) and p["step"] <= done["step"] and number(p.get("test_loss"))
+        for p in curve
+    ):
+        raise ValueError("its learning curve is not a list of measured points")
+    if done.get("diverged") is not None:
+        raise ValueError("it records a diverged run")
+
+
+def _measure(model, data, test_x, cfg):
     """The trained model's measures on the test (and training) digits, and its arrays for the
     figures, saved as runs/<tag>.npz."""
     train_x = binarize_fixed(data.train_x, cfg["binarize"])
@@ -307,7 +487,9 @@ def _measure(model, data, test_x, cfg, tag):
     else:
         test, train = ae_evaluate(model, test_x), ae_evaluate(model, train_x[: len(test_x)])
         n_iw, iw_nll, kl_dim = 0, None, np.zeros(model.latent)
-    probe = metrics.probe_accuracy(metrics.posterior_means(model, train_x)[0], data.train_y, mu, data.test_y)
+    probe = {}
+    if cfg.get("probe", True):
+        probe = metrics.probe_accuracy(metrics.posterior_means(model, train_x)[0], data.train_y, mu, data.test_y)
 
     # What the figures need, small: sorted KL spectrum, variances along the principal directions,
     # reconstructions, decoded N(0, I) codes. The test digits themselves are not saved: they are
@@ -320,8 +502,10 @@ def _measure(model, data, test_x, cfg, tag):
         "reconstructions": model.reconstruct(test_x[:16]),
         "samples": model.sample(16, rng=fig_rng),
     }
-    atomic_write(pathlib.Path(cfg["out"]) / "runs" / f"{tag}.npz", lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(pathlib.Path(cfg["out"]) / "runs" / run_file(cfg), lambda f: np.savez_compressed(f, **arrays))
+    extra = _mechanism(model, test_x, mu, logvar, activity, cfg, n_iw) if cfg["model"] == "vae" else {}
     return {
+        **extra,
         "test_loss": test["loss"],
         "test_recon": test["recon"],
         "test_kl": test["kl"],
@@ -338,6 +522,27 @@ def _measure(model, data, test_x, cfg, tag):
     }
 
 
+def _mechanism(model, test_x, mu, logvar, activity, cfg, n_iw):
+    """The measurements of :mod:`minivae.mechanism` on the trained VAE: the noise its unused units
+    feed the decoder; the model pruned of them (Burda et al. 2015, §5.2), evaluated as the model
+    itself is; and, with ``cfg["iw_check"]`` = K', −log p(x) again with K' importance samples."""
+    rng = np.random.default_rng([cfg["seed"], 6])
+    noise = mechanism.unused_noise(model, mu, logvar)
+    out = {k: noise[k] for k in ("rows_inactive", "rows_active", "noise_inactive", "signal_active")}
+    off = activity < metrics.ACTIVE_THRESHOLD
+    out["pruned_units"] = int(off.sum())
+    if off.any() and not off.all():
+        small = mechanism.pruned(model, np.flatnonzero(~off))
+        out["test_loss_pruned"] = metrics.evaluate(small, test_x, rng)["loss"]
+        out["test_iw_nll_pruned"] = -metrics.iw_log_likelihood(small, test_x[:n_iw], cfg["iw_samples"], rng)
+    k = cfg.get("iw_check")
+    if k:
+        batch = max(1, 20_000 // k)  # K · batch samples at a time
+        out["test_iw_nll_check"] = -metrics.iw_log_likelihood(model, test_x[:n_iw], k, rng, batch_size=batch)
+        out["iw_check_samples"] = k
+    return out
+
+
 def ae_evaluate(model, x, batch_size=1000):
     """The autoencoder's reconstruction loss Σ_pixels softplus(a) − x·a, averaged over x."""
     total = 0.0
@@ -351,9 +556,11 @@ def ae_evaluate(model, x, batch_size=1000):
 # ----------------------------------------------------------------------------------- the sweep
 
 
-def settings_of(args, steps):
+def settings_of(args, steps, schedule_kind=None):
     """Everything but the model, Z, the hidden widths and the seed that a result depends on, and
-    its short hash: runs with the same hash belong to one study (and one report)."""
+    its short hash: runs with the same hash belong to one study (and one report). The rate
+    schedule enters only when it is not the constant rate (the keys of constant-rate studies are
+    those they always had); ``schedule_kind`` overrides ``args.lr_schedule``."""
     s = {
         "steps": steps,
         "batch_size": args.batch_size,
@@ -364,56 +571,93 @@ def settings_of(args, steps):
         "iw_samples": args.iw_samples,
         "iw_examples": args.iw_examples,
     }
-    return s, hashlib.sha1(json.dumps(s, sort_keys=True).encode()).hexdigest()[:12]
+    kind = schedule_kind or getattr(args, "lr_schedule", "constant")
+    if kind != "constant":
+        s["lr_schedule"] = kind
+    if kind == "wsd":
+        s["decay_frac"] = args.decay_frac
+    return s, _key(s)
+
+
+def _key(settings):
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run(args):
-    """Check the options, load the data, train what is not in results.jsonl yet, write the report
-    and the figures. Returns the exit code."""
+    """Check the options, lock the output folder, load the data, train what is not in
+    results.jsonl yet, write the report and the figures. Returns the exit code."""
     _check_options(args)
     from minivae.backend import resolve
 
     backend = resolve(args.backend, "float32")
+    created = not args.out.is_dir()
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {args.out}: {e.strerror or e}") from None
+    lock = FolderLock(args.out, "--out", "sweep")
+    try:
+        lock.acquire()
+        _wait_for_old_workers(args.out)
+        return _run_locked(args, backend)
+    finally:
+        lock.release()
+        if created:
+            try:
+                args.out.rmdir()  # only when nothing was written
+            except OSError:
+                pass
+
+
+def _run_locked(args, backend):
     data = _load_data(args)
     client = _dask_client(args.scheduler) if args.scheduler else None
     steps = args.steps or args.epochs * math.ceil(len(data.train_x) / args.batch_size)
     seeds = args.seeds if args.seeds is not None else [args.seed]
-    settings, key = settings_of(args, steps)
+    if args.budgets:  # the budget curve: one settings key per budget, and one for the whole curve
+        settings, key = settings_of(args, max(args.budgets))
+        per_budget = [settings_of(args, t)[1] for t in args.budgets]
+        chain = dict(settings, steps=None, budgets=list(args.budgets))
+        chain_key = _key(chain)
+    else:
+        settings, key = settings_of(args, steps)
+        per_budget = [key]
     results_path = args.out / "results.jsonl"
     say = (lambda *a: None) if args.quiet else print
-    rows, old, corrupt = _previous_results(args.out, key)
-    done = {run_key(r) for r in rows}
+    rows, old, corrupt = _previous_results(args.out, set(per_budget))
+    _take_in(args.out, set(per_budget), rows, old)  # rows the workers of a killed sweep left
+    done = {(r["settings"], run_key(r)) for r in rows}
     threads = 1 if args.jobs > 1 else None
     hidden = list(args.hidden)
     # Seed by seed, the largest (slowest) sizes first: the first seed's results come in first,
     # and the workers do not wait on one long run at the end.
-    wanted = [
-        dict(
-            settings,
-            model=m,
-            latent=z,
-            hidden=hidden,
-            seed=sd,
-            backend=backend,
-            out=str(args.out),
-            settings=key,
-            threads=threads,
-        )
-        for sd in seeds
-        for z in sorted(args.latents, reverse=True)
-        for m in args.models
-    ]
-    todo = [cfg for cfg in wanted if run_key(cfg) not in done]
+    wanted = []
+    for sd in seeds:
+        for z in sorted(args.latents, reverse=True):
+            for m in args.models:
+                run = dict(model=m, latent=z, hidden=hidden, seed=sd, backend=backend, out=str(args.out))
+                run.update(iw_check=args.iw_check, keep_models=args.keep_models)
+                have = [k for k in per_budget if (k, run_key(run)) in done]
+                if args.budgets:
+                    run.update(chain, settings=chain_key, budget_keys=per_budget, budgets_done=have)
+                else:
+                    run.update(settings, settings=key)
+                wanted.append(dict(run, threads=threads, todo=len(per_budget) - len(have)))
+    todo = [cfg for cfg in wanted if cfg.pop("todo")]
     say(f"data: {data.source}")
-    say(
-        f"{len(todo)} runs to do, {len(wanted) - len(todo)} already in {results_path}; {steps:,} steps "
-        f"({steps * args.batch_size / len(data.train_x):.1f} epochs), hidden {hidden}, seeds {seeds}, "
-        f"backend {backend}"
+    budget = (
+        f"budgets {', '.join(f'{t:,}' for t in args.budgets)} steps (wsd, decay over the last {args.decay_frac:g})"
+        if args.budgets
+        else f"{steps:,} steps ({steps * args.batch_size / len(data.train_x):.1f} epochs)"
     )
-    _prepare_out(args.out, corrupt, settings, key)
+    say(
+        f"{len(todo)} runs to do, {len(wanted) - len(todo)} already in {results_path}; {budget}, "
+        f"hidden {hidden}, seeds {seeds}, backend {backend}"
+    )
+    _prepare_out(args.out, corrupt, dict(settings, budgets=args.budgets) if args.budgets else settings, key)
     t0 = time.perf_counter()
     try:
-        failed = _train_all(args, todo, rows, old, client, say)
+        failed = _train_all(args, todo, rows, old, client, say, set(per_budget))
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the workers were stopped by _execute
         left = stop.args[0] if stop.args else todo
         _warn(
@@ -426,12 +670,82 @@ def run(args):
         if client is not None:
             client.close()
     shown = binarize_fixed(data.test_x, args.binarize)[:16]  # as the runs saw them
-    _write_report(args.out, rows, settings, data.source, shown)
+    final = [r for r in rows if r["settings"] == key]  # the largest budget's, for a budget curve
+    _write_report(args.out, final, settings, data.source, shown, rows if args.budgets else None)
     say(f"wrote {args.out / 'report.md'}, results.jsonl and figures ({time.perf_counter() - t0:.0f} s)")
     if failed:
         _warn(f"{len(failed)} run(s) failed; run the same command again to retry them")
         return EXIT_FAILED
     return 0
+
+
+def _wait_for_old_workers(out, seconds=60):
+    """Wait (up to ``seconds``) until no worker of an earlier sweep into ``out`` is left: each
+    holds a shared lock on ``out/.workers.lock`` while it lives, and ends within a second of its
+    sweep (:func:`minivae.guards.watch_parent`), once its run has cleaned up."""
+    fd = _open_workers_lock(out)
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise UsageError(
+                        f"workers of an earlier sweep are still writing into {out}; try again when they have ended"
+                    ) from None
+                time.sleep(0.2)
+    finally:
+        os.close(fd)
+
+
+def _open_workers_lock(out):
+    try:
+        return os.open(pathlib.Path(out) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        raise UsageError(f"cannot use {pathlib.Path(out) / WORKERS_LOCK}: {e.strerror or e}") from None
+
+
+def _harvest(out, keys):
+    """The rows that workers left in runs/*.row.json (a run's row is written there the moment it
+    exists, in case its sweep is gone before it can take it in) whose settings are among
+    ``keys``: a list of (file, row). A file that holds no usable row is set aside."""
+    found = []
+    runs = pathlib.Path(out) / "runs"
+    for path in sorted(runs.glob("*.row.json")) if runs.is_dir() else []:
+        try:
+            row = json.loads(path.read_text())
+            if not isinstance(row, dict) or row.get("settings") not in keys:
+                continue
+            problem = _row_problem(row)
+            if problem:
+                raise ValueError(problem)
+        except (OSError, ValueError) as e:
+            _warn(f"{path.name}: not a result ({error_reason(e)}); set aside")
+            path.replace(path.with_name(path.name + ".corrupt"))
+            continue
+        found.append((path, row))
+    return found
+
+
+def _take_in(out, keys, rows, old, returned=()):
+    """Add to ``rows`` the runs' rows not in it yet — those ``returned`` by workers and those left
+    in runs/*.row.json — and write results.jsonl (all of it, atomically) when any is new; the row
+    files go only once their rows are written. Returns the new rows."""
+    have = {(r["settings"], run_key(r)) for r in rows}
+    found = _harvest(out, keys)
+    new = []
+    for row in [*returned, *(row for _, row in found)]:
+        if (row["settings"], run_key(row)) not in have:
+            have.add((row["settings"], run_key(row)))
+            new.append(row)
+    if new:
+        rows.extend(new)
+        write_jsonl(pathlib.Path(out) / "results.jsonl", old + rows)
+    for path, _ in found:
+        path.unlink(missing_ok=True)
+    return new
 
 
 def _warn(line):
@@ -442,6 +756,15 @@ def _check_options(args):
     """Contradicting or impossible options, refused before anything is loaded or written."""
     if args.steps is not None and args.epochs is not None:
         raise UsageError("give either --steps or --epochs, not both")
+    if args.budgets is not None:
+        if args.steps is not None or args.epochs is not None:
+            raise UsageError("--budgets gives the steps of every run: give no --steps or --epochs with it")
+        if args.lr_schedule != "wsd":
+            raise UsageError("--budgets needs --lr-schedule wsd: the budget curve branches a constant-rate run")
+        if min(decay_start(t, args.decay_frac) for t in args.budgets) < 1:
+            raise UsageError(f"--decay-frac {args.decay_frac} leaves no constant-rate step in the smallest budget")
+    if args.limit is not None and args.limit < 10:
+        raise UsageError(f"--limit {args.limit}: the probes need at least 10 training digits")
     if args.epochs is None:
         args.epochs = DEFAULT_EPOCHS
     if args.seeds is not None and args.seed != 0:
@@ -464,10 +787,11 @@ def _load_data(args):
             raise UsageError(str(e)) from None
 
 
-def _previous_results(out, key):
-    """(rows done before with these settings, rows of other settings kept as they are, lines set
-    aside): a line that is not a result, or a result whose values or saved arrays are broken, is
-    set aside and its run trained again."""
+def _previous_results(out, keys):
+    """(rows done before with these settings — ``keys``, a set of settings keys —, rows of other
+    settings kept as they are, lines set aside): a line that is not a result, a result whose
+    values or saved arrays are broken, or a second row of a run already there, is set aside (and
+    a broken run trained again)."""
     results_path = out / "results.jsonl"
     corrupt = []
 
@@ -479,9 +803,9 @@ def _previous_results(out, key):
         previous = read_jsonl(results_path, on_bad=set_aside)
     except OSError as e:
         raise UsageError(f"cannot read {results_path}: {e.strerror or e}") from None
-    rows, old = [], []
+    rows, old, seen = [], [], set()
     for r in previous:
-        if r.get("settings") != key:
+        if r.get("settings") not in keys:
             old.append(r)  # another study's: kept as it is
             continue
         problem = _row_problem(r) or _arrays_problem(out, r)
@@ -489,6 +813,11 @@ def _previous_results(out, key):
             _warn(f"{results_path.name}: the result of {problem}; that run is trained again")
             corrupt.append(json.dumps(r))
             continue
+        if (r["settings"], run_key(r)) in seen:
+            _warn(f"{results_path.name}: a second row of {_name(r)}; set aside (one run, one row)")
+            corrupt.append(json.dumps(r))
+            continue
+        seen.add((r["settings"], run_key(r)))
         rows.append(r)
     return rows, old, corrupt
 
@@ -505,10 +834,14 @@ def _prepare_out(out, corrupt, settings, key):
         raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
 
 
-def _train_all(args, todo, rows, old, client, say):
-    """Run ``todo``, appending each finished row to ``rows`` and results.jsonl at once; returns the
-    failed runs. On Ctrl-C raises KeyboardInterrupt(the runs left), their progress files removed."""
-    results_path = args.out / "results.jsonl"
+def _name(r):
+    return f"{r.get('model')} Z={r.get('latent')} seed {r.get('seed')}"
+
+
+def _train_all(args, todo, rows, old, client, say, keys):
+    """Run ``todo``, adding each finished row to ``rows`` and results.jsonl at once (a budget
+    curve's rows as each budget is done); returns the failed runs. On Ctrl-C raises
+    KeyboardInterrupt(the runs left), their progress files removed."""
     bar = None
     if not args.quiet and sys.stderr.isatty() and todo:
         from tqdm import tqdm
@@ -516,28 +849,30 @@ def _train_all(args, todo, rows, old, client, say):
         bar = tqdm(total=len(todo), desc="runs", unit="run")
     failed, finished = [], set()
     try:
-        for cfg, row in _execute(todo, args.jobs, client):
-            finished.add(run_key(cfg))
-            if isinstance(row, BaseException):
-                failed.append(f"{cfg['model']} Z={cfg['latent']}: {type(row).__name__}: {row}")
+        for cfg, result in _execute(todo, args.jobs, client):
+            if cfg is None:  # a while has passed: take in what finished budgets left
+                new = _take_in(args.out, keys, rows, old)
+            elif isinstance(result, BaseException):
+                finished.add(run_key(cfg))
+                failed.append(f"{cfg['model']} Z={cfg['latent']}: {type(result).__name__}: {result}")
                 _warn(f"run {failed[-1]}")
-                continue
-            rows.append(row)
-            write_jsonl(results_path, old + rows)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(last=f"{row['model']} Z={row['latent']}")
-            say(
-                f"  {row['model']:>3} Z={row['latent']:<5} hidden {row['hidden']} seed {row['seed']}  "
-                f"test {row['test_loss']:7.2f}  active {row['active_units']:4d}  "
-                f"directions {row['directions']:4d}  {row['wall_s']:6.1f} s"
-            )
+                new = _take_in(args.out, keys, rows, old)  # a budget curve's rows before it failed
+            else:
+                finished.add(run_key(cfg))
+                new = _take_in(args.out, keys, rows, old, result if isinstance(result, list) else [result])
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(last=_name(cfg))
+            for row in new:
+                say(
+                    f"  {row['model']:>3} Z={row['latent']:<5} hidden {row['hidden']} seed {row['seed']}  "
+                    f"{row['steps']:,} steps  test {row['test_loss']:7.2f}  active {row['active_units']:4d}  "
+                    f"directions {row['directions']:4d}  {row['wall_s']:6.1f} s"
+                )
     except KeyboardInterrupt:
         left = [cfg for cfg in todo if run_key(cfg) not in finished]
         for cfg in left:  # a stopped run's progress file would say it is still going
-            (
-                args.out / "runs" / f"{run_tag(cfg['model'], cfg['latent'], cfg['hidden'], cfg['seed'])}.partial.json"
-            ).unlink(missing_ok=True)
+            (args.out / "runs" / run_file(cfg, ".partial.json")).unlink(missing_ok=True)
         raise KeyboardInterrupt(left) from None
     finally:
         if bar is not None:
@@ -545,25 +880,32 @@ def _train_all(args, todo, rows, old, client, say):
     return failed
 
 
-def _write_report(out, rows, settings, source, originals):
-    """report.md first (it must be written whatever happens to the figures), then the figures."""
+def _write_report(out, rows, settings, source, originals, budget_rows=None):
+    """report.md first (it must be written whatever happens to the figures), then the figures.
+    ``budget_rows``: every budget's rows of a budget curve (``rows`` are its largest budget's)."""
     rows.sort(key=lambda r: (MODELS.index(r["model"]), r["hidden"], r["latent"], r["seed"]))
-    atomic_write_text(out / "report.md", report(rows, settings, source))
+    text = report(rows, settings, source)
+    if budget_rows is not None:
+        text += "\n" + budget_report(budget_rows)
+    atomic_write_text(out / "report.md", text)
     drawn = [r for r in rows if not r.get("diverged")]  # a diverged run has no curves to draw
     if not drawn:
-        _warn("no figures: every run diverged (see report.md)")
+        _warn("no figures: every run diverged (see report.md)" if rows else "no figures: no run has finished")
         return
     from minivae import plots
 
     try:
         plots.study_figures(out, drawn, originals)
+        if budget_rows is not None:
+            plots.budget_curves(out / "budget_curves.png", [r for r in budget_rows if not r.get("diverged")])
     except Exception as e:  # noqa: BLE001 - the results and the report are written already
         _warn(f"the figures could not be drawn ({type(e).__name__}: {e}); results.jsonl and report.md are written")
 
 
 def _execute(todo, jobs, client):
     """Yield (cfg, result row or the exception it raised) as runs finish: on a Dask cluster, or
-    in a pool of worker processes. A failed run does not stop the others. Ctrl-C or SIGTERM (a
+    in a pool of worker processes; and (None, None) each TAKE_IN_EVERY seconds meanwhile (for
+    the rows of a budget curve under way). A failed run does not stop the others. Ctrl-C or SIGTERM (a
     KeyboardInterrupt here) stops the workers — each run's own clean-up still runs — and is
     raised on to the caller."""
     if not todo:
@@ -579,15 +921,27 @@ def _execute(todo, jobs, client):
 
         # "spawn": fresh interpreters, so no thread pool (BLAS, Numba) is inherited half-started.
         ex = cf.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+            max_workers=jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(todo[0]["out"],),
         )
         futures = [ex.submit(_run_in_worker, cfg) for cfg in todo]
         cfg_of = {id(f): cfg for f, cfg in zip(futures, todo, strict=True)}
-        as_completed = cf.as_completed
+
+        def as_completed(futures):
+            pending = set(futures)
+            while pending:
+                ready, pending = cf.wait(pending, timeout=TAKE_IN_EVERY, return_when=cf.FIRST_COMPLETED)
+                yield from ready or [None]
+
     ended = False
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         for fut in as_completed(futures):
+            if fut is None:
+                yield None, None
+                continue
             cfg = cfg_of[fut.key] if client is not None else cfg_of[id(fut)]
             try:
                 yield cfg, fut.result()
@@ -615,13 +969,23 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(signum)
 
 
-def _worker_init():
+def _worker_init(out):
     """In a worker: Ctrl-C is the main process's to handle (it stops the workers); SIGTERM ends
-    the run with an exception, so that its clean-up (temporary files) runs. A diverging run is
-    recorded as such in its row: NumPy's overflow warnings would only repeat it on stderr."""
+    the run with an exception, so that its clean-up (temporary files) runs, and so does the end
+    of the sweep that started it, even by SIGKILL (:func:`minivae.guards.watch_parent`). While
+    it lives it holds a shared lock on ``out/.workers.lock``, which a later sweep into ``out``
+    waits on. A diverging run is recorded as such in its row: NumPy's overflow warnings would
+    only repeat it on stderr."""
+    global _WORKERS_LOCK_FD
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     np.seterr(all="ignore")
+    _WORKERS_LOCK_FD = _open_workers_lock(out)
+    fcntl.flock(_WORKERS_LOCK_FD, fcntl.LOCK_SH)
+    watch_parent()
+
+
+_WORKERS_LOCK_FD = None
 
 
 def _run_in_worker(cfg):
@@ -646,7 +1010,17 @@ _ROW_NUMBERS = (
     "samples_per_s",
     "params",
 )
-_ROW_OPTIONAL = ("test_iw_nll", "kl90", "last20_gain", "participation_ratio", "probe_logreg", "probe_knn")
+_ROW_OPTIONAL = (
+    "test_iw_nll",
+    "kl90",
+    "last20_gain",
+    "participation_ratio",
+    "probe_logreg",
+    "probe_knn",
+    "test_loss_pruned",
+    "test_iw_nll_pruned",
+    "test_iw_nll_check",
+)
 _RUN_ARRAYS = ("kl_per_dim", "activity", "eigenvalues", "reconstructions", "samples")
 
 
@@ -678,8 +1052,9 @@ def _row_problem(r):
 
 
 def _arrays_problem(out, r):
-    """None when the run's saved arrays (runs/<tag>.npz, for the figures) are readable or absent."""
-    path = pathlib.Path(out) / "runs" / f"{run_tag(r['model'], r['latent'], r['hidden'], r['seed'])}.npz"
+    """None when the run's saved arrays (runs/<tag>-<settings>.npz, for the figures) are readable or
+    absent."""
+    path = pathlib.Path(out) / "runs" / run_file(r)
     if not path.exists():
         return None  # the figures leave the run out
     try:

@@ -70,6 +70,7 @@ from minivae.files import (
 )
 from minivae.guards import FolderLock
 from minivae.optim import Adam
+from minivae.schedule import DECAY_FRAC, SCHEDULES, schedule
 from minivae.vae import VAE
 
 # The files a run writes: a folder holding any of them holds a run.
@@ -155,6 +156,10 @@ _CONFIG_TYPES = {  # key: (check, what) of a checkpoint's config
     "iw_samples": (lambda v: _is_int(v, 1), "a positive integer"),
     "iw_examples": (lambda v: _is_int(v, 1), "a positive integer"),
 }
+_CONFIG_OPTIONAL = {  # key: (default for a checkpoint written before the option existed, check, what)
+    "lr_schedule": ("constant", lambda v: v in SCHEDULES, " or ".join(SCHEDULES)),
+    "decay_frac": (DECAY_FRAC, lambda v: _is_number(v) and 0 < v <= 1, "a fraction in (0, 1]"),
+}
 
 
 def _is_int(v, minimum):
@@ -185,6 +190,10 @@ def _read_checkpoint(folder):
     for key, (ok, what) in _CONFIG_TYPES.items():
         if key not in config:
             raise UsageError(f"{path}: its config has no {key!r}")
+        if not ok(config[key]):
+            raise UsageError(f"{path}: its config's {key!r} is {config[key]!r}, expected {what}")
+    for key, (default, ok, what) in _CONFIG_OPTIONAL.items():
+        config.setdefault(key, default)
         if not ok(config[key]):
             raise UsageError(f"{path}: its config's {key!r} is {config[key]!r}, expected {what}")
     for key in ("rng/model", "rng/data", "rng/epoch_start"):
@@ -513,6 +522,11 @@ def _options(args, given, state):
                 raise UsageError(
                     f"--epochs {args.epochs} is fewer than the {start_epoch} epochs the checkpoint in {out} has done"
                 )
+            if args.epochs != config["epochs"] and config["lr_schedule"] != "constant":
+                raise UsageError(
+                    f"--epochs {args.epochs}: the run's {config['lr_schedule']} schedule is laid over its "
+                    f"{config['epochs']} epochs and cannot be stretched; resume without --epochs"
+                )
             config["epochs"] = args.epochs
         if args.data_dir is not None:
             config["data_dir"] = os.path.abspath(args.data_dir)  # the data moved: follow them
@@ -687,7 +701,14 @@ def _epoch(job, x_epoch, order, skip, sums, bar):
             bar.set_postfix(loss=f"{loss:.1f}", samples_per_s=f"{sums['seen'] / sums['train_s']:.0f}")
         return job["signals"].requested is not None
 
-    result = loop.run_epoch(job["vae"], job["opt"], x_epoch, order, after_step, skip=skip)
+    config = job["config"]
+    lr_at = schedule(
+        config["epochs"] * math.ceil(job["n"] / config["batch_size"]),
+        config["lr"],
+        config["lr_schedule"],
+        config["decay_frac"],
+    )
+    result = loop.run_epoch(job["vae"], job["opt"], x_epoch, order, after_step, skip=skip, lr_at=lr_at)
     sums["train_s"] = before_s + time.perf_counter() - t0
     return result
 

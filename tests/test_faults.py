@@ -767,21 +767,20 @@ def fake_execute(template, diverged=False):
     def execute(todo, jobs, client):
         for cfg in todo:
             done.append(cfg["latent"])
-            row = dict(template, latent=cfg["latent"], seed=cfg["seed"])
+            row = dict(template, latent=cfg["latent"], seed=cfg["seed"], settings=cfg["settings"])
             if diverged:
                 row.update(diverged="loss nan at step 2", test_loss=float("nan"), curve=[])
-            tag = study.run_tag("vae", cfg["latent"], cfg["hidden"], cfg["seed"])
-            src = pathlib.Path(cfg["out"]) / "runs" / f"{study.run_tag('vae', 2, [8], 0)}.npz"
+            src = pathlib.Path(cfg["out"]) / "runs" / study.run_file(dict(cfg, latent=2, seed=0))
             if src.exists() and cfg["latent"] != 2:
-                shutil.copy(src, src.parent / f"{tag}.npz")
+                shutil.copy(src, src.parent / study.run_file(cfg))
             yield cfg, row
 
     return execute, done
 
 
 def test_sweep_sets_aside_corrupt_results_and_retrains_those_runs(one_run, tmp_path, monkeypatch, capsys):
-    study, template = one_run
-    out = pathlib.Path(shutil.copytree(study, tmp_path / "study"))
+    made, template = one_run
+    out = pathlib.Path(shutil.copytree(made, tmp_path / "study"))
     args = SWEEP[:1] + ["2,3,4"] + SWEEP[2:] + ["--out", str(out)]
     execute, done = fake_execute(template)
     monkeypatch.setattr(sweep, "_execute", execute)
@@ -794,13 +793,14 @@ def test_sweep_sets_aside_corrupt_results_and_retrains_those_runs(one_run, tmp_p
     z3 = next(i for i, x in enumerate(lines) if '"latent": 3,' in x)
     lines[z3] = lines[z3].replace('"test_loss": ', '"test_loss": "oops", "was": ')
     (out / "results.jsonl").write_text("\n".join(lines) + '\n{"model": "vae", "lat\n')
-    (out / "runs" / "vae-4-h8-s0.npz").write_bytes(b"PK\x03\x04 broken")
+    broken = out / "runs" / study.run_file(dict(template, latent=4))
+    broken.write_bytes(b"PK\x03\x04 broken")
     capsys.readouterr()
     done.clear()
     assert sweep.main(args) == 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("trained again") == 3, err
-    assert "vae-4-h8-s0.npz is unreadable" in err and "test_loss is 'oops'" in err
+    assert f"{broken.name} is unreadable" in err and "test_loss is 'oops'" in err
     assert sorted(done) == [3, 4]  # Z = 2 was fine and is kept
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert sorted(r["latent"] for r in rows) == [2, 3, 4]

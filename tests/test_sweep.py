@@ -253,7 +253,7 @@ def test_seeds_and_steps_give_one_run_per_seed_with_its_learning_curve(tmp_path)
         assert r["last20_gain"] == pytest.approx(r["curve"][-2]["test_loss"] - r["curve"][-1]["test_loss"])
         assert {"directions", "participation_ratio", "probe_logreg", "probe_knn", "seed"} <= set(r)
         assert 0 <= r["probe_logreg"] <= 1 and 0 <= r["probe_knn"] <= 1
-        saved = out / "runs" / f"{study.run_tag(r['model'], r['latent'], (16,), r['seed'])}.npz"
+        saved = out / "runs" / study.run_file(r)
         with np.load(saved) as arrays:
             assert "originals" not in arrays.files  # the test digits are the data's, not a result
     assert not list((out / "runs").glob("*.partial.json"))
@@ -337,7 +337,7 @@ def test_one_latent_size_gets_no_figures_against_z(tmp_path):
     from minivae import plots
 
     curve = [{"step": s, "test_loss": 200.0 / s**0.1, "active_units": 5, "directions": 4} for s in (10, 100)]
-    row = {"model": "vae", "latent": 7, "hidden": [8], "seed": 0, "curve": curve, "last20_gain": 0.5}
+    row = {"model": "vae", "latent": 7, "hidden": [8], "seed": 0, "curve": curve, "last20_gain": 0.5, "settings": "k"}
     plots.study_figures(tmp_path, [row], None)
     assert (tmp_path / "learning_curves.png").stat().st_size > 0
     drawn = {p.name for p in tmp_path.glob("*.png")}
@@ -401,7 +401,7 @@ def _interrupt_after(monkeypatch, stop_at):
     """Make the training loop raise KeyboardInterrupt (as Ctrl-C would) after step ``stop_at``."""
     run_epoch, count = sweep.loop.run_epoch, [0]
 
-    def interrupted(model, opt, x, order, after_step, skip=0):
+    def interrupted(model, opt, x, order, after_step, skip=0, lr_at=None):
         def hook(*a):
             finished = after_step(*a)
             count[0] += 1
@@ -409,7 +409,7 @@ def _interrupt_after(monkeypatch, stop_at):
                 raise KeyboardInterrupt
             return finished
 
-        return run_epoch(model, opt, x, order, hook, skip=skip)
+        return run_epoch(model, opt, x, order, hook, skip=skip, lr_at=lr_at)
 
     monkeypatch.setattr(sweep.loop, "run_epoch", interrupted)
 
@@ -427,7 +427,7 @@ def test_an_interrupted_run_continues_from_its_checkpoint_exactly(tmp_path, monk
         _interrupt_after(m, stop_at)
         with pytest.raises(KeyboardInterrupt):
             sweep.run_one(cfg)
-    resume = tmp_path / "cut" / "runs" / "vae-3-h16-s0.resume.npz"
+    resume = tmp_path / "cut" / "runs" / study.run_file(cfg, ".resume.npz")
     assert resume.exists()
     skips, real = [], sweep.loop.run_epoch
     monkeypatch.setattr(sweep.loop, "run_epoch", lambda *a, **k: (skips.append(k.get("skip", 0)), real(*a, **k))[1])
@@ -439,19 +439,26 @@ def test_an_interrupted_run_continues_from_its_checkpoint_exactly(tmp_path, monk
         assert again[k] == whole[k], k
 
 
-def test_a_checkpoint_of_other_settings_is_set_aside_and_the_run_starts_over(tmp_path, monkeypatch, capsys):
+def test_a_checkpoint_of_other_settings_is_left_alone_and_one_that_lies_is_set_aside(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "RESUME_EVERY", 3)
-    other = _run_cfg(tmp_path, steps=9)  # another budget: another settings key
+    other = _run_cfg(tmp_path, steps=9)  # another budget: another settings key, its own files
     with monkeypatch.context() as m:
         _interrupt_after(m, 4)
         with pytest.raises(KeyboardInterrupt):
             sweep.run_one(other)
-    resume = tmp_path / "runs" / "vae-3-h16-s0.resume.npz"
-    assert resume.exists()
-    row = sweep.run_one(_run_cfg(tmp_path))
-    assert (
-        "cannot continue from it (ValueError: it holds another run); that run starts again" in capsys.readouterr().err
-    )
-    assert resume.with_name(resume.name + ".corrupt").exists() and not resume.exists()
+    theirs = tmp_path / "runs" / study.run_file(other, ".resume.npz")
+    before = theirs.read_bytes()
     fresh = sweep.run_one(_run_cfg(tmp_path / "fresh"))
+    row = sweep.run_one(_run_cfg(tmp_path))
+    assert theirs.read_bytes() == before  # kept for its own run
     assert row["curve"] == fresh["curve"] and row["test_loss"] == fresh["test_loss"]
+    # The other run's checkpoint under this run's name: refused, set aside, and the run starts over.
+    ours = tmp_path / "runs" / study.run_file(_run_cfg(tmp_path), ".resume.npz")
+    ours.write_bytes(before)
+    capsys.readouterr()
+    again = sweep.run_one(_run_cfg(tmp_path))
+    assert "cannot continue from it (ValueError: it holds another run); that run starts again" in (
+        capsys.readouterr().err
+    )
+    assert ours.with_name(ours.name + ".corrupt").exists() and not ours.exists()
+    assert again["curve"] == fresh["curve"] and again["test_loss"] == fresh["test_loss"]

@@ -1,0 +1,110 @@
+"""Why a VAE with many latents can do worse than one with few: measurements of a trained model.
+
+A VAE with Z latents can represent every VAE with fewer: give the extra units q = N(0, 1)
+(encoder rows of μ zero, of log σ² zero) and zero decoder rows, and they cost no KL and change no
+likelihood. So at the optimum more latents cannot be worse; a deficit comes from how training gets
+there. Three measurements look at how:
+
+- :func:`unused_noise` — what the unused units feed the decoder. A unit the model does not use
+  has q(z_u | x) ≈ N(0, 1) for every x, so z_u is pure noise. Its decoder row W_u (H,) is not
+  pulled to zero by anything but the noise it causes, and Adam moves every weight by about one
+  learning rate per step whatever its gradient's size; the noise these rows add to the decoder's
+  first hidden pre-activation h = z W + b is
+
+      Var_inactive[h_j] = Σ_{u inactive} E_x[σ_u²(x)] · W_uj²,    summed over j:  Σ_u E[σ_u²] ‖W_u‖²
+
+- :func:`pruned` — the model without a set of units (Burda et al. 2015, §5.2): the same weights
+  with those units' encoder outputs and decoder rows removed. Evaluating it is evaluating the
+  original model with their z fixed at 0 and their KL dropped.
+
+- :func:`embedded` — a trained model of Z latents inside a VAE of Z' > Z: the extra units at the
+  prior (zero encoder rows, so μ = 0 and log σ² = 0) with zero decoder rows. Its ELBO is the
+  small model's, exactly; training it on shows whether a large Z keeps a good solution.
+
+Shapes: D pixels, H the first hidden width of the decoder, Z latents; the encoder's last layer
+enc<L> maps to 2Z = [μ | log σ²], the decoder's first layer dec0.W is (Z, H).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minivae.metrics import ACTIVE_THRESHOLD
+
+
+def _layers(model):
+    """(name of the encoder's last layer, name of the decoder's first): enc<L>, dec0."""
+    names = [k[: -len(".W")] for k in model.params if k.endswith(".W")]
+    return [n for n in names if n.startswith("enc")][-1], [n for n in names if n.startswith("dec")][0]
+
+
+def unused_noise(model, mu, logvar, threshold=ACTIVE_THRESHOLD):
+    """What the units with Var_x μ_u < threshold (inactive) put into the decoder, from the
+    posterior (μ, log σ²) (N, Z) of some digits:
+
+        rows_inactive / rows_active   root-mean-square ‖W_u‖ of the decoder's first-layer rows
+        noise_inactive                Σ_{u inactive} E_x[σ_u²] ‖W_u‖²   (the variance they add to
+                                      the first hidden pre-activation, summed over its H units)
+        signal_active                 Σ_{u active} (Var_x μ_u + E_x[σ_u²]) ‖W_u‖²   (for scale)
+        inactive                      how many units are inactive
+    """
+    mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
+    activity = mu.var(axis=0)  # (Z,)
+    var_q = np.exp(logvar).mean(axis=0)  # E_x[σ_u²] (Z,)
+    _, dec0 = _layers(model)
+    w2 = (np.asarray(model.get_params()[dec0 + ".W"], np.float64) ** 2).sum(axis=1)  # ‖W_u‖² (Z,)
+    off = activity < threshold
+
+    def rms(mask):
+        return float(np.sqrt(w2[mask].mean())) if mask.any() else None
+
+    return {
+        "inactive": int(off.sum()),
+        "rows_inactive": rms(off),
+        "rows_active": rms(~off),
+        "noise_inactive": float((var_q[off] * w2[off]).sum()),
+        "signal_active": float(((activity[~off] + var_q[~off]) * w2[~off]).sum()),
+    }
+
+
+def _resized(model, latent, params):
+    """A VAE like ``model`` (hidden widths, β, dtype, backend, seed) with ``latent`` units and
+    these parameters."""
+    from minivae.vae import VAE
+
+    new = VAE(model.data_dim, latent, model.hidden, seed=0, dtype=model.dtype, beta=model.beta, backend=model.backend)
+    new.set_params(params)
+    return new
+
+
+def pruned(model, keep):
+    """The VAE of ``model`` with only the units ``keep`` (indices into Z): their μ and log σ²
+    columns of the encoder's last layer and their rows of the decoder's first layer."""
+    keep = np.asarray(keep, dtype=np.int64)
+    z = model.latent
+    if keep.ndim != 1 or len(keep) == 0 or keep.min() < 0 or keep.max() >= z or len(set(keep.tolist())) != len(keep):
+        raise ValueError(f"keep must be distinct unit indices in 0 … {z - 1}, at least one")
+    enc, dec0 = _layers(model)
+    p = {k: np.array(v) for k, v in model.get_params().items()}
+    cols = np.concatenate([keep, z + keep])  # [μ | log σ²] of the kept units
+    p[enc + ".W"] = p[enc + ".W"][:, cols]
+    p[enc + ".b"] = p[enc + ".b"][cols]
+    p[dec0 + ".W"] = p[dec0 + ".W"][keep]
+    return _resized(model, len(keep), p)
+
+
+def embedded(model, latent):
+    """``model`` (Z latents) inside a VAE of ``latent`` ≥ Z: units Z … latent − 1 get zero encoder
+    columns (μ = 0, log σ² = 0: q = N(0, 1), no KL) and zero decoder rows (no effect on x)."""
+    z = model.latent
+    if latent < z:
+        raise ValueError(f"cannot embed Z = {z} in {latent} latents")
+    enc, dec0 = _layers(model)
+    p = {k: np.array(v) for k, v in model.get_params().items()}
+    extra = latent - z
+    w, b = p[enc + ".W"], p[enc + ".b"]
+    zeros_w, zeros_b = np.zeros((w.shape[0], extra), w.dtype), np.zeros(extra, b.dtype)
+    p[enc + ".W"] = np.concatenate([w[:, :z], zeros_w, w[:, z:], zeros_w], axis=1)
+    p[enc + ".b"] = np.concatenate([b[:z], zeros_b, b[z:], zeros_b])
+    p[dec0 + ".W"] = np.concatenate([p[dec0 + ".W"], np.zeros((extra, p[dec0 + ".W"].shape[1]), w.dtype)])
+    return _resized(model, latent, p)
