@@ -39,6 +39,39 @@ def run_command(name, run, parse_args, argv=None):
         return EXIT_INTERRUPTED
 
 
+def say(*lines):
+    """Print ``lines`` to stdout, each flushed at once. Once stdout cannot be written — a pipe
+    closed early (``| head``), a full disk (``> /dev/full``) — this and everything printed after
+    it is dropped: stdout is pointed at the null device, and the command carries on (its results
+    are in its files, not in what it prints)."""
+    try:
+        for line in lines:
+            print(line, flush=True)
+    except OSError:  # BrokenPipeError, ENOSPC, EIO, …
+        silence_stdout()
+
+
+def silence_stdout():
+    """Point stdout at the null device, its file descriptor too where it has one, so that what is
+    still buffered and what comes later (even the interpreter's last flush) is written nowhere,
+    without an error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        devnull = None
+    if devnull is not None:
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a test's capture)
+            pass
+        finally:
+            os.close(devnull)
+    try:
+        sys.stdout.flush()  # the buffered rest now goes to the null device, if stdout is fd 1
+    except (OSError, ValueError):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
 
