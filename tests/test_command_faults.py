@@ -4,15 +4,28 @@ Bad input is one line on stderr and exit code 2, a failed run one line and exit 
 traceback; every check comes before the first training step; nothing is left half-written.
 
 1. a stdout that cannot be written (a pipe closed early, a full disk) does not stop training;
+2. explore: what it accepts it draws, what it cannot draw it refuses before making its folder;
 """
 
+import errno
+import gzip
 import json
 import os
+import pathlib
+import shutil
+import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from test_load_explore import saved_model, trained_run
 from test_train import SMALL as TRAIN_SMALL
+
+import minivae
+from minivae import data, explore
+from minivae.files import WriteError
+from minivae.guards import OutFolder
 
 SMALL = TRAIN_SMALL + ["--limit", "300"]
 
@@ -60,3 +73,115 @@ def test_training_goes_on_when_its_stdout_is_a_full_disk(tmp_path):
         r = subprocess.run(_train_command(out), stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     _trained_every_epoch(out)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. python -m minivae.explore
+# --------------------------------------------------------------------------------------------
+
+
+def _data_dir(folder, n_train=300, n_test=40, test_label=None):
+    """MNIST IDX files of random digits; labels 0–9 in turn, or all ``test_label`` in the test split."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(n_train)
+    for name, n in zip(data.MNIST_FILES, (n_train, n_train, n_test, n_test), strict=True):
+        if "images" in name:
+            array = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        elif name.startswith("t10k") and test_label is not None:
+            array = np.full(n, test_label, np.uint8)
+        else:
+            array = (np.arange(n) % 10).astype(np.uint8)
+        header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+        (folder / name).write_bytes(gzip.compress(header + array.tobytes()))
+    return folder
+
+
+def _explore(argv, capsys):
+    capsys.readouterr()
+    try:
+        code = explore.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def explored_run(tmp_path_factory):
+    """A one-epoch run of Z = 2 (made once; tests copy it)."""
+    out = tmp_path_factory.mktemp("explore") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINIVAE_DATA", str(out.parent / "cache"))
+        mp.setenv("MINIVAE_MIRRORS", "http://127.0.0.1:9/")
+        return trained_run(out, 2)
+
+
+def _copy(run, tmp_path):
+    return pathlib.Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_explore_bad_values_are_one_line_before_any_folder_is_made(explored_run, tmp_path, capsys, monkeypatch):
+    run = _copy(explored_run, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for argv, says in (
+        ([run, "--seed", "-1"], "--seed"),
+        ([run, "--out", ""], "--out"),
+        (["", "--out", "x"], "RUN_DIR"),
+        ([run, "--data-dir", ""], "--data-dir"),
+        ([run, "--out", "/proc/minivae-no"], "cannot write into --out"),
+        ([run, "--out", tmp_path / ("x" * 300)], "File name too long"),
+    ):
+        code, err = _explore(argv, capsys)
+        assert code == 2 and says in one_line(err), (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and not (run / "explore").exists()
+
+
+def test_explore_of_test_digits_of_one_class_draws_every_figure(explored_run, tmp_path, capsys):
+    run = _copy(explored_run, tmp_path)
+    digits = _data_dir(tmp_path / "sevens", test_label=7)
+    code, err = _explore([run, "--data-dir", digits, "--out", tmp_path / "fig", "--quiet"], capsys)
+    assert code == 0, err
+    names = ["interpolations.png", "latent_map.png", "manifold.png", "samples_by_temperature.png", "traversals.png"]
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == names
+    # Pairs of different digits when every digit has one label.
+    pairs = explore.interpolation_pairs(np.zeros(5), 8, np.random.default_rng(0))
+    assert len(pairs) == 5 and all(a != b for a, b in pairs)
+
+
+def test_explore_refuses_a_model_that_does_not_take_the_digits(tmp_path, capsys):
+    """A run of D = 10 that minivae.load accepts: refused in one line, nothing written."""
+    saved_model(tmp_path / "run", "numpy", data_dim=10)
+    assert minivae.load(tmp_path / "run").data_dim == 10
+    code, err = _explore([tmp_path / "run"], capsys)
+    assert code == 2 and "D = 10" in one_line(err)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.npz", "config.json"]
+
+
+def test_explore_too_few_test_digits_is_one_line(explored_run, tmp_path, capsys):
+    run = _copy(explored_run, tmp_path)
+    digits = _data_dir(tmp_path / "one", n_test=1)
+    code, err = _explore([run, "--data-dir", digits], capsys)
+    assert code == 2 and "at least 2 test digits" in one_line(err)
+    assert not (run / "explore").exists()
+
+
+def test_explore_a_figure_that_cannot_be_written_is_one_line_and_exit_1(explored_run, tmp_path, capsys, monkeypatch):
+    from minivae import plots
+
+    run = _copy(explored_run, tmp_path)
+
+    def full(path, *a, **k):
+        raise WriteError(f"cannot write {path}: {os.strerror(errno.ENOSPC)}")
+
+    monkeypatch.setattr(plots, "traversals", full)
+    code, err = _explore([run, "--quiet"], capsys)
+    line = one_line(err)
+    assert code == 1 and "No space left" in line and "traversals.png" in line and "interpolations.png" in line
+    assert sorted(p.name for p in (run / "explore").iterdir()) == ["interpolations.png", "samples_by_temperature.png"]
+
+
+def test_explore_into_a_folder_another_explore_writes_into_is_refused(explored_run, tmp_path, capsys):
+    run = _copy(explored_run, tmp_path)
+    with OutFolder(run / "explore", "--out", "explore"):
+        code, err = _explore([run], capsys)
+        assert code == 2 and "another explore" in one_line(err)
+    assert not (run / "explore").exists()  # the holder made it, wrote nothing, and removed it
