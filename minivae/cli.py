@@ -72,6 +72,40 @@ def silence_stdout():
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
 
 
+def available_memory():
+    """Bytes this process may still allocate (MemAvailable, else the physical memory); None when
+    unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def size_text(n):
+    """A number of bytes in words: ``1,234 B``, ``8.0 GB`` (powers of 1000)."""
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+
+
+def check_memory(needed, what):
+    """Refuse (:class:`UsageError`) a command whose estimated peak of ``needed`` bytes exceeds the
+    memory available; ``what`` says what needs it ("this run (Z = 1000, …)")."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise UsageError(
+            f"{what} needs about {size_text(needed)} of memory, more than the {size_text(available)} available"
+        )
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
 
@@ -116,6 +150,17 @@ def path(text):
 
 
 path.__name__ = "path"
+
+
+def require_folder(path, what):
+    """Refuse (:class:`UsageError`, one line) a ``path`` given as ``what`` that is not a folder,
+    or that the system cannot even look up (a name too long, no permission)."""
+    try:
+        if path.is_dir():
+            return path
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror or e}") from None
+    raise UsageError(f"{what} {path} is not a folder")
 
 
 def widths(text):

@@ -240,8 +240,8 @@ def _load_model(args):
 def _load_data(args, config):
     """The digits the run was evaluated on: ``--data-dir``, else the run's own data folder."""
     data_dir = args.data_dir if args.data_dir is not None else config.get("data_dir")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    if args.data_dir is not None:
+        cli.require_folder(args.data_dir, "--data-dir")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
         try:

@@ -121,9 +121,12 @@ class OutFolder:
         self.path, self.what, self.who = pathlib.Path(path), what, who
         self.made, self.lock = [], None  # the folders made here, outermost first
 
-    def acquire(self):
+    def check(self):
+        """Refuse, before anything is made, a path that is not a folder or cannot be one (a file
+        on its way, a name too long, a loop of links). Returns the folders to make, innermost
+        first."""
         path = self.path
-        try:  # a path the system cannot even look up (too long, a loop of links) is refused
+        try:
             if path.exists() and not path.is_dir():
                 raise UsageError(f"{self.what} {path} exists and is not a folder")
             missing = []
@@ -135,6 +138,10 @@ class OutFolder:
                 missing.append(folder)
         except OSError as e:
             raise UsageError(f"{self.what} {path}: {e.strerror or e}") from None
+        return missing
+
+    def acquire(self):
+        path, missing = self.path, self.check()
         try:
             for folder in reversed(missing):
                 try:

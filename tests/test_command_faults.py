@@ -5,6 +5,7 @@ traceback; every check comes before the first training step; nothing is left hal
 
 1. a stdout that cannot be written (a pipe closed early, a full disk) does not stop training;
 2. explore: what it accepts it draws, what it cannot draw it refuses before making its folder;
+3. linear and identity check their output folder and the memory before the first step;
 """
 
 import errno
@@ -12,7 +13,9 @@ import gzip
 import json
 import os
 import pathlib
+import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -23,7 +26,7 @@ from test_load_explore import saved_model, trained_run
 from test_train import SMALL as TRAIN_SMALL
 
 import minivae
-from minivae import data, explore
+from minivae import cli, data, explore, identity, linear
 from minivae.files import WriteError
 from minivae.guards import OutFolder
 
@@ -129,6 +132,8 @@ def test_explore_bad_values_are_one_line_before_any_folder_is_made(explored_run,
         ([run, "--data-dir", ""], "--data-dir"),
         ([run, "--out", "/proc/minivae-no"], "cannot write into --out"),
         ([run, "--out", tmp_path / ("x" * 300)], "File name too long"),
+        ([tmp_path / ("x" * 300)], "File name too long"),
+        ([run, "--data-dir", tmp_path / ("x" * 300)], "File name too long"),
     ):
         code, err = _explore(argv, capsys)
         assert code == 2 and says in one_line(err), (argv, err)
@@ -185,3 +190,99 @@ def test_explore_into_a_folder_another_explore_writes_into_is_refused(explored_r
         code, err = _explore([run], capsys)
         assert code == 2 and "another explore" in one_line(err)
     assert not (run / "explore").exists()  # the holder made it, wrote nothing, and removed it
+
+
+# --------------------------------------------------------------------------------------------
+# 3. python -m minivae.linear and python -m minivae.identity
+# --------------------------------------------------------------------------------------------
+
+LINEAR = ["--latent", "5", "--sigma2", "0.1", "--steps", "20", "--batch-size", "100", "--quiet"]
+IDENTITY = ["--latent", "20", "--hidden", "32", "--epochs", "1", "--linear-steps", "20", "--n", "50"]
+IDENTITY += ["--backend", "numpy", "--quiet"]
+
+
+def _command(main, argv, capsys):
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def never_trains(monkeypatch):
+    """Training that fails the test if it starts: the checks must come first."""
+
+    def fit(*a, **k):
+        raise AssertionError("training started before the checks were done")
+
+    monkeypatch.setattr(linear, "fit", fit)
+
+
+@pytest.mark.usefixtures("never_trains")
+@pytest.mark.parametrize("command", ["linear", "identity"])
+def test_out_and_values_are_checked_before_the_first_step(command, tmp_path, capsys, monkeypatch):
+    main, argv = (linear.main, LINEAR) if command == "linear" else (identity.main, IDENTITY)
+    digits = _data_dir(tmp_path / "digits")
+    (tmp_path / "file").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "available_memory", lambda: 8 * 10**9)
+    for extra, says in (
+        (["--out", "/proc/minivae-no"], "cannot write into --out"),
+        (["--out", tmp_path / "file" / "sub"], "not a folder"),
+        (["--out", tmp_path / ("x" * 300)], "File name too long"),
+        (["--out", ""], "--out"),
+        (["--out", "o", "--data-dir", ""], "--data-dir"),
+        (["--out", "o", "--data-dir", tmp_path / ("x" * 300)], "File name too long"),
+        (["--out", "o", "--seed", "-1"], "--seed"),
+        (["--out", "o", "--latent", "100000000"], "8.0 GB"),
+    ):
+        code, err = _command(main, argv + ["--data-dir", digits] + extra, capsys)
+        assert code == 2 and says in one_line(err), (extra, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits", "file"]
+
+
+def test_linear_on_a_full_disk_is_one_line_and_exit_1_and_leaves_nothing(tmp_path):
+    """A file-size limit (as a full disk): result.json cannot be written after training."""
+    out = tmp_path / "out"
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so that write() fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "minivae.linear", *LINEAR, "--data-dir", str(_data_dir(tmp_path / "digits"))]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    assert r.returncode == 1, r.stderr
+    line = one_line(r.stderr)
+    assert "File too large" in line and "result.json" in line
+    assert not out.exists()  # made for the run, nothing in it: removed again
+
+
+def test_identity_on_a_full_disk_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    def full(models, sets, path, *a):
+        raise WriteError(f"cannot write {path}: {os.strerror(errno.ENOSPC)}")
+
+    monkeypatch.setattr(identity, "plot_reconstructions", full)
+    out = tmp_path / "out"
+    code, err = _command(identity.main, IDENTITY + ["--data-dir", _data_dir(tmp_path / "digits"), "--out", out], capsys)
+    line = one_line(err)
+    assert code == 1 and "No space left" in line and "identity.png" in line
+    assert sorted(p.name for p in out.iterdir()) == ["identity.json", "identity.md"]  # whole files, no lock
+
+
+def test_linear_summarize_refuses_a_foreign_result_in_one_line(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "result.json").write_text('{"sigma2": 0.1}')
+    code, err = _command(linear.main, ["--summarize", tmp_path], capsys)
+    assert code == 2 and "not a result" in one_line(err)
+    for folder, says in ((tmp_path / "nowhere", "not a folder"), (tmp_path / ("x" * 300), "File name too long")):
+        code, err = _command(linear.main, ["--summarize", folder], capsys)
+        assert code == 2 and says in one_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
