@@ -6,6 +6,7 @@ traceback; every check comes before the first training step; nothing is left hal
 1. a stdout that cannot be written (a pipe closed early, a full disk) does not stop training;
 2. explore: what it accepts it draws, what it cannot draw it refuses before making its folder;
 3. linear and identity check their output folder and the memory before the first step;
+4. Ctrl-C while a command imports its modules is one line;
 """
 
 import errno
@@ -286,3 +287,43 @@ def test_linear_summarize_refuses_a_foreign_result_in_one_line(tmp_path, capsys)
         code, err = _command(linear.main, ["--summarize", folder], capsys)
         assert code == 2 and says in one_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Ctrl-C while a command is still importing its modules
+# --------------------------------------------------------------------------------------------
+
+INTERRUPT_AT_IMPORT = """
+import os, signal, sys, time
+
+
+class Interrupt:  # Ctrl-C the moment NumPy is first imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+
+
+sys.meta_path.insert(0, Interrupt())
+"""
+
+
+@pytest.mark.parametrize("module", ["minivae.train", "minivae.explore", "minivae.linear"])
+def test_ctrl_c_while_a_command_imports_is_one_line(module, tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(INTERRUPT_AT_IMPORT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), os.getcwd()]))
+    r = subprocess.run(
+        [sys.executable, "-m", module, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode in (130, -signal.SIGINT), r.stderr
+    assert one_line(r.stderr) == f"{module}: interrupted while starting; nothing was written"
+    assert not (tmp_path / "out").exists()
+    # A program that imports minivae keeps its own traceback.
+    r = subprocess.run([sys.executable, "-c", "import minivae"], capture_output=True, text=True, env=env, timeout=120)
+    assert "Traceback" in r.stderr and "KeyboardInterrupt" in r.stderr
