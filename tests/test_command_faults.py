@@ -7,6 +7,7 @@ traceback; every check comes before the first training step; nothing is left hal
 2. explore: what it accepts it draws, what it cannot draw it refuses before making its folder;
 3. linear and identity check their output folder and the memory before the first step;
 4. Ctrl-C while a command imports its modules is one line;
+5. numbers finite as float64 but inf in the model's float32 are refused (set_params, Adam, resume);
 """
 
 import errno
@@ -27,7 +28,8 @@ from test_load_explore import saved_model, trained_run
 from test_train import SMALL as TRAIN_SMALL
 
 import minivae
-from minivae import cli, data, explore, identity, linear
+from minivae import cli, data, explore, identity, linear, train
+from minivae.backend import available_backends
 from minivae.files import WriteError
 from minivae.guards import OutFolder
 
@@ -327,3 +329,52 @@ def test_ctrl_c_while_a_command_imports_is_one_line(module, tmp_path):
     # A program that imports minivae keeps its own traceback.
     r = subprocess.run([sys.executable, "-c", "import minivae"], capture_output=True, text=True, env=env, timeout=120)
     assert "Traceback" in r.stderr and "KeyboardInterrupt" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Numbers finite in float64 but inf in the model's float32
+# --------------------------------------------------------------------------------------------
+
+HUGE = 1e39  # finite as float64, inf as float32
+
+
+def _huge(a):
+    a = np.array(a, np.float64)
+    a.flat[0] = HUGE
+    return a
+
+
+@pytest.mark.parametrize("backend", [b for b in available_backends() if b in ("numpy", "cpu-fused")])
+def test_numbers_inf_in_the_models_dtype_are_refused_and_change_nothing(backend):
+    vae = minivae.VAE(784, 3, (8,), seed=1, backend=backend)
+    opt = minivae.Adam(vae.params)
+    before, state = vae.get_params(), opt.state_dict()
+    for key in ("enc0.W", "dec1.b"):
+        with pytest.raises(ValueError, match="inf in float32"):
+            vae.set_params(dict(before, **{key: _huge(before[key])}))
+    for key in ("m.enc0.b", "v.dec0.W"):
+        with pytest.raises(ValueError, match="inf in float32"):
+            opt.load_state_dict(dict(state, **{key: _huge(state[key])}))
+    after, state_after = vae.get_params(), opt.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert all(np.array_equal(state[k], state_after[k]) for k in state)
+    # The largest float32 itself, given as float64, is finite there.
+    edge = dict(before, **{"enc0.W": np.full(before["enc0.W"].shape, np.finfo(np.float32).max, np.float64)})
+    vae.set_params(edge)
+    assert np.isfinite(vae.get_params()["enc0.W"]).all()
+
+
+@pytest.mark.parametrize("key", ["param/enc0.W", "opt/v.dec0.b"])
+def test_resume_refuses_a_checkpoint_with_numbers_inf_in_float32(key, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main([*SMALL, "--epochs", "1", "--out", str(out)]) == 0
+    path = out / "checkpoint.npz"
+    with np.load(path) as ck:
+        arrays = {k: ck[k] for k in ck.files}
+    arrays[key] = _huge(arrays[key])
+    np.savez(path, **arrays)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert train.main(["--resume", str(out), "--epochs", "2"]) == 2
+    assert "inf in float32" in one_line(capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written, no lock left
