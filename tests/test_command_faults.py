@@ -8,6 +8,7 @@ traceback; every check comes before the first training step; nothing is left hal
 3. linear and identity check their output folder and the memory before the first step;
 4. Ctrl-C while a command imports its modules is one line;
 5. numbers finite as float64 but inf in the model's float32 are refused (set_params, Adam, resume);
+6. kernels.gemm_choice checks memory and its table's path first, and leaves no temporary file;
 """
 
 import errno
@@ -378,3 +379,64 @@ def test_resume_refuses_a_checkpoint_with_numbers_inf_in_float32(key, tmp_path, 
     assert train.main(["--resume", str(out), "--epochs", "2"]) == 2
     assert "inf in float32" in one_line(capsys.readouterr().err)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written, no lock left
+
+
+# --------------------------------------------------------------------------------------------
+# 6. python -m kernels.gemm_choice
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_timing(monkeypatch):
+    """The choice without the timing: every product picks OpenBLAS at once."""
+    from kernels import gemm_choice
+
+    def measure(shapes, threads, repeats):
+        return {gemm_choice.key(*s, threads): {"blas_ms": 1.0, "ours_ms": 2.0, "pick": "blas"} for s in shapes}
+
+    monkeypatch.setattr(gemm_choice, "measure", measure)
+    monkeypatch.setattr(gemm_choice, "step_check", lambda entries, *a, **k: entries)
+    return gemm_choice
+
+
+GEMM_SMALL = ["--latents", "3", "--hidden", "8", "--batch-size", "4", "--threads", "1", "--repeats", "1"]
+
+
+def test_gemm_choice_refuses_what_cannot_fit_or_be_written_before_timing(tmp_path, capsys, monkeypatch):
+    from kernels import gemm_choice
+
+    def measure(*a, **k):
+        raise AssertionError("timed before the checks were done")
+
+    monkeypatch.setattr(gemm_choice, "measure", measure)
+    monkeypatch.setattr(cli, "available_memory", lambda: 8 * 10**9)
+    monkeypatch.setenv(gemm_choice.ENV, str(tmp_path / "choice.json"))
+    code, err = _command(gemm_choice.main, ["--hidden", "100000000"], capsys)
+    assert code == 2 and "8.0 GB" in one_line(err)
+    for where in ("/proc/minivae-no/choice.json", str(tmp_path)):
+        monkeypatch.setenv(gemm_choice.ENV, where)
+        code, err = _command(gemm_choice.main, GEMM_SMALL, capsys)
+        assert code == 2 and "choice table" in one_line(err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_gemm_choice_leaves_no_temporary_file_when_the_write_fails(no_timing, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "choice.json"
+    monkeypatch.setenv(no_timing.ENV, str(path))
+    path.write_text('{"old": {"pick": "ours"}}\n')
+    (tmp_path / "choice.json.tmp").write_text('{"half')  # what a failed write of an earlier version left
+    real_replace = os.replace
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    code, err = _command(no_timing.main, GEMM_SMALL, capsys)
+    assert code == 1 and "No space left" in one_line(err) and "choice.json" in one_line(err)
+    assert path.read_text() == '{"old": {"pick": "ours"}}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["choice.json", "choice.json.tmp"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    code, err = _command(no_timing.main, GEMM_SMALL, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["choice.json"]  # the old leftover is gone too
+    assert "old" in json.loads(path.read_text())
