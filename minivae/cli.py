@@ -152,6 +152,23 @@ def path(text):
 path.__name__ = "path"
 
 
+def positive_ints(what, example):
+    """An argparse type: comma-separated positive integers like ``example`` → a tuple; ``what``
+    names them in the message."""
+
+    def parse(text):
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"expected {what} like {example}, got {text!r}")
+        return values
+
+    parse.__name__ = what
+    return parse
+
+
 def require_folder(path, what):
     """Refuse (:class:`UsageError`, one line) a ``path`` given as ``what`` that is not a folder,
     or that the system cannot even look up (a name too long, no permission)."""

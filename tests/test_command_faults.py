@@ -9,10 +9,12 @@ traceback; every check comes before the first training step; nothing is left hal
 4. Ctrl-C while a command imports its modules is one line;
 5. numbers finite as float64 but inf in the model's float32 are refused (set_params, Adam, resume);
 6. kernels.gemm_choice checks memory and its table's path first, and leaves no temporary file;
+7. benchmarks/throughput.py checks every option's value in one line.
 """
 
 import errno
 import gzip
+import importlib.util
 import json
 import os
 import pathlib
@@ -440,3 +442,45 @@ def test_gemm_choice_leaves_no_temporary_file_when_the_write_fails(no_timing, tm
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["choice.json"]  # the old leftover is gone too
     assert "old" in json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# 7. benchmarks/throughput.py
+# --------------------------------------------------------------------------------------------
+
+THROUGHPUT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--latents", "abc"],
+        ["--latents", "20,0"],
+        ["--latents", ""],
+        ["--hidden", "x"],
+        ["--batch", "0"],
+        ["--batch", "1.5"],
+        ["--repeats", "-1"],
+        ["--warmup", "-1"],
+        ["--target", "nan"],
+        ["--settle", "-1"],
+        ["--threads", "0"],
+        ["--runners", "nope"],
+        ["--runners", ","],
+        ["--peak-n", "-5"],
+        ["--out", ""],
+    ],
+)
+def test_throughput_bad_values_are_one_line_and_exit_2(bad, capsys):
+    spec = importlib.util.spec_from_file_location("throughput", THROUGHPUT)
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    code, err = _command(tp.main, bad, capsys)
+    assert code == 2 and bad[0] in one_line(err), err
+
+
+def test_throughput_as_a_command_says_a_bad_value_or_out_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for argv in (["--latents", "abc"], ["--out", str(tmp_path / "file")]):
+        r = subprocess.run([sys.executable, str(THROUGHPUT), *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "--" in one_line(r.stderr), r.stderr
