@@ -63,6 +63,7 @@ reason, kept in the JSON's ``config.skipped``. Without the floor, "/floor" is le
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
@@ -76,8 +77,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import minivae
+from minivae import cli
 from minivae.backend import available_backends
 from minivae.files import atomic_write, atomic_write_text
+from minivae.guards import OutFolder
 
 LATENTS = (2, 10, 20, 50, 100, 200, 500, 784, 1000, 2000, 5000)
 QUICK_LATENTS = (20, 1000)
@@ -481,54 +484,63 @@ GPU_RUNNERS = ("cupy", "cupy-graph", "numba-cuda")  # compared with torch-cuda; 
 CPU_PEERS = ("torch-cpu", "torch-compile", "jax-jit")  # the other frameworks cpu-fused is measured against
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
+def _runners(text):
+    """--runners: comma-separated names of RUNNERS → a list."""
+    wanted = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in RUNNERS]
+    if unknown or not wanted:
+        raise argparse.ArgumentTypeError(
+            f"unknown runner {', '.join(unknown) or '(none given)'}; choose from {', '.join(RUNNERS)}"
+        )
+    return wanted
 
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
-
-def main(argv=None):
-    ap = _Parser(description=__doc__.splitlines()[0])
-    ap.add_argument("--latents", default=None, help="comma-separated latent sizes")
-    ap.add_argument("--hidden", default="512", help="comma-separated hidden widths")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--target", type=float, default=0.25, help="seconds per timed repeat")
+def parse_args(argv=None):
+    """The options, each checked by its type: a bad value is one line on stderr and exit code 2."""
+    ap = cli.Parser(description=__doc__.splitlines()[0])
+    latents = cli.positive_ints("latent sizes", "20,1000")
+    ap.add_argument("--latents", type=latents, default=None, help="comma-separated latent sizes")
+    ap.add_argument("--hidden", type=cli.widths, default=(512,), help="comma-separated hidden widths")
+    ap.add_argument("--batch", type=cli.positive_int, default=128)
+    ap.add_argument("--repeats", type=cli.positive_int, default=15)
+    ap.add_argument("--warmup", type=cli.non_negative_int, default=3)
+    ap.add_argument("--target", type=cli.positive_float, default=0.25, help="seconds per timed repeat")
     ap.add_argument(
-        "--settle", type=float, default=0.2, help="seconds of rest before each timed repeat (thread pools go idle)"
+        "--settle",
+        type=cli.non_negative_float,
+        default=0.2,
+        help="seconds of rest before each timed repeat (thread pools go idle)",
     )
     ap.add_argument("--quick", action="store_true", help="two sizes, few repeats: seconds")
     ap.add_argument(
         "--threads",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="threads for BLAS, Numba and PyTorch alike (default: BLAS's own count)",
     )
     ap.add_argument(
         "--runners",
+        type=_runners,
         default=None,
         help=f"comma-separated runners to time (default: every one usable here): {', '.join(RUNNERS)}",
     )
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument(
         "--peak-n",
-        type=int,
+        type=cli.non_negative_int,
         default=None,
         help="size n of the n³ product that measures the CPU's peak (default 2048; 1024 with --quick; 0: none)",
     )
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", type=cli.path, default=Path(__file__).resolve().parent / "results")
+    return ap.parse_args(argv)
 
-    wanted = None
-    if args.runners is not None:
-        wanted = [n.strip() for n in args.runners.split(",") if n.strip()]
-        unknown = [n for n in wanted if n not in RUNNERS]
-        if unknown or not wanted:
-            ap.error(
-                f"--runners: unknown runner {', '.join(unknown) or '(none given)'}; choose from {', '.join(RUNNERS)}"
-            )
+
+def main(argv=None):
+    args = parse_args(argv)
+    OutFolder(args.out, "--out").check()  # before anything is timed
+    if args.out.is_dir() and not os.access(args.out, os.W_OK | os.X_OK):
+        raise cli.UsageError(f"cannot write into --out {args.out}: {os.strerror(errno.EACCES)}")
+    wanted = args.runners
 
     def want(name):
         return wanted is None or name in wanted
@@ -539,8 +551,8 @@ def main(argv=None):
     else:
         latents = LATENTS
     if args.latents:
-        latents = tuple(int(z) for z in args.latents.split(","))
-    hidden = tuple(int(h) for h in args.hidden.split(","))
+        latents = args.latents
+    hidden = args.hidden
     B = args.batch
     threads = args.threads or blas_threads()
     peak_n = args.peak_n if args.peak_n is not None else (1024 if args.quick else 2048)
@@ -745,4 +757,11 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except cli.UsageError as e:
+        print(f"throughput: error: {e}", file=sys.stderr)
+        sys.exit(cli.EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("throughput: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(cli.EXIT_INTERRUPTED)

@@ -19,7 +19,10 @@ The table lives at ``$MINIVAE_GEMM_CHOICE`` when that is set, else in
 ``~/.cache/minivae/gemm-choice.json``. Both products compute the same sums in a different order,
 so a model trained with one table and resumed with another (or with none) continues from the
 same state but does not reproduce the uninterrupted run bit for bit; keep the table while a run
-is resumed. A table that cannot be read is ignored with one warning (OpenBLAS everywhere).
+is resumed. A table that cannot be read is ignored with one warning (OpenBLAS everywhere). The table is
+written whole or not at all (a temporary file beside it, renamed into place; removed when the
+write fails); where it could not be written, or the products would not fit in memory, the command
+says so in one line (exit code 2) before it times anything.
 
     python -m kernels.gemm_choice [--latents 20,1000] [--threads 1] [--repeats 30]
 """
@@ -30,6 +33,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 import time
 import warnings
 from functools import partial
@@ -148,7 +152,11 @@ def step_check(entries, latents, threads, hidden=512, batch=128, repeats=15, tim
 
 
 def save(entries, path=None):
-    """Merge ``entries`` into the table at ``path`` (written whole, then renamed into place)."""
+    """Merge ``entries`` into the table at ``path``: written whole to a temporary file beside it,
+    then renamed into place; a failed write (a full disk, Ctrl-C) removes the temporary file and
+    leaves the old table as it was."""
+    from minivae.files import atomic_write_text
+
     path = pathlib.Path(path) if path is not None else table_path()
     table = {}
     if path.exists():
@@ -160,13 +168,45 @@ def save(entries, path=None):
             table = {}
     table.update(entries)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(table, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    try:  # what a failed write of an earlier version left: a temporary file of a fixed name
+        path.with_name(path.name + ".tmp").unlink()
+    except OSError:
+        pass
     return path
 
 
-def main(argv=None):
+def memory_needed(latents, hidden, batch):
+    """Bytes the command needs at its peak, roughly (an upper estimate): the largest product's
+    float32 operands and output with their float64 copies and reference (its check), or the
+    largest training step of :func:`step_check` — a VAE's parameters, gradients and Adam moments
+    and a step's activations — whichever is more."""
+    from kernels import gemm_cpu
+
+    shapes = [s for z in latents for s in gemm_cpu.step_shapes(z, B=batch, H=hidden)]
+    products = max(12 * (M * K + K * N) + 12 * M * N for M, K, N, _, _ in shapes)
+    params = max(784 * hidden + hidden * 2 * z + z * hidden + hidden * 784 for z in latents)
+    activations = max(batch * (2 * hidden + 3 * z + 2 * 784) for z in latents)
+    steps = 4 * 4 * params + 3 * 4 * activations
+    return max(products, steps)
+
+
+def _check_table_path(path):
+    """Refuse, before anything is timed, a table that could not be written at the end."""
+    from minivae.cli import UsageError
+
+    try:
+        if path.is_dir():
+            raise UsageError(f"the choice table {path} is a folder (set {ENV} to a file)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write the choice table {path}: {e.strerror or e}") from None
+
+
+def parse_args(argv=None):
     from minivae import cli
 
     ap = cli.Parser(
@@ -178,7 +218,19 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=cli.positive_int, default=128, help="batch size (default 128)")
     ap.add_argument("--threads", type=cli.positive_int, default=None, help="threads (default: all cores)")
     ap.add_argument("--repeats", type=cli.positive_int, default=30, help="timed calls per product (default 30)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def run(args):
+    """Check the table's path and the memory, time, check in steps, save, print. Returns the exit code."""
+    from minivae import cli
+
+    path = table_path()
+    _check_table_path(path)
+    cli.check_memory(
+        memory_needed(args.latents, args.hidden, args.batch_size),
+        f"timing the products of hidden {args.hidden}, batch {args.batch_size}, Z = {','.join(map(str, args.latents))}",
+    )
     import numba
     from threadpoolctl import threadpool_limits
 
@@ -188,22 +240,38 @@ def main(argv=None):
     threadpool_limits(threads)  # OpenBLAS
     numba.set_num_threads(threads)  # ours (v4)
     shapes = sorted({s for z in args.latents for s in gemm_cpu.step_shapes(z, B=args.batch_size, H=args.hidden)})
-    entries = step_check(measure(shapes, threads, args.repeats), args.latents, threads, args.hidden, args.batch_size)
     try:
-        path = save(entries)
+        entries = step_check(
+            measure(shapes, threads, args.repeats), args.latents, threads, args.hidden, args.batch_size
+        )
+    except MemoryError:
+        print(f"{PROG}: out of memory while timing the products; no table written", file=sys.stderr)
+        return cli.EXIT_FAILED
+    try:
+        path = save(entries, path)
     except OSError as e:
-        print(f"{ap.prog}: error: cannot write the choice table: {e}", file=sys.stderr)
-        return 1
-    print(f"{'product M×K×N ta tb threads':>30} {'OpenBLAS ms':>11} {'ours ms':>8}  pick")
+        print(f"{PROG}: {e}; the table is as it was", file=sys.stderr)
+        return cli.EXIT_FAILED
+    lines = [f"{'product M×K×N ta tb threads':>30} {'OpenBLAS ms':>11} {'ours ms':>8}  pick"]
     for k, e in entries.items():
         why = ""
         if "step_ms" in e:
             c = e["step_ms"]
             why = f" (faster alone; a step at Z = {c['Z']} took {c['ours']:.2f} ms with ours, {c['blas']:.2f} without)"
-        print(f"{k:>30} {e['blas_ms']:11.3f} {e['ours_ms']:8.3f}  {e['pick']}{why}")
+        lines.append(f"{k:>30} {e['blas_ms']:11.3f} {e['ours_ms']:8.3f}  {e['pick']}{why}")
     n = sum(e["pick"] == "ours" for e in entries.values())
-    print(f"ours on {n} of {len(entries)} products ({threads} thread(s)); table: {path}")
+    lines.append(f"ours on {n} of {len(entries)} products ({threads} thread(s)); table: {path}")
+    cli.say(*lines)
     return 0
+
+
+PROG = "kernels.gemm_choice"
+
+
+def main(argv=None):
+    from minivae import cli
+
+    return cli.run_command(PROG, run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Read in this order: :mod:`minivae.vae` (the ELBO and the model), :mod:`minivae.l
 A trained run folder comes back with :func:`minivae.load` (:mod:`minivae.runs`).
 """
 
+from minivae import startup  # noqa: F401 - first: a Ctrl-C while the rest is imported is one line
 from minivae.optim import Adam
 from minivae.runs import RunError, load
 from minivae.vae import VAE

@@ -102,9 +102,22 @@ def batch(name, a, width, dtype, unit=False, B=None, xp_convert=None):
     return a
 
 
+def _overflows(v, dtype):
+    """The largest magnitude of the finite host array ``v`` when it becomes inf in ``dtype``
+    (float64 1e39 in float32), else None. Casting rounds monotonically, so the largest magnitude
+    decides for all."""
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f" or v.dtype.kind != "f" or v.dtype.itemsize <= dtype.itemsize:
+        return None
+    largest = float(np.abs(v).max())
+    with np.errstate(over="ignore"):
+        return largest if not np.isfinite(np.asarray(largest).astype(dtype)) else None
+
+
 def params(name, values, like, finite=True):
     """Check a dict ``values`` against the parameter arrays ``like`` (same keys, exact shapes,
-    real dtypes, finite numbers when ``finite``); returns it as a plain dict."""
+    real dtypes, and when ``finite`` numbers that are finite in the parameters' dtype: float64
+    1e39 is inf in float32); returns it as a plain dict."""
     if not hasattr(values, "keys"):
         raise ValueError(f"{name} must be a dict of arrays keyed like the parameters, got {type(values).__name__}")
     missing = [k for k in like if k not in values]
@@ -125,7 +138,14 @@ def params(name, values, like, finite=True):
             raise ValueError(f"{name}[{k!r}] must hold real numbers, got dtype {v.dtype}")
         if tuple(v.shape) != tuple(p.shape):
             raise ValueError(f"{name}[{k!r}]: shape {tuple(v.shape)} does not match {tuple(p.shape)}")
-        if finite and _is_host(v) and v.size and not np.isfinite(v).all():
-            raise ValueError(f"{name}[{k!r}] holds non-finite numbers")
+        if finite and _is_host(v) and v.size:
+            if not np.isfinite(v).all():
+                raise ValueError(f"{name}[{k!r}] holds non-finite numbers")
+            largest = _overflows(v, p.dtype)
+            if largest is not None:
+                raise ValueError(
+                    f"{name}[{k!r}] holds numbers that are inf in {np.dtype(p.dtype)}, the parameters' "
+                    f"dtype (up to {largest:g}): non-finite"
+                )
         out[k] = v
     return out

@@ -39,6 +39,73 @@ def run_command(name, run, parse_args, argv=None):
         return EXIT_INTERRUPTED
 
 
+def say(*lines):
+    """Print ``lines`` to stdout, each flushed at once. Once stdout cannot be written — a pipe
+    closed early (``| head``), a full disk (``> /dev/full``) — this and everything printed after
+    it is dropped: stdout is pointed at the null device, and the command carries on (its results
+    are in its files, not in what it prints)."""
+    try:
+        for line in lines:
+            print(line, flush=True)
+    except OSError:  # BrokenPipeError, ENOSPC, EIO, …
+        silence_stdout()
+
+
+def silence_stdout():
+    """Point stdout at the null device, its file descriptor too where it has one, so that what is
+    still buffered and what comes later (even the interpreter's last flush) is written nowhere,
+    without an error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        devnull = None
+    if devnull is not None:
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a test's capture)
+            pass
+        finally:
+            os.close(devnull)
+    try:
+        sys.stdout.flush()  # the buffered rest now goes to the null device, if stdout is fd 1
+    except (OSError, ValueError):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
+def available_memory():
+    """Bytes this process may still allocate (MemAvailable, else the physical memory); None when
+    unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def size_text(n):
+    """A number of bytes in words: ``1,234 B``, ``8.0 GB`` (powers of 1000)."""
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+
+
+def check_memory(needed, what):
+    """Refuse (:class:`UsageError`) a command whose estimated peak of ``needed`` bytes exceeds the
+    memory available; ``what`` says what needs it ("this run (Z = 1000, …)")."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise UsageError(
+            f"{what} needs about {size_text(needed)} of memory, more than the {size_text(available)} available"
+        )
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
 
@@ -84,6 +151,34 @@ def path(text):
 
 
 path.__name__ = "path"
+
+
+def positive_ints(what, example):
+    """An argparse type: comma-separated positive integers like ``example`` → a tuple; ``what``
+    names them in the message."""
+
+    def parse(text):
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f"expected {what} like {example}, got {text!r}")
+        return values
+
+    parse.__name__ = what
+    return parse
+
+
+def require_folder(path, what):
+    """Refuse (:class:`UsageError`, one line) a ``path`` given as ``what`` that is not a folder,
+    or that the system cannot even look up (a name too long, no permission)."""
+    try:
+        if path.is_dir():
+            return path
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror or e}") from None
+    raise UsageError(f"{what} {path} is not a folder")
 
 
 def widths(text):

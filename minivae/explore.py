@@ -26,23 +26,27 @@ counts (:func:`minivae.metrics.latent_directions`).
 The test digits are those the run was evaluated on: ``--data-dir DIR``, else the run's own data
 folder, else the default source of :func:`minivae.data.load_mnist` (the offline sample's held-out
 digits when full MNIST is not available, split with the run's seed), binarized as in training.
+
+Faults, as in the main job: bad input — not a run, a model that does not take the digits, fewer
+than two test digits, an output folder that cannot be made or written into — is one line on
+stderr and exit code 2, found before the output folder is made; a figure that cannot be written
+is one line and exit 1 (each figure is written whole, or not at all); Ctrl-C exits 130. One
+explore at a time writes into a folder (a lock on ``.lock``).
 """
 
 from __future__ import annotations
 
-import os
-import pathlib
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 
 import numpy as np
 
 from minivae import cli, metrics
-from minivae.cli import EXIT_USAGE, UsageError
+from minivae.cli import EXIT_FAILED, UsageError
 from minivae.data import DataError, binarize_fixed, load_mnist
+from minivae.guards import OutFolder
 from minivae.runs import RunError, model_from, read_run
 
 TEMPERATURES = (0.5, 0.8, 1.0)
@@ -62,19 +66,21 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "run_dir",
-        type=pathlib.Path,
+        type=cli.path,
         metavar="RUN_DIR",
         help="a folder written by python -m minivae.train (config.json, checkpoint.npz)",
     )
-    p.add_argument("--out", type=pathlib.Path, default=None, help="output folder (default RUN_DIR/explore)")
+    p.add_argument("--out", type=cli.path, default=None, help="output folder (default RUN_DIR/explore)")
     p.add_argument(
         "--data-dir",
-        type=pathlib.Path,
+        type=cli.path,
         default=None,
         help="a folder of MNIST IDX files with the test digits (default: the run's own data)",
     )
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend of the model (default auto)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the samples and the pairs of digits (default 0)")
+    p.add_argument(
+        "--seed", type=cli.non_negative_int, default=0, help="seeds the samples and the pairs of digits (default 0)"
+    )
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p.parse_args(argv)
 
@@ -91,8 +97,11 @@ def temperature_samples(vae, rng, n=64, temperatures=TEMPERATURES):
 
 
 def interpolation_pairs(labels, n_pairs, rng):
-    """Indices (a, b) of ``n_pairs`` pairs of test digits with different labels, drawn at random."""
+    """Indices (a, b) of ``n_pairs`` pairs of test digits with different labels, drawn at random
+    (pairs of different digits when all have one label; fewer pairs when there are fewer)."""
     labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        labels = np.arange(len(labels))  # one class: any two different digits make a pair
     pairs = []
     for a in rng.permutation(len(labels)):
         others = np.flatnonzero(labels != labels[a])
@@ -157,27 +166,13 @@ def decoded_manifold(vae, n=MANIFOLD_N):
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare_out(out):
-    """Make ``out`` and check that a file can be written into it."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
-
-
 def _top(k):
     return "the principal direction" if k == 1 else f"the top {k} principal directions"
 
 
 def _say(quiet, *lines):
     if not quiet:
-        for line in lines:
-            print(line, flush=True)
+        cli.say(*lines)
 
 
 def run(args):
@@ -186,32 +181,58 @@ def run(args):
     # 1. Everything that can be wrong with the input is checked before anything is written.
     run_, vae = _load_model(args)
     data = _load_data(args, run_.config)
+    test_x = _test_digits(args, run_, vae, data)
     out = args.out if args.out is not None else args.run_dir / "explore"
-    _prepare_out(out)
 
     # 2. Encode the test digits as the run evaluated them, then draw.
-    _say(
-        args.quiet,
-        f"data: {data.source}",
-        f"model: {args.run_dir} (Z={vae.latent}, hidden={list(vae.hidden)}, epoch {run_.epoch}), backend {vae.backend}",
-    )
-    test_x = binarize_fixed(data.test_x, run_.config.get("binarize", "dynamic"))
-    mu, _ = metrics.posterior_means(vae, test_x)  # (N, Z)
-    rng = np.random.default_rng([args.seed, 6])
-    for name, what, draw in _figures(vae, test_x, data.test_y, mu, rng):
-        draw(out / name)
-        _say(args.quiet, f"{name:27s} {what}")
+    with OutFolder(out, "--out", "explore"):
+        _say(
+            args.quiet,
+            f"data: {data.source}",
+            f"model: {args.run_dir} (Z={vae.latent}, hidden={list(vae.hidden)}, epoch {run_.epoch}), "
+            f"backend {vae.backend}",
+        )
+        mu, _ = metrics.posterior_means(vae, test_x)  # (N, Z)
+        rng = np.random.default_rng([args.seed, 6])
+        written = []
+        for name, what, draw in _figures(vae, test_x, data.test_y, mu, rng):
+            try:
+                draw(out / name)
+            except (OSError, MemoryError) as e:  # a full disk, the folder gone; each figure is whole
+                why = "out of memory" if isinstance(e, MemoryError) else str(e)
+                kept = f"{', '.join(written)} written" if written else "no figure written"
+                print(f"minivae.explore: {why}; stopping ({kept})", file=sys.stderr)
+                return EXIT_FAILED
+            written.append(name)
+            _say(args.quiet, f"{name:27s} {what}")
     _say(args.quiet, f"figures in {out}/ ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
+def _test_digits(args, run_, vae, data):
+    """The test digits as the run evaluated them (binarized as in training), checked to fit the
+    model and to be enough for the figures."""
+    config_path = run_.folder / "config.json"
+    mode = run_.config.get("binarize", "dynamic")
+    if mode not in ("dynamic", "static", "none"):
+        raise UsageError(f"{config_path}: 'binarize' is {mode!r}, expected dynamic, static or none")
+    if vae.data_dim != data.test_x.shape[1]:
+        raise UsageError(
+            f"the model in {args.run_dir} takes inputs of D = {vae.data_dim} values, the test digits "
+            f"have {data.test_x.shape[1]} pixels: explore draws models of the digits"
+        )
+    if len(data.test_x) < 2:
+        raise UsageError(f"explore needs at least 2 test digits, {data.source} gives {len(data.test_x)}")
+    return binarize_fixed(data.test_x, mode)
+
+
 def _load_model(args):
     """The run (:func:`minivae.runs.read_run`) and its model on ``--backend``."""
-    run_ = read_run(args.run_dir)
     try:
+        run_ = read_run(args.run_dir)
         return run_, model_from(run_, args.backend)
-    except RunError:
-        raise
+    except RunError as e:
+        raise UsageError(str(e)) from None
     except (ValueError, ImportError, RuntimeError) as e:  # a backend this machine cannot run
         raise UsageError(f"cannot create the model: {e}") from None
 
@@ -219,8 +240,8 @@ def _load_model(args):
 def _load_data(args, config):
     """The digits the run was evaluated on: ``--data-dir``, else the run's own data folder."""
     data_dir = args.data_dir if args.data_dir is not None else config.get("data_dir")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    if args.data_dir is not None:
+        cli.require_folder(args.data_dir, "--data-dir")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
         try:
@@ -283,15 +304,7 @@ def _figures(vae, test_x, test_y, mu, rng):
 
 
 def main(argv=None):
-    try:
-        args = parse_args(argv)
-        return run(args)
-    except (UsageError, RunError) as e:
-        print(f"minivae.explore: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as e:  # the disk filled up or the folder vanished while writing
-        print(f"minivae.explore: error: cannot write a figure: {e}", file=sys.stderr)
-        return 1
+    return cli.run_command("minivae.explore", run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ it, for the message a second writer gets). The kernel drops a flock when its pro
 SIGKILL, so a crashed command never leaves a folder locked. The lock file is opened without
 following links: a ``.lock`` that is a symbolic link is refused, never written through.
 
+``OutFolder`` is a command's output folder: made (with the parents it lacks) only once the command's
+input is checked, locked by a ``FolderLock`` while the command writes, and removed again — with the
+parents it made — when the command ends without having written anything into it:
+
+    with OutFolder(out, "--out", "explore") as folder:   # one line (UsageError) if it cannot be
+        ...                                              # made or written into
+
 ``watch_parent()`` runs in a worker process: when the process that started it is gone (killed,
 even by SIGKILL), the worker sends itself SIGTERM, so that its run's clean-up runs and it exits
 instead of training on for nobody.
@@ -19,6 +26,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import pathlib
 import signal
 import threading
 import time
@@ -92,6 +100,77 @@ class FolderLock:
             pass
         os.close(self.fd)
         self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class OutFolder:
+    """A command's output folder, made and locked for as long as it is held (a context manager).
+
+    :meth:`acquire` refuses (:class:`UsageError`, one line) a path that exists and is not a
+    folder, a folder that cannot be made or written into (the lock file is the first write: a
+    full disk, no permission, a read-only file system) and a folder another process is writing
+    into. :meth:`release` unlocks; the folders it made are removed again while they are empty,
+    so a command that fails before its first file leaves nothing behind."""
+
+    def __init__(self, path, what="--out", who="run"):
+        self.path, self.what, self.who = pathlib.Path(path), what, who
+        self.made, self.lock = [], None  # the folders made here, outermost first
+
+    def check(self):
+        """Refuse, before anything is made, a path that is not a folder or cannot be one (a file
+        on its way, a name too long, a loop of links). Returns the folders to make, innermost
+        first."""
+        path = self.path
+        try:
+            if path.exists() and not path.is_dir():
+                raise UsageError(f"{self.what} {path} exists and is not a folder")
+            missing = []
+            for folder in (path, *path.parents):
+                if folder.is_dir():
+                    break
+                if folder.exists() or folder.is_symlink():  # a file, or a link to nowhere
+                    raise UsageError(f"cannot write into {self.what} {path}: {folder} is not a folder")
+                missing.append(folder)
+        except OSError as e:
+            raise UsageError(f"{self.what} {path}: {e.strerror or e}") from None
+        return missing
+
+    def acquire(self):
+        path, missing = self.path, self.check()
+        try:
+            for folder in reversed(missing):
+                try:
+                    folder.mkdir()
+                except FileExistsError:  # made by someone else meanwhile: fine if a folder
+                    if not folder.is_dir():
+                        raise
+                    continue
+                self.made.append(folder)
+        except OSError as e:
+            self.release()
+            raise UsageError(f"cannot write into {self.what} {path}: {e.strerror or e}") from None
+        try:
+            self.lock = FolderLock(path, self.what, self.who).acquire()
+        except UsageError:
+            self.release()
+            raise
+        return self
+
+    def release(self):
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        for folder in reversed(self.made):
+            try:
+                folder.rmdir()  # only when empty: nothing was written into it
+            except OSError:
+                break
+        self.made = []
 
     def __enter__(self):
         return self.acquire()

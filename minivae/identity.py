@@ -26,22 +26,39 @@ adds the linear VAE at its closed-form optimum (probabilistic PCA, :mod:`minivae
 constant map (the mean training digit) for reference, and measures every one on four sets: test
 digits, uniform noise, test digits rotated by 90°, and inverted test digits (1 − x). It writes
 ``OUT/identity.json``, ``OUT/identity.md`` (the table) and ``OUT/identity.png`` (reconstructions).
+As for the main job, the options, the data, the memory the models need and ``--out`` (made and
+written into, a lock on ``OUT/.lock``) are checked before the first step: bad input is one line and
+exit code 2, a run that fails (a full disk) one line and exit 1, each file whole or not written.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import pathlib
 import sys
 import time
 import warnings
 
 import numpy as np
 
-from minivae.cli import Parser, UsageError, positive_float, positive_int, run_command, widths
+from minivae.cli import (
+    EXIT_FAILED,
+    Parser,
+    UsageError,
+    check_memory,
+    non_negative_int,
+    path,
+    positive_float,
+    positive_int,
+    require_folder,
+    run_command,
+    say,
+    widths,
+)
 from minivae.data import DataError, batches, binarize, load_mnist
-from minivae.files import atomic_write_text
+from minivae.files import WriteError, atomic_write, atomic_write_text
+from minivae.guards import OutFolder
 from minivae.optim import Adam
 
 
@@ -100,8 +117,8 @@ def parse_args(argv=None):
         description="Train autoencoders and a VAE with Z ≥ D and measure how well they "
         "reconstruct inputs that are not digits.",
     )
-    p.add_argument("--data-dir", type=pathlib.Path, default=None, help="a folder of MNIST IDX files")
-    p.add_argument("--out", type=pathlib.Path, required=True, help="output folder")
+    p.add_argument("--data-dir", type=path, default=None, help="a folder of MNIST IDX files")
+    p.add_argument("--out", type=path, required=True, help="output folder")
     p.add_argument("--latent", type=positive_int, default=1000, help="latent dimension Z (1000)")
     p.add_argument(
         "--hidden", type=widths, default=(1024,), metavar="H1,H2", help="hidden widths of the MLP models (1024)"
@@ -118,23 +135,58 @@ def parse_args(argv=None):
     p.add_argument("--sigma2", type=positive_float, default=0.01, help="σ² of the closed-form linear VAE (0.01)")
     p.add_argument("--n", type=positive_int, default=1000, help="examples per probe set (1000)")
     p.add_argument("--backend", default="cpu-fused", help="backend of the MLP models (cpu-fused)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights, the data order, the noise (0)")
     p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
 
 def run(args):
-    """Check the options, load the digits, fit every model, measure each on the probe sets and write
-    identity.json, identity.md and identity.png. Returns the exit code."""
+    """Check the options, load the digits, build the MLP models, check the memory and make
+    ``--out`` — all before the first step — then fit every model, measure each on the probe sets
+    and write identity.json, identity.md and identity.png. Returns the exit code."""
     _check_options(args)
     data = _load_data(args)
-    mlps = _mlp_models(args, data.train_x.shape[1])
+    (n_train, D), n_test = data.train_x.shape, len(data.test_x)
+    check_memory(
+        memory_needed(D, args.latent, args.hidden, args.batch_size, n_train, n_test, args.n),
+        f"this run (models of Z = {args.latent}, hidden {list(args.hidden)})",
+    )
+    mlps = _mlp_models(args, D)
+    with OutFolder(args.out, "--out", "identity run"):
+        try:
+            return _fit_and_write(args, data, mlps)
+        except WriteError as e:  # a full disk: each file is written whole, or not at all
+            print(f"minivae.identity: {e}", file=sys.stderr)
+        except MemoryError:
+            print(f"minivae.identity: out of memory (Z = {args.latent}, hidden {list(args.hidden)})", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def memory_needed(data_dim, latent, hidden, batch_size, n_train, n_test, n):
+    """Bytes the command needs at its peak, roughly (an upper estimate): every model at once — the
+    closed-form linear VAE in float64 (with the optimum it is set from), the linear autoencoder,
+    the MLP autoencoder and VAE in float32 with their gradients and Adam's moments, a step's
+    activations — the covariance with its eigenvectors, the digits and the probe sets."""
+    D, Z, hidden = data_dim, latent, list(hidden)
+
+    def mlp(code):
+        enc, dec = [D, *hidden, code], [Z, *hidden[::-1], D]
+        return sum(i * o + o for net in (enc, dec) for i, o in zip(net[:-1], net[1:], strict=True))
+
+    linear = 4 * D * Z * 8 + 4 * 2 * D * Z * 4 + 6 * 256 * (D + Z) * 4
+    width = 2 * sum(hidden) + 3 * Z + 2 * D  # floats per example through one MLP step
+    mlps = 4 * (mlp(Z) + mlp(2 * Z)) * 4 + 3 * batch_size * width * 4
+    data = 3 * (n_train + n_test) * D * 4 + 4 * n * D * 4 + 2 * 1000 * (D + width) * 8 + 4 * D * D * 8
+    return linear + mlps + data
+
+
+def _fit_and_write(args, data, mlps):
     show = not args.quiet and sys.stderr.isatty()
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    say_ = (lambda *a: None) if args.quiet else say
     train_x = binarize(data.train_x, "none")
     sets = probe_sets(binarize(data.test_x, "none"), np.random.default_rng([args.seed, 7]), args.n)
-    models, budget, seconds = _fit_all(args, mlps, train_x, show, say)
+    models, budget, seconds = _fit_all(args, mlps, train_x, show, say_)
     results = {name: {s: reconstruction_error(f, x) for s, x in sets.items()} for name, f in models.items()}
     report = {
         "data": data.source,
@@ -146,16 +198,15 @@ def run(args):
         "seconds": seconds,
         "results": results,
     }
-    _write(args.out, report, models, sets, say)
+    _write(args.out, report, models, sets, say_)
     return 0
 
 
 def _check_options(args):
     """What can be wrong with the options before any data is read."""
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a folder")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    OutFolder(args.out, "--out").check()
+    if args.data_dir is not None:
+        require_folder(args.data_dir, "--data-dir")
     if args.n < 2:
         raise UsageError("--n must be at least 2")
 
@@ -227,12 +278,11 @@ def _fit_all(args, mlps, train_x, show, say):
 
 def _write(out, report, models, sets, say):
     """identity.json (the report), identity.md (the table, also said) and identity.png."""
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "identity.json", json.dumps(report, indent=1) + "\n")
     table = markdown_table(report["results"])
     atomic_write_text(out / "identity.md", table)
     plot_reconstructions(models, sets, out / "identity.png")
-    say(table)
+    say(table.rstrip("\n"))
 
 
 def markdown_table(results):
@@ -267,8 +317,10 @@ def plot_reconstructions(models, sets, path, per_set=2):
     for j, s in enumerate(sets):
         axes[0, j * per_set].set_title(s, fontsize=7, loc="left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))  # whole, or not at all
 
 
 def main(argv=None):

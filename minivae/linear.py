@@ -92,7 +92,10 @@ The command
 the training digits and writes ``OUT/result.json``: the trained test ELBO beside the exact test
 log-likelihood, active units beside k, W's singular values beside (λ_i − σ²)^½, and the collapse.
 ``python -m minivae.linear --summarize DIR`` gathers the ``result.json`` files in DIR's subfolders
-into ``DIR/table.md`` and the figure ``DIR/spectrum.png``.
+into ``DIR/table.md`` and the figure ``DIR/spectrum.png``. As for the main job, everything is
+checked before the first step — the options, the data, the memory the model needs, ``--out`` made
+and written into (a lock on ``--out/.lock``) — and bad input is one line and exit code 2; a run
+that fails (a full disk, a diverging loss) is one line and exit 1, each file whole or not written.
 
 How it trains, and why so: Adam on mini-batches of 256 grey digits, float32, the exact ELBO;
 b starts at the data mean (its optimum; learning it from 0 through noisy gradients is slow, and an
@@ -106,6 +109,7 @@ and λ₁/σ² is 51 at σ² = 0.1 but 512 at σ² = 0.01 — which is why σ² 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import pathlib
@@ -116,9 +120,23 @@ import warnings
 import numpy as np
 
 from minivae import losses, metrics
-from minivae.cli import Parser, UsageError, positive_float, positive_int, program, run_command
+from minivae.cli import (
+    EXIT_FAILED,
+    Parser,
+    UsageError,
+    check_memory,
+    non_negative_int,
+    path,
+    positive_float,
+    positive_int,
+    program,
+    require_folder,
+    run_command,
+    say,
+)
 from minivae.data import DataError, batches, binarize, load_mnist
-from minivae.files import atomic_write_text
+from minivae.files import WriteError, atomic_write, atomic_write_text
+from minivae.guards import OutFolder
 from minivae.optim import Adam
 
 LOG_2PI = math.log(2 * math.pi)
@@ -533,9 +551,9 @@ def parse_args(argv=None):
     p.add_argument("--latent", type=positive_int, default=None, help="latent dimension Z")
     p.add_argument("--sigma2", type=positive_float, default=None, help="the decoder's fixed variance σ²")
     p.add_argument(
-        "--data-dir", type=pathlib.Path, default=None, help="a folder of MNIST IDX files (default: the download cache)"
+        "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default: the download cache)"
     )
-    p.add_argument("--out", type=pathlib.Path, default=None, help="output folder")
+    p.add_argument("--out", type=path, default=None, help="output folder")
     p.add_argument("--steps", type=positive_int, default=3000, help="Adam steps (3000)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size (256)")
     p.add_argument(
@@ -568,12 +586,12 @@ def parse_args(argv=None):
         default="float32",
         help="training precision (float32, default); evaluation is always float64",
     )
-    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the data order (0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights and the data order (0)")
     p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     p.add_argument(
         "--summarize",
-        type=pathlib.Path,
+        type=path,
         default=None,
         metavar="DIR",
         help="instead of training: gather DIR/*/result.json into DIR/table.md and DIR/spectrum.png",
@@ -581,21 +599,53 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def memory_needed(data_dim, latent, n_train, n_test, batch_size, dtype):
+    """Bytes the command needs at its peak, roughly (an upper estimate): the model's P ≈ 2·D·Z
+    parameters with their gradients and Adam's moments in ``dtype``, a step's arrays, the float64
+    copies of W and V the evaluation makes (the exact ELBO, the SVD, log p(x)) with the test
+    digits' codes, and the digits with their covariance and its eigenvectors."""
+    D, Z, size = data_dim, latent, np.dtype(dtype).itemsize
+    P = 2 * D * Z + D + 2 * Z
+    training = 4 * P * size + 6 * batch_size * (D + Z) * size
+    evaluation = 3 * P * 8 + n_test * Z * (2 * size + 3 * 8) + 3 * 1000 * (D + Z) * 8
+    digits = 2 * (n_train + n_test) * D * 4 + 4 * D * D * 8
+    return training + evaluation + digits
+
+
 def run(args):
+    """Check the options, load the digits, check the memory and make ``--out`` — all before the
+    first step — then train, compare and write result.json. Returns the exit code."""
     if args.summarize is not None:
         return summarize(args.summarize, quiet=args.quiet)
     if args.latent is None or args.sigma2 is None or args.out is None:
         raise UsageError("--latent, --sigma2 and --out are required (or --summarize DIR)")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a folder")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
+    OutFolder(args.out, "--out").check()
+    if args.data_dir is not None:
+        require_folder(args.data_dir, "--data-dir")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a fallback to the offline sample is said in `source`
         try:
             data = load_mnist(args.data_dir, args.limit, seed=args.seed)
         except (DataError, ValueError) as e:
             raise UsageError(str(e)) from None
+    (n_train, D), n_test = data.train_x.shape, len(data.test_x)
+    check_memory(
+        memory_needed(D, args.latent, n_train, n_test, args.batch_size, args.dtype),
+        f"this run (a linear VAE of Z = {args.latent}: {2 * D * args.latent:,} weights, {args.dtype})",
+    )
+    with OutFolder(args.out, "--out", "linear run"):
+        try:
+            return _train_and_write(args, data)
+        except FloatingPointError as e:
+            print(f"minivae.linear: {e}; lower --lr", file=sys.stderr)
+        except WriteError as e:  # a full disk: nothing half-written, the old result.json kept
+            print(f"minivae.linear: {e}", file=sys.stderr)
+        except MemoryError:
+            print(f"minivae.linear: out of memory (Z = {args.latent})", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _train_and_write(args, data):
     train_x = binarize(data.train_x, "none")  # grey values in [0, 1]
     test_x = binarize(data.test_x, "none")
     show = not args.quiet and sys.stderr.isatty()
@@ -607,24 +657,20 @@ def run(args):
     )
     model.params["b"][...] = mean  # start the decoder's bias at the data mean (its optimum, below)
     t0 = time.perf_counter()
-    try:
-        history = fit(
-            model,
-            train_x,
-            args.steps,
-            args.batch_size,
-            args.lr,
-            args.lr_final,
-            np.random.default_rng([args.seed, 2]),
-            progress=show,
-            desc=f"Z={args.latent} σ²={args.sigma2:g}",
-            hold=HOLD,
-            fast_params=("logs2",),
-            fast_factor=args.s2_lr_factor,
-        )
-    except FloatingPointError as e:
-        print(f"minivae.linear: {e}; lower --lr", file=sys.stderr)
-        return 1
+    history = fit(
+        model,
+        train_x,
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.lr_final,
+        np.random.default_rng([args.seed, 2]),
+        progress=show,
+        desc=f"Z={args.latent} σ²={args.sigma2:g}",
+        hold=HOLD,
+        fast_params=("logs2",),
+        fast_factor=args.s2_lr_factor,
+    )
     train_s = time.perf_counter() - t0
     result = compare(model, train_x, test_x, mean, lam, U)
     config = {
@@ -640,12 +686,15 @@ def run(args):
         wall_seconds=time.perf_counter() - wall0,
         loss_curve=[[i + 1, float(f"{history[i]:.6g}")] for i in range(0, len(history), every)],
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "result.json", json.dumps(result, indent=1) + "\n")
     if not args.quiet:
-        for line in describe(result):
-            print(line)
+        say(*describe(result))
     return 0
+
+
+def _maybe(value, spec):
+    """A number as ``spec`` formats it; None (no direction above the noise floor) as a dash."""
+    return "–" if value is None else format(value, spec)
 
 
 def describe(r):
@@ -657,7 +706,7 @@ def describe(r):
         f"  trained model's own log p(x) {r['model_test_ll']:.2f} (posterior gap {r['posterior_gap']:.3f})",
         f"active units {r['active_units']} (predicted {r['predicted_active_units']}), collapsed "
         f"{r['collapsed_units']} (predicted {r['predicted_collapsed']}; Z−q = {r['z_minus_q']})",
-        f"singular values of W vs (λ−σ²)^½: median rel. error {r['sv_median_rel_error']:.2g}, "
+        f"singular values of W vs (λ−σ²)^½: median rel. error {_maybe(r['sv_median_rel_error'], '.2g')}, "
         f"max abs error {r['sv_max_abs_error']:.2g}",
         f"training {r['train_seconds']:.0f} s",
     ]
@@ -675,7 +724,8 @@ def table_row(r):
         f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['k']} | {r['test_elbo']:.2f} | "
         f"{r['exact_test_ll']:.2f} | {r['test_gap']:.2f} | {r['model_test_ll']:.2f} | "
         f"{r['active_units']} ({r['predicted_active_units']}) | "
-        f"{r['collapsed_units']} ({r['predicted_collapsed']}) | {r['sv_median_rel_error']:.3f} | "
+        f"{r['collapsed_units']} ({r['predicted_collapsed']}) | "
+        f"{_maybe(r['sv_median_rel_error'], '.3f')} | "
         f"{r['sv_max_abs_error']:.3f} |\n"
     )
 
@@ -683,20 +733,38 @@ def table_row(r):
 def summarize(folder, quiet=False):
     """DIR/*/result.json → DIR/table.md and DIR/spectrum.png."""
     folder = pathlib.Path(folder)
-    paths = sorted(folder.glob("*/result.json")) if folder.is_dir() else []
+    require_folder(folder, "--summarize")
+    paths = sorted(folder.glob("*/result.json"))
     if not paths:
         raise UsageError(f"no */result.json in {folder}")
-    try:
-        results = [json.loads(p.read_text()) for p in paths]
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read the results in {folder}: {e}") from None
+    results = [_read_result(p, folder) for p in paths]
     results.sort(key=lambda r: (r["sigma2"], r["latent"], r["config"]["steps"]))
     table = TABLE_HEAD + "".join(table_row(r) for r in results)
-    atomic_write_text(folder / "table.md", table)
-    plot_spectrum(results, folder / "spectrum.png")
+    with OutFolder(folder, "--summarize", "summary"):
+        try:
+            atomic_write_text(folder / "table.md", table)
+            plot_spectrum(results, folder / "spectrum.png")
+        except WriteError as e:
+            print(f"minivae.linear: {e}", file=sys.stderr)
+            return EXIT_FAILED
     if not quiet:
-        print(table, end="")
+        say(table.rstrip("\n"))
     return 0
+
+
+def _read_result(path, folder):
+    """One result.json, checked to hold what the table and the figure read."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the results in {folder}: {e}") from None
+    try:
+        table_row(r)
+        for key in ("eigenvalues", "singular_values", "var_mu_sorted", "kl_per_unit_sorted"):
+            np.asarray(r[key], np.float64)  # the figure's numbers
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path} is not a result of python -m minivae.linear ({type(e).__name__}: {e})") from None
+    return r
 
 
 def plot_spectrum(results, path):
@@ -760,8 +828,10 @@ def plot_spectrum(results, path):
         ax.set_title("per unit, sorted: collapse beyond k")
         ax.legend(fontsize=6.5, loc="lower left", ncol=1)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))  # whole, or not at all
 
 
 def main(argv=None):

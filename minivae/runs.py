@@ -85,8 +85,11 @@ def _check_config(config, path):
 def read_run(run_dir):
     """The :class:`Run` in ``run_dir``: its config.json and checkpoint.npz, both read and checked."""
     folder = pathlib.Path(run_dir)
-    if not folder.is_dir():
-        raise RunError(f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist")
+    try:
+        if not folder.is_dir():
+            raise RunError(f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist")
+    except OSError as e:  # a name too long, a loop of links, no permission
+        raise RunError(f"cannot read {folder}: {e.strerror or e}") from None
     missing = [name for name in (CONFIG, CHECKPOINT) if not (folder / name).is_file()]
     if len(missing) == 2:
         raise RunError(f"{folder} is not a training run: it has no {CONFIG} and no {CHECKPOINT}")

@@ -25,7 +25,8 @@ SIGTERM exit 130 / 143, during training after saving a checkpoint. A fresh run r
 that holds a run (``--resume`` it, or ``--overwrite`` it); one run at a time writes into a folder
 (a lock on ``.lock``); a resumed run refuses options that contradict its checkpoint, and
 ``--data-dir`` tells it where its data are now. Temporary files a killed run left are removed at
-the next start. The bytes a run needs are estimated before anything is allocated.
+the next start. The bytes a run needs are estimated before anything is allocated. A stdout that
+cannot be written (``| head -n 1``, ``> /dev/full``) ends the run's printed lines, not the run.
 
 Everything random comes from six generators seeded by ``--seed`` (``s``): the model's initial
 weights ([s, 0]) and its noise ε ([s, 1], inside :class:`minivae.VAE`), the data order and
@@ -378,9 +379,10 @@ def _progress(total, desc, enabled):
 
 
 def _say(quiet, *lines):
+    """The run's lines on stdout; a stdout that cannot be written (``| head``, ``> /dev/full``)
+    stops them, never the run."""
     if not quiet:
-        for line in lines:
-            print(line, flush=True)
+        cli.say(*lines)
 
 
 def _flag(key):

@@ -40,12 +40,12 @@ def trained_run(out, latent, backend="numpy"):
     return out
 
 
-def saved_model(folder, backend, dtype="float32", latent=3, hidden=(8,)):
+def saved_model(folder, backend, dtype="float32", latent=3, hidden=(8,), data_dim=784):
     """A model trained a few steps in-process, saved as the main job saves it (config.json and
     checkpoint.npz); returns the model as it was when saved."""
-    vae = minivae.VAE(784, latent, hidden, seed=3, dtype=dtype, backend=backend)
+    vae = minivae.VAE(data_dim, latent, hidden, seed=3, dtype=dtype, backend=backend)
     opt = Adam(vae.params, lr=1e-2)
-    x = (np.random.default_rng(0).random((32, 784)) < 0.3).astype(dtype)
+    x = (np.random.default_rng(0).random((32, data_dim)) < 0.3).astype(dtype)
     for _ in range(3):
         vae.forward(x)
         opt.step(vae.backward())
