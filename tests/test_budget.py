@@ -1,0 +1,294 @@
+"""Schedules, budget curves and the mechanism measurements of the latent-size study."""
+
+import json
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from minivae import losses, mechanism, metrics, schedule, study, sweep, train
+from minivae.vae import VAE
+
+pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty cache
+
+TINY = ["--limit", "256", "--hidden", "16", "--iw-samples", "3", "--iw-examples", "20", "--backend", "numpy"]
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules
+# --------------------------------------------------------------------------------------------
+
+
+def test_schedule_values_at_given_steps():
+    lr, t = 1e-3, 100
+    assert [schedule.lr_at(s, t, lr) for s in (0, 50, 99, 500)] == [lr] * 4
+    cos = [schedule.lr_at(s, t, lr, "cosine") for s in (0, 50, 99)]
+    assert (
+        cos[0] == lr
+        and cos[1] == pytest.approx(lr / 2)
+        and cos[2] == pytest.approx(lr * 0.5 * (1 + math.cos(0.99 * math.pi)))
+    )
+    # wsd, f = 0.2: constant for s < 80, then lr·(100 − s)/20: lr at 80, lr/20 at the last update
+    assert schedule.decay_start(t, 0.2) == 80
+    wsd = [schedule.lr_at(s, t, lr, "wsd", 0.2) for s in (0, 79, 80, 90, 99)]
+    assert wsd[:3] == [lr, lr, lr] and wsd[3] == pytest.approx(lr / 2) and wsd[4] == pytest.approx(lr / 20)
+    assert schedule.lr_at(150, t, lr, "wsd", 0.2) == wsd[4]  # past the budget it stays at its last rate
+    assert schedule.lr_at(0, t, lr, "wsd", 1.0) == lr and schedule.lr_at(50, t, lr, "wsd", 1.0) == pytest.approx(lr / 2)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        schedule.schedule(t, lr, "step")
+
+
+def test_the_loop_sets_the_rate_of_every_update_from_the_schedule():
+    vae = VAE(784, 3, (8,), seed=0, backend="numpy", dtype=np.float64)
+    from minivae.optim import Adam
+
+    opt, seen = Adam(vae.params, lr=1.0), []
+    real = opt.step
+
+    def step(grads):
+        seen.append(opt.lr)
+        real(grads)
+
+    opt.step = step
+    x = (np.random.default_rng(0).random((40, 784)) < 0.3).astype(np.float64)
+    from minivae import loop
+
+    lr_at = schedule.schedule(8, 1e-3, "wsd", 0.5)
+    loop.run_epoch(vae, opt, x, [np.arange(i, i + 5) for i in range(0, 40, 5)], lr_at=lr_at)
+    assert seen == [lr_at(s) for s in range(8)]
+    assert seen[:4] == [1e-3] * 4 and seen[4] == pytest.approx(1e-3) and seen[7] == pytest.approx(1e-3 / 4)
+
+
+def _run_main(argv):
+    try:
+        return train.main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+def _params(out):
+    with np.load(out / "checkpoint.npz") as ck:
+        return {k: ck[k] for k in ck.files if k.startswith(("param/", "opt/"))}
+
+
+def test_train_resumed_mid_schedule_continues_it_exactly(tmp_path, monkeypatch):
+    args = TINY + ["--latent", "4", "--batch-size", "64", "--quiet", "--lr-schedule", "wsd", "--decay-frac", "0.5"]
+    assert _run_main(args + ["--epochs", "3", "--out", tmp_path / "straight"]) == 0
+    real, calls = VAE.forward, {"n": 0}
+
+    def forward(self, x, eps=None):  # SIGTERM inside the decay (12 steps; the decay starts at 6)
+        calls["n"] += 1
+        if calls["n"] == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, x, eps)
+
+    monkeypatch.setattr(VAE, "forward", forward)
+    assert _run_main(args + ["--epochs", "3", "--out", tmp_path / "cut"]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(VAE, "forward", real)
+    assert _run_main(["--resume", tmp_path / "cut", "--epochs", "4"]) == 2  # the schedule cannot stretch
+    assert _run_main(["--resume", tmp_path / "cut", "--quiet"]) == 0
+    a, b = _params(tmp_path / "straight"), _params(tmp_path / "cut")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    # and the schedule mattered: a constant-rate run ends elsewhere
+    assert (
+        _run_main(TINY + ["--latent", "4", "--batch-size", "64", "--quiet", "--epochs", "3", "--out", tmp_path / "c"])
+        == 0
+    )
+    assert not np.array_equal(a["param/dec1.W"], _params(tmp_path / "c")["param/dec1.W"])
+
+
+def test_a_constant_schedule_keeps_the_settings_key_of_earlier_studies():
+    args = sweep.parse_args(["--steps", "40000", "--data-dir", "data/mnist"])
+    assert sweep.settings_of(args, 40000)[1] == "aa0106ef8bed"  # docs/study/settings.json
+    wsd = sweep.parse_args(["--steps", "40000", "--data-dir", "data/mnist", "--lr-schedule", "wsd"])
+    settings, key = sweep.settings_of(wsd, 40000)
+    assert key != "aa0106ef8bed" and settings["lr_schedule"] == "wsd" and settings["decay_frac"] == 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# Budget curves: a branch is the straight wsd run
+# --------------------------------------------------------------------------------------------
+
+
+def _cfg(out, budgets=None, steps=8):
+    base = ["--latents", "3", "--out", str(out), "--lr-schedule", "wsd"] + TINY
+    args = sweep.parse_args(base + (["--budgets", ",".join(map(str, budgets))] if budgets else ["--steps", str(steps)]))
+    run = dict(model="vae", latent=3, hidden=[16], seed=0, backend="numpy", out=str(out), threads=None)
+    if budgets:
+        settings, _ = sweep.settings_of(args, max(budgets))
+        chain = dict(settings, steps=None, budgets=list(budgets))
+        keys = [sweep.settings_of(args, t)[1] for t in budgets]
+        return dict(run, **chain, settings=sweep._key(chain), budget_keys=keys, budgets_done=[])
+    settings, key = sweep.settings_of(args, steps)
+    return dict(run, **settings, settings=key)
+
+
+COMPARED = ("test_loss", "test_iw_nll", "train_loss", "curve", "active_units", "directions", "steps", "settings")
+
+
+def test_each_branch_of_a_budget_curve_equals_the_straight_wsd_run(tmp_path):
+    rows = sweep.run_budgets(_cfg(tmp_path / "curve", budgets=[6, 10]))
+    assert [r["steps"] for r in rows] == [6, 10]
+    for r in rows:
+        straight = sweep.run_one(_cfg(tmp_path / f"straight{r['steps']}", steps=r["steps"]))
+        for k in COMPARED:
+            assert r[k] == straight[k], (r["steps"], k)
+    assert not list((tmp_path / "curve" / "runs").glob("*.resume.npz"))  # the trunk's, removed at the end
+
+
+def test_an_interrupted_budget_curve_continues_exactly_and_skips_what_is_done(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "RESUME_EVERY", 3)
+    whole = sweep.run_budgets(_cfg(tmp_path / "whole", budgets=[4, 10]))
+    cfg = _cfg(tmp_path / "cut", budgets=[4, 10])
+    real, count = sweep.loop.run_epoch, [0]
+
+    def interrupted(model, opt, x, order, after_step, skip=0, lr_at=None):
+        def hook(*a):
+            finished = after_step(*a)
+            count[0] += 1
+            if count[0] == 9:  # trunk 1-3, branch 4, trunk 4-8, then the 9th step: mid-trunk
+                raise KeyboardInterrupt
+            return finished
+
+        return real(model, opt, x, order, hook, skip=skip, lr_at=lr_at)
+
+    monkeypatch.setattr(sweep.loop, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_budgets(cfg)
+    monkeypatch.setattr(sweep.loop, "run_epoch", real)
+    first = json.loads(next((tmp_path / "cut" / "runs").glob("*.row.json")).read_text())
+    assert first["steps"] == 4 and first["test_loss"] == whole[0]["test_loss"]
+    again = sweep.run_budgets(dict(cfg, budgets_done=[cfg["budget_keys"][0]]))
+    assert [r["steps"] for r in again] == [10]
+    for k in COMPARED:
+        assert again[0][k] == whole[1][k], k
+
+
+def test_budget_rows_report_and_figure_from_a_two_size_two_budget_sweep(tmp_path):
+    out = tmp_path / "curves"
+    args = ["--latents", "3,5", "--budgets", "5,10", "--lr-schedule", "wsd", "--quiet", "--out", str(out)] + TINY
+    assert sweep.main(args) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["latent"], r["steps"]) for r in rows) == [(3, 5), (3, 10), (5, 5), (5, 10)]
+    assert len({r["settings"] for r in rows}) == 2  # one key per budget
+    assert (out / "budget_curves.png").stat().st_size > 0
+    text = (out / "report.md").read_text()
+    assert "## Budget curves" in text and "| 5 | 10 | last change | converged |" in text
+    curves = study.budget_curves(rows)
+    for z in (3, 5):
+        (t0, m0, _, _), (t1, m1, _, _) = curves[("vae", (16,), z)]
+        assert (t0, t1) == (5, 10)
+        change = f"{m1 - m0:+.2f}"
+        assert f"| {m0:.2f} | {m1:.2f} | {change} | {'yes' if abs(m1 - m0) < 0.3 else '**no**'} |" in text
+    # The same sweep again: nothing left to do, nothing trained.
+    assert sweep.main(args) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+
+
+def test_budget_change_and_convergence_on_fabricated_rows():
+    def row(z, steps, seed, nll):
+        return {"model": "vae", "latent": z, "hidden": [8], "seed": seed, "steps": steps, "test_iw_nll": nll}
+
+    rows = [row(2, 1000, 0, 95.0), row(2, 2000, 0, 94.9), row(2, 1000, 1, 95.2), row(2, 2000, 1, 94.9)]
+    rows += [row(9, 1000, 0, 99.0), row(9, 2000, 0, 97.0)]
+    curves = study.budget_curves(rows)
+    assert curves[("vae", (8,), 2)][1][:2] == (2000, pytest.approx(94.9))
+    assert study.budget_change(curves[("vae", (8,), 2)]) == (pytest.approx(-0.2), 2.0)
+    text = study.budget_report(rows)
+    assert "| vae | 8 | 2 | 2 | 95.10 ± 0.14 | 94.90 | -0.20 | yes |" in text
+    assert "| vae | 8 | 9 | 1 | 99.00 | 97.00 | -2.00 | **no** |" in text
+
+
+def test_a_shorter_sweep_into_the_same_folder_keeps_the_longer_ones_arrays(tmp_path):
+    """Issue: a 2-step sweep into a folder of a 3-step one overwrote its arrays, and the 3-step
+    report then drew the 2-step models."""
+    out = tmp_path / "study"
+    common = ["--latents", "3,5", "--quiet", "--out", str(out)] + TINY
+    assert sweep.main(common + ["--steps", "3"]) == 0
+    three = {p.name: p.read_bytes() for p in (out / "runs").glob("*.npz")}
+    assert sweep.main(common + ["--steps", "2"]) == 0
+    assert all((out / "runs" / name).read_bytes() == data for name, data in three.items())
+    assert len(list((out / "runs").glob("*.npz"))) == 4
+    assert sweep.main(common + ["--steps", "3"]) == 0  # its report again, from its own rows and arrays
+    assert "Budget: 3 Adam steps" in (out / "report.md").read_text()
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["steps"] for r in rows) == [2, 2, 3, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# The mechanism: pruning, embedding, the noise of unused units
+# --------------------------------------------------------------------------------------------
+
+
+def _vae(z, seed=0):
+    return VAE(784, z, (16,), seed=seed, backend="numpy", dtype=np.float64)
+
+
+def _digits(n=12, seed=0):
+    return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.float64)
+
+
+def test_an_embedded_model_has_exactly_the_small_models_elbo_at_step_0():
+    small = _vae(3, seed=1)
+    big = mechanism.embedded(small, 10)
+    assert big.latent == 10 and big.num_params() > small.num_params()
+    x, eps = _digits(), np.random.default_rng(2).standard_normal((12, 10))
+    assert big.forward(x, eps) == pytest.approx(small.forward(x, eps[:, :3]), rel=1e-15, abs=1e-12)
+    mu, logvar = big.encode(x)
+    assert np.all(mu[:, 3:] == 0) and np.all(logvar[:, 3:] == 0)  # q = N(0, 1): no KL
+    assert metrics.kl_per_dim(mu, logvar)[3:].max() == 0
+    with pytest.raises(ValueError):
+        mechanism.embedded(small, 2)
+
+
+def test_a_pruned_model_is_the_model_with_those_units_at_zero_and_their_kl_dropped():
+    vae = _vae(6, seed=3)
+    keep = np.array([0, 2, 5])
+    small = mechanism.pruned(vae, keep)
+    x = _digits()
+    eps = np.random.default_rng(4).standard_normal((12, 3))
+    mu, logvar = (np.asarray(a) for a in vae.encode(x))
+    z = np.zeros((12, 6))
+    z[:, keep] = mu[:, keep] + np.exp(0.5 * logvar[:, keep]) * eps  # the dropped units' z at 0
+    recon = losses.bernoulli_nll(vae.decode_logits(z), x)
+    kl = 0.5 * (mu[:, keep] ** 2 + np.exp(logvar[:, keep]) - 1 - logvar[:, keep]).sum(axis=1)
+    assert small.forward(x, eps) == pytest.approx((recon + kl).mean(), rel=1e-13)
+    # pruning the units an embedding added gives back the small model, weight for weight
+    back = mechanism.pruned(mechanism.embedded(small, 9), [0, 1, 2])
+    assert all(np.array_equal(back.params[k], small.params[k]) for k in small.params)
+    with pytest.raises(ValueError):
+        mechanism.pruned(vae, [0, 0])
+
+
+def test_the_noise_of_unused_units_on_a_constructed_case():
+    vae = _vae(4)
+    w = np.zeros((4, 16))
+    w[0, :4] = 1.0  # ‖W_0‖² = 4
+    w[1, :9] = 2.0  # ‖W_1‖² = 36
+    w[2, 0] = 3.0  # ‖W_2‖² = 9
+    vae.set_params(dict(vae.get_params(), **{"dec0.W": w}))
+    n = 1000
+    rng = np.random.default_rng(0)
+    mu = np.zeros((n, 4))
+    mu[:, 0] = rng.standard_normal(n)  # unit 0 active (Var ≈ 1), units 1–3 inactive
+    logvar = np.log(np.full((n, 4), 0.5))
+    logvar[:, 1:] = 0.0  # the inactive units at the prior: σ² = 1
+    got = mechanism.unused_noise(vae, mu, logvar)
+    assert got["inactive"] == 3
+    assert got["noise_inactive"] == pytest.approx(36 + 9 + 0)
+    assert got["rows_inactive"] == pytest.approx(np.sqrt((36 + 9 + 0) / 3))
+    assert got["rows_active"] == pytest.approx(2.0)
+    assert got["signal_active"] == pytest.approx((mu[:, 0].var() + 0.5) * 4)
+
+
+def test_the_sweep_records_the_mechanism_in_its_rows_and_curves(tmp_path):
+    cfg = dict(_cfg(tmp_path, steps=6), iw_check=7)
+    row = sweep.run_one(cfg)
+    for k in ("rows_inactive", "rows_active", "noise_inactive", "signal_active", "pruned_units"):
+        assert k in row
+    assert row["iw_check_samples"] == 7 and math.isfinite(row["test_iw_nll_check"])
+    assert all("noise_inactive" in p for p in row["curve"])
+    if row["pruned_units"]:
+        assert math.isfinite(row["test_iw_nll_pruned"])
