@@ -434,6 +434,16 @@ class Dataset:
     source: str
 
 
+def fingerprint(data):
+    """A short hash of the training digits and labels (every 50th image, every label): tells a
+    run's data from other digits of the same count."""
+    import hashlib
+
+    h = hashlib.sha1(np.ascontiguousarray(data.train_x[::50]).tobytes())
+    h.update(np.ascontiguousarray(data.train_y).tobytes())
+    return h.hexdigest()[:16]
+
+
 def to_unit(images):
     """uint8 images (N, 28, 28) or (N, 784) → float32 (N, 784) with x / 255 ∈ [0, 1]."""
     return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)

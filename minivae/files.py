@@ -148,12 +148,14 @@ def set_rng_state(rng, state):
     rng.bit_generator.state = json.loads(str(state))
 
 
-def save_checkpoint(path, vae, opt, data_rng, epoch_rng_state, epoch, step, config, running=None, n_train=None):
+def save_checkpoint(
+    path, vae, opt, data_rng, epoch_rng_state, epoch, step, config, running=None, n_train=None, data_id=None
+):
     """Parameters, Adam moments, the generators, and the position (epoch done, steps into next).
 
     ``running``: mid-epoch, the epoch's running sums so far (loss_sum, seen, train_s), so that a
     resumed run reports the epoch's train loss over all of it. ``n_train``: the number of
-    training digits, checked on resume.
+    training digits, and ``data_id`` their :func:`minivae.data.fingerprint`, checked on resume.
     """
     arrays = {"param/" + k: v for k, v in vae.get_params().items()}
     arrays.update({"opt/" + k: v for k, v in opt.state_dict().items()})
@@ -165,6 +167,8 @@ def save_checkpoint(path, vae, opt, data_rng, epoch_rng_state, epoch, step, conf
     arrays["config"] = np.array(json.dumps(config))
     if n_train is not None:
         arrays["data/n_train"] = np.array(n_train)
+    if data_id is not None:
+        arrays["data/fingerprint"] = np.array(data_id)
     for k, v in (running or {}).items():
         arrays["epoch/" + k] = np.array(v)
     atomic_write(path, lambda f: np.savez(f, **arrays))

@@ -157,7 +157,7 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--out",
-        type=pathlib.Path,
+        type=cli.path,
         default=pathlib.Path("runs") / "sweep",
         help="folder for results.jsonl, report.md, the figures and runs/ (default runs/sweep)",
     )
@@ -211,17 +211,23 @@ def _setup(cfg):
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(cfg["threads"])
-    from minivae.ae import AE
     from minivae.data import load_mnist
-    from minivae.optim import Adam
-    from minivae.vae import VAE
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
         data = load_mnist(cfg["data_dir"], cfg["limit"], seed=0)  # the same digits for every seed
+    return (*_new_model(cfg), data, binarize_fixed(data.test_x, cfg["binarize"]))
+
+
+def _new_model(cfg):
+    """A freshly initialised model of ``cfg`` and its Adam."""
+    from minivae.ae import AE
+    from minivae.optim import Adam
+    from minivae.vae import VAE
+
     kind = VAE if cfg["model"] == "vae" else AE
     model = kind(D, cfg["latent"], tuple(cfg["hidden"]), seed=cfg["seed"], backend=cfg["backend"])
-    return model, Adam(model.params, lr=cfg["lr"]), data, binarize_fixed(data.test_x, cfg["binarize"])
+    return model, Adam(model.params, lr=cfg["lr"])
 
 
 def _files(cfg):
@@ -246,9 +252,12 @@ def run_one(cfg):
     partial, resume = _files(cfg)
     t0 = time.perf_counter()
     lr_at = schedule(cfg["steps"], cfg["lr"], cfg.get("lr_schedule", "constant"), cfg.get("decay_frac", DECAY_FRAC))
-    trained = _train(model, opt, data, test_x, cfg, (partial, resume), cfg["steps"], curve_steps(cfg["steps"]), lr_at)
-    row = _finish_row(model, data, test_x, cfg, trained, time.perf_counter() - t0)
-    partial.unlink(missing_ok=True)
+    try:
+        marks = curve_steps(cfg["steps"])
+        trained = _train(model, opt, data, test_x, cfg, (partial, resume), cfg["steps"], marks, lr_at)
+        row = _finish_row(model, data, test_x, cfg, trained, time.perf_counter() - t0)
+    finally:  # a run that stops, however, leaves no progress file saying it is under way
+        partial.unlink(missing_ok=True)
     resume.unlink(missing_ok=True)
     return row
 
@@ -265,13 +274,24 @@ def run_budgets(cfg):
     whose row is in ``cfg["budgets_done"]`` gets no branch (and the trunk no stop there). An
     interrupted curve continues from the trunk's last checkpoint (saved every RESUME_EVERY steps
     and at every S)."""
-    budgets, f = cfg["budgets"], cfg["decay_frac"]
-    starts = [decay_start(t, f) for t in budgets]
-    trunk_marks = sorted({m for t, s in zip(budgets, starts, strict=True) for m in curve_steps(t) if m <= s})
+    f = cfg["decay_frac"]
+    trunk_marks = sorted({m for t in cfg["budgets"] for m in curve_steps(t) if m <= decay_start(t, f)})
     model, opt, data, test_x = _setup(cfg)
     files = _files(cfg)
+    try:
+        rows = _trunk_and_branches(cfg, model, opt, data, test_x, files, trunk_marks)
+    finally:  # a curve that stops, however, leaves no progress file saying it is under way
+        files[0].unlink(missing_ok=True)
+    files[1].unlink(missing_ok=True)
+    return rows
+
+
+def _trunk_and_branches(cfg, model, opt, data, test_x, files, trunk_marks):
+    """The loop of :func:`run_budgets`: the trunk to each budget's S, and that budget's branch."""
+    budgets, f = cfg["budgets"], cfg["decay_frac"]
     rows = []
-    for total, start, key in zip(budgets, starts, cfg["budget_keys"], strict=True):
+    for total, key in zip(budgets, cfg["budget_keys"], strict=True):
+        start = decay_start(total, f)
         if key in cfg.get("budgets_done", ()):
             continue  # the trunk passes through its S without stopping
         trunk = _train(model, opt, data, test_x, cfg, files, start, trunk_marks, None, keep_end=True)
@@ -279,16 +299,13 @@ def run_budgets(cfg):
         one = dict(cfg, steps=total, settings=key, lr_schedule="wsd", budgets=None)
         if total != budgets[-1]:  # the larger-K estimate and the probes (minutes at large Z): final model only
             one.update(iw_check=None, probe=False)
-        branch, branch_opt, _, _ = _setup(one)
-        # the trunk's state at S, read back from the checkpoint it has just saved
+        branch, branch_opt = _new_model(one)  # given the trunk's state at S by _train, from its checkpoint
         marks = curve_steps(total)
         lr_at = schedule(total, cfg["lr"], "wsd", f)
         trained = _train(branch, branch_opt, data, test_x, one, (None, files[1]), total, marks, lr_at, trunk=cfg)
         trained["curve"] = [p for p in trunk["curve"] if p["step"] in marks and p["step"] <= start] + trained["curve"]
         trained["wall_before"] = trunk["wall_before"]
         rows.append(_finish_row(branch, data, test_x, one, trained, time.perf_counter() - t0))
-    for p in files:
-        p.unlink(missing_ok=True)
     return rows
 
 
@@ -567,7 +584,7 @@ def settings_of(args, steps, schedule_kind=None):
         "lr": args.lr,
         "binarize": args.binarize,
         "limit": args.limit,
-        "data_dir": str(args.data_dir) if args.data_dir else None,
+        "data_dir": _data_dir_name(args.data_dir),
         "iw_samples": args.iw_samples,
         "iw_examples": args.iw_examples,
     }
@@ -577,6 +594,17 @@ def settings_of(args, steps, schedule_kind=None):
     if kind == "wsd":
         s["decay_frac"] = args.decay_frac
     return s, _key(s)
+
+
+def _data_dir_name(path):
+    """The data folder as the settings name it: relative to the current folder when inside it
+    (``data/mnist``, however it was written: ``./data/mnist/`` or its absolute path), else
+    absolute — one folder, one name."""
+    if path is None:
+        return None
+    full = os.path.abspath(path)
+    inside = os.path.relpath(full)
+    return full if inside == os.pardir or inside.startswith(os.pardir + os.sep) else inside
 
 
 def _key(settings):

@@ -56,7 +56,7 @@ import numpy as np
 
 from minivae import cli, loop, metrics
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
-from minivae.data import D, DataError, binarize_fixed, load_mnist
+from minivae.data import D, DataError, binarize_fixed, fingerprint, load_mnist
 from minivae.files import (
     CHECKPOINT,
     CheckpointError,
@@ -473,6 +473,7 @@ def _run(args, given, signals, state):
         out=out,
         quiet=quiet,
         n=len(data.train_x),
+        data_id=fingerprint(data),
         signals=signals,
         state=state,
         history=history,
@@ -620,6 +621,11 @@ def _build(config, ck, out, start_step, quiet):
                 f"the data now give {n:,} ({data.source}); give --data-dir to point "
                 f"to the run's data"
             )
+        if "data/fingerprint" in ck and str(ck["data/fingerprint"]) != fingerprint(data):
+            raise UsageError(
+                f"the run was trained on other digits than those {data.source} gives (same count, other "
+                f"images or labels); give --data-dir to point to the run's data"
+            )
         if start_step >= steps_per_epoch:
             raise UsageError(
                 f"the checkpoint is at step {start_step} of an epoch, but the data give "
@@ -726,6 +732,7 @@ def _save(job, epoch_rng_state, epoch, step, running=None):
         step,
         job["config"],
         n_train=job["n"],
+        data_id=job["data_id"],
         running=running,
     )
     job["state"]["saved"] = (epoch, step)

@@ -484,3 +484,51 @@ def test_throughput_as_a_command_says_a_bad_value_or_out_in_one_line(tmp_path):
     for argv in (["--latents", "abc"], ["--out", str(tmp_path / "file")]):
         r = subprocess.run([sys.executable, str(THROUGHPUT), *argv], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "--" in one_line(r.stderr), r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# 8. the sweep's --out, its data folder's name, and resume on other digits of the same count
+# --------------------------------------------------------------------------------------------
+
+
+def test_sweep_refuses_an_empty_out(tmp_path, capsys, monkeypatch):
+    from minivae import sweep
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["--out", "", "--steps", "2"])
+    assert e.value.code == 2 and "--out" in one_line(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_one_data_folder_written_three_ways_is_one_setting(tmp_path, monkeypatch):
+    from minivae import sweep
+
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    keys = {
+        sweep.settings_of(sweep.parse_args(["--steps", "9", "--data-dir", d]), 9)[1]
+        for d in ("data/mnist", "./data/mnist/", str(tmp_path / "data" / "mnist"))
+    }
+    assert len(keys) == 1
+    outside = sweep.parse_args(["--steps", "9", "--data-dir", str(tmp_path.parent)])
+    assert sweep.settings_of(outside, 9)[0]["data_dir"] == str(tmp_path.parent)  # absolute when outside
+
+
+def test_resume_refuses_other_digits_of_the_same_count(tmp_path, capsys):
+    from test_data import fake_mnist
+
+    first, other = tmp_path / "a", tmp_path / "b"
+    for folder, seed in ((first, 1), (other, 3)):
+        folder.mkdir()
+        for name, blob in fake_mnist(seed=seed, n_train=200, n_test=40)[0].items():
+            (folder / name).write_bytes(blob)
+    out = tmp_path / "run"
+    args = [a for a in SMALL if a != "--limit" and a != "300"]
+    assert train.main([*map(str, args), "--epochs", "1", "--data-dir", str(first), "--out", str(out)]) == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    capsys.readouterr()
+    assert train.main(["--resume", str(out), "--epochs", "2", "--data-dir", str(other), "--quiet"]) == 2
+    assert "other digits" in one_line(capsys.readouterr().err)
+    assert (out / "checkpoint.npz").read_bytes() == before
+    assert train.main(["--resume", str(out), "--epochs", "2", "--data-dir", str(first), "--quiet"]) == 0
