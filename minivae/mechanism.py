@@ -67,12 +67,14 @@ def unused_noise(model, mu, logvar, threshold=ACTIVE_THRESHOLD):
     }
 
 
-def _resized(model, latent, params):
-    """A VAE like ``model`` (hidden widths, β, dtype, backend, seed) with ``latent`` units and
-    these parameters."""
+def _resized(model, latent, params, seed=0):
+    """A VAE like ``model`` (hidden widths, β, dtype, backend) with ``latent`` units, these
+    parameters, and its noise generator seeded by ``seed``."""
     from minivae.vae import VAE
 
-    new = VAE(model.data_dim, latent, model.hidden, seed=0, dtype=model.dtype, beta=model.beta, backend=model.backend)
+    new = VAE(
+        model.data_dim, latent, model.hidden, seed=seed, dtype=model.dtype, beta=model.beta, backend=model.backend
+    )
     new.set_params(params)
     return new
 
@@ -93,7 +95,7 @@ def pruned(model, keep):
     return _resized(model, len(keep), p)
 
 
-def embedded(model, latent):
+def embedded(model, latent, seed=0):
     """``model`` (Z latents) inside a VAE of ``latent`` ≥ Z: units Z … latent − 1 get zero encoder
     columns (μ = 0, log σ² = 0: q = N(0, 1), no KL) and zero decoder rows (no effect on x)."""
     z = model.latent
@@ -107,4 +109,4 @@ def embedded(model, latent):
     p[enc + ".W"] = np.concatenate([w[:, :z], zeros_w, w[:, z:], zeros_w], axis=1)
     p[enc + ".b"] = np.concatenate([b[:z], zeros_b, b[z:], zeros_b])
     p[dec0 + ".W"] = np.concatenate([p[dec0 + ".W"], np.zeros((extra, p[dec0 + ".W"].shape[1]), w.dtype)])
-    return _resized(model, latent, p)
+    return _resized(model, latent, p, seed)

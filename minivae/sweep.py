@@ -148,6 +148,14 @@ def parse_args(argv=None):
         help="keep each final VAE as a run folder models/<run>/ (config.json, checkpoint.npz) that "
         "minivae.load and minivae.explore open (default: only the results and small arrays are kept)",
     )
+    p.add_argument(
+        "--init-from",
+        type=cli.path,
+        default=None,
+        metavar="RUN_DIR",
+        help="start every VAE from this trained VAE (a run folder, e.g. one --keep-models kept) with its "
+        "extra latents at the prior: the nested warm start (default: fresh weights)",
+    )
     p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes (default 1)")
     p.add_argument(
         "--scheduler",
@@ -205,6 +213,12 @@ def _curve_point(model, test_x, seed, step):
     return point
 
 
+def _marks(cfg, total):
+    """The steps a run's curve is measured at: :func:`curve_steps`, and step 0 for a warm start
+    (the model it starts from, as embedded)."""
+    return ([0] if cfg.get("warm_start") else []) + curve_steps(total)
+
+
 def _setup(cfg):
     """The model, its optimizer, the digits and the test digits as the run measures them."""
     if cfg.get("threads"):
@@ -227,6 +241,11 @@ def _new_model(cfg):
 
     kind = VAE if cfg["model"] == "vae" else AE
     model = kind(D, cfg["latent"], tuple(cfg["hidden"]), seed=cfg["seed"], backend=cfg["backend"])
+    if cfg.get("warm_start"):  # a trained smaller VAE, its extra units at the prior (minivae.mechanism)
+        from minivae.runs import load
+
+        small = load(cfg["warm_start"], backend=cfg["backend"])
+        model = mechanism.embedded(small, cfg["latent"], seed=cfg["seed"])
     return model, Adam(model.params, lr=cfg["lr"])
 
 
@@ -253,7 +272,7 @@ def run_one(cfg):
     t0 = time.perf_counter()
     lr_at = schedule(cfg["steps"], cfg["lr"], cfg.get("lr_schedule", "constant"), cfg.get("decay_frac", DECAY_FRAC))
     try:
-        marks = curve_steps(cfg["steps"])
+        marks = _marks(cfg, cfg["steps"])
         trained = _train(model, opt, data, test_x, cfg, (partial, resume), cfg["steps"], marks, lr_at)
         row = _finish_row(model, data, test_x, cfg, trained, time.perf_counter() - t0)
     finally:  # a run that stops, however, leaves no progress file saying it is under way
@@ -275,7 +294,7 @@ def run_budgets(cfg):
     interrupted curve continues from the trunk's last checkpoint (saved every RESUME_EVERY steps
     and at every S)."""
     f = cfg["decay_frac"]
-    trunk_marks = sorted({m for t in cfg["budgets"] for m in curve_steps(t) if m <= decay_start(t, f)})
+    trunk_marks = sorted({m for t in cfg["budgets"] for m in _marks(cfg, t) if m <= decay_start(t, f)})
     model, opt, data, test_x = _setup(cfg)
     files = _files(cfg)
     try:
@@ -300,7 +319,7 @@ def _trunk_and_branches(cfg, model, opt, data, test_x, files, trunk_marks):
         if total != budgets[-1]:  # the larger-K estimate and the probes (minutes at large Z): final model only
             one.update(iw_check=None, probe=False)
         branch, branch_opt = _new_model(one)  # given the trunk's state at S by _train, from its checkpoint
-        marks = curve_steps(total)
+        marks = _marks(cfg, total)
         lr_at = schedule(total, cfg["lr"], "wsd", f)
         trained = _train(branch, branch_opt, data, test_x, one, (None, files[1]), total, marks, lr_at, trunk=cfg)
         trained["curve"] = [p for p in trunk["curve"] if p["step"] in marks and p["step"] <= start] + trained["curve"]
@@ -401,6 +420,8 @@ def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=F
             save_checkpoint(resume, model, opt, data_rng, where["start"], where["epoch"] - 1, epoch_step, config)
         return step >= until
 
+    if done["step"] == 0 and 0 in wanted and trunk is None:
+        done["curve"].append(_curve_point(model, test_x, cfg["seed"], 0))
     if done["step"] < until:
         for epoch, start, x_epoch, order in loop.epochs(
             data.train_x, cfg["binarize"], cfg["batch_size"], data_rng, first
@@ -588,6 +609,8 @@ def settings_of(args, steps, schedule_kind=None):
         "iw_samples": args.iw_samples,
         "iw_examples": args.iw_examples,
     }
+    if getattr(args, "init_from", None) is not None:
+        s["init_from"] = args.init_source["id"]
     kind = schedule_kind or getattr(args, "lr_schedule", "constant")
     if kind != "constant":
         s["lr_schedule"] = kind
@@ -665,6 +688,7 @@ def _run_locked(args, backend):
             for m in args.models:
                 run = dict(model=m, latent=z, hidden=hidden, seed=sd, backend=backend, out=str(args.out))
                 run.update(iw_check=args.iw_check, keep_models=args.keep_models)
+                run.update(warm_start=args.init_source["path"] if args.init_source else None)
                 have = [k for k in per_budget if (k, run_key(run)) in done]
                 if args.budgets:
                     run.update(chain, settings=chain_key, budget_keys=per_budget, budgets_done=have)
@@ -791,6 +815,7 @@ def _check_options(args):
             raise UsageError("--budgets needs --lr-schedule wsd: the budget curve branches a constant-rate run")
         if min(decay_start(t, args.decay_frac) for t in args.budgets) < 1:
             raise UsageError(f"--decay-frac {args.decay_frac} leaves no constant-rate step in the smallest budget")
+    args.init_source = _init_source(args) if args.init_from is not None else None
     if args.limit is not None and args.limit < 10:
         raise UsageError(f"--limit {args.limit}: the probes need at least 10 training digits")
     if args.epochs is None:
@@ -801,6 +826,26 @@ def _check_options(args):
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
+
+
+def _init_source(args):
+    """The trained VAE a warm start begins from: {"path", "id"} (id: its latent size, hidden widths
+    and a hash of its checkpoint, for the settings key), checked against every run of the sweep."""
+    from minivae.runs import RunError, read_run
+
+    try:
+        run = read_run(args.init_from)
+    except RunError as e:
+        raise UsageError(f"--init-from: {e}") from None
+    z, hidden = run.config["latent"], list(run.config["hidden"])
+    if "vae" not in args.models or args.models != ["vae"]:
+        raise UsageError("--init-from starts VAEs: give it with --models vae")
+    if hidden != list(args.hidden):
+        raise UsageError(f"--init-from {args.init_from} has hidden {hidden}, the sweep {list(args.hidden)}")
+    if min(args.latents) < z:
+        raise UsageError(f"--init-from {args.init_from} has Z = {z}: every --latents must be at least that")
+    digest = hashlib.sha1((pathlib.Path(args.init_from) / "checkpoint.npz").read_bytes()).hexdigest()[:12]
+    return {"path": os.path.abspath(args.init_from), "id": f"vae-{z}-h{'x'.join(map(str, hidden))}@{digest}"}
 
 
 def _load_data(args):

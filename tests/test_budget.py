@@ -292,3 +292,31 @@ def test_the_sweep_records_the_mechanism_in_its_rows_and_curves(tmp_path):
     assert all("noise_inactive" in p for p in row["curve"])
     if row["pruned_units"]:
         assert math.isfinite(row["test_iw_nll_pruned"])
+
+
+def test_a_warm_started_sweep_starts_from_the_embedded_model(tmp_path, capsys):
+    small_out = tmp_path / "small"
+    assert (
+        sweep.main(["--latents", "3", "--steps", "6", "--keep-models", "--quiet", "--out", str(small_out)] + TINY) == 0
+    )
+    (kept,) = (small_out / "models").iterdir()
+    small = minivae_load(kept)
+    assert small.latent == 3
+    warm = tmp_path / "warm"
+    args = ["--latents", "3,7", "--steps", "4", "--init-from", str(kept), "--quiet", "--out", str(warm)] + TINY
+    assert sweep.main(args) == 0
+    rows = {r["latent"]: r for r in map(json.loads, (warm / "results.jsonl").read_text().splitlines())}
+    assert rows[3]["curve"][0]["step"] == 0 and rows[7]["curve"][0]["step"] == 0
+    assert rows[7]["curve"][0]["active_units"] <= 3  # the 4 added units start at the prior
+    settings = json.loads((warm / "settings.json").read_text())
+    assert settings["init_from"].startswith("vae-3-h16@")
+    capsys.readouterr()
+    for bad in (["--latents", "2"], ["--hidden", "8"], ["--models", "ae"]):
+        code = sweep.main(args + bad)
+        assert code == 2 and "--init-from" in capsys.readouterr().err, bad
+
+
+def minivae_load(path):
+    from minivae.runs import load
+
+    return load(path, backend="numpy")
