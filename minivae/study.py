@@ -102,6 +102,13 @@ def separated(a, b, field):
     return abs(ma - mb) > sa + sb
 
 
+def _iw_digits(rows, settings):
+    """How many test digits the log-likelihood estimate averaged over: what the runs record
+    (fewer than --iw-examples when the test set is smaller), else the setting."""
+    used = sorted({r["iw_examples"] for r in rows if r.get("iw_examples")})
+    return ", ".join(f"{n:,}" for n in used) if used else f"{settings['iw_examples']:,}"
+
+
 def report(rows, settings, source):
     """The tables and a short reading of them, every statement computed from the rows."""
     steps = settings["steps"]
@@ -111,7 +118,7 @@ def report(rows, settings, source):
         f"Data: {source}.  ",
         f"Budget: {steps:,} Adam steps per run (batch {settings['batch_size']}, lr {settings['lr']}, "
         f"{settings['binarize']} binarization). Log-likelihood: importance-weighted with "
-        f"K = {settings['iw_samples']} on the first {settings['iw_examples']} test digits. "
+        f"K = {settings['iw_samples']} on the first {_iw_digits(rows, settings)} test digits. "
         "Means ± sample standard deviations over the seeds (n); all numbers on the test digits "
         "unless said otherwise, in nats per digit.",
         "",

@@ -320,3 +320,11 @@ def minivae_load(path):
     from minivae.runs import load
 
     return load(path, backend="numpy")
+
+
+def test_the_report_names_the_test_digits_the_estimate_used():
+    row = {"model": "vae", "latent": 2, "hidden": [8], "seed": 0, "test_loss": 100.0, "test_iw_nll": 95.0}
+    row.update(active_units=2, directions=2, epochs=1.0, wall_s=1.0, iw_examples=500, settings="k")
+    settings = {"steps": 10, "batch_size": 128, "lr": 1e-3, "binarize": "dynamic", "iw_samples": 100}
+    text = study.report([row], dict(settings, iw_examples=1000), "the offline sample")
+    assert "first 500 test digits" in text and "first 1000" not in text
