@@ -676,6 +676,9 @@ def _run_locked(args, backend):
     results_path = args.out / "results.jsonl"
     say = (lambda *a: None) if args.quiet else print
     rows, old, corrupt = _previous_results(args.out, set(per_budget))
+    _prepare_out(args.out, corrupt, dict(settings, budgets=args.budgets) if args.budgets else settings, key)
+    if corrupt:  # set aside, so moved: they are in results.jsonl.corrupt now, and only there
+        write_jsonl(results_path, old + rows)
     _take_in(args.out, set(per_budget), rows, old)  # rows the workers of a killed sweep left
     done = {(r["settings"], run_key(r)) for r in rows}
     threads = 1 if args.jobs > 1 else None
@@ -706,7 +709,6 @@ def _run_locked(args, backend):
         f"{len(todo)} runs to do, {len(wanted) - len(todo)} already in {results_path}; {budget}, "
         f"hidden {hidden}, seeds {seeds}, backend {backend}"
     )
-    _prepare_out(args.out, corrupt, dict(settings, budgets=args.budgets) if args.budgets else settings, key)
     t0 = time.perf_counter()
     try:
         failed = _train_all(args, todo, rows, old, client, say, set(per_budget))
@@ -1063,10 +1065,12 @@ _WORKERS_LOCK_FD = None
 
 def _run_in_worker(cfg):
     """:func:`run_one` in a worker process; stopped by SIGTERM, the process exits once the run's
-    clean-up has run (instead of taking the next run from the queue)."""
+    clean-up has run (instead of taking the next run from the queue), its progress file removed."""
     try:
         return run_one(cfg)
     except KeyboardInterrupt:
+        # its progress file would say the run is still going (a sweep still alive removes it too)
+        (pathlib.Path(cfg["out"]) / "runs" / run_file(cfg, ".partial.json")).unlink(missing_ok=True)
         os._exit(128 + signal.SIGTERM)
 
 
