@@ -534,17 +534,73 @@ def budget_curves(path, rows):
             marker="o",
             ms=4,
             capsize=3,
-            color=cmap(i / max(1, len(lines) - 1)),
+            color=cmap(0.85 * i / max(1, len(lines) - 1)),  # viridis' last yellow is too pale
             label=f"Z = {z}" + (" (= D)" if z == 784 else ""),
         )
     ax.set_xscale("log")
-    budgets = sorted({p[0] for pts in lines.values() for p in pts})
-    ax.set_xticks(budgets)
-    ax.set_xticklabels([f"{b // 1000}k" if b >= 1000 else str(b) for b in budgets])
-    ax.minorticks_off()
+    _budget_ticks(ax, sorted({p[0] for pts in lines.values() for p in pts}))
     ax.set_xlabel("training budget (Adam steps, batch 128; wsd schedule, cooled)")
     ax.set_ylabel("test −log p(x) (nats, IW)")
     ax.set_title(f"Cooled −log p(x) against the budget (VAE, hidden {list(hidden)})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     _save(fig, path)
+
+
+def unused_noise(path, rows):
+    """What the unused latents feed the decoder, per latent size (VAE, main width, lowest seed).
+    Left: Σ_{u inactive} E[σ_u²]‖W_u‖² along the learning curve of the largest budget (constant
+    rate until its decay, then the decay), with each budget's value after its cool-down. Right:
+    test −log p(x) of each budget's model, and of the same model pruned of its inactive units."""
+    from minivae.study import main_hidden
+
+    vae = [r for r in rows if r["model"] == "vae" and not r.get("diverged")]
+    hidden = main_hidden(vae)
+    by_z = {}
+    for r in vae:
+        if tuple(r["hidden"]) == hidden:
+            by_z.setdefault(r["latent"], []).append(r)
+    if not by_z:
+        return
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    cmap = plt.get_cmap("viridis")
+    for i, (z, rs) in enumerate(sorted(by_z.items())):
+        color = cmap(0.85 * i / max(1, len(by_z) - 1))
+        seed = min(r["seed"] for r in rs)
+        rs = sorted((r for r in rs if r["seed"] == seed), key=lambda r: r["steps"])
+        longest = rs[-1]["curve"]
+        pts = [(p["step"], p["noise_inactive"]) for p in longest if p.get("noise_inactive")]
+        if pts:
+            left.plot(*zip(*pts, strict=True), color=color, label=f"Z = {z}")
+        cooled = [(r["steps"], r["noise_inactive"]) for r in rs if r.get("noise_inactive")]
+        if cooled:
+            left.plot(*zip(*cooled, strict=True), "o", color=color, ms=5, mfc="white")
+        full = [(r["steps"], r["test_iw_nll"]) for r in rs if r.get("test_iw_nll") is not None]
+        pruned = [(r["steps"], r["test_iw_nll_pruned"]) for r in rs if r.get("test_iw_nll_pruned") is not None]
+        if full:
+            right.plot(*zip(*full, strict=True), "o-", color=color, ms=4, label=f"Z = {z}")
+        if pruned:
+            right.plot(*zip(*pruned, strict=True), "x--", color=color, ms=6)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("Adam step (largest budget's run: constant rate, then its decay)")
+    left.set_ylabel("Σ over inactive units of E[σ²]·‖W_u‖²")
+    left.set_title("Noise the unused latents feed the decoder\n(line: along training; circles: each budget, cooled)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    right.set_xscale("log")
+    _budget_ticks(right, sorted({r["steps"] for rs in by_z.values() for r in rs}))
+    right.set_xlabel("training budget (Adam steps, wsd schedule, cooled)")
+    right.set_ylabel("test −log p(x) (nats, IW)")
+    right.set_title("The model (solid) and the same model with its\ninactive units removed, z fixed at 0 (dashed)")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _budget_ticks(ax, budgets):
+    """Ticks at the budgets of a log axis, written 5k, 10k, …"""
+    ax.set_xticks(budgets)
+    ax.set_xticklabels([f"{b // 1000}k" if b >= 1000 else str(b) for b in budgets])
+    ax.minorticks_off()

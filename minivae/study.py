@@ -294,5 +294,5 @@ def budget_report(rows):
             + " | ".join(cells)
             + f" | {said} | {ok} |"
         )
-    lines += ["", "Figure: `budget_curves.png`.", ""]
+    lines += ["", "Figures: `budget_curves.png`, `unused_noise.png`.", ""]
     return "\n".join(lines)

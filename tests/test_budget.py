@@ -173,7 +173,7 @@ def test_budget_rows_report_and_figure_from_a_two_size_two_budget_sweep(tmp_path
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted((r["latent"], r["steps"]) for r in rows) == [(3, 5), (3, 10), (5, 5), (5, 10)]
     assert len({r["settings"] for r in rows}) == 2  # one key per budget
-    assert (out / "budget_curves.png").stat().st_size > 0
+    assert (out / "budget_curves.png").stat().st_size > 0 and (out / "unused_noise.png").stat().st_size > 0
     text = (out / "report.md").read_text()
     assert "## Budget curves" in text and "| 5 | 10 | last change | converged |" in text
     curves = study.budget_curves(rows)
