@@ -95,6 +95,105 @@ def pruned(model, keep):
     return _resized(model, len(keep), p)
 
 
+def at_prior(model, units):
+    """``model`` with the units ``units`` sent to the prior: their μ and log σ² columns of the
+    encoder's last layer zeroed, so q(z_u | x) = N(0, 1) for every x (no KL, no information about
+    x), their decoder rows kept. Beside :func:`pruned` (z_u = 0) it splits what removing them
+    costs into what they tell about x (this) and what their noise does to the decoder (the rest)."""
+    units = np.asarray(units, dtype=np.int64)
+    enc, _ = _layers(model)
+    p = {k: np.array(v) for k, v in model.get_params().items()}
+    cols = np.concatenate([units, model.latent + units])
+    p[enc + ".W"][:, cols] = 0
+    p[enc + ".b"][cols] = 0
+    return _resized(model, model.latent, p)
+
+
+def measure(model, test_x, seed=0, iw_samples=100, iw_examples=1000, iw_check=None):
+    """The mechanism measurements of one trained VAE on binarized test digits ``test_x``:
+    −ELBO and −log p(x) (K = ``iw_samples`` on the first ``iw_examples``) of the model, of the
+    model pruned of its inactive units (:func:`pruned`), and of the model with them at the prior
+    (:func:`at_prior`); :func:`unused_noise`; and with ``iw_check`` = K', −log p(x) with K'."""
+    from minivae import metrics
+
+    mu, logvar = metrics.posterior_means(model, test_x)
+    off = np.asarray(mu, np.float64).var(axis=0) < ACTIVE_THRESHOLD
+    x_iw = test_x[:iw_examples]
+    out = dict(unused_noise(model, mu, logvar), latent=model.latent)
+
+    def both(name, m):
+        rng = np.random.default_rng([seed, 7])  # one stream per model: the same draws for each
+        out[f"test_loss{name}"] = metrics.evaluate(m, test_x, rng)["loss"]
+        out[f"test_iw_nll{name}"] = -metrics.iw_log_likelihood(m, x_iw, iw_samples, rng)
+
+    both("", model)
+    if off.any() and not off.all():
+        both("_pruned", pruned(model, np.flatnonzero(~off)))
+        both("_prior", at_prior(model, np.flatnonzero(off)))
+    if iw_check:
+        rng = np.random.default_rng([seed, 8])
+        out["test_iw_nll_check"] = -metrics.iw_log_likelihood(model, x_iw, iw_check, rng, max(1, 20_000 // iw_check))
+        out["iw_check_samples"] = iw_check
+    return out
+
+
+def main(argv=None):
+    """``python -m minivae.mechanism RUN_DIR … --out FILE.jsonl``: :func:`measure` for each run
+    folder (``minivae.train``'s, or those ``minivae.sweep --keep-models`` keeps), one JSON line
+    each, appended to --out as each is done."""
+    import json
+    import pathlib
+    import warnings
+
+    from minivae import cli
+    from minivae.data import DataError, binarize_fixed, load_mnist
+    from minivae.files import atomic_write_text, read_jsonl
+    from minivae.runs import RunError, load, read_config
+
+    p = cli.Parser(prog=cli.program("minivae.mechanism", "minivae-mechanism"), description=main.__doc__)
+    p.add_argument("runs", nargs="+", type=cli.path, metavar="RUN_DIR")
+    p.add_argument("--out", type=cli.path, required=True, help="JSON-lines file the measurements go to")
+    p.add_argument("--data-dir", type=cli.path, default=None, help="a folder of MNIST IDX files")
+    p.add_argument("--iw-samples", type=cli.positive_int, default=100, metavar="K", help="(default 100)")
+    p.add_argument("--iw-examples", type=cli.positive_int, default=1000, metavar="N", help="(default 1000)")
+    p.add_argument("--iw-check", type=cli.positive_int, default=None, metavar="K", help="also K' samples")
+    p.add_argument("--backend", default="auto", help="(default auto)")
+
+    def run(args):
+        try:
+            models = [(r, read_config(pathlib.Path(r) / "config.json")) for r in args.runs]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = load_mnist(args.data_dir, seed=0)
+        except (RunError, DataError, ValueError) as e:
+            raise cli.UsageError(str(e)) from None
+        try:
+            rows = read_jsonl(args.out)
+        except (OSError, ValueError) as e:
+            raise cli.UsageError(f"--out {args.out}: {e}") from None
+        for run_dir, config in models:
+            test_x = binarize_fixed(data.test_x, config.get("binarize", "dynamic"))
+            row = measure(
+                load(run_dir, args.backend),
+                test_x,
+                config.get("seed", 0),
+                args.iw_samples,
+                args.iw_examples,
+                args.iw_check,
+            )
+            rows.append({"run": pathlib.Path(run_dir).name, "steps": config.get("steps"), **row})
+            atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+            print(
+                f"{pathlib.Path(run_dir).name}: -log p(x) {row['test_iw_nll']:.2f}, pruned "
+                f"{row.get('test_iw_nll_pruned', float('nan')):.2f}, at the prior "
+                f"{row.get('test_iw_nll_prior', float('nan')):.2f}",
+                flush=True,
+            )
+        return 0
+
+    return cli.run_command("minivae.mechanism", run, p.parse_args, argv)
+
+
 def embedded(model, latent, seed=0):
     """``model`` (Z latents) inside a VAE of ``latent`` ≥ Z: units Z … latent − 1 get zero encoder
     columns (μ = 0, log σ² = 0: q = N(0, 1), no KL) and zero decoder rows (no effect on x)."""
@@ -110,3 +209,9 @@ def embedded(model, latent, seed=0):
     p[enc + ".b"] = np.concatenate([b[:z], zeros_b, b[z:], zeros_b])
     p[dec0 + ".W"] = np.concatenate([p[dec0 + ".W"], np.zeros((extra, p[dec0 + ".W"].shape[1]), w.dtype)])
     return _resized(model, latent, p, seed)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -328,3 +328,30 @@ def test_the_report_names_the_test_digits_the_estimate_used():
     settings = {"steps": 10, "batch_size": 128, "lr": 1e-3, "binarize": "dynamic", "iw_samples": 100}
     text = study.report([row], dict(settings, iw_examples=1000), "the offline sample")
     assert "first 500 test digits" in text and "first 1000" not in text
+
+
+def test_units_at_the_prior_cost_no_kl_and_tell_nothing_about_x():
+    vae = _vae(5, seed=5)
+    x = _digits()
+    moved = mechanism.at_prior(vae, [1, 3])
+    mu, logvar = moved.encode(x)
+    assert np.all(mu[:, [1, 3]] == 0) and np.all(logvar[:, [1, 3]] == 0)
+    keep = [0, 2, 4]
+    assert np.array_equal(mu[:, keep], vae.encode(x)[0][:, keep])
+    assert np.array_equal(moved.params["dec0.W"], vae.params["dec0.W"])  # the decoder still hears them
+
+
+def test_the_mechanism_command_measures_kept_models(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert sweep.main(["--latents", "6", "--steps", "4", "--keep-models", "--quiet", "--out", str(out)] + TINY) == 0
+    (kept,) = (out / "models").iterdir()
+    result = tmp_path / "m.jsonl"
+    argv = [str(kept), "--out", str(result), "--iw-samples", "3", "--iw-examples", "20", "--backend", "numpy"]
+    assert mechanism.main(argv) == 0
+    (row,) = [json.loads(line) for line in result.read_text().splitlines()]
+    assert row["run"] == kept.name and row["latent"] == 6 and math.isfinite(row["test_iw_nll"])
+    sweep_row = json.loads((out / "results.jsonl").read_text())
+    assert row["noise_inactive"] == pytest.approx(sweep_row["noise_inactive"])
+    capsys.readouterr()
+    assert mechanism.main([str(tmp_path / "nothing"), "--out", str(result)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
