@@ -1,7 +1,8 @@
 """minivae: a readable variational autoencoder in NumPy.
 
 Read in this order: :mod:`minivae.vae` (the ELBO and the model), :mod:`minivae.losses`,
-:mod:`minivae.layers`, :mod:`minivae.optim`, then :mod:`minivae.train` (the training loop).
+:mod:`minivae.layers`, :mod:`minivae.optim`, then :mod:`minivae.loop` (the training loop, which
+:mod:`minivae.train`, the main job, and :mod:`minivae.sweep`, the latent-size study, both run).
 A trained run folder comes back with :func:`minivae.load` (:mod:`minivae.runs`).
 """
 

@@ -2,7 +2,10 @@
 
 - ``numpy``: the readable reference in :mod:`minivae.vae` (always available, no engine).
 - ``cpu-fused``: NumPy's BLAS for the matrix products and Numba-compiled fused kernels for the
-  rest (:mod:`kernels.cpu_fused`), float32 only.
+  rest (:mod:`kernels.cpu_fused`), float32 only. A product may run on our own GEMM instead
+  (:mod:`kernels.gemm_cpu`) where ``python -m kernels.gemm_choice`` timed it faster on this
+  machine and cached that choice (a JSON table; ``MINIVAE_GEMM_CHOICE`` points at another);
+  without a table every product is the BLAS's.
 - ``cupy``: cuBLAS and CuPy fused kernels (:mod:`kernels.cupy`), needs a usable CUDA GPU.
 - ``numba-cuda``: Numba-CUDA kernels (:mod:`kernels.numba_cuda`), needs a usable CUDA GPU.
 - ``auto``: ``cupy`` when a GPU is usable, else ``cpu-fused`` (``numpy`` for float64 models).
