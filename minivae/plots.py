@@ -588,7 +588,8 @@ def unused_noise(path, rows):
     left.set_ylabel("Σ over inactive units of E[σ²]·‖W_u‖²")
     left.set_title("Noise the unused latents feed the decoder\n(line: along training; circles: each budget, cooled)")
     left.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    if left.get_legend_handles_labels()[0]:  # no line where no unit was ever inactive
+        left.legend(fontsize=8)
     right.set_xscale("log")
     _budget_ticks(right, sorted({r["steps"] for rs in by_z.values() for r in rs}))
     right.set_xlabel("training budget (Adam steps, wsd schedule, cooled)")
