@@ -307,27 +307,8 @@ def memory_needed(config, n_train=60_000, n_test=10_000):
     return params + digits + max(step, evaluation, iw), P
 
 
-def _available_memory():
-    """Bytes this process may still allocate (MemAvailable, else the physical memory); None when
-    unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _bytes(n):
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
+_available_memory = cli.available_memory  # a module name, so that tests can pretend a smaller machine
+_bytes = cli.size_text
 
 
 def _check_memory(config):
