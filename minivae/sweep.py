@@ -63,34 +63,25 @@ TAKE_IN_EVERY = 30  # seconds between looks for the rows of budget curves under 
 WORKERS_LOCK = ".workers.lock"  # a shared lock held by every worker of a sweep while it lives
 
 
-def _latent_list(text):
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected latent sizes like 2,10,1000, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"latent sizes must be positive integers, got {text!r}")
-    return sorted(set(values))
+def _int_list(expected, rule, minimum, sort=True):
+    """An argparse type: comma-separated integers of at least ``minimum`` → a list without
+    repeats, sorted (or in the given order); ``expected`` and ``rule`` word the two messages."""
+
+    def parse(text):
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{rule}, got {text!r}")
+        return sorted(set(values)) if sort else list(dict.fromkeys(values))
+
+    return parse
 
 
-def _budget_list(text):
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected step budgets like 5000,10000,20000, got {text!r}") from None
-    if not values or min(values) < 2:
-        raise argparse.ArgumentTypeError(f"step budgets must be integers of at least 2, got {text!r}")
-    return sorted(set(values))
-
-
-def _seed_list(text):
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"seeds must be non-negative integers, got {text!r}")
-    return list(dict.fromkeys(values))
+_latent_list = _int_list("latent sizes like 2,10,1000", "latent sizes must be positive integers", 1)
+_budget_list = _int_list("step budgets like 5000,10000,20000", "step budgets must be integers of at least 2", 2)
+_seed_list = _int_list("seeds like 0,1,2", "seeds must be non-negative integers", 0, sort=False)
 
 
 def _model_list(text):
