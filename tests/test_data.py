@@ -52,6 +52,18 @@ def fake_mnist(seed=0, n_train=30, n_test=20):
     return files, md5s, arrays
 
 
+def official(monkeypatch, seed=0):
+    """Make a tiny fake set the "official" one: MNIST_FILES and MNIST_IDX_MD5S hold its MD5s (of
+    the .gz and of the IDX content), the only mirror refuses connections. Returns fake_mnist's
+    files and arrays."""
+    files, md5s, arrays = fake_mnist(seed)
+    monkeypatch.setattr(data, "MNIST_FILES", md5s)
+    idx = {name: hashlib.md5(gzip.decompress(body)).hexdigest() for name, body in files.items()}
+    monkeypatch.setattr(data, "MNIST_IDX_MD5S", idx)
+    monkeypatch.setattr(data, "MIRRORS", [closed_port_url()])
+    return files, arrays
+
+
 def one_line_error(excinfo, *words):
     """The DataError message is a single line and mentions each of ``words``."""
     message = str(excinfo.value)
@@ -392,6 +404,101 @@ def test_load_mnist_downloads_then_uses_the_cache(server, cache, monkeypatch):
     assert len(server.hits) == hits
     np.testing.assert_array_equal(small.train_x, ds.train_x[:7])
     assert small.test_x.shape == (20, 784) and "first 7 of 30" in small.source
+
+
+# --------------------------------------------------------------------------------------------
+# The cache: the official content, gzipped again or not gzipped
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_cache_takes_recompressed_and_unzipped_copies(cache, monkeypatch):
+    files, arrays = official(monkeypatch)
+    names = list(files)
+    cache.mkdir()
+    recompressed = gzip.compress(gzip.decompress(files[names[0]]), compresslevel=1, mtime=1)
+    assert recompressed != files[names[0]]  # other .gz bytes, the same content
+    (cache / names[0]).write_bytes(recompressed)
+    (cache / names[1].removesuffix(".gz")).write_bytes(gzip.decompress(files[names[1]]))  # unzipped
+    (cache / names[2]).write_bytes(files[names[2]])  # as downloaded
+    (cache / names[3].removesuffix(".gz")).write_bytes(files[names[3]])  # gzipped, named without .gz
+    before = {name: (cache / name).read_bytes() for name in listing(cache)}
+    ds = data.load_mnist(limit=12)  # the mirror refuses: nothing may be fetched
+    xtr, ytr, xte, yte = arrays.values()
+    np.testing.assert_array_equal(ds.train_x, xtr[:12].reshape(12, 784) / np.float32(255))
+    np.testing.assert_array_equal(ds.train_y, ytr[:12])
+    np.testing.assert_array_equal(ds.test_x, xte.reshape(20, 784) / np.float32(255))
+    np.testing.assert_array_equal(ds.test_y, yte)
+    assert "official splits" in ds.source and "first 12 of 30" in ds.source and ds.note == ""
+    assert {name: (cache / name).read_bytes() for name in listing(cache)} == before  # nothing rewritten
+
+
+def test_download_keeps_a_recompressed_or_unzipped_copy(server, cache, monkeypatch):
+    files, _ = official(monkeypatch)
+    names = list(files)
+    cache.mkdir()
+    (cache / names[0]).write_bytes(gzip.compress(gzip.decompress(files[names[0]]), compresslevel=9))
+    (cache / names[1].removesuffix(".gz")).write_bytes(gzip.decompress(files[names[1]]))
+    data.download_mnist(cache, mirrors=[server.serve("good", files)], md5s=data.MNIST_FILES)
+    assert sorted(server.hits) == sorted(f"/good/{n}" for n in names[2:])
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda body: body[:-40], "broken gzip"),  # a truncated .gz
+        (lambda body: gzip.compress(gzip.decompress(body)[:-1] + b"x"), "wrong MD5"),  # one pixel differs
+        (lambda body: gzip.decompress(body)[:-1] + b"x", "wrong MD5"),  # the same, unzipped
+        (None, "missing"),
+    ],
+)
+def test_a_bad_cached_file_falls_back_with_one_short_line(damage, why, cache, monkeypatch):
+    files, _ = official(monkeypatch)
+    names = list(files)
+    cache.mkdir()
+    for name in names[:2]:
+        (cache / name).write_bytes(files[name])
+    if damage is not None:
+        (cache / names[2]).write_bytes(damage(files[names[2]]))
+    with pytest.warns(UserWarning, match="could not download"):
+        ds = data.load_mnist(limit=10)
+    assert "offline 5k sample" in ds.source and "could not be downloaded" in ds.source
+    assert "\n" not in ds.source and "Errno" not in ds.source and "127.0.0.1" not in ds.source
+    note = ds.note  # which file, why, what the download did, where the cache is, the other way in
+    assert note.startswith(f"{names[2]} {why}") and "(+1 more)" in note, note
+    assert "download failed" in note and str(cache) in note and "--data-dir" in note and "IDX" in note
+    assert "\n" not in note and "Errno" not in note
+    assert len(note) - len(str(cache)) <= 100
+
+    off = data.load_mnist(limit=10, download=False)
+    assert off.note.startswith(f"{names[2]} {why}") and "downloads off" in off.note
+    assert "downloads are off" in off.source
+
+
+def test_the_fallback_line_is_short_with_the_default_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("MINIVAE_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(data, "MIRRORS", [closed_port_url()])
+    with pytest.warns(UserWarning):
+        ds = data.load_mnist(limit=10)
+    assert "cache ~/.cache/minivae;" in ds.note and ds.note.startswith("train-images-idx3-ubyte.gz missing")
+    assert len(ds.note) <= 120 and len("  " + ds.note) <= 120, ds.note  # as the commands print it
+
+
+@pytest.mark.skipif(
+    not all((SHARED_MNIST / name).is_file() for name in data.MNIST_FILES),
+    reason=f"the official splits are not in {SHARED_MNIST}",
+)
+def test_the_cache_takes_the_official_files_gzipped_again_or_unzipped(cache, monkeypatch):
+    names = list(data.MNIST_FILES)
+    cache.mkdir()
+    for name in names[:3]:  # as they are here: gzipped again (other .gz bytes)
+        (cache / name).symlink_to(SHARED_MNIST / name)
+    (cache / names[3].removesuffix(".gz")).write_bytes(gzip.decompress((SHARED_MNIST / names[3]).read_bytes()))
+    monkeypatch.setattr(data, "MIRRORS", [closed_port_url()])
+    ds = data.load_mnist(limit=100, download=False)
+    assert ds.train_x.shape == (100, 784) and ds.test_x.shape == (10000, 784) and ds.note == ""
+    assert ds.train_y[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]  # the first ten training labels
+    assert "first 100 of 60,000 training digits" in ds.source and "official splits" in ds.source
 
 
 # --------------------------------------------------------------------------------------------
