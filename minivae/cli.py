@@ -51,6 +51,15 @@ def say(*lines):
         silence_stdout()
 
 
+def say_data(data, quiet=False):
+    """Which digits a command uses: ``data: <source>`` on stdout, also under --quiet; after a
+    fallback to the offline sample, the short note on why (which cached file failed, where the
+    cache is) under it, unless quiet."""
+    say(f"data: {data.source}")
+    if data.note and not quiet:
+        say(f"  {data.note}")
+
+
 def silence_stdout():
     """Point stdout at the null device, its file descriptor too where it has one, so that what is
     still buffered and what comes later (even the interpreter's last flush) is written nowhere,

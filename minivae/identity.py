@@ -54,6 +54,7 @@ from minivae.cli import (
     require_folder,
     run_command,
     say,
+    say_data,
     widths,
 )
 from minivae.data import DataError, batches, binarize, load_mnist
@@ -182,6 +183,7 @@ def memory_needed(data_dim, latent, hidden, batch_size, n_train, n_test, n):
 
 
 def _fit_and_write(args, data, mlps):
+    say_data(data, args.quiet)
     show = not args.quiet and sys.stderr.isatty()
     say_ = (lambda *a: None) if args.quiet else say
     train_x = binarize(data.train_x, "none")

@@ -133,6 +133,7 @@ from minivae.cli import (
     require_folder,
     run_command,
     say,
+    say_data,
 )
 from minivae.data import DataError, batches, binarize, load_mnist
 from minivae.files import WriteError, atomic_write, atomic_write_text
@@ -646,6 +647,7 @@ def run(args):
 
 
 def _train_and_write(args, data):
+    say_data(data, args.quiet)
     train_x = binarize(data.train_x, "none")  # grey values in [0, 1]
     test_x = binarize(data.test_x, "none")
     show = not args.quiet and sys.stderr.isatty()

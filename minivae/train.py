@@ -440,9 +440,9 @@ def _run(args, given, signals, state):
     quiet = args.quiet
     if stale:
         _say(quiet, f"removed {stale} temporary file(s) ({_bytes(stale_bytes)}) that an interrupted run left in {out}")
+    cli.say_data(data, quiet)
     _say(
         quiet,
-        f"data: {data.source}",
         f"model: D={D}, Z={config['latent']}, hidden={config['hidden']}, "
         f"{vae.num_params():,} parameters, backend {vae.backend}",
     )

@@ -225,6 +225,8 @@ def test_command_writes_result_and_summary(tiny_mnist, tmp_path, capsys):
             )
             == 0
         )
+    printed = capsys.readouterr().out.splitlines()  # --quiet: only the data line, once per run
+    assert printed == [f"data: MNIST: 300 training digits from {tiny_mnist}, test: 100 digits from {tiny_mnist}"] * 2
     r = json.loads((out / "z900" / "result.json").read_text())
     assert r["latent"] == 900 and r["q"] == r["k"] <= 784 and r["z_minus_q"] == 900 - r["k"]
     assert len(r["kl_per_unit_sorted"]) == 900 and len(r["eigenvalues"]) == 784
@@ -273,7 +275,7 @@ def test_identity_command_bad_input(bad, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_identity_command_end_to_end(tiny_mnist, tmp_path):
+def test_identity_command_end_to_end(tiny_mnist, tmp_path, capsys):
     out = tmp_path / "id"
     assert (
         identity.main(
@@ -299,6 +301,8 @@ def test_identity_command_end_to_end(tiny_mnist, tmp_path):
         )
         == 0
     )
+    printed = capsys.readouterr().out.splitlines()  # --quiet: only the data line
+    assert printed == [f"data: MNIST: 300 training digits from {tiny_mnist}, test: 100 digits from {tiny_mnist}"]
     report = json.loads((out / "identity.json").read_text())
     assert set(report["results"]) >= {"linear autoencoder", "MLP autoencoder", "MLP VAE"}
     for per_set in report["results"].values():

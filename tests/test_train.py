@@ -75,7 +75,9 @@ def test_cli_end_to_end_writes_every_artifact(tmp_path):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    assert "offline 5k sample" in r.stdout  # says which data it used
+    assert "offline 5k sample" in r.stdout  # says which data it used, and under it why not all of MNIST:
+    assert "\n  train-images-idx3-ubyte.gz missing (+3 more), download failed; cache " in r.stdout
+    assert "Errno" not in r.stdout + r.stderr
     assert "log-likelihood" in r.stdout and str(out) in r.stdout
     for name in ARTIFACTS:
         assert (out / name).stat().st_size > 0, name
@@ -213,3 +215,10 @@ def test_official_test_split_from_a_data_dir(tmp_path):
     assert run_main(SMALL + ["--limit", "128", "--epochs", "1", "--data-dir", shared, "--out", out]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert "10,000" in summary["data"] and summary["final"]["test_loss"] > 0
+
+
+def test_quiet_still_says_which_data_in_one_line(tmp_path, capsys):
+    assert run_main(SMALL + ["--limit", "64", "--epochs", "1", "--out", tmp_path / "run"]) == 0  # SMALL has --quiet
+    printed = capsys.readouterr()
+    assert printed.out.startswith("data: MNIST: first 64 of 4,500 training digits from the offline 5k sample")
+    assert len(printed.out.splitlines()) == 1 and printed.err == ""
