@@ -2,7 +2,9 @@
 ``--out DIR``:
 
     metrics.jsonl        one JSON object per epoch (epoch, train_loss, test_loss, test_recon,
-                         test_kl, active_units, directions, participation_ratio, samples_per_s)
+                         test_kl, active_units, directions, participation_ratio, samples_per_s;
+                         first_step_s in the epoch of the process's first step, which compiles
+                         the kernels and is left out of samples_per_s)
     config.json          the options of the run
     checkpoint.npz       parameters, Adam state, random-generator states, epoch and step
     reconstructions.png  test digits over their reconstructions
@@ -685,6 +687,8 @@ def _epoch(job, x_epoch, order, skip, sums, bar):
         sums["loss_sum"] += loss * n
         sums["train_s"] = before_s + time.perf_counter() - t0
         steps[0] += 1
+        if "first_step" not in job:  # the process's first step compiles the kernels: timed apart
+            job["first_step"] = {"n": n, "s": sums["train_s"] - before_s, "said": False}
         if bar is not None:
             bar.update(1 + (skip if steps[0] == 1 else 0))
             bar.set_postfix(loss=f"{loss:.1f}", samples_per_s=f"{sums['seen'] / sums['train_s']:.0f}")
@@ -723,13 +727,20 @@ def _end_epoch(job, epoch, epoch_rng_state, sums):
     """The epoch's test metrics, its row in metrics.jsonl, its checkpoint and its line."""
     config, history = job["config"], job["history"]
     row, posterior = _evaluate_epoch(job["vae"], job["test_x"], config["seed"], epoch)
-    train_time = sums["train_s"]
+    seen, train_time = sums["seen"], sums["train_s"]
+    first = job.get("first_step")
+    first = first if first is not None and not first["said"] else None
+    if first is not None and seen > first["n"] and train_time > first["s"]:  # the steady rate
+        seen, train_time = seen - first["n"], train_time - first["s"]
     row = {
         "epoch": epoch,
         "train_loss": sums["loss_sum"] / max(sums["seen"], 1),
         **row,
-        "samples_per_s": sums["seen"] / train_time if train_time > 0 else 0.0,
+        "samples_per_s": seen / train_time if train_time > 0 else 0.0,
     }
+    if first is not None:
+        row["first_step_s"] = first["s"]
+        first["said"] = True
     history.append(row)
     write_jsonl(job["out"] / "metrics.jsonl", history)  # a first signal waits until both are written
     _save(job, epoch_rng_state, epoch, 0)
@@ -739,7 +750,8 @@ def _end_epoch(job, epoch, epoch_rng_state, sums):
         f"  (recon {row['test_recon']:7.2f} + KL {row['test_kl']:6.2f})"
         f"  active {row['active_units']:4d}/{config['latent']}"
         f"  directions {row['directions']:4d}"
-        f"  {row['samples_per_s']:7.0f} samples/s",
+        f"  {row['samples_per_s']:7.0f} samples/s"
+        + (f" (first step {row['first_step_s']:.2f} s, not counted)" if "first_step_s" in row else ""),
     )
     return posterior
 

@@ -85,7 +85,8 @@ def test_cli_end_to_end_writes_every_artifact(tmp_path):
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and set(rows[0]) == METRIC_FIELDS
+    assert len(rows) == 1 and set(rows[0]) == METRIC_FIELDS | {"first_step_s"}  # this process's first step
+    assert rows[0]["first_step_s"] > 0 and "samples/s (first step " in r.stdout
     assert rows[0]["epoch"] == 1 and 0 < rows[0]["test_loss"] < 800 and rows[0]["samples_per_s"] > 0
     assert 0 <= rows[0]["active_units"] <= 6 and 0 <= rows[0]["directions"] <= 6
     assert 0 <= rows[0]["participation_ratio"] <= 6
