@@ -93,12 +93,17 @@ def kl_per_dim(path, kl, activity, title=None):
 def loss_curve(path, history):
     plt = _pyplot()
     ep = [r["epoch"] for r in history]
+    one = len(ep) == 1  # a single point: a line is not drawn, so every series gets a marker
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot(ep, [r["train_loss"] for r in history], "o-", label="train −ELBO")
     ax.plot(ep, [r["test_loss"] for r in history], "s-", label="test −ELBO")
-    ax.plot(ep, [r["test_recon"] for r in history], ":", label="test reconstruction")
+    ax.plot(ep, [r["test_recon"] for r in history], "^:" if one else ":", label="test reconstruction")
     ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    if one:  # one tick at the epoch, not 0.96 … 1.04
+        ax.set_xticks(ep)
+        ax.set_xlim(ep[0] - 1, ep[0] + 1)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("nats per digit")
     ax.set_title("Negative ELBO per epoch", fontsize=10)
     ax.legend(fontsize=9)

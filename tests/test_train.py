@@ -223,3 +223,17 @@ def test_quiet_still_says_which_data_in_one_line(tmp_path, capsys):
     printed = capsys.readouterr()
     assert printed.out.startswith("data: MNIST: first 64 of 4,500 training digits from the offline 5k sample")
     assert len(printed.out.splitlines()) == 1 and printed.err == ""
+
+
+def test_the_loss_curve_of_one_epoch_shows_its_points(tmp_path, monkeypatch):
+    from minivae import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    row = {"epoch": 1, "train_loss": 200.0, "test_loss": 180.0, "test_recon": 170.0}
+    plots.loss_curve(tmp_path / "loss_curve.png", [row])
+    ax = drawn[0].axes[0]
+    assert list(ax.get_xticks()) == [1]  # not 0.96 … 1.04
+    assert all(line.get_marker() not in (None, "", "None") for line in ax.get_lines())  # each point visible
+    plots.loss_curve(tmp_path / "loss_curve.png", [row, dict(row, epoch=2)])
+    assert drawn[1].axes[0].get_lines()[2].get_marker() in (None, "", "None")  # a line again: dotted
