@@ -16,12 +16,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from official_mnist import OFFICIAL_MNIST, have, official_file
 
 from minivae import data
 from minivae.data import DataError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"  # both official splits, if present
+SHARED_MNIST = OFFICIAL_MNIST  # both official splits, if present ($MINIVAE_TEST_MNIST moves it)
+TEST_SPLIT = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+TRAIN_SPLIT = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,6 +52,12 @@ def fake_mnist(seed=0, n_train=30, n_test=20):
     files = {name: gzip.compress(idx_bytes(a), mtime=0) for name, a in arrays.items()}
     md5s = {name: hashlib.md5(b).hexdigest() for name, b in files.items()}
     return files, md5s, arrays
+
+
+def unzipped(path):
+    """The IDX bytes of a file, gzipped or not."""
+    buf = pathlib.Path(path).read_bytes()
+    return gzip.decompress(buf) if buf[:2] == b"\x1f\x8b" else buf
 
 
 def official(monkeypatch, seed=0):
@@ -485,15 +493,16 @@ def test_the_fallback_line_is_short_with_the_default_cache(tmp_path, monkeypatch
 
 
 @pytest.mark.skipif(
-    not all((SHARED_MNIST / name).is_file() for name in data.MNIST_FILES),
+    not have(*TRAIN_SPLIT, *TEST_SPLIT),
     reason=f"the official splits are not in {SHARED_MNIST}",
 )
 def test_the_cache_takes_the_official_files_gzipped_again_or_unzipped(cache, monkeypatch):
     names = list(data.MNIST_FILES)
     cache.mkdir()
-    for name in names[:3]:  # as they are here: gzipped again (other .gz bytes)
-        (cache / name).symlink_to(SHARED_MNIST / name)
-    (cache / names[3].removesuffix(".gz")).write_bytes(gzip.decompress((SHARED_MNIST / names[3]).read_bytes()))
+    (cache / official_file(names[0]).name).symlink_to(official_file(names[0]))  # as it is there
+    for name in names[1:3]:  # gzipped again: other .gz bytes than the download's
+        (cache / name).write_bytes(gzip.compress(unzipped(official_file(name)), compresslevel=1))
+    (cache / names[3].removesuffix(".gz")).write_bytes(unzipped(official_file(names[3])))
     monkeypatch.setattr(data, "MIRRORS", [closed_port_url()])
     ds = data.load_mnist(limit=100, download=False)
     assert ds.train_x.shape == (100, 784) and ds.test_x.shape == (10000, 784) and ds.note == ""
@@ -563,14 +572,14 @@ def test_offline_without_download_tries_no_network(cache, monkeypatch):
 
 
 @pytest.mark.skipif(
-    not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file(),
-    reason="the official test split is not in ../shared/data/mnist",
+    not have(*TEST_SPLIT),
+    reason=f"the official test split is not in {SHARED_MNIST}",
 )
 def test_data_dir_with_only_the_official_test_split(tmp_path, cache):
     folder = tmp_path / "test-split-only"  # links to the two test files, nothing copied
     folder.mkdir()
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        (folder / name).symlink_to(SHARED_MNIST / name)
+    for name in TEST_SPLIT:
+        (folder / official_file(name).name).symlink_to(official_file(name))
     before = listing(SHARED_MNIST)
     ds = data.load_mnist(data_dir=folder, limit=1000)
     assert ds.test_x.shape == (10000, 784) and ds.test_x.dtype == np.float32
@@ -583,8 +592,8 @@ def test_data_dir_with_only_the_official_test_split(tmp_path, cache):
 
 
 @pytest.mark.skipif(
-    not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file(),
-    reason="the official training split is not in ../shared/data/mnist",
+    not have(*TRAIN_SPLIT, *TEST_SPLIT),
+    reason=f"the official training split is not in {SHARED_MNIST}",
 )
 def test_data_dir_with_both_official_splits(cache):
     before = listing(SHARED_MNIST)

@@ -2,13 +2,13 @@
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from official_mnist import OFFICIAL_MNIST, have
 
 from minivae import train
 
@@ -209,9 +209,9 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
 
 
 def test_official_test_split_from_a_data_dir(tmp_path):
-    shared = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-    if not shared.is_dir():
-        pytest.skip("the shared MNIST test split is not present beside the repository")
+    shared = OFFICIAL_MNIST
+    if not have("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        pytest.skip(f"the official MNIST test split is not in {shared}")
     out = tmp_path / "run"
     assert run_main(SMALL + ["--limit", "128", "--epochs", "1", "--data-dir", shared, "--out", out]) == 0
     summary = json.loads((out / "summary.json").read_text())
