@@ -599,9 +599,10 @@ def _find(folder, name):
 
 
 def _fallback_note(failed, download, cache):
-    """One short line: the first cached file that failed and why, what the download did, where the
-    cache is, and the other way in (--data-dir)."""
-    name, why = failed[0]
+    """One short line: the first cached file that failed and why (one that is there but wrong before
+    one that is missing), what the download did, where the cache is, and the other way in
+    (--data-dir)."""
+    name, why = sorted(failed, key=lambda f: f[1] == "missing")[0]
     more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
     return f"{name} {why}{more}, {download}; cache {_short_path(cache)}; --data-dir DIR: IDX files"
 

@@ -479,6 +479,9 @@ def test_a_bad_cached_file_falls_back_with_one_short_line(damage, why, cache, mo
 
     off = data.load_mnist(limit=10, download=False)
     assert off.note.startswith(f"{names[2]} {why}") and "downloads off" in off.note
+    if damage is not None:  # a file there but wrong is named before a missing one
+        (cache / names[0]).unlink()
+        assert data.load_mnist(limit=10, download=False).note.startswith(f"{names[2]} {why} (+2 more)")
     assert "downloads are off" in off.source
 
 
