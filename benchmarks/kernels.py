@@ -43,6 +43,8 @@ from functools import partial
 
 import numpy as np
 
+from benchmarks import machine
+
 
 def _no_gpu():
     """None when CuPy and Numba-CUDA can both use a GPU, else the reason."""
@@ -76,9 +78,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="--cpu: threads for every library (default: all cores)")
     ap.add_argument("--latents", default="20,1000", help="--cpu: comma-separated latent sizes")
     ap.add_argument("--versions", default=None, help="--cpu: comma-separated versions of ours (default: all)")
+    load_start = machine.load()  # before this process adds its own load
     args = ap.parse_args(argv)
     if args.cpu:
-        return cpu_main(args, ap)
+        return cpu_main(args, ap, load_start)
     # Before CuPy is imported: cuBLAS in full float32, the reference our kernels are measured against.
     os.environ["CUPY_TF32"] = "0"
     os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
@@ -97,7 +100,9 @@ def main(argv=None):
     nc.check()  # every Numba-CUDA version on ragged shapes and every transpose mode
     own = CupyOps(own_gemm=True)
 
-    def time_cupy(fn, repeats):
+    spreads = {}
+
+    def time_cupy(fn, repeats, what):
         for _ in range(3):
             fn()
         cupy.cuda.Device().synchronize()
@@ -109,12 +114,14 @@ def main(argv=None):
             stop.record()
             stop.synchronize()
             times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+        spreads[what] = machine.spread(times)
         return float(np.median(times))
 
     names = [f"numba v{v}" for v in nc.VERSIONS] + ["cupy own", "cuBLAS"]
     compute_type = _float32_compute_type(cupy)
     device = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
     device = device.decode() if isinstance(device, bytes) else str(device)
+    host = machine.start(machine.blas_threads(), load_start)
     print(f"{device}; cuBLAS float32 compute type: {compute_type}; {args.repeats} repeats, medians")
     rows = []
     print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of cuBLAS)")
@@ -142,7 +149,7 @@ def main(argv=None):
             if n.startswith("numba"):
                 secs[n] = time_kernel(runs[n], repeats=args.repeats)
             else:
-                secs[n] = time_cupy(runs[n], args.repeats)
+                secs[n] = time_cupy(runs[n], args.repeats, f"{n} on {label}")
         flops = 2 * M * N * K
         cells = [f"{flops / secs[n] / 1e9:9.0f} ({secs['cuBLAS'] / secs[n]:4.2f})" for n in names]
         print(f"{label:>24} " + " ".join(f"{c:>16}" for c in cells))
@@ -165,6 +172,7 @@ def main(argv=None):
         f"{'whole step':>24} "
         + " ".join(f"{summary[n]['gflops']:9.0f} ({summary[n]['fraction_of_cublas']:4.2f})".rjust(16) for n in names)
     )
+    host = machine.finish(host, spreads)
     if args.json:
         doc = {
             "device": device,
@@ -176,6 +184,7 @@ def main(argv=None):
             "timing": "median of CUDA-event times of one launch, after 3 warm-up launches",
             "products": rows,
             "whole_step": summary,
+            "machine": host,
         }
         tmp = f"{args.json}.tmp"
         with open(tmp, "w") as f:
@@ -184,7 +193,7 @@ def main(argv=None):
         print(f"wrote {args.json}")
 
 
-def cpu_main(args, ap):
+def cpu_main(args, ap, load_start=None):
     """``--cpu``: our CPU versions, OpenBLAS and XLA on the step's products at each latent size."""
     from kernels import gemm_cpu
 
@@ -208,7 +217,7 @@ def cpu_main(args, ap):
     cores = peers.limit_cores(threads)  # XLA sizes its pool by the cores it may use
     xla_note = peers.set_xla_threads(threads)  # before jax is imported
     import numba
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -216,10 +225,12 @@ def cpu_main(args, ap):
     gemm_cpu.check(versions)  # every version on ragged shapes and every transpose mode
 
     names = [f"ours v{v}" for v in versions] + ["OpenBLAS"] + (["XLA"] if jax is not None else [])
-    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    host = machine.start(threads, load_start)
+    blas = host["blas"]
     blas_name = f"{blas[0]['internal_api']} {blas[0]['version']}" if blas else "unknown BLAS"
+    device = f"{host['cpu_model']} ({host['cpu_count']} cores)"
     print(
-        f"{_cpu_model()}; {threads} thread{'s' if threads > 1 else ''}; NumPy's BLAS: {blas_name}; "
+        f"{device}; {threads} thread{'s' if threads > 1 else ''}; NumPy's BLAS: {blas_name}; "
         f"{'XLA (jax ' + jax.__version__ + ')' if jax else jax_note}; {args.repeats} repeats, medians"
     )
     if xla_note and jax is not None:
@@ -227,7 +238,7 @@ def cpu_main(args, ap):
     if cores is not None:
         print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every library)")
     doc = {
-        "device": _cpu_model(),
+        "device": device,
         "threads": threads,
         "pinned_cores": cores,
         "blas": blas_name,
@@ -238,7 +249,7 @@ def cpu_main(args, ap):
         "timing": "median wall time of one call, after 2 warm-up calls",
         "latents": {},
     }
-    rng = np.random.default_rng(0)
+    rng, spreads = np.random.default_rng(0), {}
     for Z in latents:
         print(f"\nZ = {Z}")
         print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of OpenBLAS)")
@@ -264,7 +275,10 @@ def cpu_main(args, ap):
                 ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
                 _check_close(f"XLA {label}", np.asarray(f(ja, jb)), want, K)
                 runs["XLA"] = (partial(_jax_call, f, ja, jb), None)
-            secs = {n: peers.median_seconds(fn, args.repeats, max_s=max_s) for n, (fn, max_s) in runs.items()}
+            secs, times = {}, {}
+            for n, (fn, max_s) in runs.items():
+                secs[n] = peers.median_seconds(fn, args.repeats, max_s=max_s, times=times.setdefault(n, []))
+                spreads[f"{n} on {label} at Z = {Z}"] = machine.spread(times[n])
             flops = 2 * M * N * K
             cells = [f"{flops / secs[n] / 1e9:9.1f} ({secs['OpenBLAS'] / secs[n]:4.2f})" for n in names]
             print(f"{label:>24} " + " ".join(f"{c:>16}" for c in cells))
@@ -292,6 +306,7 @@ def cpu_main(args, ap):
             "whole_step": summary,
             "epilogues": epilogue_table(Z, args.repeats, rng),
         }
+    doc["machine"] = machine.finish(host, spreads)
     if args.json:
         tmp = f"{args.json}.tmp"
         with open(tmp, "w") as f:
@@ -397,15 +412,6 @@ def _check_close(name, got, want, K):
     err = np.abs(got - want) - (1e-4 * np.sqrt(max(K, 1)) * np.abs(want).max() + 1e-4 * np.abs(want))
     if not np.all(err <= 0):  # also catches NaN
         raise AssertionError(f"{name}: {int(np.sum(~(err <= 0)))} of {err.size} elements off the float64 product")
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        return f"{models[0]} ({os.cpu_count()} cores)" if models else "unknown CPU"
-    except OSError:
-        return "unknown CPU"
 
 
 def summarize(rows, names, ref="cuBLAS"):

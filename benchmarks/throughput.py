@@ -66,7 +66,6 @@ import argparse
 import errno
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -77,6 +76,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import minivae
+from benchmarks import machine, peers
 from minivae import cli
 from minivae.backend import available_backends
 from minivae.files import atomic_write, atomic_write_text
@@ -362,37 +362,10 @@ def paired_ratio(num, den):
 # --------------------------------------------------------------------------------------------
 
 
-def machine_info(threads):
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "numpy": np.__version__,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        info["cpu_model"] = models[0] if models else platform.processor()
-    except OSError:
-        info["cpu_model"] = platform.processor()
-    info["env"] = {
-        k: v
-        for k, v in os.environ.items()
-        if any(s in k for s in ("BLAS", "OMP_", "MKL", "NUMBA", "CORETYPE", "TF32", "XLA"))
-    }
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["threadpools"] = [
-            {
-                k: p.get(k)
-                for k in ("user_api", "internal_api", "version", "architecture", "num_threads", "threading_layer")
-            }
-            for p in threadpool_info()
-        ]
-    except ImportError:
-        info["threadpools"] = "threadpoolctl not installed"
+def library_versions(info):
+    """Add to the machine record ``info`` (:func:`benchmarks.machine.record`) the versions and
+    thread counts of the libraries the runners use. Returns ``info``."""
+    info["numpy"] = np.__version__
     try:
         import cupy
 
@@ -420,18 +393,6 @@ def machine_info(threads):
     except Exception:  # noqa: BLE001 - not installed, or installed but broken
         info["torch"] = None
     return info
-
-
-def blas_threads():
-    try:
-        from threadpoolctl import threadpool_info
-
-        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-        if blas:
-            return blas[0]
-    except ImportError:
-        pass
-    return os.cpu_count()
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,6 +497,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    load_start = machine.load()  # before this process adds its own load
     args = parse_args(argv)
     OutFolder(args.out, "--out").check()  # before anything is timed
     if args.out.is_dir() and not os.access(args.out, os.W_OK | os.X_OK):
@@ -554,10 +516,8 @@ def main(argv=None):
         latents = args.latents
     hidden = args.hidden
     B = args.batch
-    threads = args.threads or blas_threads()
+    threads = args.threads or machine.blas_threads()
     peak_n = args.peak_n if args.peak_n is not None else (1024 if args.quick else 2048)
-
-    from benchmarks import peers
 
     cores = peers.limit_cores(threads)  # before jax or torch start their thread pools
     xla_note = peers.set_xla_threads(threads)  # before anything imports jax
@@ -591,6 +551,7 @@ def main(argv=None):
 
         threadpool_limits(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    host = machine.start(threads, load_start)  # after every thread count is set
 
     # What runs, in the order of RUNNERS, and why each runner asked for does not.
     usable = set(backends) | {f"torch-{d}" for d in torch_devices} | {"floor", "floor+adam-io"}
@@ -747,9 +708,11 @@ def main(argv=None):
             f"{size['bytes_activations'] / 2**20:.1f}), {size['flops_per_step'] / 1e9:.2f} GFLOP/step"
         )
 
+    spreads = {f"{r['runner']} at Z = {r['latent']}": machine.spread(r["repeats_s"]) for r in results}
+    machine.finish(host, spreads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"config": config, "machine": machine_info(threads), "results": results}
+    doc = {"config": config, "machine": library_versions(host), "results": results}
     atomic_write_text(out / "throughput.json", json.dumps(doc, indent=1) + "\n")
     plot(results, names, out / "throughput.png", config)
     print(f"wrote {out / 'throughput.json'} and {out / 'throughput.png'}")
