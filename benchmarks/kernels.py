@@ -6,7 +6,7 @@ hidden 512, latent 1000 (MNIST: D = 784). Each is warmed up, run ``--repeats`` t
 events, and reported as median GFLOP/s and as a fraction of cuBLAS (``cupy.matmul``) measured in the
 same run.
 
-    python -m benchmarks.kernels [--repeats 20] [--json kernels.json]
+    python -m benchmarks.kernels [--repeats 20] [--out runs/bench]
 
 cuBLAS is the FP32 reference: TF32 (tensor cores on float32 inputs, 10 mantissa bits) is turned
 off before CuPy is imported (``CUPY_TF32=0``, read by CuPy at its first float32 product, and
@@ -16,6 +16,12 @@ summary per version: its fraction of cuBLAS over the whole step (the sum of cuBL
 the sum of its own, i.e. FLOP-weighted) and per product.
 
 Without a usable GPU it exits at once with a one-line message.
+
+Where the results go: ``kernels.json`` (GPU) or ``gemm-cpu-t<threads>.json`` (``--cpu``) in
+``--out``, by default ``runs/bench/`` under the current folder (ignored by git), so that a run never
+replaces the committed tables; ``--out benchmarks/results`` updates those, and ``--json PATH``
+writes one file of any name instead. Each document holds the machine record of
+:mod:`benchmarks.machine` (``machine``: CPU, its vector ISA, BLAS kernel and threads, load average).
 
 ``--cpu`` times our CPU matrix product instead (:mod:`kernels.gemm_cpu`, versions v1–v4) beside
 OpenBLAS (``np.matmul`` into a preallocated output) and, when ``jax`` is installed, XLA (a jitted
@@ -40,10 +46,16 @@ import json
 import os
 import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks import machine
+from minivae import cli
+from minivae.files import atomic_write_text
+from minivae.guards import OutFolder
+
+DEFAULT_OUT = Path("runs/bench")  # under the current folder; benchmarks/results holds the committed tables
 
 
 def _no_gpu():
@@ -73,7 +85,8 @@ class _Parser(argparse.ArgumentParser):
 def main(argv=None):
     ap = _Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results")
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results to this file instead")
     ap.add_argument("--cpu", action="store_true", help="our CPU GEMM versions beside OpenBLAS and XLA")
     ap.add_argument("--threads", type=int, default=None, help="--cpu: threads for every library (default: all cores)")
     ap.add_argument("--latents", default="20,1000", help="--cpu: comma-separated latent sizes")
@@ -85,6 +98,7 @@ def main(argv=None):
     # Before CuPy is imported: cuBLAS in full float32, the reference our kernels are measured against.
     os.environ["CUPY_TF32"] = "0"
     os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
+    path = result_path(args, "kernels.json")
     why = _no_gpu()
     if why:
         sys.exit(f"benchmarks.kernels: no usable GPU, nothing to time: {why}")
@@ -173,24 +187,37 @@ def main(argv=None):
         + " ".join(f"{summary[n]['gflops']:9.0f} ({summary[n]['fraction_of_cublas']:4.2f})".rjust(16) for n in names)
     )
     host = machine.finish(host, spreads)
-    if args.json:
-        doc = {
-            "device": device,
-            "cublas_float32_compute_type": compute_type,
-            "env": {k: os.environ.get(k) for k in ("CUPY_TF32", "NVIDIA_TF32_OVERRIDE")},
-            "cupy": cupy.__version__,
-            "numba_cuda": _version("numba-cuda"),
-            "repeats": args.repeats,
-            "timing": "median of CUDA-event times of one launch, after 3 warm-up launches",
-            "products": rows,
-            "whole_step": summary,
-            "machine": host,
-        }
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+    doc = {
+        "device": device,
+        "cublas_float32_compute_type": compute_type,
+        "env": {k: os.environ.get(k) for k in ("CUPY_TF32", "NVIDIA_TF32_OVERRIDE")},
+        "cupy": cupy.__version__,
+        "numba_cuda": _version("numba-cuda"),
+        "repeats": args.repeats,
+        "timing": "median of CUDA-event times of one launch, after 3 warm-up launches",
+        "products": rows,
+        "whole_step": summary,
+        "machine": host,
+    }
+    write_result(path, doc)
+
+
+def result_path(args, name):
+    """Where the results go: ``--json`` when given, else ``name`` in ``--out``; checked before
+    anything is timed (a path that cannot be a folder is one line and exit code 2)."""
+    if args.json is None:
+        OutFolder(args.out, "--out").check()
+        return args.out / name
+    if args.json.is_dir():
+        raise cli.UsageError(f"--json {args.json} is a folder, not a file")
+    OutFolder(args.json.parent, "--json's folder").check()
+    return args.json
+
+
+def write_result(path, doc):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 def cpu_main(args, ap, load_start=None):
@@ -211,6 +238,7 @@ def cpu_main(args, ap, load_start=None):
     if args.repeats < 1 or (args.threads is not None and args.threads < 1):
         ap.error("--repeats and --threads must be at least 1")
     threads = args.threads or os.cpu_count()
+    path = result_path(args, f"gemm-cpu-t{threads}.json")
 
     from benchmarks import peers
 
@@ -307,12 +335,7 @@ def cpu_main(args, ap, load_start=None):
             "epilogues": epilogue_table(Z, args.repeats, rng),
         }
     doc["machine"] = machine.finish(host, spreads)
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+    write_result(path, doc)
     return doc
 
 
@@ -462,4 +485,8 @@ def _version(dist):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except cli.UsageError as e:
+        print(f"benchmarks.kernels: error: {e}", file=sys.stderr)
+        sys.exit(cli.EXIT_USAGE)

@@ -48,7 +48,11 @@ cpu-fused runs each product on OpenBLAS or on our own GEMM as the choice table o
 Also printed per Z: the parameter count, the bytes of parameters + gradients + Adam moments +
 activations of the cpu-fused engine, and the FLOPs of one step's matrix products
 (2·B·fan_in·fan_out per product: forward, the weight gradient, and the input gradient of every
-layer but the first). Writes ``throughput.json`` and ``throughput.png`` into ``--out``.
+layer but the first). Writes ``throughput.json`` and ``throughput.png`` into ``--out``: by default
+``runs/bench/`` under the current folder (ignored by git), so that a run never replaces the
+committed tables; ``--out benchmarks/results`` updates those. The JSON's ``machine`` is the record
+of :mod:`benchmarks.machine` (CPU, its vector ISA, BLAS kernel and threads, load average), printed
+at the start, with a warning on stderr when the numbers are not the machine's best.
 
     python benchmarks/throughput.py              # the full table (several minutes)
     python benchmarks/throughput.py --quick      # two sizes, a few repeats: seconds (torch-compile, when
@@ -85,6 +89,7 @@ from minivae.guards import OutFolder
 LATENTS = (2, 10, 20, 50, 100, 200, 500, 784, 1000, 2000, 5000)
 QUICK_LATENTS = (20, 1000)
 D = 784
+DEFAULT_OUT = Path("runs/bench")  # under the current folder; benchmarks/results holds the committed tables
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,7 +497,7 @@ def parse_args(argv=None):
         default=None,
         help="size n of the n³ product that measures the CPU's peak (default 2048; 1024 with --quick; 0: none)",
     )
-    ap.add_argument("--out", type=cli.path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--out", type=cli.path, default=DEFAULT_OUT)
     return ap.parse_args(argv)
 
 
