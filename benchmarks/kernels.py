@@ -41,7 +41,6 @@ the weight gradients with the bias gradient and both Adam steps (milliseconds, m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -75,26 +74,63 @@ def _no_gpu():
     return None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
+PROG = "python -m benchmarks.kernels"
 
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+
+def parser():
+    """The command line's options, each with its default in its help."""
+    ap = cli.Parser(prog=PROG, description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=cli.positive_int, default=20, help="timed calls per product (default 20)")
+    ap.add_argument(
+        "--out",
+        type=cli.path,
+        default=DEFAULT_OUT,
+        help="folder for kernels.json (GPU) or gemm-cpu-t<threads>.json (--cpu) (default runs/bench under the "
+        "current folder; --out benchmarks/results updates the committed tables)",
+    )
+    ap.add_argument(
+        "--json",
+        type=cli.path,
+        default=None,
+        metavar="PATH",
+        help="write the results to this file instead of into --out (default: none, --out)",
+    )
+    ap.add_argument("--cpu", action="store_true", help="time our CPU GEMM versions beside OpenBLAS and XLA instead")
+    ap.add_argument(
+        "--threads",
+        type=cli.positive_int,
+        default=None,
+        help="--cpu: threads for every library (default: all cores)",
+    )
+    ap.add_argument(
+        "--latents",
+        type=cli.positive_ints("latent sizes", "20,1000"),
+        default=(20, 1000),
+        help="--cpu: comma-separated latent sizes (default 20,1000)",
+    )
+    ap.add_argument(
+        "--versions",
+        type=cli.positive_ints("versions", "3,4"),
+        default=None,
+        help="--cpu: comma-separated versions of ours, of 1, 2, 3, 4 (default: all)",
+    )
+    return ap
+
+
+def parse_args(argv=None):
+    """The options, each checked by its type: a bad value is one line on stderr and exit code 2."""
+    return parser().parse_args(argv)
 
 
 def main(argv=None):
-    ap = _Parser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the results")
-    ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results to this file instead")
-    ap.add_argument("--cpu", action="store_true", help="our CPU GEMM versions beside OpenBLAS and XLA")
-    ap.add_argument("--threads", type=int, default=None, help="--cpu: threads for every library (default: all cores)")
-    ap.add_argument("--latents", default="20,1000", help="--cpu: comma-separated latent sizes")
-    ap.add_argument("--versions", default=None, help="--cpu: comma-separated versions of ours (default: all)")
     load_start = machine.load()  # before this process adds its own load
-    args = ap.parse_args(argv)
+    return cli.run_command("benchmarks.kernels", lambda args: run(args, load_start), parse_args, argv)
+
+
+def run(args, load_start=None):
+    """The GPU benchmark, or with ``--cpu`` the CPU one (:func:`cpu_main`). Returns the document."""
     if args.cpu:
-        return cpu_main(args, ap, load_start)
+        return cpu_main(args, load_start)
     # Before CuPy is imported: cuBLAS in full float32, the reference our kernels are measured against.
     os.environ["CUPY_TF32"] = "0"
     os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
@@ -220,23 +256,14 @@ def write_result(path, doc):
     print(f"wrote {path}")
 
 
-def cpu_main(args, ap, load_start=None):
+def cpu_main(args, load_start=None):
     """``--cpu``: our CPU versions, OpenBLAS and XLA on the step's products at each latent size."""
     from kernels import gemm_cpu
 
-    try:
-        latents = [int(z) for z in args.latents.split(",") if z.strip()]
-        versions = (
-            [int(v) for v in args.versions.split(",") if v.strip()] if args.versions else sorted(gemm_cpu.VERSIONS)
-        )
-    except ValueError:
-        ap.error("--latents and --versions take comma-separated integers")
-    if not latents or any(z < 1 for z in latents):
-        ap.error("--latents: give positive latent sizes")
+    latents = list(args.latents)
+    versions = list(args.versions) if args.versions else sorted(gemm_cpu.VERSIONS)
     if any(v not in gemm_cpu.VERSIONS for v in versions):
-        ap.error(f"--versions: choose from {sorted(gemm_cpu.VERSIONS)}")
-    if args.repeats < 1 or (args.threads is not None and args.threads < 1):
-        ap.error("--repeats and --threads must be at least 1")
+        raise cli.UsageError(f"--versions: choose from {', '.join(map(str, sorted(gemm_cpu.VERSIONS)))}")
     threads = args.threads or os.cpu_count()
     path = result_path(args, f"gemm-cpu-t{threads}.json")
 
@@ -485,8 +512,5 @@ def _version(dist):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except cli.UsageError as e:
-        print(f"benchmarks.kernels: error: {e}", file=sys.stderr)
-        sys.exit(cli.EXIT_USAGE)
+    code = main()
+    sys.exit(code if isinstance(code, int) else 0)

@@ -461,28 +461,67 @@ def _runners(text):
     return wanted
 
 
-def parse_args(argv=None):
-    """The options, each checked by its type: a bad value is one line on stderr and exit code 2."""
-    ap = cli.Parser(description=__doc__.splitlines()[0])
+PROG = "python benchmarks/throughput.py"
+QUICK = {"repeats": 3, "warmup": 1, "target": 0.02, "settle": 0.12}  # what --quick sets, unless given
+DEFAULTS = {"repeats": 15, "warmup": 3, "target": 0.25, "settle": 0.2}
+
+
+def parser():
+    """The command line's options, each with its default in its help."""
+    ap = cli.Parser(prog=PROG, description=__doc__.splitlines()[0])
     latents = cli.positive_ints("latent sizes", "20,1000")
-    ap.add_argument("--latents", type=latents, default=None, help="comma-separated latent sizes")
-    ap.add_argument("--hidden", type=cli.widths, default=(512,), help="comma-separated hidden widths")
-    ap.add_argument("--batch", type=cli.positive_int, default=128)
-    ap.add_argument("--repeats", type=cli.positive_int, default=15)
-    ap.add_argument("--warmup", type=cli.non_negative_int, default=3)
-    ap.add_argument("--target", type=cli.positive_float, default=0.25, help="seconds per timed repeat")
+    ap.add_argument(
+        "--latents",
+        type=latents,
+        default=None,
+        help=f"comma-separated latent sizes (default {','.join(map(str, LATENTS))}; "
+        f"{','.join(map(str, QUICK_LATENTS))} with --quick)",
+    )
+    ap.add_argument(
+        "--hidden",
+        type=cli.widths,
+        default=(512,),
+        metavar="H1,H2",
+        help="comma-separated hidden widths of the encoder; the decoder mirrors them (default 512)",
+    )
+    ap.add_argument("--batch", type=cli.positive_int, default=128, help="mini-batch size B of every step (default 128)")
+    ap.add_argument(
+        "--repeats",
+        type=cli.positive_int,
+        default=None,
+        help=f"timed repeats of every runner, interleaved (default {DEFAULTS['repeats']}; "
+        f"{QUICK['repeats']} with --quick)",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=cli.non_negative_int,
+        default=None,
+        help=f"untimed steps of every runner before its repeats (default {DEFAULTS['warmup']}; "
+        f"{QUICK['warmup']} with --quick)",
+    )
+    ap.add_argument(
+        "--target",
+        type=cli.positive_float,
+        default=None,
+        help=f"seconds per timed repeat (default {DEFAULTS['target']}; {QUICK['target']} with --quick)",
+    )
     ap.add_argument(
         "--settle",
         type=cli.non_negative_float,
-        default=0.2,
-        help="seconds of rest before each timed repeat (thread pools go idle)",
+        default=None,
+        help=f"seconds of rest before each timed repeat, so that thread pools go idle (default "
+        f"{DEFAULTS['settle']}; {QUICK['settle']} with --quick)",
     )
-    ap.add_argument("--quick", action="store_true", help="two sizes, few repeats: seconds")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="two latent sizes, three short repeats: seconds (options given still apply)",
+    )
     ap.add_argument(
         "--threads",
         type=cli.positive_int,
         default=None,
-        help="threads for BLAS, Numba and PyTorch alike (default: BLAS's own count)",
+        help="threads for BLAS, Numba, PyTorch and XLA alike (default: BLAS's own count)",
     )
     ap.add_argument(
         "--runners",
@@ -490,15 +529,36 @@ def parse_args(argv=None):
         default=None,
         help=f"comma-separated runners to time (default: every one usable here): {', '.join(RUNNERS)}",
     )
-    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument(
+        "--no-torch",
+        action="store_true",
+        help="skip the PyTorch runners (torch-cpu, torch-compile, torch-cuda) even where PyTorch is installed",
+    )
     ap.add_argument(
         "--peak-n",
         type=cli.non_negative_int,
         default=None,
         help="size n of the n³ product that measures the CPU's peak (default 2048; 1024 with --quick; 0: none)",
     )
-    ap.add_argument("--out", type=cli.path, default=DEFAULT_OUT)
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--out",
+        type=cli.path,
+        default=DEFAULT_OUT,
+        help=f"folder for throughput.json and throughput.png (default {DEFAULT_OUT} under the current folder; "
+        "--out benchmarks/results updates the committed tables)",
+    )
+    return ap
+
+
+def parse_args(argv=None):
+    """The options, each checked by its type: a bad value is one line on stderr and exit code 2.
+    ``--repeats``, ``--warmup``, ``--target`` and ``--settle`` take :data:`DEFAULTS`, or
+    :data:`QUICK` with ``--quick``, when not given."""
+    args = parser().parse_args(argv)
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 def main(argv=None):
@@ -512,13 +572,7 @@ def main(argv=None):
     def want(name):
         return wanted is None or name in wanted
 
-    if args.quick:
-        latents = QUICK_LATENTS
-        args.repeats, args.warmup, args.target, args.settle = 3, 1, 0.02, 0.12
-    else:
-        latents = LATENTS
-    if args.latents:
-        latents = args.latents
+    latents = args.latents or (QUICK_LATENTS if args.quick else LATENTS)
     hidden = args.hidden
     B = args.batch
     threads = args.threads or machine.blas_threads()
