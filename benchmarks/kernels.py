@@ -58,19 +58,14 @@ DEFAULT_OUT = Path("runs/bench")  # under the current folder; benchmarks/results
 
 
 def _no_gpu():
-    """None when CuPy and Numba-CUDA can both use a GPU, else the reason."""
-    from kernels.numba_cuda._util import gpu_usable
+    """None when CuPy and Numba-CUDA can both use a GPU, else the reason (the simulator, whose
+    timings would mean nothing, does not count)."""
+    from minivae.backend import gpu_usable
 
-    ok, why = gpu_usable()  # also refuses the CUDA simulator, whose timings would mean nothing
-    if not ok:
-        return f"Numba-CUDA: {why}"
-    try:
-        import cupy
-
-        cupy.cuda.runtime.getDeviceCount()
-        (cupy.ones(4) * 2).sum().item()
-    except Exception as e:  # noqa: BLE001 - any failure means CuPy cannot use a GPU: say why
-        return f"CuPy cannot use a GPU ({type(e).__name__}: {e})"
+    for library, name in (("numba-cuda", "Numba-CUDA: "), ("cupy", "")):
+        ok, why = gpu_usable(library)
+        if not ok:
+            return name + why
     return None
 
 
