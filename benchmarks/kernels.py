@@ -123,9 +123,118 @@ def main(argv=None):
 
 
 def run(args, load_start=None):
-    """The GPU benchmark, or with ``--cpu`` the CPU one (:func:`cpu_main`). Returns the document."""
-    if args.cpu:
-        return cpu_main(args, load_start)
+    """The GPU benchmark (:func:`gpu_main`), or with ``--cpu`` the CPU one (:func:`cpu_main`).
+    Returns the document written."""
+    return cpu_main(args, load_start) if args.cpu else gpu_main(args, load_start)
+
+
+def shape_label(M, K, N, ta, tb):
+    """A product in words: ``128×784ᵀ·784×512``."""
+    return f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
+
+
+def product_row(shape, secs, names, ref, key):
+    """The JSON row of one product (M, K, N, ta, tb) timed by every kernel of ``names`` (seconds
+    ``secs``), with each kernel's fraction of the reference ``ref`` under ``key``."""
+    M, K, N, ta, tb = shape
+    flops = 2 * M * N * K
+    return {
+        "product": shape_label(*shape),
+        "M": M,
+        "K": K,
+        "N": N,
+        "ta": ta,
+        "tb": tb,
+        "flops": flops,
+        "seconds": secs,
+        "gflops": {n: flops / secs[n] / 1e9 for n in names},
+        key: {n: secs[ref] / secs[n] for n in names},
+    }
+
+
+def print_product(row, names, ref, digits):
+    """One line of the table: GFLOP/s and the fraction of ``ref``, per kernel."""
+    cells = [f"{row['gflops'][n]:9.{digits}f} ({row['seconds'][ref] / row['seconds'][n]:4.2f})" for n in names]
+    print(f"{row['product']:>24} " + " ".join(f"{c:>16}" for c in cells))
+
+
+def print_whole_step(summary, names, key, digits):
+    print(
+        f"{'whole step':>24} "
+        + " ".join(f"{summary[n]['gflops']:9.{digits}f} ({summary[n][key]:4.2f})".rjust(16) for n in names)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# On the GPU
+# --------------------------------------------------------------------------------------------
+
+
+def time_cupy(cupy, fn, repeats):
+    """(median seconds, every time) of one launch of ``fn`` timed with CUDA events, after 3
+    warm-up launches."""
+    for _ in range(3):
+        fn()
+    cupy.cuda.Device().synchronize()
+    times = []
+    for _ in range(repeats):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+    return float(np.median(times)), times
+
+
+def gpu_runs(shape, rng, own):
+    """name → a call of that kernel on one product of the step, each first checked against the
+    reference product (no timing of a wrong kernel)."""
+    import cupy
+    from numba import cuda
+
+    from kernels.numba_cuda import matmul as nc
+    from kernels.numba_cuda._util import assert_close
+    from kernels.reference import matmul as matmul_ref
+
+    M, K, N, ta, tb = shape
+    label = shape_label(*shape)
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    want = matmul_ref(a, b, ta, tb)
+    na, nb, nout = cuda.to_device(a), cuda.to_device(b), cuda.device_array((M, N), np.float32)
+    ca, cb, cout = cupy.asarray(a), cupy.asarray(b), cupy.empty((M, N), np.float32)
+    runs = {}
+    for v in nc.VERSIONS:
+        nc.matmul(na, nb, nout, ta, tb, version=v)
+        assert_close(f"numba v{v} {label}", nout.copy_to_host(), want, atol=1e-2, rtol=1e-3)  # K ≤ 2000 sums
+        runs[f"numba v{v}"] = partial(nc.matmul, na, nb, nout, ta, tb, version=v)
+    own.matmul(ca, cb, cout, ta, tb)
+    assert_close(f"cupy own {label}", cupy.asnumpy(cout), want, atol=1e-2, rtol=1e-3)
+    runs["cupy own"] = partial(own.matmul, ca, cb, cout, ta, tb)
+    runs["cuBLAS"] = _library_product(cupy.matmul, ca, cb, cout, ta, tb)
+    return runs
+
+
+def time_gpu_product(runs, repeats, spreads, label):
+    """name → median seconds. Numba launches on its own default stream, CuPy on its: both timers
+    wrap one launch and synchronise on their own events, the same way for every version."""
+    import cupy
+
+    from kernels.numba_cuda._util import time_kernel
+
+    secs = {}
+    for n, fn in runs.items():
+        if n.startswith("numba"):
+            secs[n] = time_kernel(fn, repeats=repeats)
+        else:
+            secs[n], times = time_cupy(cupy, fn, repeats)
+            spreads[f"{n} on {label}"] = machine.spread(times)
+    return secs
+
+
+def gpu_main(args, load_start=None):
+    """Our Numba-CUDA versions and CuPy GEMM beside cuBLAS on the step's products."""
     # Before CuPy is imported: cuBLAS in full float32, the reference our kernels are measured against.
     os.environ["CUPY_TF32"] = "0"
     os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
@@ -133,91 +242,27 @@ def run(args, load_start=None):
     why = _no_gpu()
     if why:
         sys.exit(f"benchmarks.kernels: no usable GPU, nothing to time: {why}")
-
     import cupy
-    from numba import cuda
 
     from kernels.cupy.ops import CupyOps
     from kernels.numba_cuda import matmul as nc
-    from kernels.numba_cuda._util import assert_close, time_kernel
-    from kernels.reference import matmul as matmul_ref
 
     nc.check()  # every Numba-CUDA version on ragged shapes and every transpose mode
-    own = CupyOps(own_gemm=True)
-
-    spreads = {}
-
-    def time_cupy(fn, repeats, what):
-        for _ in range(3):
-            fn()
-        cupy.cuda.Device().synchronize()
-        times = []
-        for _ in range(repeats):
-            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
-        spreads[what] = machine.spread(times)
-        return float(np.median(times))
-
+    own, spreads, rng = CupyOps(own_gemm=True), {}, np.random.default_rng(0)
     names = [f"numba v{v}" for v in nc.VERSIONS] + ["cupy own", "cuBLAS"]
     compute_type = _float32_compute_type(cupy)
     device = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
     device = device.decode() if isinstance(device, bytes) else str(device)
     host = machine.start(machine.blas_threads(), load_start)
     print(f"{device}; cuBLAS float32 compute type: {compute_type}; {args.repeats} repeats, medians")
-    rows = []
     print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of cuBLAS)")
-    rng = np.random.default_rng(0)
-    for M, K, N, ta, tb in nc.STEP_SHAPES:
-        a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
-        b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
-        want = matmul_ref(a, b, ta, tb)
-        label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
-        na, nb, nout = cuda.to_device(a), cuda.to_device(b), cuda.device_array((M, N), np.float32)
-        ca, cb, cout = cupy.asarray(a), cupy.asarray(b), cupy.empty((M, N), np.float32)
-        runs = {}
-        for v in nc.VERSIONS:
-            nc.matmul(na, nb, nout, ta, tb, version=v)
-            assert_close(f"numba v{v} {label}", nout.copy_to_host(), want, atol=1e-2, rtol=1e-3)  # K ≤ 2000 sums
-            runs[f"numba v{v}"] = partial(nc.matmul, na, nb, nout, ta, tb, version=v)
-        own.matmul(ca, cb, cout, ta, tb)
-        assert_close(f"cupy own {label}", cupy.asnumpy(cout), want, atol=1e-2, rtol=1e-3)
-        runs["cupy own"] = partial(own.matmul, ca, cb, cout, ta, tb)
-        runs["cuBLAS"] = _library_product(cupy.matmul, ca, cb, cout, ta, tb)
-        # Numba launches on its own default stream, CuPy on its: both timers wrap one launch and
-        # synchronise on their own events, the same way for every version.
-        secs = {}
-        for n in names:
-            if n.startswith("numba"):
-                secs[n] = time_kernel(runs[n], repeats=args.repeats)
-            else:
-                secs[n] = time_cupy(runs[n], args.repeats, f"{n} on {label}")
-        flops = 2 * M * N * K
-        cells = [f"{flops / secs[n] / 1e9:9.0f} ({secs['cuBLAS'] / secs[n]:4.2f})" for n in names]
-        print(f"{label:>24} " + " ".join(f"{c:>16}" for c in cells))
-        rows.append(
-            {
-                "product": label,
-                "M": M,
-                "K": K,
-                "N": N,
-                "ta": ta,
-                "tb": tb,
-                "flops": flops,
-                "seconds": secs,
-                "gflops": {n: flops / secs[n] / 1e9 for n in names},
-                "fraction_of_cublas": {n: secs["cuBLAS"] / secs[n] for n in names},
-            }
-        )
+    rows = []
+    for shape in nc.STEP_SHAPES:
+        secs = time_gpu_product(gpu_runs(shape, rng, own), args.repeats, spreads, shape_label(*shape))
+        rows.append(product_row(shape, secs, names, "cuBLAS", "fraction_of_cublas"))
+        print_product(rows[-1], names, "cuBLAS", 0)
     summary = summarize(rows, names)
-    print(
-        f"{'whole step':>24} "
-        + " ".join(f"{summary[n]['gflops']:9.0f} ({summary[n]['fraction_of_cublas']:4.2f})".rjust(16) for n in names)
-    )
-    host = machine.finish(host, spreads)
+    print_whole_step(summary, names, "fraction_of_cublas", 0)
     doc = {
         "device": device,
         "cublas_float32_compute_type": compute_type,
@@ -228,9 +273,10 @@ def run(args, load_start=None):
         "timing": "median of CUDA-event times of one launch, after 3 warm-up launches",
         "products": rows,
         "whole_step": summary,
-        "machine": host,
+        "machine": machine.finish(host, spreads),
     }
     write_result(path, doc)
+    return doc
 
 
 def result_path(args, name):
@@ -251,17 +297,14 @@ def write_result(path, doc):
     print(f"wrote {path}")
 
 
-def cpu_main(args, load_start=None):
-    """``--cpu``: our CPU versions, OpenBLAS and XLA on the step's products at each latent size."""
-    from kernels import gemm_cpu
+# --------------------------------------------------------------------------------------------
+# On the CPU
+# --------------------------------------------------------------------------------------------
 
-    latents = list(args.latents)
-    versions = list(args.versions) if args.versions else sorted(gemm_cpu.VERSIONS)
-    if any(v not in gemm_cpu.VERSIONS for v in versions):
-        raise cli.UsageError(f"--versions: choose from {', '.join(map(str, sorted(gemm_cpu.VERSIONS)))}")
-    threads = args.threads or os.cpu_count()
-    path = result_path(args, f"gemm-cpu-t{threads}.json")
 
+def cpu_libraries(threads):
+    """Pin the cores, set every library to ``threads`` threads, import jax. → (pinned cores or
+    None, jax or None, the notes on XLA and jax)."""
     from benchmarks import peers
 
     cores = peers.limit_cores(threads)  # XLA sizes its pool by the cores it may use
@@ -272,10 +315,11 @@ def cpu_main(args, load_start=None):
     threadpool_limits(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     jax, jax_note = peers.import_jax()
-    gemm_cpu.check(versions)  # every version on ragged shapes and every transpose mode
+    return cores, jax, xla_note, jax_note
 
-    names = [f"ours v{v}" for v in versions] + ["OpenBLAS"] + (["XLA"] if jax is not None else [])
-    host = machine.start(threads, load_start)
+
+def cpu_document(args, threads, host, cores, jax, xla_note, jax_note):
+    """The document's settings (its per-latent tables come later), printed in a line or three."""
     blas = host["blas"]
     blas_name = f"{blas[0]['internal_api']} {blas[0]['version']}" if blas else "unknown BLAS"
     device = f"{host['cpu_model']} ({host['cpu_count']} cores)"
@@ -287,7 +331,7 @@ def cpu_main(args, load_start=None):
         print(f"note: {xla_note}")
     if cores is not None:
         print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every library)")
-    doc = {
+    return {
         "device": device,
         "threads": threads,
         "pinned_cores": cores,
@@ -299,63 +343,77 @@ def cpu_main(args, load_start=None):
         "timing": "median wall time of one call, after 2 warm-up calls",
         "latents": {},
     }
+
+
+def cpu_runs(shape, versions, jax, rng):
+    """name → (call, seconds after which its timing may stop or None) of every kernel on one
+    product, each first checked against the float64 product of the same inputs."""
+    from benchmarks import peers
+    from kernels import gemm_cpu
+
+    M, K, N, ta, tb = shape
+    label = shape_label(*shape)
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    out = np.empty((M, N), np.float32)
+    want = np.matmul(
+        a.T.astype(np.float64) if ta else a.astype(np.float64),
+        b.T.astype(np.float64) if tb else b.astype(np.float64),
+    )
+    runs = {}
+    for v in versions:
+        out[...] = np.nan
+        gemm_cpu.matmul(a, b, out, ta, tb, version=v)
+        _check_close(f"ours v{v} {label}", out, want, K)
+        runs[f"ours v{v}"] = (partial(gemm_cpu.matmul, a, b, out, ta, tb, version=v), 2.0 if v <= 2 else None)
+    runs["OpenBLAS"] = (_library_product(np.matmul, a, b, out, ta, tb), None)
+    if jax is not None:
+        f = peers.jax_matmul(jax, ta, tb)
+        ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
+        _check_close(f"XLA {label}", np.asarray(f(ja, jb)), want, K)
+        runs["XLA"] = (partial(_jax_call, f, ja, jb), None)
+    return runs
+
+
+def cpu_latent(Z, versions, names, jax, repeats, rng, spreads):
+    """The step's products at latent size Z timed for every kernel, then the fused epilogues:
+    the document's entry for Z, printed as two tables."""
+    from benchmarks import peers
+    from kernels import gemm_cpu
+
+    print(f"\nZ = {Z}")
+    print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of OpenBLAS)")
+    rows = []
+    for shape in gemm_cpu.step_shapes(Z):
+        secs, label = {}, shape_label(*shape)
+        for n, (fn, max_s) in cpu_runs(shape, versions, jax, rng).items():
+            times = []
+            secs[n] = peers.median_seconds(fn, repeats, max_s=max_s, times=times)
+            spreads[f"{n} on {label} at Z = {Z}"] = machine.spread(times)
+        rows.append(product_row(shape, secs, names, "OpenBLAS", "fraction_of_openblas"))
+        print_product(rows[-1], names, "OpenBLAS", 1)
+    summary = summarize(rows, names, ref="OpenBLAS")
+    print_whole_step(summary, names, "fraction_of_ref", 1)
+    return {"products": rows, "whole_step": summary, "epilogues": epilogue_table(Z, repeats, rng)}
+
+
+def cpu_main(args, load_start=None):
+    """``--cpu``: our CPU versions, OpenBLAS and XLA on the step's products at each latent size."""
+    from kernels import gemm_cpu
+
+    versions = list(args.versions) if args.versions else sorted(gemm_cpu.VERSIONS)
+    if any(v not in gemm_cpu.VERSIONS for v in versions):
+        raise cli.UsageError(f"--versions: choose from {', '.join(map(str, sorted(gemm_cpu.VERSIONS)))}")
+    threads = args.threads or os.cpu_count()
+    path = result_path(args, f"gemm-cpu-t{threads}.json")
+    cores, jax, xla_note, jax_note = cpu_libraries(threads)
+    gemm_cpu.check(versions)  # every version on ragged shapes and every transpose mode
+    names = [f"ours v{v}" for v in versions] + ["OpenBLAS"] + (["XLA"] if jax is not None else [])
+    host = machine.start(threads, load_start)
+    doc = cpu_document(args, threads, host, cores, jax, xla_note, jax_note)
     rng, spreads = np.random.default_rng(0), {}
-    for Z in latents:
-        print(f"\nZ = {Z}")
-        print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of OpenBLAS)")
-        rows = []
-        for M, K, N, ta, tb in gemm_cpu.step_shapes(Z):
-            a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
-            b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
-            out = np.empty((M, N), np.float32)
-            want = np.matmul(
-                a.T.astype(np.float64) if ta else a.astype(np.float64),
-                b.T.astype(np.float64) if tb else b.astype(np.float64),
-            )
-            label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
-            runs = {}
-            for v in versions:
-                out[...] = np.nan
-                gemm_cpu.matmul(a, b, out, ta, tb, version=v)
-                _check_close(f"ours v{v} {label}", out, want, K)
-                runs[f"ours v{v}"] = (partial(gemm_cpu.matmul, a, b, out, ta, tb, version=v), 2.0 if v <= 2 else None)
-            runs["OpenBLAS"] = (_library_product(np.matmul, a, b, out, ta, tb), None)
-            if jax is not None:
-                f = peers.jax_matmul(jax, ta, tb)
-                ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
-                _check_close(f"XLA {label}", np.asarray(f(ja, jb)), want, K)
-                runs["XLA"] = (partial(_jax_call, f, ja, jb), None)
-            secs, times = {}, {}
-            for n, (fn, max_s) in runs.items():
-                secs[n] = peers.median_seconds(fn, args.repeats, max_s=max_s, times=times.setdefault(n, []))
-                spreads[f"{n} on {label} at Z = {Z}"] = machine.spread(times[n])
-            flops = 2 * M * N * K
-            cells = [f"{flops / secs[n] / 1e9:9.1f} ({secs['OpenBLAS'] / secs[n]:4.2f})" for n in names]
-            print(f"{label:>24} " + " ".join(f"{c:>16}" for c in cells))
-            rows.append(
-                {
-                    "product": label,
-                    "M": M,
-                    "K": K,
-                    "N": N,
-                    "ta": ta,
-                    "tb": tb,
-                    "flops": flops,
-                    "seconds": secs,
-                    "gflops": {n: flops / secs[n] / 1e9 for n in names},
-                    "fraction_of_openblas": {n: secs["OpenBLAS"] / secs[n] for n in names},
-                }
-            )
-        summary = summarize(rows, names, ref="OpenBLAS")
-        print(
-            f"{'whole step':>24} "
-            + " ".join(f"{summary[n]['gflops']:9.1f} ({summary[n]['fraction_of_ref']:4.2f})".rjust(16) for n in names)
-        )
-        doc["latents"][str(Z)] = {
-            "products": rows,
-            "whole_step": summary,
-            "epilogues": epilogue_table(Z, args.repeats, rng),
-        }
+    for Z in args.latents:
+        doc["latents"][str(Z)] = cpu_latent(Z, versions, names, jax, args.repeats, rng, spreads)
     doc["machine"] = machine.finish(host, spreads)
     write_result(path, doc)
     return doc

@@ -73,6 +73,32 @@ def test_kernels_bad_values_are_one_line_and_exit_2(bad, capsys):
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
 
 
+def _long_functions(folder):
+    """(file, function, lines) of every function or method in ``folder``'s Python files longer
+    than MAX_LINES lines, decorators and docstring included."""
+    out = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+                lines = node.end_lineno - first + 1
+                if lines > MAX_LINES:
+                    out.append((str(path.relative_to(ROOT)), node.name, lines))
+    return out
+
+
+@pytest.mark.parametrize("folder", CHECKED_FOLDERS)
+def test_no_function_is_longer_than_sixty_lines(folder):
+    assert _long_functions(folder) == []
+
+
+def test_the_length_check_sees_a_long_function(tmp_path, monkeypatch):
+    (tmp_path / "long").mkdir()
+    (tmp_path / "long" / "f.py").write_text("def f():\n" + "    x = 1\n" * MAX_LINES + "\n\ndef g():\n    pass\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert _long_functions("long") == [("long/f.py", "f", MAX_LINES + 1)]
+
+
 def test_gpu_check_starts_without_numpy():
     """The GPU check runs before anything is installed: its parser comes from minivae/cli.py
     without importing the minivae package (which needs NumPy)."""
