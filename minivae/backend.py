@@ -39,30 +39,54 @@ def _check_name(name):
         raise ValueError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
 
 
+GPU_LIBRARIES = ("cupy", "numba-cuda")
+
+
 @functools.cache
-def _cupy_gpu_usable():
-    """True when CuPy imports, sees a GPU, and runs a tiny kernel and a matmul correctly (asked once)."""
+def gpu_usable(library, simulator=False):
+    """Whether ``library`` (``"cupy"`` or ``"numba-cuda"``) can run kernels on a CUDA GPU here:
+    (True, "") or (False, why in words), asked once per library. The one check of the project:
+    the backends, the benchmarks and the GPU tests all ask it.
+
+    CuPy must import, see a device, and run a tiny element-wise kernel and a matrix product
+    correctly. Numba-CUDA must import and find a device it can open. Numba's CUDA simulator
+    (``NUMBA_ENABLE_CUDASIM=1``) runs the kernels correctly but slowly: it counts as a GPU only
+    with ``simulator=True`` (the ``numba-cuda`` backend, which the tests run on it), never for a
+    timing."""
+    if library not in GPU_LIBRARIES:
+        raise ValueError(f"unknown GPU library {library!r}: choose from {', '.join(GPU_LIBRARIES)}")
+    return _cupy_usable() if library == "cupy" else _numba_cuda_usable(simulator)
+
+
+def _cupy_usable():
     try:
         import cupy
 
         if not cupy.is_available():
-            return False
+            return False, "CuPy cannot use a GPU (it sees no CUDA device or driver)"
         a = cupy.arange(6, dtype=cupy.float32).reshape(2, 3)
         square = cupy.ElementwiseKernel("float32 x", "float32 y", "y = x * x", "minivae_smoke")
-        return float(square(a).sum()) == 55.0 and float((a @ a.T)[1, 1]) == 50.0
-    except Exception:  # no CuPy, no driver, no device, a broken toolkit: all mean "not usable"
-        return False
+        if float(square(a).sum()) == 55.0 and float((a @ a.T)[1, 1]) == 50.0:
+            return True, ""
+        return False, "CuPy cannot use a GPU (a test kernel or product gave a wrong result)"
+    except Exception as e:  # noqa: BLE001 - no CuPy, no driver, no device, a broken toolkit: all mean "not usable"
+        return False, f"CuPy cannot use a GPU ({type(e).__name__}: {e})"
 
 
-@functools.cache
-def _numba_cuda_usable():
-    """True when Numba-CUDA imports and finds a usable GPU (asked once)."""
+def _numba_cuda_usable(simulator):
     try:
-        from numba import cuda
-
-        return bool(cuda.is_available())
-    except Exception:
-        return False
+        from numba import config, cuda
+    except Exception as e:  # noqa: BLE001 - numba-cuda missing or broken
+        return False, f"Numba-CUDA does not import ({type(e).__name__}: {e})"
+    if config.ENABLE_CUDASIM and not simulator:
+        return False, "the CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1): timings would be meaningless"
+    try:
+        if not cuda.is_available():
+            return False, "no CUDA driver or device found"
+        cuda.get_current_device()
+    except Exception as e:  # noqa: BLE001 - any failure means: no usable GPU
+        return False, f"no usable CUDA device ({type(e).__name__}: {e})"
+    return True, ""
 
 
 def resolve(name, dtype=None):
@@ -72,7 +96,7 @@ def resolve(name, dtype=None):
     if name == "auto":
         if dtype is not None and np.dtype(dtype) != np.float32:
             return "numpy"
-        return "cupy" if _cupy_gpu_usable() else "cpu-fused"
+        return "cupy" if gpu_usable("cupy")[0] else "cpu-fused"
     return name
 
 
@@ -92,8 +116,8 @@ def available_backends():
         names.append("cpu-fused")
     except RuntimeError:
         pass
-    for name, usable in (("cupy", _cupy_gpu_usable), ("numba-cuda", _numba_cuda_usable)):
-        if usable():
+    for name in GPU_LIBRARIES:
+        if gpu_usable(name, simulator=True)[0]:
             try:
                 _ops_class(name)
                 names.append(name)
@@ -115,9 +139,9 @@ def create_ops(name, dtype):
             f"backend {name!r} supports only {', '.join(np.dtype(d).name for d in allowed)}, "
             f"not {dtype.name}: use backend='numpy' for {dtype.name}"
         )
-    if name == "cupy" and not _cupy_gpu_usable():
+    if name == "cupy" and not gpu_usable("cupy")[0]:
         raise RuntimeError("backend 'cupy' needs CuPy and a usable CUDA GPU; none was found")
-    if name == "numba-cuda" and not _numba_cuda_usable():
+    if name == "numba-cuda" and not gpu_usable("numba-cuda", simulator=True)[0]:
         raise RuntimeError("backend 'numba-cuda' needs Numba-CUDA and a usable CUDA GPU; none was found")
     return _ops_class(name)()
 

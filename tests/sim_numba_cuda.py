@@ -32,10 +32,10 @@ def test_runs_on_the_simulator_or_on_the_device_asked_for():
     """On the simulator unless MINIVAE_CUDA_DEVICE=1 asked for the real device, which must then be usable."""
     from numba import config
 
-    from kernels.numba_cuda._util import gpu_usable
+    from minivae.backend import gpu_usable
 
     if ON_DEVICE:
-        ok, why = gpu_usable()
+        ok, why = gpu_usable("numba-cuda")
         assert not config.ENABLE_CUDASIM and ok, why
     else:
         assert config.ENABLE_CUDASIM

@@ -4,6 +4,7 @@ is checked: benchmarks are never timed tests)."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,8 +165,24 @@ def test_throughput_cpu_peers_quick(tmp_path):
         assert doc["machine"]["jax"]
 
 
+def test_default_outputs_are_not_the_committed_results():
+    """A run without --out writes into runs/bench/ under the current folder (ignored by git), never
+    into benchmarks/results, which only --out benchmarks/results updates."""
+    from benchmarks import kernels
+
+    tp = _throughput_module()
+    for default in (tp.parse_args([]).out, kernels.DEFAULT_OUT):
+        assert default == Path("runs/bench") and not default.is_absolute()
+        assert (ROOT / default).resolve() != (ROOT / "benchmarks" / "results").resolve()
+    if shutil.which("git") is None:
+        return
+    for path in ("runs/bench/throughput.json", "benchmarks/runs/bench/gemm-cpu-t1.json"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT, capture_output=True)
+        assert ignored.returncode in (0, 128), path  # 128: not a git checkout, so nothing to ignore
+
+
 def test_kernels_cpu_mode_writes_results(tmp_path):
-    out = tmp_path / "k.json"
+    """Without --out or --json: into runs/bench/ of the current folder, named by the threads."""
     subprocess.run(
         [
             sys.executable,
@@ -180,17 +197,17 @@ def test_kernels_cpu_mode_writes_results(tmp_path):
             "2",
             "--versions",
             "3,4",
-            "--json",
-            str(out),
         ],
         check=True,
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
         timeout=300,
     )
-    doc = json.loads(out.read_text())
+    doc = json.loads((tmp_path / "runs" / "bench" / "gemm-cpu-t1.json").read_text())
     assert doc["threads"] == 1
+    assert doc["machine"]["threads"] == 1 and doc["machine"]["cpu_isa"] and "load_end" in doc["machine"]
     if len(os.sched_getaffinity(0)) > 1:
         assert len(doc["pinned_cores"]) == 1
     step = doc["latents"]["2"]

@@ -124,9 +124,9 @@ def cp():
         import cupy
     except ImportError as e:
         pytest.skip(f"CuPy is not installed: {e}")
-    from minivae.backend import _cupy_gpu_usable
+    from minivae.backend import gpu_usable
 
-    if not _cupy_gpu_usable():
+    if not gpu_usable("cupy")[0]:
         pytest.skip("CuPy is installed but no CUDA device is usable")
     return cupy
 

@@ -259,3 +259,50 @@ def test_markdown_summary_holds_targets_steps_and_tables():
     assert "| 128 | 1000 | 25,000 | 40,000 | — | 10,000 | 2.50 | 4.00 | — |" in md
     assert "epoch 2: 51,234 samples/s" in md and "log-likelihood ≈ -100.50 nats" in md
     json.dumps(state)  # what summary.json is made of stays JSON
+
+
+def test_main_runs_every_step_in_order_and_writes_the_files(tmp_path, monkeypatch, capsys):
+    """The whole check with a GPU found and every child command faked: each step in its order,
+    the commands it gives the benchmarks, the eight files, and exit 1 when a step fails."""
+    gc = _gpu_check()
+    commands = []
+
+    def fake_run(cmd, limit_s, log, env=None):
+        commands.append([str(c) for c in cmd])
+        failed = "minivae.train" in commands[-1]
+        rec = {"command": " ".join(commands[-1]), "limit_s": limit_s, "seconds": 0.1, "rc": int(failed)}
+        return dict(rec, timed_out=False, tail="")
+
+    monkeypatch.setattr(gc, "find_gpu", lambda: (True, ["GPU 0: Made-up GPU"]))
+    monkeypatch.setattr(gc, "run", fake_run)
+    monkeypatch.setattr(gc, "step_env", lambda py, log, tmp, state, gpu, limit_s: fake_run(["env"], limit_s, log))
+    out = tmp_path / "out"
+    assert gc.main([str(out), "--no-install"]) == gc.EXIT_FAILED  # the faked main job failed
+    steps = [s["step"] for s in json.loads((out / "summary.json").read_text())["steps"]]
+    assert steps == ["install", "env", *[s[0] for s in gc.TEST_STEPS], "kernels", "throughput-128"] + [
+        "throughput-1024",
+        "main-job",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(gc.OUT_FILES)
+    kernels = next(c for c in commands if "benchmarks.kernels" in c)
+    assert "--json" in kernels  # the benchmark's results go into the check's own folder
+    for c in (c for c in commands if "benchmarks/throughput.py" in c):
+        assert "--out" in c and c[c.index("--out") + 1] != "benchmarks/results"
+    said = capsys.readouterr().out
+    assert "gpu_check: GPU 0: Made-up GPU;" in said and "# GPU check:" in said  # the summary, printed
+
+
+def test_the_env_step_records_the_host_machine(tmp_path, monkeypatch, capsys):
+    gc = _gpu_check()
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'Driver Version: 550.54   CUDA Version: 12.4'\n")
+    smi.chmod(0o755)
+    monkeypatch.setattr(gc.shutil, "which", lambda name: str(smi))
+    monkeypatch.setattr(gc, "run", lambda cmd, limit_s, log, env=None: {"rc": 0, "timed_out": False, "tail": ""})
+    state = {"load_start": [0.5, 0.4, 0.3]}
+    with open(tmp_path / "log.txt", "w") as log:
+        gc.step_env(sys.executable, log, tmp_path, state, ["GPU 0: Made-up GPU"], 10)
+    rec = state["env"]["machine"]
+    assert state["env"]["driver"] == "550.54" and state["env"]["cuda"] == "12.4"
+    assert rec["load_start"] == [0.5, 0.4, 0.3] and rec["cpu_isa"] and "blas" in rec
+    assert capsys.readouterr().out.startswith("machine: ")

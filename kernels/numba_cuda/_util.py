@@ -32,13 +32,6 @@ def jitted(kernel):
     return cuda.jit(kernel)
 
 
-def simulated():
-    """True under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1)."""
-    from numba import config
-
-    return bool(config.ENABLE_CUDASIM)
-
-
 def assert_close(name, got, ref, atol=1e-5, rtol=1e-4):
     """Raise AssertionError naming the op and the worst element when |got − ref| > atol + rtol·|ref|.
 
@@ -74,26 +67,15 @@ def time_kernel(fn, repeats=20, warmup=3):
     return float(np.median(times))
 
 
-def gpu_usable():
-    """(True, '') when a real CUDA device can run kernels, else (False, why)."""
-    if simulated():
-        return False, "the CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1): timings would be meaningless"
-    try:
-        if not cuda.is_available():
-            return False, "no CUDA driver or device found"
-        cuda.get_current_device()
-    except Exception as e:  # noqa: BLE001 - any failure means: no usable GPU
-        return False, f"no usable CUDA device ({type(e).__name__}: {e})"
-    return True, ""
-
-
 def run_file(name, check, benchmark):
     """What ``python -m kernels.numba_cuda.<name>`` does: check every version against the reference,
     then (without ``--check``) time it, or exit with one line saying why there is no GPU to time it on."""
     check()
     print(f"{name}: every version matches the reference")
     if "--check" not in sys.argv:
-        ok, why = gpu_usable()
+        from minivae.backend import gpu_usable
+
+        ok, why = gpu_usable("numba-cuda")
         if not ok:
             sys.exit(f"{name} benchmark skipped: {why}")
         benchmark()
