@@ -31,10 +31,10 @@ One step, for an MLP of layers ℓ = 1 … L with y₀ = input, written as the o
                 ∂L/∂[μ | log σ²] = reparam_kl_backward(∂L/∂z, …, β/B) between the two MLPs
 
 The loss is computed on the way forward together with its gradient ∂L/∂a, which saves the
-backward pass a second read of the logits. The noise comes from the backend's ``standard_normal``
-op where it has one (cpu-fused, cupy, numba-cuda: Philox keyed by two words from the model's
-generator, see :mod:`kernels.reference`); otherwise it is drawn on the host by the model's
-generator, as in the reference VAE.
+backward pass a second read of the logits. The noise comes from the backend's optional
+``standard_normal`` op where it has one (cpu-fused, cupy, numba-cuda: Philox keyed by two words
+from the model's generator, see :class:`kernels.reference.Ops`); where it is None, ε is drawn on
+the host by the model's generator, as in the reference VAE.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class Engine:
             self.forward_ops(ws, x, None)
             self._step = (ws, x, None)
             return self.record_loss(ops.to_host(ws.recon), np.zeros(B, self.dtype))
-        if eps is None and hasattr(ops, "standard_normal"):
+        if eps is None and ops.standard_normal is not None:
             ops.standard_normal(self.noise_key(), ws.eps)  # the backend makes ε from the key
             eps = ws.eps  # (B, Z)
         elif eps is None:
