@@ -6,10 +6,10 @@ of :mod:`kernels.reference` (matrix products plus one fused pass per element-wis
 that are allocated once:
 
 - the parameters live in ONE flat buffer θ (P,), and the fast model's ``params``
-  (:mod:`kernels.fast`) is a dict of views into it (same keys, shapes and order as the reference's),
-  so the model, the optimizer and a checkpoint all see the same memory; the gradients live in a
-  second flat buffer of the same layout, and Adam (:class:`kernels.fast.FastAdam`, its moments
-  flat too) is one pass over P numbers;
+  (:class:`kernels.flat.FlatParams`) is a dict of views into it (same keys, shapes and order as the
+  reference's), so the model, the optimizer and a checkpoint all see the same memory; the gradients
+  live in a second flat buffer of the same layout, and Adam (:class:`kernels.flat.FastAdam`, its
+  moments flat too) is one pass over P numbers;
 - the activations and their gradients live in workspaces allocated once per batch size B and
   reused at every step (a new B, e.g. the short last batch of an epoch, gets its own workspace).
 
@@ -41,22 +41,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.flat import FlatParams
 from minivae import checks
-
-
-class FlatParams(dict):
-    """A dict name → view into one flat buffer (P,), in layer order.
-
-    ``flat`` is the buffer, ``ops`` the ops object that owns it, and ``views(buf)`` gives the same
-    dict of views into another buffer of the same layout (gradients, Adam's moments).
-    """
-
-    def __init__(self, flat, ops, layout):
-        self.flat, self.ops, self.layout = flat, ops, layout
-        super().__init__((k, flat[o : o + size].reshape(shape)) for k, o, size, shape in layout)
-
-    def views(self, buf):
-        return FlatParams(buf, self.ops, self.layout)
 
 
 class _Workspace:

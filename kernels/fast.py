@@ -7,7 +7,7 @@ have the public API of the reference classes — ``params``, ``forward``, ``back
 same numbers, but
 
 - the parameters live in one flat buffer on the backend's device (``params`` is a
-  :class:`kernels.engine.FlatParams` of views into it, same keys, shapes and order);
+  :class:`kernels.flat.FlatParams` of views into it, same keys, shapes and order);
 - ``forward`` and ``backward`` run the ops of :class:`kernels.engine.Engine` (``engine``) on
   buffers allocated once, and ``backward`` returns views into a flat gradient buffer;
 - Adam is one kernel pass over the flat buffers (``m_flat``, ``v_flat``);
@@ -20,13 +20,13 @@ buffer), and every argument and input is checked as by the reference (:mod:`mini
 
 from __future__ import annotations
 
-import numpy as np
-
 from kernels.engine import Engine
+from kernels.flat import FastAdam
 from minivae.ae import AE
 from minivae.backend import create_ops, resolve
-from minivae.optim import Adam
 from minivae.vae import VAE
+
+__all__ = ["FastVAE", "FastAE", "FastAdam"]  # FastAdam lives in kernels.flat, beside the flat parameters
 
 
 class FastModel:
@@ -51,7 +51,7 @@ class FastModel:
         return self.engine.forward(x, eps)
 
     def backward(self):
-        """Gradients of the last forward's loss: a :class:`kernels.engine.FlatParams` of views into
+        """Gradients of the last forward's loss: a :class:`kernels.flat.FlatParams` of views into
         the engine's flat gradient buffer (overwritten by the next backward)."""
         return self.engine.backward()
 
@@ -110,63 +110,3 @@ class FastAE(FastModel, AE):
     ):
         reference = AE(data_dim, latent, hidden, seed=seed, dtype=dtype, activation=activation, backend="numpy")
         self._take(reference, backend, ops)
-
-
-class FastAdam(Adam):
-    """:class:`minivae.Adam` over a flat parameter buffer: the moments are flat buffers of the same
-    layout (``m_flat``, ``v_flat``; ``m`` and ``v`` are dicts of views into them), and a step with
-    flat gradients is one pass of the backend's ``adam`` kernel over P numbers. The arithmetic is
-    that of :func:`minivae.optim.adam_update`."""
-
-    def zeros_like_params(self):
-        return self.params.views(self.params.ops.zeros(self.flat.shape, self.flat.dtype))  # (P,)
-
-    @property
-    def flat(self):
-        """The parameters' flat buffer θ (P,)."""
-        return self.params.flat
-
-    @property
-    def m_flat(self):
-        return self.m.flat
-
-    @property
-    def v_flat(self):
-        return self.v.flat
-
-    def step(self, grads):
-        """One update; ``grads`` a flat buffer of our layout (a fast model's backward), or a dict."""
-        g = getattr(grads, "flat", None)
-        if g is None:
-            return super().step(grads)  # the reference update, on the views
-        # One kernel over P numbers: the buffers must have our layout (O(1) checks).
-        if (
-            getattr(grads, "layout", None) != self.params.layout
-            or g.shape != self.flat.shape
-            or g.dtype != self.flat.dtype
-            or not g.flags.c_contiguous
-        ):
-            raise ValueError(
-                f"grads must have the layout of the parameters: a contiguous "
-                f"{self.flat.dtype} buffer of shape {self.flat.shape}, got "
-                f"{g.dtype} {g.shape}"
-            )
-        self.t += 1
-        c1 = 1 - self.b1**self.t
-        c2 = 1 - self.b2**self.t
-        self.params.ops.adam(self.flat, g, self.m_flat, self.v_flat, self.lr, self.b1, self.b2, self.eps, c1, c2)
-
-    def state_dict(self):
-        to_host = self.params.ops.to_host
-        state = {"t": np.array(self.t)}
-        for k in self.params:
-            state["m." + k] = np.array(to_host(self.m[k]))  # a copy: on the CPU to_host may share memory
-            state["v." + k] = np.array(to_host(self.v[k]))
-        return state
-
-    def load_state_dict(self, state):
-        to_device = self.params.ops.to_device
-        self.t, moments = self.checked_state(state)
-        for k in self.params:
-            self.m[k][...] = to_device(moments["m." + k])
-            self.v[k][...] = to_device(moments["v." + k])

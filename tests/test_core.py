@@ -244,6 +244,31 @@ def test_adam_rejects_non_positive_lr():
         Adam({"p": np.zeros(1)}, lr=-1e-3)
 
 
+def test_adam_imports_nothing_from_kernels_and_follows_the_params():
+    """No cycle optim → kernels → optim: parameters name their own Adam (``adam_class``), which the
+    flat parameters of a fast model do (kernels.flat.FastAdam); a plain dict gets this Adam."""
+    import ast
+    import inspect
+
+    from minivae import optim
+
+    imported = [
+        getattr(node, "module", None) or node.names[0].name
+        for node in ast.walk(ast.parse(inspect.getsource(optim)))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    ]
+    assert not [m for m in imported if m.split(".")[0] == "kernels"], imported
+
+    class Own(Adam):
+        pass
+
+    class Params(dict):
+        adam_class = Own
+
+    assert type(Adam({"p": np.zeros(1)})) is Adam
+    assert type(Adam(Params(p=np.zeros(1)))) is Own
+
+
 # ------------------------------------------------------------------------------ stability, dtypes, determinism
 
 
