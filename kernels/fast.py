@@ -35,7 +35,7 @@ class FastModel:
 
     def _take(self, reference, backend, ops):
         """Adopt ``reference``'s checked settings, generator and initial weights; build the engine."""
-        for name in ("data_dim", "latent", "hidden", "dtype", "activation", "rng", "layer_names", "params"):
+        for name in ("data_dim", "latent", "hidden", "dtype", "activation", "seed", "rng", "layer_names", "params"):
             setattr(self, name, getattr(reference, name))
         self.beta = getattr(reference, "beta", 0.0)
         self.last = {}
@@ -90,7 +90,6 @@ class FastVAE(FastModel, VAE):
         reference = VAE(
             data_dim, latent, hidden, seed=seed, dtype=dtype, beta=beta, activation=activation, backend="numpy"
         )
-        self.seed = reference.seed
         self._take(reference, backend, ops)
 
 

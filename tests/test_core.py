@@ -199,6 +199,18 @@ def test_bad_model_arguments(kw):
         small_vae(**kw)
 
 
+def test_vae_and_ae_share_what_does_not_depend_on_the_encoder_output():
+    from minivae.ae import AE
+    from minivae.mlp import MLPModel
+
+    for cls in (minivae.VAE, AE):
+        assert issubclass(cls, MLPModel)
+        for name in ("__new__", "decode_logits", "decode", "sample", "get_params", "set_params"):
+            assert name not in vars(cls), (cls.__name__, name)
+    ae = AE(12, 3, (5,), seed=2)
+    assert ae.seed == 2 and ae.decode(np.zeros((1, 3))).shape == (1, 12)
+
+
 def test_backward_needs_forward():
     with pytest.raises(RuntimeError):
         small_vae().backward()
