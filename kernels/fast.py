@@ -15,13 +15,18 @@ same numbers, but
   one (all fast backends do), so the noise differs from the numpy backend's.
 
 The initial weights are the reference model's (built with the same seed, then copied into the flat
-buffer), and every argument and input is checked as by the reference (:mod:`minivae.checks`).
+buffer), and every argument and input is checked as by the reference (:mod:`minivae.checks`), once,
+by the public methods of :class:`FastModel`. The engine trusts what they hand it; the ops keep
+only their own guards against reading or writing out of bounds (:class:`kernels.reference.Ops`).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from kernels.engine import Engine
 from kernels.flat import FastAdam
+from minivae import checks
 from minivae.ae import AE
 from minivae.backend import create_ops, resolve
 from minivae.vae import VAE
@@ -31,7 +36,9 @@ __all__ = ["FastVAE", "FastAE", "FastAdam"]  # FastAdam lives in kernels.flat, b
 
 class FastModel:
     """What :class:`FastVAE` and :class:`FastAE` share: a reference model's description and initial
-    weights, and the engine that runs its step."""
+    weights, the engine that runs its step, and the model's public boundary — every argument of a
+    public method is checked here, once, as by the reference (:mod:`minivae.checks`, the same
+    messages), and handed to the engine as a device array of the model's dtype."""
 
     def _take(self, reference, backend, ops):
         """Adopt ``reference``'s checked settings, generator and initial weights; build the engine."""
@@ -47,7 +54,24 @@ class FastModel:
         self.engine = Engine(self, ops)
         self.params = self.engine.params  # views into the engine's flat buffer θ (P,)
 
+    def device_batch(self, name, a, width, unit=False, B=None):
+        """A batch (B, width) checked by :func:`minivae.checks.batch` — shape, dtype, layout and
+        values, which the kernels trust — as a C-contiguous device array of the model's dtype."""
+        a = checks.batch(name, a, width, self.dtype, unit=unit, B=B, xp_convert=self._convert)
+        return self.engine.ops.to_device(a) if isinstance(a, np.ndarray) else a
+
+    def _convert(self, a):
+        """A device array of another dtype or layout as a C-contiguous one of ours."""
+        if not hasattr(a, "astype"):  # a Numba device array converts nothing
+            raise ValueError(
+                f"expected a C-contiguous {self.dtype.name} array, got {type(a).__name__} of {np.dtype(a.dtype).name}"
+            )
+        return a.astype(self.dtype, order="C")
+
     def forward(self, x, eps=None):
+        x = self.device_batch("x", x, self.data_dim, unit=True)  # (B, D), checked before any kernel runs
+        if eps is not None and self.engine.variational:  # the autoencoder ignores eps, as the reference
+            eps = self.device_batch("eps", eps, self.latent, B=x.shape[0])  # (B, Z): the kernel reads B·Z numbers
         return self.engine.forward(x, eps)
 
     def backward(self):
@@ -56,10 +80,10 @@ class FastModel:
         return self.engine.backward()
 
     def encode(self, x):
-        return self.engine.encode(x)
+        return self.engine.encode(self.device_batch("x", x, self.data_dim, unit=True))
 
     def decode_logits(self, z):
-        return self.engine.decode_logits(z)
+        return self.engine.decode_logits(self.device_batch("z", z, self.latent))
 
     def noise_key(self):
         """The key of one step's noise: two words from the model's generator (see the engine)."""
@@ -69,7 +93,7 @@ class FastModel:
         return self.engine.get_params()
 
     def set_params(self, values):
-        return self.engine.set_params(values)
+        return self.engine.set_params(checks.params("values", values, self.params))
 
 
 class FastVAE(FastModel, VAE):
