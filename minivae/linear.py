@@ -100,7 +100,7 @@ import sys
 import numpy as np
 
 from minivae import losses, metrics
-from minivae.data import batches
+from minivae.data import batches, binarize
 from minivae.optim import Adam
 
 LOG_2PI = math.log(2 * math.pi)
@@ -316,8 +316,16 @@ def fit(
     hold=0.5,
     fast_params=(),
     fast_factor=1.0,
+    binarization=None,
+    check_finite=True,
 ):
     """Adam on shuffled mini-batches of x for ``steps`` steps; returns the loss of every step.
+
+    The one training loop of the models here and of :mod:`minivae.identity`'s (the linear
+    autoencoder, the MLP autoencoder and the MLP VAE): ``model`` is anything with ``params``,
+    ``forward(x)`` and ``backward()``, and ``minivae.Adam(model.params)`` steps it. Each epoch
+    draws from ``rng`` first a fresh binarization of x when ``binarization`` is "dynamic"
+    (:func:`minivae.data.binarize`; None trains on x itself), then the order of its mini-batches.
 
     The learning rate stays at ``lr`` for the first ``hold`` fraction of the steps, then decays
     geometrically to ``lr_final`` at the last step (constant when ``lr_final`` is None). The
@@ -325,41 +333,59 @@ def fit(
     Why: Adam moves a parameter by at most about lr per step, and log s² must travel far — from 0
     (the prior) to log(σ²/λ₁), about −6.2 for MNIST's top direction at σ² = 0.01, which at
     lr = 3e-3 alone takes 2,000 steps while W cannot grow until s² has shrunk.
+
+    A loss that is not finite raises FloatingPointError, unless ``check_finite`` is False.
     """
     rng = np.random.default_rng(0) if rng is None else rng
-    fast = {k: p for k, p in model.params.items() if k in fast_params}
-    opt = Adam({k: p for k, p in model.params.items() if k not in fast}, lr=lr)
-    opt_fast = Adam(fast, lr=lr * fast_factor) if fast else None
+    opt, opt_fast = _optimizers(model.params, lr, fast_params, fast_factor)
     ratio = 1.0 if lr_final is None else lr_final / lr
     start = int(hold * steps)  # the first step of the decay
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-    history, t = [], 0
-    while t < steps:
+    bar = _progress_bar(steps, desc) if progress else None
+    history = []
+    while len(history) < steps:
+        x_epoch = x if binarization is None else binarize(x, binarization, rng)
         for idx in batches(len(x), batch_size, rng):
+            t = len(history)
             if t == steps:
                 break
             opt.lr = lr * ratio ** (max(t - start, 0) / max(steps - 1 - start, 1))
-            loss = model.forward(x[idx])
-            if not math.isfinite(loss):
+            loss = model.forward(x_epoch[idx])
+            if check_finite and not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {t + 1}")
-            grads = model.backward()
-            opt.step({k: g for k, g in grads.items() if k not in fast})
-            if opt_fast is not None:
-                opt_fast.lr = opt.lr * fast_factor
-                opt_fast.step({k: grads[k] for k in fast})
+            _update(model.backward(), opt, opt_fast, fast_factor)
             history.append(loss)
-            t += 1
             if bar is not None:
                 bar.update(1)
-                if t % 50 == 0:
+                if len(history) % 50 == 0:
                     bar.set_postfix(loss=f"{loss:.1f}")
     if bar is not None:
         bar.close()
     return history
+
+
+def _optimizers(params, lr, fast_params, fast_factor):
+    """Adam over ``params`` (the class they name: a fast model's flat ones get FastAdam) and None;
+    with ``fast_params``, one Adam over the others and one at ``fast_factor`` times the rate."""
+    fast = {k: p for k, p in params.items() if k in fast_params}
+    if not fast:
+        return Adam(params, lr=lr), None
+    return Adam({k: p for k, p in params.items() if k not in fast}, lr=lr), Adam(fast, lr=lr * fast_factor)
+
+
+def _update(grads, opt, opt_fast, fast_factor):
+    """One Adam step of each optimizer of :func:`_optimizers`, the fast one at its factor of the rate."""
+    if opt_fast is None:
+        opt.step(grads)  # a fast model's flat gradients go to its FastAdam as they are
+        return
+    opt.step({k: g for k, g in grads.items() if k not in opt_fast.params})
+    opt_fast.lr = opt.lr * fast_factor
+    opt_fast.step({k: grads[k] for k in opt_fast.params})
+
+
+def _progress_bar(steps, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
 # --------------------------------------------------------------------------------------------
