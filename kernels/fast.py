@@ -54,7 +54,7 @@ class FastModel:
         self.engine = Engine(self, ops)
         self.params = self.engine.params  # views into the engine's flat buffer θ (P,)
 
-    def device_batch(self, name, a, width, unit=False, B=None):
+    def _device_batch(self, name, a, width, unit=False, B=None):
         """A batch (B, width) checked by :func:`minivae.checks.batch` — shape, dtype, layout and
         values, which the kernels trust — as a C-contiguous device array of the model's dtype."""
         a = checks.batch(name, a, width, self.dtype, unit=unit, B=B, xp_convert=self._convert)
@@ -69,9 +69,9 @@ class FastModel:
         return a.astype(self.dtype, order="C")
 
     def forward(self, x, eps=None):
-        x = self.device_batch("x", x, self.data_dim, unit=True)  # (B, D), checked before any kernel runs
+        x = self._device_batch("x", x, self.data_dim, unit=True)  # (B, D), checked before any kernel runs
         if eps is not None and self.engine.variational:  # the autoencoder ignores eps, as the reference
-            eps = self.device_batch("eps", eps, self.latent, B=x.shape[0])  # (B, Z): the kernel reads B·Z numbers
+            eps = self._device_batch("eps", eps, self.latent, B=x.shape[0])  # (B, Z): the kernel reads B·Z numbers
         return self.engine.forward(x, eps)
 
     def backward(self):
@@ -80,10 +80,10 @@ class FastModel:
         return self.engine.backward()
 
     def encode(self, x):
-        return self.engine.encode(self.device_batch("x", x, self.data_dim, unit=True))
+        return self.engine.encode(self._device_batch("x", x, self.data_dim, unit=True))
 
     def decode_logits(self, z):
-        return self.engine.decode_logits(self.device_batch("z", z, self.latent))
+        return self.engine.decode_logits(self._device_batch("z", z, self.latent))
 
     def noise_key(self):
         """The key of one step's noise: two words from the model's generator (see the engine)."""
