@@ -75,12 +75,10 @@ def parse_args(argv=None):
         "--data-dir",
         type=cli.path,
         default=None,
-        help="a folder of MNIST IDX files with the test digits (default: the run's own data)",
+        help="a folder of MNIST IDX files with the test digits (default the run's own data)",
     )
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend of the model (default auto)")
-    p.add_argument(
-        "--seed", type=cli.non_negative_int, default=0, help="seeds the samples and the pairs of digits (default 0)"
-    )
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend of the model")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0, help="seeds the samples and the pairs of digits")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p.parse_args(argv)
 

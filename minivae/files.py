@@ -28,6 +28,19 @@ import numpy as np
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.npz"
+# The files of a training run (minivae.train): a folder holding any of them holds a run.
+RUN_FILES = (
+    CONFIG,
+    "metrics.jsonl",
+    CHECKPOINT,
+    "summary.json",
+    "reconstructions.png",
+    "samples.png",
+    "kl_per_dim.png",
+    "loss_curve.png",
+)
+# The files of a sweep (minivae.sweep) that tell its folder apart: it writes settings.json first.
+SWEEP_FILES = ("settings.json", "results.jsonl")
 
 
 class WriteError(OSError):
@@ -59,6 +72,32 @@ def file_mode():
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def held_files(folder, names):
+    """Those of ``names`` that are files in ``folder`` (none when it is not a folder)."""
+    folder = pathlib.Path(folder)
+    try:
+        return [name for name in names if (folder / name).is_file()]
+    except OSError:
+        return []
+
+
+def refuse_foreign(folder, what, mine):
+    """Raise :class:`minivae.cli.UsageError` when ``folder`` (given as ``what``, e.g. ``--out``)
+    holds the output of the other command: a sweep's for ``mine`` = "run" (minivae.train), a
+    training run's for ``mine`` = "sweep". Neither command writes into, or replaces, the other's."""
+    from minivae.cli import UsageError
+
+    if mine == "run":
+        held, theirs, how = held_files(folder, SWEEP_FILES), "a sweep", "minivae.sweep"
+    else:
+        held, theirs, how = held_files(folder, RUN_FILES), "a training run", "minivae.train"
+    if held:
+        raise UsageError(
+            f"{what} {folder} holds {theirs} ({', '.join(held[:3])}), written by {how}: "
+            f"choose another folder for this {'run' if mine == 'run' else 'sweep'}"
+        )
 
 
 # --------------------------------------------------------------------------------------------

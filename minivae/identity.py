@@ -52,6 +52,7 @@ from minivae.cli import (
     path,
     positive_float,
     positive_int,
+    program,
     require_folder,
     run_command,
     say,
@@ -92,31 +93,31 @@ def probe_sets(test_x, rng, n=1000):
 
 def parse_args(argv=None):
     p = Parser(
-        prog="python -m minivae.identity",
+        prog=program("minivae.identity", "minivae-identity"),
         description="Train autoencoders and a VAE with Z ≥ D and measure how well they "
         "reconstruct inputs that are not digits.",
     )
-    p.add_argument("--data-dir", type=path, default=None, help="a folder of MNIST IDX files")
-    p.add_argument("--out", type=path, required=True, help="output folder")
-    p.add_argument("--latent", type=positive_int, default=1000, help="latent dimension Z (1000)")
     p.add_argument(
-        "--hidden", type=widths, default=(1024,), metavar="H1,H2", help="hidden widths of the MLP models (1024)"
+        "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default the download cache)"
     )
-    p.add_argument("--epochs", type=positive_int, default=5, help="epochs of each MLP model (5)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="MLP mini-batch size (128)")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="MLP Adam learning rate (1e-3)")
+    p.add_argument("--out", type=path, required=True, help="output folder")
+    p.add_argument("--latent", type=positive_int, default=1000, help="latent dimension Z")
+    p.add_argument("--hidden", type=widths, default=(1024,), metavar="H1,H2", help="hidden widths of the MLP models")
+    p.add_argument("--epochs", type=positive_int, default=5, help="epochs of each MLP model")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="MLP mini-batch size")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="MLP Adam learning rate")
     p.add_argument(
         "--linear-steps",
         type=positive_int,
         default=3000,
-        help="Adam steps of the linear autoencoder (3000, batch 256, lr 3e-3 → 1e-4)",
+        help="Adam steps of the linear autoencoder (batch 256, lr 3e-3 → 1e-4)",
     )
-    p.add_argument("--sigma2", type=positive_float, default=0.01, help="σ² of the closed-form linear VAE (0.01)")
-    p.add_argument("--n", type=positive_int, default=1000, help="examples per probe set (1000)")
-    p.add_argument("--backend", default="cpu-fused", help="backend of the MLP models (cpu-fused)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights, the data order, the noise (0)")
-    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--sigma2", type=positive_float, default=0.01, help="σ² of the closed-form linear VAE")
+    p.add_argument("--n", type=positive_int, default=1000, help="examples per probe set")
+    p.add_argument("--backend", default="cpu-fused", help="backend of the MLP models")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights, the data order, the noise")
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits (default all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     return p.parse_args(argv)
 
 

@@ -62,34 +62,42 @@ HOLD = 0.3  # the command holds its learning rate for this fraction of the steps
 def parse_args(argv=None):
     p = Parser(
         prog=program("minivae.linear", "minivae-linear"),
+        usage="%(prog)s --latent Z --sigma2 S2 --out DIR [options]\n       %(prog)s --summarize DIR",
         description="Train the linear Gaussian VAE on MNIST grey values and compare it with "
         "its closed-form optimum (probabilistic PCA).",
     )
-    p.add_argument("--latent", type=positive_int, default=None, help="latent dimension Z")
-    p.add_argument("--sigma2", type=positive_float, default=None, help="the decoder's fixed variance σ²")
     p.add_argument(
-        "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default: the download cache)"
+        "--latent", type=positive_int, default=None, help="latent dimension Z (required, unless --summarize)"
     )
-    p.add_argument("--out", type=path, default=None, help="output folder")
-    p.add_argument("--steps", type=positive_int, default=3000, help="Adam steps (3000)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size (256)")
+    p.add_argument(
+        "--sigma2",
+        type=positive_float,
+        default=None,
+        help="the decoder's fixed variance σ² (required, unless --summarize)",
+    )
+    p.add_argument(
+        "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default the download cache)"
+    )
+    p.add_argument("--out", type=path, default=None, help="output folder (required, unless --summarize)")
+    p.add_argument("--steps", type=positive_int, default=3000, help="Adam steps")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size")
     p.add_argument(
         "--lr",
         type=positive_float,
         default=3e-3,
-        help="Adam learning rate, held for the first 30%% of the steps (3e-3)",
+        help="Adam learning rate, held for the first 30%% of the steps",
     )
     p.add_argument(
         "--lr-final",
         type=positive_float,
         default=3e-5,
-        help="learning rate at the last step, reached geometrically (3e-5)",
+        help="learning rate at the last step, reached geometrically",
     )
     p.add_argument(
         "--s2-lr-factor",
         type=positive_float,
         default=10.0,
-        help="log s² learns this many times faster than W, V, b, c (10)",
+        help="log s² learns this many times faster than W, V, b, c",
     )
     p.add_argument(
         "--estimator",
@@ -101,10 +109,10 @@ def parse_args(argv=None):
         "--dtype",
         choices=("float32", "float64"),
         default="float32",
-        help="training precision (float32, default); evaluation is always float64",
+        help="training precision; evaluation is always float64",
     )
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights and the data order (0)")
-    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights and the data order")
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits (default all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
     p.add_argument(
         "--summarize",

@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 
 from minivae import cli, loop, losses, mechanism, metrics
-from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
 from minivae.data import D, binarize_fixed
 from minivae.files import (
     CheckpointError,
@@ -47,6 +47,7 @@ from minivae.files import (
     error_reason,
     read_checkpoint,
     read_jsonl,
+    refuse_foreign,
     save_checkpoint,
     set_rng_state,
     write_jsonl,
@@ -55,6 +56,7 @@ from minivae.guards import FolderLock, watch_parent
 from minivae.schedule import DECAY_FRAC, decay_start, schedule
 from minivae.study import budget_report, kl90, report, run_file, run_key
 
+NAME = "minivae.sweep"  # what its messages start with
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, D, 1000, 2000)  # D = 784: as many latents as pixels
 DEFAULT_EPOCHS = 10
@@ -101,20 +103,20 @@ def parse_args(argv=None):
         "--latents",
         type=_latent_list,
         default=list(LATENTS),
-        help=f"comma-separated sizes (default {','.join(map(str, LATENTS))})",
+        help="comma-separated sizes",
     )
-    p.add_argument("--models", type=_model_list, default=["vae"], help="vae, ae or vae,ae (default vae)")
+    p.add_argument("--models", type=_model_list, default=["vae"], help="vae, ae or vae,ae")
     p.add_argument(
         "--seeds",
         type=_seed_list,
         default=None,
-        help="comma-separated seeds, one run per seed and size (default: --seed)",
+        help="comma-separated seeds, one run per seed and size (default --seed)",
     )
     p.add_argument(
         "--steps",
         type=cli.positive_int,
         default=None,
-        help="Adam steps per run, the same for every size (default: --epochs passes "
+        help="Adam steps per run, the same for every size (default --epochs passes "
         f"over the training digits, {DEFAULT_EPOCHS} epochs when neither is given)",
     )
     p.add_argument(
@@ -131,13 +133,13 @@ def parse_args(argv=None):
         default=None,
         metavar="K",
         help="also estimate −log p(x) of each final model with K importance samples (e.g. 1000), beside "
-        "--iw-samples, to see the estimate's bias (default: not)",
+        "--iw-samples, to see the estimate's bias (default none)",
     )
     p.add_argument(
         "--keep-models",
         action="store_true",
         help="keep each final VAE as a run folder models/<run>/ (config.json, checkpoint.npz) that "
-        "minivae.load and minivae.explore open (default: only the results and small arrays are kept)",
+        "minivae.load and minivae.explore open; without it only the results and small arrays are kept",
     )
     p.add_argument(
         "--init-from",
@@ -145,20 +147,20 @@ def parse_args(argv=None):
         default=None,
         metavar="RUN_DIR",
         help="start every VAE from this trained VAE (a run folder, e.g. one --keep-models kept) with its "
-        "extra latents at the prior: the nested warm start (default: fresh weights)",
+        "extra latents at the prior: the nested warm start (default fresh weights)",
     )
-    p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes")
     p.add_argument(
         "--scheduler",
         default=None,
         metavar="ADDRESS",
-        help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead (default: local worker processes)",
+        help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead (default local worker processes)",
     )
     p.add_argument(
         "--out",
         type=cli.path,
         default=pathlib.Path("runs") / "sweep",
-        help="folder for results.jsonl, report.md, the figures and runs/ (default runs/sweep)",
+        help="folder for results.jsonl, report.md, the figures and runs/",
     )
     cli.add_training_options(p, epochs=DEFAULT_EPOCHS, iw_samples=100)
     return p.parse_args(argv)
@@ -628,6 +630,14 @@ def _key(settings):
 def run(args):
     """Check the options, lock the output folder, load the data, train what is not in
     results.jsonl yet, write the report and the figures. Returns the exit code."""
+    try:
+        return _run(args)
+    except WriteError as e:  # a full disk, say: every finished run is in results.jsonl already
+        _warn(f"{e}; stopping (run the same command again when it can be written)")
+        return EXIT_FAILED
+
+
+def _run(args):
     _check_options(args)
     from minivae.backend import resolve
 
@@ -794,7 +804,7 @@ def _take_in(out, keys, rows, old, returned=()):
 
 
 def _warn(line):
-    print(f"minivae.sweep: {line}", file=sys.stderr)
+    cli.report(NAME, line)
 
 
 def _check_options(args):
@@ -819,6 +829,7 @@ def _check_options(args):
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
+    refuse_foreign(args.out, "--out", "sweep")
 
 
 def _init_source(args):
@@ -1154,17 +1165,8 @@ def main(argv=None):
     # job of a shell), as in minivae.train: finished runs are kept and the workers are stopped.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return run(parse_args(argv))
-    except UsageError as e:
-        print(f"minivae.sweep: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:  # before any run started (loading the data, say)
-        print("minivae.sweep: interrupted during start-up; no run was started", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except WriteError as e:  # a full disk, say: every finished run is in results.jsonl already
-        print(f"minivae.sweep: {e}; stopping (run the same command again when it can be written)", file=sys.stderr)
-        return EXIT_FAILED
+    # Ctrl-C before any run started (loading the data, say): one line, exit 130.
+    return cli.run_command(NAME, run, parse_args, argv, interrupted="interrupted during start-up; no run was started")
 
 
 if __name__ == "__main__":

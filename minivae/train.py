@@ -49,6 +49,7 @@ import json
 import math
 import os
 import pathlib
+import shlex
 import signal
 import sys
 import time
@@ -57,16 +58,18 @@ import warnings
 import numpy as np
 
 from minivae import cli, loop, metrics
-from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from minivae.cli import EXIT_FAILED, UsageError
 from minivae.data import D, DataError, binarize_fixed, fingerprint, load_mnist
 from minivae.files import (
     CHECKPOINT,
+    RUN_FILES,
     CheckpointError,
     JsonlError,
     WriteError,
     atomic_write_text,
     read_checkpoint,
     read_jsonl,
+    refuse_foreign,
     save_checkpoint,
     set_rng_state,
     write_jsonl,
@@ -76,20 +79,15 @@ from minivae.optim import Adam
 from minivae.schedule import DECAY_FRAC, SCHEDULES, schedule
 from minivae.vae import VAE
 
-# The files a run writes: a folder holding any of them holds a run.
-ARTIFACTS = (
-    "config.json",
-    "metrics.jsonl",
-    CHECKPOINT,
-    "summary.json",
-    "reconstructions.png",
-    "samples.png",
-    "kl_per_dim.png",
-    "loss_curve.png",
-)
+NAME = "minivae.train"  # what its messages start with
+ARTIFACTS = RUN_FILES  # the files a run writes: a folder holding any of them holds a run
 EXIT_DIVERGED = EXIT_FAILED
 DEFAULT_EPOCHS = 30
 RESUME_OPTIONS = {"resume", "epochs", "data_dir", "quiet"}  # what a resumed run may be given
+
+
+class Complete(Exception):
+    """``--resume`` of a run that has trained every epoch and written its summary: nothing to do."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -110,8 +108,8 @@ def _parser():
         prog=cli.program("minivae.train", "minivae-train"),
         description="Train a VAE on MNIST; write metrics, a checkpoint and figures.",
     )
-    p.add_argument("--latent", type=cli.positive_int, default=20, help="latent dimension Z (default 20)")
-    p.add_argument("--beta", type=cli.non_negative_float, default=1.0, help="weight of the KL term (default 1)")
+    p.add_argument("--latent", type=cli.positive_int, default=20, help="latent dimension Z")
+    p.add_argument("--beta", type=cli.non_negative_float, default=1.0, help="weight of the KL term")
     p.add_argument("--out", type=cli.path, default=None, help="output folder (default runs/latent<Z>)")
     p.add_argument(
         "--resume",
@@ -392,15 +390,18 @@ def run(args):
         try:
             with np.errstate(all="ignore"):  # a diverging loss is caught and said in one line
                 return _run(args, given, signals, state)
+        except Complete as e:
+            cli.say(str(e))  # one line, even with --quiet: it is why nothing happened
+            return 0
         except Interrupted as e:
             name = signal.Signals(e.signum).name
-            print(f"minivae.train: {name} during {state['stage']}; {_what_is_kept(state)}", file=sys.stderr)
+            cli.report(NAME, f"{name} during {state['stage']}; {_what_is_kept(state)}")
             return _exit_code(e.signum)
         except (WriteError, MemoryError) as e:
             what = "out of memory" if isinstance(e, MemoryError) else str(e)
             if state["stage"] == "start-up":
                 raise UsageError(what) from None
-            print(f"minivae.train: {what}; stopping during {state['stage']} ({_what_is_kept(state)})", file=sys.stderr)
+            cli.report(NAME, f"{what}; stopping during {state['stage']} ({_what_is_kept(state)})")
             return EXIT_FAILED
         finally:
             if state["folder"] is not None:
@@ -479,6 +480,7 @@ def _options(args, given, state):
         if args.overwrite:
             raise UsageError("--overwrite replaces a run, --resume continues one: give one of them")
         _usable_path(args.resume, "--resume")
+        refuse_foreign(args.resume, "--resume", "run")
         ck, config, (start_epoch, start_step) = _read_checkpoint(args.resume)
         out = args.resume
         contradict = []
@@ -514,6 +516,11 @@ def _options(args, given, state):
                     f"{config['epochs']} epochs and cannot be stretched; resume without --epochs"
                 )
             config["epochs"] = args.epochs
+        if start_step == 0 and start_epoch == config["epochs"] and (out / "summary.json").is_file():
+            raise Complete(
+                f"the run in {out} is complete ({start_epoch} epochs, summary.json written): nothing to do; "
+                f"--epochs more than {start_epoch} trains it further"
+            )
         if args.data_dir is not None:
             config["data_dir"] = os.path.abspath(args.data_dir)  # the data moved: follow them
         state["fresh"] = False
@@ -526,6 +533,8 @@ def _options(args, given, state):
         config["data_dir"] = os.path.abspath(args.data_dir) if args.data_dir is not None else None
         config["epochs"] = DEFAULT_EPOCHS if args.epochs is None else args.epochs
         out = args.out if args.out is not None else pathlib.Path("runs") / f"latent{args.latent}"
+        _usable_path(out, "--out")
+        refuse_foreign(out, "--out", "run")
     state["out"] = out
     _usable_path(out, "--resume" if ck is not None else "--out")
     if out.exists() and not out.is_dir():
@@ -647,32 +656,25 @@ def _train_epochs(job, train_x, start_epoch, start_step, running):
             bar.close()
         if why == "diverged":
             saved = job["state"]["saved"]
-            kept = (
-                f"the checkpoint of {_position(*saved)} in {out} is kept"
-                if saved is not None
-                else "no checkpoint was saved: it diverged before its first epoch ended; try a smaller --lr"
-            )
-            print(
-                f"minivae.train: loss became {loss} at epoch {epoch}, step {step}; stopping ({kept})", file=sys.stderr
+            kept = f"the checkpoint of {_position(*saved)} is kept" if saved is not None else "no checkpoint was saved"
+            cli.report(
+                NAME,
+                f"loss became {loss} at epoch {epoch}, step {step}; stopping ({kept}); to train again at a "
+                f"tenth of the rate: {retry_command(config, out)}",
             )
             return EXIT_DIVERGED, posterior
         if why == "stop":
             _save(job, epoch_rng_state, epoch - 1, step, running=sums)
             name = signal.Signals(signals.requested).name
-            print(
-                f"minivae.train: {name}: interrupted at epoch {epoch}, step {step}; "
-                f"checkpoint saved, continue with --resume {out}",
-                file=sys.stderr,
+            cli.report(
+                NAME,
+                f"{name}: interrupted at epoch {epoch}, step {step}; checkpoint saved, continue with --resume {out}",
             )
             return _exit_code(signals.requested), posterior
         posterior = _end_epoch(job, epoch, epoch_rng_state, sums)
         if signals.requested is not None:  # came during the evaluation or the writes
             name = signal.Signals(signals.requested).name
-            print(
-                f"minivae.train: {name}: interrupted after epoch {epoch}; checkpoint saved, "
-                f"continue with --resume {out}",
-                file=sys.stderr,
-            )
+            cli.report(NAME, f"{name}: interrupted after epoch {epoch}; checkpoint saved, continue with --resume {out}")
             return _exit_code(signals.requested), posterior
     return None, posterior
 
@@ -853,16 +855,23 @@ def _evaluate_epoch(vae, test_x, seed, epoch):
     return row, (mu, logvar)
 
 
+def retry_command(config, out, factor=0.1):
+    """The command line that trains the run of ``config`` again from its start into ``out``
+    (``--overwrite``), at ``factor`` times its learning rate: what to try after a divergence."""
+    defaults = vars(_parser().parse_args([]))
+    defaults.update(epochs=DEFAULT_EPOCHS, hidden=list(defaults["hidden"]))
+    words = []
+    for key, value in config.items():
+        if key in defaults and key != "lr" and value != defaults[key]:
+            text = ",".join(map(str, value)) if key == "hidden" else str(value)
+            words += [_flag(key), text]
+    words += ["--lr", cli.value_text(config["lr"] * factor), "--out", str(out), "--overwrite"]
+    return f"{cli.program(NAME, 'minivae-train')} {shlex.join(words)}"
+
+
 def main(argv=None):
-    try:
-        args = parse_args(argv)
-        return run(args)
-    except UsageError as e:
-        print(f"minivae.train: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:  # before run() took over the signals: while parsing or importing
-        print("minivae.train: interrupted during start-up; nothing was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    # Ctrl-C before run() took over the signals (while parsing or importing): one line, exit 130.
+    return cli.run_command(NAME, run, parse_args, argv, interrupted="interrupted during start-up; nothing was written")
 
 
 if __name__ == "__main__":
