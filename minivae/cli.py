@@ -58,11 +58,13 @@ def run_command(name, run, parse_args, argv=None, interrupted="interrupted"):
         return EXIT_INTERRUPTED
 
 
-def say(*lines):
-    """Print ``lines`` to stdout, each flushed at once. Once stdout cannot be written — a pipe
-    closed early (``| head``), a full disk (``> /dev/full``) — this and everything printed after
-    it is dropped: stdout is pointed at the null device, and the command carries on (its results
-    are in its files, not in what it prints)."""
+def say(*lines, quiet=False):
+    """Print ``lines`` to stdout (nothing when ``quiet``), each flushed at once. Once stdout cannot
+    be written — a pipe closed early (``| head``), a full disk (``> /dev/full``) — this and
+    everything printed after it is dropped: stdout is pointed at the null device, and the command
+    carries on (its results are in its files, not in what it prints)."""
+    if quiet:
+        return
     try:
         for line in lines:
             print(line, flush=True)
@@ -165,6 +167,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE)
 
 
+def given_options(parser, argv):
+    """The options given on the command line ``argv`` (not defaulted), as dests, by ``parser``."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def default_text(kwargs):
     """What an option's help ends with: `` (required)``, `` (default <value>)``, or nothing (no
     default, a flag, or a help text that words its default itself)."""
@@ -248,15 +257,38 @@ def positive_ints(what, example):
     return parse
 
 
-def require_folder(path, what):
-    """Refuse (:class:`UsageError`, one line) a ``path`` given as ``what`` that is not a folder,
-    or that the system cannot even look up (a name too long, no permission)."""
+def usable_path(path, what):
+    """Refuse (:class:`UsageError`) a path the system cannot even look up (a name too long, a loop of
+    links, no permission); one that does not exist (yet) is fine."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # may be created (or is refused later with a clearer message)
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror or e}") from None
+
+
+def progress_bar(total, desc, enabled, unit="step"):
+    """A progress bar on stderr (tqdm) when ``enabled``, else None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+
+def require_folder(path, what, refuse=True):
+    """Refuse (:class:`UsageError`, one line) a ``path`` given as ``what`` that is not a folder
+    (or, with ``refuse`` False, return None for it), or that the system cannot even look up (a
+    name too long, no permission)."""
     try:
         if path.is_dir():
             return path
     except OSError as e:
         raise UsageError(f"{what} {path}: {e.strerror or e}") from None
-    raise UsageError(f"{what} {path} is not a folder")
+    if refuse:
+        raise UsageError(f"{what} {path} is not a folder")
+    return None
 
 
 def widths(text):
@@ -275,7 +307,6 @@ def add_training_options(p, epochs, iw_samples):
     default number of passes the command applies when ``--epochs`` is not given (the option
     itself defaults to None, so a command can tell "not given" apart); ``iw_samples`` is the
     default K of the log-likelihood estimate."""
-    from minivae.backend import BACKENDS
     from minivae.schedule import DECAY_FRAC, SCHEDULES
 
     p.add_argument(
@@ -305,6 +336,13 @@ def add_training_options(p, epochs, iw_samples):
         help="wsd: the fraction of the steps over which the rate decays",
     )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seeds weights, noise, data order")
+    _add_data_and_evaluation_options(p, iw_samples)
+
+
+def _add_data_and_evaluation_options(p, iw_samples):
+    """The digits a run trains on, the backend, and the final log-likelihood estimate."""
+    from minivae.backend import BACKENDS
+
     p.add_argument(
         "--binarize",
         choices=("dynamic", "static", "none"),

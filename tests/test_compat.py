@@ -14,7 +14,8 @@ import pathlib
 
 import pytest
 
-from minivae import runs
+from minivae import checkpoint, runs, sweep
+from minivae.config import Progress, RunConfig
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 
@@ -75,3 +76,33 @@ def test_the_comparison_is_exact_on_the_machine_the_values_were_made_on():
 def test_an_old_run_folder_loads_as_its_model():
     vae = runs.load(DATA / "old" / "train-run", backend="numpy")
     assert (vae.latent, vae.hidden) == (3, (4,))
+
+
+def test_an_old_config_json_reads_back_and_writes_the_same_text():
+    path = DATA / "old" / "train-run" / "config.json"
+    text = path.read_text()
+    config = RunConfig.from_json(json.loads(text))
+    assert json.dumps(config.to_json(), indent=2) + "\n" == text
+    assert RunConfig.from_json(config.to_json()) == config
+
+
+def test_a_config_from_before_the_schedules_takes_the_constant_rate():
+    obj = json.loads((DATA / "old" / "train-run" / "config.json").read_text())
+    del obj["lr_schedule"], obj["decay_frac"]
+    config = RunConfig.from_json(obj)
+    assert (config.lr_schedule, config.decay_frac) == ("constant", 0.2)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN["sweep"]["models"]))
+def test_a_kept_models_config_reads_back_and_writes_the_same_object(name):
+    obj = GOLDEN["sweep"]["models"][name]["config"]
+    config = RunConfig.from_json(obj, required=runs.LOADABLE)
+    assert config.to_json(sweep.KEPT) == obj and config.extra == {k: obj[k] for k in ("steps", "sweep_settings")}
+
+
+def test_the_old_sweep_checkpoint_is_one_the_checkpoint_module_continues_from():
+    (path,) = (DATA / "old" / "sweep" / "runs").glob("*.resume.npz")
+    ck = checkpoint.read(path)
+    record, epoch, step = checkpoint.check(ck, path)
+    assert Progress.from_json(record["done"]).to_json() == record["done"]
+    assert (epoch, step, record["done"]["step"]) == (1, 2, 7)  # 5 steps an epoch: 7 = 1·5 + 2
