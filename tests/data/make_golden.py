@@ -62,7 +62,12 @@ KEYS = [  # sweep options → their settings key (sweep.settings_of)
     "--steps 100 --lr-schedule wsd --decay-frac 0.3",
     "--steps 100 --data-dir data/mnist",
 ]
-TIMES = {"samples_per_s", "wall_s"}  # what differs from run to run
+TIMES = {"samples_per_s", "wall_s", "first_step_s"}  # what differs from run to run
+
+
+def which_data(text):
+    """A data line up to its first ";": the digits used, not the wording of why a download failed."""
+    return text.split(";")[0]
 
 
 @contextlib.contextmanager
@@ -107,13 +112,15 @@ def config_of(path):
 
 
 def rows_of(path):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMES} for line in path.read_text().splitlines()]
+    rows = [{k: v for k, v in json.loads(line).items() if k not in TIMES} for line in path.read_text().splitlines()]
+    return [dict(r, data=which_data(r["data"])) if isinstance(r.get("data"), str) else r for r in rows]
 
 
 def train_folder(out):
     """What a main job's folder says: its metrics rows, summary, config and checkpoint arrays."""
     summary = json.loads((out / "summary.json").read_text())
     summary.pop("wall_s")
+    summary["data"] = which_data(summary["data"])
     summary["final"] = {k: v for k, v in summary["final"].items() if k not in TIMES}
     return {
         "metrics": rows_of(out / "metrics.jsonl"),
