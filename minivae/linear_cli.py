@@ -66,19 +66,13 @@ def parse_args(argv=None):
         description="Train the linear Gaussian VAE on MNIST grey values and compare it with "
         "its closed-form optimum (probabilistic PCA).",
     )
-    p.add_argument(
-        "--latent", type=positive_int, default=None, help="latent dimension Z (required, unless --summarize)"
-    )
-    p.add_argument(
-        "--sigma2",
-        type=positive_float,
-        default=None,
-        help="the decoder's fixed variance σ² (required, unless --summarize)",
-    )
+    needed = " (required, unless --summarize)"
+    p.add_argument("--latent", type=positive_int, default=None, help="latent dimension Z" + needed)
+    p.add_argument("--sigma2", type=positive_float, default=None, help="the decoder's fixed variance σ²" + needed)
     p.add_argument(
         "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default the download cache)"
     )
-    p.add_argument("--out", type=path, default=None, help="output folder (required, unless --summarize)")
+    p.add_argument("--out", type=path, default=None, help="output folder" + needed)
     p.add_argument("--steps", type=positive_int, default=3000, help="Adam steps")
     p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size")
     p.add_argument(

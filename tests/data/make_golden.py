@@ -85,12 +85,20 @@ def offline(cache):
 
 
 def environment():
-    """What the exact bits depend on besides the code: the BLAS kernels, NumPy and Numba."""
+    """What the exact bits depend on besides the code: the BLAS kernels and threads, NumPy and Numba."""
     import numba
     from threadpoolctl import threadpool_info
 
-    blas = {f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info() if i["user_api"] == "blas"}
-    return {"machine": platform.machine(), "numpy": np.__version__, "numba": numba.__version__, "blas": sorted(blas)}
+    info = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    blas = {f"{i.get('internal_api')} {i.get('architecture')}" for i in info}
+    threads = sorted({i.get("num_threads") for i in info})  # a sum split over threads rounds otherwise
+    return {
+        "machine": platform.machine(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "blas": sorted(blas),
+        "blas_threads": threads,
+    }
 
 
 def arrays_of(path):
