@@ -514,7 +514,7 @@ _ACT_BACKWARD = {"relu": relu_backward_kernel, "tanh": tanh_backward_kernel}
 
 
 class CpuFusedOps(HostMemory):
-    """The ops of :mod:`kernels.reference` on the CPU: BLAS matmuls and the kernels above (float32).
+    """The ops of :class:`kernels.reference.Ops` on the CPU: BLAS matmuls and the kernels above (float32).
 
     A product whose shape the choice table of :mod:`kernels.gemm_choice` lists as ``"ours"`` (timed
     faster there on this machine at this thread count) runs on :func:`kernels.gemm_cpu.matmul`

@@ -6,10 +6,10 @@ of :mod:`kernels.reference` (matrix products plus one fused pass per element-wis
 that are allocated once:
 
 - the parameters live in ONE flat buffer θ (P,), and the fast model's ``params``
-  (:mod:`kernels.fast`) is a dict of views into it (same keys, shapes and order as the reference's),
-  so the model, the optimizer and a checkpoint all see the same memory; the gradients live in a
-  second flat buffer of the same layout, and Adam (:class:`kernels.fast.FastAdam`, its moments
-  flat too) is one pass over P numbers;
+  (:class:`kernels.flat.FlatParams`) is a dict of views into it (same keys, shapes and order as the
+  reference's), so the model, the optimizer and a checkpoint all see the same memory; the gradients
+  live in a second flat buffer of the same layout, and Adam (:class:`kernels.flat.FastAdam`, its
+  moments flat too) is one pass over P numbers;
 - the activations and their gradients live in workspaces allocated once per batch size B and
   reused at every step (a new B, e.g. the short last batch of an epoch, gets its own workspace).
 
@@ -31,32 +31,17 @@ One step, for an MLP of layers ℓ = 1 … L with y₀ = input, written as the o
                 ∂L/∂[μ | log σ²] = reparam_kl_backward(∂L/∂z, …, β/B) between the two MLPs
 
 The loss is computed on the way forward together with its gradient ∂L/∂a, which saves the
-backward pass a second read of the logits. The noise comes from the backend's ``standard_normal``
-op where it has one (cpu-fused, cupy, numba-cuda: Philox keyed by two words from the model's
-generator, see :mod:`kernels.reference`); otherwise it is drawn on the host by the model's
-generator, as in the reference VAE.
+backward pass a second read of the logits. The noise comes from the backend's optional
+``standard_normal`` op where it has one (cpu-fused, cupy, numba-cuda: Philox keyed by two words
+from the model's generator, see :class:`kernels.reference.Ops`); where it is None, ε is drawn on
+the host by the model's generator, as in the reference VAE.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from minivae import checks
-
-
-class FlatParams(dict):
-    """A dict name → view into one flat buffer (P,), in layer order.
-
-    ``flat`` is the buffer, ``ops`` the ops object that owns it, and ``views(buf)`` gives the same
-    dict of views into another buffer of the same layout (gradients, Adam's moments).
-    """
-
-    def __init__(self, flat, ops, layout):
-        self.flat, self.ops, self.layout = flat, ops, layout
-        super().__init__((k, flat[o : o + size].reshape(shape)) for k, o, size, shape in layout)
-
-    def views(self, buf):
-        return FlatParams(buf, self.ops, self.layout)
+from kernels.flat import FlatParams
 
 
 class _Workspace:
@@ -83,6 +68,8 @@ class Engine:
     ``layer_names`` and the initial ``params`` (host arrays, layer order) — copies the parameters
     into one flat buffer (``self.params``, which the model then holds as its ``params``), and at
     each step uses the model's generator ``rng`` and KL weight ``beta`` and sets its ``last``.
+    Its entry points (``forward``, ``encode``, ``decode_logits``, ``set_params``) trust their
+    arguments: the model's public methods check them first (:class:`kernels.fast.FastModel`).
     """
 
     MAX_WORKSPACES = 4  # batch sizes kept at once (training B, the last short batch, evaluation B)
@@ -129,20 +116,6 @@ class Engine:
             ws = self._workspaces[B] = _Workspace(self.ops, self.dtype, B, self.Z, enc, dec)
         return ws
 
-    def _input(self, name, a, width, unit=False, B=None):
-        """A batch (B, width) checked by :func:`minivae.checks.batch` (shape, dtype, layout, values:
-        the kernels trust all of them) as a C-contiguous device array of our dtype."""
-        a = checks.batch(name, a, width, self.dtype, unit=unit, B=B, xp_convert=self._convert)
-        return self.ops.to_device(a) if isinstance(a, np.ndarray) else a
-
-    def _convert(self, a):
-        """A device array of another dtype or layout as a C-contiguous one of ours."""
-        if not hasattr(a, "astype"):
-            raise ValueError(
-                f"expected a C-contiguous {self.dtype.name} array, got {type(a).__name__} of {np.dtype(a.dtype).name}"
-            )
-        return a.astype(self.dtype, order="C")
-
     def _mlp_forward(self, layers, h, ys):
         """yℓ = act(yℓ₋₁ · Wℓ + bℓ) for each layer, written into ys; returns the last."""
         ops, p = self.ops, self.params
@@ -173,24 +146,23 @@ class Engine:
     # ----------------------------------------------------------------------------------------
 
     def forward(self, x, eps=None):
-        """The batch mean of the negative ELBO, as :meth:`minivae.vae.VAE.forward`; sets ``model.last``."""
+        """The batch mean of the negative ELBO, as :meth:`minivae.vae.VAE.forward`; sets ``model.last``.
+
+        x (B, D) and eps (B, Z) or None are device arrays of our dtype, checked by the model
+        (:meth:`kernels.fast.FastModel.forward`): the engine trusts them.
+        """
         model, ops, Z = self.model, self.ops, self.Z
-        x = self._input("x", x, self.D, unit=True)  # (B, D), checked before any kernel runs
         B = x.shape[0]
         ws = self.workspace(B)
         if not self.variational:
             self.forward_ops(ws, x, None)
             self._step = (ws, x, None)
             return self.record_loss(ops.to_host(ws.recon), np.zeros(B, self.dtype))
-        if eps is None and hasattr(ops, "standard_normal"):
+        if eps is None and ops.standard_normal is not None:
             ops.standard_normal(self.noise_key(), ws.eps)  # the backend makes ε from the key
             eps = ws.eps  # (B, Z)
         elif eps is None:
-            eps = model.rng.standard_normal((B, Z)).astype(self.dtype)  # (B, Z), drawn on the host
-        else:
-            eps = self._input("eps", eps, Z, B=B)  # (B, Z): the kernel reads B·Z numbers
-        if isinstance(eps, np.ndarray):
-            eps = ops.to_device(eps)
+            eps = ops.to_device(model.rng.standard_normal((B, Z)).astype(self.dtype))  # (B, Z), drawn on the host
         self.forward_ops(ws, x, eps)
         self._step = (ws, x, eps)
         return self.record_loss(ops.to_host(ws.recon), ops.to_host(ws.kl))
@@ -245,22 +217,22 @@ class Engine:
         return self._mlp_forward(layers, h, ys)
 
     def encode(self, x):
-        """μ and log σ² of q(z | x) as host arrays.     x: (B, D) → mu, logvar: (B, Z)"""
-        h = self.ops.to_host(self._run(self.enc_layers, self._input("x", x, self.D, unit=True)))  # (B, 2Z); AE: (B, Z)
+        """μ and log σ² of q(z | x) as host arrays.     x: (B, D), a checked device array → mu, logvar: (B, Z)"""
+        h = self.ops.to_host(self._run(self.enc_layers, x))  # (B, 2Z); AE: (B, Z)
         if not self.variational:
             return h, None  # the autoencoder's code is a point
         return h[:, : self.Z], h[:, self.Z :]
 
     def decode_logits(self, z):
-        """The decoder's logits as a host array.     z: (B, Z) → (B, D)"""
-        return self.ops.to_host(self._run(self.dec_layers, self._input("z", z, self.Z)))
+        """The decoder's logits as a host array.     z: (B, Z), a checked device array → (B, D)"""
+        return self.ops.to_host(self._run(self.dec_layers, z))
 
     def get_params(self):
         """A host copy of every parameter."""
         return {k: np.array(self.ops.to_host(p), copy=True) for k, p in self.params.items()}
 
     def set_params(self, values):
-        """Overwrite every parameter from a dict of host arrays (one copy into the flat buffer)."""
-        values = checks.params("values", values, self.params)
+        """Overwrite every parameter from a dict of host arrays checked by the model (one copy into
+        the flat buffer)."""
         host = np.concatenate([np.asarray(values[k], dtype=self.dtype).ravel() for k in self.params])
         self.params.flat[...] = self.ops.to_device(host)

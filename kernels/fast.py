@@ -7,7 +7,7 @@ have the public API of the reference classes — ``params``, ``forward``, ``back
 same numbers, but
 
 - the parameters live in one flat buffer on the backend's device (``params`` is a
-  :class:`kernels.engine.FlatParams` of views into it, same keys, shapes and order);
+  :class:`kernels.flat.FlatParams` of views into it, same keys, shapes and order);
 - ``forward`` and ``backward`` run the ops of :class:`kernels.engine.Engine` (``engine``) on
   buffers allocated once, and ``backward`` returns views into a flat gradient buffer;
 - Adam is one kernel pass over the flat buffers (``m_flat``, ``v_flat``);
@@ -15,7 +15,9 @@ same numbers, but
   one (all fast backends do), so the noise differs from the numpy backend's.
 
 The initial weights are the reference model's (built with the same seed, then copied into the flat
-buffer), and every argument and input is checked as by the reference (:mod:`minivae.checks`).
+buffer), and every argument and input is checked as by the reference (:mod:`minivae.checks`), once,
+by the public methods of :class:`FastModel`. The engine trusts what they hand it; the ops keep
+only their own guards against reading or writing out of bounds (:class:`kernels.reference.Ops`).
 """
 
 from __future__ import annotations
@@ -23,19 +25,24 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.engine import Engine
+from kernels.flat import FastAdam
+from minivae import checks
 from minivae.ae import AE
 from minivae.backend import create_ops, resolve
-from minivae.optim import Adam
 from minivae.vae import VAE
+
+__all__ = ["FastVAE", "FastAE", "FastAdam"]  # FastAdam lives in kernels.flat, beside the flat parameters
 
 
 class FastModel:
     """What :class:`FastVAE` and :class:`FastAE` share: a reference model's description and initial
-    weights, and the engine that runs its step."""
+    weights, the engine that runs its step, and the model's public boundary — every argument of a
+    public method is checked here, once, as by the reference (:mod:`minivae.checks`, the same
+    messages), and handed to the engine as a device array of the model's dtype."""
 
     def _take(self, reference, backend, ops):
         """Adopt ``reference``'s checked settings, generator and initial weights; build the engine."""
-        for name in ("data_dim", "latent", "hidden", "dtype", "activation", "rng", "layer_names", "params"):
+        for name in ("data_dim", "latent", "hidden", "dtype", "activation", "seed", "rng", "layer_names", "params"):
             setattr(self, name, getattr(reference, name))
         self.beta = getattr(reference, "beta", 0.0)
         self.last = {}
@@ -47,19 +54,36 @@ class FastModel:
         self.engine = Engine(self, ops)
         self.params = self.engine.params  # views into the engine's flat buffer θ (P,)
 
+    def _device_batch(self, name, a, width, unit=False, B=None):
+        """A batch (B, width) checked by :func:`minivae.checks.batch` — shape, dtype, layout and
+        values, which the kernels trust — as a C-contiguous device array of the model's dtype."""
+        a = checks.batch(name, a, width, self.dtype, unit=unit, B=B, xp_convert=self._convert)
+        return self.engine.ops.to_device(a) if isinstance(a, np.ndarray) else a
+
+    def _convert(self, a):
+        """A device array of another dtype or layout as a C-contiguous one of ours."""
+        if not hasattr(a, "astype"):  # a Numba device array converts nothing
+            raise ValueError(
+                f"expected a C-contiguous {self.dtype.name} array, got {type(a).__name__} of {np.dtype(a.dtype).name}"
+            )
+        return a.astype(self.dtype, order="C")
+
     def forward(self, x, eps=None):
+        x = self._device_batch("x", x, self.data_dim, unit=True)  # (B, D), checked before any kernel runs
+        if eps is not None and self.engine.variational:  # the autoencoder ignores eps, as the reference
+            eps = self._device_batch("eps", eps, self.latent, B=x.shape[0])  # (B, Z): the kernel reads B·Z numbers
         return self.engine.forward(x, eps)
 
     def backward(self):
-        """Gradients of the last forward's loss: a :class:`kernels.engine.FlatParams` of views into
+        """Gradients of the last forward's loss: a :class:`kernels.flat.FlatParams` of views into
         the engine's flat gradient buffer (overwritten by the next backward)."""
         return self.engine.backward()
 
     def encode(self, x):
-        return self.engine.encode(x)
+        return self.engine.encode(self._device_batch("x", x, self.data_dim, unit=True))
 
     def decode_logits(self, z):
-        return self.engine.decode_logits(z)
+        return self.engine.decode_logits(self._device_batch("z", z, self.latent))
 
     def noise_key(self):
         """The key of one step's noise: two words from the model's generator (see the engine)."""
@@ -69,7 +93,7 @@ class FastModel:
         return self.engine.get_params()
 
     def set_params(self, values):
-        return self.engine.set_params(values)
+        return self.engine.set_params(checks.params("values", values, self.params))
 
 
 class FastVAE(FastModel, VAE):
@@ -90,7 +114,6 @@ class FastVAE(FastModel, VAE):
         reference = VAE(
             data_dim, latent, hidden, seed=seed, dtype=dtype, beta=beta, activation=activation, backend="numpy"
         )
-        self.seed = reference.seed
         self._take(reference, backend, ops)
 
 
@@ -110,63 +133,3 @@ class FastAE(FastModel, AE):
     ):
         reference = AE(data_dim, latent, hidden, seed=seed, dtype=dtype, activation=activation, backend="numpy")
         self._take(reference, backend, ops)
-
-
-class FastAdam(Adam):
-    """:class:`minivae.Adam` over a flat parameter buffer: the moments are flat buffers of the same
-    layout (``m_flat``, ``v_flat``; ``m`` and ``v`` are dicts of views into them), and a step with
-    flat gradients is one pass of the backend's ``adam`` kernel over P numbers. The arithmetic is
-    that of :func:`minivae.optim.adam_update`."""
-
-    def zeros_like_params(self):
-        return self.params.views(self.params.ops.zeros(self.flat.shape, self.flat.dtype))  # (P,)
-
-    @property
-    def flat(self):
-        """The parameters' flat buffer θ (P,)."""
-        return self.params.flat
-
-    @property
-    def m_flat(self):
-        return self.m.flat
-
-    @property
-    def v_flat(self):
-        return self.v.flat
-
-    def step(self, grads):
-        """One update; ``grads`` a flat buffer of our layout (a fast model's backward), or a dict."""
-        g = getattr(grads, "flat", None)
-        if g is None:
-            return super().step(grads)  # the reference update, on the views
-        # One kernel over P numbers: the buffers must have our layout (O(1) checks).
-        if (
-            getattr(grads, "layout", None) != self.params.layout
-            or g.shape != self.flat.shape
-            or g.dtype != self.flat.dtype
-            or not g.flags.c_contiguous
-        ):
-            raise ValueError(
-                f"grads must have the layout of the parameters: a contiguous "
-                f"{self.flat.dtype} buffer of shape {self.flat.shape}, got "
-                f"{g.dtype} {g.shape}"
-            )
-        self.t += 1
-        c1 = 1 - self.b1**self.t
-        c2 = 1 - self.b2**self.t
-        self.params.ops.adam(self.flat, g, self.m_flat, self.v_flat, self.lr, self.b1, self.b2, self.eps, c1, c2)
-
-    def state_dict(self):
-        to_host = self.params.ops.to_host
-        state = {"t": np.array(self.t)}
-        for k in self.params:
-            state["m." + k] = np.array(to_host(self.m[k]))  # a copy: on the CPU to_host may share memory
-            state["v." + k] = np.array(to_host(self.v[k]))
-        return state
-
-    def load_state_dict(self, state):
-        to_device = self.params.ops.to_device
-        self.t, moments = self.checked_state(state)
-        for k in self.params:
-            self.m[k][...] = to_device(moments["m." + k])
-            self.v[k][...] = to_device(moments["v." + k])

@@ -1,4 +1,4 @@
-"""The ops of one training step, as NumPy oracles: the contract every kernel implements.
+"""The ops of one training step, as NumPy oracles, and the contract every backend implements.
 
 A training step of the VAE is matrix products plus a handful of element-wise and reduction ops.
 The fast backends (``cpu-fused``, ``cupy``, ``numba-cuda``) fuse those element-wise ops into one
@@ -6,55 +6,22 @@ pass each. This module states each fused op once, by composing the readable func
 :mod:`minivae.layers`, :mod:`minivae.losses` and :mod:`minivae.optim`, so that every kernel is
 checked against exactly the math of the reference path.
 
-Every backend provides an *ops object* with these methods (same names, same argument order).
-All arrays are C-contiguous; outputs are written into the ``out``-style arguments, which the
-caller allocates once and reuses (no allocation inside a step). Shapes: B batch, N features,
-Z latents, D data dimension, P total parameter count.
+Every backend provides an *ops object*: the :class:`Ops` protocol below says what it has — the
+ops, the memory methods through which one training engine (:mod:`kernels.engine`) runs on every
+backend, its ``name``, and the one optional op, ``standard_normal`` (None where a backend has
+none). :class:`NumpyOps` is the reference ops object, built from the oracles;
+``tests/test_ops_contract.py`` checks every backend's ops object against the protocol.
 
-=====================================  ==========================================================
-``matmul(a, b, out, ta, tb)``          out = op(a) · op(b), op = transpose when ta / tb is True
-``bias_act(a, b, act, out)``           out = act(a + b)              a, out: (B, N)  b: (N,)
-``act_backward(dy, y, act, out)``      out = dy ⊙ act′ (written with the output y)    (B, N)
-``colsum(dy, out)``                    out = Σ_batch dy              dy: (B, N) → out: (N,)
-``reparam_kl(h, eps, z, kl)``          h = [μ | log σ²] (B, 2Z); z = μ + σ ⊙ ε (B, Z);
-                                       kl = Σ_latents ½(μ² + σ² − log σ² − 1)   (B,)
-``reparam_kl_backward(dz, h, eps,      dh[:, :Z] = dz + c·μ;
-  c, dh)``                             dh[:, Z:] = dz ⊙ ½σ⊙ε + c·½(σ² − 1);  c = β / B
-``bernoulli_nll(a, x, scale, loss,     loss = Σ_pixels softplus(a) − x·a   (B,);
-  da)``                                da = scale · (sigmoid(a) − x)      (B, D)
-``adam(p, g, m, v, lr, b1, b2, eps,    one Adam step over flat buffers (P,), in place, with the
-  c1, c2)``                            bias corrections c1 = 1 − b1ᵗ, c2 = 1 − b2ᵗ
-=====================================  ==========================================================
-
-Memory goes through the ops object too, so that one training engine (:mod:`kernels.engine`) runs
-on every backend; the attribute ``name`` is the backend's name.
-
-=====================================  ==========================================================
-``empty(shape, dtype)``                a new C-contiguous device array, contents undefined
-``zeros(shape, dtype)``                a new C-contiguous device array of zeros
-``to_device(host)``                    a C-contiguous device array with the values of the NumPy
-                                       array ``host`` (may be ``host`` itself on the CPU)
-``to_host(a)``                         a NumPy array with the values of the device array ``a``
-                                       (may share memory with ``a`` on the CPU; copy it to keep it)
-=====================================  ==========================================================
-
-``act`` is one of ``"relu"``, ``"tanh"``, ``"identity"``. ``bias_act`` and ``act_backward`` may be
-called with ``out`` aliasing their first argument (in place).
-
-One op is optional, the noise of the reparameterization:
-
-=====================================  ==========================================================
-``standard_normal(key, out)``          fill ``out`` (any shape, n numbers) with the standard-normal
-                                       stream of :func:`standard_normal_philox` for ``key``
-=====================================  ==========================================================
-
-An engine whose ops object has it draws only the key (two 32-bit words) from the model's
-generator and lets the backend make the B·Z numbers; without it ε comes from the model's NumPy
-generator (``rng.standard_normal``), as in the reference VAE. The two streams differ, so the same
-seed gives different noise on backends with and without this op.
+The noise of the reparameterization is the optional op. An engine whose ops object has it draws
+only the key (two 32-bit words) from the model's generator and lets the backend make the B·Z
+numbers (:func:`standard_normal_philox`); without it ε comes from the model's NumPy generator
+(``rng.standard_normal``), as in the reference VAE. The two streams differ, so the same seed gives
+different noise on backends with and without this op.
 """
 
 from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -62,6 +29,76 @@ from minivae import layers, losses
 from minivae.optim import adam_update
 
 ACTS = ("relu", "tanh", "identity")
+
+# --------------------------------------------------------------------------------------------
+# The contract: what every backend's ops object has
+# --------------------------------------------------------------------------------------------
+
+Array = Any  # a C-contiguous array of the backend: NumPy, CuPy, or a Numba device array
+
+
+class NoiseOp(Protocol):
+    """The optional op: fill ``out`` (any shape, n numbers) with the standard-normal stream of
+    :func:`standard_normal_philox` for ``key`` (two 32-bit words)."""
+
+    def __call__(self, key: Any, out: Array) -> None: ...
+
+
+@runtime_checkable
+class Ops(Protocol):
+    """The ops object of a backend (same names, same argument order on every backend).
+
+    All arrays are C-contiguous; outputs are written into the ``out``-style arguments, which the
+    caller allocates once and reuses (no allocation inside a step). Shapes: B batch, N features,
+    Z latents, D data dimension, P total parameter count. ``act`` is one of :data:`ACTS`.
+    The arguments are trusted to fit together: the model checks a batch once, at its public
+    methods (:mod:`minivae.checks`); a backend whose kernels index raw memory still refuses
+    arrays that would make them read or write out of bounds.
+    """
+
+    name: str  # the backend's name
+    standard_normal: NoiseOp | None  # optional: None where ε comes from the model's generator
+
+    # Memory: every device array of the engine comes from these.
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """A new C-contiguous device array, contents undefined."""
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """A new C-contiguous device array of zeros."""
+
+    def to_device(self, host: np.ndarray) -> Array:
+        """A C-contiguous device array with the values of ``host`` (may be ``host`` on the CPU)."""
+
+    def to_host(self, a: Array) -> np.ndarray:
+        """A NumPy array with the values of ``a`` (may share memory with ``a`` on the CPU: copy it to keep it)."""
+
+    # The ops: each the in-place form of the oracle of the same name below.
+
+    def matmul(self, a: Array, b: Array, out: Array, ta: bool = False, tb: bool = False) -> None:
+        """out = op(a) · op(b), op = transpose when ta / tb is True."""
+
+    def bias_act(self, a: Array, b: Array, act: str, out: Array) -> None:
+        """out = act(a + b).     a, out: (B, N)  b: (N,); ``out`` may be ``a`` (in place)."""
+
+    def act_backward(self, dy: Array, y: Array, act: str, out: Array) -> None:
+        """out = dy ⊙ act′, written with the output y.     (B, N); ``out`` may be ``dy``."""
+
+    def colsum(self, dy: Array, out: Array) -> None:
+        """out = Σ_batch dy.     dy: (B, N) → out: (N,)"""
+
+    def reparam_kl(self, h: Array, eps: Array, z: Array, kl: Array) -> None:
+        """h = [μ | log σ²] (B, 2Z); z = μ + σ ⊙ ε (B, Z); kl = Σ_latents ½(μ² + σ² − log σ² − 1) (B,)."""
+
+    def reparam_kl_backward(self, dz: Array, h: Array, eps: Array, c: float, dh: Array) -> None:
+        """dh[:, :Z] = dz + c·μ;  dh[:, Z:] = dz ⊙ ½σ⊙ε + c·½(σ² − 1);  c = β / B.     (B, 2Z)"""
+
+    def bernoulli_nll(self, a: Array, x: Array, scale: float, loss: Array, da: Array) -> None:
+        """loss = Σ_pixels softplus(a) − x·a (B,);  da = scale · (sigmoid(a) − x) (B, D)."""
+
+    def adam(self, p: Array, g: Array, m: Array, v: Array, lr, b1, b2, eps, c1, c2) -> None:
+        """One Adam step over flat buffers (P,), in place, with c1 = 1 − b1ᵗ, c2 = 1 − b2ᵗ."""
+
 
 _FORWARD = {
     "relu": layers.relu_forward,
@@ -212,6 +249,7 @@ class NumpyOps(HostMemory):
     """The ops object of the reference: each method writes its oracle's result into ``out``."""
 
     name = "numpy"
+    standard_normal = None  # no noise op: ε comes from the model's generator, as in the reference VAE
 
     def matmul(self, a, b, out, ta=False, tb=False):
         np.matmul(a.T if ta else a, b.T if tb else b, out=out)

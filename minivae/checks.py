@@ -1,10 +1,11 @@
 """Checks of the arguments of the model's public methods, in one place.
 
 The readable reference (:mod:`minivae.vae`, :mod:`minivae.ae`, :mod:`minivae.optim`) and the fast
-engine (:mod:`kernels.engine`) call the same functions here, so both refuse the same bad input
-with the same ``ValueError``, whose message names the argument. For the fast backends this is
-what keeps a kernel from reading past an array: the kernels trust shapes, so every shape, dtype
-and memory layout is checked (or made right) before any kernel runs.
+models (:mod:`kernels.fast`, :mod:`kernels.flat`) call the same functions here, once, at their
+public methods, so both refuse the same bad input with the same ``ValueError``, whose message
+names the argument. For the fast backends this is what keeps a kernel from reading past an
+array: the engine below trusts shapes, so every shape, dtype and memory layout is checked (or
+made right) before any kernel runs.
 
 Costs per call: shapes, dtypes and flags are O(1); the [0, 1] check of a batch x (B, D) is one
 vectorised min and one max, O(B·D).

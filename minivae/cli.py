@@ -26,24 +26,45 @@ def program(module, script):
     return script if os.path.basename(sys.argv[0] or "") == script else f"python -m {module}"
 
 
-def run_command(name, run, parse_args, argv=None):
+def command_name(prog):
+    """The name a command's messages start with: ``minivae.train`` for ``python -m minivae.train``
+    and for its console script ``minivae-train``."""
+    if prog.startswith("python -m "):
+        return prog[len("python -m ") :]
+    return prog.replace("-", ".", 1) if prog.startswith("minivae-") else prog
+
+
+def report(name, line):
+    """One line on stderr, ``<name>: <line>``: how every command says what went wrong."""
+    print(f"{name}: {line}", file=sys.stderr)
+
+
+def usage_error(name, message):
+    """A usage error as every command says it: ``<name>: error: <message>``. Returns exit code 2."""
+    report(name, f"error: {message}")
+    return EXIT_USAGE
+
+
+def run_command(name, run, parse_args, argv=None, interrupted="interrupted"):
     """A command's ``main``: ``run(parse_args(argv))``, its exit code returned. A usage error is one
-    line ``<name>: error: …`` on stderr and exit code 2, Ctrl-C one line and exit code 130."""
+    line ``<name>: error: …`` on stderr and exit code 2, Ctrl-C before ``run`` took it over one line
+    (``interrupted``) and exit code 130."""
     try:
         return run(parse_args(argv))
     except UsageError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(name, e)
     except KeyboardInterrupt:
-        print(f"{name}: interrupted", file=sys.stderr)
+        report(name, interrupted)
         return EXIT_INTERRUPTED
 
 
-def say(*lines):
-    """Print ``lines`` to stdout, each flushed at once. Once stdout cannot be written — a pipe
-    closed early (``| head``), a full disk (``> /dev/full``) — this and everything printed after
-    it is dropped: stdout is pointed at the null device, and the command carries on (its results
-    are in its files, not in what it prints)."""
+def say(*lines, quiet=False):
+    """Print ``lines`` to stdout (nothing when ``quiet``), each flushed at once. Once stdout cannot
+    be written — a pipe closed early (``| head``), a full disk (``> /dev/full``) — this and
+    everything printed after it is dropped: stdout is pointed at the null device, and the command
+    carries on (its results are in its files, not in what it prints)."""
+    if quiet:
+        return
     try:
         for line in lines:
             print(line, flush=True)
@@ -116,10 +137,67 @@ def check_memory(needed, what):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2), not usage + message."""
+    """argparse, with the house's habits for every command:
+
+    - a usage error is one line on stderr, ``<name>: error: …`` (:func:`usage_error`), exit 2;
+    - ``--version`` prints the command and the package's version;
+    - an option's help ends with its default, ``(default 128)``, written here for every option
+      that has one (a help text may say ``(default …)`` itself, in words, where the default is
+      None: ``(default all digits)``), and with ``(required)`` for a required option.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        import minivae  # here, not at import time: minivae imports this module
+
+        self.add_argument("--version", action="version", version=f"%(prog)s {minivae.__version__}")
+
+    @property
+    def name(self):
+        return command_name(self.prog)
+
+    def add_argument(self, *names, **kwargs):
+        help = kwargs.get("help")
+        if help is not None and help != argparse.SUPPRESS and kwargs.get("action") not in ("version", "help"):
+            kwargs["help"] = help + default_text(kwargs)
+        return super().add_argument(*names, **kwargs)
 
     def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        usage_error(self.name, message)
+        self.exit(EXIT_USAGE)
+
+
+def given_options(parser, argv):
+    """The options given on the command line ``argv`` (not defaulted), as dests, by ``parser``."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def default_text(kwargs):
+    """What an option's help ends with: `` (required)``, `` (default <value>)``, or nothing (no
+    default, a flag, or a help text that words its default itself)."""
+    default = kwargs.get("default")
+    if kwargs.get("required"):
+        return " (required)"
+    if "(default " in kwargs.get("help", "") or default is None or default is False or default == argparse.SUPPRESS:
+        return ""
+    if kwargs.get("action") in ("store_true", "store_false", "count"):
+        return ""
+    return f" (default {value_text(default)})".replace("%", "%%")
+
+
+def value_text(value):
+    """A default as one would type it: 512,256 for a sequence, 3e-5 or 0.001 for a float."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(value_text(v) for v in value)
+    if isinstance(value, float):
+        text = f"{value:g}"
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}e{int(exponent)}"
+        return text
+    return str(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,15 +257,38 @@ def positive_ints(what, example):
     return parse
 
 
-def require_folder(path, what):
-    """Refuse (:class:`UsageError`, one line) a ``path`` given as ``what`` that is not a folder,
-    or that the system cannot even look up (a name too long, no permission)."""
+def usable_path(path, what):
+    """Refuse (:class:`UsageError`) a path the system cannot even look up (a name too long, a loop of
+    links, no permission); one that does not exist (yet) is fine."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # may be created (or is refused later with a clearer message)
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror or e}") from None
+
+
+def progress_bar(total, desc, enabled, unit="step"):
+    """A progress bar on stderr (tqdm) when ``enabled``, else None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+
+def require_folder(path, what, refuse=True):
+    """Refuse (:class:`UsageError`, one line) a ``path`` given as ``what`` that is not a folder
+    (or, with ``refuse`` False, return None for it), or that the system cannot even look up (a
+    name too long, no permission)."""
     try:
         if path.is_dir():
             return path
     except OSError as e:
         raise UsageError(f"{what} {path}: {e.strerror or e}") from None
-    raise UsageError(f"{what} {path} is not a folder")
+    if refuse:
+        raise UsageError(f"{what} {path} is not a folder")
+    return None
 
 
 def widths(text):
@@ -206,7 +307,6 @@ def add_training_options(p, epochs, iw_samples):
     default number of passes the command applies when ``--epochs`` is not given (the option
     itself defaults to None, so a command can tell "not given" apart); ``iw_samples`` is the
     default K of the log-likelihood estimate."""
-    from minivae.backend import BACKENDS
     from minivae.schedule import DECAY_FRAC, SCHEDULES
 
     p.add_argument(
@@ -214,60 +314,66 @@ def add_training_options(p, epochs, iw_samples):
         type=widths,
         default=(512,),
         metavar="H1,H2",
-        help="hidden widths of the encoder; the decoder mirrors them (default 512)",
+        help="hidden widths of the encoder; the decoder mirrors them",
     )
     p.add_argument(
         "--epochs", type=non_negative_int, default=None, help=f"passes over the training digits (default {epochs})"
     )
-    p.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size B (default 128)")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="mini-batch size B")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     p.add_argument(
         "--lr-schedule",
         choices=SCHEDULES,
         default="constant",
-        help="the rate over the run: constant (default), cosine (to 0 at the end), or wsd (constant, "
-        "then a linear decay to 0 over the last --decay-frac of the steps)",
+        help="the rate over the run: constant, cosine (to 0 at the end), or wsd (constant, then a "
+        "linear decay to 0 over the last --decay-frac of the steps)",
     )
     p.add_argument(
         "--decay-frac",
         type=fraction,
         default=DECAY_FRAC,
         metavar="F",
-        help=f"wsd: the fraction of the steps over which the rate decays (default {DECAY_FRAC})",
+        help="wsd: the fraction of the steps over which the rate decays",
     )
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds weights, noise, data order (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds weights, noise, data order")
+    _add_data_and_evaluation_options(p, iw_samples)
+
+
+def _add_data_and_evaluation_options(p, iw_samples):
+    """The digits a run trains on, the backend, and the final log-likelihood estimate."""
+    from minivae.backend import BACKENDS
+
     p.add_argument(
         "--binarize",
         choices=("dynamic", "static", "none"),
         default="dynamic",
-        help="pixels as Bernoulli draws: fresh each epoch (dynamic, default), "
-        "one fixed draw (static), or grey levels (none)",
+        help="pixels as Bernoulli draws: fresh each epoch (dynamic), one fixed draw (static), or grey levels (none)",
     )
     p.add_argument(
         "--data-dir",
         type=path,
         default=None,
-        help="a folder of MNIST IDX files to use instead of the download cache (default: the cache)",
+        help="a folder of MNIST IDX files to use instead of the download cache (default the cache)",
     )
-    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits (default: all)")
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits (default all)")
     p.add_argument(
         "--backend",
         choices=BACKENDS,
         default="auto",
-        help="implementation of the step (default auto: the fastest usable)",
+        help="implementation of the step; auto: the fastest usable",
     )
     p.add_argument(
         "--iw-samples",
         type=positive_int,
         default=iw_samples,
         metavar="K",
-        help=f"importance samples for the final log-likelihood estimate (default {iw_samples})",
+        help="importance samples for the final log-likelihood estimate",
     )
     p.add_argument(
         "--iw-examples",
         type=positive_int,
         default=1000,
         metavar="N",
-        help="test digits the log-likelihood estimate averages over (default 1000)",
+        help="test digits the log-likelihood estimate averages over",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")

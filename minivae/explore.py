@@ -75,12 +75,10 @@ def parse_args(argv=None):
         "--data-dir",
         type=cli.path,
         default=None,
-        help="a folder of MNIST IDX files with the test digits (default: the run's own data)",
+        help="a folder of MNIST IDX files with the test digits (default the run's own data)",
     )
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend of the model (default auto)")
-    p.add_argument(
-        "--seed", type=cli.non_negative_int, default=0, help="seeds the samples and the pairs of digits (default 0)"
-    )
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend of the model")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0, help="seeds the samples and the pairs of digits")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p.parse_args(argv)
 
@@ -170,11 +168,6 @@ def _top(k):
     return "the principal direction" if k == 1 else f"the top {k} principal directions"
 
 
-def _say(quiet, *lines):
-    if not quiet:
-        cli.say(*lines)
-
-
 def run(args):
     """Load the run and its test digits, then write the figures. Returns the exit code."""
     t0 = time.perf_counter()
@@ -186,11 +179,11 @@ def run(args):
 
     # 2. Encode the test digits as the run evaluated them, then draw.
     with OutFolder(out, "--out", "explore"):
-        _say(
-            args.quiet,
+        cli.say(
             f"data: {data.source}",
             f"model: {args.run_dir} (Z={vae.latent}, hidden={list(vae.hidden)}, epoch {run_.epoch}), "
             f"backend {vae.backend}",
+            quiet=args.quiet,
         )
         mu, _ = metrics.posterior_means(vae, test_x)  # (N, Z)
         rng = np.random.default_rng([args.seed, 6])
@@ -201,21 +194,17 @@ def run(args):
             except (OSError, MemoryError) as e:  # a full disk, the folder gone; each figure is whole
                 why = "out of memory" if isinstance(e, MemoryError) else str(e)
                 kept = f"{', '.join(written)} written" if written else "no figure written"
-                print(f"minivae.explore: {why}; stopping ({kept})", file=sys.stderr)
+                cli.report("minivae.explore", f"{why}; stopping ({kept})")
                 return EXIT_FAILED
             written.append(name)
-            _say(args.quiet, f"{name:27s} {what}")
-    _say(args.quiet, f"figures in {out}/ ({time.perf_counter() - t0:.0f} s)")
+            cli.say(f"{name:27s} {what}", quiet=args.quiet)
+    cli.say(f"figures in {out}/ ({time.perf_counter() - t0:.0f} s)", quiet=args.quiet)
     return 0
 
 
 def _test_digits(args, run_, vae, data):
     """The test digits as the run evaluated them (binarized as in training), checked to fit the
     model and to be enough for the figures."""
-    config_path = run_.folder / "config.json"
-    mode = run_.config.get("binarize", "dynamic")
-    if mode not in ("dynamic", "static", "none"):
-        raise UsageError(f"{config_path}: 'binarize' is {mode!r}, expected dynamic, static or none")
     if vae.data_dim != data.test_x.shape[1]:
         raise UsageError(
             f"the model in {args.run_dir} takes inputs of D = {vae.data_dim} values, the test digits "
@@ -223,7 +212,7 @@ def _test_digits(args, run_, vae, data):
         )
     if len(data.test_x) < 2:
         raise UsageError(f"explore needs at least 2 test digits, {data.source} gives {len(data.test_x)}")
-    return binarize_fixed(data.test_x, mode)
+    return binarize_fixed(data.test_x, run_.config.binarize)
 
 
 def _load_model(args):
@@ -239,7 +228,7 @@ def _load_model(args):
 
 def _load_data(args, config):
     """The digits the run was evaluated on: ``--data-dir``, else the run's own data folder."""
-    data_dir = args.data_dir if args.data_dir is not None else config.get("data_dir")
+    data_dir = args.data_dir if args.data_dir is not None else config.data_dir
     if args.data_dir is not None:
         cli.require_folder(args.data_dir, "--data-dir")
     with warnings.catch_warnings():
@@ -247,8 +236,8 @@ def _load_data(args, config):
         try:
             return load_mnist(
                 data_dir,
-                config.get("limit"),
-                seed=config.get("seed", 0),
+                config.limit,
+                seed=config.seed,
                 progress=not args.quiet and sys.stderr.isatty(),
             )
         except (DataError, ValueError, TypeError) as e:

@@ -1,33 +1,38 @@
-"""Files every command line writes and reads: atomic writes, JSON lines, checkpoints, generator state.
+"""Files every command line writes and reads: atomic writes, JSON lines, and which command's files a
+folder holds.
 
 A file is written to a temporary name in its own folder and renamed onto its path, so a reader
 never sees half of it and a failed write (a full disk, Ctrl-C) leaves the old file as it was.
 
-A checkpoint (``checkpoint.npz``) holds NumPy arrays only, read with ``allow_pickle=False``:
-
-    param/<layer>.W, param/<layer>.b     the weights, e.g. param/enc0.W (D, H)
-    opt/t, opt/m.<name>, opt/v.<name>    Adam's step count and moments
-    rng/model, rng/data, rng/epoch_start generator states, as JSON text
-    epoch, step, config                  where the run stopped (epochs done, steps into the next);
-                                         its options, as JSON text
-    data/n_train, epoch/…                the number of training digits; mid-epoch, the epoch's
-                                         running sums (loss_sum, seen, train_s)
-
-:func:`read_checkpoint` is the one reader: :mod:`minivae.train` (``--resume``) and
-:mod:`minivae.runs` (``minivae.load``) both read through it.
+A training run's folder (:data:`RUN_FILES`: config.json, metrics.jsonl, checkpoint.npz, …) and a
+sweep's (:data:`SWEEP_FILES`: settings.json, results.jsonl, …) are each their command's alone:
+:func:`refuse_foreign` keeps the other out. Checkpoints have a module of their own,
+:mod:`minivae.checkpoint`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import tempfile
 
-import numpy as np
-
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.npz"
+# The files of a training run (minivae.train): a folder holding any of them holds a run.
+RUN_FILES = (
+    CONFIG,
+    "metrics.jsonl",
+    CHECKPOINT,
+    "summary.json",
+    "reconstructions.png",
+    "samples.png",
+    "kl_per_dim.png",
+    "loss_curve.png",
+)
+# The files of a sweep (minivae.sweep) that tell its folder apart: it writes settings.json first.
+SWEEP_FILES = ("settings.json", "results.jsonl")
 
 
 class WriteError(OSError):
@@ -40,10 +45,6 @@ class JsonlError(ValueError):
     def __init__(self, message, line):
         super().__init__(message)
         self.line = line
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read (missing, truncated, foreign); the message names the file."""
 
 
 def file_mode():
@@ -59,6 +60,51 @@ def file_mode():
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def held_files(folder, names):
+    """Those of ``names`` that are files in ``folder`` (none when it is not a folder)."""
+    folder = pathlib.Path(folder)
+    try:
+        return [name for name in names if (folder / name).is_file()]
+    except OSError:
+        return []
+
+
+def refuse_foreign(folder, what, mine):
+    """Raise :class:`minivae.cli.UsageError` when ``folder`` (given as ``what``, e.g. ``--out``)
+    holds the output of the other command: a sweep's for ``mine`` = "run" (minivae.train), a
+    training run's for ``mine`` = "sweep". Neither command writes into, or replaces, the other's."""
+    from minivae.cli import UsageError
+
+    if mine == "run":
+        held, theirs, how = held_files(folder, SWEEP_FILES), "a sweep", "minivae.sweep"
+    else:
+        held, theirs, how = held_files(folder, RUN_FILES), "a training run", "minivae.train"
+    if held:
+        raise UsageError(
+            f"{what} {folder} holds {theirs} ({', '.join(held[:3])}), written by {how}: "
+            f"choose another folder for this {'run' if mine == 'run' else 'sweep'}"
+        )
+
+
+def run_files_to_replace(folder, overwrite):
+    """The files of a training run in ``folder``, which a fresh run replaces only with
+    ``overwrite`` (else :class:`minivae.cli.UsageError`: continue it, or replace it)."""
+    from minivae.cli import UsageError
+
+    present = [name for name in RUN_FILES if (pathlib.Path(folder) / name).exists()]
+    if present and not overwrite:
+        files = f"{', '.join(present[:3])}{', …' if len(present) > 3 else ''}"
+        if CHECKPOINT not in present:
+            raise UsageError(
+                f"--out {folder} holds the files of a run without a checkpoint ({files}): replace them "
+                f"with --overwrite, or choose another --out"
+            )
+        raise UsageError(
+            f"--out {folder} holds a run ({files}): continue it with --resume {folder}, or replace it with --overwrite"
+        )
+    return present
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,76 +178,45 @@ def write_jsonl(path, rows):
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-# --------------------------------------------------------------------------------------------
-# Generator state and checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-def rng_state(rng):
-    """A generator's state as a 0-d array of JSON text (what a checkpoint stores)."""
-    return np.array(json.dumps(rng.bit_generator.state))
-
-
-def set_rng_state(rng, state):
-    """Restore :func:`rng_state`'s text into ``rng``; a text that is not a state raises
-    ValueError, TypeError or KeyError."""
-    rng.bit_generator.state = json.loads(str(state))
-
-
-def save_checkpoint(
-    path, vae, opt, data_rng, epoch_rng_state, epoch, step, config, running=None, n_train=None, data_id=None
-):
-    """Parameters, Adam moments, the generators, and the position (epoch done, steps into next).
-
-    ``running``: mid-epoch, the epoch's running sums so far (loss_sum, seen, train_s), so that a
-    resumed run reports the epoch's train loss over all of it. ``n_train``: the number of
-    training digits, and ``data_id`` their :func:`minivae.data.fingerprint`, checked on resume.
-    """
-    arrays = {"param/" + k: v for k, v in vae.get_params().items()}
-    arrays.update({"opt/" + k: v for k, v in opt.state_dict().items()})
-    arrays["rng/model"] = rng_state(vae.rng)
-    arrays["rng/data"] = rng_state(data_rng)
-    arrays["rng/epoch_start"] = np.array(epoch_rng_state)
-    arrays["epoch"] = np.array(epoch)
-    arrays["step"] = np.array(step)
-    arrays["config"] = np.array(json.dumps(config))
-    if n_train is not None:
-        arrays["data/n_train"] = np.array(n_train)
-    if data_id is not None:
-        arrays["data/fingerprint"] = np.array(data_id)
-    for k, v in (running or {}).items():
-        arrays["epoch/" + k] = np.array(v)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def read_checkpoint(path):
-    """Every array of a checkpoint.npz, read without pickle: a dict name → array.
-
-    Raises :class:`CheckpointError` for a missing file, one that is not an .npz archive (truncated,
-    foreign, or holding pickled objects), and one without a model's parameters (``param/…``).
-    """
-    path = pathlib.Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as ck:
-            if not hasattr(ck, "files"):  # a bare .npy file, not an archive
-                raise CheckpointError(f"{path} is a single array, not a checkpoint archive")
-            arrays = {k: ck[k] for k in ck.files}  # reads (and CRC-checks) every member now
-    except CheckpointError:
-        raise
-    except FileNotFoundError:
-        raise CheckpointError(f"no {path.name} at {path}") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"no checkpoint at {path} (a folder)") from None
-    except Exception as e:  # a truncated or foreign file: BadZipFile, EOFError, ValueError, OSError …
-        raise CheckpointError(
-            f"cannot read checkpoint {path} (truncated or not a checkpoint?): {error_reason(e)}"
-        ) from None
-    if not any(k.startswith("param/") for k in arrays):
-        raise CheckpointError(f"{path} holds no model parameters (no param/… arrays): not a minivae checkpoint")
-    return arrays
-
-
 def error_reason(e):
     """An exception in a few words: its type and the first line of its message."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+METRIC_NUMBERS = ("train_loss", "test_loss", "test_recon", "test_kl", "active_units")
+
+
+def read_metrics(path, epochs):
+    """The rows of a run's ``metrics.jsonl`` for epochs 1 … ``epochs``, checked: a resumed run
+    continues them (a row written after the checkpoint, by a run killed between the two writes,
+    is dropped). A file that is not that is :class:`minivae.cli.UsageError`, one line."""
+    from minivae.cli import UsageError
+
+    fix = "restore the file (or remove it to resume without the earlier epochs' rows)"
+    try:
+        rows = read_jsonl(path)
+    except JsonlError as e:
+        raise UsageError(f"cannot resume: {e}; {fix}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    history = []
+    for number, row in enumerate(rows, 1):
+        epoch = row.get("epoch")
+        counted = isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1
+        bad = [f for f in METRIC_NUMBERS if not _finite(row.get(f))]
+        if not counted or bad:
+            what = ", ".join(bad) if counted else "its epoch"
+            raise UsageError(f"cannot resume: {path} row {number}: {what} missing or not a number; {fix}")
+        if epoch <= epochs:
+            history.append(row)
+    if [r["epoch"] for r in history] != list(range(1, epochs + 1)) and pathlib.Path(path).exists():
+        raise UsageError(
+            f"cannot resume: {path} holds epochs {[r['epoch'] for r in history]}, the checkpoint has done "
+            f"1–{epochs}; {fix}"
+        )
+    return history
+
+
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -16,6 +16,17 @@ parents it made — when the command ends without having written anything into i
     with OutFolder(out, "--out", "explore") as folder:   # one line (UsageError) if it cannot be
         ...                                              # made or written into
 
+A run's other guards, each a context manager, each turning one kind of fault into one line:
+
+    with DeferredSignals(where) as signals:    # Ctrl-C, SIGTERM: wait for the step under way
+        with disk_errors(where):               # a full disk: say which file, and what is kept
+            with enough_memory(needed, what, where):   # refused before anything is allocated
+                ...
+
+``where()`` says where the command is, as (its stage, what it keeps): a fault in the stage
+"start-up" — before anything was written — is a usage error (:class:`UsageError`, exit 2); a
+later one stops the command with :class:`Stopped` (one line; exit 1, or 128 + the signal).
+
 ``watch_parent()`` runs in a worker process: when the process that started it is gone (killed,
 even by SIGKILL), the worker sends itself SIGTERM, so that its run's clean-up runs and it exits
 instead of training on for nobody.
@@ -23,6 +34,7 @@ instead of training on for nobody.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -31,7 +43,8 @@ import signal
 import threading
 import time
 
-from minivae.cli import UsageError
+from minivae.cli import EXIT_FAILED, UsageError, check_memory
+from minivae.files import WriteError
 
 LOCK = ".lock"
 
@@ -196,3 +209,95 @@ def watch_parent(interval=0.5):
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def remove_temporaries(folder, names):
+    """Remove what atomic writes of a killed command left in ``folder`` (``.<name>.<random>.tmp``
+    for each of ``names``): with the folder locked, no other process can be writing them. Returns
+    (count, bytes)."""
+    count = size = 0
+    for name in names:
+        for tmp in pathlib.Path(folder).glob(f".{name}.*.tmp"):
+            try:
+                size += tmp.stat().st_size
+                tmp.unlink()
+                count += 1
+            except OSError:
+                pass
+    return count, size
+
+
+# --------------------------------------------------------------------------------------------
+# Signals, disk errors, memory: one line each
+# --------------------------------------------------------------------------------------------
+
+
+class Stopped(Exception):
+    """A command that stopped early: ``str(e)`` is its one line, ``code`` its exit code."""
+
+    def __init__(self, line, code=EXIT_FAILED):
+        super().__init__(line)
+        self.code = code
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM where it could not wait; ``signum`` says which."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(why, where):
+    stage, kept = where()
+    if stage == "start-up":
+        return UsageError(why)
+    return Stopped(f"{why}; stopping during {stage} ({kept})")
+
+
+class DeferredSignals:
+    """Ctrl-C (SIGINT) and SIGTERM. While ``deferred`` (the training steps) a signal sets
+    ``requested``: the loop finishes its step, saves and exits. Otherwise — or at a second
+    signal — it stops the command where it is: :class:`Stopped`, exit 128 + the signal."""
+
+    def __init__(self, where):
+        self.where, self.requested, self.deferred = where, None, False
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.deferred and self.requested is None:
+            self.requested = signum
+            return
+        raise Interrupted(signum)
+
+    def __exit__(self, kind, e, tb):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        if isinstance(e, Interrupted):
+            stage, kept = self.where()
+            raise Stopped(f"{signal.Signals(e.signum).name} during {stage}; {kept}", 128 + int(e.signum)) from None
+
+
+@contextlib.contextmanager
+def disk_errors(where):
+    """A file that cannot be written (a full disk, a size limit: :class:`WriteError`) stops the
+    command in one line naming the file."""
+    try:
+        yield
+    except WriteError as e:
+        raise _stop(str(e), where) from None
+
+
+@contextlib.contextmanager
+def enough_memory(needed, what, where):
+    """Refuse, before anything is allocated, a command whose estimated peak of ``needed`` bytes
+    exceeds the memory available (:func:`minivae.cli.check_memory`); a MemoryError all the same
+    stops it in one line."""
+    check_memory(needed, what)
+    try:
+        yield
+    except MemoryError:
+        raise _stop("out of memory", where) from None

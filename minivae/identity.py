@@ -42,6 +42,7 @@ import warnings
 
 import numpy as np
 
+from minivae import linear
 from minivae.cli import (
     EXIT_FAILED,
     Parser,
@@ -51,16 +52,16 @@ from minivae.cli import (
     path,
     positive_float,
     positive_int,
+    program,
     require_folder,
     run_command,
     say,
     say_data,
     widths,
 )
-from minivae.data import DataError, batches, binarize, load_mnist
+from minivae.data import DataError, binarize, load_mnist
 from minivae.files import WriteError, atomic_write, atomic_write_text
 from minivae.guards import OutFolder
-from minivae.optim import Adam
 
 
 def reconstruction_error(reconstruct, x, batch_size=1000):
@@ -90,55 +91,33 @@ def probe_sets(test_x, rng, n=1000):
     }
 
 
-def _train_mlp(model, train_x, epochs, batch_size, lr, rng, show, name):
-    """Adam on fresh Bernoulli draws of the grey digits each epoch (dynamic binarization)."""
-    opt = Adam(model.params, lr=lr)
-    bar = None
-    steps = epochs * math.ceil(len(train_x) / batch_size)
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc=name, unit="step", leave=False, dynamic_ncols=True)
-    loss = math.nan
-    for _ in range(epochs):
-        x_epoch = binarize(train_x, "dynamic", rng)
-        for idx in batches(len(train_x), batch_size, rng):
-            loss = model.forward(x_epoch[idx])
-            opt.step(model.backward())
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return loss
-
-
 def parse_args(argv=None):
     p = Parser(
-        prog="python -m minivae.identity",
+        prog=program("minivae.identity", "minivae-identity"),
         description="Train autoencoders and a VAE with Z ≥ D and measure how well they "
         "reconstruct inputs that are not digits.",
     )
-    p.add_argument("--data-dir", type=path, default=None, help="a folder of MNIST IDX files")
-    p.add_argument("--out", type=path, required=True, help="output folder")
-    p.add_argument("--latent", type=positive_int, default=1000, help="latent dimension Z (1000)")
     p.add_argument(
-        "--hidden", type=widths, default=(1024,), metavar="H1,H2", help="hidden widths of the MLP models (1024)"
+        "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default the download cache)"
     )
-    p.add_argument("--epochs", type=positive_int, default=5, help="epochs of each MLP model (5)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="MLP mini-batch size (128)")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="MLP Adam learning rate (1e-3)")
+    p.add_argument("--out", type=path, required=True, help="output folder")
+    p.add_argument("--latent", type=positive_int, default=1000, help="latent dimension Z")
+    p.add_argument("--hidden", type=widths, default=(1024,), metavar="H1,H2", help="hidden widths of the MLP models")
+    p.add_argument("--epochs", type=positive_int, default=5, help="epochs of each MLP model")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="MLP mini-batch size")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="MLP Adam learning rate")
     p.add_argument(
         "--linear-steps",
         type=positive_int,
         default=3000,
-        help="Adam steps of the linear autoencoder (3000, batch 256, lr 3e-3 → 1e-4)",
+        help="Adam steps of the linear autoencoder (batch 256, lr 3e-3 → 1e-4)",
     )
-    p.add_argument("--sigma2", type=positive_float, default=0.01, help="σ² of the closed-form linear VAE (0.01)")
-    p.add_argument("--n", type=positive_int, default=1000, help="examples per probe set (1000)")
-    p.add_argument("--backend", default="cpu-fused", help="backend of the MLP models (cpu-fused)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights, the data order, the noise (0)")
-    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--sigma2", type=positive_float, default=0.01, help="σ² of the closed-form linear VAE")
+    p.add_argument("--n", type=positive_int, default=1000, help="examples per probe set")
+    p.add_argument("--backend", default="cpu-fused", help="backend of the MLP models")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights, the data order, the noise")
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits (default all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary lines")
     return p.parse_args(argv)
 
 
@@ -238,9 +217,8 @@ def _mlp_models(args, D):
 
 def _fit_all(args, mlps, train_x, show, say):
     """Fit every model: ({name: reconstruct}, {name: budget line}, {name: seconds}), the reference
-    maps first, then the linear autoencoder, then the MLP models."""
-    from minivae import linear
-
+    maps first, then the linear autoencoder, then the MLP models — each trained by the one loop
+    of the small models, :func:`minivae.linear.fit`."""
     D, Z = train_x.shape[1], args.latent
     models, budget, seconds = {}, {}, {}
     t0 = time.perf_counter()
@@ -264,9 +242,7 @@ def _fit_all(args, mlps, train_x, show, say):
 
     for name, model in mlps.items():
         t0 = time.perf_counter()
-        loss = _train_mlp(
-            model, train_x, args.epochs, args.batch_size, args.lr, np.random.default_rng([args.seed, 2]), show, name
-        )
+        loss = _fit_mlp(args, model, train_x, show, name)
         models[name] = model.reconstruct
         seconds[name] = time.perf_counter() - t0
         budget[name] = (
@@ -276,6 +252,16 @@ def _fit_all(args, mlps, train_x, show, say):
         )
         say(f"{name}: {seconds[name]:.0f} s, last batch loss {loss:.1f}")
     return models, budget, seconds
+
+
+def _fit_mlp(args, model, train_x, show, name):
+    """``--epochs`` whole epochs of Adam on fresh Bernoulli draws of the grey digits (dynamic
+    binarization: each epoch draws the digits, then the order, from one generator); the last
+    batch's loss. A diverged model is measured like the others: no stop at a non-finite loss."""
+    steps = args.epochs * math.ceil(len(train_x) / args.batch_size)
+    rng = np.random.default_rng([args.seed, 2])
+    kw = dict(rng=rng, progress=show, desc=name, binarization="dynamic", check_finite=False)
+    return linear.fit(model, train_x, steps, args.batch_size, args.lr, **kw)[-1]
 
 
 def _write(out, report, models, sets, say):

@@ -88,60 +88,22 @@ directions of the data that stand above the noise floor σ². Burda's active-uni
 
 The command
 -----------
-``python -m minivae.linear --latent Z --sigma2 S --data-dir DIR --out OUT`` trains the model on
-the training digits and writes ``OUT/result.json``: the trained test ELBO beside the exact test
-log-likelihood, active units beside k, W's singular values beside (λ_i − σ²)^½, and the collapse.
-``python -m minivae.linear --summarize DIR`` gathers the ``result.json`` files in DIR's subfolders
-into ``DIR/table.md`` and the figure ``DIR/spectrum.png``. As for the main job, everything is
-checked before the first step — the options, the data, the memory the model needs, ``--out`` made
-and written into (a lock on ``--out/.lock``) — and bad input is one line and exit code 2; a run
-that fails (a full disk, a diverging loss) is one line and exit 1, each file whole or not written.
-
-How it trains, and why so: Adam on mini-batches of 256 grey digits, float32, the exact ELBO;
-b starts at the data mean (its optimum; learning it from 0 through noisy gradients is slow, and an
-offset b − x̄ is absorbed into W Wᵀ as extra variance along the mean); log s² learns 10 times faster
-than W, V, b, c (see :func:`fit`); the learning rate 3e-3 is held for 30% of the steps, then decays
-geometrically to 3e-5 (Adam's jitter of size ~lr in W costs ~‖δW μ‖²/2σ² nats, which at σ² = 0.01
-is several nats until the rate is small). The weak directions are the slow ones: a direction with
-λ_i barely above σ² gets a gradient that is small beside the mini-batch noise of the strong ones,
-and λ₁/σ² is 51 at σ² = 0.1 but 512 at σ² = 0.01 — which is why σ² = 0.01 needs many more steps.
+``python -m minivae.linear`` trains this model on MNIST grey values and compares it with the
+closed form above; the command, its summary table and its figure are :mod:`minivae.linear_cli`.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import pathlib
 import sys
-import time
-import warnings
 
 import numpy as np
 
 from minivae import losses, metrics
-from minivae.cli import (
-    EXIT_FAILED,
-    Parser,
-    UsageError,
-    check_memory,
-    non_negative_int,
-    path,
-    positive_float,
-    positive_int,
-    program,
-    require_folder,
-    run_command,
-    say,
-    say_data,
-)
-from minivae.data import DataError, batches, binarize, load_mnist
-from minivae.files import WriteError, atomic_write, atomic_write_text
-from minivae.guards import OutFolder
+from minivae.data import batches, binarize
 from minivae.optim import Adam
 
 LOG_2PI = math.log(2 * math.pi)
-HOLD = 0.3  # the command holds its learning rate for this fraction of the steps, then decays it
 COLLAPSE_KL = 0.01  # a unit whose mean KL(q(z_u | x) ‖ p(z_u)) is below this (nats) sits at the prior
 
 
@@ -354,8 +316,16 @@ def fit(
     hold=0.5,
     fast_params=(),
     fast_factor=1.0,
+    binarization=None,
+    check_finite=True,
 ):
     """Adam on shuffled mini-batches of x for ``steps`` steps; returns the loss of every step.
+
+    The one training loop of the models here and of :mod:`minivae.identity`'s (the linear
+    autoencoder, the MLP autoencoder and the MLP VAE): ``model`` is anything with ``params``,
+    ``forward(x)`` and ``backward()``, and ``minivae.Adam(model.params)`` steps it. Each epoch
+    draws from ``rng`` first a fresh binarization of x when ``binarization`` is "dynamic"
+    (:func:`minivae.data.binarize`; None trains on x itself), then the order of its mini-batches.
 
     The learning rate stays at ``lr`` for the first ``hold`` fraction of the steps, then decays
     geometrically to ``lr_final`` at the last step (constant when ``lr_final`` is None). The
@@ -363,41 +333,59 @@ def fit(
     Why: Adam moves a parameter by at most about lr per step, and log s² must travel far — from 0
     (the prior) to log(σ²/λ₁), about −6.2 for MNIST's top direction at σ² = 0.01, which at
     lr = 3e-3 alone takes 2,000 steps while W cannot grow until s² has shrunk.
+
+    A loss that is not finite raises FloatingPointError, unless ``check_finite`` is False.
     """
     rng = np.random.default_rng(0) if rng is None else rng
-    fast = {k: p for k, p in model.params.items() if k in fast_params}
-    opt = Adam({k: p for k, p in model.params.items() if k not in fast}, lr=lr)
-    opt_fast = Adam(fast, lr=lr * fast_factor) if fast else None
+    opt, opt_fast = _optimizers(model.params, lr, fast_params, fast_factor)
     ratio = 1.0 if lr_final is None else lr_final / lr
     start = int(hold * steps)  # the first step of the decay
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-    history, t = [], 0
-    while t < steps:
+    bar = _progress_bar(steps, desc) if progress else None
+    history = []
+    while len(history) < steps:
+        x_epoch = x if binarization is None else binarize(x, binarization, rng)
         for idx in batches(len(x), batch_size, rng):
+            t = len(history)
             if t == steps:
                 break
             opt.lr = lr * ratio ** (max(t - start, 0) / max(steps - 1 - start, 1))
-            loss = model.forward(x[idx])
-            if not math.isfinite(loss):
+            loss = model.forward(x_epoch[idx])
+            if check_finite and not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {t + 1}")
-            grads = model.backward()
-            opt.step({k: g for k, g in grads.items() if k not in fast})
-            if opt_fast is not None:
-                opt_fast.lr = opt.lr * fast_factor
-                opt_fast.step({k: grads[k] for k in fast})
+            _update(model.backward(), opt, opt_fast, fast_factor)
             history.append(loss)
-            t += 1
             if bar is not None:
                 bar.update(1)
-                if t % 50 == 0:
+                if len(history) % 50 == 0:
                     bar.set_postfix(loss=f"{loss:.1f}")
     if bar is not None:
         bar.close()
     return history
+
+
+def _optimizers(params, lr, fast_params, fast_factor):
+    """Adam over ``params`` (the class they name: a fast model's flat ones get FastAdam) and None;
+    with ``fast_params``, one Adam over the others and one at ``fast_factor`` times the rate."""
+    fast = {k: p for k, p in params.items() if k in fast_params}
+    if not fast:
+        return Adam(params, lr=lr), None
+    return Adam({k: p for k, p in params.items() if k not in fast}, lr=lr), Adam(fast, lr=lr * fast_factor)
+
+
+def _update(grads, opt, opt_fast, fast_factor):
+    """One Adam step of each optimizer of :func:`_optimizers`, the fast one at its factor of the rate."""
+    if opt_fast is None:
+        opt.step(grads)  # a fast model's flat gradients go to its FastAdam as they are
+        return
+    opt.step({k: g for k, g in grads.items() if k not in opt_fast.params})
+    opt_fast.lr = opt.lr * fast_factor
+    opt_fast.step({k: grads[k] for k in opt_fast.params})
+
+
+def _progress_bar(steps, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=steps, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,371 +462,109 @@ def ppca_train_log_likelihood(lam, sigma2, latent):
 # --------------------------------------------------------------------------------------------
 
 
+RESULT_KEYS = (  # the keys of a result, in the order result.json lists them
+    *("latent", "sigma2", "k", "q", "exact_train_ll", "exact_test_ll", "train_elbo", "test_elbo", "test_gap"),
+    *("model_test_ll", "posterior_gap", "active_units", "predicted_active_units", "collapsed_units"),
+    *("predicted_collapsed", "z_minus_q", "collapsed_max_s2_error", "collapsed_max_w_norm", "sv_max_abs_error"),
+    *("sv_median_rel_error", "sv_max_rel_error_clear", "n_clear", "sv_largest_beyond_q", "test_kl"),
+    *("test_kl_theory", "singular_values", "theory_singular_values", "var_mu_sorted", "kl_per_unit_sorted"),
+    "eigenvalues",
+)
+
+
 def compare(model, train_x, test_x, mean, lam, U):
-    """Everything the command reports, as a JSON-ready dict (numbers in nats per digit)."""
+    """Everything the command reports, as a JSON-ready dict (numbers in nats per digit): the
+    likelihoods here, the units' and W's singular values beside the closed form (below)."""
     s2v, Z = model.sigma2, model.latent
     k = n_above(lam, s2v)
     q = min(Z, k)
+    r = {"latent": Z, "sigma2": s2v, "k": k, "q": q, "z_minus_q": Z - q, "eigenvalues": _r4(lam)}
+    r.update(_units(model, test_x, lam, q))
+    r.update(_singular_values(model, lam, q))
+    test_ll = float(ppca_log_likelihood(test_x, mean, lam, U, s2v, Z).mean())
+    test_elbo = float(-model.neg_elbo(test_x).mean())
+    model_test_ll = float(model.log_likelihood(test_x).mean())
+    r.update(
+        exact_train_ll=ppca_train_log_likelihood(lam, s2v, Z),
+        exact_test_ll=test_ll,
+        train_elbo=float(-model.neg_elbo(train_x).mean()),
+        test_elbo=test_elbo,
+        test_gap=test_ll - test_elbo,
+        model_test_ll=model_test_ll,  # log N(x; b, WWᵀ + σ²I) of the trained W, b
+        posterior_gap=model_test_ll - test_elbo,  # the KL from q to the true posterior
+    )
+    return {key: r[key] for key in RESULT_KEYS}
+
+
+def _r4(a):
+    """Numbers to 5 significant digits, for compact JSON lists."""
+    return [float(f"{v:.5g}") for v in np.asarray(a)]
+
+
+def _units(model, test_x, lam, q):
+    """Per latent unit on the test digits — active, KL, collapsed (mean KL below COLLAPSE_KL) —
+    beside the closed form: KL_i = ½ log(λ_i/σ²) for i < q, the rest at the prior."""
+    s2v, Z = model.sigma2, model.latent
     mu, logvar = model.encode(test_x)
     n_active, var_mu = metrics.active_units(mu)
     kl_unit = metrics.kl_per_dim(mu, logvar)  # (Z,)
     s2 = np.exp(np.asarray(model.params["logs2"], np.float64))
     collapsed = kl_unit < COLLAPSE_KL
+    kl_theory = 0.5 * np.log(lam[:q] / s2v)  # mean KL of latent i at the optimum   (q,)
+    W = np.asarray(model.params["W"], np.float64)
+    return {
+        "active_units": n_active,
+        "predicted_active_units": int(((1 - s2v / lam[:q]) > metrics.ACTIVE_THRESHOLD).sum()),
+        "collapsed_units": int(collapsed.sum()),
+        "predicted_collapsed": Z - int((kl_theory >= COLLAPSE_KL).sum()),
+        "collapsed_max_s2_error": float(np.abs(s2[collapsed] - 1).max()) if collapsed.any() else None,
+        "collapsed_max_w_norm": float(np.sqrt((W[:, collapsed] ** 2).sum(axis=0)).max()) if collapsed.any() else None,
+        "test_kl": float(kl_unit.sum()),
+        "test_kl_theory": float(kl_theory.sum()),
+        "var_mu_sorted": _r4(np.sort(var_mu)[::-1]),
+        "kl_per_unit_sorted": _r4(np.sort(kl_unit)[::-1]),
+    }
+
+
+def _singular_values(model, lam, q):
+    """W's singular values beside the closed form's (λ_i − σ²)^½ for i < q (0 beyond)."""
+    s2v = model.sigma2
     sv = np.linalg.svd(np.asarray(model.params["W"], np.float64), compute_uv=False)  # descending
     theory_sv = np.zeros_like(sv)
     m = min(q, len(sv))
     theory_sv[:m] = np.sqrt(lam[:m] - s2v)
     clear = lam[:m] > 2 * s2v  # directions well above the noise floor
     rel = np.abs(sv[:m] - theory_sv[:m]) / theory_sv[:m]
-    predicted_active = int(((1 - s2v / lam[:q]) > metrics.ACTIVE_THRESHOLD).sum())
-    kl_theory = 0.5 * np.log(lam[:q] / s2v)  # mean KL of latent i at the optimum   (q,)
-    predicted_collapsed = Z - int((kl_theory >= COLLAPSE_KL).sum())
-
-    test_ll = float(ppca_log_likelihood(test_x, mean, lam, U, s2v, Z).mean())
-    train_ll = ppca_train_log_likelihood(lam, s2v, Z)
-    test_elbo = float(-model.neg_elbo(test_x).mean())
-    train_elbo = float(-model.neg_elbo(train_x).mean())
-    model_test_ll = float(model.log_likelihood(test_x).mean())
-    r4 = lambda a: [float(f"{v:.5g}") for v in np.asarray(a)]  # noqa: E731 - a one-line helper for compact JSON lists
     return {
-        "latent": Z,
-        "sigma2": s2v,
-        "k": k,
-        "q": q,
-        "exact_train_ll": train_ll,
-        "exact_test_ll": test_ll,
-        "train_elbo": train_elbo,
-        "test_elbo": test_elbo,
-        "test_gap": test_ll - test_elbo,
-        "model_test_ll": model_test_ll,  # log N(x; b, WWᵀ + σ²I) of the trained W, b
-        "posterior_gap": model_test_ll - test_elbo,  # the KL from q to the true posterior
-        "active_units": n_active,
-        "predicted_active_units": predicted_active,
-        "collapsed_units": int(collapsed.sum()),
-        "predicted_collapsed": predicted_collapsed,
-        "z_minus_q": Z - q,
-        "collapsed_max_s2_error": float(np.abs(s2[collapsed] - 1).max()) if collapsed.any() else None,
-        "collapsed_max_w_norm": float(
-            np.sqrt((np.asarray(model.params["W"], np.float64)[:, collapsed] ** 2).sum(axis=0)).max()
-        )
-        if collapsed.any()
-        else None,
         "sv_max_abs_error": float(np.abs(sv - theory_sv).max()),
         "sv_median_rel_error": float(np.median(rel)) if m else None,
         "sv_max_rel_error_clear": float(rel[clear].max()) if clear.any() else None,
         "n_clear": int(clear.sum()),
         "sv_largest_beyond_q": float(sv[m:].max()) if len(sv) > m else None,
-        "test_kl": float(kl_unit.sum()),
-        "test_kl_theory": float(kl_theory.sum()),
-        "singular_values": r4(sv),
-        "theory_singular_values": r4(theory_sv),
-        "var_mu_sorted": r4(np.sort(var_mu)[::-1]),
-        "kl_per_unit_sorted": r4(np.sort(kl_unit)[::-1]),
-        "eigenvalues": r4(lam),
+        "singular_values": _r4(sv),
+        "theory_singular_values": _r4(theory_sv),
     }
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
+# The command's names, still reached from here (the command is minivae.linear_cli)
 # --------------------------------------------------------------------------------------------
 
-
-def parse_args(argv=None):
-    p = Parser(
-        prog=program("minivae.linear", "minivae-linear"),
-        description="Train the linear Gaussian VAE on MNIST grey values and compare it with "
-        "its closed-form optimum (probabilistic PCA).",
-    )
-    p.add_argument("--latent", type=positive_int, default=None, help="latent dimension Z")
-    p.add_argument("--sigma2", type=positive_float, default=None, help="the decoder's fixed variance σ²")
-    p.add_argument(
-        "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default: the download cache)"
-    )
-    p.add_argument("--out", type=path, default=None, help="output folder")
-    p.add_argument("--steps", type=positive_int, default=3000, help="Adam steps (3000)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size (256)")
-    p.add_argument(
-        "--lr",
-        type=positive_float,
-        default=3e-3,
-        help="Adam learning rate, held for the first 30%% of the steps (3e-3)",
-    )
-    p.add_argument(
-        "--lr-final",
-        type=positive_float,
-        default=3e-5,
-        help="learning rate at the last step, reached geometrically (3e-5)",
-    )
-    p.add_argument(
-        "--s2-lr-factor",
-        type=positive_float,
-        default=10.0,
-        help="log s² learns this many times faster than W, V, b, c (10)",
-    )
-    p.add_argument(
-        "--estimator",
-        choices=("exact", "sample"),
-        default="exact",
-        help="the expected reconstruction term by formula (exact) or by one sample",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "float64"),
-        default="float32",
-        help="training precision (float32, default); evaluation is always float64",
-    )
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights and the data order (0)")
-    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
-    p.add_argument(
-        "--summarize",
-        type=path,
-        default=None,
-        metavar="DIR",
-        help="instead of training: gather DIR/*/result.json into DIR/table.md and DIR/spectrum.png",
-    )
-    return p.parse_args(argv)
+_COMMAND = {"main", "parse_args", "run", "memory_needed", "describe", "table_row", "TABLE_HEAD", "summarize"}
+_COMMAND |= {"plot_spectrum", "HOLD"}
 
 
-def memory_needed(data_dim, latent, n_train, n_test, batch_size, dtype):
-    """Bytes the command needs at its peak, roughly (an upper estimate): the model's P ≈ 2·D·Z
-    parameters with their gradients and Adam's moments in ``dtype``, a step's arrays, the float64
-    copies of W and V the evaluation makes (the exact ELBO, the SVD, log p(x)) with the test
-    digits' codes, and the digits with their covariance and its eigenvectors."""
-    D, Z, size = data_dim, latent, np.dtype(dtype).itemsize
-    P = 2 * D * Z + D + 2 * Z
-    training = 4 * P * size + 6 * batch_size * (D + Z) * size
-    evaluation = 3 * P * 8 + n_test * Z * (2 * size + 3 * 8) + 3 * 1000 * (D + Z) * 8
-    digits = 2 * (n_train + n_test) * D * 4 + 4 * D * D * 8
-    return training + evaluation + digits
+def __getattr__(name):
+    """``minivae.linear.main`` and the command's other names, from :mod:`minivae.linear_cli`, which
+    imports this module (so nothing here imports it before a name of the command is asked for)."""
+    if name in _COMMAND:
+        from minivae import linear_cli
 
-
-def run(args):
-    """Check the options, load the digits, check the memory and make ``--out`` — all before the
-    first step — then train, compare and write result.json. Returns the exit code."""
-    if args.summarize is not None:
-        return summarize(args.summarize, quiet=args.quiet)
-    if args.latent is None or args.sigma2 is None or args.out is None:
-        raise UsageError("--latent, --sigma2 and --out are required (or --summarize DIR)")
-    OutFolder(args.out, "--out").check()
-    if args.data_dir is not None:
-        require_folder(args.data_dir, "--data-dir")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a fallback to the offline sample is said in `source`
-        try:
-            data = load_mnist(args.data_dir, args.limit, seed=args.seed)
-        except (DataError, ValueError) as e:
-            raise UsageError(str(e)) from None
-    (n_train, D), n_test = data.train_x.shape, len(data.test_x)
-    check_memory(
-        memory_needed(D, args.latent, n_train, n_test, args.batch_size, args.dtype),
-        f"this run (a linear VAE of Z = {args.latent}: {2 * D * args.latent:,} weights, {args.dtype})",
-    )
-    with OutFolder(args.out, "--out", "linear run"):
-        try:
-            return _train_and_write(args, data)
-        except FloatingPointError as e:
-            print(f"minivae.linear: {e}; lower --lr", file=sys.stderr)
-        except WriteError as e:  # a full disk: nothing half-written, the old result.json kept
-            print(f"minivae.linear: {e}", file=sys.stderr)
-        except MemoryError:
-            print(f"minivae.linear: out of memory (Z = {args.latent})", file=sys.stderr)
-        return EXIT_FAILED
-
-
-def _train_and_write(args, data):
-    say_data(data, args.quiet)
-    train_x = binarize(data.train_x, "none")  # grey values in [0, 1]
-    test_x = binarize(data.test_x, "none")
-    show = not args.quiet and sys.stderr.isatty()
-
-    wall0 = time.perf_counter()
-    mean, lam, U = spectrum(train_x)
-    model = LinearVAE(
-        train_x.shape[1], args.latent, args.sigma2, seed=args.seed, dtype=args.dtype, estimator=args.estimator
-    )
-    model.params["b"][...] = mean  # start the decoder's bias at the data mean (its optimum, below)
-    t0 = time.perf_counter()
-    history = fit(
-        model,
-        train_x,
-        args.steps,
-        args.batch_size,
-        args.lr,
-        args.lr_final,
-        np.random.default_rng([args.seed, 2]),
-        progress=show,
-        desc=f"Z={args.latent} σ²={args.sigma2:g}",
-        hold=HOLD,
-        fast_params=("logs2",),
-        fast_factor=args.s2_lr_factor,
-    )
-    train_s = time.perf_counter() - t0
-    result = compare(model, train_x, test_x, mean, lam, U)
-    config = {
-        k: (str(v) if isinstance(v, pathlib.Path) else v)
-        for k, v in vars(args).items()
-        if k not in ("quiet", "summarize", "out")
-    }
-    every = max(1, len(history) // 100)
-    result.update(
-        config=config,
-        data=data.source,
-        train_seconds=train_s,
-        wall_seconds=time.perf_counter() - wall0,
-        loss_curve=[[i + 1, float(f"{history[i]:.6g}")] for i in range(0, len(history), every)],
-    )
-    atomic_write_text(args.out / "result.json", json.dumps(result, indent=1) + "\n")
-    if not args.quiet:
-        say(*describe(result))
-    return 0
-
-
-def _maybe(value, spec):
-    """A number as ``spec`` formats it; None (no direction above the noise floor) as a dash."""
-    return "–" if value is None else format(value, spec)
-
-
-def describe(r):
-    """The result as a few lines of text, trained beside closed form."""
-    return [
-        f"Z={r['latent']}  σ²={r['sigma2']:g}  k=#{{λ>σ²}}={r['k']}  q=min(Z,k)={r['q']}",
-        f"test ELBO {r['test_elbo']:.2f}  exact test log-likelihood {r['exact_test_ll']:.2f}  "
-        f"gap {r['test_gap']:.2f} nats/digit (train ELBO {r['train_elbo']:.2f} vs {r['exact_train_ll']:.2f})",
-        f"  trained model's own log p(x) {r['model_test_ll']:.2f} (posterior gap {r['posterior_gap']:.3f})",
-        f"active units {r['active_units']} (predicted {r['predicted_active_units']}), collapsed "
-        f"{r['collapsed_units']} (predicted {r['predicted_collapsed']}; Z−q = {r['z_minus_q']})",
-        f"singular values of W vs (λ−σ²)^½: median rel. error {_maybe(r['sv_median_rel_error'], '.2g')}, "
-        f"max abs error {r['sv_max_abs_error']:.2g}",
-        f"training {r['train_seconds']:.0f} s",
-    ]
-
-
-TABLE_HEAD = (
-    "| σ² | Z | steps | k | test ELBO | exact test log p | gap | trained log p | active (pred.) "
-    "| collapsed (pred.) | σ(W) median rel. err. | σ(W) max abs err. |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
-)
-
-
-def table_row(r):
-    return (
-        f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['k']} | {r['test_elbo']:.2f} | "
-        f"{r['exact_test_ll']:.2f} | {r['test_gap']:.2f} | {r['model_test_ll']:.2f} | "
-        f"{r['active_units']} ({r['predicted_active_units']}) | "
-        f"{r['collapsed_units']} ({r['predicted_collapsed']}) | "
-        f"{_maybe(r['sv_median_rel_error'], '.3f')} | "
-        f"{r['sv_max_abs_error']:.3f} |\n"
-    )
-
-
-def summarize(folder, quiet=False):
-    """DIR/*/result.json → DIR/table.md and DIR/spectrum.png."""
-    folder = pathlib.Path(folder)
-    require_folder(folder, "--summarize")
-    paths = sorted(folder.glob("*/result.json"))
-    if not paths:
-        raise UsageError(f"no */result.json in {folder}")
-    results = [_read_result(p, folder) for p in paths]
-    results.sort(key=lambda r: (r["sigma2"], r["latent"], r["config"]["steps"]))
-    table = TABLE_HEAD + "".join(table_row(r) for r in results)
-    with OutFolder(folder, "--summarize", "summary"):
-        try:
-            atomic_write_text(folder / "table.md", table)
-            plot_spectrum(results, folder / "spectrum.png")
-        except WriteError as e:
-            print(f"minivae.linear: {e}", file=sys.stderr)
-            return EXIT_FAILED
-    if not quiet:
-        say(table.rstrip("\n"))
-    return 0
-
-
-def _read_result(path, folder):
-    """One result.json, checked to hold what the table and the figure read."""
-    try:
-        r = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read the results in {folder}: {e}") from None
-    try:
-        table_row(r)
-        for key in ("eigenvalues", "singular_values", "var_mu_sorted", "kl_per_unit_sorted"):
-            np.asarray(r[key], np.float64)  # the figure's numbers
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{path} is not a result of python -m minivae.linear ({type(e).__name__}: {e})") from None
-    return r
-
-
-def plot_spectrum(results, path):
-    """Per σ², one column: the data's eigenvalues with σ² and the learned σ² + s_i(W)² on top;
-    below, per-unit KL and Var_x μ_u sorted, for each Z, with the closed form."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    longest = {}  # per (σ², Z) the run with the most steps
-    for r in results:
-        key = (r["sigma2"], r["latent"])
-        if key not in longest or r["config"]["steps"] > longest[key]["config"]["steps"]:
-            longest[key] = r
-    results = list(longest.values())
-    sig = sorted({r["sigma2"] for r in results})
-    fig, axes = plt.subplots(2, len(sig), figsize=(5.2 * len(sig), 7.5), squeeze=False)
-    colors = {100: "tab:green", 784: "tab:orange", 1000: "tab:blue"}
-    for j, s2v in enumerate(sig):
-        rs = sorted((r for r in results if r["sigma2"] == s2v), key=lambda r: r["latent"])
-        lam = np.array(rs[0]["eigenvalues"])
-        k = n_above(lam, s2v)
-        ax = axes[0, j]
-        i = np.arange(1, len(lam) + 1)
-        ax.semilogy(i, np.maximum(lam, 1e-12), "k-", lw=1.5, label="data eigenvalues λ_i")
-        ax.axhline(s2v, color="r", ls="--", lw=1, label=f"σ² = {s2v:g}")
-        ax.axvline(k, color="r", ls=":", lw=1)
-        ax.text(k, lam[0], f" k = {k}", color="r", va="top")
-        for r in rs:
-            sv = np.array(r["singular_values"])
-            ax.semilogy(
-                np.arange(1, len(sv) + 1),
-                sv**2 + s2v,
-                ".",
-                ms=2.5,
-                color=colors.get(r["latent"], None),
-                label=f"σ² + s_i(W)², Z = {r['latent']}",
-            )
-        ax.set_ylim(max(1e-6, lam[lam > 0].min() / 2), lam[0] * 3)
-        ax.set_xlim(0, 1000)
-        ax.set_xlabel("index i (sorted)")
-        ax.set_title(f"σ² = {s2v:g}: eigenvalues and the learned decoder")
-        ax.legend(fontsize=7, loc="upper right")
-
-        ax = axes[1, j]
-        q_all = np.arange(1, k + 1)
-        ax.semilogy(q_all, 0.5 * np.log(lam[:k] / s2v), "k--", lw=1, label="KL_i = ½ log(λ_i/σ²), optimum")
-        for r in rs:
-            kl = np.maximum(np.array(r["kl_per_unit_sorted"]), 1e-6)
-            vm = np.maximum(np.array(r["var_mu_sorted"]), 1e-6)
-            c = colors.get(r["latent"], None)
-            u = np.arange(1, len(kl) + 1)
-            ax.semilogy(u, kl, "-", color=c, lw=1.5, label=f"KL per unit, Z = {r['latent']}")
-            ax.semilogy(u, vm, ":", color=c, lw=1.2, label=f"Var_x μ_u, Z = {r['latent']}")
-        ax.axhline(metrics.ACTIVE_THRESHOLD, color="gray", lw=0.8)
-        ax.axvline(k, color="r", ls=":", lw=1)
-        ax.set_ylim(1e-5, 10)
-        ax.set_xlim(0, 1000)
-        ax.set_xlabel("latent unit (sorted)")
-        ax.set_title("per unit, sorted: collapse beyond k")
-        ax.legend(fontsize=6.5, loc="lower left", ncol=1)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))  # whole, or not at all
-
-
-def main(argv=None):
-    return run_command("minivae.linear", run, parse_args, argv)
+        return getattr(linear_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from minivae.linear_cli import main
+
     sys.exit(main())

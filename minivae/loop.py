@@ -11,6 +11,9 @@
 
 Everything random in the loop comes from ``data_rng`` (the digits' draws, then the order) and from
 the model's own generator (ε): the same generators give the same run.
+
+:func:`evaluate` measures a model on the test digits as both commands do it, after an epoch (the
+main job) or at the steps of a learning curve (the study).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
+
+from minivae import losses, metrics
 from minivae.data import batches, binarize
 
 
@@ -60,3 +66,42 @@ def run_epoch(model, opt, x, order, after_step=None, skip=0, lr_at=None):
         if after_step is not None and after_step(step, loss, len(idx), seconds):
             return step, loss, "stop"
     return step, loss, "end"
+
+
+def evaluate(model, test_x, rng):
+    """The test metrics of ``model`` as it is — −ELBO and its terms (an autoencoder: its
+    reconstruction loss), active units, latent directions — and the test digits' posterior
+    (μ, log σ²; an autoencoder's codes and None) they were computed from; ``rng`` draws the ε."""
+    mu, logvar = metrics.posterior_means(model, test_x)
+    if logvar is not None:
+        ev = metrics.evaluate(model, test_x, rng, posterior=(mu, logvar))
+    else:
+        ev = reconstruction_loss(model, test_x)
+    directions = metrics.latent_directions(mu)
+    row = {
+        "test_loss": ev["loss"],
+        "test_recon": ev["recon"],
+        "test_kl": ev["kl"],
+        "active_units": metrics.active_units(mu)[0],
+        "directions": directions["directions"],
+        "participation_ratio": directions["participation_ratio"],
+    }
+    return row, (mu, logvar)
+
+
+def reconstruction_loss(model, x, batch_size=1000):
+    """An autoencoder's reconstruction loss Σ_pixels softplus(a) − x·a, averaged over x."""
+    total = 0.0
+    for s in range(0, len(x), batch_size):
+        xb = np.asarray(x[s : s + batch_size], np.float64)
+        a = np.asarray(model.decode_logits(model.encode(x[s : s + batch_size])[0]), np.float64)
+        total += float(losses.bernoulli_nll(a, xb).sum())
+    return {"loss": total / len(x), "recon": total / len(x), "kl": 0.0}
+
+
+def steady_rate(seen, seconds, first=None):
+    """Digits per second over an epoch; without ``first`` = (digits, seconds) of the process's first
+    step, whose time is mostly the kernels' compilation."""
+    if first is not None and seen > first[0] and seconds > first[1]:
+        seen, seconds = seen - first[0], seconds - first[1]
+    return seen / seconds if seconds > 0 else 0.0

@@ -1,4 +1,5 @@
-"""The three pieces of the ELBO, each with its gradient written out.
+"""The three pieces of the ELBO, each with its gradient written out (and, at the end, the Gaussian
+reconstruction term of the linear VAE, :mod:`minivae.linear`).
 
 Shapes: B batch, D data dimension, Z latent dimension (see :mod:`minivae.vae`).
 Each loss returns one number per example (shape (B,)); the model averages them over the batch.

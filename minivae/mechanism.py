@@ -15,11 +15,16 @@ there. Three measurements look at how:
 
 - :func:`pruned` — the model without a set of units (Burda et al. 2015, §5.2): the same weights
   with those units' encoder outputs and decoder rows removed. Evaluating it is evaluating the
-  original model with their z fixed at 0 and their KL dropped.
+  original model with their z fixed at 0 and their KL dropped. Beside it, :func:`at_prior` keeps
+  their decoder rows and sends only their posteriors to the prior, which splits what removing
+  them costs into what they tell about x and what their noise does to the decoder.
 
 - :func:`embedded` — a trained model of Z latents inside a VAE of Z' > Z: the extra units at the
   prior (zero encoder rows, so μ = 0 and log σ² = 0) with zero decoder rows. Its ELBO is the
   small model's, exactly; training it on shows whether a large Z keeps a good solution.
+
+:func:`measure` takes the first two (with −ELBO and −log p(x) of each model) for one trained VAE;
+``python -m minivae.mechanism RUN_DIR … --out FILE.jsonl`` (:func:`main`) for run folders.
 
 Shapes: D pixels, H the first hidden width of the decoder, Z latents; the encoder's last layer
 enc<L> maps to 2Z = [μ | log σ²], the decoder's first layer dec0.W is (Z, H).

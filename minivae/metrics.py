@@ -1,5 +1,6 @@
-"""What a trained VAE is measured by: the ELBO on held-out data, active units, per-dimension KL,
-and an importance-weighted estimate of the log-likelihood.
+"""What a trained VAE is measured by: the ELBO on held-out data, active units and active
+directions, per-dimension KL, an importance-weighted estimate of the log-likelihood, and how well
+simple classifiers (logistic regression, nearest neighbours) read the digit from the codes.
 
 Shapes: N examples, D data dimension, Z latents, K importance samples.
 Every function works with any backend: it calls only ``vae.encode`` and ``vae.decode_logits``,

@@ -33,15 +33,14 @@ def adam_update(p, g, m, v, lr, b1, b2, eps, c1, c2):
 class Adam:
     """Adam over a dict of parameter arrays (``vae.params``), updated in place by :meth:`step`.
 
-    Parameters held in one flat buffer (``params.flat``: a model on a fast backend) get
-    :class:`kernels.fast.FastAdam` instead, the same update as one kernel pass over the buffer.
+    Parameters may name another Adam for themselves (``params.adam_class``): those of a model on a
+    fast backend, held in one flat buffer (:class:`kernels.flat.FlatParams`), name
+    :class:`kernels.flat.FastAdam`, the same update as one kernel pass over the buffer.
     """
 
     def __new__(cls, params, *args, **kwargs):
-        if cls is Adam and getattr(params, "flat", None) is not None:
-            from kernels.fast import FastAdam
-
-            cls = FastAdam
+        if cls is Adam:
+            cls = getattr(params, "adam_class", Adam)
         return super().__new__(cls)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):

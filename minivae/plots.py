@@ -1,4 +1,6 @@
-"""The figures of a training run, written with matplotlib's non-interactive Agg backend."""
+"""The figures of a training run (:func:`save_all`), of the latent-size study (:func:`study_figures`),
+of the budget curves and the unused units' noise, and of a trained model's latent space
+(:mod:`minivae.explore`), written with matplotlib's non-interactive Agg backend."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Reading a training run back: ``minivae.load(run_dir)`` → the trained model.
 
-A run folder, as ``python -m minivae.train`` writes it, holds (among its figures and metrics)
+A run folder, as ``python -m minivae.train`` writes it (or ``minivae.sweep --keep-models`` keeps
+it), holds (among its figures and metrics)
 
-    config.json      the options of the run: latent Z, hidden widths, seed, β, backend, data, …
-    checkpoint.npz   NumPy arrays only (read with allow_pickle=False, never with pickle):
-                         param/<layer>.W, param/<layer>.b   the weights, e.g. param/enc0.W (D, H)
-                         opt/…                               Adam's moments and step count
-                         rng/model, rng/data, rng/epoch_start  generator states, as JSON text
-                         epoch, step, config                 where the run stopped; its options
+    config.json      the options of the run (:class:`minivae.config.RunConfig`): latent Z, hidden
+                     widths, seed, β, backend, data, … (a kept model's names only what it needs)
+    checkpoint.npz   NumPy arrays only, never pickle (:mod:`minivae.checkpoint`): the weights
+                     param/<layer>.W, param/<layer>.b; for a run that can go on, Adam's state,
+                     the generators and where it stopped
 
 The model is rebuilt from the config (Z, hidden widths, seed, β) and the arrays (D and the dtype
 come from their shapes and type), and every array is checked against the layers the config
@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minivae.files import CHECKPOINT, CONFIG, CheckpointError, error_reason, read_checkpoint, set_rng_state
+from minivae import checkpoint
+from minivae.checkpoint import CheckpointError, set_rng_state
+from minivae.config import ConfigError, RunConfig
+from minivae.files import CHECKPOINT, CONFIG, error_reason
+
+LOADABLE = ("latent", "hidden")  # what a config.json must name for its model to be built
 
 
 class RunError(ValueError):
@@ -36,7 +41,7 @@ class Run:
     """What a run folder holds: its folder, its config and the arrays of its checkpoint."""
 
     folder: pathlib.Path
-    config: dict
+    config: RunConfig  # the options config.json does not name take their defaults
     arrays: dict = field(repr=False)  # name → array, as in checkpoint.npz
 
     @property
@@ -46,7 +51,13 @@ class Run:
 
 
 def read_config(path):
-    """The options of a run from its config.json: a dict with at least ``latent`` and ``hidden``."""
+    """The options of a run from its config.json: the JSON object, checked (it names at least
+    ``latent`` and ``hidden``, and every option it names holds a value the option can hold)."""
+    return _read_config(path)[0]
+
+
+def _read_config(path):
+    """(the JSON object of a config.json, its :class:`RunConfig`)."""
     path = pathlib.Path(path)
     try:
         text = path.read_text()
@@ -55,31 +66,17 @@ def read_config(path):
     except (OSError, UnicodeDecodeError) as e:
         raise RunError(f"cannot read {path}: {error_reason(e)}") from None
     try:
-        config = json.loads(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise RunError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise RunError(f"{path} holds a JSON {type(config).__name__}, not the object of a run's options")
-    _check_config(config, path)
-    return config
-
-
-def _check_config(config, path):
-    def positive_int(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-    for key in ("latent", "hidden"):
-        if key not in config:
-            raise RunError(f"{path} has no {key!r}: not the config of a minivae training run")
-    if not positive_int(config["latent"]):
-        raise RunError(f"{path}: 'latent' must be a positive integer, got {config['latent']!r}")
-    hidden = config["hidden"]
-    if not isinstance(hidden, list) or not hidden or not all(positive_int(h) for h in hidden):
-        raise RunError(f"{path}: 'hidden' must be a list of positive integers, got {hidden!r}")
-    if "seed" in config and not (isinstance(config["seed"], int) and not isinstance(config["seed"], bool)):
-        raise RunError(f"{path}: 'seed' must be an integer, got {config['seed']!r}")
-    if "beta" in config and not (isinstance(config["beta"], (int, float)) and config["beta"] >= 0):
-        raise RunError(f"{path}: 'beta' must be a non-negative number, got {config['beta']!r}")
+    if not isinstance(obj, dict):
+        raise RunError(f"{path} holds a JSON {type(obj).__name__}, not the object of a run's options")
+    try:
+        return obj, RunConfig.from_json(obj, required=LOADABLE)
+    except ConfigError as e:
+        if e.key in LOADABLE and e.key not in obj:
+            raise RunError(f"{path} has no {e.key!r}: not the config of a minivae training run") from None
+        raise RunError(f"{path}: {e}") from None
 
 
 def read_run(run_dir):
@@ -95,9 +92,9 @@ def read_run(run_dir):
         raise RunError(f"{folder} is not a training run: it has no {CONFIG} and no {CHECKPOINT}")
     if missing:
         raise RunError(f"{folder} is not a complete training run: no {missing[0]} at {folder / missing[0]}")
-    config = read_config(folder / CONFIG)
+    config = _read_config(folder / CONFIG)[1]
     try:
-        arrays = read_checkpoint(folder / CHECKPOINT)
+        arrays = checkpoint.read(folder / CHECKPOINT)
     except CheckpointError as e:
         raise RunError(str(e)) from None
     return Run(folder, config, arrays)
@@ -116,7 +113,7 @@ def model_from(run, backend="auto"):
     def mismatch(what):
         return RunError(f"{ck_path} does not match {cfg_path}: {what}")
 
-    params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
+    params = checkpoint.params(arrays)
     if "enc0.W" not in params or np.ndim(params["enc0.W"]) != 2:
         raise mismatch("no 2-D param/enc0.W to read the data dimension D from")
     data_dim = int(params["enc0.W"].shape[0])
@@ -126,11 +123,8 @@ def model_from(run, backend="auto"):
             f"{ck_path}: parameters must all be float32 or all float64, got {sorted(d.name for d in dtypes)}"
         )
     dtype = next(iter(dtypes))
-    latent, hidden = config["latent"], tuple(config["hidden"])
-
-    vae = VAE(
-        data_dim, latent, hidden, seed=config.get("seed", 0), dtype=dtype, beta=config.get("beta", 1.0), backend=backend
-    )
+    latent, hidden = config.latent, config.hidden
+    vae = VAE(data_dim, latent, hidden, seed=config.seed, dtype=dtype, beta=config.beta, backend=backend)
     absent = [k for k in vae.params if k not in params]
     extra = [k for k in params if k not in vae.params]
     if absent or extra:

@@ -147,6 +147,19 @@ def report(rows, settings, source):
         "For the autoencoder, test −ELBO is its reconstruction loss (no KL, no likelihood), and "
         "its units and directions are those of its code, which no prior ties to N(0, I).",
         "",
+        *every_run(rows),
+        "",
+        *reading(rows),
+        "",
+        "Figures: " + ", ".join(f"`{name}`" for name in figure_names(rows)) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def every_run(rows):
+    """The table of every run, one row each."""
+    lines = [
         "## Every run",
         "",
         "| model | Z | hidden | seed | test −ELBO | −log p(x) (IW) | active units | directions | "
@@ -162,14 +175,7 @@ def report(rows, settings, source):
             f"{'–' if ok is None else 'yes' if ok else '**no**'} | {r['epochs']} | "
             f"{r['wall_s']:,.0f} |"
         )
-    lines += [
-        "",
-        *reading(rows),
-        "",
-        "Figures: " + ", ".join(f"`{name}`" for name in figure_names(rows)) + ".",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def reading(rows):

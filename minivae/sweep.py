@@ -36,31 +36,33 @@ import warnings
 
 import numpy as np
 
-from minivae import cli, loop, losses, mechanism, metrics
-from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from minivae import checkpoint, cli, loop, mechanism, metrics
+from minivae.checkpoint import CheckpointError
+from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
+from minivae.config import Progress, RunConfig
 from minivae.data import D, binarize_fixed
 from minivae.files import (
-    CheckpointError,
     WriteError,
     atomic_write,
     atomic_write_text,
     error_reason,
-    read_checkpoint,
     read_jsonl,
-    save_checkpoint,
-    set_rng_state,
+    refuse_foreign,
     write_jsonl,
 )
 from minivae.guards import FolderLock, watch_parent
 from minivae.schedule import DECAY_FRAC, decay_start, schedule
 from minivae.study import budget_report, kl90, report, run_file, run_key
 
+NAME = "minivae.sweep"  # what its messages start with
 MODELS = ("vae", "ae")
 LATENTS = (2, 5, 10, 20, 50, 100, 200, 500, D, 1000, 2000)  # D = 784: as many latents as pixels
 DEFAULT_EPOCHS = 10
 RESUME_EVERY = 2000  # steps between a run's mid-run checkpoints (runs/<tag>-<settings>.resume.npz)
 TAKE_IN_EVERY = 30  # seconds between looks for the rows of budget curves under way
 WORKERS_LOCK = ".workers.lock"  # a shared lock held by every worker of a sweep while it lives
+KEPT = ("latent", "hidden", "seed", "beta", "backend", "steps", "lr", "lr_schedule", "binarize", "data_dir", "limit")
+KEPT += ("sweep_settings",)  # what a kept model's config.json holds, in this order
 
 
 def _int_list(expected, rule, minimum, sort=True):
@@ -94,27 +96,47 @@ def _model_list(text):
 
 def parse_args(argv=None):
     p = cli.Parser(
-        prog=cli.program("minivae.sweep", "minivae-sweep"),
+        prog=cli.program(NAME, "minivae-sweep"),
         description="Train one model per latent size and compare them on held-out digits.",
     )
+    _study_options(p)
+    p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead (default local worker processes)",
+    )
+    p.add_argument(
+        "--out",
+        type=cli.path,
+        default=pathlib.Path("runs") / "sweep",
+        help="folder for results.jsonl, report.md, the figures and runs/",
+    )
+    cli.add_training_options(p, epochs=DEFAULT_EPOCHS, iw_samples=100)
+    return p.parse_args(argv)
+
+
+def _study_options(p):
+    """What the study trains and keeps: the sizes, models, seeds, steps or budgets, and extras."""
     p.add_argument(
         "--latents",
         type=_latent_list,
         default=list(LATENTS),
-        help=f"comma-separated sizes (default {','.join(map(str, LATENTS))})",
+        help="comma-separated sizes",
     )
-    p.add_argument("--models", type=_model_list, default=["vae"], help="vae, ae or vae,ae (default vae)")
+    p.add_argument("--models", type=_model_list, default=["vae"], help="vae, ae or vae,ae")
     p.add_argument(
         "--seeds",
         type=_seed_list,
         default=None,
-        help="comma-separated seeds, one run per seed and size (default: --seed)",
+        help="comma-separated seeds, one run per seed and size (default --seed)",
     )
     p.add_argument(
         "--steps",
         type=cli.positive_int,
         default=None,
-        help="Adam steps per run, the same for every size (default: --epochs passes "
+        help="Adam steps per run, the same for every size (default --epochs passes "
         f"over the training digits, {DEFAULT_EPOCHS} epochs when neither is given)",
     )
     p.add_argument(
@@ -131,13 +153,13 @@ def parse_args(argv=None):
         default=None,
         metavar="K",
         help="also estimate −log p(x) of each final model with K importance samples (e.g. 1000), beside "
-        "--iw-samples, to see the estimate's bias (default: not)",
+        "--iw-samples, to see the estimate's bias (default none)",
     )
     p.add_argument(
         "--keep-models",
         action="store_true",
         help="keep each final VAE as a run folder models/<run>/ (config.json, checkpoint.npz) that "
-        "minivae.load and minivae.explore open (default: only the results and small arrays are kept)",
+        "minivae.load and minivae.explore open; without it only the results and small arrays are kept",
     )
     p.add_argument(
         "--init-from",
@@ -145,23 +167,8 @@ def parse_args(argv=None):
         default=None,
         metavar="RUN_DIR",
         help="start every VAE from this trained VAE (a run folder, e.g. one --keep-models kept) with its "
-        "extra latents at the prior: the nested warm start (default: fresh weights)",
+        "extra latents at the prior: the nested warm start (default fresh weights)",
     )
-    p.add_argument("--jobs", type=cli.positive_int, default=1, help="worker processes (default 1)")
-    p.add_argument(
-        "--scheduler",
-        default=None,
-        metavar="ADDRESS",
-        help="run on this Dask scheduler (e.g. tcp://127.0.0.1:8786) instead (default: local worker processes)",
-    )
-    p.add_argument(
-        "--out",
-        type=cli.path,
-        default=pathlib.Path("runs") / "sweep",
-        help="folder for results.jsonl, report.md, the figures and runs/ (default runs/sweep)",
-    )
-    cli.add_training_options(p, epochs=DEFAULT_EPOCHS, iw_samples=100)
-    return p.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------------- one run
@@ -183,21 +190,8 @@ def curve_steps(total):
 
 def _curve_point(model, test_x, seed, step):
     """Test −ELBO (AE: reconstruction loss), active units and directions of the model as it is."""
-    mu, logvar = metrics.posterior_means(model, test_x)
-    if logvar is not None:
-        ev = metrics.evaluate(model, test_x, np.random.default_rng([seed, 3, step]), posterior=(mu, logvar))
-    else:
-        ev = ae_evaluate(model, test_x)
-    directions = metrics.latent_directions(mu)
-    point = {
-        "step": step,
-        "test_loss": ev["loss"],
-        "test_recon": ev["recon"],
-        "test_kl": ev["kl"],
-        "active_units": metrics.active_units(mu)[0],
-        "directions": directions["directions"],
-        "participation_ratio": directions["participation_ratio"],
-    }
+    row, (mu, logvar) = loop.evaluate(model, test_x, np.random.default_rng([seed, 3, step]))
+    point = {"step": step, **row}
     if logvar is not None:  # what the unused units feed the decoder (minivae.mechanism)
         noise = mechanism.unused_noise(model, mu, logvar)
         point.update({k: noise[k] for k in ("rows_inactive", "rows_active", "noise_inactive", "signal_active")})
@@ -355,23 +349,15 @@ def _keep_model(model, cfg, row):
     open it."""
     folder = pathlib.Path(cfg["out"]) / "models" / run_file(cfg, "")
     folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "latent": cfg["latent"],
-        "hidden": list(cfg["hidden"]),
-        "seed": cfg["seed"],
-        "beta": 1.0,
-        "backend": model.backend,
-        "steps": row["steps"],
-        "lr": cfg["lr"],
-        "lr_schedule": cfg.get("lr_schedule", "constant"),
-        "binarize": cfg["binarize"],
-        "data_dir": cfg["data_dir"],
-        "limit": cfg["limit"],
-        "sweep_settings": cfg["settings"],
-    }
-    arrays = {"param/" + k: v for k, v in model.get_params().items()}
-    arrays["config"] = np.array(json.dumps(config))
-    atomic_write(folder / "checkpoint.npz", lambda f: np.savez_compressed(f, **arrays))
+    options = {k: cfg[k] for k in ("latent", "hidden", "seed", "lr", "binarize", "data_dir", "limit")}
+    config = RunConfig(
+        **options,
+        beta=1.0,
+        backend=model.backend,
+        lr_schedule=cfg.get("lr_schedule", "constant"),
+        extra={"steps": row["steps"], "sweep_settings": cfg["settings"]},
+    ).to_json(KEPT)
+    checkpoint.save_params(folder / "checkpoint.npz", model, config)
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
 
 
@@ -408,7 +394,7 @@ def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=F
         if trunk is None and ((step % RESUME_EVERY == 0 and step < until) or (keep_end and step == until)):
             state = dict(done, wall_before=done["wall_before"] + time.perf_counter() - t0)
             config = {"settings": cfg["settings"], "tag": resume.name, "done": state}
-            save_checkpoint(resume, model, opt, data_rng, where["start"], where["epoch"] - 1, epoch_step, config)
+            checkpoint.save(resume, model, opt, data_rng, where["start"], where["epoch"] - 1, epoch_step, config)
         return step >= until
 
     if done["step"] == 0 and 0 in wanted and trunk is None:
@@ -433,70 +419,30 @@ def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=F
 def _restore(resume, model, opt, data_rng, cfg, n_train, until):
     """(the run's progress, the first epoch, the steps of it already done) from ``resume`` when it
     holds this run with these settings, after loading its state into the model, Adam and the data
-    generator; else a fresh start. A file that does not fit — another run's, other settings, a
-    progress record that is not this checkpoint's — is said once and set aside."""
-    fresh = {"step": 0, "train_time": 0.0, "curve": [], "diverged": None, "wall_before": 0.0}
+    generator (:func:`minivae.checkpoint.restore`, as the main job resumes); else a fresh start. A
+    file that does not fit — another run's, other settings, a progress record that is not this
+    checkpoint's — is said once and set aside."""
+    fresh = Progress().to_json()
     if not resume.exists():
         return fresh, 1, 0
     try:
-        ck = read_checkpoint(resume)
-        config = json.loads(str(ck["config"]))
-        if not isinstance(config, dict):
-            raise ValueError("its config is not an object")
-        if config.get("settings") != cfg["settings"] or config.get("tag") != resume.name:
+        ck = checkpoint.read(resume)
+        record, epoch, step = checkpoint.check(ck, resume)
+        if record.get("settings") != cfg["settings"] or record.get("tag") != resume.name:
             raise ValueError("it holds another run")
-        params = {k[len("param/") :]: v for k, v in ck.items() if k.startswith("param/")}
-        if {k: v.shape for k, v in params.items()} != {k: tuple(v.shape) for k, v in model.params.items()}:
-            raise ValueError("its parameters do not fit the model")
-        done, epoch, step = config["done"], int(ck["epoch"]), int(ck["step"])
-        _check_progress(done, ck, epoch, step, cfg, n_train)
+        done = Progress.from_json(record.get("done")).to_json()
+        per_epoch = math.ceil(n_train / cfg["batch_size"])
+        t = int(ck["opt/t"]) if "opt/t" in ck else -1
+        if not 0 <= step <= per_epoch or done["step"] != epoch * per_epoch + step or t != done["step"]:
+            raise ValueError(f"its position (epoch {epoch}, step {step}, {done['step']} steps) is impossible")
         if done["step"] > until:
             raise ValueError(f"it is at step {done['step']}, past the step {until} this run stops at")
-        probe = [np.random.default_rng() for _ in range(2)]
-        set_rng_state(probe[0], ck["rng/model"])  # both states are checked before any is used
-        set_rng_state(probe[1], ck["rng/epoch_start"])
-        model.set_params(params)
-        opt.load_state_dict({k[len("opt/") :]: v for k, v in ck.items() if k.startswith("opt/")})
+        checkpoint.restore(ck, model, opt, data_rng)
     except (CheckpointError, ValueError, KeyError, TypeError) as e:
         _warn(f"{resume}: cannot continue from it ({error_reason(e)}); that run starts again")
         resume.replace(resume.with_name(resume.name + ".corrupt"))
         return fresh, 1, 0
-    set_rng_state(model.rng, ck["rng/model"])
-    set_rng_state(data_rng, ck["rng/epoch_start"])
     return done, epoch + 1, step
-
-
-def _check_progress(done, ck, epoch, step, cfg, n_train):
-    """Raise ValueError unless a checkpoint's progress record is whole and agrees with its arrays:
-    its step count equals Adam's and the epochs' (epoch · steps per epoch + step), and its curve
-    is a list of measured points up to that step."""
-
-    def count(v):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    if not isinstance(done, dict):
-        raise ValueError("its progress record is not an object")
-    for k in ("step",):
-        if not count(done.get(k)):
-            raise ValueError(f"its progress record's {k!r} is {done.get(k)!r}, not a count")
-    for k in ("train_time", "wall_before"):
-        if not number(done.get(k)) or done[k] < 0:
-            raise ValueError(f"its progress record's {k!r} is {done.get(k)!r}, not a time")
-    per_epoch = math.ceil(n_train / cfg["batch_size"])
-    t = int(ck["opt/t"]) if "opt/t" in ck else -1
-    if not (0 <= step <= per_epoch) or epoch < 0 or done["step"] != epoch * per_epoch + step or t != done["step"]:
-        raise ValueError(f"its position (epoch {epoch}, step {step}, {done['step']} steps) is impossible")
-    curve = done.get("curve")
-    if not isinstance(curve, list) or not all(
-        isinstance(p, dict) and count(p.get("step")) and p["step"] <= done["step"] and number(p.get("test_loss"))
-        for p in curve
-    ):
-        raise ValueError("its learning curve is not a list of measured points")
-    if done.get("diverged") is not None:
-        raise ValueError("it records a diverged run")
 
 
 def _measure(model, data, test_x, cfg):
@@ -572,14 +518,7 @@ def _mechanism(model, test_x, mu, logvar, activity, cfg, n_iw):
     return out
 
 
-def ae_evaluate(model, x, batch_size=1000):
-    """The autoencoder's reconstruction loss Σ_pixels softplus(a) − x·a, averaged over x."""
-    total = 0.0
-    for s in range(0, len(x), batch_size):
-        xb = np.asarray(x[s : s + batch_size], np.float64)
-        a = np.asarray(model.decode_logits(model.encode(x[s : s + batch_size])[0]), np.float64)
-        total += float(losses.bernoulli_nll(a, xb).sum())
-    return {"loss": total / len(x), "recon": total / len(x), "kl": 0.0}
+ae_evaluate = loop.reconstruction_loss  # the autoencoder's reconstruction loss, averaged over x
 
 
 # ----------------------------------------------------------------------------------- the sweep
@@ -628,6 +567,14 @@ def _key(settings):
 def run(args):
     """Check the options, lock the output folder, load the data, train what is not in
     results.jsonl yet, write the report and the figures. Returns the exit code."""
+    try:
+        return _run(args)
+    except WriteError as e:  # a full disk, say: every finished run is in results.jsonl already
+        _warn(f"{e}; stopping (run the same command again when it can be written)")
+        return EXIT_FAILED
+
+
+def _run(args):
     _check_options(args)
     from minivae.backend import resolve
 
@@ -656,14 +603,7 @@ def _run_locked(args, backend):
     client = _dask_client(args.scheduler) if args.scheduler else None
     steps = args.steps or args.epochs * math.ceil(len(data.train_x) / args.batch_size)
     seeds = args.seeds if args.seeds is not None else [args.seed]
-    if args.budgets:  # the budget curve: one settings key per budget, and one for the whole curve
-        settings, key = settings_of(args, max(args.budgets))
-        per_budget = [settings_of(args, t)[1] for t in args.budgets]
-        chain = dict(settings, steps=None, budgets=list(args.budgets))
-        chain_key = _key(chain)
-    else:
-        settings, key = settings_of(args, steps)
-        per_budget = [key]
+    settings, key, per_budget = _study_keys(args, steps)
     results_path = args.out / "results.jsonl"
     say = (lambda *a: None) if args.quiet else print
     rows, old, corrupt = _previous_results(args.out, set(per_budget))
@@ -671,25 +611,9 @@ def _run_locked(args, backend):
     if corrupt:  # set aside, so moved: they are in results.jsonl.corrupt now, and only there
         write_jsonl(results_path, old + rows)
     _take_in(args.out, set(per_budget), rows, old)  # rows the workers of a killed sweep left
-    done = {(r["settings"], run_key(r)) for r in rows}
-    threads = 1 if args.jobs > 1 else None
-    hidden = list(args.hidden)
-    # Seed by seed, the largest (slowest) sizes first: the first seed's results come in first,
-    # and the workers do not wait on one long run at the end.
-    wanted = []
-    for sd in seeds:
-        for z in sorted(args.latents, reverse=True):
-            for m in args.models:
-                run = dict(model=m, latent=z, hidden=hidden, seed=sd, backend=backend, out=str(args.out))
-                run.update(iw_check=args.iw_check, keep_models=args.keep_models)
-                run.update(warm_start=args.init_source["path"] if args.init_source else None)
-                have = [k for k in per_budget if (k, run_key(run)) in done]
-                if args.budgets:
-                    run.update(chain, settings=chain_key, budget_keys=per_budget, budgets_done=have)
-                else:
-                    run.update(settings, settings=key)
-                wanted.append(dict(run, threads=threads, todo=len(per_budget) - len(have)))
+    wanted = _runs(args, seeds, backend, {(r["settings"], run_key(r)) for r in rows}, settings, key, per_budget)
     todo = [cfg for cfg in wanted if cfg.pop("todo")]
+    hidden = list(args.hidden)
     say(f"data: {data.source}")
     budget = (
         f"budgets {', '.join(f'{t:,}' for t in args.budgets)} steps (wsd, decay over the last {args.decay_frac:g})"
@@ -722,6 +646,38 @@ def _run_locked(args, backend):
         _warn(f"{len(failed)} run(s) failed; run the same command again to retry them")
         return EXIT_FAILED
     return 0
+
+
+def _study_keys(args, steps):
+    """(settings, key, the settings keys of its results): one key for a study of ``steps`` per run;
+    for a budget curve the largest budget's settings and key, and one key per budget."""
+    if not args.budgets:
+        settings, key = settings_of(args, steps)
+        return settings, key, [key]
+    settings, key = settings_of(args, max(args.budgets))
+    return settings, key, [settings_of(args, t)[1] for t in args.budgets]
+
+
+def _runs(args, seeds, backend, done, settings, key, per_budget):
+    """The plain dicts handed to the workers, one per run, each with ``todo``: how many of its
+    results (budgets) are not in ``done`` yet. Seed by seed, the largest (slowest) sizes first: the
+    first seed's results come in first, and the workers do not wait on one long run at the end."""
+    chain = dict(settings, steps=None, budgets=list(args.budgets or ()))  # a budget curve's
+    wanted = []
+    for sd in seeds:
+        for z in sorted(args.latents, reverse=True):
+            for m in args.models:
+                run = dict(model=m, latent=z, hidden=list(args.hidden), seed=sd, backend=backend, out=str(args.out))
+                run.update(iw_check=args.iw_check, keep_models=args.keep_models)
+                run.update(warm_start=args.init_source["path"] if args.init_source else None)
+                have = [k for k in per_budget if (k, run_key(run)) in done]
+                if args.budgets:
+                    run.update(chain, settings=_key(chain), budget_keys=per_budget, budgets_done=have)
+                else:
+                    run.update(settings, settings=key)
+                threads = 1 if args.jobs > 1 else None
+                wanted.append(dict(run, threads=threads, todo=len(per_budget) - len(have)))
+    return wanted
 
 
 def _wait_for_old_workers(out, seconds=60):
@@ -794,7 +750,7 @@ def _take_in(out, keys, rows, old, returned=()):
 
 
 def _warn(line):
-    print(f"minivae.sweep: {line}", file=sys.stderr)
+    cli.report(NAME, line)
 
 
 def _check_options(args):
@@ -819,6 +775,7 @@ def _check_options(args):
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} exists and is not a folder")
+    refuse_foreign(args.out, "--out", "sweep")
 
 
 def _init_source(args):
@@ -830,7 +787,7 @@ def _init_source(args):
         run = read_run(args.init_from)
     except RunError as e:
         raise UsageError(f"--init-from: {e}") from None
-    z, hidden = run.config["latent"], list(run.config["hidden"])
+    z, hidden = run.config.latent, list(run.config.hidden)
     if "vae" not in args.models or args.models != ["vae"]:
         raise UsageError("--init-from starts VAEs: give it with --models vae")
     if hidden != list(args.hidden):
@@ -1020,16 +977,23 @@ def _execute(todo, jobs, client):
         if client is not None:
             if not ended:
                 client.cancel(futures)
-        elif ended:
-            ex.shutdown(wait=True)
         else:
-            workers = list((getattr(ex, "_processes", None) or {}).values())
-            ex.shutdown(wait=False, cancel_futures=True)
-            for w in workers:
-                if w.is_alive():
-                    w.terminate()  # SIGTERM: the worker's run cleans up and exits
-            for w in workers:
-                w.join(timeout=30)
+            _shut_down(ex, ended)
+
+
+def _shut_down(ex, ended):
+    """The pool of worker processes, shut down: once every run has ended, or, when the sweep was
+    stopped, at once — its workers get SIGTERM, so that each run cleans up and exits."""
+    if ended:
+        ex.shutdown(wait=True)
+        return
+    workers = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for w in workers:
+        if w.is_alive():
+            w.terminate()
+    for w in workers:
+        w.join(timeout=30)
 
 
 def _raise_interrupt(signum, frame):
@@ -1154,17 +1118,8 @@ def main(argv=None):
     # job of a shell), as in minivae.train: finished runs are kept and the workers are stopped.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return run(parse_args(argv))
-    except UsageError as e:
-        print(f"minivae.sweep: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:  # before any run started (loading the data, say)
-        print("minivae.sweep: interrupted during start-up; no run was started", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except WriteError as e:  # a full disk, say: every finished run is in results.jsonl already
-        print(f"minivae.sweep: {e}; stopping (run the same command again when it can be written)", file=sys.stderr)
-        return EXIT_FAILED
+    # Ctrl-C before any run started (loading the data, say): one line, exit 130.
+    return cli.run_command(NAME, run, parse_args, argv, interrupted="interrupted during start-up; no run was started")
 
 
 if __name__ == "__main__":

@@ -134,3 +134,11 @@ def test_engine_noise_is_the_philox_stream_of_a_key_from_the_model_generator():
     eps = vae.engine._step[2].copy_to_host()
     key = rng.integers(0, 2**32, size=2, dtype=np.uint64)
     np.testing.assert_allclose(eps, standard_normal_philox(key, 15).reshape(5, 3), rtol=2e-6, atol=2e-6)
+
+
+def test_ops_object_satisfies_the_contract():
+    """The ops object a numba-cuda model runs on is a kernels.reference.Ops, with the optional noise op."""
+    from kernels.reference import Ops
+
+    vae = minivae.VAE(data_dim=12, hidden=(8,), latent=3, seed=2, backend="numba-cuda")
+    assert isinstance(vae.engine.ops, Ops) and vae.engine.ops.standard_normal is not None

@@ -199,6 +199,18 @@ def test_bad_model_arguments(kw):
         small_vae(**kw)
 
 
+def test_vae_and_ae_share_what_does_not_depend_on_the_encoder_output():
+    from minivae.ae import AE
+    from minivae.mlp import MLPModel
+
+    for cls in (minivae.VAE, AE):
+        assert issubclass(cls, MLPModel)
+        for name in ("__new__", "decode_logits", "decode", "sample", "get_params", "set_params"):
+            assert name not in vars(cls), (cls.__name__, name)
+    ae = AE(12, 3, (5,), seed=2)
+    assert ae.seed == 2 and ae.decode(np.zeros((1, 3))).shape == (1, 12)
+
+
 def test_backward_needs_forward():
     with pytest.raises(RuntimeError):
         small_vae().backward()
@@ -242,6 +254,31 @@ def test_adam_matches_algorithm_1_by_hand():
 def test_adam_rejects_non_positive_lr():
     with pytest.raises(ValueError):
         Adam({"p": np.zeros(1)}, lr=-1e-3)
+
+
+def test_adam_imports_nothing_from_kernels_and_follows_the_params():
+    """No cycle optim → kernels → optim: parameters name their own Adam (``adam_class``), which the
+    flat parameters of a fast model do (kernels.flat.FastAdam); a plain dict gets this Adam."""
+    import ast
+    import inspect
+
+    from minivae import optim
+
+    imported = [
+        getattr(node, "module", None) or node.names[0].name
+        for node in ast.walk(ast.parse(inspect.getsource(optim)))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+    ]
+    assert not [m for m in imported if m.split(".")[0] == "kernels"], imported
+
+    class Own(Adam):
+        pass
+
+    class Params(dict):
+        adam_class = Own
+
+    assert type(Adam({"p": np.zeros(1)})) is Adam
+    assert type(Adam(Params(p=np.zeros(1)))) is Own
 
 
 # ------------------------------------------------------------------------------ stability, dtypes, determinism

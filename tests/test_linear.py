@@ -311,3 +311,22 @@ def test_identity_command_end_to_end(tiny_mnist, tmp_path, capsys):
     const = report["results"]["constant map (mean digit)"]["test digits"]["relative"]
     assert 0.9 < const < 1.2
     assert (out / "identity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_command_lives_in_linear_cli_and_answers_to_minivae_linear():
+    """minivae.linear is the model and its closed form; the command is minivae.linear_cli, whose
+    names minivae.linear still gives (``python -m minivae.linear`` runs it)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from minivae import linear_cli
+
+    for name in ("main", "parse_args", "run", "summarize", "plot_spectrum", "describe", "table_row", "HOLD"):
+        assert getattr(linear, name) is getattr(linear_cli, name)
+    with pytest.raises(AttributeError):
+        linear.no_such_name  # noqa: B018 - the attribute access is the test
+    code = "import sys, minivae.linear; print('minivae.linear_cli' in sys.modules)"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert r.stdout.strip() == "False", r.stderr

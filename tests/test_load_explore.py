@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import minivae
-from minivae import explore, metrics, runs, train
+from minivae import checkpoint, explore, files, metrics, runs, train
 from minivae.backend import available_backends
 from minivae.data import binarize, load_mnist
 from minivae.optim import Adam
@@ -51,9 +51,9 @@ def saved_model(folder, backend, dtype="float32", latent=3, hidden=(8,), data_di
         opt.step(vae.backward())
     config = {"latent": latent, "hidden": list(hidden), "seed": 3, "beta": 1.0, "backend": backend}
     folder.mkdir()
-    train.atomic_write_text(folder / "config.json", json.dumps(config))
+    files.atomic_write_text(folder / "config.json", json.dumps(config))
     state = json.dumps(np.random.default_rng(5).bit_generator.state)
-    train.save_checkpoint(folder / "checkpoint.npz", vae, opt, np.random.default_rng(1), state, 1, 0, config)
+    checkpoint.save(folder / "checkpoint.npz", vae, opt, np.random.default_rng(1), state, 1, 0, config)
     return vae
 
 
@@ -87,7 +87,7 @@ def test_load_of_a_trained_run_reproduces_its_test_loss(tmp_path):
     test −ELBO the run wrote for its last epoch, to the last bit."""
     out = trained_run(tmp_path / "run", latent=4, backend=FAST[-1])
     vae = minivae.load(out, backend=FAST[-1])
-    row = train.read_jsonl(out / "metrics.jsonl")[-1]
+    row = files.read_jsonl(out / "metrics.jsonl")[-1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample
         data = load_mnist(None, 256, seed=0)

@@ -87,7 +87,7 @@ class GraphedStep:
 
     def __call__(self, x, eps=None):
         opt, cupy = self.opt, self.cupy
-        # Checked as by the eager engine: a (B, 1) x would otherwise broadcast into the buffer.
+        # Checked as by the fast model's forward: a (B, 1) x would otherwise broadcast into the buffer.
         x = checks.batch("x", x, self.eng.D, self.eng.dtype, unit=True)
         if len(x) != self.B:
             raise ValueError(f"this step was captured for batch size {self.B}, got {len(x)}")

@@ -1,4 +1,4 @@
-"""``CupyOps``: the ops object of :mod:`kernels.reference` on CuPy arrays.
+"""``CupyOps``: the ops object (:class:`kernels.reference.Ops`) on CuPy arrays.
 
 Matrix products go to cuBLAS (``cupy.matmul`` with ``out=``), or with ``own_gemm=True`` to the
 tiled GEMM of :mod:`kernels.cupy.sources` (``matmul_v3``): CuPy refuses cuBLAS calls while a
@@ -36,7 +36,7 @@ def _blocks(n, threads, cap=4096):
 
 
 class CupyOps:
-    """The ops of :mod:`kernels.reference` as CuPy kernels and cuBLAS (float32)."""
+    """The ops of :class:`kernels.reference.Ops` as CuPy kernels and cuBLAS (float32)."""
 
     name = "cupy"
 

@@ -12,7 +12,7 @@ NumPy oracle of :mod:`kernels.reference`, and a benchmark under ``python -m``.
 ``bernoulli_nll.py``   per-example Bernoulli NLL from logits and its gradient
 ``adam.py``            one Adam step over the flat parameter buffer
 ``noise.py``           ε ~ N(0, I) on the device: Philox4x32-10 and Box–Muller (the cpu-fused stream)
-``ops.py``             ``NumbaCudaOps``: the ops object (see :mod:`kernels.reference`)
+``ops.py``             ``NumbaCudaOps``: the ops object (:class:`kernels.reference.Ops`)
 =====================  ==========================================================================
 
 Every file runs on the CUDA simulator too (``NUMBA_ENABLE_CUDASIM=1``), which is how the tests

@@ -149,8 +149,7 @@ def matmul_v3_kernel(ta, tb):
                     for c in range(TN):
                         acc[r, c] = float32(0)
                 for k0 in range(0, K, BK):
-                    # Stage a BM×BK tile of op(a): NT3 threads, BM·BK/NT3 elements each,
-                    # consecutive threads on consecutive addresses of a.
+                    # Stage a BM×BK tile of op(a), BM·BK/NT3 elements a thread, on consecutive addresses of a.
                     for e in range(t, BM * BK, NT3):
                         if TA:  # a is (K, M): contiguous along i
                             kk, r = e // BM, e % BM
@@ -161,8 +160,7 @@ def matmul_v3_kernel(ta, tb):
                             As[kk, r] = a[k, i] if TA else a[i, k]
                         else:
                             As[kk, r] = float32(0)
-                    # Stage a BK×BN tile of op(b) the same way.
-                    for e in range(t, BK * BN, NT3):
+                    for e in range(t, BK * BN, NT3):  # stage a BK×BN tile of op(b) the same way
                         if TB:  # b is (N, K): contiguous along k
                             c, kk = e // BK, e % BK
                         else:  # b is (K, N): contiguous along j

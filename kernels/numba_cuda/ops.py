@@ -1,4 +1,4 @@
-"""``NumbaCudaOps``: the ops object of :mod:`kernels.reference` on the kernels of this package.
+"""``NumbaCudaOps``: the ops object (:class:`kernels.reference.Ops`) on the kernels of this package.
 
 Arrays are Numba device arrays (``numba.cuda.device_array``); every op launches one kernel on the
 default stream. ``matmul`` uses v3 (register-blocked tiles) unless ``matmul_version`` says
@@ -14,7 +14,7 @@ from kernels.numba_cuda import adam, bernoulli_nll, bias_act, colsum, matmul, no
 
 
 class NumbaCudaOps:
-    """The ops of :mod:`kernels.reference` as Numba-CUDA kernels (float32)."""
+    """The ops of :class:`kernels.reference.Ops` as Numba-CUDA kernels (float32)."""
 
     name = "numba-cuda"
 

@@ -1,0 +1,371 @@
+"""The command of the linear Gaussian VAE (:mod:`minivae.linear`): train it, compare it with its
+closed form, and gather the results of several runs into a table and a figure.
+
+The command
+-----------
+``python -m minivae.linear --latent Z --sigma2 S --data-dir DIR --out OUT`` trains the model on
+the training digits and writes ``OUT/result.json``: the trained test ELBO beside the exact test
+log-likelihood, active units beside k, W's singular values beside (λ_i − σ²)^½, and the collapse.
+``python -m minivae.linear --summarize DIR`` gathers the ``result.json`` files in DIR's subfolders
+into ``DIR/table.md`` and the figure ``DIR/spectrum.png``. As for the main job, everything is
+checked before the first step — the options, the data, the memory the model needs, ``--out`` made
+and written into (a lock on ``--out/.lock``) — and bad input is one line and exit code 2; a run
+that fails (a full disk, a diverging loss) is one line and exit 1, each file whole or not written.
+
+``python -m minivae.linear`` runs this module's :func:`main` (so do ``minivae-linear`` and
+``python -m minivae.linear_cli``).
+
+How it trains, and why so: Adam on mini-batches of 256 grey digits, float32, the exact ELBO;
+b starts at the data mean (its optimum; learning it from 0 through noisy gradients is slow, and an
+offset b − x̄ is absorbed into W Wᵀ as extra variance along the mean); log s² learns 10 times faster
+than W, V, b, c (see :func:`minivae.linear.fit`); the learning rate 3e-3 is held for 30% of the
+steps, then decays geometrically to 3e-5 (Adam's jitter of size ~lr in W costs ~‖δW μ‖²/2σ² nats,
+which at σ² = 0.01 is several nats until the rate is small). The weak directions are the slow ones: a direction with
+λ_i barely above σ² gets a gradient that is small beside the mini-batch noise of the strong ones,
+and λ₁/σ² is 51 at σ² = 0.1 but 512 at σ² = 0.01 — which is why σ² = 0.01 needs many more steps.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from minivae import linear, metrics
+from minivae.cli import (
+    EXIT_FAILED,
+    Parser,
+    UsageError,
+    check_memory,
+    non_negative_int,
+    path,
+    positive_float,
+    positive_int,
+    program,
+    require_folder,
+    run_command,
+    say,
+    say_data,
+)
+from minivae.data import DataError, binarize, load_mnist
+from minivae.files import WriteError, atomic_write, atomic_write_text
+from minivae.guards import OutFolder
+
+HOLD = 0.3  # the command holds its learning rate for this fraction of the steps, then decays it
+
+
+def parse_args(argv=None):
+    p = Parser(
+        prog=program("minivae.linear", "minivae-linear"),
+        usage="%(prog)s --latent Z --sigma2 S2 --out DIR [options]\n       %(prog)s --summarize DIR",
+        description="Train the linear Gaussian VAE on MNIST grey values and compare it with "
+        "its closed-form optimum (probabilistic PCA).",
+    )
+    needed = " (required, unless --summarize)"
+    p.add_argument("--latent", type=positive_int, default=None, help="latent dimension Z" + needed)
+    p.add_argument("--sigma2", type=positive_float, default=None, help="the decoder's fixed variance σ²" + needed)
+    p.add_argument(
+        "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default the download cache)"
+    )
+    p.add_argument("--out", type=path, default=None, help="output folder" + needed)
+    p.add_argument("--steps", type=positive_int, default=3000, help="Adam steps")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size")
+    p.add_argument(
+        "--lr",
+        type=positive_float,
+        default=3e-3,
+        help="Adam learning rate, held for the first 30%% of the steps",
+    )
+    p.add_argument(
+        "--lr-final",
+        type=positive_float,
+        default=3e-5,
+        help="learning rate at the last step, reached geometrically",
+    )
+    p.add_argument(
+        "--s2-lr-factor",
+        type=positive_float,
+        default=10.0,
+        help="log s² learns this many times faster than W, V, b, c",
+    )
+    p.add_argument(
+        "--estimator",
+        choices=("exact", "sample"),
+        default="exact",
+        help="the expected reconstruction term by formula (exact) or by one sample",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="training precision; evaluation is always float64",
+    )
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights and the data order")
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits (default all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
+    p.add_argument(
+        "--summarize",
+        type=path,
+        default=None,
+        metavar="DIR",
+        help="instead of training: gather DIR/*/result.json into DIR/table.md and DIR/spectrum.png",
+    )
+    return p.parse_args(argv)
+
+
+def memory_needed(data_dim, latent, n_train, n_test, batch_size, dtype):
+    """Bytes the command needs at its peak, roughly (an upper estimate): the model's P ≈ 2·D·Z
+    parameters with their gradients and Adam's moments in ``dtype``, a step's arrays, the float64
+    copies of W and V the evaluation makes (the exact ELBO, the SVD, log p(x)) with the test
+    digits' codes, and the digits with their covariance and its eigenvectors."""
+    D, Z, size = data_dim, latent, np.dtype(dtype).itemsize
+    P = 2 * D * Z + D + 2 * Z
+    training = 4 * P * size + 6 * batch_size * (D + Z) * size
+    evaluation = 3 * P * 8 + n_test * Z * (2 * size + 3 * 8) + 3 * 1000 * (D + Z) * 8
+    digits = 2 * (n_train + n_test) * D * 4 + 4 * D * D * 8
+    return training + evaluation + digits
+
+
+def run(args):
+    """Check the options, load the digits, check the memory and make ``--out`` — all before the
+    first step — then train, compare and write result.json. Returns the exit code."""
+    if args.summarize is not None:
+        return summarize(args.summarize, quiet=args.quiet)
+    if args.latent is None or args.sigma2 is None or args.out is None:
+        raise UsageError("--latent, --sigma2 and --out are required (or --summarize DIR)")
+    OutFolder(args.out, "--out").check()
+    if args.data_dir is not None:
+        require_folder(args.data_dir, "--data-dir")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fallback to the offline sample is said in `source`
+        try:
+            data = load_mnist(args.data_dir, args.limit, seed=args.seed)
+        except (DataError, ValueError) as e:
+            raise UsageError(str(e)) from None
+    (n_train, D), n_test = data.train_x.shape, len(data.test_x)
+    check_memory(
+        memory_needed(D, args.latent, n_train, n_test, args.batch_size, args.dtype),
+        f"this run (a linear VAE of Z = {args.latent}: {2 * D * args.latent:,} weights, {args.dtype})",
+    )
+    with OutFolder(args.out, "--out", "linear run"):
+        try:
+            return _train_and_write(args, data)
+        except FloatingPointError as e:
+            print(f"minivae.linear: {e}; lower --lr", file=sys.stderr)
+        except WriteError as e:  # a full disk: nothing half-written, the old result.json kept
+            print(f"minivae.linear: {e}", file=sys.stderr)
+        except MemoryError:
+            print(f"minivae.linear: out of memory (Z = {args.latent})", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _train_and_write(args, data):
+    say_data(data, args.quiet)
+    train_x = binarize(data.train_x, "none")  # grey values in [0, 1]
+    test_x = binarize(data.test_x, "none")
+    show = not args.quiet and sys.stderr.isatty()
+
+    wall0 = time.perf_counter()
+    mean, lam, U = linear.spectrum(train_x)
+    model = linear.LinearVAE(
+        train_x.shape[1], args.latent, args.sigma2, seed=args.seed, dtype=args.dtype, estimator=args.estimator
+    )
+    model.params["b"][...] = mean  # start the decoder's bias at the data mean (its optimum, below)
+    t0 = time.perf_counter()
+    history = linear.fit(
+        model,
+        train_x,
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.lr_final,
+        np.random.default_rng([args.seed, 2]),
+        progress=show,
+        desc=f"Z={args.latent} σ²={args.sigma2:g}",
+        hold=HOLD,
+        fast_params=("logs2",),
+        fast_factor=args.s2_lr_factor,
+    )
+    train_s = time.perf_counter() - t0
+    result = linear.compare(model, train_x, test_x, mean, lam, U)
+    config = {
+        k: (str(v) if isinstance(v, pathlib.Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("quiet", "summarize", "out")
+    }
+    every = max(1, len(history) // 100)
+    result.update(
+        config=config,
+        data=data.source,
+        train_seconds=train_s,
+        wall_seconds=time.perf_counter() - wall0,
+        loss_curve=[[i + 1, float(f"{history[i]:.6g}")] for i in range(0, len(history), every)],
+    )
+    atomic_write_text(args.out / "result.json", json.dumps(result, indent=1) + "\n")
+    if not args.quiet:
+        say(*describe(result))
+    return 0
+
+
+def _maybe(value, spec):
+    """A number as ``spec`` formats it; None (no direction above the noise floor) as a dash."""
+    return "–" if value is None else format(value, spec)
+
+
+def describe(r):
+    """The result as a few lines of text, trained beside closed form."""
+    return [
+        f"Z={r['latent']}  σ²={r['sigma2']:g}  k=#{{λ>σ²}}={r['k']}  q=min(Z,k)={r['q']}",
+        f"test ELBO {r['test_elbo']:.2f}  exact test log-likelihood {r['exact_test_ll']:.2f}  "
+        f"gap {r['test_gap']:.2f} nats/digit (train ELBO {r['train_elbo']:.2f} vs {r['exact_train_ll']:.2f})",
+        f"  trained model's own log p(x) {r['model_test_ll']:.2f} (posterior gap {r['posterior_gap']:.3f})",
+        f"active units {r['active_units']} (predicted {r['predicted_active_units']}), collapsed "
+        f"{r['collapsed_units']} (predicted {r['predicted_collapsed']}; Z−q = {r['z_minus_q']})",
+        f"singular values of W vs (λ−σ²)^½: median rel. error {_maybe(r['sv_median_rel_error'], '.2g')}, "
+        f"max abs error {r['sv_max_abs_error']:.2g}",
+        f"training {r['train_seconds']:.0f} s",
+    ]
+
+
+TABLE_HEAD = (
+    "| σ² | Z | steps | k | test ELBO | exact test log p | gap | trained log p | active (pred.) "
+    "| collapsed (pred.) | σ(W) median rel. err. | σ(W) max abs err. |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+)
+
+
+def table_row(r):
+    return (
+        f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['k']} | {r['test_elbo']:.2f} | "
+        f"{r['exact_test_ll']:.2f} | {r['test_gap']:.2f} | {r['model_test_ll']:.2f} | "
+        f"{r['active_units']} ({r['predicted_active_units']}) | "
+        f"{r['collapsed_units']} ({r['predicted_collapsed']}) | "
+        f"{_maybe(r['sv_median_rel_error'], '.3f')} | "
+        f"{r['sv_max_abs_error']:.3f} |\n"
+    )
+
+
+def summarize(folder, quiet=False):
+    """DIR/*/result.json → DIR/table.md and DIR/spectrum.png."""
+    folder = pathlib.Path(folder)
+    require_folder(folder, "--summarize")
+    paths = sorted(folder.glob("*/result.json"))
+    if not paths:
+        raise UsageError(f"no */result.json in {folder}")
+    results = [_read_result(p, folder) for p in paths]
+    results.sort(key=lambda r: (r["sigma2"], r["latent"], r["config"]["steps"]))
+    table = TABLE_HEAD + "".join(table_row(r) for r in results)
+    with OutFolder(folder, "--summarize", "summary"):
+        try:
+            atomic_write_text(folder / "table.md", table)
+            plot_spectrum(results, folder / "spectrum.png")
+        except WriteError as e:
+            print(f"minivae.linear: {e}", file=sys.stderr)
+            return EXIT_FAILED
+    if not quiet:
+        say(table.rstrip("\n"))
+    return 0
+
+
+def _read_result(path, folder):
+    """One result.json, checked to hold what the table and the figure read."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the results in {folder}: {e}") from None
+    try:
+        table_row(r)
+        for key in ("eigenvalues", "singular_values", "var_mu_sorted", "kl_per_unit_sorted"):
+            np.asarray(r[key], np.float64)  # the figure's numbers
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path} is not a result of python -m minivae.linear ({type(e).__name__}: {e})") from None
+    return r
+
+
+def plot_spectrum(results, path):
+    """Per σ², one column: the data's eigenvalues with σ² and the learned σ² + s_i(W)² on top;
+    below, per-unit KL and Var_x μ_u sorted, for each Z, with the closed form."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    longest = {}  # per (σ², Z) the run with the most steps
+    for r in results:
+        key = (r["sigma2"], r["latent"])
+        if key not in longest or r["config"]["steps"] > longest[key]["config"]["steps"]:
+            longest[key] = r
+    results = list(longest.values())
+    sig = sorted({r["sigma2"] for r in results})
+    fig, axes = plt.subplots(2, len(sig), figsize=(5.2 * len(sig), 7.5), squeeze=False)
+    for j, s2v in enumerate(sig):
+        rs = sorted((r for r in results if r["sigma2"] == s2v), key=lambda r: r["latent"])
+        lam = np.array(rs[0]["eigenvalues"])
+        k = linear.n_above(lam, s2v)
+        _plot_eigenvalues(axes[0, j], rs, lam, k, s2v)
+        _plot_units(axes[1, j], rs, lam, k, s2v)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))  # whole, or not at all
+
+
+_COLORS = {100: "tab:green", 784: "tab:orange", 1000: "tab:blue"}  # per Z
+
+
+def _plot_eigenvalues(ax, rs, lam, k, s2v):
+    """The data's eigenvalues λ_i, σ² and k, and each run's σ² + s_i(W)²."""
+    i = np.arange(1, len(lam) + 1)
+    ax.semilogy(i, np.maximum(lam, 1e-12), "k-", lw=1.5, label="data eigenvalues λ_i")
+    ax.axhline(s2v, color="r", ls="--", lw=1, label=f"σ² = {s2v:g}")
+    ax.axvline(k, color="r", ls=":", lw=1)
+    ax.text(k, lam[0], f" k = {k}", color="r", va="top")
+    for r in rs:
+        sv = np.array(r["singular_values"])
+        ax.semilogy(
+            np.arange(1, len(sv) + 1),
+            sv**2 + s2v,
+            ".",
+            ms=2.5,
+            color=_COLORS.get(r["latent"], None),
+            label=f"σ² + s_i(W)², Z = {r['latent']}",
+        )
+    ax.set_ylim(max(1e-6, lam[lam > 0].min() / 2), lam[0] * 3)
+    ax.set_xlim(0, 1000)
+    ax.set_xlabel("index i (sorted)")
+    ax.set_title(f"σ² = {s2v:g}: eigenvalues and the learned decoder")
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def _plot_units(ax, rs, lam, k, s2v):
+    """Each run's per-unit KL and Var_x μ_u, sorted, beside the optimum's KL_i = ½ log(λ_i/σ²)."""
+    q_all = np.arange(1, k + 1)
+    ax.semilogy(q_all, 0.5 * np.log(lam[:k] / s2v), "k--", lw=1, label="KL_i = ½ log(λ_i/σ²), optimum")
+    for r in rs:
+        kl = np.maximum(np.array(r["kl_per_unit_sorted"]), 1e-6)
+        vm = np.maximum(np.array(r["var_mu_sorted"]), 1e-6)
+        c = _COLORS.get(r["latent"], None)
+        u = np.arange(1, len(kl) + 1)
+        ax.semilogy(u, kl, "-", color=c, lw=1.5, label=f"KL per unit, Z = {r['latent']}")
+        ax.semilogy(u, vm, ":", color=c, lw=1.2, label=f"Var_x μ_u, Z = {r['latent']}")
+    ax.axhline(metrics.ACTIVE_THRESHOLD, color="gray", lw=0.8)
+    ax.axvline(k, color="r", ls=":", lw=1)
+    ax.set_ylim(1e-5, 10)
+    ax.set_xlim(0, 1000)
+    ax.set_xlabel("latent unit (sorted)")
+    ax.set_title("per unit, sorted: collapse beyond k")
+    ax.legend(fontsize=6.5, loc="lower left", ncol=1)
+
+
+def main(argv=None):
+    return run_command("minivae.linear", run, parse_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
