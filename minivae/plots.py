@@ -329,8 +329,10 @@ def learning_curves(path, rows):
         ax.set_xlabel("Adam steps")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
-    axes[1].set_yscale("log")
-    axes[2].set_yscale("log")
+    for ax in axes[1:]:  # a log axis where the counts span a factor of 10 or more, else plain
+        lo, hi = ax.dataLim.y0, ax.dataLim.y1
+        if lo > 0 and hi >= 10 * lo:
+            ax.set_yscale("log")
     if vae:
         lo = min(min(p["test_loss"] for r in g for p in r.get("curve", [])[-3:]) for g in vae.values())
         axes[0].set_ylim(lo - 5, lo + 60)
