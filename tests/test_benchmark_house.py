@@ -1,6 +1,6 @@
 """The benchmark scripts as commands and as code: every option has a help text that gives its
-default, a bad value is one line and exit code 2, and no function in benchmarks/ is longer than
-:data:`MAX_LINES` lines (each long procedure is split into named steps)."""
+default, and a bad value is one line and exit code 2 (the length of their functions is checked
+with the package's in tests/test_function_length.py)."""
 
 import argparse
 import ast
@@ -13,8 +13,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("throughput", "kernels", "gpu_check")  # the benchmark commands in benchmarks/
-MAX_LINES = 60
-CHECKED_FOLDERS = ("benchmarks",)  # the folders whose functions are held to MAX_LINES
 
 
 def _script(name):
@@ -71,32 +69,6 @@ def test_kernels_bad_values_are_one_line_and_exit_2(bad, capsys):
         code = e.code
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
-
-
-def _long_functions(folder):
-    """(file, function, lines) of every function or method in ``folder``'s Python files longer
-    than MAX_LINES lines, decorators and docstring included."""
-    out = []
-    for path in sorted((ROOT / folder).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-                lines = node.end_lineno - first + 1
-                if lines > MAX_LINES:
-                    out.append((str(path.relative_to(ROOT)), node.name, lines))
-    return out
-
-
-@pytest.mark.parametrize("folder", CHECKED_FOLDERS)
-def test_no_function_is_longer_than_sixty_lines(folder):
-    assert _long_functions(folder) == []
-
-
-def test_the_length_check_sees_a_long_function(tmp_path, monkeypatch):
-    (tmp_path / "long").mkdir()
-    (tmp_path / "long" / "f.py").write_text("def f():\n" + "    x = 1\n" * MAX_LINES + "\n\ndef g():\n    pass\n")
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    assert _long_functions("long") == [("long/f.py", "f", MAX_LINES + 1)]
 
 
 def test_gpu_check_starts_without_numpy():
