@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also as `python benchmarks/kernels.py`
+
 from benchmarks import machine
 from minivae import cli
 from minivae.files import atomic_write_text

@@ -82,3 +82,19 @@ def test_gpu_check_starts_without_numpy():
         [sys.executable, "-c", code, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_each_script_runs_as_a_file_from_anywhere_and_says_its_version(name, tmp_path):
+    import minivae
+
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stdout.strip().endswith(minivae.__version__)
