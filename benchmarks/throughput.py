@@ -876,8 +876,8 @@ if __name__ == "__main__":
     try:
         main()
     except cli.UsageError as e:
-        print(f"throughput: error: {e}", file=sys.stderr)
+        print(f"{cli.command_name(PROG)}: error: {e}", file=sys.stderr)
         sys.exit(cli.EXIT_USAGE)
     except KeyboardInterrupt:
-        print("throughput: interrupted; nothing was written", file=sys.stderr)
+        print(f"{cli.command_name(PROG)}: interrupted; nothing was written", file=sys.stderr)
         sys.exit(cli.EXIT_INTERRUPTED)

@@ -28,9 +28,11 @@ def program(module, script):
 
 def command_name(prog):
     """The name a command's messages start with: ``minivae.train`` for ``python -m minivae.train``
-    and for its console script ``minivae-train``."""
+    and for its console script ``minivae-train``; ``benchmarks.throughput`` for a script."""
     if prog.startswith("python -m "):
         return prog[len("python -m ") :]
+    if prog.startswith("python ") and prog.endswith(".py"):  # a script: python benchmarks/throughput.py
+        return prog[len("python ") : -len(".py")].replace("/", ".")
     return prog.replace("-", ".", 1) if prog.startswith("minivae-") else prog
 
 

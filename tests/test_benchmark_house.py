@@ -98,3 +98,15 @@ def test_each_script_runs_as_a_file_from_anywhere_and_says_its_version(name, tmp
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stdout.strip().endswith(minivae.__version__)
+
+
+def test_a_script_error_has_the_commands_prefix(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--bogus"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["benchmarks.throughput: error: unrecognized arguments: --bogus"]
