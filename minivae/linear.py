@@ -411,6 +411,38 @@ def spectrum(x, batch_size=10000):
     return mean, np.clip(lam[::-1], 0.0, None), U[:, ::-1]
 
 
+def moment_points(mean, lam, U, dtype="float32", rtol=1e-12):
+    """r + 1 points with the data's mean x̄ and covariance S: a full batch in r + 1 rows.
+
+    Why it is exact: with the ``exact`` estimator the per-example loss of :class:`LinearVAE` (and
+    of :class:`LinearAE`) is a quadratic function of x — μ = V x + c is linear in x, the Gaussian
+    NLL and the KL are quadratic in x and μ — and so is its gradient with respect to every
+    parameter. The mean of a quadratic over any set of points depends only on the set's mean and
+    covariance. So the mean loss and gradient over these r + 1 points *are* the mean loss and
+    gradient over all N training digits, and a step on them is a full-batch step (no mini-batch
+    noise) at the cost of r + 1 examples instead of N (r = rank S = 712 for MNIST, N = 60,000).
+
+    The construction: S = L Lᵀ with L = U_r Λ_r^½ (D, r), r = #{λ_i > rtol·λ₁}. H (r+1, r) has
+    orthonormal columns orthogonal to the all-ones vector (the Helmert basis: column j is
+    (1, …, 1, −j, 0, …, 0)/√(j(j+1)) with j ones). The points are the rows of
+
+        P = x̄ + √(r+1) · H Lᵀ        (r+1, D)
+
+    Their mean is x̄ (1ᵀH = 0) and their covariance (1/(r+1)) Σ_j (r+1) L h_j h_jᵀ Lᵀ = L HᵀH Lᵀ = S.
+    Dropping the directions with λ_i ≤ rtol·λ₁ changes S by at most D·rtol·λ₁.
+    """
+    lam = np.asarray(lam, np.float64)
+    r = int((lam > rtol * lam[0]).sum()) if len(lam) and lam[0] > 0 else 0
+    L = np.asarray(U, np.float64)[:, :r] * np.sqrt(lam[:r])  # (D, r)
+    H = np.zeros((r + 1, r))
+    for j in range(1, r + 1):  # column j − 1: j ones, then −j
+        H[:j, j - 1] = 1.0
+        H[j, j - 1] = -float(j)
+        H[:, j - 1] /= math.sqrt(j * (j + 1))
+    points = np.asarray(mean, np.float64) + math.sqrt(r + 1) * (H @ L.T)  # (r+1, D)
+    return points.astype(dtype)
+
+
 def n_above(lam, sigma2):
     """k = #{i : λ_i > σ²}: the directions a pPCA model with noise σ² explains with a latent."""
     return int((np.asarray(lam) > sigma2).sum())

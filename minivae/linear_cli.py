@@ -74,7 +74,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--out", type=path, default=None, help="output folder" + needed)
     p.add_argument("--steps", type=positive_int, default=3000, help="Adam steps")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="mini-batch size")
+    p.add_argument(
+        "--batch-size",
+        type=batch_size,
+        default=256,
+        help="mini-batch size, or 'full': every step on the whole training set, exactly, through "
+        "D + 1 points with its mean and covariance (minivae.linear.moment_points)",
+    )
     p.add_argument(
         "--lr",
         type=positive_float,
@@ -118,6 +124,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def batch_size(text):
+    """--batch-size: a positive integer or "full"."""
+    return "full" if text == "full" else positive_int(text)
+
+
 def memory_needed(data_dim, latent, n_train, n_test, batch_size, dtype):
     """Bytes the command needs at its peak, roughly (an upper estimate): the model's P ≈ 2·D·Z
     parameters with their gradients and Adam's moments in ``dtype``, a step's arrays, the float64
@@ -149,7 +160,9 @@ def run(args):
             raise UsageError(str(e)) from None
     (n_train, D), n_test = data.train_x.shape, len(data.test_x)
     check_memory(
-        memory_needed(D, args.latent, n_train, n_test, args.batch_size, args.dtype),
+        memory_needed(
+            D, args.latent, n_train, n_test, D + 1 if args.batch_size == "full" else args.batch_size, args.dtype
+        ),
         f"this run (a linear VAE of Z = {args.latent}: {2 * D * args.latent:,} weights, {args.dtype})",
     )
     with OutFolder(args.out, "--out", "linear run"):
@@ -176,12 +189,16 @@ def _train_and_write(args, data):
         train_x.shape[1], args.latent, args.sigma2, seed=args.seed, dtype=args.dtype, estimator=args.estimator
     )
     model.params["b"][...] = mean  # start the decoder's bias at the data mean (its optimum, below)
+    fit_x, batch = train_x, args.batch_size
+    if batch == "full":  # the exact full-data gradient at the cost of r + 1 ≤ D + 1 examples
+        fit_x = linear.moment_points(mean, lam, U, dtype=args.dtype)
+        batch = len(fit_x)
     t0 = time.perf_counter()
     history = linear.fit(
         model,
-        train_x,
+        fit_x,
         args.steps,
-        args.batch_size,
+        batch,
         args.lr,
         args.lr_final,
         np.random.default_rng([args.seed, 2]),
@@ -233,15 +250,16 @@ def describe(r):
 
 
 TABLE_HEAD = (
-    "| σ² | Z | steps | k | test ELBO | exact test log p | gap | trained log p | active (pred.) "
+    "| σ² | Z | steps | batch | k | test ELBO | exact test log p | gap | trained log p | active (pred.) "
     "| collapsed (pred.) | σ(W) median rel. err. | σ(W) max abs err. |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
 )
 
 
 def table_row(r):
     return (
-        f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['k']} | {r['test_elbo']:.2f} | "
+        f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['config']['batch_size']} | {r['k']} | "
+        f"{r['test_elbo']:.2f} | "
         f"{r['exact_test_ll']:.2f} | {r['test_gap']:.2f} | {r['model_test_ll']:.2f} | "
         f"{r['active_units']} ({r['predicted_active_units']}) | "
         f"{r['collapsed_units']} ({r['predicted_collapsed']}) | "
@@ -258,7 +276,7 @@ def summarize(folder, quiet=False):
     if not paths:
         raise UsageError(f"no */result.json in {folder}")
     results = [_read_result(p, folder) for p in paths]
-    results.sort(key=lambda r: (r["sigma2"], r["latent"], r["config"]["steps"]))
+    results.sort(key=lambda r: (r["sigma2"], r["latent"], r["config"]["steps"], str(r["config"]["batch_size"])))
     table = TABLE_HEAD + "".join(table_row(r) for r in results)
     with OutFolder(folder, "--summarize", "summary"):
         try:

@@ -135,6 +135,39 @@ def test_at_the_optimum_the_elbo_is_the_exact_log_likelihood(latent, rng):
     assert np.allclose(np.linalg.svd(model.params["W"], compute_uv=False)[:q], np.sqrt(LAM[:q] - SIGMA2))
 
 
+@pytest.mark.parametrize("cls", [linear.LinearVAE, linear.LinearAE])
+def test_moment_points_give_the_full_data_loss_and_gradient(cls, rng):
+    """r + 1 points with the data's mean and covariance: the mean loss and every gradient over
+    them equal those over all N examples (float64), for data of rank r < D too."""
+    x = rng.random((300, 4)) @ rng.standard_normal((4, 6)) + rng.standard_normal(6)  # rank 4 in D = 6
+    mean, lam, U = linear.spectrum(x)
+    points = linear.moment_points(mean, lam, U, dtype="float64")
+    assert points.shape == (5, 6)
+    assert np.allclose(points.mean(axis=0), x.mean(axis=0), atol=1e-12)
+    assert np.allclose(np.cov(points.T, bias=True), np.cov(x.T, bias=True), atol=1e-10)
+    model = _random_model(cls, rng, **({"sigma2": 0.3} if cls is linear.LinearVAE else {}))
+    full_loss, full_grads = model.forward(x), model.backward()
+    assert model.forward(points) == pytest.approx(full_loss, rel=1e-12)
+    for k, g in model.backward().items():
+        assert np.allclose(g, full_grads[k], rtol=1e-9, atol=1e-12), k
+
+
+def test_full_batch_training_beats_mini_batches():
+    """On moment points a step is a full-data step: no mini-batch noise, so the same schedule ends
+    nearer the optimum than mini-batches of 20 (the data have 500 examples)."""
+    x, _ = synthetic(n=500)
+    mean, lam, U = linear.spectrum(x)
+    points = linear.moment_points(mean, lam, U, dtype="float64")
+    ends = {}
+    for name, data, batch in (("full", points, len(points)), ("mini", x, 20)):
+        model = linear.LinearVAE(5, 8, SIGMA2, seed=0, dtype="float64", init_std=0.1)
+        linear.fit(
+            model, data, 1500, batch, 0.05, 5e-4, np.random.default_rng(0), fast_params=("logs2",), fast_factor=5
+        )
+        ends[name] = model.neg_elbo(x).mean() + linear.ppca_train_log_likelihood(lam, SIGMA2, 8)  # the gap
+    assert 0 <= ends["full"] < 0.002 and ends["full"] < ends["mini"] / 3, ends
+
+
 def test_training_reaches_the_closed_form():
     """Z = 8 > D = 5: Adam lands on pPCA — ELBO = exact log-likelihood, k = 3 units active,
     Z − k = 5 collapsed, W's singular values (λ_i − σ²)^½."""
@@ -232,9 +265,20 @@ def test_command_writes_result_and_summary(tiny_mnist, tmp_path, capsys):
     assert len(r["kl_per_unit_sorted"]) == 900 and len(r["eigenvalues"]) == 784
     assert linear.main(["--summarize", str(out)]) == 0
     table = (out / "table.md").read_text()
-    assert table.count("\n") == 4 and "| 0.1 | 900 | 30 |" in table
+    assert table.count("\n") == 4 and "| 0.1 | 900 | 30 | 100 |" in table
     assert (out / "spectrum.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| 0.1 | 3 | 30 |" in capsys.readouterr().out
+    assert "| 0.1 | 3 | 30 | 100 |" in capsys.readouterr().out
+
+
+def test_command_trains_on_the_full_batch(tiny_mnist, tmp_path):
+    """--batch-size full: every step sees the whole training set through its moment points."""
+    out = tmp_path / "full"
+    args = ["--latent", "5", "--sigma2", "0.1", "--data-dir", str(tiny_mnist), "--out", str(out)]
+    assert linear.main(args + ["--steps", "20", "--batch-size", "full", "--quiet"]) == 0
+    r = json.loads((out / "result.json").read_text())
+    assert r["config"]["batch_size"] == "full"
+    assert len(r["loss_curve"]) == 20 and all(math.isfinite(v) for _, v in r["loss_curve"])
+    assert r["loss_curve"][-1][1] < r["loss_curve"][0][1]
 
 
 @pytest.mark.parametrize(
@@ -246,6 +290,7 @@ def test_command_writes_result_and_summary(tiny_mnist, tmp_path, capsys):
         ["--latent", "x", "--sigma2", "0.1"],
         ["--latent", "10"],
         ["--latent", "10", "--sigma2", "0.1", "--steps", "0"],
+        ["--latent", "10", "--sigma2", "0.1", "--batch-size", "fool"],
         ["--latent", "10", "--sigma2", "0.1", "--data-dir", "MISSING"],
         ["--summarize", "MISSING"],
     ],
