@@ -257,7 +257,8 @@ def _fit_all(args, mlps, train_x, show, say):
 def _fit_mlp(args, model, train_x, show, name):
     """``--epochs`` whole epochs of Adam on fresh Bernoulli draws of the grey digits (dynamic
     binarization: each epoch draws the digits, then the order, from one generator); the last
-    batch's loss. A diverged model is measured like the others: no stop at a non-finite loss."""
+    batch's loss. A model that diverges stops at its first non-finite loss, keeping its last
+    finite parameters, and is measured like the others."""
     steps = args.epochs * math.ceil(len(train_x) / args.batch_size)
     rng = np.random.default_rng([args.seed, 2])
     kw = dict(rng=rng, progress=show, desc=name, binarization="dynamic", check_finite=False)

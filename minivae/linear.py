@@ -99,8 +99,7 @@ import sys
 
 import numpy as np
 
-from minivae import losses, metrics
-from minivae.data import batches, binarize
+from minivae import loop, losses, metrics
 from minivae.optim import Adam
 
 LOG_2PI = math.log(2 * math.pi)
@@ -321,11 +320,9 @@ def fit(
 ):
     """Adam on shuffled mini-batches of x for ``steps`` steps; returns the loss of every step.
 
-    The one training loop of the models here and of :mod:`minivae.identity`'s (the linear
-    autoencoder, the MLP autoencoder and the MLP VAE): ``model`` is anything with ``params``,
-    ``forward(x)`` and ``backward()``, and ``minivae.Adam(model.params)`` steps it. Each epoch
-    draws from ``rng`` first a fresh binarization of x when ``binarization`` is "dynamic"
-    (:func:`minivae.data.binarize`; None trains on x itself), then the order of its mini-batches.
+    ``model`` (here, or :mod:`minivae.identity`'s) has ``params``, ``forward(x)``, ``backward()``;
+    ``minivae.Adam(model.params)`` steps it. Each epoch draws from ``rng`` a binarization of x
+    (``binarization`` "dynamic"; None trains on x itself), then the order of its mini-batches.
 
     The learning rate stays at ``lr`` for the first ``hold`` fraction of the steps, then decays
     geometrically to ``lr_final`` at the last step (constant when ``lr_final`` is None). The
@@ -334,52 +331,77 @@ def fit(
     (the prior) to log(σ²/λ₁), about −6.2 for MNIST's top direction at σ² = 0.01, which at
     lr = 3e-3 alone takes 2,000 steps while W cannot grow until s² has shrunk.
 
-    A loss that is not finite raises FloatingPointError, unless ``check_finite`` is False.
+    The steps are :func:`minivae.loop.run_epoch`'s, with this schedule and stop passed in. A loss
+    that is not finite raises FloatingPointError, or with ``check_finite`` False ends the history
+    and the training (the model keeps its last finite parameters).
     """
+    if steps == 0:
+        return []
     rng = np.random.default_rng(0) if rng is None else rng
-    opt, opt_fast = _optimizers(model.params, lr, fast_params, fast_factor)
-    ratio = 1.0 if lr_final is None else lr_final / lr
-    start = int(hold * steps)  # the first step of the decay
+    opt = _optimizer(model.params, lr, fast_params, fast_factor)
     bar = _progress_bar(steps, desc) if progress else None
     history = []
-    while len(history) < steps:
-        x_epoch = x if binarization is None else binarize(x, binarization, rng)
-        for idx in batches(len(x), batch_size, rng):
-            t = len(history)
-            if t == steps:
-                break
-            opt.lr = lr * ratio ** (max(t - start, 0) / max(steps - 1 - start, 1))
-            loss = model.forward(x_epoch[idx])
-            if check_finite and not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {t + 1}")
-            _update(model.backward(), opt, opt_fast, fast_factor)
+
+    def after_step(step, loss, size, seconds):
+        history.append(loss)
+        if bar is not None:
+            bar.update(1)
+            if len(history) % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.1f}")
+        return len(history) == steps  # the budget is spent: stop
+
+    lr_at = _hold_then_decay(lr, lr_final, hold, steps)
+    for _, _, x_epoch, order in loop.epochs(x, binarization, batch_size, rng):
+        _, loss, why = loop.run_epoch(model, opt, x_epoch, order, after_step, lr_at=lr_at)
+        if why == "diverged":
+            if check_finite:
+                raise FloatingPointError(f"loss became {loss} at step {len(history) + 1}")
             history.append(loss)
-            if bar is not None:
-                bar.update(1)
-                if len(history) % 50 == 0:
-                    bar.set_postfix(loss=f"{loss:.1f}")
+        if why != "end":
+            break
     if bar is not None:
         bar.close()
     return history
 
 
-def _optimizers(params, lr, fast_params, fast_factor):
-    """Adam over ``params`` (the class they name: a fast model's flat ones get FastAdam) and None;
-    with ``fast_params``, one Adam over the others and one at ``fast_factor`` times the rate."""
+def _hold_then_decay(lr, lr_final, hold, steps):
+    """t ↦ the rate after t updates: ``lr`` for the first ``hold`` fraction of the steps, then
+    geometrically down to ``lr_final`` at the last step (constant when ``lr_final`` is None)."""
+    ratio = 1.0 if lr_final is None else lr_final / lr
+    start = int(hold * steps)  # the first step of the decay
+    return lambda t: lr * ratio ** (max(t - start, 0) / max(steps - 1 - start, 1))
+
+
+def _optimizer(params, lr, fast_params, fast_factor):
+    """Adam over ``params`` (the class they name: a fast model's flat ones get FastAdam); with
+    ``fast_params``, a :class:`_SplitAdam`."""
     fast = {k: p for k, p in params.items() if k in fast_params}
     if not fast:
-        return Adam(params, lr=lr), None
-    return Adam({k: p for k, p in params.items() if k not in fast}, lr=lr), Adam(fast, lr=lr * fast_factor)
+        return Adam(params, lr=lr)
+    return _SplitAdam({k: p for k, p in params.items() if k not in fast}, fast, lr, fast_factor)
 
 
-def _update(grads, opt, opt_fast, fast_factor):
-    """One Adam step of each optimizer of :func:`_optimizers`, the fast one at its factor of the rate."""
-    if opt_fast is None:
-        opt.step(grads)  # a fast model's flat gradients go to its FastAdam as they are
-        return
-    opt.step({k: g for k, g in grads.items() if k not in opt_fast.params})
-    opt_fast.lr = opt.lr * fast_factor
-    opt_fast.step({k: grads[k] for k in opt_fast.params})
+class _SplitAdam:
+    """Two Adams that step as one: ``fast`` at ``factor`` times the rate of the others."""
+
+    def __init__(self, params, fast, lr, factor):
+        self.slow, self.fast, self.factor = Adam(params, lr=lr), Adam(fast, lr=lr * factor), factor
+
+    @property
+    def t(self):
+        return self.slow.t
+
+    @property
+    def lr(self):
+        return self.slow.lr
+
+    @lr.setter
+    def lr(self, value):
+        self.slow.lr, self.fast.lr = value, value * self.factor
+
+    def step(self, grads):
+        self.slow.step({k: g for k, g in grads.items() if k not in self.fast.params})
+        self.fast.step({k: grads[k] for k in self.fast.params})
 
 
 def _progress_bar(steps, desc):

@@ -74,13 +74,8 @@ def parse_args(argv=None):
     )
     p.add_argument("--out", type=path, default=None, help="output folder" + needed)
     p.add_argument("--steps", type=positive_int, default=3000, help="Adam steps")
-    p.add_argument(
-        "--batch-size",
-        type=batch_size,
-        default=256,
-        help="mini-batch size, or 'full': every step on the whole training set, exactly, through "
-        "D + 1 points with its mean and covariance (minivae.linear.moment_points)",
-    )
+    full = "or 'full': the whole training set each step, through its moment points"
+    p.add_argument("--batch-size", type=batch_size, default=256, help=f"mini-batch size, {full}")
     p.add_argument(
         "--lr",
         type=positive_float,

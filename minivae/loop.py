@@ -1,5 +1,6 @@
-"""The training loop, written once: the main job (:mod:`minivae.train`) and the latent-size study
-(:mod:`minivae.sweep`) both run it.
+"""The training loop, written once: the main job (:mod:`minivae.train`), the latent-size study
+(:mod:`minivae.sweep`) and the small models (:func:`minivae.linear.fit`: the linear VAE and
+autoencoder, :mod:`minivae.identity`'s models) all run it.
 
     for each epoch:
         x_epoch = binarize(train_x, mode, data_rng)      dynamic: a fresh Bernoulli draw each epoch
@@ -30,12 +31,13 @@ from minivae.data import batches, binarize
 def epochs(train_x, mode, batch_size, data_rng, first=1, last=None):
     """Yield ``(epoch, start, x_epoch, order)`` for epochs ``first``, ``first`` + 1, … ``last`` (for
     ever when None): the state of ``data_rng`` at the epoch's start (a checkpoint saves it to
-    replay an interrupted epoch), the epoch's binarization of ``train_x`` and its shuffled
-    mini-batches (index arrays, drawn as they are taken), both from ``data_rng``, in that order."""
+    replay an interrupted epoch), the epoch's binarization of ``train_x`` (``mode`` None: ``train_x``
+    itself, as it is) and its shuffled mini-batches (index arrays, drawn as they are taken), both
+    from ``data_rng``, in that order."""
     epoch = first
     while last is None or epoch <= last:
         start = data_rng.bit_generator.state
-        x_epoch = binarize(train_x, mode, data_rng)
+        x_epoch = train_x if mode is None else binarize(train_x, mode, data_rng)
         yield epoch, start, x_epoch, batches(len(train_x), batch_size, data_rng)
         epoch += 1
 

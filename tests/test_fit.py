@@ -1,5 +1,5 @@
-"""One training loop for the small models: :func:`minivae.linear.fit` trains the linear VAE, the
-linear autoencoder and :mod:`minivae.identity`'s MLP models.
+"""One training loop: :func:`minivae.linear.fit` trains the linear VAE, the linear autoencoder and
+:mod:`minivae.identity`'s MLP models through :func:`minivae.loop.run_epoch`, the main job's loop.
 
 Each case runs a few hundred digits for a few steps through ``linear.fit`` and through a plain
 re-implementation of the loop it replaced (``linear.fit`` as it was, and identity's own MLP loop),
@@ -135,4 +135,19 @@ def test_a_non_finite_loss_stops_the_loop_unless_told_not_to(digits):
 
     with pytest.raises(FloatingPointError, match="step 1"):
         linear.fit(Diverging(784, 4), digits, 3, 100, 1e-3)
-    assert len(linear.fit(Diverging(784, 4), digits, 3, 100, 1e-3, check_finite=False)) == 3
+    model = Diverging(784, 4)
+    before = {k: p.copy() for k, p in model.params.items()}
+    history = linear.fit(model, digits, 3, 100, 1e-3, check_finite=False)
+    assert len(history) == 1 and math.isnan(history[0])  # stopped at the first non-finite loss
+    same(before, model.params)  # ... which updated nothing
+
+
+def test_the_small_models_train_through_the_main_loop(digits, monkeypatch):
+    """linear.fit takes its steps through loop.run_epoch, the loop of the main job and the study."""
+    from minivae import loop
+
+    calls = []
+    real = loop.run_epoch
+    monkeypatch.setattr(loop, "run_epoch", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    assert len(linear.fit(linear.LinearAE(784, 4), digits, 7, 100, 1e-3)) == 7
+    assert len(calls) == 3  # 300 digits in batches of 100: epochs of 3, 3 and 1 steps
