@@ -358,15 +358,6 @@ def _progress_bar(total, name, wanted):
     )
 
 
-def file_md5(path):
-    """Hex MD5 of a file, read in chunks."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def find_in_cache(cache, name, md5, idx_md5=None):
     """The copy of the file ``name`` in ``cache`` that can be trusted: ``(path, None)``, else
     ``(None, (file, why))`` — the file that failed and a word or two on why.
