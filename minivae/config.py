@@ -1,4 +1,5 @@
-"""A run's options, typed and checked once: :class:`RunConfig`, and the sweep's :class:`Progress`.
+"""A run's options, typed and checked once: :class:`RunConfig`; a sweep's run as its worker gets it,
+:class:`SweepRun`; and how far a sweep's run is, :class:`Progress`.
 
 A training run's ``config.json`` (and the ``config`` array of its ``checkpoint.npz``) is
 :meth:`RunConfig.to_json`; :meth:`RunConfig.from_json` reads it back, every value checked, for
@@ -235,3 +236,63 @@ class Progress:
 
     def to_json(self):
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep, as its worker gets it: what to train (the model, Z, the hidden widths,
+    the seed, the backend), the study's settings that every run of it shares, and where it writes.
+
+    ``settings`` is the key of those settings (:func:`minivae.sweep.settings_of`): with the run's
+    tag it names the run's files, and it tags its results. With ``budgets`` the run is a budget
+    curve (:func:`minivae.sweep.run_budgets`): ``steps`` is None, ``budget_keys`` holds each
+    budget's settings key and ``budgets_done`` those whose results exist already. ``init_from``
+    is the settings' name of a warm start's source, ``warm_start`` its folder. ``probe`` and
+    ``iw_check`` (K' importance samples) are the measurements of a final model only.
+    """
+
+    model: str
+    latent: int
+    hidden: tuple
+    seed: int
+    backend: str
+    out: str
+    settings: str
+    steps: int | None
+    batch_size: int
+    lr: float
+    binarize: str
+    limit: int | None
+    data_dir: str | None
+    iw_samples: int
+    iw_examples: int
+    lr_schedule: str = "constant"
+    decay_frac: float = DECAY_FRAC
+    init_from: str | None = None
+    budgets: tuple = ()
+    budget_keys: tuple = ()
+    budgets_done: tuple = ()
+    iw_check: int | None = None
+    keep_models: bool = False
+    warm_start: str | None = None
+    probe: bool = True
+    threads: int | None = None
+
+    def __post_init__(self):
+        for name in ("hidden", "budgets", "budget_keys", "budgets_done"):
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def file(self, suffix=".npz"):
+        """The name of one of the run's files under ``runs/`` (:func:`minivae.study.run_file`)."""
+        from minivae.study import run_file
+
+        return run_file(self.row_fields(), suffix)
+
+    def row_fields(self):
+        """The fields a results row shares with the run: what :func:`minivae.study.run_key` reads."""
+        return {"model": self.model, "latent": self.latent, "hidden": list(self.hidden), "seed": self.seed} | {
+            "settings": self.settings
+        }

@@ -39,7 +39,7 @@ import numpy as np
 from minivae import checkpoint, cli, loop, mechanism, metrics
 from minivae.checkpoint import CheckpointError
 from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
-from minivae.config import Progress, RunConfig
+from minivae.config import Progress, RunConfig, SweepRun
 from minivae.data import D, binarize_fixed
 from minivae.files import (
     WriteError,
@@ -51,7 +51,7 @@ from minivae.files import (
     write_jsonl,
 )
 from minivae.guards import FolderLock, watch_parent
-from minivae.schedule import DECAY_FRAC, decay_start, schedule
+from minivae.schedule import decay_start, schedule
 from minivae.study import budget_report, kl90, report, run_file, run_key
 
 NAME = "minivae.sweep"  # what its messages start with
@@ -201,21 +201,21 @@ def _curve_point(model, test_x, seed, step):
 def _marks(cfg, total):
     """The steps a run's curve is measured at: :func:`curve_steps`, and step 0 for a warm start
     (the model it starts from, as embedded)."""
-    return ([0] if cfg.get("warm_start") else []) + curve_steps(total)
+    return ([0] if cfg.warm_start else []) + curve_steps(total)
 
 
 def _setup(cfg):
     """The model, its optimizer, the digits and the test digits as the run measures them."""
-    if cfg.get("threads"):
+    if cfg.threads:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(cfg["threads"])
+        threadpool_limits(cfg.threads)
     from minivae.data import load_mnist
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
-        data = load_mnist(cfg["data_dir"], cfg["limit"], seed=0)  # the same digits for every seed
-    return (*_new_model(cfg), data, binarize_fixed(data.test_x, cfg["binarize"]))
+        data = load_mnist(cfg.data_dir, cfg.limit, seed=0)  # the same digits for every seed
+    return (*_new_model(cfg), data, binarize_fixed(data.test_x, cfg.binarize))
 
 
 def _new_model(cfg):
@@ -224,41 +224,41 @@ def _new_model(cfg):
     from minivae.optim import Adam
     from minivae.vae import VAE
 
-    kind = VAE if cfg["model"] == "vae" else AE
-    model = kind(D, cfg["latent"], tuple(cfg["hidden"]), seed=cfg["seed"], backend=cfg["backend"])
-    if cfg.get("warm_start"):  # a trained smaller VAE, its extra units at the prior (minivae.mechanism)
+    kind = VAE if cfg.model == "vae" else AE
+    model = kind(D, cfg.latent, tuple(cfg.hidden), seed=cfg.seed, backend=cfg.backend)
+    if cfg.warm_start:  # a trained smaller VAE, its extra units at the prior (minivae.mechanism)
         from minivae.runs import load
 
-        small = load(cfg["warm_start"], backend=cfg["backend"])
-        model = mechanism.embedded(small, cfg["latent"], seed=cfg["seed"])
-    return model, Adam(model.params, lr=cfg["lr"])
+        small = load(cfg.warm_start, backend=cfg.backend)
+        model = mechanism.embedded(small, cfg.latent, seed=cfg.seed)
+    return model, Adam(model.params, lr=cfg.lr)
 
 
 def _files(cfg):
     """(progress file for a watcher, resume checkpoint) of a run: runs/<tag>-<settings>.*"""
-    runs = pathlib.Path(cfg["out"]) / "runs"
+    runs = pathlib.Path(cfg.out) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    return runs / run_file(cfg, ".partial.json"), runs / run_file(cfg, ".resume.npz")
+    return runs / cfg.file(".partial.json"), runs / cfg.file(".resume.npz")
 
 
 def run_one(cfg):
-    """Train and evaluate one model for ``cfg["steps"]`` Adam steps at the rate schedule of
+    """Train and evaluate one model for ``cfg.steps`` Adam steps at the rate schedule of
     ``cfg``; save its arrays for the figures; return its results row, with the learning curve
-    measured at :func:`curve_steps`. With ``cfg["budgets"]``, the budget curve of the model
+    measured at :func:`curve_steps`. With ``cfg.budgets``, the budget curve of the model
     instead (:func:`run_budgets`): a list of rows, one per budget.
 
-    Runs in a worker process: everything it needs is in the plain dict ``cfg``. The row is also
+    Runs in a worker process: everything it needs is in ``cfg``, a :class:`minivae.config.SweepRun`. The row is also
     written to runs/<tag>-<settings>.row.json as soon as it exists, so that a sweep killed before
     it could take it in finds it there."""
-    if cfg.get("budgets"):
+    if cfg.budgets:
         return run_budgets(cfg)
     model, opt, data, test_x = _setup(cfg)
     partial, resume = _files(cfg)
     t0 = time.perf_counter()
-    lr_at = schedule(cfg["steps"], cfg["lr"], cfg.get("lr_schedule", "constant"), cfg.get("decay_frac", DECAY_FRAC))
+    lr_at = schedule(cfg.steps, cfg.lr, cfg.lr_schedule, cfg.decay_frac)
     try:
-        marks = _marks(cfg, cfg["steps"])
-        trained = _train(model, opt, data, test_x, cfg, (partial, resume), cfg["steps"], marks, lr_at)
+        marks = _marks(cfg, cfg.steps)
+        trained = _train(model, opt, data, test_x, cfg, (partial, resume), cfg.steps, marks, lr_at)
         row = _finish_row(model, data, test_x, cfg, trained, time.perf_counter() - t0)
     finally:  # a run that stops, however, leaves no progress file saying it is under way
         partial.unlink(missing_ok=True)
@@ -267,7 +267,7 @@ def run_one(cfg):
 
 
 def run_budgets(cfg):
-    """The budget curve of one model: for each budget T of ``cfg["budgets"]`` (ascending), the
+    """The budget curve of one model: for each budget T of ``cfg.budgets`` (ascending), the
     model trained with the wsd schedule of T updates and evaluated — the rows a straight run of
     each budget would give, value for value, for about 1 + f of the largest budget's steps.
 
@@ -275,11 +275,11 @@ def run_budgets(cfg):
     (:mod:`minivae.schedule`). So one constant-rate *trunk* runs on from budget to budget, saving
     its whole state at each S (runs/<tag>-<settings>.resume.npz); from each, a *branch* — a copy
     of that state — decays the rate to 0 over the last T − S updates and is measured. A budget
-    whose row is in ``cfg["budgets_done"]`` gets no branch (and the trunk no stop there). An
+    whose row is in ``cfg.budgets_done`` gets no branch (and the trunk no stop there). An
     interrupted curve continues from the trunk's last checkpoint (saved every RESUME_EVERY steps
     and at every S)."""
-    f = cfg["decay_frac"]
-    trunk_marks = sorted({m for t in cfg["budgets"] for m in _marks(cfg, t) if m <= decay_start(t, f)})
+    f = cfg.decay_frac
+    trunk_marks = sorted({m for t in cfg.budgets for m in _marks(cfg, t) if m <= decay_start(t, f)})
     model, opt, data, test_x = _setup(cfg)
     files = _files(cfg)
     try:
@@ -292,20 +292,20 @@ def run_budgets(cfg):
 
 def _trunk_and_branches(cfg, model, opt, data, test_x, files, trunk_marks):
     """The loop of :func:`run_budgets`: the trunk to each budget's S, and that budget's branch."""
-    budgets, f = cfg["budgets"], cfg["decay_frac"]
+    budgets, f = cfg.budgets, cfg.decay_frac
     rows = []
-    for total, key in zip(budgets, cfg["budget_keys"], strict=True):
+    for total, key in zip(budgets, cfg.budget_keys, strict=True):
         start = decay_start(total, f)
-        if key in cfg.get("budgets_done", ()):
+        if key in cfg.budgets_done:
             continue  # the trunk passes through its S without stopping
         trunk = _train(model, opt, data, test_x, cfg, files, start, trunk_marks, None, keep_end=True)
         t0 = time.perf_counter()
-        one = dict(cfg, steps=total, settings=key, lr_schedule="wsd", budgets=None)
+        one = cfg.replace(steps=total, settings=key, lr_schedule="wsd", budgets=())
         if total != budgets[-1]:  # the larger-K estimate and the probes (minutes at large Z): final model only
-            one.update(iw_check=None, probe=False)
+            one = one.replace(iw_check=None, probe=False)
         branch, branch_opt = _new_model(one)  # given the trunk's state at S by _train, from its checkpoint
         marks = _marks(cfg, total)
-        lr_at = schedule(total, cfg["lr"], "wsd", f)
+        lr_at = schedule(total, cfg.lr, "wsd", f)
         trained = _train(branch, branch_opt, data, test_x, one, (None, files[1]), total, marks, lr_at, trunk=cfg)
         trained["curve"] = [p for p in trunk["curve"] if p["step"] in marks and p["step"] <= start] + trained["curve"]
         trained["wall_before"] = trunk["wall_before"]
@@ -317,13 +317,13 @@ def _finish_row(model, data, test_x, cfg, trained, seconds):
     """The results row of a trained run (also saved as runs/<tag>-<settings>.row.json)."""
     t0 = time.perf_counter()
     row = _measure(model, data, test_x, cfg)
-    curve, step, bs = trained["curve"], trained["step"], cfg["batch_size"]
+    curve, step, bs = trained["curve"], trained["step"], cfg.batch_size
     gain = curve[-2]["test_loss"] - curve[-1]["test_loss"] if len(curve) >= 2 and not trained["diverged"] else None
     row = {
-        "model": cfg["model"],
-        "latent": cfg["latent"],
-        "hidden": list(cfg["hidden"]),
-        "seed": cfg["seed"],
+        "model": cfg.model,
+        "latent": cfg.latent,
+        "hidden": list(cfg.hidden),
+        "seed": cfg.seed,
         "steps": step,
         "epochs": round(step * bs / len(data.train_x), 2),
         **row,
@@ -335,11 +335,11 @@ def _finish_row(model, data, test_x, cfg, trained, seconds):
         "backend": model.backend,
         "diverged": trained["diverged"],
         "data": data.source,
-        "settings": cfg["settings"],
+        "settings": cfg.settings,
     }
-    if cfg.get("keep_models") and cfg["model"] == "vae":
+    if cfg.keep_models and cfg.model == "vae":
         _keep_model(model, cfg, row)
-    atomic_write_text(pathlib.Path(cfg["out"]) / "runs" / run_file(cfg, ".row.json"), json.dumps(row) + "\n")
+    atomic_write_text(pathlib.Path(cfg.out) / "runs" / cfg.file(".row.json"), json.dumps(row) + "\n")
     return row
 
 
@@ -347,15 +347,15 @@ def _keep_model(model, cfg, row):
     """The trained VAE as a run folder, models/<tag>-<settings>/, in the main job's format (its
     config.json and a checkpoint.npz of the parameters): ``minivae.load`` and ``minivae.explore``
     open it."""
-    folder = pathlib.Path(cfg["out"]) / "models" / run_file(cfg, "")
+    folder = pathlib.Path(cfg.out) / "models" / cfg.file("")
     folder.mkdir(parents=True, exist_ok=True)
-    options = {k: cfg[k] for k in ("latent", "hidden", "seed", "lr", "binarize", "data_dir", "limit")}
+    options = {k: getattr(cfg, k) for k in ("latent", "hidden", "seed", "lr", "binarize", "data_dir", "limit")}
     config = RunConfig(
         **options,
         beta=1.0,
         backend=model.backend,
-        lr_schedule=cfg.get("lr_schedule", "constant"),
-        extra={"steps": row["steps"], "sweep_settings": cfg["settings"]},
+        lr_schedule=cfg.lr_schedule,
+        extra={"steps": row["steps"], "sweep_settings": cfg.settings},
     ).to_json(KEPT)
     checkpoint.save_params(folder / "checkpoint.npz", model, config)
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
@@ -363,7 +363,7 @@ def _keep_model(model, cfg, row):
 
 def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=False, trunk=None):
     """Adam steps of the training loop (:mod:`minivae.loop`) up to step ``until``, the rate set by
-    ``lr_at`` (None: the constant ``cfg["lr"]``), the learning curve measured at the steps
+    ``lr_at`` (None: the constant ``cfg.lr``), the learning curve measured at the steps
     ``marks`` (and written to the progress file ``files[0]`` for a watcher as it grows).
 
     Every :data:`RESUME_EVERY` steps, and at ``until`` when ``keep_end``, the whole state of the
@@ -373,7 +373,7 @@ def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=F
     the interruption. A branch of a budget curve (``trunk``: the trunk's cfg) starts from the
     trunk's checkpoint instead and saves none."""
     partial, resume = files
-    data_rng = np.random.default_rng([cfg["seed"], 2])
+    data_rng = np.random.default_rng([cfg.seed, 2])
     t0 = time.perf_counter()
     owner = trunk or cfg
     done, first, skip = _restore(resume, model, opt, data_rng, owner, len(data.train_x), until)
@@ -388,21 +388,19 @@ def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=F
         if step > 1:  # samples/s leaves out the first step (it loads compiled kernels)
             done["train_time"] += seconds
         if step in wanted:
-            done["curve"].append(_curve_point(model, test_x, cfg["seed"], step))
+            done["curve"].append(_curve_point(model, test_x, cfg.seed, step))
             if partial is not None:  # how far it is, for a watcher
                 atomic_write_text(partial, json.dumps(done["curve"]) + "\n")
         if trunk is None and ((step % RESUME_EVERY == 0 and step < until) or (keep_end and step == until)):
             state = dict(done, wall_before=done["wall_before"] + time.perf_counter() - t0)
-            config = {"settings": cfg["settings"], "tag": resume.name, "done": state}
+            config = {"settings": cfg.settings, "tag": resume.name, "done": state}
             checkpoint.save(resume, model, opt, data_rng, where["start"], where["epoch"] - 1, epoch_step, config)
         return step >= until
 
     if done["step"] == 0 and 0 in wanted and trunk is None:
-        done["curve"].append(_curve_point(model, test_x, cfg["seed"], 0))
+        done["curve"].append(_curve_point(model, test_x, cfg.seed, 0))
     if done["step"] < until:
-        for epoch, start, x_epoch, order in loop.epochs(
-            data.train_x, cfg["binarize"], cfg["batch_size"], data_rng, first
-        ):
+        for epoch, start, x_epoch, order in loop.epochs(data.train_x, cfg.binarize, cfg.batch_size, data_rng, first):
             where.update(epoch=epoch, start=json.dumps(start))
             skipped = skip if epoch == first else 0
             _, loss, why = loop.run_epoch(model, opt, x_epoch, order, after_step, skip=skipped, lr_at=lr_at)
@@ -411,7 +409,7 @@ def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=F
             if why != "end" or done["step"] >= until:
                 break
     time_s, steps_timed = done["train_time"], done["step"] - 1
-    done["samples_per_s"] = steps_timed * cfg["batch_size"] / time_s if time_s > 0 else float("nan")
+    done["samples_per_s"] = steps_timed * cfg.batch_size / time_s if time_s > 0 else float("nan")
     done["wall_before"] += time.perf_counter() - t0
     return done
 
@@ -428,10 +426,10 @@ def _restore(resume, model, opt, data_rng, cfg, n_train, until):
     try:
         ck = checkpoint.read(resume)
         record, epoch, step = checkpoint.check(ck, resume)
-        if record.get("settings") != cfg["settings"] or record.get("tag") != resume.name:
+        if record.get("settings") != cfg.settings or record.get("tag") != resume.name:
             raise ValueError("it holds another run")
         done = Progress.from_json(record.get("done")).to_json()
-        per_epoch = math.ceil(n_train / cfg["batch_size"])
+        per_epoch = math.ceil(n_train / cfg.batch_size)
         t = int(ck["opt/t"]) if "opt/t" in ck else -1
         if not 0 <= step <= per_epoch or done["step"] != epoch * per_epoch + step or t != done["step"]:
             raise ValueError(f"its position (epoch {epoch}, step {step}, {done['step']} steps) is impossible")
@@ -448,28 +446,28 @@ def _restore(resume, model, opt, data_rng, cfg, n_train, until):
 def _measure(model, data, test_x, cfg):
     """The trained model's measures on the test (and training) digits, and its arrays for the
     figures, saved as runs/<tag>.npz."""
-    train_x = binarize_fixed(data.train_x, cfg["binarize"])
-    rng = np.random.default_rng([cfg["seed"], 3])
+    train_x = binarize_fixed(data.train_x, cfg.binarize)
+    rng = np.random.default_rng([cfg.seed, 3])
     mu, logvar = metrics.posterior_means(model, test_x)  # the AE's codes, and None, for "ae"
     active, activity = metrics.active_units(mu)
     directions = metrics.latent_directions(mu)
-    if cfg["model"] == "vae":
+    if cfg.model == "vae":
         test = metrics.evaluate(model, test_x, rng, posterior=(mu, logvar))
         train = metrics.evaluate(model, train_x[: len(test_x)], rng)  # as many as test digits
-        n_iw = min(cfg["iw_examples"], len(test_x))
-        iw_nll = -metrics.iw_log_likelihood(model, test_x[:n_iw], cfg["iw_samples"], rng)
+        n_iw = min(cfg.iw_examples, len(test_x))
+        iw_nll = -metrics.iw_log_likelihood(model, test_x[:n_iw], cfg.iw_samples, rng)
         kl_dim = metrics.kl_per_dim(mu, logvar)
     else:
         test, train = ae_evaluate(model, test_x), ae_evaluate(model, train_x[: len(test_x)])
         n_iw, iw_nll, kl_dim = 0, None, np.zeros(model.latent)
     probe = {}
-    if cfg.get("probe", True):
+    if cfg.probe:
         probe = metrics.probe_accuracy(metrics.posterior_means(model, train_x)[0], data.train_y, mu, data.test_y)
 
     # What the figures need, small: sorted KL spectrum, variances along the principal directions,
     # reconstructions, decoded N(0, I) codes. The test digits themselves are not saved: they are
     # the data's, and the report is drawn with the data at hand.
-    fig_rng = np.random.default_rng([cfg["seed"], 5])
+    fig_rng = np.random.default_rng([cfg.seed, 5])
     arrays = {
         "kl_per_dim": np.sort(kl_dim)[::-1],
         "activity": activity,
@@ -477,15 +475,15 @@ def _measure(model, data, test_x, cfg):
         "reconstructions": model.reconstruct(test_x[:16]),
         "samples": model.sample(16, rng=fig_rng),
     }
-    atomic_write(pathlib.Path(cfg["out"]) / "runs" / run_file(cfg), lambda f: np.savez_compressed(f, **arrays))
-    extra = _mechanism(model, test_x, mu, logvar, activity, cfg, n_iw) if cfg["model"] == "vae" else {}
+    atomic_write(pathlib.Path(cfg.out) / "runs" / cfg.file(), lambda f: np.savez_compressed(f, **arrays))
+    extra = _mechanism(model, test_x, mu, logvar, activity, cfg, n_iw) if cfg.model == "vae" else {}
     return {
         **extra,
         "test_loss": test["loss"],
         "test_recon": test["recon"],
         "test_kl": test["kl"],
         "test_iw_nll": iw_nll,
-        "iw_samples": cfg["iw_samples"] if n_iw else None,
+        "iw_samples": cfg.iw_samples if n_iw else None,
         "iw_examples": n_iw,
         "train_loss": train["loss"],
         "gap": test["loss"] - train["loss"],
@@ -500,8 +498,8 @@ def _measure(model, data, test_x, cfg):
 def _mechanism(model, test_x, mu, logvar, activity, cfg, n_iw):
     """The measurements of :mod:`minivae.mechanism` on the trained VAE: the noise its unused units
     feed the decoder; the model pruned of them (Burda et al. 2015, §5.2), evaluated as the model
-    itself is; and, with ``cfg["iw_check"]`` = K', −log p(x) again with K' importance samples."""
-    rng = np.random.default_rng([cfg["seed"], 6])
+    itself is; and, with ``cfg.iw_check`` = K', −log p(x) again with K' importance samples."""
+    rng = np.random.default_rng([cfg.seed, 6])
     noise = mechanism.unused_noise(model, mu, logvar)
     out = {k: noise[k] for k in ("rows_inactive", "rows_active", "noise_inactive", "signal_active")}
     off = activity < metrics.ACTIVE_THRESHOLD
@@ -509,8 +507,8 @@ def _mechanism(model, test_x, mu, logvar, activity, cfg, n_iw):
     if off.any() and not off.all():
         small = mechanism.pruned(model, np.flatnonzero(~off))
         out["test_loss_pruned"] = metrics.evaluate(small, test_x, rng)["loss"]
-        out["test_iw_nll_pruned"] = -metrics.iw_log_likelihood(small, test_x[:n_iw], cfg["iw_samples"], rng)
-    k = cfg.get("iw_check")
+        out["test_iw_nll_pruned"] = -metrics.iw_log_likelihood(small, test_x[:n_iw], cfg.iw_samples, rng)
+    k = cfg.iw_check
     if k:
         batch = max(1, 20_000 // k)  # K · batch samples at a time
         out["test_iw_nll_check"] = -metrics.iw_log_likelihood(model, test_x[:n_iw], k, rng, batch_size=batch)
@@ -612,7 +610,7 @@ def _run_locked(args, backend):
         write_jsonl(results_path, old + rows)
     _take_in(args.out, set(per_budget), rows, old)  # rows the workers of a killed sweep left
     wanted = _runs(args, seeds, backend, {(r["settings"], run_key(r)) for r in rows}, settings, key, per_budget)
-    todo = [cfg for cfg in wanted if cfg.pop("todo")]
+    todo = [cfg for cfg, left in wanted if left]
     hidden = list(args.hidden)
     say(f"data: {data.source}")
     budget = (
@@ -659,24 +657,25 @@ def _study_keys(args, steps):
 
 
 def _runs(args, seeds, backend, done, settings, key, per_budget):
-    """The plain dicts handed to the workers, one per run, each with ``todo``: how many of its
+    """The runs handed to the workers (:class:`minivae.config.SweepRun`), each with how many of its
     results (budgets) are not in ``done`` yet. Seed by seed, the largest (slowest) sizes first: the
     first seed's results come in first, and the workers do not wait on one long run at the end."""
     chain = dict(settings, steps=None, budgets=list(args.budgets or ()))  # a budget curve's
+    shared = dict(chain, settings=_key(chain), budget_keys=per_budget) if args.budgets else dict(settings, settings=key)
     wanted = []
     for sd in seeds:
         for z in sorted(args.latents, reverse=True):
             for m in args.models:
-                run = dict(model=m, latent=z, hidden=list(args.hidden), seed=sd, backend=backend, out=str(args.out))
-                run.update(iw_check=args.iw_check, keep_models=args.keep_models)
-                run.update(warm_start=args.init_source["path"] if args.init_source else None)
-                have = [k for k in per_budget if (k, run_key(run)) in done]
+                run = SweepRun(
+                    model=m, latent=z, hidden=args.hidden, seed=sd, backend=backend, out=str(args.out), **shared
+                )
+                run = run.replace(iw_check=args.iw_check, keep_models=args.keep_models)
+                run = run.replace(warm_start=args.init_source["path"] if args.init_source else None)
+                run = run.replace(threads=1 if args.jobs > 1 else None)
+                have = [k for k in per_budget if (k, run_key(run.row_fields())) in done]
                 if args.budgets:
-                    run.update(chain, settings=_key(chain), budget_keys=per_budget, budgets_done=have)
-                else:
-                    run.update(settings, settings=key)
-                threads = 1 if args.jobs > 1 else None
-                wanted.append(dict(run, threads=threads, todo=len(per_budget) - len(have)))
+                    run = run.replace(budgets_done=have)
+                wanted.append((run, len(per_budget) - len(have)))
     return wanted
 
 
@@ -876,16 +875,16 @@ def _train_all(args, todo, rows, old, client, say, keys):
             if cfg is None:  # a while has passed: take in what finished budgets left
                 new = _take_in(args.out, keys, rows, old)
             elif isinstance(result, BaseException):
-                finished.add(run_key(cfg))
-                failed.append(f"{cfg['model']} Z={cfg['latent']}: {type(result).__name__}: {result}")
+                finished.add(run_key(cfg.row_fields()))
+                failed.append(f"{cfg.model} Z={cfg.latent}: {type(result).__name__}: {result}")
                 _warn(f"run {failed[-1]}")
                 new = _take_in(args.out, keys, rows, old)  # a budget curve's rows before it failed
             else:
-                finished.add(run_key(cfg))
+                finished.add(run_key(cfg.row_fields()))
                 new = _take_in(args.out, keys, rows, old, result if isinstance(result, list) else [result])
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(last=_name(cfg))
+                    bar.set_postfix(last=_name(cfg.row_fields()))
             for row in new:
                 say(
                     f"  {row['model']:>3} Z={row['latent']:<5} hidden {row['hidden']} seed {row['seed']}  "
@@ -893,9 +892,9 @@ def _train_all(args, todo, rows, old, client, say, keys):
                     f"directions {row['directions']:4d}  {row['wall_s']:6.1f} s"
                 )
     except KeyboardInterrupt:
-        left = [cfg for cfg in todo if run_key(cfg) not in finished]
+        left = [cfg for cfg in todo if run_key(cfg.row_fields()) not in finished]
         for cfg in left:  # a stopped run's progress file would say it is still going
-            (args.out / "runs" / run_file(cfg, ".partial.json")).unlink(missing_ok=True)
+            (args.out / "runs" / cfg.file(".partial.json")).unlink(missing_ok=True)
         raise KeyboardInterrupt(left) from None
     finally:
         if bar is not None:
@@ -948,7 +947,7 @@ def _execute(todo, jobs, client):
             max_workers=jobs,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(todo[0]["out"],),
+            initargs=(todo[0].out,),
         )
         futures = [ex.submit(_run_in_worker, cfg) for cfg in todo]
         cfg_of = {id(f): cfg for f, cfg in zip(futures, todo, strict=True)}
@@ -1026,7 +1025,7 @@ def _run_in_worker(cfg):
         return run_one(cfg)
     except KeyboardInterrupt:
         # its progress file would say the run is still going (a sweep still alive removes it too)
-        (pathlib.Path(cfg["out"]) / "runs" / run_file(cfg, ".partial.json")).unlink(missing_ok=True)
+        (pathlib.Path(cfg.out) / "runs" / cfg.file(".partial.json")).unlink(missing_ok=True)
         os._exit(128 + signal.SIGTERM)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from minivae import losses, mechanism, metrics, schedule, study, sweep, train
+from minivae.config import SweepRun
 from minivae.vae import VAE
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty cache
@@ -120,9 +121,9 @@ def _cfg(out, budgets=None, steps=8):
         settings, _ = sweep.settings_of(args, max(budgets))
         chain = dict(settings, steps=None, budgets=list(budgets))
         keys = [sweep.settings_of(args, t)[1] for t in budgets]
-        return dict(run, **chain, settings=sweep._key(chain), budget_keys=keys, budgets_done=[])
+        return SweepRun(**run, **chain, settings=sweep._key(chain), budget_keys=keys)
     settings, key = sweep.settings_of(args, steps)
-    return dict(run, **settings, settings=key)
+    return SweepRun(**run, **settings, settings=key)
 
 
 COMPARED = ("test_loss", "test_iw_nll", "train_loss", "curve", "active_units", "directions", "steps", "settings")
@@ -160,7 +161,7 @@ def test_an_interrupted_budget_curve_continues_exactly_and_skips_what_is_done(tm
     monkeypatch.setattr(sweep.loop, "run_epoch", real)
     first = json.loads(next((tmp_path / "cut" / "runs").glob("*.row.json")).read_text())
     assert first["steps"] == 4 and first["test_loss"] == whole[0]["test_loss"]
-    again = sweep.run_budgets(dict(cfg, budgets_done=[cfg["budget_keys"][0]]))
+    again = sweep.run_budgets(cfg.replace(budgets_done=[cfg.budget_keys[0]]))
     assert [r["steps"] for r in again] == [10]
     for k in COMPARED:
         assert again[0][k] == whole[1][k], k
@@ -284,7 +285,7 @@ def test_the_noise_of_unused_units_on_a_constructed_case():
 
 
 def test_the_sweep_records_the_mechanism_in_its_rows_and_curves(tmp_path):
-    cfg = dict(_cfg(tmp_path, steps=6), iw_check=7)
+    cfg = _cfg(tmp_path, steps=6).replace(iw_check=7)
     row = sweep.run_one(cfg)
     for k in ("rows_inactive", "rows_active", "noise_inactive", "signal_active", "pruned_units"):
         assert k in row

@@ -767,13 +767,13 @@ def fake_execute(template, diverged=False):
 
     def execute(todo, jobs, client):
         for cfg in todo:
-            done.append(cfg["latent"])
-            row = dict(template, latent=cfg["latent"], seed=cfg["seed"], settings=cfg["settings"])
+            done.append(cfg.latent)
+            row = dict(template, latent=cfg.latent, seed=cfg.seed, settings=cfg.settings)
             if diverged:
                 row.update(diverged="loss nan at step 2", test_loss=float("nan"), curve=[])
-            src = pathlib.Path(cfg["out"]) / "runs" / study.run_file(dict(cfg, latent=2, seed=0))
-            if src.exists() and cfg["latent"] != 2:
-                shutil.copy(src, src.parent / study.run_file(cfg))
+            src = pathlib.Path(cfg.out) / "runs" / cfg.replace(latent=2, seed=0).file()
+            if src.exists() and cfg.latent != 2:
+                shutil.copy(src, src.parent / cfg.file())
             yield cfg, row
 
     return execute, done

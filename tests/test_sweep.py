@@ -9,6 +9,7 @@ from gradcheck import numerical_grad, rel_error
 import minivae
 from minivae import metrics, study, sweep
 from minivae.ae import AE
+from minivae.config import SweepRun
 from minivae.data import load_offline_sample
 
 FIGURES = [
@@ -390,11 +391,10 @@ def test_autoencoder_on_the_fast_engine_equals_the_numpy_autoencoder():
 
 
 def _run_cfg(out, backend="numpy", steps=8):
-    """The plain dict run() hands a worker for one VAE run (Z = 3, hidden 16, 256 digits)."""
+    """The run run() hands a worker for one VAE run (Z = 3, hidden 16, 256 digits)."""
     args = sweep.parse_args(["--latents", "3", "--steps", str(steps), "--out", str(out)] + SMALL[2:])
     settings, key = sweep.settings_of(args, steps)
-    cfg = dict(settings, model="vae", latent=3, hidden=[16], seed=0, out=str(out), settings=key, threads=None)
-    return dict(cfg, backend=backend)
+    return SweepRun(**settings, model="vae", latent=3, hidden=[16], seed=0, out=str(out), settings=key, backend=backend)
 
 
 def _interrupt_after(monkeypatch, stop_at):
@@ -427,7 +427,7 @@ def test_an_interrupted_run_continues_from_its_checkpoint_exactly(tmp_path, monk
         _interrupt_after(m, stop_at)
         with pytest.raises(KeyboardInterrupt):
             sweep.run_one(cfg)
-    resume = tmp_path / "cut" / "runs" / study.run_file(cfg, ".resume.npz")
+    resume = tmp_path / "cut" / "runs" / cfg.file(".resume.npz")
     assert resume.exists()
     skips, real = [], sweep.loop.run_epoch
     monkeypatch.setattr(sweep.loop, "run_epoch", lambda *a, **k: (skips.append(k.get("skip", 0)), real(*a, **k))[1])
@@ -446,14 +446,14 @@ def test_a_checkpoint_of_other_settings_is_left_alone_and_one_that_lies_is_set_a
         _interrupt_after(m, 4)
         with pytest.raises(KeyboardInterrupt):
             sweep.run_one(other)
-    theirs = tmp_path / "runs" / study.run_file(other, ".resume.npz")
+    theirs = tmp_path / "runs" / other.file(".resume.npz")
     before = theirs.read_bytes()
     fresh = sweep.run_one(_run_cfg(tmp_path / "fresh"))
     row = sweep.run_one(_run_cfg(tmp_path))
     assert theirs.read_bytes() == before  # kept for its own run
     assert row["curve"] == fresh["curve"] and row["test_loss"] == fresh["test_loss"]
     # The other run's checkpoint under this run's name: refused, set aside, and the run starts over.
-    ours = tmp_path / "runs" / study.run_file(_run_cfg(tmp_path), ".resume.npz")
+    ours = tmp_path / "runs" / _run_cfg(tmp_path).file(".resume.npz")
     ours.write_bytes(before)
     capsys.readouterr()
     again = sweep.run_one(_run_cfg(tmp_path))

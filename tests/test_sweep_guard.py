@@ -27,6 +27,7 @@ from test_sweep import _interrupt_after
 
 from minivae import guards, study, sweep
 from minivae.cli import UsageError
+from minivae.config import SweepRun
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/conftest.py: no network, empty cache
 
@@ -253,11 +254,11 @@ def test_rows_left_in_row_files_are_taken_in_and_not_trained_again(study_copy, m
 
 
 def _run_cfg(out):
-    """The plain dict a worker gets for one VAE run of 8 steps (Z = 3, hidden 8, 256 digits, no probes)."""
+    """The run a worker gets for one VAE run of 8 steps (Z = 3, hidden 8, 256 digits, no probes)."""
     args = sweep.parse_args(["--latents", "3", "--limit", "256", "--steps", "8"] + SWEEP[6:] + ["--out", str(out)])
     settings, key = sweep.settings_of(args, 8)
-    cfg = dict(settings, model="vae", latent=3, hidden=[8], seed=0, out=str(out), settings=key, threads=None)
-    return dict(cfg, backend="numpy", probe=False)  # the probes are not what is compared
+    cfg = dict(settings, model="vae", latent=3, hidden=[8], seed=0, out=str(out), settings=key)
+    return SweepRun(**cfg, backend="numpy", probe=False)  # the probes are not what is compared
 
 
 @pytest.mark.parametrize(
@@ -279,7 +280,7 @@ def test_a_checkpoint_with_a_broken_progress_record_is_set_aside_and_the_run_sta
         _interrupt_after(m, 5)  # saved at step 3
         with pytest.raises(KeyboardInterrupt):
             sweep.run_one(cfg)
-    resume = tmp_path / "cut" / "runs" / study.run_file(cfg, ".resume.npz")
+    resume = tmp_path / "cut" / "runs" / cfg.file(".resume.npz")
     with np.load(resume) as f:
         arrays = {k: f[k] for k in f.files}
     config = json.loads(str(arrays["config"]))
