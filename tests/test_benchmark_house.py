@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("throughput", "kernels", "gpu_check")  # the benchmark commands in benchmarks/
+SCRIPTS = ("throughput", "kernels", "gpu_check", "roofline")  # the benchmark commands in benchmarks/
 
 
 def _script(name):

@@ -1,0 +1,142 @@
+"""benchmarks/roofline.py on tiny shapes: its byte and FLOP counts by hand, the parts it finds in a
+recorded step against the model's layers, its reading of a part against the roofs, and the command
+end to end with --quick (nothing it times is checked: benchmarks are never timed tests)."""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import roofline, throughput
+from kernels import gemm_cpu
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_product_and_adam_are_counted_by_hand():
+    # (2, 3) · (3, 4): 2·2·3·4 multiply-adds counted as two FLOPs each; 6 + 12 + 8 floats of 4 bytes.
+    assert roofline.product_cost(2, 3, 4) == (48, 104)
+    # Adam over 10 parameters: reads θ, g, m, v and writes θ, m, v (7 floats), 14 FLOPs each.
+    assert roofline.adam_cost(10) == (140, 280)
+    # A recorded call with a transposed operand: op(a) = aᵀ is (3, 2) · (2, 5) → (3, 5).
+    a, b, out = np.zeros((2, 3), np.float32), np.zeros((2, 5), np.float32), np.zeros((3, 5), np.float32)
+    assert roofline.cost("matmul", {"a": a, "b": b, "out": out, "ta": True, "tb": False}) == (60, 4 * (6 + 10 + 15))
+
+
+def test_passes_count_what_they_read_and_write():
+    B, N = 4, 6
+    y, bias = np.zeros((B, N), np.float32), np.zeros(N, np.float32)
+    assert roofline.cost("bias_act", {"a": y, "b": bias, "act": "relu", "out": y}) == (2 * B * N, 4 * (2 * B * N + N))
+    assert roofline.cost("colsum", {"dy": y, "out": bias}) == ((B - 1) * N, 4 * (B * N + N))
+    assert roofline.cost("act_backward", {"dy": y, "y": y, "act": "relu", "out": y}) == (B * N, 12 * B * N)
+
+
+def _parts(Z, hidden, B):
+    vae, opt, x = roofline.build_step(Z, hidden, B)
+    return vae, roofline.step_parts(vae, roofline.record_step(vae, opt, x))
+
+
+@pytest.mark.parametrize("hidden", [(8,), (8, 6)])
+def test_the_parts_are_every_op_of_the_step(hidden):
+    Z, B = 3, 4
+    vae, parts = _parts(Z, hidden, B)
+    L = len(hidden) + 1  # dense layers a side
+    ops = Counter(p["op"] for p in parts)
+    # Three products per layer (forward, ∂W, ∂x), but no ∂x for the data input: 6L − 1, eleven for one hidden layer.
+    assert ops["matmul"] == 6 * L - 1
+    assert ops["bias_act"] == ops["colsum"] == 2 * L
+    assert ops["act_backward"] == 2 * (L - 1)  # the hidden layers' ReLUs; the two last layers are linear
+    for op in ("standard_normal", "reparam_kl", "reparam_kl_backward", "bernoulli_nll", "adam"):
+        assert ops[op] == 1, op
+    assert len({p["part"] for p in parts}) == len(parts)  # every part named apart
+    products = [p for p in parts if p["kind"] == "product"]
+    assert sum(p["flops"] for p in products) == throughput.sizes(Z, hidden, B)["flops_per_step"]
+    (adam,) = [p for p in parts if p["kind"] == "Adam"]
+    assert adam["bytes"] == 28 * vae.engine.P and adam["flops"] == 14 * vae.engine.P
+
+
+def test_the_products_are_those_of_the_step_shapes():
+    Z, H, B = 3, 8, 4
+    _, parts = _parts(Z, (H,), B)
+    from benchmarks.kernels import shape_label
+
+    want = Counter(shape_label(*s) for s in gemm_cpu.step_shapes(Z, B=B, H=H))
+    assert Counter(p["shape"] for p in parts if p["kind"] == "product") == want
+    assert {p["impl"] for p in parts if p["kind"] == "product"} == {"OpenBLAS"}  # the tests have no choice table
+    names = [p["part"] for p in parts]
+    assert names[0] == "noise ε" and names[-1] == "Adam"
+    assert names.index("enc0 forward") < names.index("dec1 forward") < names.index("dec1 ∂W") < names.index("enc0 ∂W")
+
+
+def test_recording_a_step_changes_nothing():
+    """A recorded step computes what an unrecorded one does, and leaves the ops object as it was."""
+    a, opt_a, x = roofline.build_step(2, (8,), 4)
+    b, opt_b, _ = roofline.build_step(2, (8,), 4)
+    roofline.record_step(a, opt_a, x)
+    b.forward(x)
+    opt_b.step(b.backward())
+    assert a.last == b.last
+    np.testing.assert_array_equal(a.params.flat, b.params.flat)
+    assert not set(vars(a.engine.ops)) & set(roofline.OPS)  # no recorder left on the instance
+
+
+def test_a_part_is_read_against_its_roof():
+    roofs = {"peak_gflops": 100.0, "bandwidth_gbs": 10.0, "balance_flop_per_byte": 10.0}
+    part = {"part": "p", "kind": "product", "flops": 2e9, "bytes": 1e8, "call": None}  # 20 FLOP/byte
+    row = roofline.read_part(part, [0.04, 0.05, 0.06], 1, 0.1, roofs)
+    assert row["seconds"] == 0.05 and row["share"] == 0.5 and "call" not in row
+    assert row["bound"] == "compute" and row["gflops"] == pytest.approx(40.0)
+    assert row["fraction_of_roof"] == pytest.approx(0.4)  # 40 of the peak's 100 GFLOP/s
+    part = dict(part, flops=1e8)  # 1 FLOP/byte: below the balance
+    row = roofline.read_part(part, [0.05], 1, 0.05, roofs)
+    assert row["bound"] == "memory" and row["fraction_of_roof"] == pytest.approx(0.2)  # 2 of 10 GB/s
+
+
+def test_quick_run_writes_the_parts_and_the_machine(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "roofline.py"), "--quick", "--latents", "2", "--hidden", "16"]
+    cmd += ["--batch", "8", "--threads", "1", "--repeats", "2", "--settle", "0", "--stream-mib", "1"]
+    cmd += ["--stream-repeats", "2", "--peak-n", "64", "--peak-repeats", "1", "--out", str(tmp_path)]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "roofline-t1.json").read_text())
+    for key in ("cpu_model", "cpu_isa", "blas", "threads", "load_start", "load_end", "warnings"):
+        assert key in doc["machine"], key
+    assert doc["roofs"]["peak_gflops"] > 0 and doc["roofs"]["bandwidth_gbs"] > 0
+    entry = doc["latents"]["2"]
+    parts = entry["parts"]
+    assert sum(p["share"] for p in parts) == pytest.approx(1.0)
+    assert sum(p["kind"] == "product" for p in parts) == 11
+    assert sum(k["parts"] for k in entry["kinds"].values()) == len(parts)
+    assert entry["step_s"] > 0 and entry["products_alone_s"] > 0
+    assert all(p["bound"] in ("compute", "memory") for p in parts)
+    assert "Adam" in r.stdout and "step / products alone" in r.stdout
+
+
+@pytest.mark.parametrize("bad", [["--repeats", "0"], ["--latents", "x"], ["--threads", "-1"], ["--bogus"]])
+def test_a_bad_option_is_one_line_and_exit_2(bad, capsys):
+    try:
+        code = roofline.main(bad)
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.roofline: error: "), err
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("")
+    assert roofline.main(["--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("benchmarks.roofline: error: ") and "Traceback" not in err[0]
+
+
+def test_by_default_it_writes_under_runs_bench_named_by_the_threads():
+    args = roofline.parse_args([])
+    assert args.out == Path("runs/bench") and not args.out.is_absolute()
+    assert (args.repeats, args.peak_n) == (roofline.DEFAULTS["repeats"], roofline.DEFAULTS["peak_n"])
+    quick = roofline.parse_args(["--quick", "--repeats", "7"])
+    assert quick.repeats == 7 and quick.target == roofline.QUICK["target"]  # what is given still applies
