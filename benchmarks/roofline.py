@@ -71,7 +71,6 @@ measured roofs, and every part of every Z.
 
 from __future__ import annotations
 
-import errno
 import inspect
 import json
 import os
@@ -88,7 +87,6 @@ from benchmarks import machine, peers, throughput
 from benchmarks.kernels import shape_label
 from minivae import cli
 from minivae.files import atomic_write_text
-from minivae.guards import OutFolder
 
 D = 784
 LATENTS = (20, 1000)
@@ -618,18 +616,7 @@ def _timing_options(ap):
 def parse_args(argv=None):
     """The options, each checked by its type: a bad value is one line on stderr and exit code 2.
     The options of :data:`DEFAULTS` take :data:`QUICK`'s value with ``--quick`` when not given."""
-    args = parser().parse_args(argv)
-    for name, value in (QUICK if args.quick else DEFAULTS).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
-
-
-def check_out(out):
-    """Refuse, before anything is timed, an ``--out`` that cannot be written into."""
-    OutFolder(out, "--out").check()
-    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
-        raise cli.UsageError(f"cannot write into --out {out}: {os.strerror(errno.EACCES)}")
+    return throughput.with_defaults(parser().parse_args(argv), DEFAULTS, QUICK)
 
 
 def set_threads(threads):
@@ -666,7 +653,7 @@ def make_config(args, threads):
 
 def run(args, load_start=None):
     """Measure the machine, then every part at each latent size; write the JSON. → the document."""
-    check_out(args.out)
+    throughput.check_out(args.out)
     threads = args.threads or machine.blas_threads()
     cli.check_memory(3 * args.stream_mib * 2**20 + 3 * F * args.peak_n**2, "the bandwidth and peak measurements")
     set_threads(threads)

@@ -564,8 +564,13 @@ def parse_args(argv=None):
     """The options, each checked by its type: a bad value is one line on stderr and exit code 2.
     ``--repeats``, ``--warmup``, ``--target`` and ``--settle`` take :data:`DEFAULTS`, or
     :data:`QUICK` with ``--quick``, when not given."""
-    args = parser().parse_args(argv)
-    for name, value in (QUICK if args.quick else DEFAULTS).items():
+    return with_defaults(parser().parse_args(argv), DEFAULTS, QUICK)
+
+
+def with_defaults(args, defaults, quick):
+    """``args`` with each option of ``defaults`` that was not given set to its default, or to its
+    value in ``quick`` when ``--quick`` was."""
+    for name, value in (quick if args.quick else defaults).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
