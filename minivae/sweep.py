@@ -662,16 +662,14 @@ def _runs(args, seeds, backend, done, settings, key, per_budget):
     first seed's results come in first, and the workers do not wait on one long run at the end."""
     chain = dict(settings, steps=None, budgets=list(args.budgets or ()))  # a budget curve's
     shared = dict(chain, settings=_key(chain), budget_keys=per_budget) if args.budgets else dict(settings, settings=key)
+    shared.update(backend=backend, out=str(args.out), iw_check=args.iw_check, keep_models=args.keep_models)
+    shared.update(warm_start=args.init_source["path"] if args.init_source else None)
+    shared.update(threads=1 if args.jobs > 1 else None)
     wanted = []
     for sd in seeds:
         for z in sorted(args.latents, reverse=True):
             for m in args.models:
-                run = SweepRun(
-                    model=m, latent=z, hidden=args.hidden, seed=sd, backend=backend, out=str(args.out), **shared
-                )
-                run = run.replace(iw_check=args.iw_check, keep_models=args.keep_models)
-                run = run.replace(warm_start=args.init_source["path"] if args.init_source else None)
-                run = run.replace(threads=1 if args.jobs > 1 else None)
+                run = SweepRun(model=m, latent=z, hidden=args.hidden, seed=sd, **shared)
                 have = [k for k in per_budget if (k, run_key(run.row_fields())) in done]
                 if args.budgets:
                     run = run.replace(budgets_done=have)
