@@ -245,15 +245,16 @@ def describe(r):
 
 
 TABLE_HEAD = (
-    "| σ² | Z | steps | batch | k | test ELBO | exact test log p | gap | trained log p | active (pred.) "
+    "| σ² | Z | steps | batch | lr | k | test ELBO | exact test log p | gap | trained log p | active (pred.) "
     "| collapsed (pred.) | σ(W) median rel. err. | σ(W) max abs err. |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
 )
 
 
 def table_row(r):
     return (
-        f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['config']['batch_size']} | {r['k']} | "
+        f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['config']['batch_size']} | "
+        f"{r['config']['lr']:g} → {r['config']['lr_final']:g} | {r['k']} | "
         f"{r['test_elbo']:.2f} | "
         f"{r['exact_test_ll']:.2f} | {r['test_gap']:.2f} | {r['model_test_ll']:.2f} | "
         f"{r['active_units']} ({r['predicted_active_units']}) | "
