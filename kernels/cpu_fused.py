@@ -540,7 +540,7 @@ class CpuFusedOps(HostMemory):
             if gemm_choice.key(M, K, N, ta, tb, threads) in self.gemm_table:
                 from kernels import gemm_cpu  # checks every argument first
 
-                gemm_cpu.matmul(a, b, out, ta, tb, version=3 if threads == 1 else 4)
+                gemm_cpu.matmul(a, b, out, ta, tb, version=gemm_cpu.best_version(threads))
                 return
         # A transposed view of a C-contiguous array is Fortran-contiguous: NumPy hands it to
         # sgemm with a transpose flag, without copying it.

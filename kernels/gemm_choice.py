@@ -7,7 +7,8 @@ latent size asked for, keeps the faster one per shape, then checks those picks i
 steps (:func:`step_check`: a pick that makes the step slower is dropped), and writes the result
 into a small JSON file (the *choice table*). :class:`kernels.cpu_fused.CpuFusedOps` reads that
 file once and, for every product whose shape it lists as ``"ours"``, calls
-:func:`kernels.gemm_cpu.matmul` (v3 on one thread, v4 on more); every other product, and every
+:func:`kernels.gemm_cpu.matmul` (v3 on one thread, v4 on more; v5 / v6, the same numbers on
+512-bit vectors, where the CPU has AVX-512); every other product, and every
 product when there is no table, goes to OpenBLAS (``np.matmul``) as before.
 
 A shape is the key ``"M×K×N ta tb threads"``: the product op(a) (M, K) · op(b) (K, N) with the
@@ -84,14 +85,15 @@ def _median_ms(fn, repeats):
 
 
 def measure(shapes, threads, repeats=30, seed=0, timer=_median_ms):
-    """Time OpenBLAS and our GEMM (v3 on one thread, v4 on more) on each (M, K, N, ta, tb) of
+    """Time OpenBLAS and our GEMM (:func:`kernels.gemm_cpu.best_version`: v3 on one thread, v4 on
+    more; v5 and v6 where the CPU has AVX-512) on each (M, K, N, ta, tb) of
     ``shapes`` with the current thread count ``threads``, alternating the two; returns the table's
     entries {key: {"blas_ms", "ours_ms", "pick"}}. Each of ours is first checked against the
     float64 product (a wrong kernel is never picked). ``timer(fn, repeats)`` gives milliseconds."""
     from kernels import gemm_cpu
 
     rng = np.random.default_rng(seed)
-    version = 3 if threads == 1 else 4
+    version = gemm_cpu.best_version(threads)
     entries = {}
     for M, K, N, ta, tb in shapes:
         a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)

@@ -13,6 +13,11 @@ Versions
     matmul_v3   v2 with a register-blocked micro-kernel: 12 ymm accumulators, explicit vector FMA
     matmul_v4   v3 spread over the cores: the output split into one column (or row) strip per
                 thread, each thread running the v3 loops on its strip with its own packed panels
+    matmul_v5   v3 on 512-bit vectors (AVX-512): a 12 × 32 micro-tile in 24 zmm accumulators
+    matmul_v6   v5 spread over the cores as v4
+
+v5 and v6 give v3's numbers bit for bit (each element sums its products in the same order); the
+cpu-fused backend runs them where the CPU has AVX-512 (:func:`best_version`).
 
 The machine these block sizes are chosen for: AMD EPYC Zen 3 (AVX2 + FMA, no AVX-512; two
 256-bit FMA units per core), 32 KiB L1d and 512 KiB L2 per core, 32 MiB L3 shared.
@@ -71,6 +76,15 @@ accumulator, because LLVM cannot prove that the accumulator array and Bp do not 
 Numba's wraparound of negative indices adds index arithmetic). v2 shows what the blocking alone
 gives; v3 what the registers give.
 
+The 512-bit micro-kernel (v5). AVX-512 doubles the vector width and the register file (32 zmm
+registers of 16 floats). The tile grows to MR × NR = 12 × 32: per k, two zmm loads of the Bp row
+(32 numbers), twelve broadcasts of the Ap numbers, 24 FMAs into 24 zmm accumulators — 27 of the 32
+registers, twice v3's FMAs per number loaded (the shape of BLIS's Skylake-X sgemm kernel, 32 × 12
+there in column-major terms). Packing makes panels of 12 rows and 32 columns; KC and MC stay (a
+Bp panel of 256 × 32 floats is 32 KiB, the Ap block of 144 rows a multiple of 12), and the NC
+block is cut to 4064 columns, a whole number of 32-wide panels. Read its assembly with
+``python -m kernels.gemm_cpu --asm``: 24 ``vfmadd231ps`` on zmm registers per k step.
+
 Threads (v4). The step's products have M = 128 (batch) or N ≥ 512, so the output is split along
 its longer side into one strip per thread (a multiple of NR columns or MR rows each), and each
 thread runs the v3 loops on its strip with its own packed buffers. Each thread packs op(a) (or
@@ -101,11 +115,13 @@ The GFLOP/s beside OpenBLAS (and XLA) on the step's shapes: ``python -m benchmar
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm
 from llvmlite import ir as lir  # "ir" is the micro-kernel loop's index (jc, pc, ic, jr, ir)
 from numba import njit, prange
 from numba.core import cgutils, types
@@ -116,12 +132,16 @@ VERSIONS = {
     2: "cache blocking MC×KC×NC, packed panels, 6×16 micro-kernel in plain loops",
     3: "v2 with a register-blocked micro-kernel: 12 ymm accumulators, explicit vector FMA",
     4: "v3 over the cores: one strip of the output per thread",
+    5: "v3 with a 512-bit micro-kernel: a 12×32 tile in 24 zmm accumulators (AVX-512)",
+    6: "v5 over the cores: one strip of the output per thread",
 }
 MODES = ((False, False), (True, False), (False, True), (True, True))  # (ta, tb)
 
 MR, NR = 6, 16  # the micro-tile: 6 rows × 16 columns (two 8-float ymm registers per row)
-MC, KC, NC = 144, 256, 4080  # the cache blocks (see the module docstring)
+MR_Z, NR_Z = 12, 32  # v5's micro-tile: 12 rows × 32 columns (two 16-float zmm registers per row)
+MC, KC, NC = 144, 256, 4080  # the cache blocks (see the module docstring); MC is a multiple of both MRs
 _VEC = 8  # floats in a ymm register
+KERNEL_LOOPS, KERNEL_YMM, KERNEL_ZMM = 0, 1, 2  # the micro-kernel of v2, of v3/v4, of v5/v6
 
 _FMA = {"contract"}  # lets the plain-loop micro-kernel use fused multiply-adds, as v3 does
 
@@ -183,9 +203,10 @@ def matmul_v1_kernel(a, b, out, ta, tb):
 
 
 @njit(cache=True, error_model="numpy")
-def pack_a(a, ta, i0, mc, p0, kc, Ap):
+def pack_a(a, ta, i0, mc, p0, kc, Ap, MR=MR):
     """Ap ← op(a)[i0 : i0 + mc, p0 : p0 + kc] as ⌈mc / MR⌉ panels of MR rows, panel q at q·MR·kc,
-    Ap[q·MR·kc + k·MR + r] = op(a)[i0 + q·MR + r, p0 + k]; rows past mc are zeros."""
+    Ap[q·MR·kc + k·MR + r] = op(a)[i0 + q·MR + r, p0 + k]; rows past mc are zeros. (v5 packs
+    panels of MR_Z rows.)"""
     for q in range((mc + MR - 1) // MR):
         base = q * MR * kc
         rows = min(MR, mc - q * MR)
@@ -203,9 +224,10 @@ def pack_a(a, ta, i0, mc, p0, kc, Ap):
 
 
 @njit(cache=True, error_model="numpy")
-def pack_b(b, tb, p0, kc, j0, nc, Bp):
+def pack_b(b, tb, p0, kc, j0, nc, Bp, NR=NR):
     """Bp ← op(b)[p0 : p0 + kc, j0 : j0 + nc] as ⌈nc / NR⌉ panels of NR columns, panel q at q·NR·kc,
-    Bp[q·NR·kc + k·NR + c] = op(b)[p0 + k, j0 + q·NR + c]; columns past nc are zeros."""
+    Bp[q·NR·kc + k·NR + c] = op(b)[p0 + k, j0 + q·NR + c]; columns past nc are zeros. (v5 packs
+    panels of NR_Z columns.)"""
     for q in range((nc + NR - 1) // NR):
         base = q * NR * kc
         cols = min(NR, nc - q * NR)
@@ -250,65 +272,81 @@ def ukernel_loops(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add, acc):
 _F32 = types.Array(types.float32, 1, "C")
 
 
-@intrinsic
-def ukernel_fma(typingctx, kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
-    """The micro-kernel in LLVM IR (v3): twelve <8 x float> accumulators; per k, two vector loads
-    of the Bp row, six broadcasts of the Ap column, twelve ``llvm.fma.v8f32``. Arguments as
-    :func:`ukernel_loops` without ``acc``; the arrays are 1-D float32, the rest integers. The
-    caller guarantees that every index is inside its array (there are no checks here)."""
-    for arr in (Ap, Bp, c):
-        if arr != _F32:
-            return None
-    sig = types.void(types.intp, _F32, types.intp, _F32, types.intp, _F32, types.intp, types.intp, types.intp)
+def _fma_micro_kernel(mr, nr, vec):
+    """The register-blocked micro-kernel of an mr × nr tile in LLVM IR, for vectors of ``vec``
+    floats (nr = 2·vec): 2·mr vector accumulators; per k, two vector loads of the Bp row, mr
+    broadcasts of the Ap column, 2·mr ``llvm.fma`` on <vec x float>. Returns the Numba intrinsic
+    (arguments as :func:`ukernel_loops` without ``acc``; the arrays 1-D float32, the rest
+    integers). The caller guarantees that every index is inside its array (there are no checks)."""
+    assert nr == 2 * vec
 
-    def codegen(context, builder, signature, args):
-        kc_v, ap_v, aoff_v, bp_v, boff_v, c_v, coff_v, ldc_v, add_v = args
-        f32 = lir.FloatType()
-        v8 = lir.VectorType(f32, _VEC)
-        v8p = v8.as_pointer()
-        intp = context.get_value_type(types.intp)
-        i32 = lir.IntType(32)
+    def ukernel(typingctx, kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
+        for arr in (Ap, Bp, c):
+            if arr != _F32:
+                return None
+        sig = types.void(types.intp, _F32, types.intp, _F32, types.intp, _F32, types.intp, types.intp, types.intp)
 
-        def data(arr_v):
-            return context.make_array(_F32)(context, builder, arr_v).data
+        def codegen(context, builder, signature, args):
+            kc_v, ap_v, aoff_v, bp_v, boff_v, c_v, coff_v, ldc_v, add_v = args
+            f32 = lir.FloatType()
+            vt = lir.VectorType(f32, vec)
+            vtp = vt.as_pointer()
+            intp = context.get_value_type(types.intp)
+            i32 = lir.IntType(32)
 
-        pa0 = builder.gep(data(ap_v), [aoff_v])
-        pb0 = builder.gep(data(bp_v), [boff_v])
-        pc0 = builder.gep(data(c_v), [coff_v])
-        zero = lir.Constant(v8, [lir.Constant(f32, 0.0)] * _VEC)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(MR * 2)]  # → registers
-        undef = lir.Constant(v8, lir.Undefined)
-        splat = lir.Constant(lir.VectorType(i32, _VEC), [lir.Constant(i32, 0)] * _VEC)
-        fma = cgutils.get_or_insert_function(  # x·y + z per lane, rounded once
-            builder.module, lir.FunctionType(v8, [v8, v8, v8]), "llvm.fma.v8f32"
-        )
-        with cgutils.for_range(builder, kc_v, intp=intp) as loop:
-            pa = builder.gep(pa0, [builder.mul(loop.index, lir.Constant(intp, MR))])
-            pb = builder.gep(pb0, [builder.mul(loop.index, lir.Constant(intp, NR))])
-            b_lo = builder.load(builder.bitcast(pb, v8p), align=4)
-            b_hi = builder.load(builder.bitcast(builder.gep(pb, [lir.Constant(intp, _VEC)]), v8p), align=4)
-            for r in range(MR):
-                ar = builder.load(builder.gep(pa, [lir.Constant(intp, r)]))
-                av = builder.shuffle_vector(
-                    builder.insert_element(undef, ar, lir.Constant(i32, 0)), undef, splat
-                )  # ar in all eight lanes
-                for h, bv in enumerate((b_lo, b_hi)):
-                    slot = accs[2 * r + h]
-                    builder.store(builder.call(fma, [av, bv, builder.load(slot)]), slot)
-        is_add = builder.icmp_signed("!=", add_v, lir.Constant(intp, 0))
-        for r in range(MR):
-            row = builder.gep(pc0, [builder.mul(ldc_v, lir.Constant(intp, r))])
-            for h in range(2):
-                p = builder.bitcast(builder.gep(row, [lir.Constant(intp, h * _VEC)]), v8p)
-                val = builder.load(accs[2 * r + h])
-                with builder.if_else(is_add) as (then, otherwise):
-                    with then:
-                        builder.store(builder.fadd(builder.load(p, align=4), val), p, align=4)
-                    with otherwise:
-                        builder.store(val, p, align=4)
-        return context.get_dummy_value()
+            def data(arr_v):
+                return context.make_array(_F32)(context, builder, arr_v).data
 
-    return sig, codegen
+            pa0 = builder.gep(data(ap_v), [aoff_v])
+            pb0 = builder.gep(data(bp_v), [boff_v])
+            pc0 = builder.gep(data(c_v), [coff_v])
+            zero = lir.Constant(vt, [lir.Constant(f32, 0.0)] * vec)
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(mr * 2)]  # → registers
+            undef = lir.Constant(vt, lir.Undefined)
+            splat = lir.Constant(lir.VectorType(i32, vec), [lir.Constant(i32, 0)] * vec)
+            fma = cgutils.get_or_insert_function(  # x·y + z per lane, rounded once
+                builder.module, lir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{vec}f32"
+            )
+            with cgutils.for_range(builder, kc_v, intp=intp) as loop:
+                pa = builder.gep(pa0, [builder.mul(loop.index, lir.Constant(intp, mr))])
+                pb = builder.gep(pb0, [builder.mul(loop.index, lir.Constant(intp, nr))])
+                b_lo = builder.load(builder.bitcast(pb, vtp), align=4)
+                b_hi = builder.load(builder.bitcast(builder.gep(pb, [lir.Constant(intp, vec)]), vtp), align=4)
+                for r in range(mr):
+                    ar = builder.load(builder.gep(pa, [lir.Constant(intp, r)]))
+                    av = builder.shuffle_vector(
+                        builder.insert_element(undef, ar, lir.Constant(i32, 0)), undef, splat
+                    )  # ar in every lane
+                    for h, bv in enumerate((b_lo, b_hi)):
+                        slot = accs[2 * r + h]
+                        builder.store(builder.call(fma, [av, bv, builder.load(slot)]), slot)
+            is_add = builder.icmp_signed("!=", add_v, lir.Constant(intp, 0))
+            for r in range(mr):
+                row = builder.gep(pc0, [builder.mul(ldc_v, lir.Constant(intp, r))])
+                for h in range(2):
+                    p = builder.bitcast(builder.gep(row, [lir.Constant(intp, h * vec)]), vtp)
+                    val = builder.load(accs[2 * r + h])
+                    with builder.if_else(is_add) as (then, otherwise):
+                        with then:
+                            builder.store(builder.fadd(builder.load(p, align=4), val), p, align=4)
+                        with otherwise:
+                            builder.store(val, p, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    ukernel.__name__ = ukernel.__qualname__ = f"ukernel_fma_{mr}x{nr}"
+    return intrinsic(ukernel)
+
+
+# v3: twelve <8 x float> (ymm) accumulators, twelve ``llvm.fma.v8f32`` per k.
+ukernel_fma = _fma_micro_kernel(MR, NR, _VEC)
+# v5: the same loop on 512-bit vectors: a 12 × 32 tile in 24 <16 x float> (zmm) accumulators, 24
+# ``llvm.fma.v16f32`` per k for 2 vector loads and 12 broadcasts — 27 of the 32 zmm registers of
+# AVX-512. Each element of out sums its K products in the same order as v3 (one FMA chain per KC
+# block, the blocks added in turn), so v5 gives v3's result bit for bit. On a CPU without AVX-512
+# LLVM splits each 16-wide FMA in two 8-wide ones: the same numbers, no faster.
+ukernel_fma_zmm = _fma_micro_kernel(MR_Z, NR_Z, 2 * _VEC)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,9 +371,9 @@ def _adam_row(p, g, m, v, n, lr, b1, omb1, b2, omb2, eps, c1, c2):
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"})
-def epilogue_tile(out, tile, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
-    """Write the valid mr × nr corner of ``tile`` (MR·NR,: a micro-tile's sums, in L1) into out at
-    (i0, j0), through the epilogue ``epi``:
+def epilogue_tile(out, tile, ldt, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
+    """Write the valid mr × nr corner of ``tile`` (a micro-tile's sums in rows of ``ldt`` floats —
+    NR, or NR_Z for v5 —, in L1) into out at (i0, j0), through the epilogue ``epi``:
 
         EPI_STORE     out[i, j] = s (+ out[i, j] when add)
         EPI_BIAS_ACT  out[i, j] = act(s (+ out[i, j] when add) + bias[j]),  act by ACT_CODES
@@ -355,16 +393,18 @@ def epilogue_tile(out, tile, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
             hyper[7],
         )
         for r in range(mr):  # one row at a time, on 1-D views: LLVM vectorizes this loop
-            g, p = tile[r * NR : r * NR + nr], out[i0 + r, j0 : j0 + nr]
+            g, p = tile[r * ldt : r * ldt + nr], out[i0 + r, j0 : j0 + nr]
             mr_, vr_ = m[i0 + r, j0 : j0 + nr], v[i0 + r, j0 : j0 + nr]
             if nr == NR:  # a whole row of the tile: a trip count of 16 known to LLVM, 2 × 8 lanes
                 _adam_row(p, g, mr_, vr_, NR, lr, b1, omb1, b2, omb2, eps, c1, c2)
+            elif nr == NR_Z:  # a whole row of v5's tile: 32, 2 × 16 lanes
+                _adam_row(p, g, mr_, vr_, NR_Z, lr, b1, omb1, b2, omb2, eps, c1, c2)
             else:
                 _adam_row(p, g, mr_, vr_, nr, lr, b1, omb1, b2, omb2, eps, c1, c2)
         return
     bias_cols = bias[j0 : j0 + nr] if epi == EPI_BIAS_ACT else bias[:0]
     for r in range(mr):
-        t, o = tile[r * NR : r * NR + nr], out[i0 + r, j0 : j0 + nr]
+        t, o = tile[r * ldt : r * ldt + nr], out[i0 + r, j0 : j0 + nr]
         for j in range(nr):
             s = t[j]
             if add:
@@ -384,10 +424,11 @@ def epilogue_tile(out, tile, i0, j0, mr, nr, add, epi, act, bias, m, v, hyper):
 
 
 @njit(cache=True, error_model="numpy")
-def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma, epi, act, bias, m, v, hyper, colsum):
+def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, kernel, epi, act, bias, m, v, hyper, colsum):
     """out[i_lo:i_hi, j_lo:j_hi] = (op(a) · op(b))[i_lo:i_hi, j_lo:j_hi] with the five loops of the
-    module docstring. Ap (MC·KC,), Bp (KC·NC,), tile (2·MR·NR,): float32 work buffers. ``fma``
-    picks the micro-kernel: the vector one (v3) or the plain loops (v2).
+    module docstring. Ap (MC·KC,), Bp (KC·NC,), tile (2·MR_Z·NR_Z,): float32 work buffers.
+    ``kernel`` picks the micro-kernel: KERNEL_LOOPS (v2), KERNEL_YMM (v3), KERNEL_ZMM (v5: MR_Z ×
+    NR_Z tiles, packed panels to match).
 
     The epilogue (:func:`epilogue_tile`) ``epi`` with ``act``, ``bias``, ``m``, ``v``, ``hyper`` is
     applied to each tile at the last KC block (EPI_ADAM needs K ≤ KC: one block; the arguments it
@@ -398,43 +439,49 @@ def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma, e
     K = a.shape[0] if ta else a.shape[1]
     ldc = out.shape[1]
     cf = out.reshape(-1)  # out is C-contiguous: a flat view of the same memory
-    scratch = tile[: MR * NR]  # a micro-tile on its way to an epilogue or past the edge of out
-    acc = tile[MR * NR :]  # the accumulators of the plain-loop micro-kernel
+    MRk, NRk = (MR_Z, NR_Z) if kernel == KERNEL_ZMM else (MR, NR)  # this micro-kernel's tile
+    scratch = tile[: MRk * NRk]  # a micro-tile on its way to an epilogue or past the edge of out
+    acc = tile[MR_Z * NR_Z :]  # the accumulators of the plain-loop micro-kernel
     if K == 0:
         for i in range(i_lo, i_hi):
             for j in range(j_lo, j_hi):
                 out[i, j] = 0.0
         return
-    for jc in range(j_lo, j_hi, NC):
-        nc = min(NC, j_hi - jc)
+    ncb = NC // NRk * NRk  # a whole number of panels: 4080 for NR = 16, 4064 for NR_Z = 32
+    for jc in range(j_lo, j_hi, ncb):
+        nc = min(ncb, j_hi - jc)
         for pc in range(0, K, KC):
             kc = min(KC, K - pc)
             add = 1 if pc > 0 else 0
             tile_epi = epi if pc + kc >= K else EPI_STORE
-            pack_b(b, tb, pc, kc, jc, nc, Bp)
+            pack_b(b, tb, pc, kc, jc, nc, Bp, NRk)
             if colsum.shape[0] > 0:
-                for q in range((nc + NR - 1) // NR):
+                for q in range((nc + NRk - 1) // NRk):
                     for k in range(kc):
-                        for c in range(min(NR, nc - q * NR)):
-                            colsum[jc + q * NR + c] += Bp[q * NR * kc + k * NR + c]
+                        for c in range(min(NRk, nc - q * NRk)):
+                            colsum[jc + q * NRk + c] += Bp[q * NRk * kc + k * NRk + c]
             for ic in range(i_lo, i_hi, MC):
                 mc = min(MC, i_hi - ic)
-                pack_a(a, ta, ic, mc, pc, kc, Ap)
-                for jr in range(0, nc, NR):
-                    nr = min(NR, nc - jr)
-                    for ir in range(0, mc, MR):
-                        mr = min(MR, mc - ir)
-                        direct = mr == MR and nr == NR and tile_epi == EPI_STORE  # straight into out
+                pack_a(a, ta, ic, mc, pc, kc, Ap, MRk)
+                for jr in range(0, nc, NRk):
+                    nr = min(NRk, nc - jr)
+                    for ir in range(0, mc, MRk):
+                        mr = min(MRk, mc - ir)
+                        direct = mr == MRk and nr == NRk and tile_epi == EPI_STORE  # straight into out
                         if direct:
                             c, c_off, ld, add_c = cf, (ic + ir) * ldc + jc + jr, ldc, add
                         else:
-                            c, c_off, ld, add_c = scratch, 0, NR, 0
-                        if fma:
+                            c, c_off, ld, add_c = scratch, 0, NRk, 0
+                        if kernel == KERNEL_ZMM:
+                            ukernel_fma_zmm(kc, Ap, ir * kc, Bp, jr * kc, c, c_off, ld, add_c)
+                        elif kernel == KERNEL_YMM:
                             ukernel_fma(kc, Ap, ir * kc, Bp, jr * kc, c, c_off, ld, add_c)
                         else:
                             ukernel_loops(kc, Ap, ir * kc, Bp, jr * kc, c, c_off, ld, add_c, acc)
                         if not direct:  # from the scratch tile, through the epilogue
-                            epilogue_tile(out, scratch, ic + ir, jc + jr, mr, nr, add, tile_epi, act, bias, m, v, hyper)
+                            epilogue_tile(
+                                out, scratch, NRk, ic + ir, jc + jr, mr, nr, add, tile_epi, act, bias, m, v, hyper
+                            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,52 +490,28 @@ def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, fma, e
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def gemm_parallel(a, b, out, ta, tb, Ap, Bp, tile, epi, act, bias, m, v, hyper, colsum):
+def gemm_parallel(a, b, out, ta, tb, Ap, Bp, tile, kernel, epi, act, bias, m, v, hyper, colsum):
     """out = op(a) · op(b) (through the epilogue of :func:`gemm_blocked`), the output split along
-    its longer side into T = Ap.shape[0] strips (a multiple of NR columns or MR rows each), strip t
-    computed by :func:`gemm_blocked` with the work buffers Ap[t], Bp[t], tile[t]. Strips of rows
-    all read every column of op(b): only strip 0 adds the column sums."""
+    its longer side into T = Ap.shape[0] strips (a multiple of the tile's columns or rows each),
+    strip t computed by :func:`gemm_blocked` with the micro-kernel ``kernel`` (KERNEL_YMM: v4,
+    KERNEL_ZMM: v6) and the work buffers Ap[t], Bp[t], tile[t]. Strips of rows all read every
+    column of op(b): only strip 0 adds the column sums."""
     M, N = out.shape
     T = Ap.shape[0]
-    if N >= M:
-        width = (N + T - 1) // T
-        width = (width + NR - 1) // NR * NR
-        for t in prange(T):
-            j0 = min(N, t * width)
-            j1 = min(N, j0 + width)
-            if j0 < j1:
-                gemm_blocked(
-                    a, b, out, ta, tb, 0, M, j0, j1, Ap[t], Bp[t], tile[t], True, epi, act, bias, m, v, hyper, colsum
-                )
-    else:
-        height = (M + T - 1) // T
-        height = (height + MR - 1) // MR * MR
-        for t in prange(T):
-            i0 = min(M, t * height)
-            i1 = min(M, i0 + height)
-            if i0 < i1:
-                gemm_blocked(
-                    a,
-                    b,
-                    out,
-                    ta,
-                    tb,
-                    i0,
-                    i1,
-                    0,
-                    N,
-                    Ap[t],
-                    Bp[t],
-                    tile[t],
-                    True,
-                    epi,
-                    act,
-                    bias,
-                    m,
-                    v,
-                    hyper,
-                    colsum if t == 0 else colsum[:0],
-                )
+    MRk, NRk = (MR_Z, NR_Z) if kernel == KERNEL_ZMM else (MR, NR)
+    by_columns = N >= M
+    size = N if by_columns else M
+    unit = NRk if by_columns else MRk
+    strip = ((size + T - 1) // T + unit - 1) // unit * unit
+    for t in prange(T):
+        lo = min(size, t * strip)
+        hi = min(size, lo + strip)
+        if lo < hi:
+            i0, i1, j0, j1 = (0, M, lo, hi) if by_columns else (lo, hi, 0, N)
+            sums = colsum if by_columns or t == 0 else colsum[:0]
+            gemm_blocked(
+                a, b, out, ta, tb, i0, i1, j0, j1, Ap[t], Bp[t], tile[t], kernel, epi, act, bias, m, v, hyper, sums
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -501,30 +524,58 @@ _NONE2 = np.zeros((0, 0), np.float32)
 
 
 def work_buffers(threads):
-    """The packed buffers of ``threads`` threads: Ap (T, MC·KC), Bp (T, KC·NC), tile (T, 2·MR·NR)."""
+    """The packed buffers of ``threads`` threads: Ap (T, MC·KC), Bp (T, KC·NC), tile
+    (T, 2·MR_Z·NR_Z): room for either micro-kernel's tile."""
     if threads not in _WORK:
         _WORK[threads] = (
             np.zeros((threads, MC * KC), np.float32),
             np.zeros((threads, KC * NC), np.float32),
-            np.zeros((threads, 2 * MR * NR), np.float32),
+            np.zeros((threads, 2 * MR_Z * NR_Z), np.float32),
         )
     return _WORK[threads]
 
 
+@functools.cache
+def fastest_kernel():
+    """KERNEL_ZMM when Numba compiles for a CPU with AVX-512F (the host, unless ``NUMBA_CPU_NAME``
+    names another), else KERNEL_YMM. Both give the same numbers; only the speed differs."""
+    if numba.config.CPU_NAME not in (None, "host"):
+        return KERNEL_YMM
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:  # LLVM could not read them
+        return KERNEL_YMM
+    return KERNEL_ZMM if features.get("avx512f", False) else KERNEL_YMM
+
+
+def best_version(threads):
+    """The version of ours to run on ``threads`` threads on this CPU: v5 / v6 with AVX-512, else
+    v3 / v4 (the same numbers bit for bit)."""
+    zmm = fastest_kernel() == KERNEL_ZMM
+    if threads == 1:
+        return 5 if zmm else 3
+    return 6 if zmm else 4
+
+
+_ONE_CORE = {2: KERNEL_LOOPS, 3: KERNEL_YMM, 5: KERNEL_ZMM}  # version → micro-kernel
+_THREADED = {4: KERNEL_YMM, 6: KERNEL_ZMM}
+
+
 def matmul(a, b, out, ta=False, tb=False, version=4):
-    """out = op(a) · op(b) with our kernel ``version`` (1–4); arguments checked by
-    :func:`product_shape` first. Returns out. v4 uses Numba's thread count
+    """out = op(a) · op(b) with our kernel ``version`` (1–6); arguments checked by
+    :func:`product_shape` first. Returns out. v4 and v6 use Numba's thread count
     (``numba.set_num_threads``)."""
     product_shape(a, b, out, ta, tb)
     ta, tb = bool(ta), bool(tb)
     plain = (EPI_STORE, 0, _NONE1, _NONE2, _NONE2, _NONE1, _NONE1)
     if version == 1:
         matmul_v1_kernel(a, b, out, ta, tb)
-    elif version in (2, 3):
+    elif version in _ONE_CORE:
         Ap, Bp, tile = work_buffers(1)
-        gemm_blocked(a, b, out, ta, tb, 0, out.shape[0], 0, out.shape[1], Ap[0], Bp[0], tile[0], version == 3, *plain)
-    elif version == 4:
-        gemm_parallel(a, b, out, ta, tb, *work_buffers(numba.get_num_threads()), *plain)
+        kernel = _ONE_CORE[version]
+        gemm_blocked(a, b, out, ta, tb, 0, out.shape[0], 0, out.shape[1], Ap[0], Bp[0], tile[0], kernel, *plain)
+    elif version in _THREADED:
+        gemm_parallel(a, b, out, ta, tb, *work_buffers(numba.get_num_threads()), _THREADED[version], *plain)
     else:
         raise ValueError(f"matmul: no version {version!r}; choose from {sorted(VERSIONS)}")
     return out
@@ -553,6 +604,7 @@ def matmul_bias_act(a, b, bias, act, out, ta=False, tb=False):
         bool(ta),
         bool(tb),
         *work_buffers(numba.get_num_threads()),
+        fastest_kernel(),
         EPI_BIAS_ACT,
         ACT_CODES[act],
         bias,
@@ -611,7 +663,8 @@ def weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, lr, b1, b2, eps, c1, c2, db
     f = np.float32
     hyper = np.array([lr, b1, 1 - b1, b2, 1 - b2, eps, c1, c2], np.float64).astype(f)
     db[...] = 0
-    gemm_parallel(x, dy, W, True, False, *work_buffers(numba.get_num_threads()), EPI_ADAM, 0, _NONE1, mW, vW, hyper, db)
+    buffers = work_buffers(numba.get_num_threads())
+    gemm_parallel(x, dy, W, True, False, *buffers, fastest_kernel(), EPI_ADAM, 0, _NONE1, mW, vW, hyper, db)
     _adam_vector(bias, db, mb, vb, hyper)
     return db
 
@@ -669,25 +722,31 @@ def check(versions=None, cases=CHECK_CASES, seed=0):
 
 
 def micro_kernel_asm(version=3):
-    """The assembly of the micro-kernel of v3 (``ukernel_fma``) or v2 (``ukernel_loops``), as text.
-    Compiled afresh, without the on-disk cache (Numba shows no assembly for cached code)."""
+    """The assembly of the micro-kernel of v3 (``ukernel_fma``), v5 (``ukernel_fma_zmm``) or v2
+    (``ukernel_loops``), as text. Compiled afresh, without the on-disk cache (Numba shows no
+    assembly for cached code)."""
     if version == 3:
 
         def ukernel(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add, acc):
             ukernel_fma(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add)
+    elif version == 5:
+
+        def ukernel(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add, acc):
+            ukernel_fma_zmm(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add)
     else:
         ukernel = ukernel_loops.py_func
     f = njit(error_model="numpy", fastmath=_FMA)(ukernel)
-    buf = np.zeros(MR * NR * 4, np.float32)
-    f(4, buf, 0, buf, 0, buf, 0, NR, 0, buf[: MR * NR])
+    buf = np.zeros(MR_Z * NR_Z * 4, np.float32)
+    f(4, buf, 0, buf, 0, buf, 0, NR_Z, 0, buf[: MR * NR])
     return f.inspect_asm(f.signatures[0])
 
 
 def count_instructions(asm, names=("vfmadd", "vbroadcastss", "vmovups")):
-    """How many lines of ``asm`` hold each instruction name, and how many use ymm registers."""
+    """How many lines of ``asm`` hold each instruction name, and how many use ymm and zmm registers."""
     lines = asm.splitlines()
     out = {n: sum(1 for ln in lines if n in ln) for n in names}
-    out["vfmadd on ymm"] = sum(1 for ln in lines if "vfmadd" in ln and "ymm" in ln)
+    for reg in ("ymm", "zmm"):
+        out[f"vfmadd on {reg}"] = sum(1 for ln in lines if "vfmadd" in ln and reg in ln)
     return out
 
 
@@ -702,7 +761,7 @@ def main(argv=None):
         f"shapes × 4 transpose modes"
     )
     if "--asm" in argv:
-        for v in (2, 3):
+        for v in (2, 3, 5):
             print(f"v{v} micro-kernel, instruction lines:", count_instructions(micro_kernel_asm(v)))
         print("v3, the FMAs and their loads:")
         print(

@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 
 from kernels import gemm_cpu
-from kernels.gemm_cpu import MODES, MR, NR, VERSIONS
+from kernels.gemm_cpu import KERNEL_YMM, KERNEL_ZMM, MODES, MR, MR_Z, NR, NR_Z, VERSIONS
 
 # none a multiple of MR, NR, MC or KC: edge tiles on every side; K = 600 spans three KC blocks,
 # M = 300 three MC blocks; 1 × 1 × 1 and K = 1 at the small end
 SHAPES = ((1, 1, 1), (5, 7, 3), (6, 16, 16), (7, 3, 17), (13, 29, 35), (300, 37, 50), (20, 600, 33), (3, 1, 70))
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return []
 
 
 def operands(rng, M, K, N, ta, tb):
@@ -55,11 +63,12 @@ def test_k_zero_gives_zeros(version):
     np.testing.assert_array_equal(out, 0)
 
 
+@pytest.mark.parametrize("version", [4, 6])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("M,K,N", [(130, 70, 50), (50, 70, 130), (7, 9, 5), (3, 9, 5), (64, 300, 33)])
-def test_v4_any_thread_count(threads, M, K, N):
-    """Strips along rows (M > N) and columns; (3, 9, 5) on 2 threads: one strip of 16 columns
-    covers N, the second thread has nothing to do."""
+def test_threaded_versions_any_thread_count(version, threads, M, K, N):
+    """Strips along rows (M > N) and columns; (3, 9, 5) on 2 threads: one strip of 16 (or 32)
+    columns covers N, the second thread has nothing to do."""
     if threads > numba.config.NUMBA_NUM_THREADS:
         pytest.skip(f"Numba has {numba.config.NUMBA_NUM_THREADS} threads")
     before = numba.get_num_threads()
@@ -68,7 +77,7 @@ def test_v4_any_thread_count(threads, M, K, N):
         for ta, tb in MODES:
             a, b, ref = operands(np.random.default_rng(threads), M, K, N, ta, tb)
             out = np.full((M, N), np.nan, np.float32)
-            gemm_cpu.matmul(a, b, out, ta, tb, version=4)
+            gemm_cpu.matmul(a, b, out, ta, tb, version=version)
             assert_product(out, ref, K)
     finally:
         numba.set_num_threads(before)
@@ -83,36 +92,77 @@ def test_accumulates_over_kc_blocks_on_a_dirty_output():
     assert_product(out, ref, a.shape[1])
 
 
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (13, 29, 35), (300, 600, 50), (130, 128, 784), (3, 5, 4100)])
+def test_zmm_versions_equal_v3_bit_for_bit(M, K, N):
+    """v5 (12 × 32 tiles on 512-bit vectors) and v6 sum each element's K products in v3's order:
+    the same float32 numbers, not merely close ones. N = 4100 crosses v5's NC block (4064 columns,
+    a whole number of 32-wide panels); K = 600 three KC blocks; M = 300 three MC blocks."""
+    for ta, tb in MODES:
+        a, b, _ = operands(np.random.default_rng(M + K + N), M, K, N, ta, tb)
+        outs = {}
+        for version in (3, 4, 5, 6):
+            outs[version] = np.full((M, N), np.nan, np.float32)
+            gemm_cpu.matmul(a, b, outs[version], ta, tb, version=version)
+        for version in (4, 5, 6):
+            np.testing.assert_array_equal(outs[version], outs[3], err_msg=f"v{version} ta={ta} tb={tb}")
+
+
+def test_best_version_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(gemm_cpu, "fastest_kernel", lambda: KERNEL_ZMM)
+    assert (gemm_cpu.best_version(1), gemm_cpu.best_version(2)) == (5, 6)
+    monkeypatch.setattr(gemm_cpu, "fastest_kernel", lambda: KERNEL_YMM)
+    assert (gemm_cpu.best_version(1), gemm_cpu.best_version(2)) == (3, 4)
+
+
+@pytest.mark.skipif(not {"avx2", "fma"} <= set(_cpu_flags()), reason="needs a CPU with AVX2 and FMA")
+def test_fastest_kernel_is_zmm_exactly_with_avx512(monkeypatch):
+    gemm_cpu.fastest_kernel.cache_clear()
+    try:
+        want = KERNEL_ZMM if "avx512f" in _cpu_flags() else KERNEL_YMM
+        assert gemm_cpu.fastest_kernel() == want
+        monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
+        gemm_cpu.fastest_kernel.cache_clear()
+        assert gemm_cpu.fastest_kernel() == KERNEL_YMM  # code compiled for another CPU: no guess
+    finally:
+        gemm_cpu.fastest_kernel.cache_clear()
+
+
+@pytest.mark.parametrize("MR", [MR, MR_Z])
 @pytest.mark.parametrize("ta", [False, True])
-def test_pack_a_layout(ta):
+def test_pack_a_layout(ta, MR):
     rng = np.random.default_rng(1)
     M, K, i0, mc, p0, kc = 20, 11, 3, 14, 2, 7
     a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
     opa = a.T if ta else a
-    Ap = np.full(3 * MR * kc, np.nan, np.float32)
-    gemm_cpu.pack_a(a, ta, i0, mc, p0, kc, Ap)
-    for q in range(3):  # ⌈14 / 6⌉ panels; the last has 2 real rows and 4 rows of zeros
+    panels = -(-mc // MR)  # ⌈14 / 6⌉ = 3 (the last: 2 real rows, 4 of zeros), ⌈14 / 12⌉ = 2
+    Ap = np.full(panels * MR * kc + 5, np.nan, np.float32)
+    gemm_cpu.pack_a(a, ta, i0, mc, p0, kc, Ap, MR)
+    for q in range(panels):
         panel = Ap[q * MR * kc : (q + 1) * MR * kc].reshape(kc, MR)  # [k, r]
         want = np.zeros((MR, kc), np.float32)
         rows = min(MR, mc - q * MR)
         want[:rows] = opa[i0 + q * MR : i0 + q * MR + rows, p0 : p0 + kc]
         np.testing.assert_array_equal(panel.T, want)
+    assert np.isnan(Ap[panels * MR * kc :]).all()  # nothing written past the panels
 
 
+@pytest.mark.parametrize("NR", [NR, NR_Z])
 @pytest.mark.parametrize("tb", [False, True])
-def test_pack_b_layout(tb):
+def test_pack_b_layout(tb, NR):
     rng = np.random.default_rng(2)
-    K, N, p0, kc, j0, nc = 9, 40, 1, 6, 5, 20
+    K, N, p0, kc, j0, nc = 9, 70, 1, 6, 5, 40
     b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
     opb = b.T if tb else b
-    Bp = np.full(2 * NR * kc, np.nan, np.float32)
-    gemm_cpu.pack_b(b, tb, p0, kc, j0, nc, Bp)
-    for q in range(2):  # ⌈20 / 16⌉ panels; the last has 4 real columns
+    panels = -(-nc // NR)  # ⌈40 / 16⌉ = 3 (the last: 8 real columns), ⌈40 / 32⌉ = 2
+    Bp = np.full(panels * NR * kc + 5, np.nan, np.float32)
+    gemm_cpu.pack_b(b, tb, p0, kc, j0, nc, Bp, NR)
+    for q in range(panels):
         panel = Bp[q * NR * kc : (q + 1) * NR * kc].reshape(kc, NR)  # [k, c]
         want = np.zeros((kc, NR), np.float32)
         cols = min(NR, nc - q * NR)
         want[:, :cols] = opb[p0 : p0 + kc, j0 + q * NR : j0 + q * NR + cols]
         np.testing.assert_array_equal(panel, want)
+    assert np.isnan(Bp[panels * NR * kc :]).all()
 
 
 @numba.njit
@@ -120,12 +170,20 @@ def _call_fma(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
     gemm_cpu.ukernel_fma(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add)
 
 
-@pytest.mark.parametrize("kernel", ["fma", "loops"])
+@numba.njit
+def _call_fma_zmm(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add):
+    gemm_cpu.ukernel_fma_zmm(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add)
+
+
+@pytest.mark.parametrize("kernel", ["fma", "loops", "fma_zmm"])
 @pytest.mark.parametrize("add", [0, 1])
 def test_micro_kernel(kernel, add):
-    """One 6 × 16 tile written into a wider array (ldc = 21) at an offset, = and +=."""
+    """One 6 × 16 tile (12 × 32 for the zmm kernel) written into a wider array (ldc = 21 + NR) at
+    an offset, = and +=."""
+    MR, NR = (MR_Z, NR_Z) if kernel == "fma_zmm" else (gemm_cpu.MR, gemm_cpu.NR)
     rng = np.random.default_rng(3 + add)
-    kc, a_off, b_off, ldc, c_off = 13, 5, 3, 21, 2 * 21 + 4
+    kc, a_off, b_off, ldc = 13, 5, 3, 21 + NR
+    c_off = 2 * ldc + 4
     Ap = rng.standard_normal(a_off + kc * MR + 4).astype(np.float32)
     Bp = rng.standard_normal(b_off + kc * NR + 4).astype(np.float32)
     c = rng.standard_normal(c_off + (MR - 1) * ldc + NR + 7).astype(np.float32)
@@ -138,17 +196,11 @@ def test_micro_kernel(kernel, add):
         want[row : row + NR] = (want[row : row + NR] if add else 0) + A[r] @ B
     if kernel == "fma":
         _call_fma(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add)
+    elif kernel == "fma_zmm":
+        _call_fma_zmm(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add)
     else:
         gemm_cpu.ukernel_loops(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add, np.empty(MR * NR, np.float32))
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5)  # also: nothing else in c changed
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return []
 
 
 @pytest.mark.skipif(not {"avx2", "fma"} <= set(_cpu_flags()), reason="needs a CPU with AVX2 and FMA")
@@ -158,6 +210,16 @@ def test_v3_micro_kernel_is_vector_fma():
     counts = gemm_cpu.count_instructions(gemm_cpu.micro_kernel_asm(3))
     assert counts["vfmadd on ymm"] >= 12 and counts["vfmadd on ymm"] % 12 == 0
     assert counts["vbroadcastss"] >= MR
+
+
+@pytest.mark.skipif("avx512f" not in _cpu_flags(), reason="needs a CPU with AVX-512")
+def test_v5_micro_kernel_is_zmm_fma():
+    """With AVX-512 the v5 micro-kernel's assembly has the 24 zmm FMAs of a 12 × 32 tile (or a
+    multiple) and no ymm FMA: LLVM did not split the 16-wide vectors."""
+    counts = gemm_cpu.count_instructions(gemm_cpu.micro_kernel_asm(5))
+    assert counts["vfmadd on zmm"] >= 24 and counts["vfmadd on zmm"] % 24 == 0
+    assert counts["vfmadd on ymm"] == 0
+    assert counts["vbroadcastss"] >= MR_Z
 
 
 @pytest.mark.parametrize(
@@ -187,7 +249,7 @@ def test_overlap_and_read_only_and_non_array_refused():
     with pytest.raises(TypeError, match="NumPy array"):
         gemm_cpu.matmul(a.tolist(), a, np.empty((4, 4), np.float32))
     with pytest.raises(ValueError, match="no version"):
-        gemm_cpu.matmul(a, a, np.empty((4, 4), np.float32), version=5)
+        gemm_cpu.matmul(a, a, np.empty((4, 4), np.float32), version=7)
 
 
 def test_step_shapes_are_the_gpu_benchmarks_at_z_1000():
@@ -225,13 +287,17 @@ def _with_threads(threads, fn):
         numba.set_num_threads(before)
 
 
+@pytest.mark.parametrize("kernel", [KERNEL_YMM, KERNEL_ZMM])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("act", ["relu", "tanh", "identity"])
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (13, 29, 35), (130, 7, 20), (20, 600, 33)])
-def test_matmul_bias_act_matches_reference(threads, act, M, K, N):
+def test_matmul_bias_act_matches_reference(kernel, threads, act, M, K, N, monkeypatch):
     """act(op(a)·op(b) + bias) against kernels.reference.bias_act of the float64 product; K = 600
-    spans three KC blocks (the epilogue runs only after the last); M = 130 > N splits rows."""
+    spans three KC blocks (the epilogue runs only after the last); M = 130 > N splits rows. With
+    either micro-kernel, whatever this CPU has."""
     from kernels import reference
+
+    monkeypatch.setattr(gemm_cpu, "fastest_kernel", lambda: kernel)
 
     def run():
         for ta, tb in MODES:
@@ -245,13 +311,16 @@ def test_matmul_bias_act_matches_reference(threads, act, M, K, N):
     _with_threads(threads, run)
 
 
+@pytest.mark.parametrize("kernel", [KERNEL_YMM, KERNEL_ZMM])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("fan_in,fan_out,B", [(1, 1, 1), (7, 23, 5), (130, 40, 128), (20, 300, 256)])
-def test_weight_grad_adam_matches_reference(threads, fan_in, fan_out, B):
+def test_weight_grad_adam_matches_reference(kernel, threads, fan_in, fan_out, B, monkeypatch):
     """W and bias after one fused step against kernels.reference.adam with the float64 gradients
     xᵀ·dy and Σ_batch dy; (130, 40) splits the rows over the threads (one strip sums the bias
-    gradient), (20, 300) the columns."""
+    gradient), (20, 300) the columns. With either micro-kernel."""
     from kernels import reference
+
+    monkeypatch.setattr(gemm_cpu, "fastest_kernel", lambda: kernel)
 
     def run():
         rng = np.random.default_rng(fan_in * 7 + fan_out * 3 + B)
