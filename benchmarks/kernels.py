@@ -23,13 +23,13 @@ replaces the committed tables; ``--out benchmarks/results`` updates those, and `
 writes one file of any name instead. Each document holds the machine record of
 :mod:`benchmarks.machine` (``machine``: CPU, its vector ISA, BLAS kernel and threads, load average).
 
-``--cpu`` times our CPU matrix product instead (:mod:`kernels.gemm_cpu`, versions v1–v4) beside
+``--cpu`` times our CPU matrix product instead (:mod:`kernels.gemm_cpu`, versions v1–v6) beside
 OpenBLAS (``np.matmul`` into a preallocated output) and, when ``jax`` is installed, XLA (a jitted
 product): the same 11 products of a training step, at each latent size of ``--latents`` (default
 20 and 1000), every version first checked against the float64 product of the same inputs. Each
 number is a median over ``--repeats`` calls after warm-up calls (the slow v1 and v2 stop after
-~2 s per product). ``--threads`` (default: all cores) is given to OpenBLAS, Numba (our v4; v1–v3
-run on one thread by construction) and XLA; with fewer threads than cores the process is pinned to
+~2 s per product). ``--threads`` (default: all cores) is given to OpenBLAS, Numba (our v4, v6; v1–v3 and
+v5 run on one thread by construction) and XLA; with fewer threads than cores the process is pinned to
 that many cores (see :mod:`benchmarks.peers`):
 
     python -m benchmarks.kernels --cpu [--threads 1] [--latents 20,1000] [--versions 2,3,4]
@@ -109,7 +109,7 @@ def parser():
         "--versions",
         type=cli.positive_ints("versions", "3,4"),
         default=None,
-        help="--cpu: comma-separated versions of ours, of 1, 2, 3, 4 (default: all)",
+        help="--cpu: comma-separated versions of ours, of 1 … 6 (default: all)",
     )
     return ap
 

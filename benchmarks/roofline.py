@@ -47,7 +47,7 @@ The machine, measured once per run before the parts: the memory bandwidth, STREA
 ``prange`` loops over float32 arrays of ``--stream-mib`` MiB each, far larger than the last-level
 cache; copy c = a counts 8 bytes per element, triad a = b + s·c 12; best of several) on 1 and 2
 threads; and the GEMM peak, the best GFLOP/s of OpenBLAS (through NumPy) and of our GEMM
-(:mod:`kernels.gemm_cpu`, v3 on one thread, v4 on more) on one ``--peak-n``³ float32 product, on 1
+(:mod:`kernels.gemm_cpu`, v3 on one thread, v4 on more; v5 / v6 with AVX-512) on one ``--peak-n``³ float32 product, on 1
 thread and on the run's threads. The run's roofs are the peak and the triad bandwidth on its own
 thread count; their ratio is the machine balance (FLOP/byte).
 
@@ -254,7 +254,7 @@ def shape_text(op, g):
 
 
 def implementation(op, g, ops):
-    """What runs the part: ``OpenBLAS`` or ``ours v3``/``ours v4`` for a product (as
+    """What runs the part: ``OpenBLAS`` or ``ours vN`` (:func:`kernels.gemm_cpu.best_version`) for a product (as
     :meth:`kernels.cpu_fused.CpuFusedOps.matmul` chooses), ``Numba`` (``Numba ×2``: its prange
     version on two threads) for a kernel."""
     threads = numba.get_num_threads()
@@ -262,7 +262,11 @@ def implementation(op, g, ops):
         from kernels import gemm_choice
 
         key = gemm_choice.key(*_product_dims(g), g["ta"], g["tb"], threads)
-        return f"ours v{3 if threads == 1 else 4}" if key in (ops.gemm_table or ()) else "OpenBLAS"
+        if key not in (ops.gemm_table or ()):
+            return "OpenBLAS"
+        from kernels import gemm_cpu
+
+        return f"ours v{gemm_cpu.best_version(threads)}"
     size = {"adam": ("p", ops.parallel_min_adam), "bernoulli_nll": ("a", ops.parallel_min_nll)}.get(op)
     if size and threads > 1 and g[size[0]].size >= size[1]:
         return f"Numba ×{threads}"
@@ -369,14 +373,15 @@ def stream(mib, thread_counts, repeats, spreads):
 
 def gemm_peak(n, threads, repeats):
     """Best GFLOP/s of one n³ float32 product on ``threads`` threads: {"OpenBLAS": …, "ours vK": …}
-    (OpenBLAS through NumPy; our GEMM v3 on one thread, v4 on more)."""
+    (OpenBLAS through NumPy; our GEMM :func:`kernels.gemm_cpu.best_version`: v3 on one thread, v4
+    on more, v5 / v6 with AVX-512)."""
     from threadpoolctl import threadpool_limits
 
     from kernels import gemm_cpu
 
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
-    out, flops, version = np.empty((n, n), np.float32), 2 * n**3, 3 if threads == 1 else 4
+    out, flops, version = np.empty((n, n), np.float32), 2 * n**3, gemm_cpu.best_version(threads)
     before = numba.get_num_threads()
     try:
         with threadpool_limits(threads):
