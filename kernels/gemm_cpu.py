@@ -272,6 +272,23 @@ def ukernel_loops(kc, Ap, a_off, Bp, b_off, c, c_off, ldc, add, acc):
 _F32 = types.Array(types.float32, 1, "C")
 
 
+def _store_tile(builder, accs, pc0, ldc_v, add_v, intp, vtp):
+    """Emit the store of a finished tile: row r of the accumulators (two vectors, ``accs[2r]`` and
+    ``accs[2r + 1]``) to c at pc0 + r·ldc, added to what is there when ``add_v`` is not 0."""
+    vec = vtp.pointee.count
+    is_add = builder.icmp_signed("!=", add_v, lir.Constant(intp, 0))
+    for r in range(len(accs) // 2):
+        row = builder.gep(pc0, [builder.mul(ldc_v, lir.Constant(intp, r))])
+        for h in range(2):
+            p = builder.bitcast(builder.gep(row, [lir.Constant(intp, h * vec)]), vtp)
+            val = builder.load(accs[2 * r + h])
+            with builder.if_else(is_add) as (then, otherwise):
+                with then:
+                    builder.store(builder.fadd(builder.load(p, align=4), val), p, align=4)
+                with otherwise:
+                    builder.store(val, p, align=4)
+
+
 def _fma_micro_kernel(mr, nr, vec):
     """The register-blocked micro-kernel of an mr × nr tile in LLVM IR, for vectors of ``vec``
     floats (nr = 2·vec): 2·mr vector accumulators; per k, two vector loads of the Bp row, mr
@@ -320,17 +337,7 @@ def _fma_micro_kernel(mr, nr, vec):
                     for h, bv in enumerate((b_lo, b_hi)):
                         slot = accs[2 * r + h]
                         builder.store(builder.call(fma, [av, bv, builder.load(slot)]), slot)
-            is_add = builder.icmp_signed("!=", add_v, lir.Constant(intp, 0))
-            for r in range(mr):
-                row = builder.gep(pc0, [builder.mul(ldc_v, lir.Constant(intp, r))])
-                for h in range(2):
-                    p = builder.bitcast(builder.gep(row, [lir.Constant(intp, h * vec)]), vtp)
-                    val = builder.load(accs[2 * r + h])
-                    with builder.if_else(is_add) as (then, otherwise):
-                        with then:
-                            builder.store(builder.fadd(builder.load(p, align=4), val), p, align=4)
-                        with otherwise:
-                            builder.store(val, p, align=4)
+            _store_tile(builder, accs, pc0, ldc_v, add_v, intp, vtp)
             return context.get_dummy_value()
 
         return sig, codegen
