@@ -265,9 +265,9 @@ def test_command_writes_result_and_summary(tiny_mnist, tmp_path, capsys):
     assert len(r["kl_per_unit_sorted"]) == 900 and len(r["eigenvalues"]) == 784
     assert linear.main(["--summarize", str(out)]) == 0
     table = (out / "table.md").read_text()
-    assert table.count("\n") == 4 and "| 0.1 | 900 | 30 | 100 | 0.003 → 3e-05 |" in table
+    assert table.count("\n") == 4 and "| 0.1 | 900 | 30 | 100 | 0.001 → 1e-05 |" in table
     assert (out / "spectrum.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| 0.1 | 3 | 30 | 100 | 0.003 → 3e-05 |" in capsys.readouterr().out
+    assert "| 0.1 | 3 | 30 | 100 | 0.001 → 1e-05 |" in capsys.readouterr().out
 
 
 def test_command_trains_on_the_full_batch(tiny_mnist, tmp_path):
