@@ -177,6 +177,8 @@ def test_budget_rows_report_and_figure_from_a_two_size_two_budget_sweep(tmp_path
     assert (out / "budget_curves.png").stat().st_size > 0 and (out / "unused_noise.png").stat().st_size > 0
     text = (out / "report.md").read_text()
     assert "## Budget curves" in text and "| 5 | 10 | last change | converged |" in text
+    # The last 20% of a wsd run is its cool-down: shown as such, and no convergence verdict by it.
+    assert "cool-down gain" in text and "last-20%" not in text and "Not converged (last 20%" not in text
     curves = study.budget_curves(rows)
     for z in (3, 5):
         (t0, m0, _, _), (t1, m1, _, _) = curves[("vae", (16,), z)]
@@ -193,8 +195,9 @@ def test_budget_change_and_convergence_on_fabricated_rows():
         return {"model": "vae", "latent": z, "hidden": [8], "seed": seed, "steps": steps, "test_iw_nll": nll}
 
     rows = [row(2, 1000, 0, 95.0), row(2, 2000, 0, 94.9), row(2, 1000, 1, 95.2), row(2, 2000, 1, 94.9)]
-    rows += [row(9, 1000, 0, 99.0), row(9, 2000, 0, 97.0)]
+    rows = [row(9, 1000, 0, 99.0), row(9, 2000, 0, 97.0)] + rows  # the larger Z first: listed by Z
     curves = study.budget_curves(rows)
+    assert [k[2] for k in curves] == [2, 9]
     assert curves[("vae", (8,), 2)][1][:2] == (2000, pytest.approx(94.9))
     assert study.budget_change(curves[("vae", (8,), 2)]) == (pytest.approx(-0.2), 2.0)
     text = study.budget_report(rows)
