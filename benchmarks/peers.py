@@ -15,9 +15,9 @@ inherited by every thread started later): pinned to one core, the same product r
 Every runner then runs on the same cores.
 
 The peak: the best GFLOP/s that any library available here (OpenBLAS through NumPy, XLA, PyTorch,
-our own v4) reaches on one n × n · n × n float32 product (n = 2048: 17.2 GFLOP, seconds of work at
-~100 GFLOP/s), measured once per run with the run's threads. On one thread it is the measured
-peak of a core, what a step's GFLOP/s are compared with.
+our own threaded version, v4 or v6 with AVX-512) reaches on one n × n · n × n float32 product
+(n = 2048: 17.2 GFLOP, seconds of work at ~100 GFLOP/s), measured once per run with the run's
+threads. On one thread it is the measured peak of a core, what a step's GFLOP/s are compared with.
 """
 
 from __future__ import annotations
@@ -128,5 +128,6 @@ def peak_gemm(threads, n=2048, repeats=5, jax=None, torch=None):
         ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
         runs["torch"] = lambda: torch.mm(ta, tb, out=tout)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    runs["ours v4"] = lambda: gemm_cpu.matmul(a, b, out, version=4)
+    version = gemm_cpu.best_version(max(threads, 2))  # the threaded version: v4, or v6 with AVX-512
+    runs[f"ours v{version}"] = lambda: gemm_cpu.matmul(a, b, out, version=version)
     return {name: flops / median_seconds(fn, repeats, warmup=1) / 1e9 for name, fn in runs.items()}
