@@ -521,38 +521,48 @@ def manifold(path, images, values, title):
 
 def budget_curves(path, rows):
     """The cooled −log p(x) (VAE; the autoencoder's reconstruction loss is left out) against the
-    step budget, log axis, one line per latent size, bars ± one sd over seeds."""
+    step budget, log axis, one line per latent size, bars ± one sd over seeds. When the values span
+    more than 10 nats, a second panel shows the same lines with the y axis cut to the 8 nats above
+    the best value (where the sizes that train well differ)."""
     from minivae.study import budget_curves as curves
     from minivae.study import main_hidden
 
     vae = [r for r in rows if r["model"] == "vae"]
     hidden = main_hidden(vae)
-    lines = {z: pts for (m, h, z), pts in curves(vae).items() if h == hidden}
-    if not lines:
+    lines = {z: [p for p in pts if p[1] is not None] for (m, h, z), pts in curves(vae).items() if h == hidden}
+    if not any(lines.values()):
         return
+    values = [p[1] for pts in lines.values() for p in pts]
+    best, zoom = min(values), max(values) - min(values) > 10
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12, 4.8) if zoom else (7.5, 4.8), squeeze=False)
+    axes = axes[0]
     cmap = plt.get_cmap("viridis")
-    for i, (z, pts) in enumerate(sorted(lines.items())):
-        pts = [p for p in pts if p[1] is not None]
-        t = [p[0] for p in pts]
-        ax.errorbar(
-            t,
-            [p[1] for p in pts],
-            yerr=[p[2] or 0 for p in pts],
-            marker="o",
-            ms=4,
-            capsize=3,
-            color=cmap(0.85 * i / max(1, len(lines) - 1)),  # viridis' last yellow is too pale
-            label=f"Z = {z}" + (" (= D)" if z == 784 else ""),
-        )
-    ax.set_xscale("log")
-    _budget_ticks(ax, sorted({p[0] for pts in lines.values() for p in pts}))
-    ax.set_xlabel("training budget (Adam steps, batch 128; wsd schedule, cooled)")
-    ax.set_ylabel("test −log p(x) (nats, IW)")
-    ax.set_title(f"Cooled −log p(x) against the budget (VAE, hidden {list(hidden)})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    budgets = sorted({p[0] for pts in lines.values() for p in pts})
+    for ax in axes:
+        for i, (z, pts) in enumerate(sorted(lines.items())):
+            ax.errorbar(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                yerr=[p[2] or 0 for p in pts],
+                marker="o",
+                ms=4,
+                capsize=3,
+                color=cmap(0.85 * i / max(1, len(lines) - 1)),  # viridis' last yellow is too pale
+                label=f"Z = {z}" + (" (= D)" if z == 784 else ""),
+            )
+        ax.set_xscale("log")
+        _budget_ticks(ax, budgets)
+        ax.set_xlabel("training budget (Adam steps, batch 128; wsd schedule, cooled)")
+        ax.set_ylabel("test −log p(x) (nats, IW)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"Cooled −log p(x) against the budget (VAE, hidden {list(hidden)})")
+    if zoom:
+        axes[1].set_ylim(best - 0.5, best + 8)
+        axes[1].set_title("The same, near the best value")
+        axes[0].legend(fontsize=8, ncol=2, loc="lower right", bbox_to_anchor=(1.0, 0.46))  # the gap below Z = 2
+    else:
+        axes[0].legend(fontsize=8, ncol=2)
     _save(fig, path)
 
 

@@ -909,6 +909,8 @@ def _write_report(out, rows, settings, source, originals, budget_rows=None):
         text += "\n" + budget_report(budget_rows)
     atomic_write_text(out / "report.md", text)
     drawn = [r for r in rows if not r.get("diverged")]  # a diverged run has no curves to draw
+    if settings.get("lr_schedule", "constant") != "constant":  # its last 20% is the cool-down:
+        drawn = [dict(r, last20_gain=None) for r in drawn]  # no "not converged" marks by that rule
     if not drawn:
         _warn("no figures: every run diverged (see report.md)" if rows else "no figures: no run has finished")
         return
