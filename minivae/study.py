@@ -189,6 +189,29 @@ def every_run(rows, cooled=False):
     return lines
 
 
+def _convergence(rows, run, cooled):
+    """The reading's lines on convergence by the last-20% rule (none but a pointer to the budget
+    curves for runs that end with a rate decay); ``run(r)`` names a run."""
+    if cooled:
+        return ["- Convergence: see the budget curves below (a doubling of the budget against the cooled value)."]
+    not_conv = [r for r in rows if converged(r) is False]
+    if not_conv:
+        out = [
+            f"- Not converged (last 20% of the steps gained ≥ {CONVERGED:g} nat): "
+            + ", ".join(f"{run(r)} ({r['last20_gain']:.2f})" for r in not_conv)
+            + "."
+        ]
+    else:
+        out = [f"- Every run gained less than {CONVERGED:g} nat over its last 20% of steps."]
+    rose = [r for r in rows if r.get("last20_gain") is not None and r["last20_gain"] < 0]
+    if rose:
+        out.append(
+            "- Worse at the end than at 80% of the steps (a negative gain, counted as converged since "
+            "nothing was left to gain): " + ", ".join(f"{run(r)} (+{-r['last20_gain']:.2f})" for r in rose) + "."
+        )
+    return out
+
+
 def reading(rows, cooled=False):
     """Statements computed from the rows (the VAE at the main hidden width); with ``cooled``, none
     on convergence (the budget curves judge it)."""
@@ -217,23 +240,7 @@ def reading(rows, cooled=False):
         width = "" if tuple(r["hidden"]) == tuple(hidden) else f" hidden {','.join(map(str, r['hidden']))}"
         return f"{r['model'].upper()} Z = {r['latent']}{width} seed {r['seed']}"
 
-    not_conv = [r for r in rows if converged(r) is False]
-    if cooled:
-        out.append("- Convergence: see the budget curves below (a doubling of the budget against the cooled value).")
-    elif not_conv:
-        out.append(
-            f"- Not converged (last 20% of the steps gained ≥ {CONVERGED:g} nat): "
-            + ", ".join(f"{run(r)} ({r['last20_gain']:.2f})" for r in not_conv)
-            + "."
-        )
-    else:
-        out.append(f"- Every run gained less than {CONVERGED:g} nat over its last 20% of steps.")
-    rose = [r for r in rows if not cooled and r.get("last20_gain") is not None and r["last20_gain"] < 0]
-    if rose:
-        out.append(
-            "- Worse at the end than at 80% of the steps (a negative gain, counted as converged since "
-            "nothing was left to gain): " + ", ".join(f"{run(r)} (+{-r['last20_gain']:.2f})" for r in rose) + "."
-        )
+    out += _convergence(rows, run, cooled)
     out.append(
         "- Active units / directions (mean over seeds): "
         + ", ".join(
