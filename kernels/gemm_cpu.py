@@ -430,6 +430,12 @@ def epilogue_tile(out, tile, ldt, i0, j0, mr, nr, add, epi, act, bias, m, v, hyp
 # --------------------------------------------------------------------------------------------
 
 
+@njit(cache=True, inline="always")
+def tile_shape(kernel):
+    """(rows, columns) of the micro-tile of ``kernel``: MR_Z × NR_Z for KERNEL_ZMM, else MR × NR."""
+    return (MR_Z, NR_Z) if kernel == KERNEL_ZMM else (MR, NR)
+
+
 @njit(cache=True, error_model="numpy")
 def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, kernel, epi, act, bias, m, v, hyper, colsum):
     """out[i_lo:i_hi, j_lo:j_hi] = (op(a) · op(b))[i_lo:i_hi, j_lo:j_hi] with the five loops of the
@@ -446,7 +452,7 @@ def gemm_blocked(a, b, out, ta, tb, i_lo, i_hi, j_lo, j_hi, Ap, Bp, tile, kernel
     K = a.shape[0] if ta else a.shape[1]
     ldc = out.shape[1]
     cf = out.reshape(-1)  # out is C-contiguous: a flat view of the same memory
-    MRk, NRk = (MR_Z, NR_Z) if kernel == KERNEL_ZMM else (MR, NR)  # this micro-kernel's tile
+    MRk, NRk = tile_shape(kernel)
     scratch = tile[: MRk * NRk]  # a micro-tile on its way to an epilogue or past the edge of out
     acc = tile[MR_Z * NR_Z :]  # the accumulators of the plain-loop micro-kernel
     if K == 0:
@@ -505,7 +511,7 @@ def gemm_parallel(a, b, out, ta, tb, Ap, Bp, tile, kernel, epi, act, bias, m, v,
     column of op(b): only strip 0 adds the column sums."""
     M, N = out.shape
     T = Ap.shape[0]
-    MRk, NRk = (MR_Z, NR_Z) if kernel == KERNEL_ZMM else (MR, NR)
+    MRk, NRk = tile_shape(kernel)
     by_columns = N >= M
     size = N if by_columns else M
     unit = NRk if by_columns else MRk
