@@ -109,12 +109,18 @@ def _iw_digits(rows, settings):
     return ", ".join(f"{n:,}" for n in used) if used else f"{settings['iw_examples']:,}"
 
 
+def is_cooled(settings):
+    """Whether a study's runs end with a rate decay (a schedule other than the constant rate): then
+    their last 20% of steps is the cool-down, and the last-20% rule judges no convergence."""
+    return settings.get("lr_schedule", "constant") != "constant"
+
+
 def report(rows, settings, source):
     """The tables and a short reading of them, every statement computed from the rows. Under a
     decaying rate (``lr_schedule`` not constant) the last 20% of the steps are the cool-down: their
     gain is shown as such, and convergence is left to the budget curves (:func:`budget_report`)."""
     steps = settings["steps"]
-    cooled = settings.get("lr_schedule", "constant") != "constant"
+    cooled = is_cooled(settings)
     gain_name = "cool-down gain" if cooled else "last-20% gain"
     lines = [
         "# Latent-size study",

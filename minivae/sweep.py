@@ -52,7 +52,7 @@ from minivae.files import (
 )
 from minivae.guards import FolderLock, watch_parent
 from minivae.schedule import decay_start, schedule
-from minivae.study import budget_report, kl90, report, run_file, run_key
+from minivae.study import budget_report, is_cooled, kl90, report, run_file, run_key
 
 NAME = "minivae.sweep"  # what its messages start with
 MODELS = ("vae", "ae")
@@ -909,7 +909,7 @@ def _write_report(out, rows, settings, source, originals, budget_rows=None):
         text += "\n" + budget_report(budget_rows)
     atomic_write_text(out / "report.md", text)
     drawn = [r for r in rows if not r.get("diverged")]  # a diverged run has no curves to draw
-    if settings.get("lr_schedule", "constant") != "constant":  # its last 20% is the cool-down:
+    if is_cooled(settings):  # its last 20% is the cool-down:
         drawn = [dict(r, last20_gain=None) for r in drawn]  # no "not converged" marks by that rule
     if not drawn:
         _warn("no figures: every run diverged (see report.md)" if rows else "no figures: no run has finished")
