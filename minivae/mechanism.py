@@ -23,8 +23,16 @@ there. Three measurements look at how:
   prior (zero encoder rows, so μ = 0 and log σ² = 0) with zero decoder rows. Its ELBO is the
   small model's, exactly; training it on shows whether a large Z keeps a good solution.
 
+- :func:`walk` — the optimizer's part: a trained model trained on for a few thousand steps at a
+  constant rate, once with Adam and once with the unused units' decoder rows stepping by their
+  gradient's size instead (:class:`PlainRows`), measuring how far each row moves per step and
+  what the unused rows' noise does. Adam's step is α m̂ / √v̂: a row whose gradient is only
+  noise still moves about α per step however small that gradient is; a plain step moves it in
+  proportion to the gradient.
+
 :func:`measure` takes the first two (with −ELBO and −log p(x) of each model) for one trained VAE;
-``python -m minivae.mechanism RUN_DIR … --out FILE.jsonl`` (:func:`main`) for run folders.
+``python -m minivae.mechanism RUN_DIR … --out FILE.jsonl`` (:func:`main`) for run folders, and
+with ``--walk STEPS`` :func:`walk`.
 
 Shapes: D pixels, H the first hidden width of the decoder, Z latents; the encoder's last layer
 enc<L> maps to 2Z = [μ | log σ²], the decoder's first layer dec0.W is (Z, H).
@@ -35,6 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivae.metrics import ACTIVE_THRESHOLD
+from minivae.optim import Adam
 
 
 def _layers(model):
@@ -43,7 +52,7 @@ def _layers(model):
     return [n for n in names if n.startswith("enc")][-1], [n for n in names if n.startswith("dec")][0]
 
 
-def unused_noise(model, mu, logvar, threshold=ACTIVE_THRESHOLD):
+def unused_noise(model, mu, logvar, threshold=ACTIVE_THRESHOLD, off=None):
     """What the units with Var_x μ_u < threshold (inactive) put into the decoder, from the
     posterior (μ, log σ²) (N, Z) of some digits:
 
@@ -52,13 +61,15 @@ def unused_noise(model, mu, logvar, threshold=ACTIVE_THRESHOLD):
                                       the first hidden pre-activation, summed over its H units)
         signal_active                 Σ_{u active} (Var_x μ_u + E_x[σ_u²]) ‖W_u‖²   (for scale)
         inactive                      how many units are inactive
+
+    ``off`` (Z,) bool, when given, names the inactive units instead (to follow one set of units).
     """
     mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
     activity = mu.var(axis=0)  # (Z,)
     var_q = np.exp(logvar).mean(axis=0)  # E_x[σ_u²] (Z,)
     _, dec0 = _layers(model)
     w2 = (np.asarray(model.get_params()[dec0 + ".W"], np.float64) ** 2).sum(axis=1)  # ‖W_u‖² (Z,)
-    off = activity < threshold
+    off = activity < threshold if off is None else np.asarray(off, bool)
 
     def rms(mask):
         return float(np.sqrt(w2[mask].mean())) if mask.any() else None
@@ -72,14 +83,13 @@ def unused_noise(model, mu, logvar, threshold=ACTIVE_THRESHOLD):
     }
 
 
-def _resized(model, latent, params, seed=0):
-    """A VAE like ``model`` (hidden widths, β, dtype, backend) with ``latent`` units, these
-    parameters, and its noise generator seeded by ``seed``."""
+def _resized(model, latent, params, seed=0, backend=None):
+    """A VAE like ``model`` (hidden widths, β, dtype, backend unless ``backend`` names another)
+    with ``latent`` units, these parameters, and its noise generator seeded by ``seed``."""
     from minivae.vae import VAE
 
-    new = VAE(
-        model.data_dim, latent, model.hidden, seed=seed, dtype=model.dtype, beta=model.beta, backend=model.backend
-    )
+    backend = backend or model.backend
+    new = VAE(model.data_dim, latent, model.hidden, seed=seed, dtype=model.dtype, beta=model.beta, backend=backend)
     new.set_params(params)
     return new
 
@@ -142,18 +152,94 @@ def measure(model, test_x, seed=0, iw_samples=100, iw_examples=1000, iw_check=No
     return out
 
 
-def main(argv=None):
-    """``python -m minivae.mechanism RUN_DIR … --out FILE.jsonl``: :func:`measure` for each run
-    folder (``minivae.train``'s, or those ``minivae.sweep --keep-models`` keeps), one JSON line
-    each, appended to --out as each is done."""
-    import json
-    import pathlib
-    import warnings
+class PlainRows(Adam):
+    """Adam, except that the rows ``rows`` of the parameter ``name`` take a plain (momentum)
+    gradient step. For every parameter m and v are Adam's (:mod:`minivae.optim`); then
 
+        θ_u ← θ_u − η m̂_u        for u in rows       (m̂ = m / (1 − β₁ᵗ), shape (H,) per row)
+        η = α / median_{u ∉ rows} ( mean_j v̂_uj )^½
+
+    η is the rate at which a plain step moves a typical other row about as far as Adam's α does,
+    so the chosen rows move in proportion to their gradient's size relative to the others' —
+    as under SGD — instead of by about α whatever that size. ``eta`` holds the last η."""
+
+    def __init__(self, params, name, rows, lr=1e-3, **kwargs):
+        super().__init__(params, lr=lr, **kwargs)
+        n = len(params[name])
+        self.name, self.rows = name, np.asarray(rows, dtype=np.int64)
+        self.others = np.setdiff1d(np.arange(n), self.rows)
+        if len(self.others) == 0 or len(self.rows) == 0 or self.rows.min() < 0 or self.rows.max() >= n:
+            raise ValueError(f"rows must be some but not all of the {n} rows of {name}")
+        self.eta = None
+
+    def step(self, grads):
+        w = self.params[self.name]
+        before = w[self.rows].copy()
+        super().step(grads)
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
+        typical = np.median(np.sqrt((self.v[self.name][self.others] / c2).mean(axis=1)))
+        self.eta = self.lr / max(float(typical), self.eps)
+        w[self.rows] = before - self.eta * self.m[self.name][self.rows] / c1
+
+
+def walk(model, train_x, test_x, steps, lr=1e-3, plain_unused=False, seed=0, batch_size=128, bar=None):
+    """Train a copy of ``model`` on for ``steps`` updates at the constant rate ``lr`` with a
+    fresh Adam (:class:`PlainRows` for the unused units' decoder rows when ``plain_unused``), on
+    dynamically binarized ``train_x``; the units inactive at the start (Var_x μ_u < 0.01 on
+    ``test_x``) are followed throughout. Returns, over the updates, for the decoder's first-layer
+    rows W_u (H,) of the inactive and of the active units (medians over units):
+
+        grad_rms_*   ( mean over steps and j of g_uj² )^½     the gradient's size
+        step_*       ( mean over steps and j of Δw_uj² )^½ / α   how far a weight moves per step,
+                                                               in learning rates
+
+    and at the start and the end: :func:`unused_noise` of those units and the test −ELBO. The
+    same seed gives both variants the same data and the same ε."""
+    from minivae import loop
+
+    _, dec0 = _layers(model)
+    name = dec0 + ".W"
+    rng = np.random.default_rng([seed, 7])
+    ev, (mu, logvar) = loop.evaluate(model, test_x, rng)
+    off = np.asarray(mu, np.float64).var(axis=0) < ACTIVE_THRESHOLD
+    if not off.any() or off.all():
+        raise ValueError("the walk needs both active and inactive units")
+    out = {"inactive": int(off.sum()), "noise_start": unused_noise(model, mu, logvar, off=off)["noise_inactive"]}
+    out["test_loss_start"] = ev["test_loss"]
+    m = _resized(model, model.latent, model.get_params(), seed, backend="numpy")  # its gradients, one by one
+    opt = PlainRows(m.params, name, np.flatnonzero(off), lr) if plain_unused else Adam(m.params, lr=lr)
+    g2, d2, done = np.zeros(model.latent), np.zeros(model.latent), 0
+    for _, _, x, order in loop.epochs(train_x, "dynamic", batch_size, np.random.default_rng([seed, 9])):
+        for idx in order:
+            m.forward(x[idx])
+            grads = m.backward()
+            before = np.array(m.params[name], np.float64)
+            opt.step(grads)
+            g2 += (np.asarray(grads[name], np.float64) ** 2).sum(axis=1)
+            d2 += ((np.asarray(m.params[name], np.float64) - before) ** 2).sum(axis=1)
+            done += 1
+            if bar is not None:
+                bar.update(1)
+            if done == steps:
+                break
+        if done == steps:
+            break
+    per = done * m.params[name].shape[1]
+    grad_rms, step = np.sqrt(g2 / per), np.sqrt(d2 / per) / lr
+    ev, (mu, logvar) = loop.evaluate(m, test_x, rng)
+    out.update(noise_end=unused_noise(m, mu, logvar, off=off)["noise_inactive"], test_loss_end=ev["test_loss"])
+    for part, mask in (("inactive", off), ("active", ~off)):
+        out[f"grad_rms_{part}"] = float(np.median(grad_rms[mask]))
+        out[f"step_{part}"] = float(np.median(step[mask]))
+    out.update(walk_steps=done, walk_lr=lr, unused_step="plain" if plain_unused else "adam", latent=model.latent)
+    if plain_unused:
+        out["eta"] = opt.eta
+    return out, m
+
+
+def _parser():
+    """The options of :func:`main`."""
     from minivae import cli
-    from minivae.data import DataError, binarize_fixed, load_mnist
-    from minivae.files import atomic_write_text, read_jsonl
-    from minivae.runs import RunError, load, read_config
 
     p = cli.Parser(prog=cli.program("minivae.mechanism", "minivae-mechanism"), description=main.__doc__)
     p.add_argument("runs", nargs="+", type=cli.path, metavar="RUN_DIR")
@@ -163,6 +249,33 @@ def main(argv=None):
     p.add_argument("--iw-examples", type=cli.positive_int, default=1000, metavar="N", help="(default 1000)")
     p.add_argument("--iw-check", type=cli.positive_int, default=None, metavar="K", help="also K' samples")
     p.add_argument("--backend", default="auto", help="(default auto)")
+    p.add_argument(
+        "--walk",
+        type=cli.positive_int,
+        default=None,
+        metavar="STEPS",
+        help="instead: train each model on for STEPS updates, with Adam and with plain steps for its unused "
+        "units' decoder rows, and measure how far the rows move and what their noise does",
+    )
+    p.add_argument("--walk-lr", type=cli.positive_float, default=1e-3, metavar="LR", help="its rate (default 1e-3)")
+    return p
+
+
+def main(argv=None):
+    """``python -m minivae.mechanism RUN_DIR … --out FILE.jsonl``: :func:`measure` for each run
+    folder (``minivae.train``'s, or those ``minivae.sweep --keep-models`` keeps), one JSON line
+    each, appended to --out as each is done. With ``--walk STEPS``, :func:`walk` instead: two
+    lines per run, Adam's and the plain step's for the unused rows."""
+    import json
+    import pathlib
+    import warnings
+
+    from minivae import cli
+    from minivae.data import DataError, binarize_fixed, load_mnist
+    from minivae.files import atomic_write_text, read_jsonl
+    from minivae.runs import RunError, load, read_config
+
+    p = _parser()
 
     def run(args):
         try:
@@ -178,6 +291,9 @@ def main(argv=None):
             raise cli.UsageError(f"--out {args.out}: {e}") from None
         for run_dir, config in models:
             test_x = binarize_fixed(data.test_x, config.get("binarize", "dynamic"))
+            if args.walk:
+                _walks(args, run_dir, config, data.train_x, test_x, rows)
+                continue
             row = measure(
                 load(run_dir, args.backend),
                 test_x,
@@ -197,6 +313,49 @@ def main(argv=None):
         return 0
 
     return cli.run_command("minivae.mechanism", run, p.parse_args, argv)
+
+
+def _walks(args, run_dir, config, train_x, test_x, rows):
+    """:func:`walk` with Adam and with plain steps for the unused rows, each row appended to
+    ``rows`` and written to ``args.out`` as it is done."""
+    import json
+    import pathlib
+    import sys
+
+    from minivae import cli
+    from minivae.files import atomic_write_text
+    from minivae.runs import load
+
+    name = pathlib.Path(run_dir).name
+    model = load(run_dir, "numpy")
+    try:
+        for plain in (False, True):
+            bar = cli.progress_bar(args.walk, f"{name} {'plain' if plain else 'adam'}", sys.stderr.isatty())
+            try:
+                row, _ = walk(
+                    model,
+                    train_x,
+                    test_x,
+                    args.walk,
+                    args.walk_lr,
+                    plain,
+                    config.get("seed", 0),
+                    config.get("batch_size", 128),
+                    bar,
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
+            rows.append({"run": name, "steps": config.get("steps"), **row})
+            atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+            print(
+                f"{name} {row['unused_step']}: unused rows' noise {row['noise_start']:.0f} → {row['noise_end']:.0f}, "
+                f"step {row['step_inactive']:.3f} α (active {row['step_active']:.3f} α), "
+                f"test −ELBO {row['test_loss_start']:.2f} → {row['test_loss_end']:.2f}",
+                flush=True,
+            )
+    except ValueError as e:
+        raise cli.UsageError(f"{name}: {e}") from None
 
 
 def embedded(model, latent, seed=0):

@@ -359,3 +359,94 @@ def test_the_mechanism_command_measures_kept_models(tmp_path, capsys):
     capsys.readouterr()
     assert mechanism.main([str(tmp_path / "nothing"), "--out", str(result)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_plain_rows_step_their_rows_by_the_gradient_and_the_others_by_adam():
+    from minivae.optim import Adam
+
+    vae, ref = _vae(5, seed=6), _vae(5, seed=6)
+    x, eps = _digits(), np.random.default_rng(8).standard_normal((12, 5))
+    vae.forward(x, eps)
+    g = vae.backward()
+    before = vae.params["dec0.W"].copy()
+    opt = mechanism.PlainRows(vae.params, "dec0.W", [1, 3], lr=1e-2)
+    opt.step(g)
+    Adam(ref.params, lr=1e-2).step(g)
+    others = [0, 2, 4]
+    assert all(np.array_equal(vae.params[k], ref.params[k]) for k in vae.params if k != "dec0.W")
+    assert np.array_equal(vae.params["dec0.W"][others], ref.params["dec0.W"][others])
+    # at t = 1, m̂ = g and v̂ = g²: η = α / median over the other rows of (mean_j g²)^½
+    eta = 1e-2 / np.median(np.sqrt((g["dec0.W"][others] ** 2).mean(axis=1)))
+    assert opt.eta == pytest.approx(eta, rel=1e-12)
+    want = before[[1, 3]] - eta * g["dec0.W"][[1, 3]]
+    np.testing.assert_allclose(vae.params["dec0.W"][[1, 3]], want, rtol=1e-12, atol=1e-15)
+    assert not np.allclose(want, ref.params["dec0.W"][[1, 3]])  # not Adam's step
+    with pytest.raises(ValueError, match="some but not all"):
+        mechanism.PlainRows(vae.params, "dec0.W", range(5))
+
+
+def _walk_case():
+    vae = mechanism.at_prior(_vae(6, seed=7), [2, 4, 5])  # μ = 0 for units 2, 4, 5: inactive
+    rng = np.random.default_rng(9)
+    return vae, rng.random((40, 784)), (rng.random((30, 784)) < 0.3).astype(np.float64)
+
+
+def test_the_walk_is_adam_training_and_measures_steps_in_learning_rates():
+    from minivae import loop
+    from minivae.optim import Adam
+
+    vae, train_x, test_x = _walk_case()
+    row, trained = mechanism.walk(vae, train_x, test_x, steps=5, lr=1e-3, batch_size=8)
+    assert row["inactive"] == 3 and row["walk_steps"] == 5 and row["unused_step"] == "adam"
+    # five steps = one epoch of 40 digits in batches of 8: the training loop's result, exactly
+    ref = mechanism._resized(vae, 6, vae.get_params(), seed=0)
+    _, _, x, order = next(loop.epochs(train_x, "dynamic", 8, np.random.default_rng([0, 9])))
+    assert loop.run_epoch(ref, Adam(ref.params, lr=1e-3), x, order)[2] == "end"
+    assert all(np.array_equal(trained.params[k], ref.params[k]) for k in ref.params)
+    # one fresh Adam step moves a weight by α·|g| / (|g| + ε): α where g ≠ 0, 0 where g = 0
+    one, _ = mechanism.walk(vae, train_x, test_x, steps=1, lr=1e-3, batch_size=8)
+    first = mechanism._resized(vae, 6, vae.get_params(), seed=0)
+    _, _, x, order = next(loop.epochs(train_x, "dynamic", 8, np.random.default_rng([0, 9])))
+    first.forward(x[next(iter(order))])
+    g = first.backward()["dec0.W"]
+    moved = np.sqrt(((np.abs(g) / (np.abs(g) + 1e-8)) ** 2).mean(axis=1))
+    grad_rms = np.sqrt((g**2).mean(axis=1))
+    off = np.zeros(6, bool)
+    off[[2, 4, 5]] = True
+    assert one["step_inactive"] == pytest.approx(np.median(moved[off]), rel=1e-6)
+    assert one["grad_rms_inactive"] == pytest.approx(np.median(grad_rms[off]), rel=1e-12)
+    assert one["grad_rms_active"] == pytest.approx(np.median(grad_rms[~off]), rel=1e-12)
+    assert one["step_active"] == pytest.approx(np.median(moved[~off]), rel=1e-6)
+    assert row["noise_start"] == pytest.approx(one["noise_start"]) and row["noise_end"] != row["noise_start"]
+
+
+def test_the_walk_with_plain_rows_moves_the_unused_rows_by_their_gradient():
+    vae, train_x, test_x = _walk_case()
+    row, _ = mechanism.walk(vae, train_x, test_x, steps=1, lr=1e-3, plain_unused=True, batch_size=8)
+    assert row["unused_step"] == "plain" and row["eta"] > 0
+    # at t = 1 the plain rows move by η·|g| per weight: in learning rates η/α times their gradient
+    assert row["step_inactive"] == pytest.approx(row["eta"] / 1e-3 * row["grad_rms_inactive"], rel=1e-9)
+    active = mechanism.at_prior(vae, [0, 1, 3])  # every unit at the prior: nothing to compare
+    with pytest.raises(ValueError, match="both active and inactive"):
+        mechanism.walk(active, train_x, test_x, steps=1)
+
+
+def test_the_mechanism_command_walks_kept_models(tmp_path, capsys):
+    from minivae import checkpoint
+
+    out = tmp_path / "s"
+    assert sweep.main(["--latents", "6", "--steps", "4", "--keep-models", "--quiet", "--out", str(out)] + TINY) == 0
+    (kept,) = (out / "models").iterdir()
+    ck = checkpoint.read(kept / "checkpoint.npz")
+    model = mechanism.at_prior(minivae_load(kept), [1, 3, 5])  # three unused units to follow
+    checkpoint.save_params(kept / "checkpoint.npz", model, json.loads(str(ck["config"])))
+    result = tmp_path / "w.jsonl"
+    assert mechanism.main([str(kept), "--walk", "3", "--out", str(result)]) == 0
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    assert [r["unused_step"] for r in rows] == ["adam", "plain"] and all(r["walk_steps"] == 3 for r in rows)
+    assert rows[0]["inactive"] >= 3 and rows[0]["noise_start"] == pytest.approx(rows[1]["noise_start"])
+    assert "unused rows' noise" in capsys.readouterr().out
+    checkpoint.save_params(kept / "checkpoint.npz", mechanism.at_prior(model, range(6)), json.loads(str(ck["config"])))
+    assert mechanism.main([str(kept), "--walk", "3", "--out", str(result)]) == 2
+    err = capsys.readouterr().err
+    assert "both active and inactive" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
