@@ -24,9 +24,9 @@ there. Three measurements look at how:
   small model's, exactly; training it on shows whether a large Z keeps a good solution.
 
 - :func:`walk` — the optimizer's part: a trained model trained on for a few thousand steps at a
-  constant rate, once with Adam and once with the unused units' decoder rows stepping by their
-  gradient's size instead (:class:`PlainRows`), measuring how far each row moves per step and
-  what the unused rows' noise does. Adam's step is α m̂ / √v̂: a row whose gradient is only
+  constant rate, with Adam, with the unused units' decoder rows stepping by their gradient's size
+  instead (:class:`PlainRows`), and with those rows held still, measuring how far each row moves
+  per step and what the unused rows' noise and the test −ELBO do. Adam's step is α m̂ / √v̂: a row whose gradient is only
   noise still moves about α per step however small that gradient is; a plain step moves it in
   proportion to the gradient.
 
@@ -161,10 +161,12 @@ class PlainRows(Adam):
 
     η is the rate at which a plain step moves a typical other row about as far as Adam's α does,
     so the chosen rows move in proportion to their gradient's size relative to the others' —
-    as under SGD — instead of by about α whatever that size. ``eta`` holds the last η."""
+    as under SGD — instead of by about α whatever that size. ``eta`` holds the last η. With
+    ``frozen`` the rows do not move at all (η = 0)."""
 
-    def __init__(self, params, name, rows, lr=1e-3, **kwargs):
+    def __init__(self, params, name, rows, lr=1e-3, frozen=False, **kwargs):
         super().__init__(params, lr=lr, **kwargs)
+        self.frozen = frozen
         n = len(params[name])
         self.name, self.rows = name, np.asarray(rows, dtype=np.int64)
         self.others = np.setdiff1d(np.arange(n), self.rows)
@@ -178,13 +180,17 @@ class PlainRows(Adam):
         super().step(grads)
         c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
         typical = np.median(np.sqrt((self.v[self.name][self.others] / c2).mean(axis=1)))
-        self.eta = self.lr / max(float(typical), self.eps)
+        self.eta = 0.0 if self.frozen else self.lr / max(float(typical), self.eps)
         w[self.rows] = before - self.eta * self.m[self.name][self.rows] / c1
 
 
-def walk(model, train_x, test_x, steps, lr=1e-3, plain_unused=False, seed=0, batch_size=128, bar=None):
+WALKS = ("adam", "plain", "frozen")  # how the unused units' decoder rows step in a walk
+
+
+def walk(model, train_x, test_x, steps, lr=1e-3, unused="adam", seed=0, batch_size=128, bar=None):
     """Train a copy of ``model`` on for ``steps`` updates at the constant rate ``lr`` with a
-    fresh Adam (:class:`PlainRows` for the unused units' decoder rows when ``plain_unused``), on
+    fresh Adam — the unused units' decoder rows as Adam steps them (``unused`` "adam"), by plain
+    steps ("plain", :class:`PlainRows`) or not at all ("frozen") — on
     dynamically binarized ``train_x``; the units inactive at the start (Var_x μ_u < 0.01 on
     ``test_x``) are followed throughout. Returns, over the updates, for the decoder's first-layer
     rows W_u (H,) of the inactive and of the active units (medians over units):
@@ -197,6 +203,8 @@ def walk(model, train_x, test_x, steps, lr=1e-3, plain_unused=False, seed=0, bat
     same seed gives both variants the same data and the same ε."""
     from minivae import loop
 
+    if unused not in WALKS:
+        raise ValueError(f"unused must be one of {', '.join(WALKS)}, got {unused!r}")
     _, dec0 = _layers(model)
     name = dec0 + ".W"
     rng = np.random.default_rng([seed, 7])
@@ -207,7 +215,10 @@ def walk(model, train_x, test_x, steps, lr=1e-3, plain_unused=False, seed=0, bat
     out = {"inactive": int(off.sum()), "noise_start": unused_noise(model, mu, logvar, off=off)["noise_inactive"]}
     out["test_loss_start"] = ev["test_loss"]
     m = _resized(model, model.latent, model.get_params(), seed, backend="numpy")  # its gradients, one by one
-    opt = PlainRows(m.params, name, np.flatnonzero(off), lr) if plain_unused else Adam(m.params, lr=lr)
+    if unused == "adam":
+        opt = Adam(m.params, lr=lr)
+    else:
+        opt = PlainRows(m.params, name, np.flatnonzero(off), lr, frozen=unused == "frozen")
     g2, d2, done = np.zeros(model.latent), np.zeros(model.latent), 0
     for _, _, x, order in loop.epochs(train_x, "dynamic", batch_size, np.random.default_rng([seed, 9])):
         for idx in order:
@@ -231,8 +242,8 @@ def walk(model, train_x, test_x, steps, lr=1e-3, plain_unused=False, seed=0, bat
     for part, mask in (("inactive", off), ("active", ~off)):
         out[f"grad_rms_{part}"] = float(np.median(grad_rms[mask]))
         out[f"step_{part}"] = float(np.median(step[mask]))
-    out.update(walk_steps=done, walk_lr=lr, unused_step="plain" if plain_unused else "adam", latent=model.latent)
-    if plain_unused:
+    out.update(walk_steps=done, walk_lr=lr, unused_step=unused, latent=model.latent)
+    if unused != "adam":
         out["eta"] = opt.eta
     return out, m
 
@@ -254,8 +265,8 @@ def _parser():
         type=cli.positive_int,
         default=None,
         metavar="STEPS",
-        help="instead: train each model on for STEPS updates, with Adam and with plain steps for its unused "
-        "units' decoder rows, and measure how far the rows move and what their noise does",
+        help="instead: train each model on for STEPS updates, with Adam, with plain steps for its unused "
+        "units' decoder rows and with those rows held, and measure how far the rows move and what their noise does",
     )
     p.add_argument("--walk-lr", type=cli.positive_float, default=1e-3, metavar="LR", help="its rate (default 1e-3)")
     return p
@@ -265,7 +276,7 @@ def main(argv=None):
     """``python -m minivae.mechanism RUN_DIR … --out FILE.jsonl``: :func:`measure` for each run
     folder (``minivae.train``'s, or those ``minivae.sweep --keep-models`` keeps), one JSON line
     each, appended to --out as each is done. With ``--walk STEPS``, :func:`walk` instead: two
-    lines per run, Adam's and the plain step's for the unused rows."""
+    lines per run: Adam's, the plain step's and the held one's for the unused rows."""
     import json
     import pathlib
     import warnings
@@ -316,7 +327,7 @@ def main(argv=None):
 
 
 def _walks(args, run_dir, config, train_x, test_x, rows):
-    """:func:`walk` with Adam and with plain steps for the unused rows, each row appended to
+    """:func:`walk` with each way of stepping the unused rows (:data:`WALKS`), each row appended to
     ``rows`` and written to ``args.out`` as it is done."""
     import json
     import pathlib
@@ -329,8 +340,8 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
     name = pathlib.Path(run_dir).name
     model = load(run_dir, "numpy")
     try:
-        for plain in (False, True):
-            bar = cli.progress_bar(args.walk, f"{name} {'plain' if plain else 'adam'}", sys.stderr.isatty())
+        for unused in WALKS:
+            bar = cli.progress_bar(args.walk, f"{name} {unused}", sys.stderr.isatty())
             try:
                 row, _ = walk(
                     model,
@@ -338,7 +349,7 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
                     test_x,
                     args.walk,
                     args.walk_lr,
-                    plain,
+                    unused,
                     config.get("seed", 0),
                     config.get("batch_size", 128),
                     bar,

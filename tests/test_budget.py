@@ -420,12 +420,17 @@ def test_the_walk_is_adam_training_and_measures_steps_in_learning_rates():
     assert row["noise_start"] == pytest.approx(one["noise_start"]) and row["noise_end"] != row["noise_start"]
 
 
-def test_the_walk_with_plain_rows_moves_the_unused_rows_by_their_gradient():
+def test_the_walk_with_plain_or_held_rows_moves_the_unused_rows_by_their_gradient_or_not():
     vae, train_x, test_x = _walk_case()
-    row, _ = mechanism.walk(vae, train_x, test_x, steps=1, lr=1e-3, plain_unused=True, batch_size=8)
+    row, _ = mechanism.walk(vae, train_x, test_x, steps=1, lr=1e-3, unused="plain", batch_size=8)
     assert row["unused_step"] == "plain" and row["eta"] > 0
     # at t = 1 the plain rows move by η·|g| per weight: in learning rates η/α times their gradient
     assert row["step_inactive"] == pytest.approx(row["eta"] / 1e-3 * row["grad_rms_inactive"], rel=1e-9)
+    held, trained = mechanism.walk(vae, train_x, test_x, steps=3, unused="frozen", batch_size=8)
+    assert held["step_inactive"] == 0 and held["step_active"] > 0 and held["eta"] == 0
+    assert np.array_equal(trained.params["dec0.W"][[2, 4, 5]], vae.params["dec0.W"][[2, 4, 5]])
+    with pytest.raises(ValueError, match="unused must be one of"):
+        mechanism.walk(vae, train_x, test_x, steps=1, unused="sgd")
     active = mechanism.at_prior(vae, [0, 1, 3])  # every unit at the prior: nothing to compare
     with pytest.raises(ValueError, match="both active and inactive"):
         mechanism.walk(active, train_x, test_x, steps=1)
@@ -443,7 +448,7 @@ def test_the_mechanism_command_walks_kept_models(tmp_path, capsys):
     result = tmp_path / "w.jsonl"
     assert mechanism.main([str(kept), "--walk", "3", "--out", str(result)]) == 0
     rows = [json.loads(line) for line in result.read_text().splitlines()]
-    assert [r["unused_step"] for r in rows] == ["adam", "plain"] and all(r["walk_steps"] == 3 for r in rows)
+    assert [r["unused_step"] for r in rows] == ["adam", "plain", "frozen"] and all(r["walk_steps"] == 3 for r in rows)
     assert rows[0]["inactive"] >= 3 and rows[0]["noise_start"] == pytest.approx(rows[1]["noise_start"])
     assert "unused rows' noise" in capsys.readouterr().out
     checkpoint.save_params(kept / "checkpoint.npz", mechanism.at_prior(model, range(6)), json.loads(str(ck["config"])))
