@@ -259,6 +259,21 @@ def positive_ints(what, example):
     return parse
 
 
+def choices_list(what, choices):
+    """An argparse type: comma-separated names from ``choices`` → a list without repeats, in the
+    order given; ``what`` names them in the message."""
+
+    def parse(text):
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in choices]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"{what} must be from {', '.join(choices)}, got {text!r}")
+        return list(dict.fromkeys(values))
+
+    parse.__name__ = what
+    return parse
+
+
 def usable_path(path, what):
     """Refuse (:class:`UsageError`) a path the system cannot even look up (a name too long, a loop of
     links, no permission); one that does not exist (yet) is fine."""

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minivae import metrics
 from minivae.metrics import ACTIVE_THRESHOLD
 from minivae.optim import Adam
 
@@ -129,8 +130,6 @@ def measure(model, test_x, seed=0, iw_samples=100, iw_examples=1000, iw_check=No
     −ELBO and −log p(x) (K = ``iw_samples`` on the first ``iw_examples``) of the model, of the
     model pruned of its inactive units (:func:`pruned`), and of the model with them at the prior
     (:func:`at_prior`); :func:`unused_noise`; and with ``iw_check`` = K', −log p(x) with K'."""
-    from minivae import metrics
-
     mu, logvar = metrics.posterior_means(model, test_x)
     off = np.asarray(mu, np.float64).var(axis=0) < ACTIVE_THRESHOLD
     x_iw = test_x[:iw_examples]
@@ -184,68 +183,94 @@ class PlainRows(Adam):
         w[self.rows] = before - self.eta * self.m[self.name][self.rows] / c1
 
 
-WALKS = ("adam", "plain", "frozen")  # how the unused units' decoder rows step in a walk
+WALKS = ("adam", "plain", "frozen", "zeroed")  # how the unused units' decoder rows step in a walk
 
 
-def walk(model, train_x, test_x, steps, lr=1e-3, unused="adam", seed=0, batch_size=128, bar=None):
-    """Train a copy of ``model`` on for ``steps`` updates at the constant rate ``lr`` with a
-    fresh Adam — the unused units' decoder rows as Adam steps them (``unused`` "adam"), by plain
-    steps ("plain", :class:`PlainRows`) or not at all ("frozen") — on
-    dynamically binarized ``train_x``; the units inactive at the start (Var_x μ_u < 0.01 on
-    ``test_x``) are followed throughout. Returns, over the updates, for the decoder's first-layer
-    rows W_u (H,) of the inactive and of the active units (medians over units):
+def walk(model, train_x, test_x, steps, lr=1e-3, unused="adam", seed=0, batch_size=128, bar=None, decay_frac=None):
+    """Train a copy of ``model`` on for ``steps`` updates with a fresh Adam at the rate ``lr`` —
+    constant, or with ``decay_frac`` f the wsd schedule over the walk (constant, then a linear
+    decay to 0 over the last f of the steps: :mod:`minivae.schedule`) — on dynamically binarized
+    ``train_x``. The units inactive at the start (Var_x μ_u < 0.01 on ``test_x``) are followed
+    throughout; their decoder rows step as Adam steps them (``unused`` "adam"), by plain steps
+    ("plain", :class:`PlainRows`), not at all ("frozen"), or are set to 0 and held there
+    ("zeroed": the decoder no longer hears those units). Returns (row, trained model); the row
+    has, over the updates, for the decoder's first-layer rows W_u (H,) of the inactive and of the
+    active units (medians over units):
 
-        grad_rms_*   ( mean over steps and j of g_uj² )^½     the gradient's size
-        step_*       ( mean over steps and j of Δw_uj² )^½ / α   how far a weight moves per step,
-                                                               in learning rates
+        grad_rms_*   ( mean over steps and j of g_uj² )^½          the gradient's size
+        step_*       ( mean over steps t and j of (Δw_uj / α_t)² )^½   how far a weight moves per
+                                                                    step, in learning rates
 
-    and at the start and the end: :func:`unused_noise` of those units and the test −ELBO. The
-    same seed gives both variants the same data and the same ε."""
-    from minivae import loop
+    and at the start and the end (``_start``, ``_end``): the noise those units feed the decoder
+    (:func:`unused_noise`), the test −ELBO and −log p(x) (K = 100, the first 1,000 of ``test_x``).
+    The same seed gives every variant the same data, the same ε and the same evaluation draws."""
+    from minivae import schedule
 
     if unused not in WALKS:
         raise ValueError(f"unused must be one of {', '.join(WALKS)}, got {unused!r}")
-    _, dec0 = _layers(model)
-    name = dec0 + ".W"
+    name = _layers(model)[1] + ".W"
     rng = np.random.default_rng([seed, 7])
-    ev, (mu, logvar) = loop.evaluate(model, test_x, rng)
-    off = np.asarray(mu, np.float64).var(axis=0) < ACTIVE_THRESHOLD
+    start, off = _walk_state(model, test_x, rng)
     if not off.any() or off.all():
         raise ValueError("the walk needs both active and inactive units")
-    out = {"inactive": int(off.sum()), "noise_start": unused_noise(model, mu, logvar, off=off)["noise_inactive"]}
-    out["test_loss_start"] = ev["test_loss"]
     m = _resized(model, model.latent, model.get_params(), seed, backend="numpy")  # its gradients, one by one
+    if unused == "zeroed":
+        m.params[name][off] = 0
     if unused == "adam":
         opt = Adam(m.params, lr=lr)
     else:
-        opt = PlainRows(m.params, name, np.flatnonzero(off), lr, frozen=unused == "frozen")
-    g2, d2, done = np.zeros(model.latent), np.zeros(model.latent), 0
+        opt = PlainRows(m.params, name, np.flatnonzero(off), lr, frozen=unused != "plain")
+    lr_at = schedule.schedule(steps, lr, "wsd", decay_frac) if decay_frac else None
+    g2, d2, done = _walk_steps(m, opt, train_x, steps, name, lr_at, (seed, batch_size), bar)
+    end, _ = _walk_state(m, test_x, rng, off)
+    out = {"inactive": int(off.sum()), **{k + "_start": v for k, v in start.items()}}
+    out.update({k + "_end": v for k, v in end.items()})
+    per = done * m.params[name].shape[1]
+    grad_rms, step = np.sqrt(g2 / per), np.sqrt(d2 / per)
+    for part, mask in (("inactive", off), ("active", ~off)):
+        out[f"grad_rms_{part}"] = float(np.median(grad_rms[mask]))
+        out[f"step_{part}"] = float(np.median(step[mask]))
+    out.update(walk_steps=done, walk_lr=lr, walk_decay_frac=decay_frac, unused_step=unused, latent=model.latent)
+    if unused != "adam":
+        out["eta"] = opt.eta
+    return out, m
+
+
+def _walk_state(model, test_x, rng, off=None):
+    """({noise, test_loss, test_iw_nll}, off) of a model in a :func:`walk`: ``off`` the units
+    followed (those inactive now when None)."""
+    from minivae import loop
+
+    ev, (mu, logvar) = loop.evaluate(model, test_x, rng)
+    if off is None:
+        off = np.asarray(mu, np.float64).var(axis=0) < ACTIVE_THRESHOLD
+    state = {"noise": unused_noise(model, mu, logvar, off=off)["noise_inactive"], "test_loss": ev["test_loss"]}
+    state["test_iw_nll"] = -metrics.iw_log_likelihood(model, test_x[:1000], 100, rng)
+    return state, off
+
+
+def _walk_steps(m, opt, train_x, steps, name, lr_at, seed_batch, bar):
+    """The updates of a :func:`walk`: (Σ g², Σ (Δw/α)² per row of ``name``, updates done)."""
+    from minivae import loop
+
+    seed, batch_size = seed_batch
+    g2, d2, done = np.zeros(len(m.params[name])), np.zeros(len(m.params[name])), 0
     for _, _, x, order in loop.epochs(train_x, "dynamic", batch_size, np.random.default_rng([seed, 9])):
         for idx in order:
             m.forward(x[idx])
             grads = m.backward()
             before = np.array(m.params[name], np.float64)
+            if lr_at is not None:
+                opt.lr = lr_at(opt.t)
             opt.step(grads)
             g2 += (np.asarray(grads[name], np.float64) ** 2).sum(axis=1)
-            d2 += ((np.asarray(m.params[name], np.float64) - before) ** 2).sum(axis=1)
+            d2 += (((np.asarray(m.params[name], np.float64) - before) / opt.lr) ** 2).sum(axis=1)
             done += 1
             if bar is not None:
                 bar.update(1)
             if done == steps:
-                break
-        if done == steps:
-            break
-    per = done * m.params[name].shape[1]
-    grad_rms, step = np.sqrt(g2 / per), np.sqrt(d2 / per) / lr
-    ev, (mu, logvar) = loop.evaluate(m, test_x, rng)
-    out.update(noise_end=unused_noise(m, mu, logvar, off=off)["noise_inactive"], test_loss_end=ev["test_loss"])
-    for part, mask in (("inactive", off), ("active", ~off)):
-        out[f"grad_rms_{part}"] = float(np.median(grad_rms[mask]))
-        out[f"step_{part}"] = float(np.median(step[mask]))
-    out.update(walk_steps=done, walk_lr=lr, unused_step=unused, latent=model.latent)
-    if unused != "adam":
-        out["eta"] = opt.eta
-    return out, m
+                return g2, d2, done
+    return g2, d2, done
 
 
 def _parser():
@@ -269,6 +294,16 @@ def _parser():
         "units' decoder rows and with those rows held, and measure how far the rows move and what their noise does",
     )
     p.add_argument("--walk-lr", type=cli.positive_float, default=1e-3, metavar="LR", help="its rate (default 1e-3)")
+    p.add_argument(
+        "--walk-decay", type=cli.fraction, default=None, metavar="F", help="decay the rate to 0 over its last F (wsd)"
+    )
+    p.add_argument(
+        "--walk-rows",
+        type=cli.choices_list("--walk-rows", WALKS),
+        default=list(WALKS),
+        metavar="LIST",
+        help=f"how the unused rows step, of {','.join(WALKS)} (default all)",
+    )
     return p
 
 
@@ -340,7 +375,7 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
     name = pathlib.Path(run_dir).name
     model = load(run_dir, "numpy")
     try:
-        for unused in WALKS:
+        for unused in args.walk_rows:
             bar = cli.progress_bar(args.walk, f"{name} {unused}", sys.stderr.isatty())
             try:
                 row, _ = walk(
@@ -353,6 +388,7 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
                     config.get("seed", 0),
                     config.get("batch_size", 128),
                     bar,
+                    args.walk_decay,
                 )
             finally:
                 if bar is not None:
@@ -362,7 +398,8 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
             print(
                 f"{name} {row['unused_step']}: unused rows' noise {row['noise_start']:.0f} → {row['noise_end']:.0f}, "
                 f"step {row['step_inactive']:.3f} α (active {row['step_active']:.3f} α), "
-                f"test −ELBO {row['test_loss_start']:.2f} → {row['test_loss_end']:.2f}",
+                f"test −ELBO {row['test_loss_start']:.2f} → {row['test_loss_end']:.2f}, "
+                f"−log p(x) {row['test_iw_nll_start']:.2f} → {row['test_iw_nll_end']:.2f}",
                 flush=True,
             )
     except ValueError as e:

@@ -86,12 +86,7 @@ _budget_list = _int_list("step budgets like 5000,10000,20000", "step budgets mus
 _seed_list = _int_list("seeds like 0,1,2", "seeds must be non-negative integers", 0, sort=False)
 
 
-def _model_list(text):
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in MODELS]
-    if not values or bad:
-        raise argparse.ArgumentTypeError(f"models must be from {', '.join(MODELS)}, got {text!r}")
-    return list(dict.fromkeys(values))
+_model_list = cli.choices_list("models", MODELS)
 
 
 def parse_args(argv=None):

@@ -418,6 +418,14 @@ def test_the_walk_is_adam_training_and_measures_steps_in_learning_rates():
     assert one["grad_rms_active"] == pytest.approx(np.median(grad_rms[~off]), rel=1e-12)
     assert one["step_active"] == pytest.approx(np.median(moved[~off]), rel=1e-6)
     assert row["noise_start"] == pytest.approx(one["noise_start"]) and row["noise_end"] != row["noise_start"]
+    # with a cool-down: the training loop under the wsd schedule of the walk's length
+    cooled, trained = mechanism.walk(vae, train_x, test_x, steps=5, lr=1e-3, batch_size=8, decay_frac=0.4)
+    ref = mechanism._resized(vae, 6, vae.get_params(), seed=0)
+    _, _, x, order = next(loop.epochs(train_x, "dynamic", 8, np.random.default_rng([0, 9])))
+    lr_at = schedule.schedule(5, 1e-3, "wsd", 0.4)
+    assert loop.run_epoch(ref, Adam(ref.params, lr=1e-3), x, order, lr_at=lr_at)[2] == "end"
+    assert all(np.array_equal(trained.params[k], ref.params[k]) for k in ref.params)
+    assert cooled["walk_decay_frac"] == 0.4 and math.isfinite(cooled["test_iw_nll_end"])
 
 
 def test_the_walk_with_plain_or_held_rows_moves_the_unused_rows_by_their_gradient_or_not():
@@ -429,6 +437,9 @@ def test_the_walk_with_plain_or_held_rows_moves_the_unused_rows_by_their_gradien
     held, trained = mechanism.walk(vae, train_x, test_x, steps=3, unused="frozen", batch_size=8)
     assert held["step_inactive"] == 0 and held["step_active"] > 0 and held["eta"] == 0
     assert np.array_equal(trained.params["dec0.W"][[2, 4, 5]], vae.params["dec0.W"][[2, 4, 5]])
+    zeroed, trained = mechanism.walk(vae, train_x, test_x, steps=3, unused="zeroed", batch_size=8)
+    assert np.all(trained.params["dec0.W"][[2, 4, 5]] == 0) and zeroed["noise_end"] == 0
+    assert zeroed["noise_start"] == held["noise_start"] > 0
     with pytest.raises(ValueError, match="unused must be one of"):
         mechanism.walk(vae, train_x, test_x, steps=1, unused="sgd")
     active = mechanism.at_prior(vae, [0, 1, 3])  # every unit at the prior: nothing to compare
@@ -448,9 +459,17 @@ def test_the_mechanism_command_walks_kept_models(tmp_path, capsys):
     result = tmp_path / "w.jsonl"
     assert mechanism.main([str(kept), "--walk", "3", "--out", str(result)]) == 0
     rows = [json.loads(line) for line in result.read_text().splitlines()]
-    assert [r["unused_step"] for r in rows] == ["adam", "plain", "frozen"] and all(r["walk_steps"] == 3 for r in rows)
+    assert [r["unused_step"] for r in rows] == list(mechanism.WALKS) and all(r["walk_steps"] == 3 for r in rows)
     assert rows[0]["inactive"] >= 3 and rows[0]["noise_start"] == pytest.approx(rows[1]["noise_start"])
     assert "unused rows' noise" in capsys.readouterr().out
+    cooled = tmp_path / "c.jsonl"
+    argv = [str(kept), "--walk", "4", "--walk-decay", "0.5", "--walk-rows", "zeroed,adam", "--out", str(cooled)]
+    assert mechanism.main(argv) == 0
+    two = [json.loads(line) for line in cooled.read_text().splitlines()]
+    assert [r["unused_step"] for r in two] == ["zeroed", "adam"] and two[0]["walk_decay_frac"] == 0.5
+    with pytest.raises(SystemExit) as bad:
+        mechanism.main([str(kept), "--walk", "4", "--walk-rows", "sgd", "--out", str(cooled)])
+    assert bad.value.code == 2 and "--walk-rows must be from" in capsys.readouterr().err
     checkpoint.save_params(kept / "checkpoint.npz", mechanism.at_prior(model, range(6)), json.loads(str(ck["config"])))
     assert mechanism.main([str(kept), "--walk", "3", "--out", str(result)]) == 2
     err = capsys.readouterr().err
