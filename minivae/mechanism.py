@@ -3,13 +3,13 @@
 A VAE with Z latents can represent every VAE with fewer: give the extra units q = N(0, 1)
 (encoder rows of μ zero, of log σ² zero) and zero decoder rows, and they cost no KL and change no
 likelihood. So at the optimum more latents cannot be worse; a deficit comes from how training gets
-there. Three measurements look at how:
+there. Four measurements look at how:
 
 - :func:`unused_noise` — what the unused units feed the decoder. A unit the model does not use
   has q(z_u | x) ≈ N(0, 1) for every x, so z_u is pure noise. Its decoder row W_u (H,) is not
-  pulled to zero by anything but the noise it causes, and Adam moves every weight by about one
-  learning rate per step whatever its gradient's size; the noise these rows add to the decoder's
-  first hidden pre-activation h = z W + b is
+  pulled to zero by anything but the noise it causes, while its gradient, a batch mean of
+  z_u · ∂L/∂h (h the first hidden pre-activation), is as large as a used unit's: every
+  stochastic step moves it. The noise these rows add to h = z W + b is
 
       Var_inactive[h_j] = Σ_{u inactive} E_x[σ_u²(x)] · W_uj²,    summed over j:  Σ_u E[σ_u²] ‖W_u‖²
 
@@ -23,12 +23,13 @@ there. Three measurements look at how:
   prior (zero encoder rows, so μ = 0 and log σ² = 0) with zero decoder rows. Its ELBO is the
   small model's, exactly; training it on shows whether a large Z keeps a good solution.
 
-- :func:`walk` — the optimizer's part: a trained model trained on for a few thousand steps at a
-  constant rate, with Adam, with the unused units' decoder rows stepping by their gradient's size
-  instead (:class:`PlainRows`), and with those rows held still, measuring how far each row moves
-  per step and what the unused rows' noise and the test −ELBO do. Adam's step is α m̂ / √v̂: a row whose gradient is only
-  noise still moves about α per step however small that gradient is; a plain step moves it in
-  proportion to the gradient.
+- :func:`walk` — the optimizer's part: a trained model trained on for a few thousand steps
+  (at a constant rate, or ending with a cool-down) with Adam, with the unused units' decoder rows
+  stepping by their gradient's size instead (:class:`PlainRows`), held still, or zeroed and held,
+  measuring how far each row moves per step and what the unused rows' noise, the test −ELBO and
+  −log p(x) do. Adam's step is α m̂ / √v̂: a row whose gradient were small would still move about
+  α per step; a plain step moves it in proportion to its gradient, so the two tell whether
+  Adam's normalization is what moves the unused rows.
 
 :func:`measure` takes the first two (with −ELBO and −log p(x) of each model) for one trained VAE;
 ``python -m minivae.mechanism RUN_DIR … --out FILE.jsonl`` (:func:`main`) for run folders, and
