@@ -291,8 +291,8 @@ def _parser():
         type=cli.positive_int,
         default=None,
         metavar="STEPS",
-        help="instead: train each model on for STEPS updates, with Adam, with plain steps for its unused "
-        "units' decoder rows and with those rows held, and measure how far the rows move and what their noise does",
+        help="instead: train each model on for STEPS updates once per way its unused units' decoder rows step "
+        "(--walk-rows), and measure how far the rows move, their noise, the test -ELBO and -log p(x)",
     )
     p.add_argument("--walk-lr", type=cli.positive_float, default=1e-3, metavar="LR", help="its rate (default 1e-3)")
     p.add_argument(
