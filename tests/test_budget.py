@@ -457,18 +457,16 @@ def test_the_mechanism_command_walks_kept_models(tmp_path, capsys):
     model = mechanism.at_prior(minivae_load(kept), [1, 3, 5])  # three unused units to follow
     checkpoint.save_params(kept / "checkpoint.npz", model, json.loads(str(ck["config"])))
     result = tmp_path / "w.jsonl"
-    assert mechanism.main([str(kept), "--walk", "3", "--out", str(result)]) == 0
-    rows = [json.loads(line) for line in result.read_text().splitlines()]
-    assert [r["unused_step"] for r in rows] == list(mechanism.WALKS) and all(r["walk_steps"] == 3 for r in rows)
-    assert rows[0]["inactive"] >= 3 and rows[0]["noise_start"] == pytest.approx(rows[1]["noise_start"])
-    assert "unused rows' noise" in capsys.readouterr().out
-    cooled = tmp_path / "c.jsonl"
-    argv = [str(kept), "--walk", "4", "--walk-decay", "0.5", "--walk-rows", "zeroed,adam", "--out", str(cooled)]
+    argv = [str(kept), "--walk", "4", "--walk-decay", "0.5", "--walk-rows", "zeroed,adam", "--out", str(result)]
     assert mechanism.main(argv) == 0
-    two = [json.loads(line) for line in cooled.read_text().splitlines()]
-    assert [r["unused_step"] for r in two] == ["zeroed", "adam"] and two[0]["walk_decay_frac"] == 0.5
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    assert [r["unused_step"] for r in rows] == ["zeroed", "adam"] and all(r["walk_steps"] == 4 for r in rows)
+    assert rows[0]["walk_decay_frac"] == 0.5 and rows[0]["inactive"] >= 3 and rows[0]["noise_end"] == 0
+    assert rows[0]["noise_start"] == pytest.approx(rows[1]["noise_start"]) and rows[1]["noise_end"] > 0
+    assert "unused rows' noise" in capsys.readouterr().out
+    assert mechanism._parser().parse_args([str(kept), "--walk", "2", "--out", "x"]).walk_rows == list(mechanism.WALKS)
     with pytest.raises(SystemExit) as bad:
-        mechanism.main([str(kept), "--walk", "4", "--walk-rows", "sgd", "--out", str(cooled)])
+        mechanism.main([str(kept), "--walk", "4", "--walk-rows", "sgd", "--out", str(result)])
     assert bad.value.code == 2 and "--walk-rows must be from" in capsys.readouterr().err
     checkpoint.save_params(kept / "checkpoint.npz", mechanism.at_prior(model, range(6)), json.loads(str(ck["config"])))
     assert mechanism.main([str(kept), "--walk", "3", "--out", str(result)]) == 2
