@@ -364,6 +364,48 @@ def fit(
     return history
 
 
+def descend(model, x, steps, lr=1.0, progress=False, desc="descend"):
+    """Plain gradient descent on the whole of ``x`` as one batch, for up to ``steps`` steps:
+
+        θ ← θ − η ∇L        every parameter, one step size η,
+
+    η found by backtracking: halved until the loss falls by at least ½ η ‖∇L‖² (Armijo's rule),
+    then tried doubled at the next step (starting from ``lr``). Unlike Adam, which moves every
+    parameter by about its learning rate per step, this moves a parameter in proportion to its
+    gradient, so a unit whose gradient is near 0 is not kept moving. Use a float64 model: near the
+    optimum the loss falls by less than float32 resolves. Returns the loss of every accepted step;
+    it stops early when no step size above 1e-12 lowers the loss (the optimum, as far as the
+    arithmetic sees)."""
+    history, eta = [], float(lr)
+    loss = model.forward(x)
+    grads = model.backward()
+    bar = _progress_bar(steps, desc) if progress else None
+    try:
+        for _ in range(steps):
+            norm2 = sum(float(np.vdot(g, g)) for g in grads.values())
+            old = {k: p.copy() for k, p in model.params.items()}
+            while True:
+                for k, p in model.params.items():
+                    p -= eta * grads[k]
+                new = model.forward(x)
+                if math.isfinite(new) and new <= loss - 0.5 * eta * norm2:
+                    break
+                for k, p in model.params.items():
+                    p[...] = old[k]
+                eta /= 2
+                if eta < 1e-12:
+                    return history
+            loss, eta = new, 2 * eta
+            history.append(loss)
+            grads = model.backward()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
 def _hold_then_decay(lr, lr_final, hold, steps):
     """t ↦ the rate after t updates: ``lr`` for the first ``hold`` fraction of the steps, then
     geometrically down to ``lr_final`` at the last step (constant when ``lr_final`` is None)."""

@@ -95,6 +95,14 @@ def parse_args(argv=None):
         help="learning rate at the last step, reached geometrically",
     )
     p.add_argument(
+        "--descend",
+        type=non_negative_int,
+        default=0,
+        metavar="STEPS",
+        help="after Adam, up to STEPS of plain gradient descent on the whole training set (float64, "
+        "step size by backtracking; --estimator exact) (default 0)",
+    )
+    p.add_argument(
         "--s2-lr-factor",
         type=positive_float,
         default=10.0,
@@ -150,6 +158,8 @@ def run(args):
         return summarize(args.summarize, quiet=args.quiet)
     if args.latent is None or args.sigma2 is None or args.out is None:
         raise UsageError("--latent, --sigma2 and --out are required (or --summarize DIR)")
+    if args.descend and args.estimator != "exact":
+        raise UsageError("--descend needs --estimator exact: it descends the exact loss")
     OutFolder(args.out, "--out").check()
     if args.data_dir is not None:
         require_folder(args.data_dir, "--data-dir")
@@ -176,6 +186,17 @@ def run(args):
         except MemoryError:
             print(f"minivae.linear: out of memory (Z = {args.latent})", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _descend(model, args, mean, lam, U, show):
+    """(the model in float64 after :func:`minivae.linear.descend` on the moment points, the steps
+    it took, their seconds)."""
+    t0 = time.perf_counter()
+    exact = linear.LinearVAE(model.data_dim, model.latent, args.sigma2, dtype="float64", estimator="exact")
+    exact.set_params({k: np.asarray(v, np.float64) for k, v in model.get_params().items()})
+    points = linear.moment_points(mean, lam, U, dtype="float64")
+    history = linear.descend(exact, points, args.descend, progress=show, desc="gradient descent")
+    return exact, len(history), time.perf_counter() - t0
 
 
 def _train_and_write(args, data):
@@ -210,7 +231,11 @@ def _train_and_write(args, data):
         fast_factor=args.s2_lr_factor,
     )
     train_s = time.perf_counter() - t0
+    if args.descend:
+        model, descended, descend_s = _descend(model, args, mean, lam, U, show)
     result = linear.compare(model, train_x, test_x, mean, lam, U)
+    if args.descend:
+        result.update(descend_steps=descended, descend_seconds=descend_s)
     config = {
         k: (str(v) if isinstance(v, pathlib.Path) else v)
         for k, v in vars(args).items()
