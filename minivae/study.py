@@ -288,19 +288,29 @@ def budget_curves(rows):
     return out
 
 
-def budget_change(points):
-    """(change of the mean from the previous budget to the last, ratio of the two budgets), or
-    (None, None) with fewer than two budgets."""
-    pts = [p for p in points if p[1] is not None]
-    if len(pts) < 2:
+def budget_change(rows, field):
+    """(change of ``field`` from the previous budget to the last, ratio of the two budgets) for the
+    rows of one size: the mean over the seeds measured at both budgets, each seed against itself
+    (a seed run only to the smaller budget does not enter); (None, None) without two budgets and
+    a seed at both."""
+    by_budget = {}
+    for r in rows:
+        if r.get(field) is not None:
+            by_budget.setdefault(r["steps"], {})[r["seed"]] = r[field]
+    budgets = sorted(by_budget)
+    if len(budgets) < 2:
         return None, None
-    return pts[-1][1] - pts[-2][1], pts[-1][0] / pts[-2][0]
+    last, prev = by_budget[budgets[-1]], by_budget[budgets[-2]]
+    both = sorted(set(last) & set(prev))
+    if not both:
+        return None, None
+    return float(np.mean([last[s] - prev[s] for s in both])), budgets[-1] / budgets[-2]
 
 
 def budget_report(rows):
     """The budget-curve section of a report: per size, the cooled measure at every budget and
     whether the last doubling changed it by less than BUDGET_CONVERGED."""
-    curves = budget_curves(rows)
+    curves, by_size = budget_curves(rows), groups(rows)
     budgets = sorted({r["steps"] for r in rows})
     lines = [
         "## Budget curves",
@@ -308,7 +318,8 @@ def budget_report(rows):
         "Each budget's model is trained with the wsd schedule of that many steps (constant rate, then a "
         "linear decay to 0 over the last fraction): the value *after the cool-down*. VAE: −log p(x) (IW); "
         "autoencoder: reconstruction loss; nats per test digit, mean ± sd over seeds (n at the largest "
-        f"budget). Converged: the last doubling of the budget changed it by less than {BUDGET_CONVERGED:g} nat.",
+        "budget); the last change is over the seeds run to both of the last two budgets. Converged: the last "
+        f"doubling of the budget changed it by less than {BUDGET_CONVERGED:g} nat.",
         "",
         "| model | hidden | Z | n | " + " | ".join(f"{t:,}" for t in budgets) + " | last change | converged |",
         "|---|---|---:|---:|" + "---:|" * len(budgets) + "---:|---|",
@@ -319,7 +330,7 @@ def budget_report(rows):
             "–" if t not in at or at[t][0] is None else f"{at[t][0]:.2f}" + (f" ± {at[t][1]:.2f}" if at[t][1] else "")
             for t in budgets
         ]
-        change, ratio = budget_change(points)
+        change, ratio = budget_change(by_size[(model, hidden, z)], budget_field(model))
         ok = "–" if change is None or ratio != 2 else "yes" if abs(change) < BUDGET_CONVERGED else "**no**"
         said = "–" if change is None else f"{change:+.2f}" + ("" if ratio == 2 else f" (×{ratio:g} budget)")
         lines.append(

@@ -199,7 +199,10 @@ def test_budget_change_and_convergence_on_fabricated_rows():
     curves = study.budget_curves(rows)
     assert [k[2] for k in curves] == [2, 9]
     assert curves[("vae", (8,), 2)][1][:2] == (2000, pytest.approx(94.9))
-    assert study.budget_change(curves[("vae", (8,), 2)]) == (pytest.approx(-0.2), 2.0)
+    assert study.budget_change(rows[2:], "test_iw_nll") == (pytest.approx(-0.2), 2.0)
+    # a seed run only to the smaller budget does not enter the change: each seed against itself
+    assert study.budget_change(rows[2:] + [row(2, 1000, 2, 90.0)], "test_iw_nll") == (pytest.approx(-0.2), 2.0)
+    assert study.budget_change(rows[2:] + [row(2, 4000, 2, 90.0)], "test_iw_nll") == (None, None)
     text = study.budget_report(rows)
     assert "| vae | 8 | 2 | 2 | 95.10 ± 0.14 | 94.90 | -0.20 | yes |" in text
     assert "| vae | 8 | 9 | 1 | 99.00 | 97.00 | -2.00 | **no** |" in text
