@@ -294,7 +294,7 @@ def _parser():
         help="instead: train each model on for STEPS updates once per way its unused units' decoder rows step "
         "(--walk-rows), and measure how far the rows move, their noise, the test -ELBO and -log p(x)",
     )
-    p.add_argument("--walk-lr", type=cli.positive_float, default=1e-3, metavar="LR", help="its rate (default 1e-3)")
+    p.add_argument("--walk-lr", type=cli.positive_float, default=1e-3, metavar="LR", help="its rate (default 0.001)")
     p.add_argument(
         "--walk-decay", type=cli.fraction, default=None, metavar="F", help="decay the rate to 0 over its last F (wsd)"
     )
@@ -303,7 +303,7 @@ def _parser():
         type=cli.choices_list("--walk-rows", WALKS),
         default=list(WALKS),
         metavar="LIST",
-        help=f"how the unused rows step, of {','.join(WALKS)} (default all)",
+        help=f"how the unused rows step, some of {', '.join(WALKS)} (default {','.join(WALKS)})",
     )
     return p
 
