@@ -65,20 +65,8 @@ from minivae.guards import OutFolder
 HOLD = 0.3  # the command holds its learning rate for this fraction of the steps, then decays it
 
 
-def parse_args(argv=None):
-    p = Parser(
-        prog=program("minivae.linear", "minivae-linear"),
-        usage="%(prog)s --latent Z --sigma2 S2 --out DIR [options]\n       %(prog)s --summarize DIR",
-        description="Train the linear Gaussian VAE on MNIST grey values and compare it with "
-        "its closed-form optimum (probabilistic PCA).",
-    )
-    needed = " (required, unless --summarize)"
-    p.add_argument("--latent", type=positive_int, default=None, help="latent dimension Z" + needed)
-    p.add_argument("--sigma2", type=positive_float, default=None, help="the decoder's fixed variance σ²" + needed)
-    p.add_argument(
-        "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default the download cache)"
-    )
-    p.add_argument("--out", type=path, default=None, help="output folder" + needed)
+def _training_options(p):
+    """How the model trains: steps, batch, rates, the descent after Adam, estimator, dtype."""
     p.add_argument("--steps", type=positive_int, default=12000, help="Adam steps")
     full = "or 'full': the whole training set each step, through its moment points"
     p.add_argument("--batch-size", type=batch_size, default="full", help=f"mini-batch size, {full}")
@@ -120,6 +108,23 @@ def parse_args(argv=None):
         default="float32",
         help="training precision; evaluation is always float64",
     )
+
+
+def parse_args(argv=None):
+    p = Parser(
+        prog=program("minivae.linear", "minivae-linear"),
+        usage="%(prog)s --latent Z --sigma2 S2 --out DIR [options]\n       %(prog)s --summarize DIR",
+        description="Train the linear Gaussian VAE on MNIST grey values and compare it with "
+        "its closed-form optimum (probabilistic PCA).",
+    )
+    needed = " (required, unless --summarize)"
+    p.add_argument("--latent", type=positive_int, default=None, help="latent dimension Z" + needed)
+    p.add_argument("--sigma2", type=positive_float, default=None, help="the decoder's fixed variance σ²" + needed)
+    p.add_argument(
+        "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default the download cache)"
+    )
+    p.add_argument("--out", type=path, default=None, help="output folder" + needed)
+    _training_options(p)
     p.add_argument("--seed", type=non_negative_int, default=0, help="seeds the weights and the data order")
     p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits (default all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary lines")
