@@ -187,7 +187,19 @@ class PlainRows(Adam):
 WALKS = ("adam", "plain", "frozen", "zeroed")  # how the unused units' decoder rows step in a walk
 
 
-def walk(model, train_x, test_x, steps, lr=1e-3, unused="adam", seed=0, batch_size=128, bar=None, decay_frac=None):
+def walk(
+    model,
+    train_x,
+    test_x,
+    steps,
+    lr=1e-3,
+    unused="adam",
+    seed=0,
+    batch_size=128,
+    bar=None,
+    decay_frac=None,
+    iw=(100, 1000),
+):
     """Train a copy of ``model`` on for ``steps`` updates with a fresh Adam at the rate ``lr`` —
     constant, or with ``decay_frac`` f the wsd schedule over the walk (constant, then a linear
     decay to 0 over the last f of the steps: :mod:`minivae.schedule`) — on dynamically binarized
@@ -203,7 +215,8 @@ def walk(model, train_x, test_x, steps, lr=1e-3, unused="adam", seed=0, batch_si
                                                                     step, in learning rates
 
     and at the start and the end (``_start``, ``_end``): the noise those units feed the decoder
-    (:func:`unused_noise`), the test −ELBO and −log p(x) (K = 100, the first 1,000 of ``test_x``).
+    (:func:`unused_noise`), the test −ELBO and −log p(x) (``iw`` = (K, N): K samples on the first
+    N of ``test_x``, as :func:`measure` takes them).
     The same seed gives every variant the same data, the same ε and the same evaluation draws."""
     from minivae import schedule
 
@@ -211,7 +224,7 @@ def walk(model, train_x, test_x, steps, lr=1e-3, unused="adam", seed=0, batch_si
         raise ValueError(f"unused must be one of {', '.join(WALKS)}, got {unused!r}")
     name = _layers(model)[1] + ".W"
     rng = np.random.default_rng([seed, 7])
-    start, off = _walk_state(model, test_x, rng)
+    start, off = _walk_state(model, test_x, rng, iw)
     if not off.any() or off.all():
         raise ValueError("the walk needs both active and inactive units")
     m = _resized(model, model.latent, model.get_params(), seed, backend="numpy")  # its gradients, one by one
@@ -223,30 +236,38 @@ def walk(model, train_x, test_x, steps, lr=1e-3, unused="adam", seed=0, batch_si
         opt = PlainRows(m.params, name, np.flatnonzero(off), lr, frozen=unused != "plain")
     lr_at = schedule.schedule(steps, lr, "wsd", decay_frac) if decay_frac else None
     g2, d2, done = _walk_steps(m, opt, train_x, steps, name, lr_at, (seed, batch_size), bar)
-    end, _ = _walk_state(m, test_x, rng, off)
-    out = {"inactive": int(off.sum()), **{k + "_start": v for k, v in start.items()}}
-    out.update({k + "_end": v for k, v in end.items()})
-    per = done * m.params[name].shape[1]
-    grad_rms, step = np.sqrt(g2 / per), np.sqrt(d2 / per)
-    for part, mask in (("inactive", off), ("active", ~off)):
-        out[f"grad_rms_{part}"] = float(np.median(grad_rms[mask]))
-        out[f"step_{part}"] = float(np.median(step[mask]))
+    end, _ = _walk_state(m, test_x, rng, iw, off)
+    out = _walk_row(off, start, end, g2, d2, done * m.params[name].shape[1])
     out.update(walk_steps=done, walk_lr=lr, walk_decay_frac=decay_frac, unused_step=unused, latent=model.latent)
     if unused != "adam":
         out["eta"] = opt.eta
     return out, m
 
 
-def _walk_state(model, test_x, rng, off=None):
-    """({noise, test_loss, test_iw_nll}, off) of a model in a :func:`walk`: ``off`` the units
-    followed (those inactive now when None)."""
+def _walk_row(off, start, end, g2, d2, per):
+    """A :func:`walk`'s row: the units followed, the start and end states, and the medians over the
+    inactive and the active units of the gradient's RMS and the step's (from Σ g² and Σ (Δw/α)²
+    per row over ``per`` = steps × H weights)."""
+    out = {"inactive": int(off.sum()), **{k + "_start": v for k, v in start.items()}}
+    out.update({k + "_end": v for k, v in end.items()})
+    grad_rms, step = np.sqrt(g2 / per), np.sqrt(d2 / per)
+    for part, mask in (("inactive", off), ("active", ~off)):
+        out[f"grad_rms_{part}"] = float(np.median(grad_rms[mask]))
+        out[f"step_{part}"] = float(np.median(step[mask]))
+    return out
+
+
+def _walk_state(model, test_x, rng, iw, off=None):
+    """({noise, test_loss, test_iw_nll}, off) of a model in a :func:`walk`: ``iw`` = (K, N) of the
+    −log p(x) estimate, ``off`` the units followed (those inactive now when None)."""
     from minivae import loop
 
     ev, (mu, logvar) = loop.evaluate(model, test_x, rng)
     if off is None:
         off = np.asarray(mu, np.float64).var(axis=0) < ACTIVE_THRESHOLD
     state = {"noise": unused_noise(model, mu, logvar, off=off)["noise_inactive"], "test_loss": ev["test_loss"]}
-    state["test_iw_nll"] = -metrics.iw_log_likelihood(model, test_x[:1000], 100, rng)
+    samples, examples = iw
+    state["test_iw_nll"] = -metrics.iw_log_likelihood(model, test_x[:examples], samples, rng)
     return state, off
 
 
@@ -390,6 +411,7 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
                     config.get("batch_size", 128),
                     bar,
                     args.walk_decay,
+                    (args.iw_samples, args.iw_examples),
                 )
             finally:
                 if bar is not None:

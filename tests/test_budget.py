@@ -461,11 +461,13 @@ def test_the_mechanism_command_walks_kept_models(tmp_path, capsys):
     checkpoint.save_params(kept / "checkpoint.npz", model, json.loads(str(ck["config"])))
     result = tmp_path / "w.jsonl"
     argv = [str(kept), "--walk", "4", "--walk-decay", "0.5", "--walk-rows", "zeroed,adam", "--out", str(result)]
+    argv += ["--iw-samples", "3", "--iw-examples", "20"]  # the walk's −log p(x) estimate, as measure's
     assert mechanism.main(argv) == 0
     rows = [json.loads(line) for line in result.read_text().splitlines()]
     assert [r["unused_step"] for r in rows] == ["zeroed", "adam"] and all(r["walk_steps"] == 4 for r in rows)
     assert rows[0]["walk_decay_frac"] == 0.5 and rows[0]["inactive"] >= 3 and rows[0]["noise_end"] == 0
     assert rows[0]["noise_start"] == pytest.approx(rows[1]["noise_start"]) and rows[1]["noise_end"] > 0
+    assert all(math.isfinite(r["test_iw_nll_start"]) and math.isfinite(r["test_iw_nll_end"]) for r in rows)
     assert "unused rows' noise" in capsys.readouterr().out
     assert mechanism._parser().parse_args([str(kept), "--walk", "2", "--out", "x"]).walk_rows == list(mechanism.WALKS)
     with pytest.raises(SystemExit) as bad:
