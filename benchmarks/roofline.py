@@ -5,8 +5,9 @@ logits plus the Gaussian KL, Adam; H = 512, batch B = 128, float32 by default) d
 step while every call it makes to its ops object (:class:`kernels.cpu_fused.CpuFusedOps`) is
 recorded with its arguments. Each call is one *part*, timed by calling it again exactly as the
 step made it: the same op (OpenBLAS, or our GEMM where the choice table of
-:mod:`kernels.gemm_choice` says so, for a product), on the step's own arrays, in place where the
-step works in place. The parts of a step with one hidden layer each side:
+:mod:`kernels.gemm_choice` says so, for a product), reading the step's own arrays and writing
+private copies of what it writes (an in-place part reads a private copy of its input too), so
+that no part changes what another reads. The parts of a step with one hidden layer each side:
 
     noise ε           (B, Z): Philox4x32-10 + Box–Muller
     forward           x·W₁ (B, D)·(D, H), h·W₂ (B, H)·(H, 2Z), z·W₃ (B, Z)·(Z, H), h·W₄ (B, H)·(H, D)
@@ -175,16 +176,35 @@ def cost(op, g):
 # --------------------------------------------------------------------------------------------
 
 
+# The arguments each op writes (in place where the step passes an input as one of them).
+WRITES = {
+    "standard_normal": ("out",),
+    "matmul": ("out",),
+    "bias_act": ("out",),
+    "act_backward": ("out",),
+    "colsum": ("out",),
+    "reparam_kl": ("z", "kl"),
+    "reparam_kl_backward": ("dh",),
+    "bernoulli_nll": ("loss", "da"),
+    "adam": ("p", "m", "v"),
+}
+
+
 def record_step(vae, opt, x):
     """One training step of ``vae`` (a cpu-fused :class:`kernels.fast.FastVAE`) and its Adam
     ``opt`` on the batch x, with every call to the ops object recorded. → [(op, method, args,
-    kwargs)] in the order of the step; ``method`` is the ops object's own bound method."""
+    before)] in the order of the step: ``method`` is the ops object's own bound method, ``args``
+    its arguments by name (defaults applied), ``before`` a copy of each array it writes
+    (:data:`WRITES`) as it was just before the call."""
     ops, calls = vae.engine.ops, []
     for op in OPS:
         method = getattr(ops, op)
 
         def recorder(*args, _op=op, _method=method, **kwargs):
-            calls.append((_op, _method, args, kwargs))
+            bound = inspect.signature(_method).bind(*args, **kwargs)
+            bound.apply_defaults()
+            g = dict(bound.arguments)
+            calls.append((_op, _method, g, {k: np.array(g[k], copy=True) for k in WRITES[_op]}))
             return _method(*args, **kwargs)
 
         setattr(ops, op, recorder)  # on the instance: the engine and Adam call through it
@@ -195,6 +215,28 @@ def record_step(vae, opt, x):
         for op in OPS:
             delattr(ops, op)  # the class's methods again
     return calls
+
+
+def private_arguments(op, g, before):
+    """The arguments a part is timed with: the step's own arrays for what it only reads, and a
+    private copy (from ``before``, the values just before the step's call) of every array it
+    writes. A part that works in place (``bias_act`` with out = a: y ← act(y + b)) reads a second
+    private copy of the input instead, which no call writes. So a part timed thousands of times
+    computes the same numbers at every call and leaves the step's arrays alone: called again in
+    place on the step's own y, the bias add would accumulate (y + nb) until the next layers
+    overflow into inf and NaN, and the parts downstream would be timed on those. Adam alone
+    still changes its private θ, m, v at each call (by about one learning rate per call), as a
+    training step does."""
+    private = dict(g)
+    for k in WRITES[op]:
+        private[k] = before[k].copy()
+        for name, value in g.items():
+            if name not in WRITES[op] and isinstance(value, np.ndarray) and np.shares_memory(value, g[k]):
+                if op == "act_backward" and g["act"] == "identity":
+                    private[name] = private[k]  # nothing to do in place: keep it in place
+                else:
+                    private[name] = before[k].copy()  # the input of an in-place part, read only
+    return private
 
 
 def _key(a):
@@ -276,14 +318,12 @@ def implementation(op, g, ops):
 def step_parts(vae, calls):
     """The parts of a recorded step (:func:`record_step`): one dict per call, with its name, op,
     kind, shape, implementation, FLOPs and bytes, and ``call``, a function that makes the call
-    again (not kept in the JSON)."""
+    again on the part's own arguments (:func:`private_arguments`; not kept in the JSON)."""
     ops = vae.engine.ops
-    B = next(args[0].shape[0] for op, _, args, _ in calls if op == "bias_act")
+    B = next(g["a"].shape[0] for op, _, g, _ in calls if op == "bias_act")
     names, parts = array_names(vae.engine, B), []
-    for op, method, args, kwargs in calls:
-        bound = inspect.signature(method).bind(*args, **kwargs)
-        bound.apply_defaults()
-        g = bound.arguments
+    for op, method, g, before in calls:
+        kw = private_arguments(op, g, before)
         flops, nbytes = cost(op, g)
         kind = {"matmul": "product", "adam": "Adam"}.get(op, "element-wise")
         parts.append(
@@ -295,7 +335,7 @@ def step_parts(vae, calls):
                 "impl": implementation(op, g, ops),
                 "flops": flops,
                 "bytes": nbytes,
-                "call": lambda method=method, args=args, kwargs=kwargs: method(*args, **kwargs),
+                "call": lambda method=method, kw=kw: method(**kw),
             }
         )
     return parts

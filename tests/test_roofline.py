@@ -140,3 +140,61 @@ def test_by_default_it_writes_under_runs_bench_named_by_the_threads():
     assert (args.repeats, args.peak_n) == (roofline.DEFAULTS["repeats"], roofline.DEFAULTS["peak_n"])
     quick = roofline.parse_args(["--quick", "--repeats", "7"])
     assert quick.repeats == 7 and quick.target == roofline.QUICK["target"]  # what is given still applies
+
+
+def _engine_arrays(vae, opt, B):
+    """Copies of every array the step keeps: parameters, gradients, Adam's moments, the workspace."""
+    e, ws = vae.engine, vae.engine.workspace(B)
+    arrays = {"params": e.params.flat, "grads": e.grads.flat}
+    arrays.update({f"{k}:{i}": a for k in ("enc_y", "dec_y") for i, a in enumerate(getattr(ws, k))})
+    arrays.update({f"opt:{k}": v for k, v in vars(opt).items() if isinstance(v, np.ndarray)})
+    return {k: np.array(v, copy=True) for k, v in arrays.items()}
+
+
+def test_a_part_timed_again_and_again_changes_nothing_the_step_keeps():
+    """Every part called 300 times in the step's order (as the timing does) leaves every array of
+    the step as it was, and computes finite numbers; each part but Adam computes the same numbers
+    at every call (a bias added in place on the step's own y would grow by b at each call)."""
+    Z, B = 3, 4
+    vae, opt, x = roofline.build_step(Z, (8,), B)
+    calls = roofline.record_step(vae, opt, x)
+    parts = roofline.step_parts(vae, calls)
+    kept = _engine_arrays(vae, opt, B)
+    private = [roofline.private_arguments(op, g, before) for op, _, g, before in calls]
+    firsts = []
+    for (op, method, _, _), kw in zip(calls, private, strict=True):
+        method(**kw)
+        firsts.append({k: kw[k].copy() for k in roofline.WRITES[op]})
+    for _ in range(300):
+        for (_, method, _, _), kw in zip(calls, private, strict=True):
+            method(**kw)
+    for part in parts:
+        part["call"]()
+    for name, before in kept.items():
+        np.testing.assert_array_equal(_engine_arrays(vae, opt, B)[name], before, err_msg=name)
+    for (op, _, _, _), kw, first in zip(calls, private, firsts, strict=True):
+        for k in roofline.WRITES[op]:
+            assert np.isfinite(kw[k]).all(), (op, k)
+            if op != "adam":
+                np.testing.assert_array_equal(kw[k], first[k], err_msg=f"{op} {k}")
+
+
+def test_a_part_computes_what_the_step_computed():
+    """Called on its private arguments, a product writes the product of the step's arrays, and
+    an in-place bias + ReLU (y ← ReLU(y + b)) reads its private copy of the step's y = x·W and
+    writes ReLU(x·W + b) however often it is called."""
+    vae, opt, x = roofline.build_step(3, (8,), 4)
+    W = vae.engine.params["enc0.W"].copy()  # the step's Adam changes it
+    calls = roofline.record_step(vae, opt, x)
+    (first, bias) = [(op, g, b) for op, _, g, b in calls if op in ("matmul", "bias_act")][:2]
+    assert first[0] == "matmul" and bias[0] == "bias_act" and np.shares_memory(bias[1]["a"], bias[1]["out"])
+    kw = roofline.private_arguments(*first)
+    vae.engine.ops.matmul(**kw)
+    np.testing.assert_allclose(kw["out"], x @ vae.engine.params["enc0.W"], rtol=1e-5, atol=1e-6)  # W now
+    np.testing.assert_allclose(bias[2]["out"], x @ W, rtol=1e-5, atol=1e-6)  # the step's input: W before its Adam
+    kw = roofline.private_arguments(*bias)
+    assert not np.shares_memory(kw["a"], kw["out"])  # timed out of place: its input stays as the step left it
+    vae.engine.ops.bias_act(**kw)
+    vae.engine.ops.bias_act(**kw)
+    # its own input (x·W as the step had it) plus the bias it reads from the step (as Adam left it)
+    np.testing.assert_allclose(kw["out"], np.maximum(x @ W + vae.engine.params["enc0.b"], 0), rtol=1e-5, atol=1e-6)
