@@ -63,6 +63,7 @@ from minivae.files import WriteError, atomic_write, atomic_write_text
 from minivae.guards import OutFolder
 
 HOLD = 0.3  # the command holds its learning rate for this fraction of the steps, then decays it
+EM_SWEEPS = 0  # variational EM sweeps after Adam (minivae.linear.coordinate_ascent)
 
 
 def _training_options(p):
@@ -89,6 +90,14 @@ def _training_options(p):
         metavar="STEPS",
         help="after Adam, up to STEPS of plain gradient descent on the whole training set (float64, "
         "step size by backtracking; --estimator exact) (default 0)",
+    )
+    p.add_argument(
+        "--em",
+        type=non_negative_int,
+        default=EM_SWEEPS,
+        metavar="SWEEPS",
+        help="last, SWEEPS of variational EM on the whole training set: the decoder, then the encoder, "
+        f"each set to its exact optimum given the other (float64; --estimator exact) (default {EM_SWEEPS})",
     )
     p.add_argument(
         "--s2-lr-factor",
@@ -147,13 +156,15 @@ def memory_needed(data_dim, latent, n_train, n_test, batch_size, dtype):
     """Bytes the command needs at its peak, roughly (an upper estimate): the model's P ≈ 2·D·Z
     parameters with their gradients and Adam's moments in ``dtype``, a step's arrays, the float64
     copies of W and V the evaluation makes (the exact ELBO, the SVD, log p(x)) with the test
-    digits' codes, and the digits with their covariance and its eigenvectors."""
+    digits' codes, the digits with their covariance and its eigenvectors, and the few (Z, Z)
+    matrices of a variational EM sweep."""
     D, Z, size = data_dim, latent, np.dtype(dtype).itemsize
     P = 2 * D * Z + D + 2 * Z
     training = 4 * P * size + 6 * batch_size * (D + Z) * size
     evaluation = 3 * P * 8 + n_test * Z * (2 * size + 3 * 8) + 3 * 1000 * (D + Z) * 8
     digits = 2 * (n_train + n_test) * D * 4 + 4 * D * D * 8
-    return training + evaluation + digits
+    em = 3 * Z * Z * 8
+    return training + evaluation + digits + em
 
 
 def run(args):
@@ -165,6 +176,8 @@ def run(args):
         raise UsageError("--latent, --sigma2 and --out are required (or --summarize DIR)")
     if args.descend and args.estimator != "exact":
         raise UsageError("--descend needs --estimator exact: it descends the exact loss")
+    if args.em and args.estimator != "exact":
+        raise UsageError("--em needs --estimator exact: its updates are the exact loss's optima")
     OutFolder(args.out, "--out").check()
     if args.data_dir is not None:
         require_folder(args.data_dir, "--data-dir")
@@ -193,15 +206,25 @@ def run(args):
         return EXIT_FAILED
 
 
-def _descend(model, args, mean, lam, U, show):
-    """(the model in float64 after :func:`minivae.linear.descend` on the moment points, the steps
-    it took, their seconds)."""
-    t0 = time.perf_counter()
+def _after_adam(model, args, mean, lam, U, show):
+    """(the model, {result keys}) after Adam: with --descend, :func:`minivae.linear.descend`, then
+    with --em, :func:`minivae.linear.coordinate_ascent`, each on the moment points in float64 (the
+    model is returned in float64 then), with its steps, its seconds and its last training loss."""
+    if not (args.descend or args.em):
+        return model, {}
     exact = linear.LinearVAE(model.data_dim, model.latent, args.sigma2, dtype="float64", estimator="exact")
     exact.set_params({k: np.asarray(v, np.float64) for k, v in model.get_params().items()})
     points = linear.moment_points(mean, lam, U, dtype="float64")
-    history = linear.descend(exact, points, args.descend, progress=show, desc="gradient descent")
-    return exact, len(history), time.perf_counter() - t0
+    out = {}
+    if args.descend:
+        t0 = time.perf_counter()
+        history = linear.descend(exact, points, args.descend, progress=show, desc="gradient descent")
+        out.update(descend_steps=len(history), descend_seconds=time.perf_counter() - t0)
+    if args.em:
+        t0 = time.perf_counter()
+        history = linear.coordinate_ascent(exact, points, args.em, progress=show, desc="variational EM")
+        out.update(em_sweeps=len(history), em_seconds=time.perf_counter() - t0, em_final_loss=history[-1])
+    return exact, out
 
 
 def _train_and_write(args, data):
@@ -236,11 +259,9 @@ def _train_and_write(args, data):
         fast_factor=args.s2_lr_factor,
     )
     train_s = time.perf_counter() - t0
-    if args.descend:
-        model, descended, descend_s = _descend(model, args, mean, lam, U, show)
+    model, after = _after_adam(model, args, mean, lam, U, show)
     result = linear.compare(model, train_x, test_x, mean, lam, U)
-    if args.descend:
-        result.update(descend_steps=descended, descend_seconds=descend_s)
+    result.update(after)
     config = {
         k: (str(v) if isinstance(v, pathlib.Path) else v)
         for k, v in vars(args).items()

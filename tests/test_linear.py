@@ -209,6 +209,68 @@ def test_gradient_descent_steps_along_the_gradient_and_lowers_the_loss_to_the_cl
     assert 0 <= gap < start_gap / 5, (gap, start_gap)
 
 
+def _halves_are_optimal(model, points, tol):
+    """The gradient of the loss with respect to every parameter is ~0 (both halves at their optimum)."""
+    model.forward(points)
+    grads = model.backward()
+    for k, g in grads.items():
+        assert np.abs(g).max() < tol, (k, np.abs(g).max())
+
+
+def test_each_half_of_a_coordinate_ascent_sweep_is_its_exact_optimum(rng):
+    """A sweep sets W, b to their least-squares optimum given the encoder, then V, c, log s² to
+    theirs given the decoder: right after the encoder's update its gradient is zero, and the
+    decoder's update zeroes the decoder's gradient for the encoder it saw (checked by undoing
+    the encoder update). The formulas are checked against the analytic gradients, which the
+    central-difference tests above check."""
+    x, _ = synthetic(n=400)
+    mean, lam, U = linear.spectrum(x)
+    points = linear.moment_points(mean, lam, U, dtype="float64")
+    model = linear.LinearVAE(5, 8, SIGMA2, dtype="float64")
+    for p in model.params.values():  # anywhere
+        p[...] = 0.5 * rng.standard_normal(p.shape)
+    encoder = {k: model.params[k].copy() for k in ("V", "c", "logs2")}
+    linear.coordinate_ascent(model, points, 1)
+    model.forward(points)
+    grads = model.backward()
+    for k in ("V", "c", "logs2"):
+        assert np.abs(grads[k]).max() < 1e-10, k
+    model.set_params({**model.get_params(), **encoder})  # the encoder the decoder's update saw
+    model.forward(points)
+    grads = model.backward()
+    for k in ("W", "b"):
+        assert np.abs(grads[k]).max() < 1e-10, k
+
+
+def test_coordinate_ascent_never_raises_the_loss_and_lands_on_the_closed_form():
+    """From a random start at Z = 8 > D = 5: the loss falls at every sweep (to rounding) and ends at
+    pPCA's — ELBO = exact log-likelihood, k = 3 units active, Z − k = 5 collapsed — and on the
+    data itself the sweeps on its moment points compute what sweeps on all of it do."""
+    x, _ = synthetic(n=500)
+    mean, lam, U = linear.spectrum(x)
+    points = linear.moment_points(mean, lam, U, dtype="float64")
+    model = linear.LinearVAE(5, 8, SIGMA2, seed=0, dtype="float64", init_std=0.1)
+    twin = linear.LinearVAE(5, 8, SIGMA2, seed=0, dtype="float64", init_std=0.1)
+    history = linear.coordinate_ascent(model, points, 3000)  # the last ~2,000: latents aligning with the axes
+    assert len(history) == 3000 and all(b <= a + 1e-12 for a, b in zip(history, history[1:], strict=False))
+    linear.coordinate_ascent(twin, x, 3000)
+    for k, p in model.params.items():
+        np.testing.assert_allclose(twin.params[k], p, rtol=1e-7, atol=1e-9, err_msg=k)
+    r = linear.compare(model, x, x, mean, lam, U)
+    assert abs(r["train_elbo"] - r["exact_train_ll"]) < 1e-8
+    assert r["active_units"] == 3 == r["predicted_active_units"]
+    assert r["collapsed_units"] == 5 == r["predicted_collapsed"]
+    assert r["sv_max_abs_error"] < 1e-9
+    _halves_are_optimal(model, points, 1e-6)  # rounding: the residuals x − Wμ − b cancel
+
+
+def test_coordinate_ascent_wants_float64_and_the_exact_estimator():
+    x, _ = synthetic(n=50)
+    for kw in ({"dtype": "float32"}, {"estimator": "sample"}):
+        with pytest.raises(ValueError, match="float64"):
+            linear.coordinate_ascent(linear.LinearVAE(5, 2, SIGMA2, **kw), x, 1)
+
+
 # ------------------------------------------------------------------------------ identity metric
 
 
@@ -316,6 +378,19 @@ def test_command_descends_after_adam(tiny_mnist, tmp_path):
     assert r["train_elbo"] > adam["train_elbo"]
 
 
+def test_command_runs_variational_em_after_adam(tiny_mnist, tmp_path):
+    """--em N: N sweeps of coordinate ascent after Adam, in result.json with their seconds and
+    last training loss (the training ELBO it reports); the model ends no worse than Adam's."""
+    args = ["--latent", "5", "--sigma2", "0.1", "--data-dir", str(tiny_mnist), "--steps", "20", "--quiet"]
+    assert linear.main(args + ["--out", str(tmp_path / "a"), "--em", "0"]) == 0
+    assert linear.main(args + ["--out", str(tmp_path / "e"), "--em", "25"]) == 0
+    adam = json.loads((tmp_path / "a" / "result.json").read_text())
+    r = json.loads((tmp_path / "e" / "result.json").read_text())
+    assert "em_sweeps" not in adam and r["em_sweeps"] == 25 == r["config"]["em"] and r["em_seconds"] >= 0
+    assert r["train_elbo"] == pytest.approx(-r["em_final_loss"], abs=1e-9)
+    assert r["train_elbo"] > adam["train_elbo"] + 1e-3
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -329,6 +404,8 @@ def test_command_descends_after_adam(tiny_mnist, tmp_path):
         ["--latent", "10", "--sigma2", "0.1", "--data-dir", "MISSING"],
         ["--latent", "10", "--sigma2", "0.1", "--descend", "5", "--estimator", "sample"],
         ["--latent", "10", "--sigma2", "0.1", "--descend", "-1"],
+        ["--latent", "10", "--sigma2", "0.1", "--em", "5", "--estimator", "sample"],
+        ["--latent", "10", "--sigma2", "0.1", "--em", "x"],
         ["--summarize", "MISSING"],
     ],
 )
