@@ -23,7 +23,6 @@ machine record of :mod:`benchmarks.machine` (CPU model, vector ISA, BLAS core ty
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -34,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks import machine, peers, throughput
 from minivae import cli
-from minivae.files import atomic_write_text
 
 D = 784
 DEFAULT_OUT = Path("runs/bench")
@@ -175,10 +173,7 @@ def run(args, load_start=None):
     config = {k: getattr(args, k) for k in ("repeats", "warmup", "target", "settle", "batch", "threads")}
     config.update(latents=list(args.latents), hidden=list(args.hidden), pinned_cores=pinned)
     doc = {"config": config, "machine": machine.finish(host, spreads), "latents": latents}
-    path = args.out / f"passes-t{threads}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    cli.say(f"wrote {path}")
+    throughput.write_doc(args.out, f"passes-t{threads}.json", doc)
     return doc
 
 

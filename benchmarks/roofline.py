@@ -73,7 +73,6 @@ measured roofs, and every part of every Z.
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import sys
 import time
@@ -87,7 +86,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks import machine, peers, throughput
 from benchmarks.kernels import shape_label
 from minivae import cli
-from minivae.files import atomic_write_text
 
 D = 784
 LATENTS = (20, 1000)
@@ -710,10 +708,7 @@ def run(args, load_start=None):
     latents = {str(Z): time_latent(Z, args, roofs, spreads) for Z in args.latents}
     host.update(numpy=np.__version__, numba=numba.__version__, numba_threads=numba.get_num_threads())
     doc = {"config": config, "machine": machine.finish(host, spreads), "roofs": roofs, "latents": latents}
-    path = args.out / f"roofline-t{threads}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
-    cli.say(f"wrote {path}")
+    throughput.write_doc(args.out, f"roofline-t{threads}.json", doc)
     return doc
 
 

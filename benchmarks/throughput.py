@@ -576,6 +576,16 @@ def with_defaults(args, defaults, quick):
     return args
 
 
+def write_doc(out, name, doc):
+    """``doc`` as indented JSON into ``out``/``name`` (the folder made, the file replaced whole, never
+    half-written), said on stdout. → the path."""
+    path = out / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    cli.say(f"wrote {path}")
+    return path
+
+
 def check_out(out):
     """Refuse, before anything is timed, an ``--out`` that cannot be written into."""
     OutFolder(out, "--out").check()

@@ -94,6 +94,7 @@ closed form above; the command, its summary table and its figure are :mod:`miniv
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 
@@ -379,8 +380,7 @@ def descend(model, x, steps, lr=1.0, progress=False, desc="descend"):
     history, eta = [], float(lr)
     loss = model.forward(x)
     grads = model.backward()
-    bar = _progress_bar(steps, desc) if progress else None
-    try:
+    with _progress(steps, desc, progress) as tick:
         for _ in range(steps):
             norm2 = sum(float(np.vdot(g, g)) for g in grads.values())
             old = {k: p.copy() for k, p in model.params.items()}
@@ -398,11 +398,7 @@ def descend(model, x, steps, lr=1.0, progress=False, desc="descend"):
             loss, eta = new, 2 * eta
             history.append(loss)
             grads = model.backward()
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            tick()
     return history
 
 
@@ -437,9 +433,8 @@ def coordinate_ascent(model, x, sweeps, progress=False, desc="coordinate ascent"
     xc = x - mean
     S = xc.T @ xc / len(x)  # (D, D)
     P, s2v, Z = model.params, model.sigma2, model.latent
-    bar = _progress_bar(sweeps, desc) if progress else None
     history = []
-    try:
+    with _progress(sweeps, desc, progress) as tick:
         for _ in range(sweeps):
             V, s2 = P["V"], np.exp(P["logs2"])
             SV = S @ V.T  # S Vᵀ (D, Z)
@@ -451,11 +446,7 @@ def coordinate_ascent(model, x, sweeps, progress=False, desc="coordinate ascent"
             P["c"][...] = -P["V"] @ P["b"]
             P["logs2"][...] = np.log(s2v / ((W * W).sum(axis=0) + s2v))
             history.append(model.forward(x))
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            tick()
     return history
 
 
@@ -497,6 +488,18 @@ class _SplitAdam:
     def step(self, grads):
         self.slow.step({k: g for k, g in grads.items() if k not in self.fast.params})
         self.fast.step({k: grads[k] for k in self.fast.params})
+
+
+@contextlib.contextmanager
+def _progress(steps, desc, show):
+    """A tick() that moves a progress bar of ``steps`` on by one (nothing when not ``show``); the
+    bar is closed when the block ends, also by an exception or a return."""
+    bar = _progress_bar(steps, desc) if show else None
+    try:
+        yield (lambda: bar.update(1)) if bar is not None else (lambda: None)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _progress_bar(steps, desc):
