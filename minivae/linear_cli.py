@@ -63,7 +63,7 @@ from minivae.files import WriteError, atomic_write, atomic_write_text
 from minivae.guards import OutFolder
 
 HOLD = 0.3  # the command holds its learning rate for this fraction of the steps, then decays it
-EM_SWEEPS = 0  # variational EM sweeps after Adam (minivae.linear.coordinate_ascent)
+EM_SWEEPS = 300  # variational EM sweeps after Adam (minivae.linear.coordinate_ascent), exact estimator
 
 
 def _training_options(p):
@@ -94,10 +94,11 @@ def _training_options(p):
     p.add_argument(
         "--em",
         type=non_negative_int,
-        default=EM_SWEEPS,
+        default=None,
         metavar="SWEEPS",
         help="last, SWEEPS of variational EM on the whole training set: the decoder, then the encoder, "
-        f"each set to its exact optimum given the other (float64; --estimator exact) (default {EM_SWEEPS})",
+        f"each set to its exact optimum given the other (float64; --estimator exact) (default {EM_SWEEPS}; "
+        "0 with --estimator sample)",
     )
     p.add_argument(
         "--s2-lr-factor",
@@ -178,6 +179,8 @@ def run(args):
         raise UsageError("--descend needs --estimator exact: it descends the exact loss")
     if args.em and args.estimator != "exact":
         raise UsageError("--em needs --estimator exact: its updates are the exact loss's optima")
+    if args.em is None:
+        args.em = EM_SWEEPS if args.estimator == "exact" else 0
     OutFolder(args.out, "--out").check()
     if args.data_dir is not None:
         require_folder(args.data_dir, "--data-dir")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gradcheck import numerical_grad, rel_error
 
-from minivae import identity, linear, losses
+from minivae import identity, linear, linear_cli, losses
 
 TOL = 1e-6  # relative error of analytic vs central-difference gradients, float64
 
@@ -369,7 +369,7 @@ def test_command_descends_after_adam(tiny_mnist, tmp_path):
     """--descend N: plain gradient descent after Adam, its steps and time in result.json; the
     model it leaves is no worse on the training set than Adam's."""
     out = tmp_path / "d"
-    args = ["--latent", "5", "--sigma2", "0.1", "--data-dir", str(tiny_mnist), "--steps", "20", "--quiet"]
+    args = ["--latent", "5", "--sigma2", "0.1", "--data-dir", str(tiny_mnist), "--steps", "20", "--quiet", "--em", "0"]
     assert linear.main(args + ["--out", str(tmp_path / "a")]) == 0
     assert linear.main(args + ["--out", str(out), "--descend", "30"]) == 0
     adam = json.loads((tmp_path / "a" / "result.json").read_text())
@@ -387,6 +387,13 @@ def test_command_runs_variational_em_after_adam(tiny_mnist, tmp_path):
     adam = json.loads((tmp_path / "a" / "result.json").read_text())
     r = json.loads((tmp_path / "e" / "result.json").read_text())
     assert "em_sweeps" not in adam and r["em_sweeps"] == 25 == r["config"]["em"] and r["em_seconds"] >= 0
+    assert linear.parse_args(["--latent", "5", "--sigma2", "0.1"]).em is None  # decided by the estimator:
+    default = tmp_path / "default"
+    assert linear.main(args + ["--out", str(default)]) == 0
+    assert json.loads((default / "result.json").read_text())["em_sweeps"] == linear_cli.EM_SWEEPS
+    sample = tmp_path / "sample"
+    assert linear.main(args + ["--out", str(sample), "--estimator", "sample"]) == 0
+    assert "em_sweeps" not in json.loads((sample / "result.json").read_text())  # no EM on the sampled loss
     assert r["train_elbo"] == pytest.approx(-r["em_final_loss"], abs=1e-9)
     assert r["train_elbo"] > adam["train_elbo"] + 1e-3
 
