@@ -236,7 +236,11 @@ def reading(rows, cooled=False):
         if z == best:
             continue
         diff = aggregate(g, field)[0] - aggregate(vae[best], field)[0]
-        if aggregate(g, field)[1] is None or aggregate(vae[best], field)[1] is None:
+        if aggregate(g, field)[1] is None and aggregate(vae[best], field)[1] is None:
+            spread = "one seed each: no spread to compare with"
+        elif aggregate(vae[best], field)[1] is None:
+            spread = f"Z = {best} has one seed: no spread to compare with"
+        elif aggregate(g, field)[1] is None:
             spread = "one seed: no spread to compare with"
         else:
             spread = f"{'beyond' if separated(g, vae[best], field) else 'within'} the seed spread"

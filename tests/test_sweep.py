@@ -326,7 +326,12 @@ def test_seed_aggregation_and_the_convergence_column_on_fabricated_rows():
     assert "Best −log p(x): 86.0 ± 1.0 nats at Z = 9" in text
     assert "Z = 2: 97.0 ± 2.0 (+11.0; beyond the seed spread)" in text
     one_seed = study.report([r for r in rows if r["seed"] == 0], settings, "fabricated")
-    assert "Z = 2: 95.0 (+10.0; one seed: no spread to compare with)" in one_seed
+    assert "Z = 2: 95.0 (+10.0; one seed each: no spread to compare with)" in one_seed
+    # the best size with one seed, a size with three: the missing spread is the best size's
+    best_one = study.report([*z2, rows[3]], settings, "fabricated")
+    assert "Z = 2: 97.0 ± 2.0 (+12.0; Z = 9 has one seed: no spread to compare with)" in best_one
+    other_one = study.report([rows[0], *z9], settings, "fabricated")
+    assert "Z = 2: 95.0 (+9.0; one seed: no spread to compare with)" in other_one
     assert "`metrics_vs_latent.png`, `active_units.png`" in one_seed
     one_size = study.report(z9, settings, "fabricated")
     assert "Figures: `learning_curves.png`, `kl_spectra.png`, `samples_by_latent.png`" in one_size
