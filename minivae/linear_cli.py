@@ -312,8 +312,11 @@ TABLE_HEAD = (
 
 
 def table_row(r):
+    steps = f"{r['config']['steps']}"  # Adam's, then the descent's and EM's that followed
+    steps += f" + {r['descend_steps']} GD" if r.get("descend_steps") else ""
+    steps += f" + {r['em_sweeps']} EM" if r.get("em_sweeps") else ""
     return (
-        f"| {r['sigma2']:g} | {r['latent']} | {r['config']['steps']} | {r['config']['batch_size']} | "
+        f"| {r['sigma2']:g} | {r['latent']} | {steps} | {r['config']['batch_size']} | "
         f"{r['config']['lr']:g} → {r['config']['lr_final']:g} | {r['k']} | "
         f"{r['test_elbo']:.2f} | "
         f"{r['exact_test_ll']:.2f} | {r['test_gap']:.2f} | {r['model_test_ll']:.2f} | "

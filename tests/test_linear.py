@@ -349,9 +349,9 @@ def test_command_writes_result_and_summary(tiny_mnist, tmp_path, capsys):
     assert len(r["kl_per_unit_sorted"]) == 900 and len(r["eigenvalues"]) == 784
     assert linear.main(["--summarize", str(out)]) == 0
     table = (out / "table.md").read_text()
-    assert table.count("\n") == 4 and "| 0.1 | 900 | 30 | 100 | 0.001 → 1e-05 |" in table
+    assert table.count("\n") == 4 and "| 0.1 | 900 | 30 + 300 EM | 100 | 0.001 → 1e-05 |" in table
     assert (out / "spectrum.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| 0.1 | 3 | 30 | 100 | 0.001 → 1e-05 |" in capsys.readouterr().out
+    assert "| 0.1 | 3 | 30 + 300 EM | 100 | 0.001 → 1e-05 |" in capsys.readouterr().out
 
 
 def test_command_trains_on_the_full_batch(tiny_mnist, tmp_path):
@@ -394,6 +394,9 @@ def test_command_runs_variational_em_after_adam(tiny_mnist, tmp_path):
     sample = tmp_path / "sample"
     assert linear.main(args + ["--out", str(sample), "--estimator", "sample"]) == 0
     assert "em_sweeps" not in json.loads((sample / "result.json").read_text())  # no EM on the sampled loss
+    assert linear.main(["--summarize", str(tmp_path), "--quiet"]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| 0.1 | 5 | 20 + 25 EM | " in table and "| 0.1 | 5 | 20 | " in table  # the Adam-only run
     assert r["train_elbo"] == pytest.approx(-r["em_final_loss"], abs=1e-9)
     assert r["train_elbo"] > adam["train_elbo"] + 1e-3
 
