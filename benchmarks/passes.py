@@ -129,20 +129,13 @@ def parser():
     ap.add_argument(
         "--out", type=cli.path, default=DEFAULT_OUT, help=f"folder for passes-t<threads>.json (default {DEFAULT_OUT})"
     )
-    for name, what in (
-        ("--repeats", "interleaved timed repeats of every runner"),
-        ("--warmup", "untimed calls of every runner first"),
-        ("--target", "seconds per timed repeat"),
-        ("--settle", "seconds of rest before each timed repeat"),
+    for name, kind, what in (
+        ("--repeats", cli.positive_int, "interleaved timed repeats of every runner"),
+        ("--warmup", cli.non_negative_int, "untimed calls of every runner first"),
+        ("--target", cli.positive_float, "seconds per timed repeat"),
+        ("--settle", cli.non_negative_float, "seconds of rest before each timed repeat"),
     ):
-        dest = name.lstrip("-")
-        kind = {"repeats": cli.positive_int, "warmup": cli.non_negative_int, "target": cli.positive_float}
-        ap.add_argument(
-            name,
-            type=kind.get(dest, cli.non_negative_float),
-            default=None,
-            help=f"{what} (default {DEFAULTS[dest]}; {QUICK[dest]} with --quick)",
-        )
+        throughput.quick_option(ap, name, kind, what, DEFAULTS, QUICK)
     return ap
 
 

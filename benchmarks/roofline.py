@@ -197,9 +197,10 @@ def record_step(vae, opt, x):
     ops, calls = vae.engine.ops, []
     for op in OPS:
         method = getattr(ops, op)
+        sig = inspect.signature(method)  # once per op, not at every call
 
-        def recorder(*args, _op=op, _method=method, **kwargs):
-            bound = inspect.signature(_method).bind(*args, **kwargs)
+        def recorder(*args, _op=op, _method=method, _sig=sig, **kwargs):
+            bound = _sig.bind(*args, **kwargs)
             bound.apply_defaults()
             g = dict(bound.arguments)
             calls.append((_op, _method, g, {k: np.array(g[k], copy=True) for k in WRITES[_op]}))
@@ -636,10 +637,7 @@ def parser():
 
 
 def _option(ap, name, kind, what):
-    dest = name.lstrip("-").replace("-", "_")
-    ap.add_argument(
-        name, type=kind, default=None, help=f"{what} (default {DEFAULTS[dest]}; {QUICK[dest]} with --quick)"
-    )
+    throughput.quick_option(ap, name, kind, what, DEFAULTS, QUICK)
 
 
 def _timing_options(ap):

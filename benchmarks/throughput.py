@@ -567,6 +567,15 @@ def parse_args(argv=None):
     return with_defaults(parser().parse_args(argv), DEFAULTS, QUICK)
 
 
+def quick_option(ap, name, kind, what, defaults, quick):
+    """An option whose default is ``defaults``' value, or ``quick``'s with --quick (None until
+    :func:`with_defaults` fills it in), both said in its help."""
+    dest = name.lstrip("-").replace("-", "_")
+    ap.add_argument(
+        name, type=kind, default=None, help=f"{what} (default {defaults[dest]}; {quick[dest]} with --quick)"
+    )
+
+
 def with_defaults(args, defaults, quick):
     """``args`` with each option of ``defaults`` that was not given set to its default, or to its
     value in ``quick`` when ``--quick`` was."""
