@@ -235,12 +235,13 @@ def reading(rows, cooled=False):
     for z, g in vae.items():
         if z == best:
             continue
-        diff = aggregate(g, field)[0] - aggregate(vae[best], field)[0]
-        if aggregate(g, field)[1] is None and aggregate(vae[best], field)[1] is None:
+        (mean, sd, _), (best_mean, best_sd, _) = aggregate(g, field), aggregate(vae[best], field)
+        diff = mean - best_mean
+        if sd is None and best_sd is None:
             spread = "one seed each: no spread to compare with"
-        elif aggregate(vae[best], field)[1] is None:
+        elif best_sd is None:
             spread = f"Z = {best} has one seed: no spread to compare with"
-        elif aggregate(g, field)[1] is None:
+        elif sd is None:
             spread = "one seed: no spread to compare with"
         else:
             spread = f"{'beyond' if separated(g, vae[best], field) else 'within'} the seed spread"
