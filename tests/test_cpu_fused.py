@@ -307,3 +307,38 @@ def test_exp32_log1p32_sum64():
 
     row = np.random.default_rng(0).standard_normal(1001).astype(F32)
     assert abs(cpu_fused.sum64(row) - row.astype(np.float64).sum()) < 1e-9
+
+
+def test_adam_flushes_subnormal_moments():
+    """A moment that would be subnormal is stored as 0, and θ is the oracle's float32 exactly.
+
+    Zero gradients for 3,000 steps from a normal m and v: NumPy's float32 oracle gets stuck on a
+    few subnormal steps (β₁m rounds back to m), the kernel reaches exactly 0."""
+    P, steps = 64, 3000
+    rng = np.random.default_rng(7)
+    p = rand(rng, P) + F32(1.0)  # |θ| ~ 1: a 1e-32 change is far below half an ulp
+    g = np.zeros(P, F32)
+    m, v = rand(rng, P, scale=1e-3), (rng.random(P) * 1e-6 + 1e-7).astype(F32)
+    ours, ref = [a.copy() for a in (p, g, m, v)], [a.copy() for a in (p, g, m, v)]
+    tiny = np.finfo(F32).tiny
+    for t in range(1, steps + 1):
+        args = (1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**t, 1 - 0.999**t)
+        reference.adam(*ref, *args)
+        ops.adam(*ours, *args)
+    m_ref, v_ref = ref[2], ref[3]
+    assert ((m_ref != 0) & (np.abs(m_ref) < tiny)).all()  # the oracle's m: stuck, subnormal
+    np.testing.assert_array_equal(ours[2], 0)
+    assert ((ours[3] == 0) | (ours[3] >= tiny)).all()  # v: 0 or normal, never between
+    np.testing.assert_array_equal(ours[0], ref[0])  # θ: bit for bit the oracle's
+
+
+def test_adam_keeps_normal_moments():
+    """Moments at and just above the smallest normal float32 are kept as computed; just below it, 0."""
+    tiny = np.finfo(F32).tiny
+    m = np.array([tiny, -tiny, 2 * tiny, tiny * F32(1.2), tiny * F32(1.05), 1e-40], F32) / F32(0.9)
+    p, g, v = np.ones(6, F32), np.zeros(6, F32), np.full(6, 1e-4, F32)
+    ops.adam(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.5, 0.5)
+    expect = np.array([tiny, -tiny, 2 * tiny, tiny * F32(1.2), tiny * F32(1.05), 0], F32)
+    kept = np.abs(expect) >= tiny
+    np.testing.assert_allclose(m[kept], expect[kept], rtol=2e-7)
+    assert (np.abs(m[kept]) >= tiny).all() and m[~kept][0] == 0
