@@ -372,12 +372,7 @@ def plot_spectrum(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    longest = {}  # per (σ², Z) the run with the most steps
-    for r in results:
-        key = (r["sigma2"], r["latent"])
-        if key not in longest or r["config"]["steps"] > longest[key]["config"]["steps"]:
-            longest[key] = r
-    results = list(longest.values())
+    results = one_run_per_size(results)
     sig = sorted({r["sigma2"] for r in results})
     fig, axes = plt.subplots(2, len(sig), figsize=(5.2 * len(sig), 7.5), squeeze=False)
     for j, s2v in enumerate(sig):
@@ -391,6 +386,21 @@ def plot_spectrum(results, path):
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write(path, lambda f: f.write(buf.getvalue()))  # whole, or not at all
+
+
+def one_run_per_size(results):
+    """Per (σ², Z), the run trained longest: the most Adam steps, then the most EM sweeps (the
+    first of equals, in the order given)."""
+    longest = {}
+    for r in results:
+        key = (r["sigma2"], r["latent"])
+        if key not in longest or _training(r) > _training(longest[key]):
+            longest[key] = r
+    return list(longest.values())
+
+
+def _training(r):
+    return r["config"]["steps"], r.get("em_sweeps") or 0
 
 
 _COLORS = {100: "tab:green", 784: "tab:orange", 1000: "tab:blue"}  # per Z

@@ -499,3 +499,24 @@ def test_the_command_lives_in_linear_cli_and_answers_to_minivae_linear():
     root = pathlib.Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_the_figure_shows_per_size_the_run_trained_longest():
+    """One run per (σ², Z) in spectrum.png: the most Adam steps, then the most EM sweeps; the first
+    of equals in the table's order."""
+
+    def result(name, s2, Z, steps, em=None):
+        r = {"name": name, "sigma2": s2, "latent": Z, "config": {"steps": steps}}
+        return r if em is None else {**r, "em_sweeps": em}
+
+    runs = [
+        result("adam 12k", 0.01, 1000, 12000),
+        result("em 300", 0.01, 1000, 12000, em=300),
+        result("em 10", 0.01, 1000, 12000, em=10),
+        result("adam 3k + em", 0.01, 100, 3000, em=1000),
+        result("adam 12k", 0.01, 100, 12000),
+        result("first", 0.1, 100, 3000),
+        result("second", 0.1, 100, 3000, em=0),
+    ]
+    chosen = {(r["sigma2"], r["latent"]): r["name"] for r in linear_cli.one_run_per_size(runs)}
+    assert chosen == {(0.01, 1000): "em 300", (0.01, 100): "adam 12k", (0.1, 100): "first"}
