@@ -335,7 +335,7 @@ def summarize(folder, quiet=False):
     if not paths:
         raise UsageError(f"no */result.json in {folder}")
     results = [_read_result(p, folder) for p in paths]
-    results.sort(key=lambda r: (r["sigma2"], r["latent"], r["config"]["steps"], str(r["config"]["batch_size"])))
+    results.sort(key=lambda r: (r["sigma2"], r["latent"], r["config"]["steps"], str(r["config"]["batch_size"]), _training(r)))
     table = TABLE_HEAD + "".join(table_row(r) for r in results)
     with OutFolder(folder, "--summarize", "summary"):
         try:
