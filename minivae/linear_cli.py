@@ -335,7 +335,7 @@ def summarize(folder, quiet=False):
     if not paths:
         raise UsageError(f"no */result.json in {folder}")
     results = [_read_result(p, folder) for p in paths]
-    results.sort(key=lambda r: (r["sigma2"], r["latent"], r["config"]["steps"], str(r["config"]["batch_size"]), _training(r)))
+    results.sort(key=_table_order)
     table = TABLE_HEAD + "".join(table_row(r) for r in results)
     with OutFolder(folder, "--summarize", "summary"):
         try:
@@ -401,6 +401,11 @@ def one_run_per_size(results):
 
 def _training(r):
     return r["config"]["steps"], r.get("em_sweeps") or 0
+
+
+def _table_order(r):
+    """The table's rows: by σ², Z, Adam steps, batch size, then EM sweeps."""
+    return r["sigma2"], r["latent"], r["config"]["steps"], str(r["config"]["batch_size"]), _training(r)
 
 
 _COLORS = {100: "tab:green", 784: "tab:orange", 1000: "tab:blue"}  # per Z
