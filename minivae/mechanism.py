@@ -320,6 +320,13 @@ def _parser():
         "--walk-decay", type=cli.fraction, default=None, metavar="F", help="decay the rate to 0 over its last F (wsd)"
     )
     p.add_argument(
+        "--walk-seed",
+        type=cli.non_negative_int,
+        default=None,
+        metavar="N",
+        help="seeds the walk's data order, noise and evaluation draws (default the model's own seed)",
+    )
+    p.add_argument(
         "--walk-rows",
         type=cli.choices_list("--walk-rows", WALKS),
         default=list(WALKS),
@@ -332,8 +339,9 @@ def _parser():
 def main(argv=None):
     """``python -m minivae.mechanism RUN_DIR … --out FILE.jsonl``: :func:`measure` for each run
     folder (``minivae.train``'s, or those ``minivae.sweep --keep-models`` keeps), one JSON line
-    each, appended to --out as each is done. With ``--walk STEPS``, :func:`walk` instead: two
-    lines per run: Adam's, the plain step's and the held one's for the unused rows."""
+    each, appended to --out as each is done. With ``--walk STEPS``, :func:`walk` instead: one
+    line per run and way of stepping the unused rows (``--walk-rows``), seeded by ``--walk-seed``
+    (default the model's own training seed; the line's ``walk_seed``)."""
     import json
     import pathlib
     import warnings
@@ -396,6 +404,7 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
 
     name = pathlib.Path(run_dir).name
     model = load(run_dir, "numpy")
+    seed = config.get("seed", 0) if args.walk_seed is None else args.walk_seed
     try:
         for unused in args.walk_rows:
             bar = cli.progress_bar(args.walk, f"{name} {unused}", sys.stderr.isatty())
@@ -407,7 +416,7 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
                     args.walk,
                     args.walk_lr,
                     unused,
-                    config.get("seed", 0),
+                    seed,
                     config.get("batch_size", 128),
                     bar,
                     args.walk_decay,
@@ -416,7 +425,7 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
             finally:
                 if bar is not None:
                     bar.close()
-            rows.append({"run": name, "steps": config.get("steps"), **row})
+            rows.append({"run": name, "steps": config.get("steps"), **row, "walk_seed": seed})
             atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
             print(
                 f"{name} {row['unused_step']}: unused rows' noise {row['noise_start']:.0f} → {row['noise_end']:.0f}, "

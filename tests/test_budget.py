@@ -469,6 +469,12 @@ def test_the_mechanism_command_walks_kept_models(tmp_path, capsys):
     assert rows[0]["noise_start"] == pytest.approx(rows[1]["noise_start"]) and rows[1]["noise_end"] > 0
     assert all(math.isfinite(r["test_iw_nll_start"]) and math.isfinite(r["test_iw_nll_end"]) for r in rows)
     assert "unused rows' noise" in capsys.readouterr().out
+    assert all(r["walk_seed"] == json.loads((kept / "config.json").read_text())["seed"] for r in rows)
+    other = tmp_path / "other.jsonl"  # another walk: its own seed, its own data order and ε
+    argv2 = [str(kept), "--walk", "4", "--walk-decay", "0.5", "--walk-rows", "adam", "--walk-seed", "5"]
+    assert mechanism.main(argv2 + ["--out", str(other), "--iw-samples", "3", "--iw-examples", "20"]) == 0
+    (again,) = [json.loads(line) for line in other.read_text().splitlines()]
+    assert again["walk_seed"] == 5 and again["noise_end"] != pytest.approx(rows[1]["noise_end"], rel=1e-9)
     assert mechanism._parser().parse_args([str(kept), "--walk", "2", "--out", "x"]).walk_rows == list(mechanism.WALKS)
     with pytest.raises(SystemExit) as bad:
         mechanism.main([str(kept), "--walk", "4", "--walk-rows", "sgd", "--out", str(result)])
