@@ -354,8 +354,8 @@ def adam_kernel(p, g, m, v, lr, b1, one_minus_b1, b2, one_minus_b2, eps, c1, c2)
         gk = g[k]
         mk = b1 * m[k] + one_minus_b1 * gk
         vk = b2 * v[k] + one_minus_b2 * (gk * gk)
-        mk = mk if abs(mk) >= _TINY else _0
-        vk = vk if vk >= _TINY else _0
+        mk = _0 if abs(mk) < _TINY else mk  # written so that NaN (no comparison holds) stays NaN
+        vk = _0 if vk < _TINY else vk
         m[k] = mk
         v[k] = vk
         p[k] = p[k] - lr * (mk / c1) / (math.sqrt(vk / c2) + eps)

@@ -347,3 +347,19 @@ def test_adam_keeps_normal_moments():
     kept = np.abs(expect) >= tiny
     np.testing.assert_allclose(m[kept], expect[kept], rtol=2e-7)
     assert (np.abs(m[kept]) >= tiny).all() and m[~kept][0] == 0
+
+
+def test_adam_keeps_a_nan_or_infinite_gradient_visible():
+    """The flush of tiny moments must not swallow a NaN or ±∞ gradient: θ, m and v go non-finite
+    where the oracle's do, and stay finite elsewhere."""
+    g = np.array([np.nan, np.inf, -np.inf, 0.0, 1e-3], F32)
+    ours = [np.ones(5, F32), g, np.zeros(5, F32), np.zeros(5, F32)]
+    ref = [a.copy() for a in ours]
+    args = (1e-3, 0.9, 0.999, 1e-8, 0.1, 0.001)
+    with np.errstate(invalid="ignore"):  # the oracle's ∞/∞ is NaN, as ours
+        reference.adam(*ref, *args)
+    ops.adam(*ours, *args)
+    for o, r in zip(ours, ref, strict=True):
+        np.testing.assert_array_equal(np.isfinite(o), np.isfinite(r))
+        np.testing.assert_array_equal(np.isnan(o), np.isnan(r))
+    assert not np.isfinite(ours[0][:3]).any() and np.isfinite(ours[0][3:]).all()
