@@ -351,8 +351,6 @@ def main(argv=None):
     from minivae.files import atomic_write_text, read_jsonl
     from minivae.runs import RunError, load, read_config
 
-    p = _parser()
-
     def run(args):
         try:
             models = [(r, read_config(pathlib.Path(r) / "config.json")) for r in args.runs]
@@ -388,7 +386,23 @@ def main(argv=None):
             )
         return 0
 
-    return cli.run_command("minivae.mechanism", run, p.parse_args, argv)
+    return cli.run_command("minivae.mechanism", run, _parse_args, argv)
+
+
+_WALK_OPTIONS = ("walk_lr", "walk_decay", "walk_seed", "walk_rows")  # they shape a walk: no use without --walk
+
+
+def _parse_args(argv=None):
+    """The parsed options; a --walk-… option given without --walk is a usage error, not ignored."""
+    from minivae import cli
+
+    args = _parser().parse_args(argv)
+    if args.walk is None:
+        stray = sorted(cli.given_options(_parser(), argv) & set(_WALK_OPTIONS))
+        if stray:
+            names = ", ".join("--" + name.replace("_", "-") for name in stray)
+            raise cli.UsageError(f"{names} only appl{'y' if len(stray) > 1 else 'ies'} with --walk STEPS")
+    return args
 
 
 def _walks(args, run_dir, config, train_x, test_x, rows):

@@ -476,6 +476,10 @@ def test_the_mechanism_command_walks_kept_models(tmp_path, capsys):
     (again,) = [json.loads(line) for line in other.read_text().splitlines()]
     assert again["walk_seed"] == 5 and again["noise_end"] != pytest.approx(rows[1]["noise_end"], rel=1e-9)
     assert mechanism._parser().parse_args([str(kept), "--walk", "2", "--out", "x"]).walk_rows == list(mechanism.WALKS)
+    capsys.readouterr()
+    assert mechanism.main([str(kept), "--walk-seed", "5", "--walk-lr", "0.01", "--out", str(result)]) == 2
+    err = capsys.readouterr().err  # the options of a walk without --walk: refused, not ignored
+    assert "--walk-lr, --walk-seed only apply with --walk" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit) as bad:
         mechanism.main([str(kept), "--walk", "4", "--walk-rows", "sgd", "--out", str(result)])
     assert bad.value.code == 2 and "--walk-rows must be from" in capsys.readouterr().err
