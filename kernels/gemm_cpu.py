@@ -363,6 +363,7 @@ ukernel_fma_zmm = _fma_micro_kernel(MR_Z, NR_Z, 2 * _VEC)
 EPI_STORE, EPI_BIAS_ACT, EPI_ADAM = 0, 1, 2  # out (+)= tile;  out = act(tile + bias);  Adam on out
 ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2}
 _0 = np.float32(0.0)
+_TINY = np.float32(np.finfo(np.float32).tiny)  # moments below it are stored as 0, as kernels.cpu_fused.adam_kernel does
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"}, inline="always")
@@ -372,6 +373,8 @@ def _adam_row(p, g, m, v, n, lr, b1, omb1, b2, omb2, eps, c1, c2):
         gj = g[j]
         mk = b1 * m[j] + omb1 * gj
         vk = b2 * v[j] + omb2 * (gj * gj)
+        mk = _0 if abs(mk) < _TINY else mk  # no subnormal moments (see adam_kernel); NaN stays NaN
+        vk = _0 if vk < _TINY else vk
         m[j] = mk
         v[j] = vk
         p[j] = p[j] - lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
@@ -646,6 +649,8 @@ def _adam_vector(p, g, m, v, hyper):
         gk = g[k]
         mk = b1 * m[k] + omb1 * gk
         vk = b2 * v[k] + omb2 * (gk * gk)
+        mk = _0 if abs(mk) < _TINY else mk
+        vk = _0 if vk < _TINY else vk
         m[k] = mk
         v[k] = vk
         p[k] = p[k] - lr * (mk / c1) / (np.sqrt(vk / c2) + eps)

@@ -311,6 +311,24 @@ def test_matmul_bias_act_matches_reference(kernel, threads, act, M, K, N, monkey
     _with_threads(threads, run)
 
 
+def test_weight_grad_adam_stores_no_subnormal_moment():
+    """As kernels.cpu_fused.adam_kernel: with a zero gradient, moments that β·m would take below
+    2⁻¹²⁶ become 0 (in the tiles' Adam and in the bias's), and W and bias do not move."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 7)).astype(np.float32)
+    dy = np.zeros((16, 23), np.float32)  # every gradient exactly 0
+    W, bias = rng.standard_normal((7, 23)).astype(np.float32), rng.standard_normal(23).astype(np.float32)
+    moments = [np.full(a.shape, 1e-38, np.float32) for a in (W, W, bias, bias)]  # × β: subnormal
+    W0, bias0 = W.copy(), bias.copy()
+    hp = dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-8, c1=1 - 0.9**3, c2=1 - 0.999**3)
+    mW, vW, mb, vb = moments
+    gemm_cpu.weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, db=np.empty(23, np.float32), **hp)
+    for moment in moments:
+        np.testing.assert_array_equal(moment, 0)
+    np.testing.assert_array_equal(W, W0)
+    np.testing.assert_array_equal(bias, bias0)
+
+
 @pytest.mark.parametrize("kernel", [KERNEL_YMM, KERNEL_ZMM])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("fan_in,fan_out,B", [(1, 1, 1), (7, 23, 5), (130, 40, 128), (20, 300, 256)])
