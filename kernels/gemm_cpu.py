@@ -116,7 +116,6 @@ The GFLOP/s beside OpenBLAS (and XLA) on the step's shapes: ``python -m benchmar
 from __future__ import annotations
 
 import functools
-import math
 import sys
 
 import numba
@@ -126,6 +125,8 @@ from llvmlite import ir as lir  # "ir" is the micro-kernel loop's index (jc, pc,
 from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+from kernels.cpu_fused import adam_kernel
 
 VERSIONS = {
     1: "plain loops (i, k, j)",
@@ -363,21 +364,13 @@ ukernel_fma_zmm = _fma_micro_kernel(MR_Z, NR_Z, 2 * _VEC)
 EPI_STORE, EPI_BIAS_ACT, EPI_ADAM = 0, 1, 2  # out (+)= tile;  out = act(tile + bias);  Adam on out
 ACT_CODES = {"identity": 0, "relu": 1, "tanh": 2}
 _0 = np.float32(0.0)
-_TINY = np.float32(np.finfo(np.float32).tiny)  # moments below it are stored as 0, as kernels.cpu_fused.adam_kernel does
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"}, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _adam_row(p, g, m, v, n, lr, b1, omb1, b2, omb2, eps, c1, c2):
-    """Adam on p[:n] from the gradient g[:n] and the moments m[:n], v[:n] (1-D views)."""
-    for j in range(n):
-        gj = g[j]
-        mk = b1 * m[j] + omb1 * gj
-        vk = b2 * v[j] + omb2 * (gj * gj)
-        mk = _0 if abs(mk) < _TINY else mk  # no subnormal moments (see adam_kernel); NaN stays NaN
-        vk = _0 if vk < _TINY else vk
-        m[j] = mk
-        v[j] = vk
-        p[j] = p[j] - lr * (mk / c1) / (math.sqrt(vk / c2) + eps)
+    """Adam on p[:n] from the gradient g[:n] and the moments m[:n], v[:n] (1-D views): the flat
+    buffers' kernel, :func:`kernels.cpu_fused.adam_kernel`, on the first n of each."""
+    adam_kernel(p[:n], g[:n], m[:n], v[:n], lr, b1, omb1, b2, omb2, eps, c1, c2)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"})
@@ -632,28 +625,10 @@ def matmul_bias_act(a, b, bias, act, out, ta=False, tb=False):
     return out
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract", "arcp"})
+@njit(cache=True, error_model="numpy")
 def _adam_vector(p, g, m, v, hyper):
     """Adam on a 1-D parameter (the bias) with the hyper-parameters of :func:`epilogue_tile`."""
-    lr, b1, omb1, b2, omb2, eps, c1, c2 = (
-        hyper[0],
-        hyper[1],
-        hyper[2],
-        hyper[3],
-        hyper[4],
-        hyper[5],
-        hyper[6],
-        hyper[7],
-    )
-    for k in range(p.shape[0]):
-        gk = g[k]
-        mk = b1 * m[k] + omb1 * gk
-        vk = b2 * v[k] + omb2 * (gk * gk)
-        mk = _0 if abs(mk) < _TINY else mk
-        vk = _0 if vk < _TINY else vk
-        m[k] = mk
-        v[k] = vk
-        p[k] = p[k] - lr * (mk / c1) / (np.sqrt(vk / c2) + eps)
+    adam_kernel(p, g, m, v, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5], hyper[6], hyper[7])
 
 
 def weight_grad_adam(x, dy, W, mW, vW, bias, mb, vb, lr, b1, b2, eps, c1, c2, db):
