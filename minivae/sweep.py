@@ -372,8 +372,10 @@ def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=F
     t0 = time.perf_counter()
     owner = trunk or cfg
     done, first, skip = _restore(resume, model, opt, data_rng, owner, len(data.train_x), until)
+    timed_from = 1  # the first step is not timed (it loads compiled kernels)
     if trunk is not None:  # the branch starts a curve of its own (the caller adds the trunk's)
         done = dict(done, curve=[], train_time=0.0, wall_before=0.0)
+        timed_from = done["step"]  # and times only its own steps
     wanted = set(marks)
     where = {}  # the epoch under way and its generator state at its start
 
@@ -403,7 +405,7 @@ def _train(model, opt, data, test_x, cfg, files, until, marks, lr_at, keep_end=F
                 done["diverged"] = f"loss {loss} at step {done['step'] + 1}"
             if why != "end" or done["step"] >= until:
                 break
-    time_s, steps_timed = done["train_time"], done["step"] - 1
+    time_s, steps_timed = done["train_time"], done["step"] - timed_from
     done["samples_per_s"] = steps_timed * cfg.batch_size / time_s if time_s > 0 else float("nan")
     done["wall_before"] += time.perf_counter() - t0
     return done

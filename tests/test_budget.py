@@ -139,6 +139,22 @@ def test_each_branch_of_a_budget_curve_equals_the_straight_wsd_run(tmp_path):
     assert not list((tmp_path / "curve" / "runs").glob("*.resume.npz"))  # the trunk's, removed at the end
 
 
+def test_a_branch_rows_samples_per_s_times_the_branchs_own_steps(tmp_path, monkeypatch):
+    # every update said to take 0.5 s: each row's rate is then exactly B / 0.5, whatever the
+    # trunk did before its branch (a branch of 2 steps once divided 9 steps by its own 1 s)
+    real = sweep.loop.run_epoch
+
+    def half_second_steps(model, opt, x, order, after_step, skip=0, lr_at=None):
+        return real(model, opt, x, order, lambda s, loss, n, sec: after_step(s, loss, n, 0.5), skip=skip, lr_at=lr_at)
+
+    monkeypatch.setattr(sweep.loop, "run_epoch", half_second_steps)
+    cfg = _cfg(tmp_path / "curve", budgets=[6, 10])
+    rows = sweep.run_budgets(cfg)
+    assert [r["samples_per_s"] for r in rows] == [cfg.batch_size / 0.5] * 2
+    straight = sweep.run_one(_cfg(tmp_path / "straight", steps=10))
+    assert straight["samples_per_s"] == cfg.batch_size / 0.5
+
+
 def test_an_interrupted_budget_curve_continues_exactly_and_skips_what_is_done(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "RESUME_EVERY", 3)
     whole = sweep.run_budgets(_cfg(tmp_path / "whole", budgets=[4, 10]))
