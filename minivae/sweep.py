@@ -634,7 +634,10 @@ def _run_locked(args, backend):
         if client is not None:
             client.close()
     shown = binarize_fixed(data.test_x, args.binarize)[:16]  # as the runs saw them
-    final = [r for r in rows if r["settings"] == key]  # the largest budget's, for a budget curve
+    if args.budgets:  # the tables compare the sizes at one budget; the budget section shows them all
+        common = _common_budget(rows, args.budgets)
+        settings, key = settings_of(args, common)
+    final = [r for r in rows if r["settings"] == key]
     _write_report(args.out, final, settings, data.source, shown, rows if args.budgets else None)
     say(f"wrote {args.out / 'report.md'}, results.jsonl and figures ({time.perf_counter() - t0:.0f} s)")
     if failed:
@@ -849,6 +852,17 @@ def _prepare_out(out, corrupt, settings, key):
         atomic_write_text(out / "settings.json", json.dumps(dict(settings, key=key), indent=2) + "\n")
     except OSError as e:
         raise UsageError(f"cannot write into --out {out}: {e.strerror or e}") from None
+
+
+def _common_budget(rows, budgets):
+    """The largest budget every size of a budget curve has reached (each size by its furthest
+    seed), so that a larger budget run for some sizes only does not take the others out of the
+    report's tables; the largest of ``budgets`` before any row is in."""
+    reached = {}
+    for r in rows:
+        size = (r["model"], tuple(r["hidden"]), r["latent"])
+        reached[size] = max(reached.get(size, 0), r["steps"])
+    return min(reached.values(), default=max(budgets))
 
 
 def _name(r):

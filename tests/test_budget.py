@@ -204,6 +204,17 @@ def test_budget_rows_report_and_figure_from_a_two_size_two_budget_sweep(tmp_path
     # The same sweep again: nothing left to do, nothing trained.
     assert sweep.main(args) == 0
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    # A larger budget for one size only: its tables still compare both sizes, at the largest
+    # budget both have; the budget section and the settings carry the new budget.
+    longer = ["--latents", "3", "--budgets", "5,10,20", "--lr-schedule", "wsd", "--quiet", "--out", str(out)] + TINY
+    assert sweep.main(longer) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["latent"], r["steps"]) for r in rows) == [(3, 5), (3, 10), (3, 20), (5, 5), (5, 10)]
+    text = (out / "report.md").read_text()
+    assert "Budget: 10 Adam steps per run" in text and "| 5 | 10 | 20 | last change | converged |" in text
+    table = text.split("## Budget curves")[0]
+    assert "| vae | 16 | 3 | 1 |" in table and "| vae | 16 | 5 | 1 |" in table
+    assert json.loads((out / "settings.json").read_text())["steps"] == 20
 
 
 def test_budget_change_and_convergence_on_fabricated_rows():
