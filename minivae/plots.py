@@ -5,6 +5,7 @@ of the budget curves and the unused units' noise, and of a trained model's laten
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 
@@ -133,6 +134,24 @@ def _mark_data_dim(ax):
     ax.axvline(D, color="0.55", lw=1, ls="--", label=f"Z = D = {D}")
 
 
+def _latent_axis(ax, sizes):
+    """A log axis of latent sizes ticked at the sizes drawn, written plainly, and Z = D marked. Of
+    two sizes within 0.12 decade (their labels would overlap) only the first is labelled, or the
+    second where the first is D, which its dashed line names. Matplotlib's own minor labels
+    overlapped on an axis spanning less than a decade."""
+    ax.set_xscale("log")
+    ticks = []
+    for z in sorted(set(sizes)):
+        if ticks and math.log10(z / ticks[-1]) < 0.12:
+            ticks[-1] = z if ticks[-1] == D else ticks[-1]
+        else:
+            ticks.append(z)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(z) for z in ticks])
+    ax.minorticks_off()
+    _mark_data_dim(ax)
+
+
 def study_figures(out, rows, originals):
     """All figures of a sweep, from its result rows and the arrays each run saved.
 
@@ -229,10 +248,9 @@ def metrics_vs_latent(path, rows):
                     label=circle_label,
                 )
                 circle_label = None
-        ax.set_xscale("log")
+        _latent_axis(ax, [r["latent"] for r in rows])
         if key == "samples_per_s" or (key == "test_recon" and _mean_sd(rows, "ae", key)):
             ax.set_yscale("log")  # the AE reconstructs an order of magnitude better: both on one axis
-        _mark_data_dim(ax)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("latent size Z")
         ax.grid(True, alpha=0.3)
@@ -289,9 +307,8 @@ def active_units_vs_latent(path, rows, hidden):
                 ms=8,
                 label=f"{key.replace('_', ' ')}, hidden {list(h)} (control)",
             )
-    ax.set_xscale("log")
+    _latent_axis(ax, [r["latent"] for r in rows])
     ax.set_yscale("log")
-    _mark_data_dim(ax)
     ax.set_xlabel("latent size Z")
     ax.set_ylabel("count")
     ax.set_title("Units and directions the VAE uses, against latent size", fontsize=10)
@@ -353,8 +370,7 @@ def probe_vs_latent(path, rows):
                 z, m, sd = zip(*pts, strict=True)
                 style = dict(_STYLE[model])
                 ax.errorbar(z, m, yerr=sd, ls=ls, label=f"{model.upper()}, {what}", **style)
-    ax.set_xscale("log")
-    _mark_data_dim(ax)
+    _latent_axis(ax, [r["latent"] for r in rows])
     ax.set_xlabel("latent size Z")
     ax.set_ylabel("test accuracy")
     ax.set_title("How much of the digit's class the code keeps (probes on μ(x))", fontsize=10)

@@ -352,6 +352,25 @@ def test_one_latent_size_gets_no_figures_against_z(tmp_path):
     assert {"metrics_vs_latent.png", "active_units.png", "probe.png"} <= {p.name for p in tmp_path.glob("*.png")}
 
 
+def test_figures_against_z_tick_the_sizes_drawn_with_labels_that_do_not_overlap(tmp_path, monkeypatch):
+    """Issue: on an axis from Z = 200 to 2000 matplotlib's minor labels ran into each other
+    ("3×10⁴×10²"). The sizes are the ticks now, of two too close only one labelled."""
+    from minivae import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    base = {"model": "vae", "hidden": [8], "seed": 0, "test_loss": 95.0, "test_iw_nll": 90.0, "test_recon": 65.0}
+    rows = [dict(base, latent=z, test_kl=29.0, gap=0.5, samples_per_s=1e3) for z in (200, 784, 1000, 2000)]
+    plots.metrics_vs_latent(tmp_path / "m.png", rows)
+    plots.probe_vs_latent(tmp_path / "p.png", [dict(r, probe_logreg=0.9, probe_knn=0.95) for r in rows])
+    assert len(drawn) == 2
+    for fig in drawn:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            assert [t.get_text() for t in ax.get_xticklabels()] == ["200", "1000", "2000"]  # 784: the dashed line
+            assert not [t for t in ax.get_xminorticklabels() if t.get_text()]
+
+
 def test_directions_count_rotated_information_that_units_miss():
     """k informative directions rotated across all Z coordinates: every unit varies (Burda counts
     all Z as active), but the cloud of means spans exactly k directions."""
