@@ -4,8 +4,9 @@ tests/data/golden.json holds what the code of commit 0ce8dcb gave (tests/data/ma
 and the small files in tests/data/old/ with that code): the main job on numpy and cpu-fused, a tiny
 sweep and a tiny budget curve, the sweep's settings keys, and the ends of an old main job and an old
 sweep run resumed from their checkpoints. On the machine kind the golden values were made on (same
-BLAS kernels, NumPy and Numba) every number and every array must be the same, bit for bit; elsewhere
-the arrays' sums and the numbers must agree closely (a BLAS of another CPU rounds otherwise).
+BLAS kernels and threads, NumPy and the SIMD targets it dispatches to, Numba and the CPU LLVM compiles
+for: make_golden.environment) every number and every array must be the same, bit for bit; elsewhere
+the arrays' sums and the numbers must agree closely (another CPU rounds otherwise).
 """
 
 import json

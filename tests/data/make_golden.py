@@ -3,8 +3,10 @@ holds later code to.
 
     PYTHONPATH=<checkout of the code to pin> python tests/data/make_golden.py
 
-was run once with the code of commit 0ce8dcb (before the run configuration, the checkpoint module
-and the guards were rewritten), offline (the 5,000-digit sample), and wrote
+was run with the code of commit 0ce8dcb (before the run configuration, the checkpoint module and
+the guards were rewritten), offline (the 5,000-digit sample) — again, with that code, when the
+environment it records grew the CPU's SIMD targets and LLVM's CPU (the old record matched a CPU
+of another vector width, where the bits differ) — and wrote
 
     tests/data/golden.json      what measure() saw: the main job on numpy and cpu-fused, a tiny
                                 sweep, a tiny budget curve, settings keys, and the environment
@@ -85,17 +87,24 @@ def offline(cache):
 
 
 def environment():
-    """What the exact bits depend on besides the code: the BLAS kernels and threads, NumPy and Numba."""
+    """What the exact bits depend on besides the code: the BLAS kernels and threads, NumPy and the
+    SIMD targets it dispatches to on this CPU (its sums and exp round by them), Numba and the CPU
+    LLVM compiles its kernels for."""
+    import llvmlite.binding as llvm
     import numba
     from threadpoolctl import threadpool_info
 
     info = [i for i in threadpool_info() if i["user_api"] == "blas"]
     blas = {f"{i.get('internal_api')} {i.get('architecture')}" for i in info}
     threads = sorted({i.get("num_threads") for i in info})  # a sum split over threads rounds otherwise
+    umath = getattr(getattr(np, "_core", None), "_multiarray_umath", None)
+    dispatch, features = getattr(umath, "__cpu_dispatch__", []), getattr(umath, "__cpu_features__", {})
     return {
         "machine": platform.machine(),
         "numpy": np.__version__,
+        "numpy_simd": sorted(f for f in dispatch if features.get(f)),
         "numba": numba.__version__,
+        "llvm_cpu": numba.config.CPU_NAME or llvm.get_host_cpu_name(),
         "blas": sorted(blas),
         "blas_threads": threads,
     }
