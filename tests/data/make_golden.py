@@ -6,7 +6,8 @@ holds later code to.
 was run with the code of commit 0ce8dcb (before the run configuration, the checkpoint module and
 the guards were rewritten), offline (the 5,000-digit sample) — again, with that code, when the
 environment it records grew the CPU's SIMD targets and LLVM's CPU (the old record matched a CPU
-of another vector width, where the bits differ) — and wrote
+of another vector width, where the bits differ) — and again, with that code, measured on one
+thread (on two, another machine with the same record split OpenBLAS's products otherwise) — and wrote
 
     tests/data/golden.json      what measure() saw: the main job on numpy and cpu-fused, a tiny
                                 sweep, a tiny budget curve, settings keys, and the environment
@@ -87,27 +88,47 @@ def offline(cache):
 
 
 def environment():
-    """What the exact bits depend on besides the code: the BLAS kernels and threads, NumPy and the
-    SIMD targets it dispatches to on this CPU (its sums and exp round by them), Numba and the CPU
-    LLVM compiles its kernels for."""
+    """What the exact bits depend on besides the code: the BLAS kernels, NumPy and the SIMD targets
+    it dispatches to on this CPU (its sums and exp round by them), Numba and the CPU (and features)
+    LLVM compiles its kernels for. The threads are not in it: :func:`measure` runs on one thread
+    (with two, OpenBLAS split a product otherwise on another machine of this record and the bits
+    differed)."""
     import llvmlite.binding as llvm
     import numba
     from threadpoolctl import threadpool_info
 
-    info = [i for i in threadpool_info() if i["user_api"] == "blas"]
-    blas = {f"{i.get('internal_api')} {i.get('architecture')}" for i in info}
-    threads = sorted({i.get("num_threads") for i in info})  # a sum split over threads rounds otherwise
+    blas = {f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info() if i["user_api"] == "blas"}
     umath = getattr(getattr(np, "_core", None), "_multiarray_umath", None)
     dispatch, features = getattr(umath, "__cpu_dispatch__", []), getattr(umath, "__cpu_features__", {})
+    llvm_features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
     return {
         "machine": platform.machine(),
         "numpy": np.__version__,
         "numpy_simd": sorted(f for f in dispatch if features.get(f)),
         "numba": numba.__version__,
         "llvm_cpu": numba.config.CPU_NAME or llvm.get_host_cpu_name(),
+        "llvm_features": sorted(f for f in llvm_features.split(",") if f.startswith("+")),
         "blas": sorted(blas),
-        "blas_threads": threads,
     }
+
+
+@contextlib.contextmanager
+def one_thread():
+    """BLAS and Numba on one thread, here and in the sweep's worker processes (they read
+    OPENBLAS_NUM_THREADS when they start): how many threads split a product changes its rounding."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    before, env = numba.get_num_threads(), {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        numba.set_num_threads(before)
+        for k, v in env.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def arrays_of(path):
@@ -185,7 +206,7 @@ def measure(tmp, parts=("train-numpy", "train-cpu-fused", "sweep", "budgets", "k
     the files in tests/data/old/ (copied into ``tmp`` first)."""
     tmp = pathlib.Path(tmp)
     got = {}
-    with offline(tmp / "cache"):
+    with offline(tmp / "cache"), one_thread():
         for backend in ("numpy", "cpu-fused"):
             if f"train-{backend}" in parts:
                 out = tmp / f"train-{backend}"
@@ -292,7 +313,7 @@ def main():
     np.seterr(all="ignore")
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
         tmp = pathlib.Path(tmp)
-        with offline(tmp / "cache"):
+        with offline(tmp / "cache"), one_thread():
             make_old_train(tmp / "make")
             make_old_sweep(tmp / "make")
         golden = measure(tmp / "measure")
