@@ -616,8 +616,8 @@ def _run_locked(args, backend):
         else f"{steps:,} steps ({steps * args.batch_size / len(data.train_x):.1f} epochs)"
     )
     say(
-        f"{len(todo)} runs to do, {len(wanted) - len(todo)} already in {results_path}; {budget}, "
-        f"hidden {hidden}, seeds {seeds}, backend {backend}"
+        f"{len(todo)} run{'' if len(todo) == 1 else 's'} to do, {len(wanted) - len(todo)} already in {results_path}; "
+        f"{budget}, hidden {hidden}, seeds {seeds}, backend {backend}"
     )
     t0 = time.perf_counter()
     try:

@@ -89,7 +89,7 @@ def test_two_size_sweep_writes_every_file_and_resumes(tmp_path, capsys):
     lines = (out / "results.jsonl").read_text().splitlines()
     (out / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     assert sweep.main(["--latents", "3,900", "--models", "vae,ae", "--out", str(out)] + SMALL[:-1]) == 0
-    assert "1 runs to do, 3 already" in capsys.readouterr().out
+    assert "1 run to do, 3 already" in capsys.readouterr().out
     assert len(rows_of(out)) == 4
 
 
