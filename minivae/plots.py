@@ -5,13 +5,15 @@ of the budget curves and the unused units' noise, and of a trained model's laten
 from __future__ import annotations
 
 import io
-import math
+import weakref
 
 import numpy as np
 
 from minivae import metrics
 from minivae.data import D
 from minivae.files import atomic_write
+
+_LATENT_AXES = weakref.WeakKeyDictionary()  # an axis of latent sizes → the sizes ticked on it
 
 
 def _pyplot():
@@ -24,6 +26,7 @@ def _pyplot():
 
 
 def _save(fig, path):
+    _thin_latent_labels(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
@@ -135,21 +138,45 @@ def _mark_data_dim(ax):
 
 
 def _latent_axis(ax, sizes):
-    """A log axis of latent sizes ticked at the sizes drawn, written plainly, and Z = D marked. Of
-    two sizes within 0.12 decade (their labels would overlap) only the first is labelled, or the
-    second where the first is D, which its dashed line names. Matplotlib's own minor labels
-    overlapped on an axis spanning less than a decade."""
+    """A log axis of latent sizes ticked at the sizes drawn, written plainly, and Z = D marked.
+    Labels that would touch are left off when the figure is saved (:func:`_thin_latent_labels`).
+    Matplotlib's own minor labels overlapped on an axis spanning less than a decade."""
     ax.set_xscale("log")
-    ticks = []
-    for z in sorted(set(sizes)):
-        if ticks and math.log10(z / ticks[-1]) < 0.12:
-            ticks[-1] = z if ticks[-1] == D else ticks[-1]
-        else:
-            ticks.append(z)
+    ticks = sorted(set(sizes))
     ax.set_xticks(ticks)
-    ax.set_xticklabels([str(z) for z in ticks])
+    ax.set_xticklabels([_size_label(z) for z in ticks])
     ax.minorticks_off()
     _mark_data_dim(ax)
+    _LATENT_AXES[ax] = ticks
+
+
+def _thin_latent_labels(fig):
+    """On each latent axis of ``fig``, as laid out, leave off a size's label where it would touch
+    its neighbour's (3 points apart at least). From the largest size down, so the large sizes keep
+    theirs; D gives way to a neighbour, as its dashed line names it. Every size keeps its tick. A
+    fixed spacing let "500", "1000" and "2000" run together on a panel a third of a figure wide."""
+    axes = [ax for ax in fig.axes if ax in _LATENT_AXES]
+    if not axes:
+        return
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    pad = 3 * fig.dpi / 72
+    for ax in axes:
+        ticks = _LATENT_AXES[ax]
+        box = dict(zip(ticks, (t.get_window_extent(renderer) for t in ax.get_xticklabels()), strict=True))
+        kept = []
+        for z in reversed(ticks):
+            if kept and box[z].x1 + pad > box[kept[-1]].x0:
+                kept[-1] = z if kept[-1] == D else kept[-1]
+            else:
+                kept.append(z)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([_size_label(z) if z in kept else "" for z in ticks])
+
+
+def _size_label(z):
+    """A latent size as a tick label: 1000 and 2000 as "1k" and "2k", as the budget axes write steps."""
+    return f"{z // 1000}k" if z >= 1000 and z % 1000 == 0 else str(z)
 
 
 def study_figures(out, rows, originals):
