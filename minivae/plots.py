@@ -144,7 +144,7 @@ def _latent_axis(ax, sizes):
     ax.set_xscale("log")
     ticks = sorted(set(sizes))
     ax.set_xticks(ticks)
-    ax.set_xticklabels([_size_label(z) for z in ticks])
+    ax.set_xticklabels([_count_label(z) for z in ticks])
     ax.minorticks_off()
     _mark_data_dim(ax)
     _LATENT_AXES[ax] = ticks
@@ -170,13 +170,12 @@ def _thin_latent_labels(fig):
                 kept[-1] = z if kept[-1] == D else kept[-1]
             else:
                 kept.append(z)
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([_size_label(z) if z in kept else "" for z in ticks])
+        ax.set_xticklabels([_count_label(z) if z in kept else "" for z in ticks])
 
 
-def _size_label(z):
-    """A latent size as a tick label: 1000 and 2000 as "1k" and "2k", as the budget axes write steps."""
-    return f"{z // 1000}k" if z >= 1000 and z % 1000 == 0 else str(z)
+def _count_label(n):
+    """A count as a tick label: whole thousands as "1k", "160k" (latent sizes, budgets in steps)."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
 def study_figures(out, rows, originals):
@@ -665,5 +664,5 @@ def unused_noise(path, rows):
 def _budget_ticks(ax, budgets):
     """Ticks at the budgets of a log axis, written 5k, 10k, …"""
     ax.set_xticks(budgets)
-    ax.set_xticklabels([f"{b // 1000}k" if b >= 1000 else str(b) for b in budgets])
+    ax.set_xticklabels([_count_label(b) for b in budgets])
     ax.minorticks_off()
