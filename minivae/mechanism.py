@@ -298,15 +298,42 @@ def _walk_steps(m, opt, train_x, steps, name, lr_at, seed_batch, bar):
 def _parser():
     """The options of :func:`main`."""
     from minivae import cli
+    from minivae.backend import BACKENDS
 
-    p = cli.Parser(prog=cli.program("minivae.mechanism", "minivae-mechanism"), description=main.__doc__)
-    p.add_argument("runs", nargs="+", type=cli.path, metavar="RUN_DIR")
+    p = cli.Parser(
+        prog=cli.program("minivae.mechanism", "minivae-mechanism"),
+        description="Measure what the unused latents of trained VAEs do: the noise they feed the decoder, "
+        "and -log p(x) with them pruned and with them sent to the prior; one JSON line per run folder "
+        "(minivae.train's, or those minivae.sweep --keep-models keeps), appended to --out as each is done. "
+        "With --walk: train each model on and measure how far its unused decoder rows move.",
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        type=cli.path,
+        metavar="RUN_DIR",
+        help="trained VAEs (folders with config.json, checkpoint.npz)",
+    )
     p.add_argument("--out", type=cli.path, required=True, help="JSON-lines file the measurements go to")
-    p.add_argument("--data-dir", type=cli.path, default=None, help="a folder of MNIST IDX files")
-    p.add_argument("--iw-samples", type=cli.positive_int, default=100, metavar="K", help="(default 100)")
-    p.add_argument("--iw-examples", type=cli.positive_int, default=1000, metavar="N", help="(default 1000)")
-    p.add_argument("--iw-check", type=cli.positive_int, default=None, metavar="K", help="also K' samples")
-    p.add_argument("--backend", default="auto", help="(default auto)")
+    p.add_argument(
+        "--data-dir", type=cli.path, default=None, help="a folder of MNIST IDX files (default the download cache)"
+    )
+    p.add_argument(
+        "--iw-samples", type=cli.positive_int, default=100, metavar="K", help="importance samples for -log p(x)"
+    )
+    p.add_argument(
+        "--iw-examples", type=cli.positive_int, default=1000, metavar="N", help="test digits -log p(x) averages over"
+    )
+    p.add_argument(
+        "--iw-check",
+        type=cli.positive_int,
+        default=None,
+        metavar="K",
+        help="also estimate -log p(x) of each model with K samples (default none)",
+    )
+    p.add_argument(
+        "--backend", choices=BACKENDS, default="auto", help="implementation of the step; auto: the fastest usable"
+    )
     p.add_argument(
         "--walk",
         type=cli.positive_int,
@@ -315,9 +342,15 @@ def _parser():
         help="instead: train each model on for STEPS updates once per way its unused units' decoder rows step "
         "(--walk-rows), and measure how far the rows move, their noise, the test -ELBO and -log p(x)",
     )
-    p.add_argument("--walk-lr", type=cli.positive_float, default=1e-3, metavar="LR", help="its rate (default 0.001)")
     p.add_argument(
-        "--walk-decay", type=cli.fraction, default=None, metavar="F", help="decay the rate to 0 over its last F (wsd)"
+        "--walk-lr", type=cli.positive_float, default=1e-3, metavar="LR", help="the walk's Adam learning rate"
+    )
+    p.add_argument(
+        "--walk-decay",
+        type=cli.fraction,
+        default=None,
+        metavar="F",
+        help="decay the rate to 0 over the walk's last F (wsd; default none: constant)",
     )
     p.add_argument(
         "--walk-seed",

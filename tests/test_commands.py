@@ -79,6 +79,18 @@ def test_help_marks_required_options_and_writes_defaults_in_one_style(command, m
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+def test_help_says_what_every_argument_is_in_plain_text(command, monkeypatch):
+    p = parser_of(command, monkeypatch)
+    assert p.description and not re.search(r"``|:func:|:class:|:mod:", p.description), p.description
+    for a in p._actions:
+        if isinstance(a, (argparse._HelpAction, argparse._VersionAction)) or a.help == argparse.SUPPRESS:
+            continue
+        name = a.option_strings[-1] if a.option_strings else a.dest
+        said = re.sub(r"\((default [^)]*|required)\)$", "", (a.help or "").strip()).strip()
+        assert len(said) > 3, (name, a.help)  # more than its default
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_version_on_every_command(command, capsys):
     module = importlib.import_module(f"minivae.{command}")
     assert run_main(module, ["--version"]) == 0
