@@ -334,6 +334,14 @@ def _parser():
     p.add_argument(
         "--backend", choices=BACKENDS, default="auto", help="implementation of the step; auto: the fastest usable"
     )
+    _add_walk_options(p)
+    return p
+
+
+def _add_walk_options(p):
+    """The options of ``--walk``: training each model on, its unused decoder rows stepped each way."""
+    from minivae import cli
+
     p.add_argument(
         "--walk",
         type=cli.positive_int,
@@ -366,7 +374,6 @@ def _parser():
         metavar="LIST",
         help=f"how the unused rows step, some of {', '.join(WALKS)} (default {','.join(WALKS)})",
     )
-    return p
 
 
 def main(argv=None):
