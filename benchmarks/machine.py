@@ -17,6 +17,10 @@ description of it (:func:`record`), printed in one line (:func:`summary`):
     env            the environment variables that steer threads and kernels (OPENBLAS_CORETYPE, …)
     load_start     os.getloadavg() (1, 5 and 15 minutes) when the benchmark started,
     load_end       and when it ended (None where the platform has no load average)
+    others_cpu     the cores other processes kept busy, on average, from :func:`start` to
+                   :func:`finish`: all CPUs' busy time (/proc/stat) less this process's own and
+                   its finished children's (os.times()), over the wall time (None where there is
+                   no /proc/stat)
     warnings       the warnings below, as printed
 
 Two kinds of warning, each one line on stderr (:func:`warn`), say when the numbers are not the
@@ -26,8 +30,11 @@ machine's best:
   kernels on a CPU with AVX-512, as ``OPENBLAS_CORETYPE=Haswell`` forces, runs at about half its
   speed;
 - the machine was busy (:func:`busy_warnings`): the repeats of one measurement spread by more than
-  :data:`SPREAD_LIMIT` (slowest over fastest), or the load average was above the cores the
-  benchmark leaves free (by more than :data:`LOAD_SLACK`: an idle machine's load is rarely 0).
+  :data:`SPREAD_LIMIT` (slowest over fastest), or other processes used more than the cores the
+  benchmark leaves free (``others_cpu``, by more than :data:`OTHERS_SLACK`). Where there is no
+  /proc/stat the load average stands in (by more than :data:`LOAD_SLACK`: an idle machine's load
+  is rarely 0); it trails the machine by a minute or more, so a job that ended just before the
+  benchmark still counts in it, which is why it is only the fallback.
 
 Only the standard library is imported here (threadpoolctl, NumPy and llvmlite when asked, each
 optional), so that the GPU check can describe a machine on which nothing is installed yet.
@@ -41,6 +48,7 @@ import sys
 
 SPREAD_LIMIT = 1.3  # slowest repeat over fastest above this: something else ran meanwhile
 LOAD_SLACK = 0.5  # load average allowed above the free cores before the machine counts as busy
+OTHERS_SLACK = 0.25  # cores other processes may use above the free ones before the machine counts as busy
 
 # Widest first: the rank of each instruction set (only x86 ranks are compared).
 ISA_RANK = {"SSE": 1, "AVX": 2, "AVX2": 3, "AVX-512": 4}
@@ -156,6 +164,36 @@ def load():
         return None
 
 
+def cpu_times(stat=None):
+    """(seconds all CPUs were busy since boot, seconds this process and its finished children
+    have run, a monotonic clock): busy is /proc/stat's first ``cpu`` line less its idle and
+    iowait columns. None where there is no /proc/stat. ``stat``: its text, for tests."""
+    import time
+
+    if stat is None:
+        try:
+            with open("/proc/stat") as f:
+                stat = f.read()
+        except OSError:
+            return None
+    fields = stat.splitlines()[0].split() if stat.strip() else []
+    if not fields or fields[0] != "cpu" or len(fields) < 5:
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+    own = sum(os.times()[:4])  # user and system time, of this process and of its waited children
+    return busy / os.sysconf("SC_CLK_TCK"), own, time.monotonic()
+
+
+def others_cpu(start, end):
+    """The cores other processes kept busy on average between two :func:`cpu_times`, rounded
+    (not below 0: the counters tick at 1/100 s); None where either is None or no time passed."""
+    if start is None or end is None or end[2] <= start[2]:
+        return None
+    used = (end[0] - start[0]) - (end[1] - start[1])
+    return round(max(used, 0.0) / (end[2] - start[2]), 2)
+
+
 # --------------------------------------------------------------------------------------------
 # The record
 # --------------------------------------------------------------------------------------------
@@ -181,7 +219,9 @@ def record(threads, load_start=None, pools=None, cpuinfo=None):
         "env": {k: v for k, v in os.environ.items() if any(s in k for s in ENV_KEYS)},
         "load_start": load() if load_start is None else load_start,
         "load_end": None,
+        "others_cpu": None,
         "warnings": [],
+        "_cpu_start": cpu_times(),  # taken out by finish()
     }
     rec["warnings"] = [w for w in [isa_warning(rec)] if w]
     return rec
@@ -237,8 +277,9 @@ def spread(times):
 
 def busy_warnings(rec, spreads=None):
     """Warnings that the machine was busy: the widest spread among ``spreads`` ({what: slowest
-    over fastest repeat}) when it is above :data:`SPREAD_LIMIT`, and a load average (1 minute, at
-    the start, or at the end less the benchmark's own threads) above the cores it leaves free."""
+    over fastest repeat}) when it is above :data:`SPREAD_LIMIT`, and ``others_cpu`` above the
+    cores it leaves free; where that is None, a load average (1 minute, at the start, or at the
+    end less the benchmark's own threads) above them."""
     out = []
     if spreads:
         what, worst = max(spreads.items(), key=lambda kv: kv[1])
@@ -249,13 +290,22 @@ def busy_warnings(rec, spreads=None):
             )
     cores, threads = rec.get("cpu_count") or 1, rec.get("threads") or 1
     free = max(cores - threads, 0)
+    threads_text = f"{threads} thread{'' if threads == 1 else 's'}"
+    if rec.get("others_cpu") is not None:
+        if rec["others_cpu"] > free + OTHERS_SLACK:
+            out.append(
+                f"warning: the machine was busy: other processes kept {rec['others_cpu']:.2f} cores busy "
+                f"on average while it ran, above the {free} of {cores} cores this benchmark leaves free "
+                f"({threads_text})"
+            )
+        return out
     start, end = rec.get("load_start"), rec.get("load_end")
     others = max([start[0]] * bool(start) + [end[0] - threads] * bool(end), default=None)
     if others is not None and others > free + LOAD_SLACK:
         out.append(
             f"warning: the machine was busy: load average {_load_text(start)} at the start, "
             f"{_load_text(end)} at the end, above the {free} of {cores} cores this benchmark "
-            f"leaves free ({threads} thread{'' if threads == 1 else 's'})"
+            f"leaves free ({threads_text})"
         )
     return out
 
@@ -272,9 +322,11 @@ def finish(rec, spreads=None):
     """Complete ``rec`` at the end of the benchmark: the load average now, and the warnings that
     the machine was busy, each printed as one line on stderr. Returns ``rec``."""
     rec["load_end"] = load()
+    rec["others_cpu"] = others_cpu(rec.pop("_cpu_start", None), cpu_times())
     busy = busy_warnings(rec, spreads)
     rec["warnings"] += busy
-    print(f"load average at the end: {_load_text(rec['load_end'])}", flush=True)
+    used = "unknown" if rec["others_cpu"] is None else f"{rec['others_cpu']:.2f}"
+    print(f"load average at the end: {_load_text(rec['load_end'])}; other processes' cores: {used}", flush=True)
     warn(busy)
     return rec
 

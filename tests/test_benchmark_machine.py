@@ -107,3 +107,39 @@ def test_finish_records_the_end_load_and_prints_each_warning_in_one_line(capsys)
     assert rec["load_end"] is None or len(rec["load_end"]) == 3
     assert any("floor at Z = 2 spread 2.00×" in line for line in err)
     assert rec["warnings"] == [line for line in err]
+
+
+STAT = "cpu  1000 20 300 5000 40 5 6 7 0 0\ncpu0 500 10 150 2500 20 2 3 3 0 0\n"
+
+
+def test_cpu_times_reads_the_busy_ticks_of_proc_stat():
+    busy, own, clock = machine.cpu_times(STAT)
+    ticks = machine.os.sysconf("SC_CLK_TCK")
+    assert busy == pytest.approx((1000 + 20 + 300 + 5 + 6 + 7) / ticks)  # idle and iowait left out
+    assert own >= 0 and clock > 0
+    assert machine.cpu_times("") is None and machine.cpu_times("intr 1 2 3\n") is None
+
+
+def test_others_cpu_is_the_busy_time_not_our_own_over_the_wall_time():
+    assert machine.others_cpu((100.0, 10.0, 0.0), (103.0, 11.0, 2.0)) == 1.0
+    assert machine.others_cpu((100.0, 10.0, 0.0), (101.0, 11.5, 2.0)) == 0.0  # ticks lag: not below 0
+    assert machine.others_cpu(None, (1.0, 1.0, 1.0)) is None
+
+
+def test_a_job_that_ended_before_the_benchmark_is_not_taken_for_a_busy_machine(monkeypatch):
+    """The load average trails by a minute: measured CPU use decides where there is one."""
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    rec = machine.record(threads=1, load_start=[1.88, 2.09, 2.09], pools=[], cpuinfo=AVX2_CPU)
+    rec["load_end"], rec["others_cpu"] = [0.92, 1.71, 1.95], 0.04
+    assert machine.busy_warnings(rec) == []
+    rec["others_cpu"] = 1.4  # another job on the core it leaves free, and more
+    (w,) = machine.busy_warnings(rec)
+    assert "1.40 cores" in w and "1 of 2 cores" in w
+
+
+def test_finish_measures_the_other_processes_here():
+    rec = machine.record(threads=1, pools=[], cpuinfo=AVX2_CPU)
+    sum(i * i for i in range(200_000))  # some work of our own, which must not count
+    machine.finish(rec)
+    assert "_cpu_start" not in rec
+    assert rec["others_cpu"] is None or rec["others_cpu"] >= 0
