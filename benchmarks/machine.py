@@ -156,6 +156,16 @@ def blas_threads():
     return blas[0]["num_threads"] if blas else os.cpu_count()
 
 
+def home_as_tilde(path):
+    """``path`` with the home folder written ``~``, so that a result names no one's folder."""
+    import pathlib
+
+    try:
+        return str(pathlib.Path("~") / pathlib.Path(path).relative_to(pathlib.Path.home()))
+    except ValueError:  # not under the home folder
+        return str(path)
+
+
 def load():
     """os.getloadavg() rounded, as a list (1, 5, 15 minutes); None where there is none."""
     try:

@@ -688,7 +688,7 @@ def make_config(args, threads):
         "warmup": args.warmup,
         "target_s": args.target,
         "settle_s": args.settle,
-        "gemm_choice": {"table": str(gemm_choice.table_path()), "ours": sorted(ours)},
+        "gemm_choice": {"table": machine.home_as_tilde(gemm_choice.table_path()), "ours": sorted(ours)},
     }
 
 

@@ -731,7 +731,7 @@ def note_gemm_choice(config, names):
     from kernels import gemm_choice
 
     ours = gemm_choice.load()
-    config["gemm_choice"] = {"table": str(gemm_choice.table_path()), "ours": sorted(ours)}
+    config["gemm_choice"] = {"table": machine.home_as_tilde(gemm_choice.table_path()), "ours": sorted(ours)}
     print(
         f"cpu-fused products: our GEMM on {len(ours)} shape(s) of the choice table, OpenBLAS on the rest"
         " (python -m kernels.gemm_choice)"

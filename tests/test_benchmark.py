@@ -252,3 +252,14 @@ def test_kernels_cpu_mode_usage_errors_are_one_line(args):
         timeout=120,
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_a_result_names_the_choice_table_without_the_home_folder(monkeypatch, tmp_path):
+    from benchmarks import throughput
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MINIVAE_GEMM_CHOICE", raising=False)  # the default place, under the home folder
+    config = {}
+    throughput.note_gemm_choice(config, ["cpu-fused"])
+    assert config["gemm_choice"]["table"] == "~/.cache/minivae/gemm-choice.json"
+    assert throughput.machine.home_as_tilde("/elsewhere/table.json") == "/elsewhere/table.json"
