@@ -358,8 +358,6 @@ def add_training_options(p, epochs, iw_samples):
 
 def _add_data_and_evaluation_options(p, iw_samples):
     """The digits a run trains on, the backend, and the final log-likelihood estimate."""
-    from minivae.backend import BACKENDS
-
     p.add_argument(
         "--binarize",
         choices=("dynamic", "static", "none"),
@@ -373,6 +371,15 @@ def _add_data_and_evaluation_options(p, iw_samples):
         help="a folder of MNIST IDX files to use instead of the download cache (default the cache)",
     )
     p.add_argument("--limit", type=positive_int, default=None, help="use the first N training digits (default all)")
+    add_backend_and_estimate_options(p, iw_samples)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def add_backend_and_estimate_options(p, iw_samples):
+    """--backend, and the K and N of the final log-likelihood estimate (a training run's, or
+    ``minivae.mechanism``'s of trained models)."""
+    from minivae.backend import BACKENDS
+
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -393,4 +400,3 @@ def _add_data_and_evaluation_options(p, iw_samples):
         metavar="N",
         help="test digits the log-likelihood estimate averages over",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")

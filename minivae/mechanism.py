@@ -298,7 +298,6 @@ def _walk_steps(m, opt, train_x, steps, name, lr_at, seed_batch, bar):
 def _parser():
     """The options of :func:`main`."""
     from minivae import cli
-    from minivae.backend import BACKENDS
 
     p = cli.Parser(
         prog=cli.program("minivae.mechanism", "minivae-mechanism"),
@@ -318,21 +317,13 @@ def _parser():
     p.add_argument(
         "--data-dir", type=cli.path, default=None, help="a folder of MNIST IDX files (default the download cache)"
     )
-    p.add_argument(
-        "--iw-samples", type=cli.positive_int, default=100, metavar="K", help="importance samples for -log p(x)"
-    )
-    p.add_argument(
-        "--iw-examples", type=cli.positive_int, default=1000, metavar="N", help="test digits -log p(x) averages over"
-    )
+    cli.add_backend_and_estimate_options(p, iw_samples=100)
     p.add_argument(
         "--iw-check",
         type=cli.positive_int,
         default=None,
         metavar="K",
         help="also estimate -log p(x) of each model with K samples (default none)",
-    )
-    p.add_argument(
-        "--backend", choices=BACKENDS, default="auto", help="implementation of the step; auto: the fastest usable"
     )
     _add_walk_options(p)
     return p
