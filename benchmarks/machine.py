@@ -43,8 +43,10 @@ optional), so that the GPU check can describe a machine on which nothing is inst
 from __future__ import annotations
 
 import os
+import pathlib
 import platform
 import sys
+import time
 
 SPREAD_LIMIT = 1.3  # slowest repeat over fastest above this: something else ran meanwhile
 LOAD_SLACK = 0.5  # load average allowed above the free cores before the machine counts as busy
@@ -158,8 +160,6 @@ def blas_threads():
 
 def home_as_tilde(path):
     """``path`` with the home folder written ``~``, so that a result names no one's folder."""
-    import pathlib
-
     try:
         return str(pathlib.Path("~") / pathlib.Path(path).relative_to(pathlib.Path.home()))
     except ValueError:  # not under the home folder
@@ -178,8 +178,6 @@ def cpu_times(stat=None):
     """(seconds all CPUs were busy since boot, seconds this process and its finished children
     have run, a monotonic clock): busy is /proc/stat's first ``cpu`` line less its idle and
     iowait columns. None where there is no /proc/stat. ``stat``: its text, for tests."""
-    import time
-
     if stat is None:
         try:
             with open("/proc/stat") as f:
