@@ -608,6 +608,63 @@ def budget_curves(path, rows):
     _save(fig, path)
 
 
+def budget_deficit(path, rows):
+    """Worse, or only slower? For each size larger than the reference (the best at the largest
+    shared budget, :func:`minivae.study.budget_deficits`), against the budget: left, how many nats
+    it lies behind the reference of the same seed; right, how many times fewer steps the reference
+    needs to do as well. Small dots are seeds, lines their means. Only slower would show a gap
+    falling to 0 and a flat factor. Draws nothing (returns False) without a larger size."""
+    from minivae.study import budget_deficits
+
+    ref, deficits = budget_deficits(rows)
+    if not deficits:
+        return False
+    gaps = [g for by_t in deficits.values() for pts in by_t.values() for _, g, _ in pts]
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    cmap = plt.get_cmap("viridis")
+    shown = sorted(deficits)
+    for z, by_t in sorted(deficits.items()):
+        color = cmap(0.85 * shown.index(z) / max(1, len(shown) - 1))  # viridis' last yellow is too pale
+        label = f"Z = {z}" + (" (= D)" if z == 784 else "")
+        for ax, k in ((left, 1), (right, 2)):
+            seeds = [(t, p[k]) for t, pts in by_t.items() for p in pts if p[k] is not None]
+            if not seeds:
+                continue
+            ax.plot(*zip(*seeds, strict=True), ".", color=color, ms=4, alpha=0.6)
+            # a mean only where every seed has a value (a factor is missing where Z = ref's curve
+            # does not reach as far: the mean of the others would flatter it)
+            full = [(t, [p[k] for p in pts]) for t, pts in sorted(by_t.items())]
+            means = [(t, float(np.mean(vs))) for t, vs in full if None not in vs]
+            ax.plot(*zip(*means, strict=True), "o-", color=color, ms=4, label=label)
+    budgets = sorted({t for by_t in deficits.values() for t in by_t})
+    for ax in (left, right):
+        ax.set_xscale("log")
+        _budget_ticks(ax, budgets)
+        ax.set_xlabel("training budget (Adam steps, wsd schedule, cooled)")
+        ax.grid(alpha=0.3)
+    if min(gaps) > 0:
+        left.set_yscale("log")
+        ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100) if min(gaps) / 2 <= t <= max(gaps) * 2]
+        left.set_yticks(ticks)
+        left.set_yticklabels([f"{t:g}" for t in ticks])
+        left.minorticks_off()
+    else:
+        left.axhline(0, color="black", lw=0.8)
+    left.set_ylabel(f"−log p(x) behind Z = {ref} of the same seed (nats)")
+    left.set_title(
+        f"How far behind Z = {ref} (dots: seeds; lines: their mean)\n(only slower: falls to 0 as the curves flatten)"
+    )
+    left.legend(fontsize=8)
+    right.axhline(1, color="black", lw=0.8)
+    right.set_ylabel(f"budget / budget at which Z = {ref} does as well")
+    right.set_title(f"How many times fewer steps Z = {ref} needs to do as well\n(only slower: flat)")
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
 def unused_noise(path, rows):
     """What the unused latents feed the decoder, per latent size (VAE, main width, lowest seed).
     Left: Σ_{u inactive} E[σ_u²]‖W_u‖² along the learning curve of the largest budget (constant

@@ -5,6 +5,8 @@ object per run in ``results.jsonl``), shared by the sweep and the figures in :mo
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 CONVERGED = 1.0  # nats: a run has converged when its last 20% of steps gained less than this
@@ -312,6 +314,59 @@ def budget_change(rows, field):
     return float(np.mean([last[s] - prev[s] for s in both])), budgets[-1] / budgets[-2]
 
 
+def matching_budget(curve, value):
+    """The budget T′ at which a curve [(T, v)] (budgets ascending, v falling) reaches ``value``:
+    linear in log T between the two budgets whose values bracket it,
+    log T′ = log T₁ + (v₁ − value)/(v₁ − v₂) · (log T₂ − log T₁);
+    None where no two neighbouring budgets bracket it (the value lies outside the curve)."""
+    for (t1, v1), (t2, v2) in zip(curve, curve[1:], strict=False):
+        if v1 >= value >= v2 and v1 > v2:
+            frac = (v1 - value) / (v1 - v2)
+            return math.exp(math.log(t1) + frac * (math.log(t2) - math.log(t1)))
+    return None
+
+
+def budget_deficits(rows):
+    """How far each size larger than the reference lies behind it, seed by seed: "worse, or only
+    slower?" in numbers. The reference is the VAE size (main width) with the lowest mean −log p(x)
+    at the largest budget two or more sizes reached. For each larger size Z, budget T and seed s
+    run at both sizes:
+
+        gap    = −log p(x)[Z, s, T] − −log p(x)[ref, s, T]      (nats; > 0: Z is worse)
+        factor = T / T′, T′ the budget at which the reference of seed s does as well
+                 (:func:`matching_budget`; None where its curve does not bracket the value)
+
+    A size that is only slower has a gap that shrinks to 0 as both curves flatten, and a factor
+    that stays put; a size that is worse where training settles keeps its gap.
+    Returns (reference Z or None, {Z: {T: [(seed, gap, factor)]}})."""
+    field = budget_field("vae")
+    vae = [r for r in rows if r["model"] == "vae" and r.get(field) is not None and not r.get("diverged")]
+    hidden = main_hidden(vae)
+    value = {(r["latent"], r["seed"], r["steps"]): r[field] for r in vae if tuple(r["hidden"]) == hidden}
+    by_budget = {}
+    for z, _, t in value:
+        by_budget.setdefault(t, set()).add(z)
+    shared = [t for t in sorted(by_budget) if len(by_budget[t]) > 1]
+    if not shared:
+        return None, {}
+    last = shared[-1]
+    at_last = {}
+    for (z, _, t), v in value.items():
+        if t == last:
+            at_last.setdefault(z, []).append(v)
+    means = {z: float(np.mean(vs)) for z, vs in at_last.items()}
+    ref = min(means, key=means.get)
+    out = {}
+    for (z, s, t), v in sorted(value.items()):
+        if z <= ref or (ref, s, t) not in value:
+            continue
+        curve = sorted((tt, vv) for (zz, ss, tt), vv in value.items() if zz == ref and ss == s)
+        match = matching_budget(curve, v)
+        factor = None if match is None else t / match
+        out.setdefault(z, {}).setdefault(t, []).append((s, v - value[(ref, s, t)], factor))
+    return ref, out
+
+
 def budget_report(rows):
     """The budget-curve section of a report: per size, the cooled measure at every budget and
     whether the last doubling changed it by less than BUDGET_CONVERGED."""
@@ -343,5 +398,27 @@ def budget_report(rows):
             + " | ".join(cells)
             + f" | {said} | {ok} |"
         )
-    lines += ["", "Figures: `budget_curves.png`, `unused_noise.png`.", ""]
+    ref, deficits = budget_deficits(rows)
+    if deficits:
+        lines += [
+            "",
+            f"Behind Z = {ref} (the best size at the largest budget two sizes share), seed against seed: the gap "
+            f"in nats and how many times fewer steps Z = {ref} of the same seed needs to do as well (linear in "
+            "log budget between its neighbouring budgets; – where its curve does not reach). A size that is "
+            "only slower has a gap falling towards 0 and a flat factor.",
+            "",
+            "| Z | " + " | ".join(f"{t:,}" for t in budgets) + " |",
+            "|---:|" + "---:|" * len(budgets),
+        ]
+        for z, by_t in deficits.items():
+            cells = []
+            for t in budgets:
+                pts = by_t.get(t, [])
+                gap = f"{np.mean([g for _, g, _ in pts]):+.2f}" if pts else "–"
+                factors = [f for _, _, f in pts]
+                fac = f" (×{np.mean(factors):.1f})" if pts and None not in factors else ""
+                cells.append(gap + fac + (f", n = {len(pts)}" if len(pts) > 1 else ""))
+            lines.append(f"| {z} | " + " | ".join(cells) + " |")
+    figures = ["budget_curves.png", "unused_noise.png"] + (["budget_deficit.png"] if deficits else [])
+    lines += ["", "Figures: " + ", ".join(f"`{f}`" for f in figures) + ".", ""]
     return "\n".join(lines)

@@ -932,6 +932,7 @@ def _write_report(out, rows, settings, source, originals, budget_rows=None):
         if budget_rows is not None:
             plots.budget_curves(out / "budget_curves.png", [r for r in budget_rows if not r.get("diverged")])
             plots.unused_noise(out / "unused_noise.png", budget_rows)
+            plots.budget_deficit(out / "budget_deficit.png", [r for r in budget_rows if not r.get("diverged")])
     except Exception as e:  # noqa: BLE001 - the results and the report are written already
         _warn(f"the figures could not be drawn ({type(e).__name__}: {e}); results.jsonl and report.md are written")
 

@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-from minivae import losses, mechanism, metrics, schedule, study, sweep, train
+from minivae import losses, mechanism, metrics, plots, schedule, study, sweep, train
 from minivae.config import SweepRun
 from minivae.vae import VAE
 
@@ -192,6 +192,9 @@ def test_budget_rows_report_and_figure_from_a_two_size_two_budget_sweep(tmp_path
     assert len({r["settings"] for r in rows}) == 2  # one key per budget
     assert (out / "budget_curves.png").stat().st_size > 0 and (out / "unused_noise.png").stat().st_size > 0
     text = (out / "report.md").read_text()
+    # The deficit figure is drawn exactly when a size larger than the best one is in the sweep.
+    larger = bool(study.budget_deficits(rows)[1])
+    assert (out / "budget_deficit.png").exists() == larger and ("`budget_deficit.png`" in text) == larger
     assert "## Budget curves" in text and "| 5 | 10 | last change | converged |" in text
     # The last 20% of a wsd run is its cool-down: shown as such, and no convergence verdict by it.
     assert "cool-down gain" in text and "last-20%" not in text and "Not converged (last 20%" not in text
@@ -233,6 +236,41 @@ def test_budget_change_and_convergence_on_fabricated_rows():
     text = study.budget_report(rows)
     assert "| vae | 8 | 2 | 2 | 95.10 ± 0.14 | 94.90 | -0.20 | yes |" in text
     assert "| vae | 8 | 9 | 1 | 99.00 | 97.00 | -2.00 | **no** |" in text
+
+
+def test_deficits_to_the_best_size_seed_by_seed_on_fabricated_rows(tmp_path):
+    def row(z, steps, seed, nll):
+        return {"model": "vae", "latent": z, "hidden": [8], "seed": seed, "steps": steps, "test_iw_nll": nll}
+
+    ref = {1000: 95.0, 2000: 94.0, 4000: 93.5}  # Z = 2, seed 0; seed 1 is 0.5 nat better throughout
+    rows = [row(2, t, 0, v) for t, v in ref.items()] + [row(2, t, 1, v - 0.5) for t, v in ref.items()]
+    rows += [row(1, t, 0, v + 3.0) for t, v in ref.items()]  # smaller and worse: not a "larger size"
+    rows += [row(9, 1000, 0, 96.0), row(9, 4000, 0, 94.5), row(9, 4000, 1, 93.75)]
+    rows += [row(9, 8000, 0, 90.0)]  # a budget the reference never ran: no pair
+    best, deficits = study.budget_deficits(rows)
+    assert best == 2 and list(deficits) == [9]
+    assert sorted(deficits[9]) == [1000, 4000]
+    ((s0, gap0, none),) = deficits[9][1000]
+    assert (s0, gap0, none) == (0, pytest.approx(1.0), None)  # 96 is worse than Z = 2 ever was
+    at4000 = sorted(deficits[9][4000])
+    # seed 0: 94.5 lies halfway (in nats) between 95.0 at 1000 and 94.0 at 2000 steps: in log
+    # budget that is √(1000·2000) steps, so Z = 2 needs 4000 / 1414.2 = 2√2 times fewer.
+    assert at4000[0] == (0, pytest.approx(1.0), pytest.approx(2 * math.sqrt(2)))
+    # seed 1 against seed 1's own curve (94.5, 93.5, 93.0 at 1000, 2000, 4000): 93.75 lies three
+    # quarters of the way from 1000 to 2000 steps, 1000·2^0.75 in log budget.
+    assert at4000[1] == (1, pytest.approx(0.75), pytest.approx(4000 / (1000 * 2**0.75)))
+    assert study.matching_budget([(10, 5.0), (20, 4.0)], 5.5) is None
+    assert study.matching_budget([(10, 5.0), (20, 4.0)], 4.0) == pytest.approx(20)
+    text = study.budget_report(rows)
+    assert "Behind Z = 2 " in text and "| 9 | +1.00 | – | +0.88 (×2.6), n = 2 | – |" in text
+    assert "`budget_deficit.png`" in text
+    assert plots.budget_deficit(tmp_path / "deficit.png", rows) is True
+    assert (tmp_path / "deficit.png").stat().st_size > 0
+    # One size alone, or the best size the largest: nothing to draw and no such figure named.
+    alone = [r for r in rows if r["latent"] == 2]
+    assert study.budget_deficits(alone) == (None, {})
+    assert plots.budget_deficit(tmp_path / "none.png", alone) is False and not (tmp_path / "none.png").exists()
+    assert "budget_deficit" not in study.budget_report(alone)
 
 
 def test_a_shorter_sweep_into_the_same_folder_keeps_the_longer_ones_arrays(tmp_path):
