@@ -356,12 +356,15 @@ def budget_deficits(rows):
             at_last.setdefault(z, []).append(v)
     means = {z: float(np.mean(vs)) for z, vs in at_last.items()}
     ref = min(means, key=means.get)
+    ref_curves = {}  # seed → [(T, value)] of the reference, budgets ascending
+    for (z, s, t), v in sorted(value.items()):
+        if z == ref:
+            ref_curves.setdefault(s, []).append((t, v))
     out = {}
     for (z, s, t), v in sorted(value.items()):
         if z <= ref or (ref, s, t) not in value:
             continue
-        curve = sorted((tt, vv) for (zz, ss, tt), vv in value.items() if zz == ref and ss == s)
-        match = matching_budget(curve, v)
+        match = matching_budget(ref_curves[s], v)
         factor = None if match is None else t / match
         out.setdefault(z, {}).setdefault(t, []).append((s, v - value[(ref, s, t)], factor))
     return ref, out
