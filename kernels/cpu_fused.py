@@ -297,6 +297,18 @@ def bernoulli_nll_kernel(a, x, scale, loss, da):
 
     With e = exp(−|a|) ∈ (0, 1] nothing overflows, also for |a| = 1000:
     softplus(a) = max(a, 0) + log1p(e);  sigmoid(a) = 1/(1 + e) for a ≥ 0, e/(1 + e) for a < 0.
+
+    A da below the smallest normal float32 (2⁻¹²⁶ ≈ 1.2·10⁻³⁸) is written as 0. Such values
+    come from pixels that are 0 in every digit (the corners): training drives their logits below
+    about −82, where scale·e underflows. Both products that read da (∂W = hᵀ·da and ∂h = da·Wᵀ)
+    then meet subnormal operands, which x86 CPUs without flush-to-zero handle in microcode: on an
+    Intel Xeon, 3.5% subnormal entries in da made a Z = 1000 step after 70,000 steps take 223 ms
+    instead of 132 ms with the flush (one thread; 118 ms at the initial weights). Zero in their
+    place leaves ∂h as it was (each of its sums also holds normal terms, and a dropped term is
+    below half an ulp of them) and changes only the ∂W entries of those pixels' columns, by less
+    than 2⁻¹¹⁰: Adam divides by √v + ε ≥ ε = 10⁻⁸, so θ moves by under 10⁻³⁰ more or less, below
+    half an ulp of any |θ| > 10⁻²³. From that state, 200 steps with and without the flush gave
+    the same θ, float32 for float32 (52 of 2.3 M moments differed, all near 2⁻¹²⁶).
     """
     B, D = a.shape
     terms = np.empty(D, np.float32)  # the row's loss per pixel, summed by sum64
@@ -307,7 +319,8 @@ def bernoulli_nll_kernel(a, x, scale, loss, da):
             pos = aj if aj > _0 else _0
             terms[j] = pos + log1p32(e) - xj * aj
             p = (_1 if aj >= _0 else e) / (_1 + e)
-            da[i, j] = scale * (p - xj)
+            d = scale * (p - xj)
+            da[i, j] = _0 if abs(d) < _TINY else d  # written so that NaN stays NaN
         loss[i] = sum64(terms)
 
 

@@ -116,6 +116,52 @@ def test_bernoulli_nll_extreme_logits_are_finite():
     close(da, da_ref)
 
 
+def test_bernoulli_nll_writes_subnormal_gradients_as_zero():
+    """Where scale·(sigmoid(a) − x) is below 2⁻¹²⁶ (a black pixel with a logit below about −82),
+    the kernel writes 0 where the oracle keeps the subnormal; every other entry, the loss and a NaN
+    are as before. The products that read da come out the same float32 either way."""
+    B, D = 64, 300
+    rng = np.random.default_rng(3)
+    a, x = rand(rng, B, D, scale=3), (rng.random((B, D)) < 0.5).astype(F32)
+    a[:, :40] = rng.uniform(-100, -84, (B, 40)).astype(F32)  # the corners: always black, very sure
+    x[:, :40] = 0
+    a[5, 50], x[5, 50] = np.nan, 1
+    loss, da = np.empty(B, F32), np.empty_like(a)
+    ops.bernoulli_nll(a, x, 1 / B, loss, da)
+    loss_ref, da_ref = reference.bernoulli_nll(a, x, 1 / B)
+    tiny = np.finfo(F32).tiny
+    sub = (da_ref != 0) & (np.abs(da_ref) < tiny)
+    assert sub[:, :40].mean() > 0.9 and not sub[:, 40:].any()  # the case is what it claims to be
+    np.testing.assert_array_equal(da[sub], 0)
+    assert np.isnan(da[5, 50]) and np.isnan(loss[5])
+    ok = np.ones(B, bool)
+    ok[5] = False
+    kept = ~sub & ok[:, None]
+    close(da[kept], da_ref[kept])
+    close(loss[ok], loss_ref[ok])
+    h = np.maximum(rand(rng, B, 512), 0)  # ∂W = hᵀ·da and ∂h = da·Wᵀ with the flushed da
+    W = rand(rng, 512, D, scale=3)
+    da_ours = np.where(ok[:, None], da, 0).astype(F32)
+    da_sub = da_ours.copy()
+    back = sub & ok[:, None]
+    da_sub[back] = da_ref[back]  # the same gradient with the subnormals put back
+    np.testing.assert_array_equal(da_ours @ W.T, da_sub @ W.T)
+    dW, dW_ref = h.T @ da_ours, h.T @ da_sub
+    differ = dW != dW_ref  # only the black pixels' columns, and only by a few 2⁻¹²⁶
+    assert differ[:, :40].any() and not differ[:, 40:].any()
+    assert np.abs(dW_ref[differ]).max() < 2.0**-110
+    # ... which moves no weight: one Adam step from the same moments gives the same θ
+    p0 = rand(rng, 512 * D)
+    m0 = (rand(rng, 512 * D) * 10.0 ** rng.uniform(-20, -3, 512 * D)).astype(F32)
+    v0 = (10.0 ** rng.uniform(-33, -6, 512 * D)).astype(F32)
+    steps = []
+    for g in (dW, dW_ref):
+        p, m, v = p0.copy(), m0.copy(), v0.copy()
+        ops.adam(p, g.reshape(-1).astype(F32), m, v, 1e-3, 0.9, 0.999, 1e-8, 1 - 0.9**5, 1 - 0.999**5)
+        steps.append(p)
+    np.testing.assert_array_equal(steps[0], steps[1])
+
+
 @pytest.mark.parametrize("P", (1, 1000, (1 << 16) + 3))
 def test_adam(P):
     rng = np.random.default_rng(P)
