@@ -28,21 +28,24 @@ and reports against the two targets of the GPU kernels (:data:`TARGETS`): ``cupy
 samples/s of PyTorch CUDA eager at batch 128, Z = 1000; matmul v3 at least 50% of cuBLAS FP32 over
 the step's products. Every child runs with TF32 off (``CUPY_TF32=0``, ``NVIDIA_TF32_OVERRIDE=0``).
 
-Into OUT (created if missing) it writes eight files, each rewritten after every step, so a run
-cut short still leaves what it measured: summary.md (printed at the end), summary.json (steps and
-targets), env.json, tests.json, kernels.json, throughput.json, train.json, log.txt (every step's
-output). The main job reads MNIST from ``--data-dir`` (default: ``data/mnist`` in the repository,
-when it holds the IDX files); without it, from the cache, a download or the offline sample, as
-``minivae.train`` does.
+Into OUT (made, with the parents it lacks, only once the arguments are checked and a GPU is
+found: a refusal or exit 3 leaves nothing behind) it writes eight files, each rewritten after every
+step, so a run cut short still leaves what it measured: summary.md (printed at the end),
+summary.json (steps and targets), env.json, tests.json, kernels.json, throughput.json, train.json,
+log.txt (every step's output). The main job reads MNIST from ``--data-dir`` (default:
+``data/mnist`` in the repository, when it holds the IDX files); without it, from the cache, a
+download or the offline sample, as ``minivae.train`` does.
 
 Exit status: 0 every step ran and passed; 1 a step failed or ran out of time (the summary says
-which); 2 bad arguments or an output folder that cannot be written; 3 no NVIDIA GPU (``nvidia-smi``
-missing or listing none), said in one line after the arguments are checked. Only the Python
-standard library is used here, so the check starts on a machine where nothing is installed yet.
+which); 2 bad arguments or an output folder that cannot be made or written (an empty path, a
+file, a path below a file); 3 no NVIDIA GPU (``nvidia-smi`` missing or listing none), said in one
+line after the arguments are checked. Only the Python standard library is used here, so the check
+starts on a machine where nothing is installed yet.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -131,7 +134,7 @@ UsageError = cli.UsageError
 def parser():
     """The command line's options, each with its default in its help."""
     ap = cli.Parser(prog="gpu_check", description=__doc__.splitlines()[0])
-    ap.add_argument("out", help="output folder (created if missing; required)")
+    ap.add_argument("out", type=cli.path, help="output folder (created if missing; required)")
     ap.add_argument(
         "--data-dir",
         type=cli.path,
@@ -145,18 +148,62 @@ def parser():
 
 
 def parse_args(argv):
+    """The arguments, checked before anything is made: the output folder as :func:`check_out`
+    checks it, --data-dir a folder."""
     args = parser().parse_args(argv)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".gpu_check_probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write into the output folder {out}: {e.strerror or e}") from None
+    check_out(args.out)
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"--data-dir {args.data_dir} is not a folder")
     return args
+
+
+OUT = "the output folder"
+
+
+def check_out(out):
+    """Refuse (:class:`UsageError`, one line) an output path that is not a folder or cannot become
+    one — a file, a path below a file, a name the system cannot look up, a folder that cannot be
+    written — without making anything. Returns the folders to make, innermost first."""
+    missing = []
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{OUT} {out} exists and is not a folder")
+        for folder in (out, *out.parents):
+            if folder.is_dir():
+                break
+            if folder.exists() or folder.is_symlink():  # a file, or a link to nowhere
+                raise UsageError(f"cannot write into {OUT} {out}: {folder} is not a folder")
+            missing.append(folder)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write into {OUT} {out}: {folder}: {os.strerror(errno.EACCES)}")
+    except OSError as e:
+        raise UsageError(f"{OUT} {out}: {e.strerror or e}") from None
+    return missing
+
+
+def make_out(out):
+    """Make the output folder, with the parents it lacks, and write a probe into it: the work
+    begins. A failure is :class:`UsageError` (one line), and the folders made are removed again."""
+    made, probe = [], out / ".gpu_check_probe"
+    try:
+        for folder in reversed(check_out(out)):
+            folder.mkdir()
+            made.append(folder)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        _remove_made(probe, made)
+        raise UsageError(f"cannot write into {OUT} {out}: {e.strerror or e}") from None
+
+
+def _remove_made(probe, made):
+    """What a failed :func:`make_out` made: its probe, then its folders, innermost first."""
+    try:
+        probe.unlink(missing_ok=True)
+        for folder in reversed(made):
+            folder.rmdir()
+    except OSError:
+        pass
 
 
 def find_gpu():
@@ -796,8 +843,13 @@ def main(argv=None):
     if not has_gpu:
         print(f"gpu_check: no NVIDIA GPU here ({gpu}): nothing to check", file=sys.stderr)
         return EXIT_NO_GPU
+    try:
+        make_out(args.out)  # only now: a refusal or no GPU leaves nothing behind
+    except UsageError as e:
+        print(f"gpu_check: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
-    out, tmp = Path(args.out), Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    out, tmp = args.out, Path(tempfile.mkdtemp(prefix="gpu_check_"))
     log = open(out / "log.txt", "w", errors="replace")
     check = Check(out, sys.executable, tmp, log)
     try:

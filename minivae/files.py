@@ -119,7 +119,37 @@ def atomic_write(path, write):
     unwritable folder, Ctrl-C) removes the temporary file and leaves ``path`` as it was; an
     OSError comes out as a :class:`WriteError` that names ``path``.
     """
-    path = pathlib.Path(path)
+    atomic_write_files({path: write})
+
+
+def atomic_write_files(writes):
+    """Several files, all or none: ``writes`` maps each path to its ``write(file)`` (or to its
+    bytes). Each is written to a temporary file beside its path, and only once every one is
+    written are they renamed onto their paths. A failure before then (a full disk, Ctrl-C)
+    removes the temporary files and leaves every path as it was; an OSError comes out as a
+    :class:`WriteError` that names the file."""
+    done = []  # (temporary, path) of the files written so far
+    try:
+        for path, write in writes.items():
+            path = pathlib.Path(path)
+            if isinstance(write, bytes):
+                write = _writer(write)
+            done.append((_write_temporary(path, write), path))
+        for tmp, path in done:
+            _rename(tmp, path)
+    except BaseException:
+        for tmp, _ in done:
+            _remove(tmp)  # those already renamed are gone from their temporary names
+        raise
+
+
+def _writer(data):
+    return lambda f: f.write(data)
+
+
+def _write_temporary(path, write):
+    """``write(file)`` on a new temporary file beside ``path``, with the mode the user's umask gives
+    a new file; returns its name. A failure removes it; an OSError comes out as a WriteError."""
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     except OSError as e:
@@ -128,26 +158,39 @@ def atomic_write(path, write):
         os.fchmod(fd, file_mode())  # mkstemp makes it 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove(tmp)
         if isinstance(e, OSError) and not isinstance(e, WriteError):
             raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+    return tmp
+
+
+def _rename(tmp, path):
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def read_jsonl(path, on_bad=None):
+def read_jsonl(path, on_bad=None, check=None):
     """The rows (JSON objects) of a JSON-lines file, [] when there is none.
 
     A line that is not a JSON object raises :class:`JsonlError` naming the file and the line,
-    or, with ``on_bad``, is passed to ``on_bad(error, text)`` and skipped.
+    or, with ``on_bad``, is passed to ``on_bad(error, text)`` and skipped. ``check(row)``, when
+    given, says in words what makes an object no row of this file at all (None when nothing):
+    such a line raises :class:`JsonlError`, ``on_bad`` or not.
     """
     path = pathlib.Path(path)
     try:
@@ -169,6 +212,9 @@ def read_jsonl(path, on_bad=None):
                 raise error from None
             on_bad(error, line)
             continue
+        problem = check(row) if check is not None else None
+        if problem:
+            raise JsonlError(f"{path} line {number}: {problem}", number)
         rows.append(row)
     return rows
 

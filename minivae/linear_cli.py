@@ -7,10 +7,14 @@ The command
 the training digits and writes ``OUT/result.json``: the trained test ELBO beside the exact test
 log-likelihood, active units beside k, W's singular values beside (λ_i − σ²)^½, and the collapse.
 ``python -m minivae.linear --summarize DIR`` gathers the ``result.json`` files in DIR's subfolders
-into ``DIR/table.md`` and the figure ``DIR/spectrum.png``. As for the main job, everything is
-checked before the first step — the options, the data, the memory the model needs, ``--out`` made
-and written into (a lock on ``--out/.lock``) — and bad input is one line and exit code 2; a run
-that fails (a full disk, a diverging loss) is one line and exit 1, each file whole or not written.
+into ``DIR/table.md`` and the figure ``DIR/spectrum.png``: each result is checked whole before
+anything is drawn (every field the command writes, its type, length, range and finiteness: a file
+that is not one is a usage error naming it and the field), and the two files are written together,
+both or neither; it takes no training options. As for the main job, everything is checked before
+the first step — the options (σ² no smaller than the float64 arithmetic resolves,
+:data:`SIGMA2_MIN`), the data, the memory the model needs, ``--out`` made and written into (a lock
+on ``--out/.lock``) — and bad input is one line and exit code 2; a run that fails (a full disk, a
+diverging loss) is one line and exit 1, each file whole or not written.
 
 ``python -m minivae.linear`` runs this module's :func:`main` (so do ``minivae-linear`` and
 ``python -m minivae.linear_cli``).
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pathlib
 import sys
 import time
@@ -48,7 +53,9 @@ from minivae.cli import (
     Parser,
     UsageError,
     check_memory,
+    given_options,
     non_negative_int,
+    number,
     path,
     positive_float,
     positive_int,
@@ -58,12 +65,26 @@ from minivae.cli import (
     say,
     say_data,
 )
+from minivae.data import D as DATA_DIM
 from minivae.data import DataError, binarize, load_mnist
-from minivae.files import WriteError, atomic_write, atomic_write_text
+from minivae.files import WriteError, atomic_write, atomic_write_files, atomic_write_text
 from minivae.guards import OutFolder
 
 HOLD = 0.3  # the command holds its learning rate for this fraction of the steps, then decays it
 EM_SWEEPS = 300  # variational EM sweeps after Adam (minivae.linear.coordinate_ascent), exact estimator
+# The smallest σ² the command takes, D²ε/4 ≈ 3.4e-11 (ε of float64): the exact log-likelihood factors
+# the model's covariance W Wᵀ + σ² I in float64 (Cholesky). Its largest eigenvalue is about the data's
+# largest variance, at most D/4 for pixels in [0, 1], and a σ² below D·ε times that is lost in the
+# rounding of sums of D such terms: the factorization fails (σ² = 1e-20 did, on MNIST). Far below, the
+# loss's r²/σ² overflows (σ² = 1e-40 in float32; 1e-320, not even a normal float64, makes 1/σ² inf).
+SIGMA2_MIN = DATA_DIM * DATA_DIM * float(np.finfo(np.float64).eps) / 4
+sigma2_value = number(
+    float,
+    lambda v: SIGMA2_MIN <= v and math.isfinite(v),
+    f"a number ≥ {SIGMA2_MIN:.2g} (D²ε/4: a smaller σ² is lost in float64 rounding beside the pixels' "
+    "variance, up to D/4, and the model's covariance W Wᵀ + σ² I cannot be factored)",
+)
+SUMMARIZE_WITH = {"summarize", "quiet"}  # the options --summarize takes; the others train a model
 
 
 def _training_options(p):
@@ -120,7 +141,7 @@ def _training_options(p):
     )
 
 
-def parse_args(argv=None):
+def _parser():
     p = Parser(
         prog=program("minivae.linear", "minivae-linear"),
         usage="%(prog)s --latent Z --sigma2 S2 --out DIR [options]\n       %(prog)s --summarize DIR",
@@ -129,7 +150,12 @@ def parse_args(argv=None):
     )
     needed = " (required, unless --summarize)"
     p.add_argument("--latent", type=positive_int, default=None, help="latent dimension Z" + needed)
-    p.add_argument("--sigma2", type=positive_float, default=None, help="the decoder's fixed variance σ²" + needed)
+    p.add_argument(
+        "--sigma2",
+        type=sigma2_value,
+        default=None,
+        help=f"the decoder's fixed variance σ², at least {SIGMA2_MIN:.2g}" + needed,
+    )
     p.add_argument(
         "--data-dir", type=path, default=None, help="a folder of MNIST IDX files (default the download cache)"
     )
@@ -143,9 +169,15 @@ def parse_args(argv=None):
         type=path,
         default=None,
         metavar="DIR",
-        help="instead of training: gather DIR/*/result.json into DIR/table.md and DIR/spectrum.png",
+        help="instead of training: gather DIR/*/result.json into DIR/table.md and DIR/spectrum.png (with --quiet only)",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = _parser().parse_args(argv)
+    args.given = given_options(_parser(), argv)  # --summarize refuses the training options
+    return args
 
 
 def batch_size(text):
@@ -172,6 +204,7 @@ def run(args):
     """Check the options, load the digits, check the memory and make ``--out`` — all before the
     first step — then train, compare and write result.json. Returns the exit code."""
     if args.summarize is not None:
+        _only_summarize(getattr(args, "given", set()))
         return summarize(args.summarize, quiet=args.quiet)
     if args.latent is None or args.sigma2 is None or args.out is None:
         raise UsageError("--latent, --sigma2 and --out are required (or --summarize DIR)")
@@ -197,16 +230,29 @@ def run(args):
         ),
         f"this run (a linear VAE of Z = {args.latent}: {2 * D * args.latent:,} weights, {args.dtype})",
     )
-    with OutFolder(args.out, "--out", "linear run"):
+    with OutFolder(args.out, "--out", "linear run"), np.errstate(all="ignore"):  # a divergence: one line
         try:
             return _train_and_write(args, data)
         except FloatingPointError as e:
             print(f"minivae.linear: {e}; lower --lr", file=sys.stderr)
+        except np.linalg.LinAlgError as e:  # W so large that σ² is lost beside it (a diverging run)
+            print(f"minivae.linear: cannot evaluate the trained model ({e}); lower --lr", file=sys.stderr)
         except WriteError as e:  # a full disk: nothing half-written, the old result.json kept
             print(f"minivae.linear: {e}", file=sys.stderr)
         except MemoryError:
             print(f"minivae.linear: out of memory (Z = {args.latent})", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _only_summarize(given):
+    """Refuse the training options beside --summarize (``given``: the options on the command line)."""
+    training = sorted(given - SUMMARIZE_WITH)
+    if training:
+        flags = " and ".join("--" + key.replace("_", "-") for key in training)
+        raise UsageError(
+            f"--summarize gathers finished runs and trains none: {flags} "
+            f"contradict{'s' if len(training) == 1 else ''} it (only --quiet goes with --summarize)"
+        )
 
 
 def _after_adam(model, args, mean, lam, U, show):
@@ -268,7 +314,7 @@ def _train_and_write(args, data):
     config = {
         k: (str(v) if isinstance(v, pathlib.Path) else v)
         for k, v in vars(args).items()
-        if k not in ("quiet", "summarize", "out")
+        if k not in ("quiet", "summarize", "out", "given")
     }
     every = max(1, len(history) // 100)
     result.update(
@@ -328,7 +374,9 @@ def table_row(r):
 
 
 def summarize(folder, quiet=False):
-    """DIR/*/result.json → DIR/table.md and DIR/spectrum.png."""
+    """DIR/*/result.json → DIR/table.md and DIR/spectrum.png. Every result is checked whole first
+    (the first that is not one is a usage error naming its file and field); then the table and the
+    figure are made, and written together: both, or neither."""
     folder = pathlib.Path(folder)
     require_folder(folder, "--summarize")
     paths = sorted(folder.glob("*/result.json"))
@@ -338,9 +386,9 @@ def summarize(folder, quiet=False):
     results.sort(key=_table_order)
     table = TABLE_HEAD + "".join(table_row(r) for r in results)
     with OutFolder(folder, "--summarize", "summary"):
+        figure = spectrum_png(results)
         try:
-            atomic_write_text(folder / "table.md", table)
-            plot_spectrum(results, folder / "spectrum.png")
+            atomic_write_files({folder / "table.md": table.encode(), folder / "spectrum.png": figure})
         except WriteError as e:
             print(f"minivae.linear: {e}", file=sys.stderr)
             return EXIT_FAILED
@@ -350,23 +398,119 @@ def summarize(folder, quiet=False):
 
 
 def _read_result(path, folder):
-    """One result.json, checked to hold what the table and the figure read."""
+    """One result.json, checked to hold what :func:`_train_and_write` writes (:data:`RESULT_SPEC`)."""
     try:
         r = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise UsageError(f"cannot read the results in {folder}: {e}") from None
-    try:
-        table_row(r)
-        for key in ("eigenvalues", "singular_values", "var_mu_sorted", "kl_per_unit_sorted"):
-            np.asarray(r[key], np.float64)  # the figure's numbers
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{path} is not a result of python -m minivae.linear ({type(e).__name__}: {e})") from None
+    if not isinstance(r, dict):
+        raise UsageError(f"{path} is not a result of python -m minivae.linear: a JSON {type(r).__name__}, no object")
+    for key, ok, what in RESULT_SPEC:
+        value = _field(r, key)
+        if value is _MISSING and key not in OPTIONAL_KEYS:
+            raise UsageError(f"{path} is not a result of python -m minivae.linear: {key!r} is missing")
+        if value is not _MISSING and not ok(value, r):
+            raise UsageError(
+                f"{path} is not a result of python -m minivae.linear: {key!r} is {_shown(value)}, expected {what}"
+            )
     return r
 
 
+_MISSING = object()
+
+
+def _field(r, key):
+    """r[key], or r["config"][name] for a key "config.name"; _MISSING when it is not there."""
+    for name in key.split("."):
+        if not isinstance(r, dict) or name not in r:
+            return _MISSING
+        r = r[name]
+    return r
+
+
+def _shown(value, width=40):
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _int(v, low=0, high=math.inf):
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _number(v, low=-math.inf):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= low
+
+
+def _descending(v, n, low=-math.inf):
+    """A list of ``n`` finite numbers ≥ ``low`` in descending order, as the writer sorts them."""
+    if not (isinstance(v, list) and len(v) == n and all(_number(x, low) for x in v)):
+        return False
+    return all(v[i] >= v[i + 1] for i in range(n - 1))
+
+
+def _curve(v):
+    """loss_curve: [[step, loss], …], steps from 1 on, losses finite."""
+    pairs = isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v)
+    return pairs and all(_int(step, 1) and _number(loss) for step, loss in v)
+
+
+_D, _SV = DATA_DIM, f"min({DATA_DIM}, latent) numbers ≥ 0, descending"  # W's singular values (D, Z)
+_NUMBERS = ("exact_train_ll", "exact_test_ll", "train_elbo", "test_elbo", "test_gap", "model_test_ll")
+_NUMBERS += ("posterior_gap", "test_kl", "test_kl_theory")
+_OR_NULL = ("collapsed_max_s2_error", "collapsed_max_w_norm", "sv_median_rel_error", "sv_max_rel_error_clear")
+_OR_NULL += ("sv_largest_beyond_q",)
+# What result.json holds (minivae.linear.compare, then _after_adam and _train_and_write): (key, ok(value,
+# result), what it must be), in an order where each check may read the keys checked before it.
+RESULT_SPEC = (
+    ("latent", lambda v, r: _int(v, 1), "a positive integer"),
+    ("sigma2", lambda v, r: _number(v, SIGMA2_MIN), f"a number ≥ {SIGMA2_MIN:.2g}, as --sigma2 takes"),
+    ("eigenvalues", lambda v, r: _descending(v, _D, 0) and v[0] > 0, f"{_D} numbers ≥ 0, descending, the first > 0"),
+    ("k", lambda v, r: _int(v, 0, _D), f"an integer from 0 to {_D}"),
+    ("q", lambda v, r: _int(v) and v == min(r["latent"], r["k"]), "min(latent, k)"),
+    ("z_minus_q", lambda v, r: _int(v) and v == r["latent"] - r["q"], "latent − q"),
+    *((key, lambda v, r: _number(v), "a number") for key in _NUMBERS),
+    *((key, lambda v, r: v is None or _number(v, 0), "a number ≥ 0 or null") for key in _OR_NULL),
+    ("sv_max_abs_error", lambda v, r: _number(v, 0), "a number ≥ 0"),
+    ("active_units", lambda v, r: _int(v, 0, r["latent"]), "an integer from 0 to latent"),
+    ("collapsed_units", lambda v, r: _int(v, 0, r["latent"]), "an integer from 0 to latent"),
+    ("predicted_collapsed", lambda v, r: _int(v, 0, r["latent"]), "an integer from 0 to latent"),
+    ("predicted_active_units", lambda v, r: _int(v, 0, r["q"]), "an integer from 0 to q"),
+    ("n_clear", lambda v, r: _int(v, 0, r["q"]), "an integer from 0 to q"),
+    *(
+        (key, lambda v, r: _descending(v, min(_D, r["latent"]), 0), _SV)
+        for key in ("singular_values", "theory_singular_values")
+    ),
+    ("var_mu_sorted", lambda v, r: _descending(v, r["latent"], 0), "a number ≥ 0 per latent unit, descending"),
+    ("kl_per_unit_sorted", lambda v, r: _descending(v, r["latent"]), "a number per latent unit, descending"),
+    ("config", lambda v, r: isinstance(v, dict), "an object (the run's options)"),
+    ("config.latent", lambda v, r: _int(v) and v == r["latent"], "the latent of the result"),
+    ("config.sigma2", lambda v, r: _number(v) and v == r["sigma2"], "the sigma2 of the result"),
+    ("config.steps", lambda v, r: _int(v, 1), "a positive integer"),
+    ("config.batch_size", lambda v, r: v == "full" or _int(v, 1), 'a positive integer or "full"'),
+    ("config.lr", lambda v, r: _number(v) and v > 0, "a positive number"),
+    ("config.lr_final", lambda v, r: _number(v) and v > 0, "a positive number"),
+    ("data", lambda v, r: isinstance(v, str), "a string"),
+    ("train_seconds", lambda v, r: _number(v, 0), "a number ≥ 0"),
+    ("wall_seconds", lambda v, r: _number(v, 0), "a number ≥ 0"),
+    ("loss_curve", lambda v, r: _curve(v), "a list of [step, loss] pairs"),
+    ("descend_steps", lambda v, r: _int(v), "a non-negative integer"),
+    ("descend_seconds", lambda v, r: _number(v, 0), "a number ≥ 0"),
+    ("em_sweeps", lambda v, r: _int(v), "a non-negative integer"),
+    ("em_seconds", lambda v, r: _number(v, 0), "a number ≥ 0"),
+    ("em_final_loss", lambda v, r: _number(v), "a number"),
+)
+OPTIONAL_KEYS = {"descend_steps", "descend_seconds", "em_sweeps", "em_seconds", "em_final_loss"}  # --descend, --em
+
+
 def plot_spectrum(results, path):
-    """Per σ², one column: the data's eigenvalues with σ² and the learned σ² + s_i(W)² on top;
-    below, per-unit KL and Var_x μ_u sorted, for each Z, with the closed form."""
+    """:func:`spectrum_png` written to ``path``, whole or not at all."""
+    figure = spectrum_png(results)
+    atomic_write(path, lambda f: f.write(figure))
+
+
+def spectrum_png(results):
+    """The figure, as PNG bytes. Per σ², one column: the data's eigenvalues with σ² and the learned
+    σ² + s_i(W)² on top; below, per-unit KL and Var_x μ_u sorted, for each Z, with the closed form."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,7 +529,7 @@ def plot_spectrum(results, path):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))  # whole, or not at all
+    return buf.getvalue()
 
 
 def one_run_per_size(results):

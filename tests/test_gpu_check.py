@@ -46,12 +46,12 @@ def bare_path(tmp_path):
 
 
 def test_without_a_gpu_one_line_and_exit_3(tmp_path, bare_path):
-    out = tmp_path / "out"
+    out = tmp_path / "new" / "out"
     proc = _run([out], bare_path)
     assert proc.returncode == 3
     line = _one_line(proc)
     assert "no NVIDIA GPU" in line and "nvidia-smi not found" in line
-    assert out.is_dir() and not list(out.iterdir())  # the folder was checked (made), nothing written
+    assert not (tmp_path / "new").exists()  # the folder was checked, not made: nothing left behind
 
 
 def test_an_nvidia_smi_that_lists_no_gpu_is_no_gpu(tmp_path, bare_path):
@@ -71,7 +71,10 @@ def test_an_nvidia_smi_that_lists_no_gpu_is_no_gpu(tmp_path, bare_path):
         ([], "the following arguments are required: out"),
         (["{tmp}/out", "--bogus"], "unrecognized arguments: --bogus"),
         (["{tmp}/file/out"], "cannot write into the output folder"),  # below a plain file
-        (["{tmp}/out", "--data-dir", "{tmp}/nowhere"], "--data-dir"),
+        (["{tmp}/file"], "the output folder {tmp}/file exists and is not a folder"),
+        (["{tmp}/new/out", "--data-dir", "{tmp}/nowhere"], "--data-dir"),
+        (["", "--no-install"], "argument out: expected a path, got ''"),  # '' would be the current folder
+        ([" "], "expected a path"),
     ],
 )
 def test_bad_arguments_one_line_and_exit_2_before_looking_for_a_gpu(tmp_path, bare_path, args, says):
@@ -79,7 +82,37 @@ def test_bad_arguments_one_line_and_exit_2_before_looking_for_a_gpu(tmp_path, ba
     proc = _run([a.format(tmp=tmp_path) for a in args], bare_path)
     assert proc.returncode == 2
     line = _one_line(proc)
-    assert line.startswith("gpu_check: error:") and says in line
+    assert line.startswith("gpu_check: error:") and says.format(tmp=tmp_path) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "file"]  # nothing made, nothing written
+
+
+def test_the_output_folder_is_made_only_when_the_work_begins(tmp_path, monkeypatch, capsys):
+    """Its parents with it, once the arguments are checked and a GPU is found; a folder that cannot
+    be made then is one line, exit 2, and the folders made on the way are removed again."""
+    gc = _gpu_check()
+    out, seen = tmp_path / "new" / "out", []
+
+    def find_gpu():
+        seen.append((tmp_path / "new").exists())
+        return True, ["GPU 0: Made-up GPU"]
+
+    monkeypatch.setattr(gc, "find_gpu", find_gpu)
+    monkeypatch.setattr(gc.Check, "all_steps", lambda self, args, gpu: None)
+    assert gc.main([str(out), "--no-install"]) == gc.EXIT_OK
+    assert seen == [False] and sorted(p.name for p in out.iterdir()) == sorted(gc.OUT_FILES)
+    mkdir = gc.Path.mkdir
+
+    def refused(self, *args, **kwargs):  # the parent is made, the folder itself cannot be
+        if self.name == "out":
+            raise PermissionError(13, "Permission denied")
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(gc.Path, "mkdir", refused)
+    capsys.readouterr()
+    assert gc.main([str(tmp_path / "other" / "out"), "--no-install"]) == gc.EXIT_USAGE
+    line = capsys.readouterr().err.strip()
+    assert line == f"gpu_check: error: cannot write into the output folder {tmp_path}/other/out: Permission denied"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
 
 
 def test_budget_fits_eight_minutes_and_out_files_fit_eight():
