@@ -38,10 +38,11 @@ import numpy as np
 
 from minivae import checkpoint, cli, loop, mechanism, metrics
 from minivae.checkpoint import CheckpointError
-from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, UsageError
+from minivae.cli import EXIT_FAILED, EXIT_INTERRUPTED, UsageError, check_memory, value_text
 from minivae.config import Progress, RunConfig, SweepRun
 from minivae.data import D, binarize_fixed
 from minivae.files import (
+    JsonlError,
     WriteError,
     atomic_write,
     atomic_write_text,
@@ -50,7 +51,7 @@ from minivae.files import (
     refuse_foreign,
     write_jsonl,
 )
-from minivae.guards import FolderLock, watch_parent
+from minivae.guards import OutFolder, watch_parent
 from minivae.schedule import decay_start, schedule
 from minivae.study import budget_report, is_cooled, kl90, report, run_file, run_key
 
@@ -311,7 +312,7 @@ def _trunk_and_branches(cfg, model, opt, data, test_x, files, trunk_marks):
 def _finish_row(model, data, test_x, cfg, trained, seconds):
     """The results row of a trained run (also saved as runs/<tag>-<settings>.row.json)."""
     t0 = time.perf_counter()
-    row = _measure(model, data, test_x, cfg)
+    row = _measured(model, data, test_x, cfg, trained["diverged"])
     curve, step, bs = trained["curve"], trained["step"], cfg.batch_size
     gain = curve[-2]["test_loss"] - curve[-1]["test_loss"] if len(curve) >= 2 and not trained["diverged"] else None
     row = {
@@ -336,6 +337,25 @@ def _finish_row(model, data, test_x, cfg, trained, seconds):
         _keep_model(model, cfg, row)
     atomic_write_text(pathlib.Path(cfg.out) / "runs" / cfg.file(".row.json"), json.dumps(row) + "\n")
     return row
+
+
+class Diverged(RuntimeError):
+    """A run whose loss diverged so far that its model cannot be measured: it has no row."""
+
+
+def _measured(model, data, test_x, cfg, diverged):
+    """:func:`_measure`; for a model whose loss ``diverged`` (its words, else None) and that cannot
+    be measured (codes that are not finite, an eigensolver that fails), :class:`Diverged` saying so
+    and the rate to try instead (a tenth, as minivae.train suggests after a divergence)."""
+    try:
+        return _measure(model, data, test_x, cfg)
+    except (ValueError, ArithmeticError) as e:  # np.linalg.LinAlgError is a ValueError
+        if not diverged:
+            raise
+        raise Diverged(
+            f"diverged ({diverged}), and its model cannot be measured ({error_reason(e)}); "
+            f"train it again at a lower rate, e.g. --lr {value_text(cfg.lr * 0.1)}"
+        ) from None
 
 
 def _keep_model(model, cfg, row):
@@ -574,34 +594,37 @@ def _run(args):
     from minivae.backend import resolve
 
     backend = resolve(args.backend, "float32")
-    created = not args.out.is_dir()
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create --out {args.out}: {e.strerror or e}") from None
-    lock = FolderLock(args.out, "--out", "sweep")
-    try:
-        lock.acquire()
+    _check_machine(args, backend)
+    # The folder (and the parents it lacks) is made and locked here, and removed again by a
+    # refusal that follows (bad data, say): nothing is written into it before _prepare_out.
+    with OutFolder(args.out, "--out", "sweep"):
         _wait_for_old_workers(args.out)
         return _run_locked(args, backend)
-    finally:
-        lock.release()
-        if created:
-            try:
-                args.out.rmdir()  # only when nothing was written
-            except OSError:
-                pass
 
 
 def _run_locked(args, backend):
     data = _load_data(args)
+    n_train = len(data.train_x)
+    if args.batch_size > n_train:  # one step would be a whole epoch, and the row's epochs wrong
+        raise UsageError(f"--batch-size {args.batch_size} is more than the {n_train:,} training digits")
+    steps = args.steps or args.epochs * math.ceil(n_train / args.batch_size)
+    study = _study_keys(args, steps)  # (settings, key, the settings keys of its results)
     client = _dask_client(args.scheduler) if args.scheduler else None
-    steps = args.steps or args.epochs * math.ceil(len(data.train_x) / args.batch_size)
+    try:
+        return _sweep(args, backend, data, study, _previous_results(args.out, set(study[2])), client)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _sweep(args, backend, data, study, previous, client):
+    """Write settings.json, train what is not in results.jsonl yet, write the report: the sweep
+    once every check has passed. Returns the exit code."""
+    (settings, key, per_budget), (rows, old, corrupt) = study, previous
+    steps = settings["steps"]
     seeds = args.seeds if args.seeds is not None else [args.seed]
-    settings, key, per_budget = _study_keys(args, steps)
     results_path = args.out / "results.jsonl"
     say = (lambda *a: None) if args.quiet else print
-    rows, old, corrupt = _previous_results(args.out, set(per_budget))
     _prepare_out(args.out, corrupt, dict(settings, budgets=args.budgets) if args.budgets else settings, key)
     if corrupt:  # set aside, so moved: they are in results.jsonl.corrupt now, and only there
         write_jsonl(results_path, old + rows)
@@ -630,9 +653,6 @@ def _run_locked(args, backend):
             "from its last checkpoint)"
         )
         return EXIT_INTERRUPTED
-    finally:
-        if client is not None:
-            client.close()
     shown = binarize_fixed(data.test_x, args.binarize)[:16]  # as the runs saw them
     if args.budgets:  # the tables compare the sizes at one budget; the budget section shows them all
         common = _common_budget(rows, args.budgets)
@@ -641,9 +661,19 @@ def _run_locked(args, backend):
     _write_report(args.out, final, settings, data.source, shown, rows if args.budgets else None)
     say(f"wrote {args.out / 'report.md'}, results.jsonl and figures ({time.perf_counter() - t0:.0f} s)")
     if failed:
-        _warn(f"{len(failed)} run(s) failed; run the same command again to retry them")
+        _warn(_failed_line(failed))
         return EXIT_FAILED
     return 0
+
+
+def _failed_line(failed):
+    """The last line of a sweep some of whose runs failed (``failed``: their exceptions): run again,
+    or, for those that diverged beyond measuring (which would only diverge again), a lower rate."""
+    diverged = sum(isinstance(e, Diverged) for e in failed)
+    if diverged == len(failed):
+        return f"{diverged} run(s) diverged and could not be measured; run them again at a lower --lr"
+    also = f" ({diverged} of them diverged: those need a lower --lr)" if diverged else ""
+    return f"{len(failed)} run(s) failed; run the same command again to retry them{also}"
 
 
 def _study_keys(args, steps):
@@ -680,8 +710,12 @@ def _runs(args, seeds, backend, done, settings, key, per_budget):
 def _wait_for_old_workers(out, seconds=60):
     """Wait (up to ``seconds``) until no worker of an earlier sweep into ``out`` is left: each
     holds a shared lock on ``out/.workers.lock`` while it lives, and ends within a second of its
-    sweep (:func:`minivae.guards.watch_parent`), once its run has cleaned up."""
-    fd = _open_workers_lock(out)
+    sweep (:func:`minivae.guards.watch_parent`), once its run has cleaned up. The file is made by
+    the workers, not here: where there is none, no worker holds it (and a sweep refused after
+    this leaves none behind)."""
+    fd = _open_workers_lock(out, create=False)
+    if fd is None:
+        return
     try:
         deadline = time.monotonic() + seconds
         while True:
@@ -698,10 +732,14 @@ def _wait_for_old_workers(out, seconds=60):
         os.close(fd)
 
 
-def _open_workers_lock(out):
+def _open_workers_lock(out, create=True):
+    """A file descriptor of ``out/.workers.lock`` (made when ``create``, else None where there is none)."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_CREAT if create else 0)
     try:
-        return os.open(pathlib.Path(out) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        return os.open(pathlib.Path(out) / WORKERS_LOCK, flags, 0o666)
     except OSError as e:
+        if isinstance(e, FileNotFoundError) and not create:
+            return None
         raise UsageError(f"cannot use {pathlib.Path(out) / WORKERS_LOCK}: {e.strerror or e}") from None
 
 
@@ -714,6 +752,8 @@ def _harvest(out, keys):
     for path in sorted(runs.glob("*.row.json")) if runs.is_dir() else []:
         try:
             row = json.loads(path.read_text())
+            if isinstance(row, dict) and _settings_problem(row):
+                raise ValueError(_settings_problem(row))
             if not isinstance(row, dict) or row.get("settings") not in keys:
                 continue
             problem = _row_problem(row)
@@ -754,6 +794,10 @@ def _check_options(args):
     """Contradicting or impossible options, refused before anything is loaded or written."""
     if args.steps is not None and args.epochs is not None:
         raise UsageError("give either --steps or --epochs, not both")
+    if args.epochs == 0:  # as --steps 0: a study of untrained models
+        raise UsageError("--epochs 0 trains nothing: give at least 1")
+    if args.lr > float(np.finfo(np.float32).max):  # the models are float32: every step would be infinite
+        raise UsageError(f"--lr {value_text(args.lr)} is beyond the range of float32, the models' numbers")
     if args.budgets is not None:
         if args.steps is not None or args.epochs is not None:
             raise UsageError("--budgets gives the steps of every run: give no --steps or --epochs with it")
@@ -775,15 +819,41 @@ def _check_options(args):
     refuse_foreign(args.out, "--out", "sweep")
 
 
+def _check_machine(args, backend):
+    """Runs that would each fail on this machine, refused before anything is made: a GPU backend
+    without a usable GPU (as :func:`minivae.backend.create_ops` asks), and runs larger than the
+    memory available (the largest size, estimated as minivae.train estimates a run; one run at a
+    time). On a Dask cluster (``--scheduler``) its workers' machines decide: not checked here."""
+    if args.scheduler:
+        return
+    from minivae.backend import GPU_LIBRARIES, gpu_usable
+
+    if backend in GPU_LIBRARIES:
+        usable, why = gpu_usable(backend, simulator=backend == "numba-cuda")
+        if not usable:
+            raise UsageError(f"--backend {backend} needs a usable CUDA GPU: {why}")
+    z, k = max(args.latents), args.iw_samples
+    run = RunConfig(latent=z, hidden=args.hidden, batch_size=args.batch_size, limit=args.limit)
+    needs = [(run.replace(iw_samples=k, iw_examples=args.iw_examples).memory_needed(), k)]
+    if args.iw_check:  # K' samples for max(1, 20,000 // K') digits at a time (_mechanism)
+        k = args.iw_check
+        needs.append((run.replace(iw_samples=k, iw_examples=max(1, 20_000 // k)).memory_needed(), k))
+    (needed, P), k = max(needs, key=lambda need: need[0][0])
+    check_memory(needed, f"the largest run (Z = {z:,}, {P:,} parameters, batch {args.batch_size}, K = {k:,})")
+
+
 def _init_source(args):
     """The trained VAE a warm start begins from: {"path", "id"} (id: its latent size, hidden widths
     and a hash of its checkpoint, for the settings key), checked against every run of the sweep."""
-    from minivae.runs import RunError, read_run
+    from minivae.runs import RunError, model_from, read_run
 
     try:
         run = read_run(args.init_from)
+        model_from(run, backend="numpy")  # its checkpoint against its config, as every run will load it
     except RunError as e:
         raise UsageError(f"--init-from: {e}") from None
+    except ValueError as e:
+        raise UsageError(f"--init-from {args.init_from}: {e}") from None
     z, hidden = run.config.latent, list(run.config.hidden)
     if "vae" not in args.models or args.models != ["vae"]:
         raise UsageError("--init-from starts VAEs: give it with --models vae")
@@ -813,16 +883,20 @@ def _previous_results(out, keys):
     values or saved arrays are broken, or a second row of a run already there, is set aside (and
     a broken run trained again)."""
     results_path = out / "results.jsonl"
-    corrupt = []
+    corrupt, errors = [], []
 
     def set_aside(error, text):
         corrupt.append(text)
-        _warn(f"{error}; set aside in {results_path.name}.corrupt, that run is trained again")
+        errors.append(error)
 
     try:
-        previous = read_jsonl(results_path, on_bad=set_aside)
+        previous = read_jsonl(results_path, on_bad=set_aside, check=_settings_problem)
+    except JsonlError as e:  # a row that cannot be sorted into studies: the file is refused, unchanged
+        raise UsageError(f"{e}; correct or remove that line") from None
     except OSError as e:
         raise UsageError(f"cannot read {results_path}: {e.strerror or e}") from None
+    for error in errors:  # said once the file is known to be usable
+        _warn(f"{error}; set aside in {results_path.name}.corrupt, that run is trained again")
     rows, old, seen = [], [], set()
     for r in previous:
         if r.get("settings") not in keys:
@@ -840,6 +914,14 @@ def _previous_results(out, keys):
         seen.add((r["settings"], run_key(r)))
         rows.append(r)
     return rows, old, corrupt
+
+
+def _settings_problem(row):
+    """What is wrong with a row's settings key (a string, or absent), in words; None when nothing."""
+    settings = row.get("settings")
+    if settings is None or isinstance(settings, str):
+        return None
+    return f'its "settings" is a JSON {type(settings).__name__}, not a settings key'
 
 
 def _prepare_out(out, corrupt, settings, key):
@@ -871,8 +953,8 @@ def _name(r):
 
 def _train_all(args, todo, rows, old, client, say, keys):
     """Run ``todo``, adding each finished row to ``rows`` and results.jsonl at once (a budget
-    curve's rows as each budget is done); returns the failed runs. On Ctrl-C raises
-    KeyboardInterrupt(the runs left), their progress files removed."""
+    curve's rows as each budget is done); returns the exceptions of the runs that failed. On
+    Ctrl-C raises KeyboardInterrupt(the runs left), their progress files removed."""
     bar = None
     if not args.quiet and sys.stderr.isatty() and todo:
         from tqdm import tqdm
@@ -885,8 +967,8 @@ def _train_all(args, todo, rows, old, client, say, keys):
                 new = _take_in(args.out, keys, rows, old)
             elif isinstance(result, BaseException):
                 finished.add(run_key(cfg.row_fields()))
-                failed.append(f"{cfg.model} Z={cfg.latent}: {type(result).__name__}: {result}")
-                _warn(f"run {failed[-1]}")
+                failed.append(result)
+                _warn(f"run {cfg.model} Z={cfg.latent}: {type(result).__name__}: {result}")
                 new = _take_in(args.out, keys, rows, old)  # a budget curve's rows before it failed
             else:
                 finished.add(run_key(cfg.row_fields()))
