@@ -372,52 +372,145 @@ def main(argv=None):
     folder (``minivae.train``'s, or those ``minivae.sweep --keep-models`` keeps), one JSON line
     each, appended to --out as each is done. With ``--walk STEPS``, :func:`walk` instead: one
     line per run and way of stepping the unused rows (``--walk-rows``), seeded by ``--walk-seed``
-    (default the model's own training seed; the line's ``walk_seed``)."""
-    import json
-    import pathlib
+    (default the model's own training seed; the line's ``walk_seed``).
+
+    Faults, as in :mod:`minivae.explore`: bad input — a folder that is not a run, a checkpoint
+    missing, truncated or not matching its config, a backend this machine cannot run, a model
+    that does not take the digits, an --out that cannot be read or written — is one line on
+    stderr and exit code 2, found for every RUN_DIR before the digits load and before --out is
+    written; a run folder that breaks or a file that cannot be written while measuring is one
+    line and exit 1 (--out keeps the rows written before: each write is whole)."""
+    from minivae import cli
+
+    return cli.run_command("minivae.mechanism", _run, _parse_args, argv)
+
+
+def _run(args):
+    """Check every run folder and --out, load the digits, then measure (or walk) each run in turn.
+    Returns the exit code."""
+    from minivae import cli
+    from minivae.files import WriteError
+    from minivae.runs import RunError
+
+    rows = _check_out(args.out)
+    runs = _check_runs(args.runs, "numpy" if args.walk else args.backend)
+    data = _load_data(args.data_dir, runs)
+    try:
+        _measure_runs(args, runs, data, rows)
+    except (RunError, WriteError) as e:  # a folder changed since it was checked, a full disk
+        cli.report("minivae.mechanism", f"{e}; stopping ({args.out} keeps the rows written before)")
+        return cli.EXIT_FAILED
+    return 0
+
+
+def _check_runs(folders, backend):
+    """Each run folder read whole and its model built on ``backend`` (then let go), before the
+    digits load: [(folder, its options as config.json's object, the model's D)]. A folder that is
+    not a run, a checkpoint missing, truncated or not matching config.json, or a backend this
+    machine cannot run is :class:`minivae.cli.UsageError`, one line naming the folder."""
+    from minivae.cli import UsageError
+    from minivae.runs import RunError, model_from, read_run
+
+    checked = []
+    for folder in folders:
+        try:
+            run_ = read_run(folder)
+            model = model_from(run_, backend)
+        except RunError as e:
+            raise UsageError(str(e)) from None
+        except (ValueError, ImportError, RuntimeError) as e:  # a backend this machine cannot run
+            raise UsageError(f"cannot create the model of {folder}: {e}") from None
+        checked.append((folder, run_.config.to_json(), model.data_dim))
+    return checked
+
+
+def _check_out(path):
+    """The rows --out holds already ([] when there is none), read before anything is measured. A
+    folder, a file that is not JSON lines, or a path whose folder cannot be made (a file on its
+    way) or written into is :class:`minivae.cli.UsageError`; a folder it lacks is made with the
+    first row (:func:`_write_rows`), as the other commands make their --out."""
+    import os
+
+    from minivae.cli import UsageError
+    from minivae.files import JsonlError, read_jsonl
+    from minivae.guards import OutFolder
+
+    if not OutFolder(path.parent, "--out's folder").check() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write into --out's folder {path.parent}: permission denied")
+    try:
+        if path.is_dir():
+            raise UsageError(f"--out {path} is a folder, not a file")
+        return read_jsonl(path)
+    except JsonlError as e:
+        raise UsageError(f"--out {e}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read --out {path}: {e.strerror or e}") from None
+
+
+def _load_data(data_dir, runs):
+    """The MNIST digits (``--data-dir``, else the default source), checked to fit every model."""
     import warnings
 
-    from minivae import cli
-    from minivae.data import DataError, binarize_fixed, load_mnist
-    from minivae.files import atomic_write_text, read_jsonl
-    from minivae.runs import RunError, load, read_config
+    from minivae.cli import UsageError
+    from minivae.data import DataError, load_mnist
 
-    def run(args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            models = [(r, read_config(pathlib.Path(r) / "config.json")) for r in args.runs]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = load_mnist(args.data_dir, seed=0)
-        except (RunError, DataError, ValueError) as e:
-            raise cli.UsageError(str(e)) from None
-        try:
-            rows = read_jsonl(args.out)
-        except (OSError, ValueError) as e:
-            raise cli.UsageError(f"--out {args.out}: {e}") from None
-        for run_dir, config in models:
-            test_x = binarize_fixed(data.test_x, config.get("binarize", "dynamic"))
-            if args.walk:
-                _walks(args, run_dir, config, data.train_x, test_x, rows)
-                continue
-            row = measure(
-                load(run_dir, args.backend),
-                test_x,
-                config.get("seed", 0),
-                args.iw_samples,
-                args.iw_examples,
-                args.iw_check,
+            data = load_mnist(data_dir, seed=0)
+        except (DataError, ValueError) as e:
+            raise UsageError(str(e)) from None
+    pixels = data.test_x.shape[1]
+    for folder, _, data_dim in runs:
+        if data_dim != pixels:
+            raise UsageError(
+                f"the model in {folder} takes inputs of D = {data_dim} values, the test digits have {pixels} pixels"
             )
-            rows.append({"run": pathlib.Path(run_dir).name, "steps": config.get("steps"), **row})
-            atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
-            print(
-                f"{pathlib.Path(run_dir).name}: -log p(x) {row['test_iw_nll']:.2f}, pruned "
-                f"{row.get('test_iw_nll_pruned', float('nan')):.2f}, at the prior "
-                f"{row.get('test_iw_nll_prior', float('nan')):.2f}",
-                flush=True,
-            )
-        return 0
+    return data
 
-    return cli.run_command("minivae.mechanism", run, _parse_args, argv)
+
+def _write_rows(path, rows):
+    """All the rows, written whole to ``path`` (its folder made first when it lacks one)."""
+    import json
+
+    from minivae.files import WriteError, atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _measure_runs(args, runs, data, rows):
+    """:func:`measure` (or with --walk :func:`_walks`) for each checked run, each row appended to
+    ``rows`` and written to --out as it is done."""
+    import pathlib
+
+    from minivae.data import binarize_fixed
+    from minivae.runs import load
+
+    for run_dir, config, _ in runs:
+        test_x = binarize_fixed(data.test_x, config.get("binarize", "dynamic"))
+        if args.walk:
+            _walks(args, run_dir, config, data.train_x, test_x, rows)
+            continue
+        row = measure(
+            load(run_dir, args.backend),
+            test_x,
+            config.get("seed", 0),
+            args.iw_samples,
+            args.iw_examples,
+            args.iw_check,
+        )
+        rows.append({"run": pathlib.Path(run_dir).name, "steps": config.get("steps"), **row})
+        _write_rows(args.out, rows)
+        print(
+            f"{pathlib.Path(run_dir).name}: -log p(x) {row['test_iw_nll']:.2f}, pruned "
+            f"{row.get('test_iw_nll_pruned', float('nan')):.2f}, at the prior "
+            f"{row.get('test_iw_nll_prior', float('nan')):.2f}",
+            flush=True,
+        )
 
 
 _WALK_OPTIONS = ("walk_lr", "walk_decay", "walk_seed", "walk_rows")  # they shape a walk: no use without --walk
@@ -439,12 +532,10 @@ def _parse_args(argv=None):
 def _walks(args, run_dir, config, train_x, test_x, rows):
     """:func:`walk` with each way of stepping the unused rows (:data:`WALKS`), each row appended to
     ``rows`` and written to ``args.out`` as it is done."""
-    import json
     import pathlib
     import sys
 
     from minivae import cli
-    from minivae.files import atomic_write_text
     from minivae.runs import load
 
     name = pathlib.Path(run_dir).name
@@ -471,7 +562,7 @@ def _walks(args, run_dir, config, train_x, test_x, rows):
                 if bar is not None:
                     bar.close()
             rows.append({"run": name, "steps": config.get("steps"), **row, "walk_seed": seed})
-            atomic_write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
+            _write_rows(args.out, rows)
             print(
                 f"{name} {row['unused_step']}: unused rows' noise {row['noise_start']:.0f} → {row['noise_end']:.0f}, "
                 f"step {row['step_inactive']:.3f} α (active {row['step_active']:.3f} α), "
