@@ -17,3 +17,15 @@ def pytest_configure(config):
     import tempfile
 
     os.environ["MINIVAE_GEMM_CHOICE"] = os.path.join(tempfile.mkdtemp(prefix="minivae-"), "no-table.json")
+
+
+@pytest.fixture
+def never_trains(monkeypatch):
+    """python -m minivae.linear's training, made to fail the test if it starts: the checks must
+    come first."""
+    from minivae import linear
+
+    def fit(*a, **k):
+        raise AssertionError("training started before the checks were done")
+
+    monkeypatch.setattr(linear, "fit", fit)

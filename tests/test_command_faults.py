@@ -216,16 +216,6 @@ def _command(main, argv, capsys):
     return code, capsys.readouterr().err
 
 
-@pytest.fixture
-def never_trains(monkeypatch):
-    """Training that fails the test if it starts: the checks must come first."""
-
-    def fit(*a, **k):
-        raise AssertionError("training started before the checks were done")
-
-    monkeypatch.setattr(linear, "fit", fit)
-
-
 @pytest.mark.usefixtures("never_trains")
 @pytest.mark.parametrize("command", ["linear", "identity"])
 def test_out_and_values_are_checked_before_the_first_step(command, tmp_path, capsys, monkeypatch):

@@ -234,14 +234,6 @@ def test_summarize_refuses_training_options(extra, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a"]
 
 
-@pytest.fixture
-def never_trains(monkeypatch):
-    def fit(*a, **k):
-        raise AssertionError("training started before the checks were done")
-
-    monkeypatch.setattr(linear, "fit", fit)
-
-
 @pytest.mark.usefixtures("never_trains")
 @pytest.mark.parametrize("sigma2", ["1e-320", "5e-324", "1e-40", "1e-20", "3e-11"])
 def test_a_sigma2_too_small_for_the_arithmetic_is_refused_up_front(sigma2, tmp_path, capsys):
