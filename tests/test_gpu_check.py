@@ -74,7 +74,6 @@ def test_an_nvidia_smi_that_lists_no_gpu_is_no_gpu(tmp_path, bare_path):
         (["{tmp}/file"], "the output folder {tmp}/file exists and is not a folder"),
         (["{tmp}/new/out", "--data-dir", "{tmp}/nowhere"], "--data-dir"),
         (["", "--no-install"], "argument out: expected a path, got ''"),  # '' would be the current folder
-        ([" "], "expected a path"),
     ],
 )
 def test_bad_arguments_one_line_and_exit_2_before_looking_for_a_gpu(tmp_path, bare_path, args, says):
@@ -84,6 +83,16 @@ def test_bad_arguments_one_line_and_exit_2_before_looking_for_a_gpu(tmp_path, ba
     line = _one_line(proc)
     assert line.startswith("gpu_check: error:") and says.format(tmp=tmp_path) in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "file"]  # nothing made, nothing written
+
+
+def test_a_blank_output_path_is_refused(tmp_path, monkeypatch, capsys):
+    """A path of spaces names no folder: one line, exit 2, nothing made (run in-process)."""
+    gc = _gpu_check()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        gc.main([" ", "--no-install"])
+    assert e.value.code == 2 and "expected a path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_output_folder_is_made_only_when_the_work_begins(tmp_path, monkeypatch, capsys):
