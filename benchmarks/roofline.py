@@ -64,10 +64,19 @@ repeat, with quartiles).
 
     python benchmarks/roofline.py --threads 1        # Z = 20 and 1000, hidden 512, batch 128 (minutes)
     python benchmarks/roofline.py --quick            # seconds
+    python benchmarks/roofline.py --threads 1 --latents 1000 --trained RUN_DIR --data-dir DIR
+
+A fresh model's step reads its initial weights and a batch of uniform noise. ``--trained RUN_DIR``
+times a trained model's step too (a run folder of ``minivae.train``, or a model ``minivae.sweep
+--keep-models`` kept): it takes ``--state-steps`` Adam steps on real digits first (its moments
+start at 0), then the recorded step on one more batch. Each part also counts the subnormal
+numbers it reads (0 < |a| < 2⁻¹²⁶): on many x86 CPUs arithmetic on them takes a slow microcode
+path, and training makes them where initial weights have none (pixels black in every digit drive
+their logits low enough that ∂L/∂logits underflows; the moments of dead units decay towards 0).
 
 Writes ``roofline-t<threads>.json`` into ``--out`` (``runs/bench/`` under the current folder by
 default, ignored by git): the settings, the machine record of :mod:`benchmarks.machine` with the
-measured roofs, and every part of every Z.
+measured roofs, every part of every Z (``latents``) and of every trained model (``trained``).
 """
 
 from __future__ import annotations
@@ -314,10 +323,28 @@ def implementation(op, g, ops):
     return "Numba"
 
 
+TINY = np.finfo(np.float32).tiny  # 2⁻¹²⁶, the smallest normal float32
+
+
+def subnormal_reads(op, kw):
+    """How many numbers the part reads are subnormal (0 < |a| < 2⁻¹²⁶), over every float32 array
+    among its arguments ``kw`` (:func:`private_arguments`) that it reads: those it does not write,
+    and for Adam θ, m and v too. Arithmetic on them takes a slow microcode path on many x86 CPUs
+    (a product reading them ran 2× slower on an Intel Xeon), so a step timed at the initial
+    weights, which have none, can be faster than the same step late in training."""
+    reads = [a for k, a in kw.items() if k not in WRITES[op] or op == "adam"]
+    return sum(
+        int(np.count_nonzero((a != 0) & (np.abs(a) < TINY)))
+        for a in reads
+        if isinstance(a, np.ndarray) and a.dtype == np.float32
+    )
+
+
 def step_parts(vae, calls):
     """The parts of a recorded step (:func:`record_step`): one dict per call, with its name, op,
-    kind, shape, implementation, FLOPs and bytes, and ``call``, a function that makes the call
-    again on the part's own arguments (:func:`private_arguments`; not kept in the JSON)."""
+    kind, shape, implementation, FLOPs and bytes, how many of the numbers it reads are subnormal,
+    and ``call``, a function that makes the call again on the part's own arguments
+    (:func:`private_arguments`; not kept in the JSON)."""
     ops = vae.engine.ops
     B = next(g["a"].shape[0] for op, _, g, _ in calls if op == "bias_act")
     names, parts = array_names(vae.engine, B), []
@@ -334,6 +361,7 @@ def step_parts(vae, calls):
                 "impl": implementation(op, g, ops),
                 "flops": flops,
                 "bytes": nbytes,
+                "subnormal_reads": subnormal_reads(op, kw),
                 "call": lambda method=method, kw=kw: method(**kw),
             }
         )
@@ -550,8 +578,8 @@ HEADER = (
 )
 
 
-def print_latent(Z, rows, summary, params):
-    lines = [f"\nZ = {Z}: {params:,} parameters; {len(rows)} parts", HEADER]
+def print_latent(title, rows, summary, params):
+    lines = [f"\n{title}: {params:,} parameters; {len(rows)} parts", HEADER]
     for r in rows:
         ai = f"{r['intensity']:7.2f}" if r["intensity"] is not None else f"{'':>7}"
         lines.append(
@@ -561,6 +589,8 @@ def print_latent(Z, rows, summary, params):
     for kind, k in summary["kinds"].items():
         name = f"{KIND_WORDS[kind]} ({k['parts']})"
         lines.append(f"{name:<26} {'':<20} {'':<9} {1e3 * k['seconds']:7.3f} {k['share']:6.1%}")
+    slow = [f"{r['part']} {r['subnormal_reads']:,}" for r in rows if r["subnormal_reads"]]
+    lines.append("subnormal numbers read: " + ("; ".join(slow) if slow else "none"))
     s = summary
     q1, q3 = s["step_over_products_quartiles"]
     lines.append(
@@ -575,6 +605,12 @@ def print_latent(Z, rows, summary, params):
 def time_latent(Z, args, roofs, spreads):
     """Record, time and read every part of a step at latent size Z, printed. → the JSON entry."""
     vae, opt, x = build_step(Z, args.hidden, args.batch)
+    return time_model(vae, opt, x, args, roofs, spreads, f"Z = {Z}")
+
+
+def time_model(vae, opt, x, args, roofs, spreads, title):
+    """Record, time and read every part of one step of ``vae`` and ``opt`` on the batch x,
+    printed under ``title`` (``Z = 1000``, ``Z = 1000, trained: <run>``). → the JSON entry."""
     parts = step_parts(vae, record_step(vae, opt, x))
     timed = throughput.measure(runners(vae, opt, x, parts), args.repeats, args.warmup, args.target, args.settle)
     total = sum(float(np.median(ts)) for name, (ts, _) in timed.items() if name[:2].isdigit())
@@ -582,13 +618,87 @@ def time_latent(Z, args, roofs, spreads):
     for i, part in enumerate(parts):
         ts, n = timed[f"{i:02d} {part['part']}"]
         rows.append(read_part(part, ts, n, total, roofs))
-        spreads[f"{part['part']} at Z = {Z}"] = machine.spread(ts)
-    spreads[f"the whole step at Z = {Z}"] = machine.spread(timed["whole step"][0])
+        spreads[f"{part['part']} at {title}"] = machine.spread(ts)
+    spreads[f"the whole step at {title}"] = machine.spread(timed["whole step"][0])
     summary = summarize(rows, timed, roofs)
     for row in rows:
         row["share_of_step"] = row["seconds"] / summary["step_s"]  # the shares above are of the sum of the parts
-    print_latent(Z, rows, summary, vae.engine.P)
+    print_latent(title, rows, summary, vae.engine.P)
     return {"params": vae.engine.P, "parts": rows, **summary}
+
+
+# --------------------------------------------------------------------------------------------
+# A trained model's step (--trained)
+# --------------------------------------------------------------------------------------------
+
+STATE_LR = 1e-4  # Adam's rate for the --state-steps before a trained model's step is recorded
+
+
+def check_trained(folders):
+    """Each --trained run folder read and its model built on cpu-fused, before anything is
+    measured: [(folder, model)]. A folder that is not a run (:func:`minivae.runs.load`'s checks),
+    a model that is not float32, or one whose inputs are not D = 784 pixels is
+    :class:`minivae.cli.UsageError`, one line naming the folder."""
+    from minivae.runs import RunError, load
+
+    models = []
+    for folder in folders:
+        try:
+            vae = load(folder, backend="cpu-fused")
+        except RunError as e:
+            raise cli.UsageError(str(e)) from None
+        except (ValueError, ImportError, RuntimeError) as e:  # cpu-fused cannot run here
+            raise cli.UsageError(f"cannot create the model of {folder} on cpu-fused: {e}") from None
+        if vae.dtype != np.float32 or vae.data_dim != D:
+            raise cli.UsageError(
+                f"--trained {folder}: the roofline times float32 models of D = {D} pixels, "
+                f"this one is {np.dtype(vae.dtype).name} with D = {vae.data_dim}"
+            )
+        models.append((folder, vae))
+    return models
+
+
+def load_digits(data_dir):
+    """The training digits a trained model's batches are drawn from (``--data-dir``, else the
+    default source, without downloading); a folder that is not MNIST is a one-line UsageError."""
+    import warnings
+
+    from minivae.data import DataError, load_mnist
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's warning: its source is printed instead
+        try:
+            data = load_mnist(data_dir, download=False, seed=0)
+        except (DataError, ValueError, OSError) as e:
+            raise cli.UsageError(str(e)) from None
+    cli.say_data(data)
+    return data.train_x
+
+
+def trained_step(vae, digits, batch, steps, seed=0):
+    """A trained model ready for :func:`time_model`: ``steps`` Adam steps (rate :data:`STATE_LR`,
+    its moments starting at 0) on batches of ``batch`` digits drawn at random from ``digits``, so
+    that the gradients, the moments and the activations are those of training with real digits,
+    then one more batch for the recorded step. → (vae, opt, x)."""
+    import minivae
+
+    rng = np.random.default_rng(seed)
+    opt = minivae.Adam(vae.params, lr=STATE_LR)
+    for _ in range(steps + 1):  # the first also has Numba load its kernels
+        x = np.ascontiguousarray(digits[rng.integers(0, len(digits), batch)], dtype=np.float32)
+        vae.forward(x)
+        opt.step(vae.backward())
+    x = np.ascontiguousarray(digits[rng.integers(0, len(digits), batch)], dtype=np.float32)
+    return vae, opt, x
+
+
+def time_trained(folder, vae, digits, args, roofs, spreads):
+    """Every part of a trained model's step (:func:`trained_step`), timed and read. → the JSON
+    entry, with where the model came from, its latent size and the steps taken before."""
+    vae, opt, x = trained_step(vae, digits, args.batch, args.state_steps)
+    entry = time_model(vae, opt, x, args, roofs, spreads, f"Z = {vae.latent}, trained: {folder.name}")
+    where = {"from": folder.name, "latent": vae.latent, "hidden": list(vae.hidden), "state_steps": args.state_steps}
+    return {**where, **entry}
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,8 +716,32 @@ def parser():
     ap.add_argument(
         "--latents",
         type=cli.positive_ints("latent sizes", "20,1000"),
-        default=LATENTS,
-        help="comma-separated latent sizes Z",
+        default=None,
+        help=f"comma-separated latent sizes Z of fresh models (default {','.join(map(str, LATENTS))}; none "
+        "when --trained is given)",
+    )
+    ap.add_argument(
+        "--trained",
+        type=cli.path,
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="also time the step of this trained model (a run folder of minivae.train, or one "
+        "minivae.sweep --keep-models kept), on real digits; may be given more than once",
+    )
+    ap.add_argument(
+        "--data-dir",
+        type=cli.path,
+        default=None,
+        help="MNIST IDX files for --trained's batches (default: the download cache, else the "
+        "offline sample; never downloads)",
+    )
+    ap.add_argument(
+        "--state-steps",
+        type=cli.non_negative_int,
+        default=100,
+        help=f"Adam steps (rate {STATE_LR:g}, moments from 0) a --trained model takes on real digits "
+        "before its step is recorded",
     )
     ap.add_argument(
         "--hidden",
@@ -656,8 +790,12 @@ def _timing_options(ap):
 
 def parse_args(argv=None):
     """The options, each checked by its type: a bad value is one line on stderr and exit code 2.
-    The options of :data:`DEFAULTS` take :data:`QUICK`'s value with ``--quick`` when not given."""
-    return throughput.with_defaults(parser().parse_args(argv), DEFAULTS, QUICK)
+    The options of :data:`DEFAULTS` take :data:`QUICK`'s value with ``--quick`` when not given;
+    ``--latents`` is 20,1000 unless ``--trained`` is given."""
+    args = throughput.with_defaults(parser().parse_args(argv), DEFAULTS, QUICK)
+    if args.latents is None:
+        args.latents = () if args.trained else LATENTS
+    return args
 
 
 def set_threads(threads):
@@ -681,6 +819,8 @@ def make_config(args, threads):
     return {
         "latents": list(args.latents),
         "hidden": list(args.hidden),
+        "trained": [str(folder) for folder in args.trained],
+        "state_steps": args.state_steps if args.trained else None,
         "batch": args.batch,
         "dtype": "float32",
         "threads": threads,
@@ -695,6 +835,8 @@ def make_config(args, threads):
 def run(args, load_start=None):
     """Measure the machine, then every part at each latent size; write the JSON. → the document."""
     throughput.check_out(args.out)
+    trained = check_trained(args.trained)  # every folder before anything is measured
+    digits = load_digits(args.data_dir) if trained else None
     threads = args.threads or machine.blas_threads()
     cli.check_memory(3 * args.stream_mib * 2**20 + 3 * F * args.peak_n**2, "the bandwidth and peak measurements")
     set_threads(threads)
@@ -704,8 +846,10 @@ def run(args, load_start=None):
     config["pinned_cores"] = peers.limit_cores(threads)  # after STREAM has used every core it asked for
     set_threads(threads)
     latents = {str(Z): time_latent(Z, args, roofs, spreads) for Z in args.latents}
+    models = [time_trained(folder, vae, digits, args, roofs, spreads) for folder, vae in trained]
     host.update(numpy=np.__version__, numba=numba.__version__, numba_threads=numba.get_num_threads())
     doc = {"config": config, "machine": machine.finish(host, spreads), "roofs": roofs, "latents": latents}
+    doc["trained"] = models
     throughput.write_doc(args.out, f"roofline-t{threads}.json", doc)
     return doc
 

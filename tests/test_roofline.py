@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_command_faults import _data_dir
+from test_load_explore import saved_model
 
 from benchmarks import roofline, throughput
 from kernels import gemm_cpu
@@ -198,3 +200,94 @@ def test_a_part_computes_what_the_step_computed():
     vae.engine.ops.bias_act(**kw)
     # its own input (x·W as the step had it) plus the bias it reads from the step (as Adam left it)
     np.testing.assert_allclose(kw["out"], np.maximum(x @ W + vae.engine.params["enc0.b"], 0), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Subnormal numbers, and a trained model's step (--trained)
+# --------------------------------------------------------------------------------------------
+
+
+def test_subnormal_reads_counts_the_numbers_a_part_reads_not_those_it_overwrites():
+    tiny = np.finfo(np.float32).tiny
+    a = np.ones((4, 5), np.float32)
+    a[0, :3] = tiny / 4  # three subnormals
+    a[1, 0] = -tiny / 2  # one negative subnormal
+    a[2, 0] = tiny  # the smallest normal: not subnormal
+    b = np.zeros((5, 2), np.float32)  # zeros are not subnormal
+    out = np.full((4, 2), tiny / 8, np.float32)  # written by the product: never read
+    kw = {"a": a, "b": b, "out": out, "ta": False, "tb": False}
+    assert roofline.subnormal_reads("matmul", kw) == 4
+    p, g, m, v = (np.full(6, tiny / 3, np.float32) for _ in range(4))
+    assert roofline.subnormal_reads("adam", {"p": p, "g": g, "m": m, "v": v, "lr": 1e-3}) == 24  # Adam reads θ, m, v
+
+
+def test_a_fresh_step_reads_no_subnormal_number():
+    vae, opt, x = roofline.build_step(3, (8,), 4)
+    parts = roofline.step_parts(vae, roofline.record_step(vae, opt, x))
+    assert [p["subnormal_reads"] for p in parts] == [0] * len(parts)
+
+
+def test_a_trained_models_batches_are_real_digits_and_it_trains_first(tmp_path):
+    import minivae
+
+    digits = np.random.default_rng(1).random((50, 784)).astype(np.float32)
+    saved_model(tmp_path / "run", "cpu-fused")
+    vae = minivae.load(tmp_path / "run", backend="cpu-fused")
+    before = vae.params["enc0.W"].copy()
+    vae, opt, x = roofline.trained_step(vae, digits, 6, steps=2)
+    assert x.shape == (6, 784) and x.dtype == np.float32
+    assert all(any(np.array_equal(row, d) for d in digits) for row in x)  # every row one of the digits
+    assert opt.t == 3 and not np.array_equal(vae.params["enc0.W"], before)  # Numba's warm-up step and 2 more
+
+
+def _tiny_run(tmp_path, extra):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "roofline.py"), "--quick", "--batch", "8", "--threads", "1"]
+    cmd += ["--repeats", "2", "--settle", "0", "--stream-mib", "1", "--stream-repeats", "2", "--peak-n", "64"]
+    cmd += ["--peak-repeats", "1", "--out", str(tmp_path / "out"), *map(str, extra)]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_trained_times_the_saved_models_step_on_real_digits(tmp_path):
+    saved_model(tmp_path / "run", "cpu-fused")
+    digits = _data_dir(tmp_path / "digits", n_train=40, n_test=10)
+    r = _tiny_run(tmp_path, ["--trained", tmp_path / "run", "--data-dir", digits, "--state-steps", "3"])
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "out" / "roofline-t1.json").read_text())
+    assert doc["latents"] == {} and doc["config"]["state_steps"] == 3  # no fresh model unless --latents asks
+    (entry,) = doc["trained"]
+    assert (entry["from"], entry["latent"], entry["hidden"], entry["state_steps"]) == ("run", 3, [8], 3)
+    assert sum(p["kind"] == "product" for p in entry["parts"]) == 11
+    assert all(isinstance(p["subnormal_reads"], int) and p["subnormal_reads"] >= 0 for p in entry["parts"])
+    assert "trained: run" in r.stdout and "subnormal numbers read:" in r.stdout and "data: MNIST" in r.stdout
+
+
+def _refused(tmp_path, argv, capsys):
+    try:
+        code = roofline.main(["--quick", "--out", str(tmp_path / "out"), *map(str, argv)])
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.roofline: error: "), err
+    assert not (tmp_path / "out").exists()  # refused before anything was measured or written
+    return err[0]
+
+
+def test_a_trained_folder_that_is_not_a_run_is_one_line_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "empty" in _refused(tmp_path, ["--trained", tmp_path / "empty"], capsys)
+    assert "nowhere" in _refused(tmp_path, ["--trained", tmp_path / "nowhere"], capsys)
+
+
+def test_a_float64_trained_model_is_refused(tmp_path, capsys):
+    saved_model(tmp_path / "run", "numpy", "float64")
+    assert "float64" in _refused(tmp_path, ["--trained", tmp_path / "run"], capsys)
+
+
+def test_a_data_dir_that_is_not_mnist_is_one_line(tmp_path, capsys):
+    saved_model(tmp_path / "run", "cpu-fused")
+    (tmp_path / "digits").mkdir()
+    _refused(tmp_path, ["--trained", tmp_path / "run", "--data-dir", tmp_path / "digits"], capsys)
+
+
+def test_state_steps_must_not_be_negative(tmp_path, capsys):
+    _refused(tmp_path, ["--state-steps", "-1"], capsys)
