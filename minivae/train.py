@@ -90,6 +90,8 @@ def options(args):
     if args.resume is None:
         data_dir = os.path.abspath(args.data_dir) if args.data_dir is not None else None  # resumable anywhere
         epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
+        if epochs == 0:  # no checkpoint would be written: nothing to load or resume
+            raise UsageError("--epochs 0 trains nothing: give at least 1")
         config = RunConfig.from_options(args, data_dir=data_dir, epochs=epochs)
         out = args.out if args.out is not None else pathlib.Path("runs") / f"latent{args.latent}"
         usable_path(out, "--out")
@@ -319,6 +321,8 @@ def _run(job, args, ck, signals):
         replace = _check_folder(out, config, ck, args)
         job.history = read_metrics(out / "metrics.jsonl", int(ck["epoch"])) if ck is not None else []
         job.vae, job.opt, data, job.data_rng, running = build(config, ck, args.quiet)
+        if config.batch_size > len(data.train_x):  # every step would take them all, silently
+            raise UsageError(f"--batch-size {config.batch_size} is more than the {len(data.train_x):,} training digits")
         # The run starts: now the output folder may be written.
         stale, stale_bytes = remove_temporaries(out, ARTIFACTS)
         for name in replace:  # --overwrite: the old run goes first
