@@ -619,11 +619,15 @@ def test_artifacts_get_the_mode_the_umask_gives(tmp_path, umask):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
-@pytest.mark.usefixtures("no_figures")
-def test_batch_larger_than_the_data_and_zero_epochs_work(tmp_path):
-    assert run_main(SMALL + ["--batch-size", "1000", "--epochs", "1", "--out", tmp_path / "a"]) == 0
-    assert run_main(SMALL + ["--epochs", "0", "--out", tmp_path / "b"]) == 0
-    assert json.loads((tmp_path / "b" / "summary.json").read_text())["final"] is None
+def test_batch_larger_than_the_data_and_zero_epochs_are_refused(tmp_path, capsys):
+    """Once they ran: --epochs 0 wrote an untrained model's figures and no checkpoint (a folder
+    neither loadable nor resumable), and a batch larger than the digits took all of them at every
+    step without a word. Now each is one line, exit 2, nothing written, as minivae.sweep says it."""
+    assert run_main(SMALL + ["--batch-size", "1000", "--epochs", "1", "--out", tmp_path / "a"]) == 2
+    assert "--batch-size 1000 is more than the 300 training digits" in capsys.readouterr().err
+    assert run_main(SMALL + ["--epochs", "0", "--out", tmp_path / "b"]) == 2
+    assert "--epochs 0 trains nothing" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 # --------------------------------------------------------------------------------------------

@@ -199,16 +199,6 @@ def test_bad_input_is_one_line_and_exit_2(bad, tmp_path, capsys):
     assert not cache.exists() or not any(cache.iterdir())
 
 
-def test_epochs_0_and_a_batch_beyond_the_digits_say_why(tmp_path, capsys):
-    """As minivae.sweep refuses them: no epoch would write a checkpoint to load or resume, and a
-    batch larger than the training digits would take all of them at every step, silently."""
-    assert run_main(SMALL + ["--epochs", "0", "--out", tmp_path / "a"]) == 2
-    assert "--epochs 0 trains nothing" in capsys.readouterr().err
-    assert run_main(SMALL + ["--limit", "50", "--out", tmp_path / "b"]) == 2
-    assert "--batch-size 64 is more than the 50 training digits" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "minivae.train", "--latent", "abc", "--out", str(tmp_path / "out")],
