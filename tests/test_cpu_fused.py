@@ -116,6 +116,68 @@ def test_bernoulli_nll_extreme_logits_are_finite():
     close(da, da_ref)
 
 
+@njit(cache=False, error_model="numpy", fastmath=cpu_fused._FMA)
+def _bernoulli_nll_computing_every_subnormal(a, x, scale, loss, da):
+    """bernoulli_nll_kernel as it was before it skipped the subnormal range (e from exp32 at every
+    logit, scale·(p − x) always computed): what the kernel must still give, bit for bit."""
+    B, D = a.shape
+    terms = np.empty(D, np.float32)
+    for i in range(B):
+        for j in range(D):
+            aj, xj = a[i, j], x[i, j]
+            e = cpu_fused.exp32(-abs(aj))
+            pos = aj if aj > cpu_fused._0 else cpu_fused._0
+            terms[j] = pos + cpu_fused.log1p32(e) - xj * aj
+            p = (cpu_fused._1 if aj >= cpu_fused._0 else e) / (cpu_fused._1 + e)
+            d = scale * (p - xj)
+            da[i, j] = cpu_fused._0 if abs(d) < cpu_fused._TINY else d
+        loss[i] = cpu_fused.sum64(terms)
+
+
+def test_log1p32_tiny_safe_is_log1p32_bit_for_bit():
+    """Over [0, 1] and down through the normal and subnormal floats, where it skips s·s."""
+    rng = np.random.default_rng(5)
+    e = np.concatenate([rng.random(5000), 2.0 ** -rng.uniform(0, 149, 5000), [0.0, 1.0, 2.0**-50, 2.0**-49]])
+    e = np.concatenate([e.astype(F32), np.nextafter(F32(2.0**-49), F32(0)) + np.zeros(1, F32)])
+    for v in e:
+        assert cpu_fused.log1p32_tiny_safe(v) == cpu_fused.log1p32(v) or np.isnan(v), v
+
+
+def test_nll_cut_is_where_exp32_leaves_the_normal_floats():
+    cut = cpu_fused._NLL_CUT
+    tiny = np.finfo(F32).tiny
+    assert cpu_fused.exp32(cut) >= tiny > cpu_fused.exp32(np.nextafter(cut, F32(-np.inf)))
+
+
+def test_bernoulli_nll_skips_the_subnormal_range_bit_for_bit():
+    """Logits across ±200, dense around ±_NLL_CUT and around the logit where scale·(p − x) leaves
+    the normal floats (≈ −82.4 at scale 1/128), black, white, grey pixels, ±inf and NaN: the loss
+    and ∂L/∂logits are those of the kernel that computed every subnormal, float32 for float32.
+    (A row whose every term is below 2⁻⁷⁰, no digit's, may lose a subnormal from its loss.)"""
+    rng = np.random.default_rng(11)
+    cut = float(cpu_fused._NLL_CUT)
+    near = [np.linspace(c - 0.05, c + 0.05, 2001) for c in (cut, -cut, -82.4, -83.1, 82.4)]
+    a = np.concatenate([rng.uniform(-200, 200, 20000), *near, [np.inf, -np.inf, np.nan, 0.0, -0.0]])
+    a = a.astype(F32)
+    a = np.concatenate(
+        [a, np.nextafter(cpu_fused._NLL_CUT, F32(np.inf)) + np.zeros(3, F32), cpu_fused._NLL_CUT + np.zeros(3, F32)]
+    )
+    a = rng.permutation(a[: a.size // 60 * 60]).reshape(60, -1)  # rows of mixed logits, as in a digit
+    for x in (
+        np.zeros_like(a),
+        np.ones_like(a),
+        rng.random(a.shape).astype(F32),
+        (rng.random(a.shape) < 0.5).astype(F32),
+    ):
+        for scale in (F32(1 / 128), F32(1 / 60), F32(1.0)):
+            loss, da = np.empty(a.shape[0], F32), np.empty_like(a)
+            loss0, da0 = np.empty(a.shape[0], F32), np.empty_like(a)
+            cpu_fused.bernoulli_nll_kernel(a, x, scale, loss, da)
+            _bernoulli_nll_computing_every_subnormal(a, x, scale, loss0, da0)
+            np.testing.assert_array_equal(da, da0)
+            np.testing.assert_array_equal(loss, loss0)
+
+
 def test_bernoulli_nll_writes_subnormal_gradients_as_zero():
     """Where scale·(sigmoid(a) − x) is below 2⁻¹²⁶ (a black pixel with a logit below about −82),
     the kernel writes 0 where the oracle keeps the subnormal; every other entry, the loss and a NaN
