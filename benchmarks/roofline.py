@@ -636,19 +636,12 @@ STATE_LR = 1e-4  # Adam's rate for the --state-steps before a trained model's st
 
 def check_trained(folders):
     """Each --trained run folder read and its model built on cpu-fused, before anything is
-    measured: [(folder, model)]. A folder that is not a run (:func:`minivae.runs.load`'s checks),
+    measured: [(folder, model)]. A folder that is not a run (:func:`minivae.cli.load_run`),
     a model that is not float32, or one whose inputs are not D = 784 pixels is
     :class:`minivae.cli.UsageError`, one line naming the folder."""
-    from minivae.runs import RunError, load
-
     models = []
     for folder in folders:
-        try:
-            vae = load(folder, backend="cpu-fused")
-        except RunError as e:
-            raise cli.UsageError(str(e)) from None
-        except (ValueError, ImportError, RuntimeError) as e:  # cpu-fused cannot run here
-            raise cli.UsageError(f"cannot create the model of {folder} on cpu-fused: {e}") from None
+        vae = cli.load_run(folder, "cpu-fused", named=True)[1]
         if vae.dtype != np.float32 or vae.data_dim != D:
             raise cli.UsageError(
                 f"--trained {folder}: the roofline times float32 models of D = {D} pixels, "

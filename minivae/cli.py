@@ -294,6 +294,22 @@ def progress_bar(total, desc, enabled, unit="step"):
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
 
 
+def load_run(folder, backend, named=False):
+    """(the run of ``folder`` (:func:`minivae.runs.read_run`), its model on ``backend``), for a
+    command: a folder that is not a run, or a checkpoint that does not match its config, is
+    :class:`UsageError` with the reader's one line; a backend this machine cannot run is
+    ``cannot create the model[ of FOLDER]: …`` (``named``: where a command reads several)."""
+    from minivae.runs import RunError, model_from, read_run
+
+    try:
+        run = read_run(folder)
+        return run, model_from(run, backend)
+    except RunError as e:
+        raise UsageError(str(e)) from None
+    except (ValueError, ImportError, RuntimeError) as e:  # a backend this machine cannot run
+        raise UsageError(f"cannot create the model{f' of {folder}' if named else ''}: {e}") from None
+
+
 def require_folder(path, what, refuse=True):
     """Refuse (:class:`UsageError`, one line) a ``path`` given as ``what`` that is not a folder
     (or, with ``refuse`` False, return None for it), or that the system cannot even look up (a

@@ -47,7 +47,6 @@ from minivae import cli, metrics
 from minivae.cli import EXIT_FAILED, UsageError
 from minivae.data import DataError, binarize_fixed, load_mnist
 from minivae.guards import OutFolder
-from minivae.runs import RunError, model_from, read_run
 
 TEMPERATURES = (0.5, 0.8, 1.0)
 TRAVERSAL_T = np.linspace(-3.0, 3.0, 11)  # t in units of √λ
@@ -217,13 +216,7 @@ def _test_digits(args, run_, vae, data):
 
 def _load_model(args):
     """The run (:func:`minivae.runs.read_run`) and its model on ``--backend``."""
-    try:
-        run_ = read_run(args.run_dir)
-        return run_, model_from(run_, args.backend)
-    except RunError as e:
-        raise UsageError(str(e)) from None
-    except (ValueError, ImportError, RuntimeError) as e:  # a backend this machine cannot run
-        raise UsageError(f"cannot create the model: {e}") from None
+    return cli.load_run(args.run_dir, args.backend)
 
 
 def _load_data(args, config):

@@ -408,18 +408,11 @@ def _check_runs(folders, backend):
     digits load: [(folder, its options as config.json's object, the model's D)]. A folder that is
     not a run, a checkpoint missing, truncated or not matching config.json, or a backend this
     machine cannot run is :class:`minivae.cli.UsageError`, one line naming the folder."""
-    from minivae.cli import UsageError
-    from minivae.runs import RunError, model_from, read_run
+    from minivae.cli import load_run
 
     checked = []
     for folder in folders:
-        try:
-            run_ = read_run(folder)
-            model = model_from(run_, backend)
-        except RunError as e:
-            raise UsageError(str(e)) from None
-        except (ValueError, ImportError, RuntimeError) as e:  # a backend this machine cannot run
-            raise UsageError(f"cannot create the model of {folder}: {e}") from None
+        run_, model = load_run(folder, backend, named=True)
         checked.append((folder, run_.config.to_json(), model.data_dim))
     return checked
 
