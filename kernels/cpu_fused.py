@@ -163,7 +163,10 @@ def log1p32_tiny_safe(e):
     """log1p32(e), the same float32, without computing s·s where it would underflow: for
     s < 2⁻⁵⁰ every q·w below is under 2⁻⁹⁹, lost against the coefficient it is added to, so q is
     the last coefficient, 2, either way. For the loss kernel, whose e reaches 2⁻¹²⁶ (log1p32 stays
-    as it is for the noise, whose numbers a changed kernel might round differently)."""
+    as it is for the noise, whose numbers a changed kernel might round differently). A copy of
+    log1p32 on purpose: written as ``s·2 if s < 2⁻⁵⁰ else log1p32(e)`` it gives the same numbers,
+    but the vectorized loop computes both sides, s·s included, and the loss kernel took 1.05 ms
+    again at a trained Z = 1000 model instead of 0.16."""
     s = e / (_2 + e)
     w = s * s if s >= _S_SMALL else _0
     q = _LOG1P_C[0]
