@@ -654,16 +654,7 @@ def check_trained(folders):
 def load_digits(data_dir):
     """The training digits a trained model's batches are drawn from (``--data-dir``, else the
     default source, without downloading); a folder that is not MNIST is a one-line UsageError."""
-    import warnings
-
-    from minivae.data import DataError, load_mnist
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fallback's warning: its source is printed instead
-        try:
-            data = load_mnist(data_dir, download=False, seed=0)
-        except (DataError, ValueError, OSError) as e:
-            raise cli.UsageError(str(e)) from None
+    data = cli.load_digits(data_dir, download=False, seed=0)
     cli.say_data(data)
     return data.train_x
 

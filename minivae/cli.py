@@ -74,6 +74,24 @@ def say(*lines, quiet=False):
         silence_stdout()
 
 
+def load_digits(data_dir=None, limit=None, *, seed=0, progress=False, download=True, hint=""):
+    """The digits a command reads (:func:`minivae.data.load_mnist`): ``data_dir``, else the
+    default source (the cache, a download unless ``download`` is False, else the offline sample).
+    The fallback's warning is not shown: the command says where its digits came from
+    (:func:`say_data`). Digits that cannot be had — a folder that is not MNIST, a bad ``limit`` —
+    are :class:`UsageError`, the reason in one line with ``hint`` after it."""
+    import warnings
+
+    from minivae.data import DataError, load_mnist
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return load_mnist(data_dir, limit, download=download, seed=seed, progress=progress)
+        except (DataError, ValueError, TypeError) as e:
+            raise UsageError(f"{e}{hint}") from None
+
+
 def say_data(data, quiet=False):
     """Which digits a command uses: ``data: <source>`` on stdout, also under --quiet; after a
     fallback to the offline sample, the short note on why (which cached file failed, where the

@@ -39,13 +39,12 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-import warnings
 
 import numpy as np
 
 from minivae import cli, metrics
 from minivae.cli import EXIT_FAILED, UsageError
-from minivae.data import DataError, binarize_fixed, load_mnist
+from minivae.data import binarize_fixed
 from minivae.guards import OutFolder
 
 TEMPERATURES = (0.5, 0.8, 1.0)
@@ -224,18 +223,9 @@ def _load_data(args, config):
     data_dir = args.data_dir if args.data_dir is not None else config.data_dir
     if args.data_dir is not None:
         cli.require_folder(args.data_dir, "--data-dir")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
-        try:
-            return load_mnist(
-                data_dir,
-                config.limit,
-                seed=config.seed,
-                progress=not args.quiet and sys.stderr.isatty(),
-            )
-        except (DataError, ValueError, TypeError) as e:
-            hint = " (the run's data folder; pass --data-dir)" if args.data_dir is None and data_dir else ""
-            raise UsageError(f"{e}{hint}") from None
+    hint = " (the run's data folder; pass --data-dir)" if args.data_dir is None and data_dir else ""
+    progress = not args.quiet and sys.stderr.isatty()
+    return cli.load_digits(data_dir, config.limit, seed=config.seed, progress=progress, hint=hint)
 
 
 def _figures(vae, test_x, test_y, mu, rng):

@@ -38,7 +38,6 @@ import json
 import math
 import sys
 import time
-import warnings
 
 import numpy as np
 
@@ -48,6 +47,7 @@ from minivae.cli import (
     Parser,
     UsageError,
     check_memory,
+    load_digits,
     non_negative_int,
     path,
     positive_float,
@@ -59,7 +59,7 @@ from minivae.cli import (
     say_data,
     widths,
 )
-from minivae.data import DataError, binarize, load_mnist
+from minivae.data import binarize
 from minivae.files import WriteError, atomic_write, atomic_write_text
 from minivae.guards import OutFolder
 
@@ -193,12 +193,7 @@ def _check_options(args):
 
 
 def _load_data(args):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return load_mnist(args.data_dir, args.limit, seed=args.seed)
-        except (DataError, ValueError) as e:
-            raise UsageError(str(e)) from None
+    return load_digits(args.data_dir, args.limit, seed=args.seed)
 
 
 def _mlp_models(args, D):

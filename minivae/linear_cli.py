@@ -43,7 +43,6 @@ import math
 import pathlib
 import sys
 import time
-import warnings
 
 import numpy as np
 
@@ -54,6 +53,7 @@ from minivae.cli import (
     UsageError,
     check_memory,
     given_options,
+    load_digits,
     non_negative_int,
     number,
     path,
@@ -66,7 +66,7 @@ from minivae.cli import (
     say_data,
 )
 from minivae.data import D as DATA_DIM
-from minivae.data import DataError, binarize, load_mnist
+from minivae.data import binarize
 from minivae.files import WriteError, atomic_write, atomic_write_files, atomic_write_text
 from minivae.guards import OutFolder
 
@@ -217,12 +217,7 @@ def run(args):
     OutFolder(args.out, "--out").check()
     if args.data_dir is not None:
         require_folder(args.data_dir, "--data-dir")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a fallback to the offline sample is said in `source`
-        try:
-            data = load_mnist(args.data_dir, args.limit, seed=args.seed)
-        except (DataError, ValueError) as e:
-            raise UsageError(str(e)) from None
+    data = load_digits(args.data_dir, args.limit, seed=args.seed)
     (n_train, D), n_test = data.train_x.shape, len(data.test_x)
     check_memory(
         memory_needed(

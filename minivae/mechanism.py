@@ -442,17 +442,9 @@ def _check_out(path):
 
 def _load_data(data_dir, runs):
     """The MNIST digits (``--data-dir``, else the default source), checked to fit every model."""
-    import warnings
+    from minivae.cli import UsageError, load_digits
 
-    from minivae.cli import UsageError
-    from minivae.data import DataError, load_mnist
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            data = load_mnist(data_dir, seed=0)
-        except (DataError, ValueError) as e:
-            raise UsageError(str(e)) from None
+    data = load_digits(data_dir, seed=0)
     pixels = data.test_x.shape[1]
     for folder, _, data_dim in runs:
         if data_dim != pixels:

@@ -867,14 +867,7 @@ def _init_source(args):
 
 def _load_data(args):
     """The digits, loaded once here so that a data problem is one line before any worker starts."""
-    from minivae.data import DataError, load_mnist
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return load_mnist(args.data_dir, args.limit, seed=0)
-        except (DataError, ValueError) as e:
-            raise UsageError(str(e)) from None
+    return cli.load_digits(args.data_dir, args.limit, seed=0)
 
 
 def _previous_results(out, keys):

@@ -37,7 +37,6 @@ import shlex
 import signal
 import sys
 import time
-import warnings
 
 import numpy as np
 
@@ -45,7 +44,7 @@ from minivae import checkpoint, cli, files, loop, metrics
 from minivae.checkpoint import CheckpointError
 from minivae.cli import EXIT_FAILED, UsageError, usable_path
 from minivae.config import ConfigError, RunConfig
-from minivae.data import D, DataError, binarize_fixed, fingerprint, load_mnist
+from minivae.data import D, binarize_fixed, fingerprint
 from minivae.files import CHECKPOINT, CONFIG, RUN_FILES, atomic_write_text, read_metrics, refuse_foreign, write_jsonl
 from minivae.guards import DeferredSignals, OutFolder, Stopped, disk_errors, enough_memory, remove_temporaries
 from minivae.optim import Adam
@@ -137,14 +136,7 @@ def build(config, ck, quiet):
         vae = VAE(D, config.latent, config.hidden, seed=config.seed, beta=config.beta, backend=config.backend)
     except (ValueError, ImportError, RuntimeError) as e:
         raise UsageError(f"cannot create the model: {e}") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fallback to the offline sample is said in `source`
-        try:
-            data = load_mnist(
-                config.data_dir, config.limit, seed=config.seed, progress=not quiet and sys.stderr.isatty()
-            )
-        except (DataError, ValueError) as e:
-            raise UsageError(str(e)) from None
+    data = cli.load_digits(config.data_dir, config.limit, seed=config.seed, progress=not quiet and sys.stderr.isatty())
     opt, data_rng = Adam(vae.params, lr=config.lr), np.random.default_rng([config.seed, 2])
     if ck is None:
         return vae, opt, data, data_rng, None

@@ -738,3 +738,34 @@ def test_batches_reject_bad_arguments_at_the_call():
         data.batches(-1, 4, rng)
     with pytest.raises(TypeError):
         data.batches(10, 2.5, rng)
+
+
+# --------------------------------------------------------------------------------------------
+# minivae.cli.load_digits: how every command reads its digits
+# --------------------------------------------------------------------------------------------
+
+
+def test_commands_get_the_fallback_quietly_and_bad_data_as_one_usage_line(offline, tmp_path):
+    import warnings
+
+    from minivae import cli
+
+    with pytest.warns(UserWarning, match="could not download"):  # no mirror answers: load_mnist warns
+        expected = data.load_mnist(limit=50, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the helper must not show it: the command says its source
+        ds = cli.load_digits(limit=50, seed=3)
+    assert ds.train_x.shape == (50, 784) and "offline 5k sample" in ds.source
+    np.testing.assert_array_equal(ds.test_x, expected.test_x)
+    assert not np.array_equal(ds.test_x, data.load_mnist(download=False, limit=50, seed=0).test_x)  # seed passed on
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(data.DataError) as reason:
+        data.load_mnist(empty)
+    with pytest.raises(cli.UsageError) as e:
+        cli.load_digits(empty, hint=" (pass --data-dir)")
+    assert str(e.value) == f"{reason.value} (pass --data-dir)" and "lacks the MNIST test split" in str(e.value)
+    for limit, kind in [(0, "at least 1"), (2.5, "integer")]:  # a ValueError and a TypeError of load_mnist
+        with pytest.raises(cli.UsageError, match=kind):
+            cli.load_digits(limit=limit, download=False)
