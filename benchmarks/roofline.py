@@ -654,6 +654,8 @@ def check_trained(folders):
 def load_digits(data_dir):
     """The training digits a trained model's batches are drawn from (``--data-dir``, else the
     default source, without downloading); a folder that is not MNIST is a one-line UsageError."""
+    if data_dir is not None:  # a name the system cannot look up is one line too, not a traceback
+        cli.require_folder(data_dir, "--data-dir")
     data = cli.load_digits(data_dir, download=False, seed=0)
     cli.say_data(data)
     return data.train_x

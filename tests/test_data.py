@@ -758,6 +758,9 @@ def test_commands_get_the_fallback_quietly_and_bad_data_as_one_usage_line(offlin
     assert ds.train_x.shape == (50, 784) and "offline 5k sample" in ds.source
     np.testing.assert_array_equal(ds.test_x, expected.test_x)
     assert not np.array_equal(ds.test_x, data.load_mnist(download=False, limit=50, seed=0).test_x)  # seed passed on
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "downloads are off" in cli.load_digits(limit=50, download=False).source  # download passed on
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -287,6 +287,8 @@ def test_a_data_dir_that_is_not_mnist_is_one_line(tmp_path, capsys):
     saved_model(tmp_path / "run", "cpu-fused")
     (tmp_path / "digits").mkdir()
     _refused(tmp_path, ["--trained", tmp_path / "run", "--data-dir", tmp_path / "digits"], capsys)
+    too_long = tmp_path / ("d" * 300)  # ENAMETOOLONG: pathlib raises it, and load_mnist does not catch it
+    assert "--data-dir" in _refused(tmp_path, ["--trained", tmp_path / "run", "--data-dir", too_long], capsys)
 
 
 def test_state_steps_must_not_be_negative(tmp_path, capsys):
