@@ -394,6 +394,8 @@ def _run(args):
 
     rows = _check_out(args.out)
     runs = _check_runs(args.runs, "numpy" if args.walk else args.backend)
+    if args.data_dir is not None:
+        cli.require_folder(args.data_dir, "--data-dir")
     data = _load_data(args.data_dir, runs)
     try:
         _measure_runs(args, runs, data, rows)

@@ -812,10 +812,9 @@ def _check_options(args):
         args.epochs = DEFAULT_EPOCHS
     if args.seeds is not None and args.seed != 0:
         raise UsageError("give either --seed or --seeds, not both")
-    if args.data_dir is not None and not args.data_dir.is_dir():
-        raise UsageError(f"--data-dir {args.data_dir} is not a folder")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out} exists and is not a folder")
+    if args.data_dir is not None:
+        cli.require_folder(args.data_dir, "--data-dir")  # also a name the system cannot look up
+    OutFolder(args.out, "--out").check()  # a file there, or a name the system cannot look up
     refuse_foreign(args.out, "--out", "sweep")
 
 

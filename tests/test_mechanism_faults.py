@@ -78,6 +78,14 @@ BROKEN = {
 
 
 @pytest.mark.usefixtures("no_digits")
+def test_a_data_dir_the_system_cannot_look_up_is_one_line(tmp_path, capsys):
+    too_long = tmp_path / ("x" * 300)  # pathlib raises ENAMETOOLONG; load_mnist does not catch it
+    code, err = _mechanism([_good(tmp_path), "--out", tmp_path / "m.jsonl", "--data-dir", too_long, *QUICK], capsys)
+    assert code == 2 and one_line(err).startswith("minivae.mechanism: error: --data-dir "), err
+    assert "File name too long" in err and not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.usefixtures("no_digits")
 @pytest.mark.parametrize("walk", [[], ["--walk", "2"]], ids=["measure", "walk"])
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_a_broken_run_folder_is_refused_before_any_is_measured(tmp_path, capsys, case, walk):

@@ -67,6 +67,20 @@ def test_a_refusal_after_the_lock_leaves_no_lock_and_no_folder(bad, exists, tmp_
         assert not (tmp_path / "new").exists()  # the folders it made are gone again
 
 
+def test_names_the_system_cannot_look_up_are_one_line(tmp_path, capsys, trained):
+    """A --data-dir or --out whose name is too long for the file system (pathlib raises it)."""
+    too_long = tmp_path / ("x" * 300)
+    (tmp_path / "file").write_text("x")
+    for extra, says in (
+        (["--data-dir", str(too_long), "--out", str(tmp_path / "o")], "--data-dir"),
+        (["--out", str(too_long)], "--out"),
+        (["--out", str(tmp_path / "file")], "exists and is not a folder"),
+    ):
+        line = _refused(SWEEP + extra, capsys, trained)
+        assert says in line and ("File name too long" in line or "file" in extra[-1]), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 # --------------------------------------------------------------------------------------------
 # 2. Runs that would each fail
 # --------------------------------------------------------------------------------------------
