@@ -60,9 +60,11 @@ def key(M, K, N, ta, tb, threads):
 def load(path=None):
     """The set of keys whose pick is ``"ours"``; empty when there is no table. A table that is not
     a JSON object of entries with a valid ``pick`` is ignored with one warning."""
+    from minivae.files import parse_json, read_regular_text
+
     path = pathlib.Path(path) if path is not None else table_path()
     try:
-        table = json.loads(path.read_text())
+        table = parse_json(read_regular_text(path))
     except FileNotFoundError:
         return frozenset()
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -157,15 +159,15 @@ def save(entries, path=None):
     """Merge ``entries`` into the table at ``path``: written whole to a temporary file beside it,
     then renamed into place; a failed write (a full disk, Ctrl-C) removes the temporary file and
     leaves the old table as it was."""
-    from minivae.files import atomic_write_text
+    from minivae.files import atomic_write_text, parse_json, read_regular_text
 
     path = pathlib.Path(path) if path is not None else table_path()
     table = {}
     if path.exists():
         try:
-            table = json.loads(path.read_text())
-        except ValueError:
-            table = {}  # an unreadable table is replaced
+            table = parse_json(read_regular_text(path))
+        except (OSError, ValueError):
+            table = {}  # an unreadable table (or a FIFO, a device) is replaced
         if not isinstance(table, dict):
             table = {}
     table.update(entries)

@@ -30,7 +30,7 @@ import pathlib
 
 import numpy as np
 
-from minivae.files import atomic_write, error_reason
+from minivae.files import atomic_write, error_reason, parse_json
 
 RESUME_KEYS = ("config", "epoch", "step", "rng/model", "rng/data", "rng/epoch_start")
 RUNNING = ("loss_sum", "seen", "train_s")  # the main job's sums of the epoch under way
@@ -48,7 +48,7 @@ def rng_state(rng):
 def set_rng_state(rng, state):
     """Restore :func:`rng_state`'s text into ``rng``; a text that is not a state raises
     ValueError, TypeError or KeyError."""
-    rng.bit_generator.state = json.loads(str(state))
+    rng.bit_generator.state = parse_json(str(state))
 
 
 def save(path, model, opt, data_rng, epoch_start, epoch, step, config, running=None, n_train=None, data_id=None):
@@ -92,6 +92,8 @@ def read(path):
     """
     path = pathlib.Path(path)
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            raise CheckpointError(f"cannot read checkpoint {path}: not a regular file (a pipe or a device?)")
         with np.load(path, allow_pickle=False) as ck:
             if not hasattr(ck, "files"):  # a bare .npy file, not an archive
                 raise CheckpointError(f"{path} is a single array, not a checkpoint archive")
@@ -123,7 +125,7 @@ def check(ck, path):
     if missing:
         raise CheckpointError(f"{path} is not a minivae checkpoint (it has no {', '.join(missing)})")
     try:
-        config = json.loads(str(ck["config"]))
+        config = parse_json(str(ck["config"]))
     except ValueError:
         raise CheckpointError(f"{path}: its config is corrupt (not JSON)") from None
     if not isinstance(config, dict):

@@ -12,6 +12,7 @@ sweep's (:data:`SWEEP_FILES`: settings.json, results.jsonl, …) are each their 
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -184,6 +185,30 @@ def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def parse_json(text):
+    """``json.loads(text)``, with nesting too deep for Python's parser (its RecursionError) raised
+    as the :class:`json.JSONDecodeError` every reader here already handles."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply to read", str(text)[:0], 0) from None
+
+
+def read_regular_bytes(path):
+    """The bytes of the file at ``path``. A path that is there but no regular file — a FIFO, a
+    device — raises OSError instead of being read: its read would wait for a writer, or never
+    end."""
+    path = pathlib.Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise OSError(errno.EINVAL, "not a regular file (a pipe or a device?)", str(path))
+    return path.read_bytes()
+
+
+def read_regular_text(path):
+    """:func:`read_regular_bytes` decoded as UTF-8 (UnicodeDecodeError where it is not)."""
+    return read_regular_bytes(path).decode()
+
+
 def read_jsonl(path, on_bad=None, check=None):
     """The rows (JSON objects) of a JSON-lines file, [] when there is none.
 
@@ -194,7 +219,7 @@ def read_jsonl(path, on_bad=None, check=None):
     """
     path = pathlib.Path(path)
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        text = read_regular_bytes(path).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return []
     rows = []
@@ -202,7 +227,7 @@ def read_jsonl(path, on_bad=None, check=None):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = parse_json(line)
             if not isinstance(row, dict):
                 raise ValueError(f"a JSON {type(row).__name__}, not an object")
         except ValueError as e:

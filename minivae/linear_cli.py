@@ -67,7 +67,7 @@ from minivae.cli import (
 )
 from minivae.data import D as DATA_DIM
 from minivae.data import binarize
-from minivae.files import WriteError, atomic_write, atomic_write_files, atomic_write_text
+from minivae.files import WriteError, atomic_write, atomic_write_files, atomic_write_text, read_regular_text
 from minivae.guards import OutFolder
 
 HOLD = 0.3  # the command holds its learning rate for this fraction of the steps, then decays it
@@ -395,7 +395,7 @@ def summarize(folder, quiet=False):
 def _read_result(path, folder):
     """One result.json, checked to hold what :func:`_train_and_write` writes (:data:`RESULT_SPEC`)."""
     try:
-        r = json.loads(path.read_text())
+        r = json.loads(read_regular_text(path))
     except (OSError, ValueError, RecursionError) as e:
         raise UsageError(f"cannot read the results in {folder}: {e}") from None
     if not isinstance(r, dict):

@@ -27,7 +27,7 @@ import numpy as np
 from minivae import checkpoint
 from minivae.checkpoint import CheckpointError, set_rng_state
 from minivae.config import ConfigError, RunConfig
-from minivae.files import CHECKPOINT, CONFIG, error_reason
+from minivae.files import CHECKPOINT, CONFIG, error_reason, parse_json
 
 LOADABLE = ("latent", "hidden")  # what a config.json must name for its model to be built
 
@@ -66,7 +66,7 @@ def _read_config(path):
     except (OSError, UnicodeDecodeError) as e:
         raise RunError(f"cannot read {path}: {error_reason(e)}") from None
     try:
-        obj = json.loads(text)
+        obj = parse_json(text)
     except json.JSONDecodeError as e:
         raise RunError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(obj, dict):

@@ -47,7 +47,9 @@ from minivae.files import (
     atomic_write,
     atomic_write_text,
     error_reason,
+    parse_json,
     read_jsonl,
+    read_regular_text,
     refuse_foreign,
     write_jsonl,
 )
@@ -751,7 +753,7 @@ def _harvest(out, keys):
     runs = pathlib.Path(out) / "runs"
     for path in sorted(runs.glob("*.row.json")) if runs.is_dir() else []:
         try:
-            row = json.loads(path.read_text())
+            row = parse_json(read_regular_text(path))
             if isinstance(row, dict) and _settings_problem(row):
                 raise ValueError(_settings_problem(row))
             if not isinstance(row, dict) or row.get("settings") not in keys:

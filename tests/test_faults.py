@@ -874,3 +874,67 @@ def test_ctrl_c_of_a_sweep_stops_its_workers_and_says_what_is_saved(tmp_path):
     # checkpoint (runs/<tag>.resume.npz), from which the next sweep continues it.
     assert all(p.name.endswith(".resume.npz") for p in (out / "runs").iterdir())
     assert not (out / "results.jsonl").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Files that cannot be read as files: a FIFO where a file is read, JSON nested too deeply
+# --------------------------------------------------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON, too deep for Python's parser (RecursionError)
+
+
+@pytest.fixture
+def alarm():
+    """A read that blocks (a FIFO with no writer) fails the test after 20 s instead of hanging it."""
+
+    def ring(signum, frame):
+        raise TimeoutError("blocked reading a FIFO")
+
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_json_nested_too_deeply_is_a_decode_error_where_it_is_read(finished, tmp_path, capsys):
+    from kernels import gemm_choice
+
+    with pytest.raises(json.JSONDecodeError):
+        files.parse_json(DEEP)
+    rows = tmp_path / "r.jsonl"
+    rows.write_text('{"a": 1}\n' + DEEP + "\n")
+    with pytest.raises(files.JsonlError, match="line 2"):
+        files.read_jsonl(rows)
+    bad = []
+    assert files.read_jsonl(rows, on_bad=lambda e, text: bad.append(e)) == [{"a": 1}] and len(bad) == 1
+    table = tmp_path / "table.json"
+    table.write_text(DEEP)
+    with pytest.warns(UserWarning, match="cannot read the GEMM choice table"):
+        assert gemm_choice.load(table) == frozenset()
+    gemm_choice.save({"k": {"pick": "openblas"}}, table)  # an unreadable table is replaced
+    assert json.loads(table.read_text()) == {"k": {"pick": "openblas"}}
+    run = copy_run(finished, tmp_path)
+    edit_checkpoint(run, config=np.array(DEEP))
+    assert run_main(["--resume", run]) == 2
+    assert "config is corrupt" in one_line(capsys.readouterr().err)
+
+
+def test_a_fifo_where_a_file_is_read_is_refused_not_waited_on(finished, tmp_path, capsys, alarm):
+    from kernels import gemm_choice
+    from minivae import checkpoint
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        files.read_jsonl(fifo)
+    with pytest.raises(checkpoint.CheckpointError, match="not a regular file"):
+        checkpoint.read(fifo)
+    with pytest.warns(UserWarning, match="not a regular file"):
+        assert gemm_choice.load(fifo) == frozenset()
+    for name in ("metrics.jsonl", "checkpoint.npz"):
+        run = copy_run(finished, tmp_path, name=f"run-{name}")
+        (run / name).unlink()
+        os.mkfifo(run / name)
+        assert run_main(["--resume", run, "--epochs", "3"]) == 2, name
+        assert "not a regular file" in one_line(capsys.readouterr().err), name
