@@ -142,11 +142,16 @@ IDX_LABELS = 0x00000801  # ubyte, 1 dimension
 
 
 def default_cache_dir():
-    """Where downloads go: ``$MINIVAE_DATA`` when set, else ``~/.cache/minivae``."""
+    """Where downloads go: ``$MINIVAE_DATA`` when set, else ``~/.cache/minivae``. A home folder
+    that cannot be found (``~nobody/x``, no $HOME and no user entry) is :class:`DataError`."""
     env = os.environ.get("MINIVAE_DATA")
-    if env:
-        return pathlib.Path(env).expanduser()
-    return pathlib.Path.home() / ".cache" / "minivae"
+    try:
+        if env:
+            return pathlib.Path(env).expanduser()
+        return pathlib.Path.home() / ".cache" / "minivae"
+    except RuntimeError as e:  # pathlib: "Could not determine home directory"
+        where = f"MINIVAE_DATA={env}" if env else "the download cache (~/.cache/minivae)"
+        raise DataError(f"{where}: {str(e).rstrip('.')}; set MINIVAE_DATA to a folder") from None
 
 
 # --------------------------------------------------------------------------------------------

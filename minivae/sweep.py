@@ -1032,7 +1032,7 @@ def _execute(todo, jobs, client):
 
         # "spawn": fresh interpreters, so no thread pool (BLAS, Numba) is inherited half-started.
         ex = cf.ProcessPoolExecutor(
-            max_workers=jobs,
+            max_workers=min(jobs, len(todo)),  # no more workers than runs (a huge --jobs overflowed)
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
             initargs=(todo[0].out,),

@@ -772,3 +772,13 @@ def test_commands_get_the_fallback_quietly_and_bad_data_as_one_usage_line(offlin
     for limit, kind in [(0, "at least 1"), (2.5, "integer")]:  # a ValueError and a TypeError of load_mnist
         with pytest.raises(cli.UsageError, match=kind):
             cli.load_digits(limit=limit, download=False)
+
+
+def test_a_cache_folder_whose_home_cannot_be_found_is_one_data_error(monkeypatch):
+    from minivae import cli
+
+    monkeypatch.setenv("MINIVAE_DATA", "~no-such-user-of-minivae/cache")
+    with pytest.raises(data.DataError, match="MINIVAE_DATA=~no-such-user-of-minivae/cache: Could not determine"):
+        data.default_cache_dir()
+    with pytest.raises(cli.UsageError, match="set MINIVAE_DATA to a folder"):
+        cli.load_digits(download=False)  # a command says it in one line

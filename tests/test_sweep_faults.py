@@ -195,3 +195,23 @@ def test_a_row_file_whose_settings_is_not_a_string_is_set_aside(tmp_path, capsys
     err = capsys.readouterr().err
     assert "x.row.json: not a result" in err.splitlines()[0] and "Traceback" not in err, err
     assert (out / "runs" / "x.row.json.corrupt").exists() and len(trained) == 1
+
+
+def test_a_huge_jobs_starts_no_more_workers_than_runs(monkeypatch):
+    """--jobs 2147483647 overflowed the process pool after settings.json was written."""
+    import concurrent.futures as cf
+    import types
+
+    class Stop(Exception):
+        pass
+
+    asked = []
+
+    def pool(max_workers, **kwargs):
+        asked.append(max_workers)
+        raise Stop
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", pool)
+    with pytest.raises(Stop):
+        list(sweep._execute([types.SimpleNamespace(out="x")] * 3, 2**31 - 1, None))
+    assert asked == [3]
