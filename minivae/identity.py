@@ -140,7 +140,13 @@ def run(args):
             print(f"minivae.identity: {e}", file=sys.stderr)
         except MemoryError:
             print(f"minivae.identity: out of memory (Z = {args.latent}, hidden {list(args.hidden)})", file=sys.stderr)
+        except Diverged as e:  # nothing written: the results would be NaN
+            print(f"minivae.identity: {e}", file=sys.stderr)
         return EXIT_FAILED
+
+
+class Diverged(RuntimeError):
+    """A fitted model whose codes are no longer finite numbers."""
 
 
 def memory_needed(data_dim, latent, hidden, batch_size, n_train, n_test, n):
@@ -167,8 +173,13 @@ def _fit_and_write(args, data, mlps):
     say_ = (lambda *a: None) if args.quiet else say
     train_x = binarize(data.train_x, "none")
     sets = probe_sets(binarize(data.test_x, "none"), np.random.default_rng([args.seed, 7]), args.n)
-    models, budget, seconds = _fit_all(args, mlps, train_x, show, say_)
-    results = {name: {s: reconstruction_error(f, x) for s, x in sets.items()} for name, f in models.items()}
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a divergence is said below, once
+        models, budget, seconds = _fit_all(args, mlps, train_x, show, say_)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            results = {name: {s: reconstruction_error(f, x) for s, x in sets.items()} for name, f in models.items()}
+    except ValueError as e:  # the input checks (minivae.checks) refuse the NaN or ∞ codes of a diverged model
+        raise Diverged(f"a model diverged at --lr {args.lr:g} ({e}); try a lower --lr") from None
     report = {
         "data": data.source,
         "latent": args.latent,

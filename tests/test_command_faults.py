@@ -273,6 +273,15 @@ def test_identity_on_a_full_disk_is_one_line_and_exit_1(tmp_path, capsys, monkey
     assert sorted(p.name for p in out.iterdir()) == ["identity.json", "identity.md"]  # whole files, no lock
 
 
+def test_identity_that_diverges_is_one_line_and_exit_1_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = IDENTITY + ["--data-dir", _data_dir(tmp_path / "digits"), "--out", out, "--lr", "1e23"]
+    code, err = _command(identity.main, argv, capsys)
+    line = one_line(err)  # also no RuntimeWarning from NumPy on the way
+    assert code == 1 and "diverged at --lr 1e+23" in line and "lower --lr" in line
+    assert not out.exists()
+
+
 def test_linear_summarize_refuses_a_foreign_result_in_one_line(tmp_path, capsys):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "result.json").write_text('{"sigma2": 0.1}')
