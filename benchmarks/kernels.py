@@ -51,10 +51,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also as `python benchmarks/kernels.py`
 
-from benchmarks import machine
+from benchmarks import machine, throughput
 from minivae import cli
 from minivae.files import atomic_write_text
-from minivae.guards import OutFolder
 
 DEFAULT_OUT = Path("runs/bench")  # under the current folder; benchmarks/results holds the committed tables
 
@@ -95,7 +94,7 @@ def parser():
     ap.add_argument("--cpu", action="store_true", help="time our CPU GEMM versions beside OpenBLAS and XLA instead")
     ap.add_argument(
         "--threads",
-        type=cli.positive_int,
+        type=throughput.thread_count,
         default=None,
         help="--cpu: threads for every library (default: all cores)",
     )
@@ -121,7 +120,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     load_start = machine.load()  # before this process adds its own load
-    return cli.run_command("benchmarks.kernels", lambda args: run(args, load_start), parse_args, argv)
+    return throughput.run_command("benchmarks.kernels", lambda args: run(args, load_start), parse_args, argv)
 
 
 def run(args, load_start=None):
@@ -283,20 +282,42 @@ def gpu_main(args, load_start=None):
 
 def result_path(args, name):
     """Where the results go: ``--json`` when given, else ``name`` in ``--out``; checked before
-    anything is timed (a path that cannot be a folder is one line and exit code 2)."""
+    anything is timed (a folder that cannot be made or written into, or a file that cannot be
+    one, is one line and exit code 2)."""
     if args.json is None:
-        OutFolder(args.out, "--out").check()
+        throughput.check_out(args.out, name)
         return args.out / name
-    if args.json.is_dir():
+    try:
+        is_dir = args.json.is_dir()
+    except OSError as e:  # a name too long, a loop of links
+        raise cli.UsageError(f"cannot write --json {args.json}: {e.strerror or e}") from None
+    if is_dir:
         raise cli.UsageError(f"--json {args.json} is a folder, not a file")
-    OutFolder(args.json.parent, "--json's folder").check()
+    throughput.check_out(args.json.parent, args.json.name, what="--json's folder")
     return args.json
 
 
 def write_result(path, doc):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    """``doc`` as indented JSON into ``path``, whole or not at all; a write that fails is
+    :class:`benchmarks.throughput.WriteFailed`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    except OSError as e:
+        raise throughput.WriteFailed(throughput.write_failure(path, e)) from None
     print(f"wrote {path}")
+
+
+def check_latents(latents):
+    """Refuse, before anything is timed, a latent size whose products no BLAS takes or whose
+    matrices (float32 operands and result, the float64 reference) exceed the memory available."""
+    from kernels import gemm_cpu
+
+    too_big = [Z for Z in latents if 2 * Z > throughput.MAX_SIZE]
+    if too_big:
+        raise cli.UsageError(f"--latents {too_big[0]}: at most {throughput.MAX_SIZE // 2:,}")
+    needed = max(16 * (M * K + K * N + M * N) for Z in latents for M, K, N, _, _ in gemm_cpu.step_shapes(Z))
+    cli.check_memory(needed, f"timing the products at Z = {max(latents)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,6 +428,7 @@ def cpu_main(args, load_start=None):
     if any(v not in gemm_cpu.VERSIONS for v in versions):
         raise cli.UsageError(f"--versions: choose from {', '.join(map(str, sorted(gemm_cpu.VERSIONS)))}")
     threads = args.threads or os.cpu_count()
+    check_latents(args.latents)
     path = result_path(args, f"gemm-cpu-t{threads}.json")
     cores, jax, xla_note, jax_note = cpu_libraries(threads)
     gemm_cpu.check(versions)  # every version on ragged shapes and every transpose mode

@@ -124,7 +124,7 @@ def parser():
         "--hidden", type=cli.widths, default=(512,), metavar="H1,H2", help="hidden widths of the encoder (mirrored)"
     )
     ap.add_argument("--batch", type=cli.positive_int, default=128, help="mini-batch size B")
-    ap.add_argument("--threads", type=cli.positive_int, default=2, help="threads for BLAS and Numba")
+    ap.add_argument("--threads", type=throughput.thread_count, default=2, help="threads for BLAS and Numba")
     ap.add_argument("--quick", action="store_true", help="few short repeats: seconds")
     ap.add_argument(
         "--out", type=cli.path, default=DEFAULT_OUT, help=f"folder for passes-t<threads>.json (default {DEFAULT_OUT})"
@@ -133,7 +133,7 @@ def parser():
         ("--repeats", cli.positive_int, "interleaved timed repeats of every runner"),
         ("--warmup", cli.non_negative_int, "untimed calls of every runner first"),
         ("--target", cli.positive_float, "seconds per timed repeat"),
-        ("--settle", cli.non_negative_float, "seconds of rest before each timed repeat"),
+        ("--settle", throughput.settle_seconds, "seconds of rest before each timed repeat"),
     ):
         throughput.quick_option(ap, name, kind, what, DEFAULTS, QUICK)
     return ap
@@ -146,10 +146,11 @@ def parse_args(argv=None):
 
 def run(args, load_start=None):
     """Time every Z on ``--threads`` threads; write the JSON. → the document."""
-    throughput.check_out(args.out)
     threads = args.threads
     if threads > numba.config.NUMBA_NUM_THREADS:
         raise cli.UsageError(f"--threads {threads}: Numba allows {numba.config.NUMBA_NUM_THREADS} here")
+    throughput.check_sizes(args.latents, args.hidden, args.batch, copies=2)
+    throughput.check_out(args.out, f"passes-t{threads}.json")
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
@@ -172,7 +173,7 @@ def run(args, load_start=None):
 
 def main(argv=None):
     load_start = machine.load()
-    return cli.run_command(cli.command_name(PROG), lambda args: run(args, load_start), parse_args, argv)
+    return throughput.run_command(cli.command_name(PROG), lambda args: run(args, load_start), parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -739,7 +739,7 @@ def parser():
     ap.add_argument("--batch", type=cli.positive_int, default=128, help="mini-batch size B")
     ap.add_argument(
         "--threads",
-        type=cli.positive_int,
+        type=throughput.thread_count,
         default=None,
         help="threads for BLAS and Numba (default: BLAS's own count); with fewer than the cores the "
         "process is pinned to that many, after the machine is measured",
@@ -765,7 +765,7 @@ def _timing_options(ap):
     _option(ap, "--repeats", cli.positive_int, "interleaved timed repeats of every part")
     _option(ap, "--warmup", cli.non_negative_int, "untimed calls of every part before its repeats")
     _option(ap, "--target", cli.positive_float, "seconds per timed repeat of a part")
-    _option(ap, "--settle", cli.non_negative_float, "seconds of rest before each timed repeat")
+    _option(ap, "--settle", throughput.settle_seconds, "seconds of rest before each timed repeat")
     _option(ap, "--stream-mib", cli.positive_int, "MiB per array of the bandwidth measurement")
     _option(ap, "--peak-n", cli.positive_int, "size n of the n³ product that measures the GEMM peak")
     ap.add_argument(
@@ -820,10 +820,11 @@ def make_config(args, threads):
 
 def run(args, load_start=None):
     """Measure the machine, then every part at each latent size; write the JSON. → the document."""
-    throughput.check_out(args.out)
+    threads = args.threads or machine.blas_threads()
+    throughput.check_sizes(args.latents, args.hidden, args.batch, copies=2)
+    throughput.check_out(args.out, f"roofline-t{threads}.json")
     trained = check_trained(args.trained)  # every folder before anything is measured
     digits = load_digits(args.data_dir) if trained else None
-    threads = args.threads or machine.blas_threads()
     cli.check_memory(3 * args.stream_mib * 2**20 + 3 * F * args.peak_n**2, "the bandwidth and peak measurements")
     set_threads(threads)
     host = machine.start(threads, load_start)
@@ -842,7 +843,7 @@ def run(args, load_start=None):
 
 def main(argv=None):
     load_start = machine.load()  # before this process adds its own load
-    return cli.run_command(cli.command_name(PROG), lambda args: run(args, load_start), parse_args, argv)
+    return throughput.run_command(cli.command_name(PROG), lambda args: run(args, load_start), parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -67,9 +67,9 @@ reason, kept in the JSON's ``config.skipped``. Without the floor, "/floor" is le
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -83,7 +83,7 @@ import minivae
 from benchmarks import machine, peers
 from minivae import cli
 from minivae.backend import available_backends
-from minivae.files import atomic_write, atomic_write_text
+from minivae.files import WriteError, atomic_write, atomic_write_text
 from minivae.guards import OutFolder
 
 LATENTS = (2, 10, 20, 50, 100, 200, 500, 784, 1000, 2000, 5000)
@@ -346,7 +346,8 @@ def measure(runners, repeats, warmup, target_s, settle_s):
     counts, times = {}, {name: [] for name in runners}
     for name, (step, sync) in runners.items():
         time.sleep(settle_s)
-        time_steps(step, sync, warmup)  # first-call costs (compilation, allocation) go here
+        if warmup:
+            time_steps(step, sync, warmup)  # first-call costs (compilation, allocation) go here
         t = time_steps(step, sync, 1)
         counts[name] = max(1, int(target_s / max(t, 1e-6)))
     for _ in range(repeats):
@@ -462,6 +463,11 @@ def _runners(text):
 
 
 PROG = "python benchmarks/throughput.py"
+MAX_SIZE = 2**31 - 1  # BLAS takes every dimension of a product as a 32-bit integer
+MAX_THREADS = 1024
+MAX_SETTLE = 3600.0
+thread_count = cli.number(int, lambda v: 1 <= v <= MAX_THREADS, f"a thread count from 1 to {MAX_THREADS}")
+settle_seconds = cli.number(float, lambda v: 0 <= v <= MAX_SETTLE, f"a number of seconds from 0 to {MAX_SETTLE:.0f}")
 QUICK = {"repeats": 3, "warmup": 1, "target": 0.02, "settle": 0.12}  # what --quick sets, unless given
 DEFAULTS = {"repeats": 15, "warmup": 3, "target": 0.25, "settle": 0.2}
 
@@ -514,7 +520,7 @@ def _timing_options(ap):
     )
     ap.add_argument(
         "--settle",
-        type=cli.non_negative_float,
+        type=settle_seconds,
         default=None,
         help=f"seconds of rest before each timed repeat, so that thread pools go idle (default "
         f"{DEFAULTS['settle']}; {QUICK['settle']} with --quick)",
@@ -530,7 +536,7 @@ def _run_options(ap):
     )
     ap.add_argument(
         "--threads",
-        type=cli.positive_int,
+        type=thread_count,
         default=None,
         help="threads for BLAS, Numba, PyTorch and XLA alike (default: BLAS's own count)",
     )
@@ -585,21 +591,70 @@ def with_defaults(args, defaults, quick):
     return args
 
 
+class WriteFailed(Exception):
+    """The results could not be written once the work was done: one line, exit code 1."""
+
+
 def write_doc(out, name, doc):
     """``doc`` as indented JSON into ``out``/``name`` (the folder made, the file replaced whole, never
-    half-written), said on stdout. → the path."""
+    half-written), said on stdout. → the path. A write that fails is :class:`WriteFailed`."""
     path = out / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    except OSError as e:
+        raise WriteFailed(write_failure(path, e)) from None
     cli.say(f"wrote {path}")
     return path
 
 
-def check_out(out):
-    """Refuse, before anything is timed, an ``--out`` that cannot be written into."""
-    OutFolder(out, "--out").check()
-    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
-        raise cli.UsageError(f"cannot write into --out {out}: {os.strerror(errno.EACCES)}")
+def write_failure(path, e):
+    """The one line that says why ``path`` could not be written."""
+    text = str(e) if isinstance(e, WriteError) else f"cannot write {path}: {e.strerror or e}"
+    return " ".join(text.split())
+
+
+def check_out(out, *names, what="--out"):
+    """Refuse, before anything is timed, an ``--out`` that cannot be written into: a path that is
+    not a folder or cannot be made one, a folder that cannot be written into (tried: the folders
+    made for the try are removed again, and nothing is left in them), or one of the result files
+    ``names`` that cannot be one (a folder of that name, a name too long)."""
+    with OutFolder(out, what, who="benchmark"):
+        for name in names:
+            path = out / name
+            try:
+                mode = path.stat().st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise cli.UsageError(f"cannot write {path}: {e.strerror or e}") from None
+            if not stat.S_ISREG(mode):
+                raise cli.UsageError(f"cannot write {path}: it exists and is not a file")
+
+
+def check_sizes(latents, hidden, batch, copies, peak_n=0):
+    """Refuse, before anything is timed, a size that no product takes (over :data:`MAX_SIZE`) or
+    models too big for the memory available (``copies`` models of the largest latent size at once,
+    and the n³ peak's three n × n matrices)."""
+    for what, values in (("--latents", latents), ("--hidden", hidden), ("--batch", (batch,)), ("--peak-n", (peak_n,))):
+        too_big = [v for v in values if v > MAX_SIZE]
+        if too_big:
+            raise cli.UsageError(f"{what} {too_big[0]}: at most {MAX_SIZE:,}")
+    if latents:
+        needed = copies * max(sizes(Z, tuple(hidden), batch)["bytes_total"] for Z in latents)
+        what = f"building every model (Z = {max(latents)}, hidden {','.join(map(str, hidden))}, batch {batch})"
+        cli.check_memory(needed, what)
+    cli.check_memory(3 * 4 * peak_n**2, f"the peak's {peak_n}³ product")
+
+
+def run_command(name, run, parse_args, argv=None, interrupted="interrupted"):
+    """:func:`minivae.cli.run_command`, and a write that fails once the work was done
+    (:class:`WriteFailed`) one line ``<name>: error: …`` on stderr and exit code 1."""
+    try:
+        return cli.run_command(name, run, parse_args, argv, interrupted)
+    except WriteFailed as e:
+        cli.report(name, f"error: {e}")
+        return cli.EXIT_FAILED
 
 
 class Libraries:
@@ -738,10 +793,15 @@ def note_gemm_choice(config, names):
     )
 
 
+def peak_size(args):
+    """n of the n³ product that measures the peak: ``--peak-n``, else 1024 with ``--quick``, 2048."""
+    return args.peak_n if args.peak_n is not None else (1024 if args.quick else 2048)
+
+
 def measure_peak(args, libs, names):
     """The CPU's peak (:func:`benchmarks.peers.peak_gemm`), printed; None when not measured
     (``--peak-n 0``, or no CPU runner)."""
-    peak_n = args.peak_n if args.peak_n is not None else (1024 if args.quick else 2048)
+    peak_n = peak_size(args)
     cpu_runners = ("numpy", "cpu-fused", "floor", "floor+adam-io") + CPU_PEERS
     if peak_n == 0 or not any(n in cpu_runners for n in names):
         return None
@@ -868,23 +928,30 @@ def time_latent(Z, args, libs, names, config, peak):
 
 
 def write_results(out, doc, names):
-    """throughput.json and throughput.png into ``out``, each whole or not at all."""
+    """throughput.json and throughput.png into ``out``, each whole or not at all; a write that
+    fails is :class:`WriteFailed`."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "throughput.json", json.dumps(doc, indent=1) + "\n")
-    plot(doc["results"], names, out / "throughput.png", doc["config"])
+    path = out / "throughput.json"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+        path = out / "throughput.png"
+        plot(doc["results"], names, path, doc["config"])
+    except OSError as e:
+        raise WriteFailed(write_failure(path, e)) from None
     print(f"wrote {out / 'throughput.json'} and {out / 'throughput.png'}")
 
 
-def main(argv=None):
-    load_start = machine.load()  # before this process adds its own load
-    args = parse_args(argv)
-    check_out(args.out)  # before anything is timed
+def run(args, load_start=None):
+    """Time every runner at each latent size; write throughput.json and its plot. → the document."""
+    latents = args.latents or (QUICK_LATENTS if args.quick else LATENTS)
+    # before anything is timed: every runner's model of the largest Z is built at once
+    check_sizes(latents, args.hidden, args.batch, len(args.runners or RUNNERS), peak_size(args))
+    check_out(args.out, "throughput.json", "throughput.png")
     wanted = args.runners
     libs = load_libraries(args, lambda name: wanted is None or name in wanted)
     host = machine.start(libs.threads, load_start)  # after every thread count is set
     names, skipped = choose_runners(wanted, libs)
-    latents = args.latents or (QUICK_LATENTS if args.quick else LATENTS)
     config = make_config(args, latents, libs, names, skipped)
     note_gemm_choice(config, names)
     config["peak"] = peak = measure_peak(args, libs, names)
@@ -896,12 +963,13 @@ def main(argv=None):
     return doc
 
 
+def main(argv=None):
+    """The command: → the document written, or the exit code of a refusal or failure."""
+    load_start = machine.load()  # before this process adds its own load
+    name = cli.command_name(PROG)
+    return run_command(name, lambda args: run(args, load_start), parse_args, argv, "interrupted; nothing was written")
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except cli.UsageError as e:
-        print(f"{cli.command_name(PROG)}: error: {e}", file=sys.stderr)
-        sys.exit(cli.EXIT_USAGE)
-    except KeyboardInterrupt:
-        print(f"{cli.command_name(PROG)}: interrupted; nothing was written", file=sys.stderr)
-        sys.exit(cli.EXIT_INTERRUPTED)
+    code = main()
+    sys.exit(code if isinstance(code, int) else 0)

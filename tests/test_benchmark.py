@@ -263,3 +263,71 @@ def test_a_result_names_the_choice_table_without_the_home_folder(monkeypatch, tm
     throughput.note_gemm_choice(config, ["cpu-fused"])
     assert config["gemm_choice"]["table"] == "~/.cache/minivae/gemm-choice.json"
     assert throughput.machine.home_as_tilde("/elsewhere/table.json") == "/elsewhere/table.json"
+
+
+HUGE = "99999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--latents", HUGE],
+        ["--hidden", HUGE],
+        ["--batch", HUGE],
+        ["--peak-n", HUGE],
+        ["--latents", "1000000000", "--hidden", "1000000"],
+        ["--threads", HUGE],
+        ["--settle", HUGE],
+        ["--out", "/proc/nope/x"],
+    ],
+)
+def test_throughput_refuses_a_bad_value_before_anything_is_timed(bad, tmp_path, capsys):
+    from benchmarks import throughput
+
+    out = tmp_path / "out"
+    try:
+        code = throughput.main(["--quick", "--runners", "numpy", "--out", str(out), *bad])
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.throughput: error: "), err
+    assert not out.exists() and not Path("/proc/nope").exists()
+
+
+def test_throughput_refuses_a_result_name_taken_by_a_folder(tmp_path, capsys):
+    from benchmarks import throughput
+
+    (tmp_path / "throughput.json").mkdir()
+    assert throughput.main(["--quick", "--runners", "numpy", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("benchmarks.throughput: error: ") and "throughput.json" in err[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["throughput.json"]  # nothing written beside it
+    assert not any((tmp_path / "throughput.json").iterdir())
+
+
+def test_no_warmup_steps_is_allowed():
+    from benchmarks import throughput
+
+    calls = []
+    timed = throughput.measure({"step": (lambda: calls.append(1), None)}, 2, 0, 1e-4, 0)
+    ts, n = timed["step"]
+    assert len(ts) == 2 and n >= 1 and len(calls) == 1 + 2 * n  # one call to size the repeats, no warm-up
+
+
+def test_throughput_says_a_write_that_fails_after_the_timing_in_one_line(monkeypatch, tmp_path, capsys):
+    from benchmarks import throughput
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(throughput, "atomic_write_text", refuse)
+    doc = {"config": {}, "results": []}
+
+    def run(args):  # the timing is done: only the writing is left
+        return throughput.write_results(tmp_path / "out", doc, [])
+
+    assert throughput.run_command("benchmarks.throughput", run, lambda argv: None) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    path = tmp_path / "out" / "throughput.json"
+    assert err == [f"benchmarks.throughput: error: cannot write {path}: Permission denied"]
+    assert not any((tmp_path / "out").iterdir())

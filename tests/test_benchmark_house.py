@@ -110,3 +110,61 @@ def test_a_script_error_has_the_commands_prefix(tmp_path):
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["benchmarks.throughput: error: unrecognized arguments: --bogus"]
+
+
+def _kernels_refused(argv, capsys):
+    kernels = _script("kernels")
+    try:
+        code = kernels.main(["--cpu", "--repeats", "1", "--threads", "1", "--latents", "2", "--versions", "1", *argv])
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.kernels: error: "), (argv, err)
+    return err[0]
+
+
+HUGE = "99999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--out", "/proc/nope/x"],
+        ["--json", "/proc/nope/x.json"],
+        ["--out", "/proc/self"],
+        ["--json", "/proc/self/x"],
+        ["--latents", HUGE],
+        ["--latents", "1000000000"],
+        ["--threads", HUGE],
+    ],
+)
+def test_kernels_cpu_refuses_before_anything_is_timed(bad, tmp_path, capsys):
+    _kernels_refused(["--out", str(tmp_path / "out"), *bad], capsys)
+    assert not (tmp_path / "out").exists() and not Path("/proc/nope").exists()
+
+
+def test_kernels_cpu_refuses_a_result_file_that_cannot_be_one(tmp_path, capsys):
+    long = tmp_path / ("a" * 300 + ".json")  # a name longer than any file system takes
+    assert "File name too long" in _kernels_refused(["--json", str(long)], capsys)
+    assert "File name too long" in _kernels_refused(["--json", str(tmp_path / ("a" * 300) / "x.json")], capsys)
+    (tmp_path / "gemm-cpu-t1.json").mkdir()
+    assert "gemm-cpu-t1.json" in _kernels_refused(["--out", str(tmp_path)], capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["gemm-cpu-t1.json"]  # nothing else made or written
+
+
+def test_kernels_write_that_fails_after_the_timing_is_one_line_and_exit_1(monkeypatch, tmp_path, capsys):
+    kernels = _script("kernels")
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(kernels, "atomic_write_text", refuse)
+    path = tmp_path / "k.json"
+
+    def run(args):  # the timing is done: only the writing is left
+        return kernels.write_result(path, {})
+
+    assert kernels.throughput.run_command("benchmarks.kernels", run, lambda argv: None) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"benchmarks.kernels: error: cannot write {path}: Permission denied"]
+    assert not path.exists()

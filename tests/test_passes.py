@@ -49,3 +49,33 @@ def test_a_bad_option_is_one_line_and_exit_2(capsys):
             code = e.code
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.passes: error: "), (bad, err)
+
+
+def _refused(tmp_path, argv, capsys):
+    out = tmp_path / "out"
+    try:
+        code = passes.main(["--quick", "--threads", "1", "--out", str(out), *argv])
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.passes: error: "), (argv, err)
+    assert not out.exists()  # refused before anything was timed or written
+    return err[0]
+
+
+def test_a_size_time_or_out_beyond_the_machine_is_refused_before_anything_runs(tmp_path, capsys):
+    huge = "99999999999999999999999"
+    for bad in (
+        ["--latents", huge],
+        ["--hidden", huge],
+        ["--batch", huge],
+        ["--latents", "1000000000", "--hidden", "1000000"],
+        ["--threads", huge],
+        ["--settle", huge],
+    ):
+        _refused(tmp_path, bad, capsys)
+    assert "/proc/nope/x" in _refused(tmp_path, ["--out", "/proc/nope/x"], capsys)
+    assert not Path("/proc/nope").exists()
+    (tmp_path / "taken" / "passes-t1.json").mkdir(parents=True)
+    assert "passes-t1.json" in _refused(tmp_path, ["--out", str(tmp_path / "taken")], capsys)
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["passes-t1.json"]

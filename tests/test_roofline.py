@@ -293,3 +293,57 @@ def test_a_data_dir_that_is_not_mnist_is_one_line(tmp_path, capsys):
 
 def test_state_steps_must_not_be_negative(tmp_path, capsys):
     _refused(tmp_path, ["--state-steps", "-1"], capsys)
+
+
+HUGE = "99999999999999999999999"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--latents", HUGE],
+        ["--hidden", HUGE],
+        ["--batch", HUGE],
+        ["--peak-n", HUGE],
+        ["--latents", "1000000000", "--hidden", "1000000"],
+        ["--threads", HUGE],
+        ["--settle", HUGE],
+    ],
+)
+def test_a_size_or_time_beyond_the_machine_is_refused_before_anything_runs(bad, tmp_path, capsys):
+    _refused(tmp_path, bad, capsys)
+
+
+def test_an_out_that_cannot_be_made_is_refused_before_anything_runs(tmp_path, capsys):
+    assert "/proc/nope/x" in _refused(tmp_path, ["--threads", "1", "--out", "/proc/nope/x"], capsys)
+    assert not Path("/proc/nope").exists()
+
+
+def test_a_result_name_taken_by_a_folder_is_refused_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "out" / "roofline-t1.json").mkdir(parents=True)
+    assert roofline.main(["--quick", "--threads", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("benchmarks.roofline: error: ") and "roofline-t1.json" in err[0]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["roofline-t1.json"]
+
+
+def test_no_warmup_calls_are_allowed():
+    calls = []
+    timed = throughput.measure({"part": (lambda: calls.append(1), None)}, 1, 0, 1e-4, 0)
+    assert len(timed["part"][0]) == 1 and len(calls) == 1 + timed["part"][1]
+
+
+def test_a_write_that_fails_after_the_timing_is_one_line_and_exit_1(monkeypatch, tmp_path, capsys):
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(throughput, "atomic_write_text", refuse)
+
+    def run(args):  # the timing is done: only the writing is left
+        return throughput.write_doc(tmp_path / "out", "roofline-t1.json", {})
+
+    assert throughput.run_command("benchmarks.roofline", run, lambda argv: None) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    path = tmp_path / "out" / "roofline-t1.json"
+    assert err == [f"benchmarks.roofline: error: cannot write {path}: Permission denied"]
+    assert not any((tmp_path / "out").iterdir())
