@@ -50,7 +50,12 @@ def usage_error(name, message):
 def run_command(name, run, parse_args, argv=None, interrupted="interrupted"):
     """A command's ``main``: ``run(parse_args(argv))``, its exit code returned. A usage error is one
     line ``<name>: error: …`` on stderr and exit code 2, Ctrl-C before ``run`` took it over one line
-    (``interrupted``) and exit code 130."""
+    (``interrupted``) and exit code 130. A warning shown meanwhile is one line too,
+    ``<name>: warning: …`` (not Python's two, the second a line of our source)."""
+    import warnings
+
+    shown = warnings.formatwarning
+    warnings.formatwarning = lambda message, *rest, **kw: f"{name}: warning: {message}\n"
     try:
         return run(parse_args(argv))
     except UsageError as e:
@@ -58,6 +63,8 @@ def run_command(name, run, parse_args, argv=None, interrupted="interrupted"):
     except KeyboardInterrupt:
         report(name, interrupted)
         return EXIT_INTERRUPTED
+    finally:
+        warnings.formatwarning = shown
 
 
 def say(*lines, quiet=False):

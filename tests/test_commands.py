@@ -206,3 +206,19 @@ def test_train_refuses_a_sweep_folder_and_sweep_a_run_folder(tmp_path, capsys, m
     line = one_line(capsys.readouterr().err)
     assert line.startswith("minivae.sweep: error: ") and "holds a training run" in line
     assert {p: p.read_bytes() for folder in (study, run) for p in folder.rglob("*") if p.is_file()} == snapshot
+
+
+def test_a_warning_a_command_shows_is_one_line_with_its_name(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; from minivae import cli\n"
+        "def run(args):\n"
+        "    warnings.warn('the table is unreadable; using OpenBLAS')\n"
+        "    return 0\n"
+        "raise SystemExit(cli.run_command('minivae.train', run, lambda argv: None))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0
+    assert r.stderr.splitlines() == ["minivae.train: warning: the table is unreadable; using OpenBLAS"]
