@@ -394,6 +394,7 @@ def _run(args):
 
     rows = _check_out(args.out)
     runs = _check_runs(args.runs, "numpy" if args.walk else args.backend)
+    _check_memory(args, runs)
     if args.data_dir is not None:
         cli.require_folder(args.data_dir, "--data-dir")
     data = _load_data(args.data_dir, runs)
@@ -417,6 +418,24 @@ def _check_runs(folders, backend):
         run_, model = load_run(folder, backend, named=True)
         checked.append((folder, run_.config.to_json(), model.data_dim))
     return checked
+
+
+def _check_memory(args, runs):
+    """Refuse, in one line and before the digits load, importance-sampling settings (K, and K' of
+    --iw-check) whose estimate would not fit in the memory available, for the largest model."""
+    from minivae.cli import check_memory
+    from minivae.config import RunConfig
+
+    needs = []
+    for folder, options, _ in runs:
+        run = RunConfig(latent=options["latent"], hidden=tuple(options["hidden"]))
+        estimates = [(args.iw_samples, args.iw_examples)]
+        if args.iw_check:  # K' samples for max(1, 20,000 // K') digits at a time (measure)
+            estimates.append((args.iw_check, max(1, 20_000 // args.iw_check)))
+        for k, n in estimates:
+            needed, _ = run.replace(iw_samples=k, iw_examples=n).memory_needed()
+            needs.append((needed, f"measuring {folder} (Z = {run.latent:,}, K = {k:,})"))
+    check_memory(*max(needs, key=lambda need: need[0]))
 
 
 def _check_out(path):

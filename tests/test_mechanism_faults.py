@@ -78,6 +78,15 @@ BROKEN = {
 
 
 @pytest.mark.usefixtures("no_digits")
+@pytest.mark.parametrize("option", ["--iw-samples", "--iw-check"])
+def test_an_estimate_beyond_the_memory_is_one_line_before_the_digits_load(tmp_path, capsys, option):
+    out = tmp_path / "m.jsonl"
+    code, err = _mechanism([_good(tmp_path), "--out", out, *QUICK, option, "1000000000000"], capsys)
+    assert code == 2 and "K = 1,000,000,000,000" in one_line(err) and "memory" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("no_digits")
 def test_a_data_dir_the_system_cannot_look_up_is_one_line(tmp_path, capsys):
     too_long = tmp_path / ("x" * 300)  # pathlib raises ENAMETOOLONG; load_mnist does not catch it
     code, err = _mechanism([_good(tmp_path), "--out", tmp_path / "m.jsonl", "--data-dir", too_long, *QUICK], capsys)
