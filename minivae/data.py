@@ -100,16 +100,25 @@ MIRRORS = [
 
 
 def mirrors():
-    """The mirrors to try: ``$MINIVAE_MIRRORS`` (comma-separated base URLs) when set, else MIRRORS."""
+    """The mirrors to try: ``$MINIVAE_MIRRORS`` (comma-separated base URLs) when set, else MIRRORS.
+    A value that names no mirror, or a mirror that is no http(s) URL with a host, is DataError."""
+    import urllib.parse
+
     env = os.environ.get("MINIVAE_MIRRORS")
     if not env:
         return MIRRORS
     found = [m.strip() for m in env.split(",") if m.strip()]
+    fix = "set it to comma-separated base URLs (e.g. https://host/mnist/) or unset it"
     if not found:
-        raise DataError(
-            f"MINIVAE_MIRRORS={env!r} names no mirror: set it to comma-separated base "
-            f"URLs (e.g. https://host/mnist/) or unset it"
-        )
+        raise DataError(f"MINIVAE_MIRRORS={env!r} names no mirror: {fix}")
+    for url in found:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError as e:  # an unbalanced [ of an IPv6 host, a bad port
+            raise DataError(f"MINIVAE_MIRRORS: {url!r} is not a URL ({e}): {fix}") from None
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise DataError(f"MINIVAE_MIRRORS: {url!r} is not an http(s) URL with a host: {fix}")
     return found
 
 

@@ -688,6 +688,9 @@ def test_a_dripping_mirror_meets_the_deadline_and_the_fallback_says_why(drip, tm
     [
         ("MINIVAE_MIRRORS", ","),
         ("MINIVAE_MIRRORS", " , "),
+        ("MINIVAE_MIRRORS", "http://[::1"),  # urllib's "Invalid IPv6 URL" did not name the variable
+        ("MINIVAE_MIRRORS", "http://127.0.0.1:9/, ftp://host/mnist/"),
+        ("MINIVAE_MIRRORS", "mirror.example/mnist/"),
         ("MINIVAE_DOWNLOAD_DEADLINE", "soon"),
         ("MINIVAE_DOWNLOAD_DEADLINE", "-1"),
         ("MINIVAE_DOWNLOAD_DEADLINE", "inf"),
