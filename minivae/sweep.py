@@ -818,6 +818,8 @@ def _check_options(args):
         cli.require_folder(args.data_dir, "--data-dir")  # also a name the system cannot look up
     OutFolder(args.out, "--out").check()  # a file there, or a name the system cannot look up
     refuse_foreign(args.out, "--out", "sweep")
+    for sub in ("runs", "models"):  # the folders the runs write into, checked before any is trained
+        OutFolder(args.out / sub, f"--out's {sub} folder").check()
 
 
 def _check_machine(args, backend):

@@ -197,6 +197,17 @@ def test_a_row_file_whose_settings_is_not_a_string_is_set_aside(tmp_path, capsys
     assert (out / "runs" / "x.row.json.corrupt").exists() and len(trained) == 1
 
 
+@pytest.mark.parametrize("sub", ["runs", "models"])
+def test_a_file_where_the_runs_write_is_refused_before_any_run(sub, tmp_path, capsys, trained):
+    """--out/runs (or models) a file: the runs trained, then failed one by one (exit 1, two lines)."""
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / sub).write_text("x")
+    line = _refused(SWEEP + ["--out", str(out)], capsys, trained)
+    assert f"--out's {sub} folder" in line and "is not a folder" in line, line
+    assert sorted(p.name for p in out.iterdir()) == [sub]
+
+
 def test_a_huge_jobs_starts_no_more_workers_than_runs(monkeypatch):
     """--jobs 2147483647 overflowed the process pool after settings.json was written."""
     import concurrent.futures as cf
