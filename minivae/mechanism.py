@@ -499,7 +499,8 @@ def _measure_runs(args, runs, data, rows):
     for run_dir, config, _ in runs:
         test_x = binarize_fixed(data.test_x, config.get("binarize", "dynamic"))
         if args.walk:
-            _walks(args, run_dir, config, data.train_x, test_x, rows)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a divergence is said once, below
+                _walks(args, run_dir, config, data.train_x, test_x, rows)
             continue
         row = measure(
             load(run_dir, args.backend),

@@ -16,6 +16,7 @@ each test takes a second or two.
 """
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -75,6 +76,17 @@ BROKEN = {
     "no checkpoint": (lambda run: (run / "checkpoint.npz").unlink(), "no checkpoint.npz"),
     "shapes not the config's": (_break_shape, "param/enc0.b has shape (7,)"),
 }
+
+
+def test_a_walk_that_diverges_is_one_line_without_numpys_warnings(tmp_path, capsys, digits):
+    kept = pathlib.Path(__file__).parents[1] / "docs" / "budget" / "models" / "vae-200-h512-s0-0d158504a33e"
+    if not kept.is_dir():  # a trained model: a walk needs units the model does not use
+        pytest.skip("the study's kept Z = 200 model is not in this checkout")
+    out = tmp_path / "w.jsonl"
+    argv = [kept, "--walk", "2", "--walk-lr", "1e300", "--out", out, "--data-dir", digits, *QUICK]
+    code, err = _mechanism(argv, capsys)
+    assert code == 2 and "finite" in one_line(err) and "RuntimeWarning" not in err, err
+    assert not out.exists()
 
 
 @pytest.mark.usefixtures("no_digits")
