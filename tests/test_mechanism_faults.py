@@ -19,6 +19,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import pytest
 from test_command_faults import _data_dir, one_line
@@ -84,7 +85,9 @@ def test_a_walk_that_diverges_is_one_line_without_numpys_warnings(tmp_path, caps
         pytest.skip("the study's kept Z = 200 model is not in this checkout")
     out = tmp_path / "w.jsonl"
     argv = [kept, "--walk", "2", "--walk-lr", "1e300", "--out", out, "--data-dir", digits, *QUICK]
-    code, err = _mechanism(argv, capsys)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # shown to the user, outside pytest's capture
+        code, err = _mechanism(argv, capsys)
     assert code == 2 and "finite" in one_line(err) and "RuntimeWarning" not in err, err
     assert not out.exists()
 
