@@ -266,21 +266,18 @@ def test_a_result_names_the_choice_table_without_the_home_folder(monkeypatch, tm
 
 
 HUGE = "99999999999999999999999"
+BEYOND_THE_MACHINE = [  # options of throughput and roofline (passes has no --peak-n), refused before any timing
+    ["--latents", HUGE],
+    ["--hidden", HUGE],
+    ["--batch", HUGE],
+    ["--peak-n", HUGE],
+    ["--latents", "1000000000", "--hidden", "1000000"],
+    ["--threads", HUGE],
+    ["--settle", HUGE],
+]
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        ["--latents", HUGE],
-        ["--hidden", HUGE],
-        ["--batch", HUGE],
-        ["--peak-n", HUGE],
-        ["--latents", "1000000000", "--hidden", "1000000"],
-        ["--threads", HUGE],
-        ["--settle", HUGE],
-        ["--out", "/proc/nope/x"],
-    ],
-)
+@pytest.mark.parametrize("bad", [*BEYOND_THE_MACHINE, ["--out", "/proc/nope/x"]])
 def test_throughput_refuses_a_bad_value_before_anything_is_timed(bad, tmp_path, capsys):
     from benchmarks import throughput
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_benchmark import BEYOND_THE_MACHINE
 from test_command_faults import _data_dir
 from test_load_explore import saved_model
 
@@ -295,21 +296,7 @@ def test_state_steps_must_not_be_negative(tmp_path, capsys):
     _refused(tmp_path, ["--state-steps", "-1"], capsys)
 
 
-HUGE = "99999999999999999999999"
-
-
-@pytest.mark.parametrize(
-    "bad",
-    [
-        ["--latents", HUGE],
-        ["--hidden", HUGE],
-        ["--batch", HUGE],
-        ["--peak-n", HUGE],
-        ["--latents", "1000000000", "--hidden", "1000000"],
-        ["--threads", HUGE],
-        ["--settle", HUGE],
-    ],
-)
+@pytest.mark.parametrize("bad", BEYOND_THE_MACHINE)
 def test_a_size_or_time_beyond_the_machine_is_refused_before_anything_runs(bad, tmp_path, capsys):
     _refused(tmp_path, bad, capsys)
 
