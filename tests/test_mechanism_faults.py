@@ -93,6 +93,18 @@ def test_a_walk_that_diverges_is_one_line_without_numpys_warnings(tmp_path, caps
 
 
 @pytest.mark.usefixtures("no_digits")
+def test_an_out_folder_that_cannot_be_made_is_one_line_before_anything_is_measured(tmp_path, capsys):
+    """Under /proc no folder can be made: found when the digits had loaded and the model was
+    measured, exit 1, with a line saying the rows were kept."""
+    code, err = _mechanism([_good(tmp_path), "--out", "/proc/minivae-nope/sub/m.jsonl", *QUICK], capsys)
+    assert code == 2 and "cannot make --out's folder /proc/minivae-nope/sub" in one_line(err), err
+    assert not pathlib.Path("/proc/minivae-nope").exists()
+    out = tmp_path / "new" / "deeper" / "m.jsonl"  # folders that can be made: tried, then made with the first row
+    code, err = _mechanism([_good(tmp_path, "also"), tmp_path / "nowhere", "--out", out, *QUICK], capsys)
+    assert code == 2 and "nowhere" in one_line(err) and not (tmp_path / "new").exists(), err
+
+
+@pytest.mark.usefixtures("no_digits")
 @pytest.mark.parametrize("option", ["--iw-samples", "--iw-check"])
 def test_an_estimate_beyond_the_memory_is_one_line_before_the_digits_load(tmp_path, capsys, option):
     out = tmp_path / "m.jsonl"
