@@ -202,6 +202,18 @@ class RunConfig:
         iw = 5 * K * n_iw * (D + 3 * Z) * 8 + 3 * K * n_iw * width * 4
         return params + digits + max(step, evaluation, iw), P
 
+    def memory_with_check(self, iw_check=None):
+        """(bytes, parameters, K): :meth:`memory_needed` with this config's K, or, where the
+        --iw-check estimate (K' = ``iw_check`` samples for :func:`minivae.metrics.check_batch`
+        digits at a time) needs more, with that one and K'."""
+        from minivae.metrics import check_batch
+
+        needs = [(*self.memory_needed(), self.iw_samples)]
+        if iw_check:
+            check = self.replace(iw_samples=iw_check, iw_examples=check_batch(iw_check))
+            needs.append((*check.memory_needed(), iw_check))
+        return max(needs, key=lambda need: need[0])
+
 
 @dataclass
 class Progress:

@@ -147,7 +147,7 @@ def measure(model, test_x, seed=0, iw_samples=100, iw_examples=1000, iw_check=No
         both("_prior", at_prior(model, np.flatnonzero(off)))
     if iw_check:
         rng = np.random.default_rng([seed, 8])
-        out["test_iw_nll_check"] = -metrics.iw_log_likelihood(model, x_iw, iw_check, rng, max(1, 20_000 // iw_check))
+        out["test_iw_nll_check"] = -metrics.iw_log_likelihood(model, x_iw, iw_check, rng, metrics.check_batch(iw_check))
         out["iw_check_samples"] = iw_check
     return out
 
@@ -428,13 +428,10 @@ def _check_memory(args, runs):
 
     needs = []
     for folder, options, _ in runs:
-        run = RunConfig(latent=options["latent"], hidden=tuple(options["hidden"]))
-        estimates = [(args.iw_samples, args.iw_examples)]
-        if args.iw_check:  # K' samples for max(1, 20,000 // K') digits at a time (measure)
-            estimates.append((args.iw_check, max(1, 20_000 // args.iw_check)))
-        for k, n in estimates:
-            needed, _ = run.replace(iw_samples=k, iw_examples=n).memory_needed()
-            needs.append((needed, f"measuring {folder} (Z = {run.latent:,}, K = {k:,})"))
+        run = RunConfig(latent=options["latent"], hidden=tuple(options["hidden"]), iw_samples=args.iw_samples)
+        run = run.replace(iw_examples=args.iw_examples)
+        needed, _, k = run.memory_with_check(args.iw_check)
+        needs.append((needed, f"measuring {folder} (Z = {run.latent:,}, K = {k:,})"))
     check_memory(*max(needs, key=lambda need: need[0]))
 
 

@@ -85,6 +85,15 @@ def evaluate(vae, x, rng, batch_size=1000, posterior=None):
     return {"loss": float(tot_recon + tot_kl) / n, "recon": float(tot_recon) / n, "kl": float(tot_kl) / n}
 
 
+CHECK_SAMPLES = 20_000  # K' · digits per batch of the larger-K check of an estimate (--iw-check)
+
+
+def check_batch(k):
+    """Digits per batch of the --iw-check estimate with K' = ``k`` samples: about
+    :data:`CHECK_SAMPLES` samples at a time, at least one digit."""
+    return max(1, CHECK_SAMPLES // k)
+
+
 def iw_log_likelihood(vae, x, k, rng, batch_size=100):
     """Importance-weighted estimate of log p(x) (Burda et al. 2015, eq. 8), averaged over x.
 

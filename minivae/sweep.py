@@ -529,8 +529,7 @@ def _mechanism(model, test_x, mu, logvar, activity, cfg, n_iw):
         out["test_iw_nll_pruned"] = -metrics.iw_log_likelihood(small, test_x[:n_iw], cfg.iw_samples, rng)
     k = cfg.iw_check
     if k:
-        batch = max(1, 20_000 // k)  # K · batch samples at a time
-        out["test_iw_nll_check"] = -metrics.iw_log_likelihood(model, test_x[:n_iw], k, rng, batch_size=batch)
+        out["test_iw_nll_check"] = -metrics.iw_log_likelihood(model, test_x[:n_iw], k, rng, metrics.check_batch(k))
         out["iw_check_samples"] = k
     return out
 
@@ -835,13 +834,10 @@ def _check_machine(args, backend):
         usable, why = gpu_usable(backend, simulator=backend == "numba-cuda")
         if not usable:
             raise UsageError(f"--backend {backend} needs a usable CUDA GPU: {why}")
-    z, k = max(args.latents), args.iw_samples
+    z = max(args.latents)
     run = RunConfig(latent=z, hidden=args.hidden, batch_size=args.batch_size, limit=args.limit)
-    needs = [(run.replace(iw_samples=k, iw_examples=args.iw_examples).memory_needed(), k)]
-    if args.iw_check:  # K' samples for max(1, 20,000 // K') digits at a time (_mechanism)
-        k = args.iw_check
-        needs.append((run.replace(iw_samples=k, iw_examples=max(1, 20_000 // k)).memory_needed(), k))
-    (needed, P), k = max(needs, key=lambda need: need[0][0])
+    run = run.replace(iw_samples=args.iw_samples, iw_examples=args.iw_examples)
+    needed, P, k = run.memory_with_check(args.iw_check)
     check_memory(needed, f"the largest run (Z = {z:,}, {P:,} parameters, batch {args.batch_size}, K = {k:,})")
 
 
