@@ -30,7 +30,7 @@ import pathlib
 
 import numpy as np
 
-from minivae.files import atomic_write, error_reason, parse_json
+from minivae.files import atomic_write, error_reason, parse_json, refuse_special
 
 RESUME_KEYS = ("config", "epoch", "step", "rng/model", "rng/data", "rng/epoch_start")
 RUNNING = ("loss_sum", "seen", "train_s")  # the main job's sums of the epoch under way
@@ -92,8 +92,10 @@ def read(path):
     """
     path = pathlib.Path(path)
     try:
-        if path.exists() and not path.is_file() and not path.is_dir():
-            raise CheckpointError(f"cannot read checkpoint {path}: not a regular file (a pipe or a device?)")
+        refuse_special(path)  # np.load would wait on a FIFO
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    try:
         with np.load(path, allow_pickle=False) as ck:
             if not hasattr(ck, "files"):  # a bare .npy file, not an archive
                 raise CheckpointError(f"{path} is a single array, not a checkpoint archive")

@@ -194,14 +194,18 @@ def parse_json(text):
         raise json.JSONDecodeError("nested too deeply to read", str(text)[:0], 0) from None
 
 
-def read_regular_bytes(path):
-    """The bytes of the file at ``path``. A path that is there but no regular file — a FIFO, a
-    device — raises OSError instead of being read: its read would wait for a writer, or never
-    end."""
+def refuse_special(path):
+    """OSError for a path that is there but is neither a regular file nor a folder — a FIFO, a
+    device: reading it would wait for a writer, or never end."""
     path = pathlib.Path(path)
     if path.exists() and not path.is_file() and not path.is_dir():
         raise OSError(errno.EINVAL, "not a regular file (a pipe or a device?)", str(path))
-    return path.read_bytes()
+
+
+def read_regular_bytes(path):
+    """The bytes of the file at ``path``, refused first by :func:`refuse_special`."""
+    refuse_special(path)
+    return pathlib.Path(path).read_bytes()
 
 
 def read_regular_text(path):

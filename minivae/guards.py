@@ -153,10 +153,11 @@ class OutFolder:
             raise UsageError(f"{self.what} {path}: {e.strerror or e}") from None
         return missing
 
-    def acquire(self):
-        path, missing = self.path, self.check()
+    def _make(self):
+        """Make the folders :meth:`check` finds missing, outermost first (``made``); one that
+        cannot be made is :class:`UsageError`, with those made before it removed again."""
         try:
-            for folder in reversed(missing):
+            for folder in reversed(self.check()):
                 try:
                     folder.mkdir()
                 except FileExistsError:  # made by someone else meanwhile: fine if a folder
@@ -166,7 +167,18 @@ class OutFolder:
                 self.made.append(folder)
         except OSError as e:
             self.release()
-            raise UsageError(f"cannot write into {self.what} {path}: {e.strerror or e}") from None
+            raise UsageError(f"cannot write into {self.what} {self.path}: {e.strerror or e}") from None
+
+    def try_make(self):
+        """Refuse now a folder that could not be made (under /proc, on a read-only disk), for a
+        command that makes it only with its first file: the folders are made, then removed
+        again. Takes no lock."""
+        self._make()
+        self.release()
+
+    def acquire(self):
+        path = self.path
+        self._make()
         try:
             self.lock = FolderLock(path, self.what, self.who).acquire()
         except UsageError:

@@ -446,19 +446,10 @@ def _check_out(path):
     from minivae.files import JsonlError, read_jsonl
     from minivae.guards import OutFolder
 
-    missing = OutFolder(path.parent, "--out's folder").check()  # innermost first
-    if not missing and not os.access(path.parent, os.W_OK | os.X_OK):
+    folder = OutFolder(path.parent, "--out's folder")
+    if not folder.check() and not os.access(path.parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write into --out's folder {path.parent}: permission denied")
-    made = []
-    try:  # folders that cannot be made (under /proc, a read-only disk) are found now, not after measuring
-        for folder in reversed(missing):
-            folder.mkdir()
-            made.append(folder)
-    except OSError as e:
-        raise UsageError(f"cannot make --out's folder {path.parent}: {e.strerror or e}") from None
-    finally:
-        for folder in reversed(made):  # made again with the first row (_write_rows)
-            folder.rmdir()
+    folder.try_make()  # found now, not after measuring; made again with the first row (_write_rows)
     try:
         if path.is_dir():
             raise UsageError(f"--out {path} is a folder, not a file")

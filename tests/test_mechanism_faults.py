@@ -97,7 +97,7 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_before_anything_is_measur
     """Under /proc no folder can be made: found when the digits had loaded and the model was
     measured, exit 1, with a line saying the rows were kept."""
     code, err = _mechanism([_good(tmp_path), "--out", "/proc/minivae-nope/sub/m.jsonl", *QUICK], capsys)
-    assert code == 2 and "cannot make --out's folder /proc/minivae-nope/sub" in one_line(err), err
+    assert code == 2 and "cannot write into --out's folder /proc/minivae-nope/sub" in one_line(err), err
     assert not pathlib.Path("/proc/minivae-nope").exists()
     out = tmp_path / "new" / "deeper" / "m.jsonl"  # folders that can be made: tried, then made with the first row
     code, err = _mechanism([_good(tmp_path, "also"), tmp_path / "nowhere", "--out", out, *QUICK], capsys)
