@@ -277,17 +277,24 @@ BEYOND_THE_MACHINE = [  # options of throughput and roofline (passes has no --pe
 ]
 
 
+def refused_line(main, name, argv, capsys):
+    """A benchmark script's ``main(argv)`` refused: exit code 2 and one line on stderr,
+    ``benchmarks.<name>: error: …``, which is returned."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own exit
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"benchmarks.{name}: error: "), (argv, err)
+    return err[0]
+
+
 @pytest.mark.parametrize("bad", [*BEYOND_THE_MACHINE, ["--out", "/proc/nope/x"]])
 def test_throughput_refuses_a_bad_value_before_anything_is_timed(bad, tmp_path, capsys):
     from benchmarks import throughput
 
     out = tmp_path / "out"
-    try:
-        code = throughput.main(["--quick", "--runners", "numpy", "--out", str(out), *bad])
-    except SystemExit as e:  # argparse's own exit
-        code = e.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.throughput: error: "), err
+    refused_line(throughput.main, "throughput", ["--quick", "--runners", "numpy", "--out", out, *bad], capsys)
     assert not out.exists() and not Path("/proc/nope").exists()
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_benchmark import HUGE, refused_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("throughput", "kernels", "gpu_check", "roofline")  # the benchmark commands in benchmarks/
@@ -113,17 +114,8 @@ def test_a_script_error_has_the_commands_prefix(tmp_path):
 
 
 def _kernels_refused(argv, capsys):
-    kernels = _script("kernels")
-    try:
-        code = kernels.main(["--cpu", "--repeats", "1", "--threads", "1", "--latents", "2", "--versions", "1", *argv])
-    except SystemExit as e:  # argparse's own exit
-        code = e.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.kernels: error: "), (argv, err)
-    return err[0]
-
-
-HUGE = "99999999999999999999999"
+    small = ["--cpu", "--repeats", "1", "--threads", "1", "--latents", "2", "--versions", "1"]
+    return refused_line(_script("kernels").main, "kernels", [*small, *argv], capsys)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from test_benchmark import BEYOND_THE_MACHINE
+from test_benchmark import BEYOND_THE_MACHINE, refused_line
 
 from benchmarks import passes
 
@@ -54,14 +54,9 @@ def test_a_bad_option_is_one_line_and_exit_2(capsys):
 
 def _refused(tmp_path, argv, capsys):
     out = tmp_path / "out"
-    try:
-        code = passes.main(["--quick", "--threads", "1", "--out", str(out), *argv])
-    except SystemExit as e:  # argparse's own exit
-        code = e.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.passes: error: "), (argv, err)
+    line = refused_line(passes.main, "passes", ["--quick", "--threads", "1", "--out", out, *argv], capsys)
     assert not out.exists()  # refused before anything was timed or written
-    return err[0]
+    return line
 
 
 def test_a_size_time_or_out_beyond_the_machine_is_refused_before_anything_runs(tmp_path, capsys):

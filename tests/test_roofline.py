@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_benchmark import BEYOND_THE_MACHINE
+from test_benchmark import BEYOND_THE_MACHINE, refused_line
 from test_command_faults import _data_dir
 from test_load_explore import saved_model
 
@@ -263,14 +263,9 @@ def test_trained_times_the_saved_models_step_on_real_digits(tmp_path):
 
 
 def _refused(tmp_path, argv, capsys):
-    try:
-        code = roofline.main(["--quick", "--out", str(tmp_path / "out"), *map(str, argv)])
-    except SystemExit as e:  # argparse's own exit
-        code = e.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("benchmarks.roofline: error: "), err
+    line = refused_line(roofline.main, "roofline", ["--quick", "--out", tmp_path / "out", *argv], capsys)
     assert not (tmp_path / "out").exists()  # refused before anything was measured or written
-    return err[0]
+    return line
 
 
 def test_a_trained_folder_that_is_not_a_run_is_one_line_before_anything_runs(tmp_path, capsys):
