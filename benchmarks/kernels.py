@@ -41,7 +41,6 @@ the weight gradients with the bias gradient and both Adam steps (milliseconds, m
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from functools import partial
@@ -53,7 +52,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also as `python 
 
 from benchmarks import machine, throughput
 from minivae import cli
-from minivae.files import atomic_write_text
 
 DEFAULT_OUT = Path("runs/bench")  # under the current folder; benchmarks/results holds the committed tables
 
@@ -298,14 +296,9 @@ def result_path(args, name):
 
 
 def write_result(path, doc):
-    """``doc`` as indented JSON into ``path``, whole or not at all; a write that fails is
-    :class:`benchmarks.throughput.WriteFailed`."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
-    except OSError as e:
-        raise throughput.WriteFailed(throughput.write_failure(path, e)) from None
-    print(f"wrote {path}")
+    """``doc`` as indented JSON into ``path`` (:func:`benchmarks.throughput.write_doc`: whole or
+    not at all; a write that fails is :class:`benchmarks.throughput.WriteFailed`)."""
+    throughput.write_doc(path.parent, path.name, doc)
 
 
 def check_latents(latents):

@@ -150,7 +150,7 @@ def test_kernels_write_that_fails_after_the_timing_is_one_line_and_exit_1(monkey
     def refuse(path, text):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(kernels, "atomic_write_text", refuse)
+    monkeypatch.setattr(kernels.throughput, "atomic_write_text", refuse)
     path = tmp_path / "k.json"
 
     def run(args):  # the timing is done: only the writing is left
